@@ -1,0 +1,3 @@
+from cvplatform.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Small shared helpers (hashing, JSON, paths). No heavy imports here."""
