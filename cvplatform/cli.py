@@ -78,12 +78,13 @@ def ingest(
     _setup_logging(verbose)
 
     def go():
-        from cvplatform.data.ingest import run_ingest
-
         overrides = list(set_ or [])
         if source is not None:
             overrides.append(f"ingest.source={source}")
-        return run_ingest(_params(params, overrides))
+        cfg = _params(params, overrides)
+        from cvplatform.data.ingest import run_ingest
+
+        return run_ingest(cfg)
 
     _run(go)
 
@@ -98,9 +99,10 @@ def validate(
     _setup_logging(verbose)
 
     def go():
+        cfg = _params(params, set_)
         from cvplatform.data.validate import run_validate
 
-        return run_validate(_params(params, set_))
+        return run_validate(cfg)
 
     _run(go)
 
