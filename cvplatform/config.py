@@ -102,6 +102,186 @@ class ValidateParams(StrictModel):
     """Expectation suite definition (configs/expectations/*.yaml)."""
 
 
+# --------------------------------------------------------------------------- validate: expectation suite
+from cvplatform.data.manifest import CORE_COLUMNS as _MANIFEST_COLUMNS  # noqa: E402  (light: no heavy deps)
+
+
+class ManifestSuiteConfig(StrictModel):
+    """The manifest expectation suite (``configs/expectations/manifest.yaml``).
+
+    ``cvplatform.data.validate`` turns it into Great Expectations 1.x suites over the
+    manifest and two derived tables (images per class, splits per sha256).
+
+    Example:
+        >>> from cvplatform.config import ManifestSuiteConfig, load_config
+        >>> cfg = load_config("configs/expectations/manifest.yaml", ManifestSuiteConfig)  # doctest: +SKIP
+        >>> ManifestSuiteConfig(min_per_class=5).max_imbalance
+        5.0
+    """
+
+    name: str = Field("manifest", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Suite name (shown in Data Docs)."""
+    required_columns: tuple[str, ...] = _MANIFEST_COLUMNS
+    """Columns the manifest must have."""
+    not_null: tuple[str, ...] = ("path", "sha256", "label", "split")
+    """Columns that must have no null values."""
+    unique: tuple[str, ...] = ("sha256", "path")
+    """Columns whose values must be unique (sha256 = no duplicate images)."""
+    splits: tuple[str, ...] = ("train", "val", "test")
+    """Allowed values of the ``split`` column."""
+    channels: tuple[int, ...] = (3,)
+    """Allowed values of the ``channels`` column."""
+    classes: tuple[str, ...] | None = None
+    """Exact set of labels expected; None = not checked (reported as skipped)."""
+    min_rows: int = Field(1, ge=0)
+    """Fewest rows the manifest may have."""
+    min_classes: int = Field(2, ge=0)
+    """Fewest distinct labels the manifest may have."""
+    min_per_class: int = Field(10, ge=0)
+    """Fewest images any class may have."""
+    max_imbalance: float = Field(5.0, ge=1.0)
+    """Largest allowed (largest class count / smallest class count)."""
+    min_side: int = Field(8, ge=1)
+    """Smallest allowed width and height (pixels)."""
+    max_side: int = Field(4096, ge=1)
+    """Largest allowed width and height (pixels)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _int_labels_are_strings(cls, data: Any) -> Any:
+        # YAML reads `classes: [0, 1, 2]` as ints; manifest labels are strings ("0", "1", "2").
+        if isinstance(data, dict) and isinstance(data.get("classes"), list | tuple):
+            data = {**data, "classes": [
+                str(c) if isinstance(c, int) and not isinstance(c, bool) else c for c in data["classes"]
+            ]}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ManifestSuiteConfig:
+        if self.min_side > self.max_side:
+            raise ValueError(f"min_side ({self.min_side}) must be <= max_side ({self.max_side})")
+        if not self.splits:
+            raise ValueError("splits must list at least one split name")
+        if self.classes is not None:
+            if not self.classes:
+                raise ValueError("classes must list at least one class, or be null to skip the check")
+            dupes = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            if dupes:
+                raise ValueError(f"classes lists {dupes} more than once")
+        return self
+
+
+# --------------------------------------------------------------------------- train
+class TrainModelParams(StrictModel):
+    arch: str = "small_cnn"
+    """Architecture name: small_cnn | resnet | mobilenet_v2 (see cvplatform.models)."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Architecture arguments, validated by the architecture's schema (e.g. width, depth, blocks)."""
+
+
+class OptimizerParams(StrictModel):
+    name: Literal["adamw", "sgd"] = "adamw"
+    """Optimiser."""
+    lr: float = Field(3e-3, gt=0.0)
+    """Peak learning rate."""
+    weight_decay: float = Field(1e-4, ge=0.0)
+    """Decoupled (adamw) / L2 (sgd) weight decay."""
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    """SGD momentum (sgd only)."""
+    nesterov: bool = True
+    """Nesterov momentum (sgd only)."""
+
+
+class SchedulerParams(StrictModel):
+    name: Literal["cosine", "step", "none"] = "cosine"
+    """Learning-rate schedule, stepped once per epoch."""
+    warmup_epochs: int = Field(0, ge=0)
+    """Linear warm-up epochs before the schedule."""
+    min_lr: float = Field(0.0, ge=0.0)
+    """Final learning rate of the cosine schedule."""
+    step_size: int = Field(10, ge=1)
+    """Epochs between decays (step)."""
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    """Decay factor (step)."""
+
+
+class LossParams(StrictModel):
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """Cross-entropy label smoothing."""
+    class_weights: Literal["none", "balanced"] | list[float] = "none"
+    """none | balanced (from train split counts) | explicit list, one weight per class (sorted labels)."""
+
+    @model_validator(mode="after")
+    def _positive_weights(self) -> LossParams:
+        if isinstance(self.class_weights, list) and (not self.class_weights or min(self.class_weights) <= 0):
+            raise ValueError(f"class_weights must be positive numbers, got {self.class_weights}")
+        return self
+
+
+class TrainParams(StrictModel):
+    manifest: str = "data/processed/manifest.parquet"
+    """Manifest to train from (relative to the project root)."""
+    augment: str = "configs/augment/default.yaml"
+    """Augmentation recipe (configs/augment/*.yaml)."""
+    model: TrainModelParams = TrainModelParams()
+    num_classes: int | None = Field(None, ge=2)
+    """Expected number of classes; None = derived from the manifest (checked when set)."""
+    epochs: int = Field(6, ge=1)
+    """Maximum number of epochs."""
+    batch_size: int = Field(64, ge=1)
+    """Training batch size (per device)."""
+    eval_batch_size: int | None = Field(None, ge=1)
+    """Validation/test batch size; None = batch_size."""
+    num_workers: int = Field(0, ge=0, le=64)
+    """DataLoader worker processes (0 = main process)."""
+    optimizer: OptimizerParams = OptimizerParams()
+    scheduler: SchedulerParams = SchedulerParams()
+    loss: LossParams = LossParams()
+    monitor: Literal["val_acc", "val_f1", "val_loss"] = "val_acc"
+    """Validation metric for best-checkpoint selection and early stopping."""
+    mode: Literal["max", "min"] = "max"
+    """Whether the monitored metric should be maximised or minimised."""
+    patience: int | None = Field(3, ge=1)
+    """Epochs without improvement before stopping early; None = never stop early."""
+    min_delta: float = Field(0.0, ge=0.0)
+    """Smallest change of the monitored metric that counts as an improvement."""
+    seed: int | None = None
+    """Training seed; None = project.seed."""
+    deterministic: bool = True
+    """Deterministic algorithms (bitwise-reproducible CPU runs)."""
+    accelerator: str = "cpu"
+    """Lightning accelerator (cpu | gpu | cuda | mps | auto), passed through."""
+    devices: int | str | list[int] = 1
+    """Lightning devices (count, "auto" or ids), passed through."""
+    strategy: str = "auto"
+    """Lightning strategy (auto | ddp | ...); ddp on CPU uses gloo."""
+    num_nodes: int = Field(1, ge=1)
+    """Machines for multi-node DDP."""
+    precision: int | str = "32-true"
+    """Lightning precision (32-true | 16-mixed | bf16-mixed | ...), passed through."""
+    limit_train_batches: int | float | None = None
+    """Train batches per epoch (int) or fraction (float); None = all (smoke tests)."""
+    limit_val_batches: int | float | None = None
+    """Validation batches per epoch (int) or fraction (float); None = all."""
+    run_test: bool = False
+    """Also evaluate the best checkpoint on the test split (the evaluate stage does this properly)."""
+    experiment: str = Field("cvplatform", min_length=1)
+    """MLflow experiment name."""
+    run_name: str | None = None
+    """MLflow run name; None = train-<arch>-seed<seed>."""
+    progress_bar: bool = True
+    """Show Lightning's progress bar."""
+    log_every_n_steps: int = Field(10, ge=1)
+    """How often Lightning updates step-level values (progress bar)."""
+
+    @model_validator(mode="after")
+    def _monitor_mode(self) -> TrainParams:
+        want = "min" if self.monitor == "val_loss" else "max"
+        if self.mode != want:
+            raise ValueError(f"monitor {self.monitor} must be {want}imised: set mode: {want}")
+        return self
+
+
 # --------------------------------------------------------------------------- all params
 class Params(StrictModel):
     """Everything in ``params.yaml``. Later stages add their own section."""
@@ -109,6 +289,7 @@ class Params(StrictModel):
     project: ProjectParams = ProjectParams()
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    train: TrainParams = TrainParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -294,12 +475,18 @@ __all__ = [
     "DigitsParams",
     "IngestParams",
     "Literal",
+    "ManifestSuiteConfig",
     "Params",
     "PrivacyParams",
     "ProjectParams",
     "ShapesParams",
     "SplitFractions",
     "StrictModel",
+    "TrainModelParams",
+    "TrainParams",
+    "OptimizerParams",
+    "SchedulerParams",
+    "LossParams",
     "ValidateParams",
     "apply_overrides",
     "load_config",
