@@ -1,0 +1,628 @@
+"""The ingest stage: source files -> normalised PNGs in ``data/raw`` + quarantine + manifest.
+
+``run_ingest(params)`` is the one entry point (CLI ``cvplatform ingest``, DVC,
+Airflow, notebooks). For every file the source holds it either
+
+* **accepts** it: decodes and verifies it with Pillow, applies the EXIF
+  orientation, converts it to 8-bit RGB, optionally blurs faces
+  (``ingest.privacy.redact_faces``), re-encodes it as a metadata-free PNG and
+  stores it as ``data/raw/<label dir>/<sha256>.png`` (``sha256`` of those PNG
+  bytes is the image's identity and the manifest key); or
+* **quarantines** it: copies the original bytes to
+  ``data/quarantine/<reason>/`` and writes one row to
+  ``data/quarantine/report.csv`` (``file,reason,detail,label,stored``); or
+* counts it as a **duplicate**: same normalised content and same label as an
+  accepted file (the first by origin path is kept; pairs are listed in
+  ``artifacts/ingest/duplicates.csv``).
+
+Counts always balance: ``seen = accepted + quarantined + duplicates``.
+
+Normalisation rules (decisions):
+
+* Transparency (RGBA, LA, PA, palette/grey/RGB with a ``tRNS`` colour) is
+  **composited on white**: hidden RGB values under alpha 0 are arbitrary, white
+  is what a viewer shows on a page.
+* 16-bit images (``I;16*``, and ``I`` with values in 0..65535) are scaled to
+  8 bits with rounding (``v * 255 / 65535``), not clipped. 32-bit integer images
+  outside that range and float images (``F``) have no known range:
+  ``unsupported_mode``.
+* CMYK, YCbCr, LAB, HSV, 1-bit, grey and palette images use Pillow's conversion
+  to RGB (embedded ICC profiles are not applied; they are dropped).
+* Animated / multi-frame files keep their first frame.
+* The output PNG carries no metadata at all (no EXIF, GPS, ICC, text, dpi):
+  a fresh image is built from the pixels and saved with fixed encoder settings
+  (``compress_level=6``), so the same pixels give the same bytes.
+
+Reasons (stable codes, see :data:`REASONS`): ``empty_file``, ``unreadable``,
+``undecodable``, ``too_large`` (``width*height > ingest.max_pixels``, read from
+the header before any pixel is decoded; Pillow's decompression-bomb guard is set
+to the same limit and mapped here), ``too_small``, ``unsupported_mode``,
+``path_escape``, ``missing_file``, ``no_label``, ``label_conflict`` (the same
+normalised content with different labels: every copy is quarantined).
+
+Privacy note: faces are blurred in everything ingest publishes (``data/raw``
+and therefore the manifest, DVC cache and remotes). ``data/quarantine`` keeps
+the original bytes for human review by design (nothing is lost); treat it with
+the same access rules as the source itself.
+
+Outputs are rebuilt from scratch on every run (``data/raw``, ``data/quarantine``
+and the manifest are cleared first), and every output is a deterministic function
+of the input: the worker count and completion order do not change a byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from cvplatform.data.manifest import write_manifest
+from cvplatform.data.sources import SourceItem, open_source
+from cvplatform.data.split import SPLIT_NAMES, assign_split
+from cvplatform.errors import CVPlatformError, DataError, SourceError
+from cvplatform.stage import StageResult
+from cvplatform.utils.io import ProjectPaths, sha256_bytes, sha256_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    from PIL import Image
+
+    from cvplatform.config import Params
+
+log = logging.getLogger(__name__)
+
+REASONS: dict[str, str] = {
+    "empty_file": "the file has zero bytes",
+    "unreadable": "the file cannot be read (permissions, special file)",
+    "undecodable": "not a decodable image (truncated, corrupt, or not an image despite its extension)",
+    "too_large": "width*height exceeds ingest.max_pixels (checked from the header, before decoding)",
+    "too_small": "width or height is below ingest.min_side",
+    "unsupported_mode": "the pixel format cannot be converted to 8-bit RGB",
+    "path_escape": "a symlink or CSV path that resolves outside the source root",
+    "missing_file": "a labels-CSV row (or symlink) that points at nothing",
+    "no_label": "no class label (file outside a class folder, not listed in the CSV, or empty label)",
+    "label_conflict": "the same normalised image appears with different labels (every copy quarantined)",
+}
+"""Stable quarantine reason codes and what they mean."""
+
+REPORT_COLUMNS: tuple[str, ...] = ("file", "reason", "detail", "label", "stored")
+PNG_SAVE_OPTIONS: dict[str, object] = {"format": "PNG", "compress_level": 6, "optimize": False}
+_INCOMING = ".incoming"
+
+
+# --------------------------------------------------------------------------- decoding
+class Rejected(Exception):
+    """Raised by :func:`normalise_image` with a stable reason code and a human detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class NormalisedImage:
+    """An accepted image: metadata-free RGB PNG bytes and what we learned decoding it."""
+
+    png: bytes
+    sha256: str
+    width: int
+    height: int
+    format: str
+    faces: int = 0
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Set Pillow's decompression-bomb limit to ``max_pixels`` (and make its warning an error)."""
+    from PIL import Image
+
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Convert a loaded PIL image to an RGB uint8 array (H, W, 3) following the module's rules."""
+    import numpy as np
+    from PIL import Image
+
+    mode = img.mode
+    try:
+        if mode.startswith("I;16") or mode == "I":
+            a = np.asarray(img).astype(np.int64)
+            if a.ndim != 2:
+                raise Rejected("unsupported_mode", f"mode {mode} with shape {a.shape}")
+            if a.size and (a.min() < 0 or a.max() > 65535):
+                raise Rejected(
+                    "unsupported_mode",
+                    f"mode {mode}: values {a.min()}..{a.max()} outside 0..65535, no known range to scale to 8 bits",
+                )
+            g = ((a * 255 + 32767) // 65535).astype(np.uint8)
+            return np.repeat(g[:, :, None], 3, axis=2)
+        if mode == "F":
+            raise Rejected("unsupported_mode", "mode F (32-bit float pixels): no known range to scale to 8 bits")
+        if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+            rgba = img.convert("RGBA")
+            white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            rgb = Image.alpha_composite(white, rgba).convert("RGB")
+        elif mode == "RGB":
+            rgb = img
+        else:
+            rgb = img.convert("RGB")
+        arr = np.asarray(rgb, dtype=np.uint8)
+    except Rejected:
+        raise
+    except Exception as exc:  # Pillow raises ValueError/OSError/KeyError for unknown conversions
+        raise Rejected("unsupported_mode", f"mode {mode}: cannot convert to RGB ({exc})") from None
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise Rejected("unsupported_mode", f"mode {mode}: converted to shape {arr.shape}, expected (H, W, 3)")
+    return arr
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """Encode an RGB uint8 array as a PNG with fixed settings and no metadata chunks.
+
+    Example:
+        >>> import numpy as np
+        >>> encode_png(np.zeros((2, 2, 3), np.uint8))[:8]
+        b'\\x89PNG\\r\\n\\x1a\\n'
+    """
+    import numpy as np
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))  # fresh image: empty .info
+    buf = io.BytesIO()
+    img.save(buf, **PNG_SAVE_OPTIONS)
+    return buf.getvalue()
+
+
+def normalise_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    min_side: int,
+    redact: bool = False,
+    min_face_size: int = 24,
+) -> NormalisedImage:
+    """Decode, verify and normalise one image file's bytes, or raise :class:`Rejected`.
+
+    Order of checks: empty -> header (format, size; ``too_large`` before any
+    decoding) -> ``verify()`` -> full decode -> EXIF orientation -> RGB
+    conversion -> ``too_small`` -> optional face redaction -> PNG encoding.
+
+    Args:
+        data: the file's bytes.
+        max_pixels: largest accepted ``width * height``.
+        min_side: smallest accepted width/height (after EXIF rotation).
+        redact: blur faces (see :mod:`cvplatform.data.privacy`).
+        min_face_size: smallest face side for the detector.
+
+    Returns:
+        The normalised image.
+
+    Raises:
+        Rejected: with one of the codes in :data:`REASONS`.
+
+    Example:
+        >>> import io
+        >>> from PIL import Image
+        >>> buf = io.BytesIO(); Image.new("L", (16, 12), 200).save(buf, "PNG")
+        >>> n = normalise_image(buf.getvalue(), max_pixels=10_000, min_side=8)
+        >>> (n.width, n.height, n.format)
+        (16, 12, 'PNG')
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise Rejected("empty_file", "zero bytes")
+    with _pixel_limit(max_pixels):
+        try:
+            header = Image.open(io.BytesIO(data))  # reads the header only; Pillow's bomb guard fires here
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise Rejected("too_large", f"declared size exceeds ingest.max_pixels = {max_pixels} ({exc})") from None
+        except UnidentifiedImageError:
+            raise Rejected("undecodable", "not a recognised image format") from None
+        except Exception as exc:
+            raise Rejected("undecodable", f"unreadable header ({type(exc).__name__}: {exc})") from None
+        fmt = header.format or "unknown"
+        w, h = header.size
+        if w * h > max_pixels:  # normally caught by Pillow's guard above; kept for plugins that skip it
+            raise Rejected("too_large", f"{w}x{h} = {w * h} pixels > ingest.max_pixels = {max_pixels}")
+        try:
+            header.verify()
+        except Exception as exc:
+            raise Rejected("undecodable", f"{fmt}: verify failed ({type(exc).__name__}: {exc})") from None
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise Rejected("too_large", f"exceeds ingest.max_pixels = {max_pixels} ({exc})") from None
+        except Exception as exc:
+            raise Rejected("undecodable", f"{fmt}: decode failed ({type(exc).__name__}: {exc})") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception as exc:
+        raise Rejected("undecodable", f"{fmt}: invalid EXIF orientation ({type(exc).__name__}: {exc})") from None
+    rgb = _to_rgb_array(img)
+    height, width = rgb.shape[:2]
+    if min(width, height) < min_side:
+        raise Rejected("too_small", f"{width}x{height}: a side is below ingest.min_side = {min_side}")
+    faces = 0
+    if redact:
+        from cvplatform.data.privacy import redact_faces
+
+        rgb, faces = redact_faces(rgb, min_face_size)
+    png = encode_png(rgb)
+    return NormalisedImage(png=png, sha256=sha256_bytes(png), width=width, height=height, format=fmt, faces=faces)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What a decode worker needs (picklable)."""
+
+    max_pixels: int
+    min_side: int
+    redact: bool
+    min_face_size: int
+    incoming: str
+
+
+@dataclass(frozen=True)
+class DecodeOutcome:
+    """A worker's answer for one file: a rejection, or where its normalised PNG went."""
+
+    index: int
+    reason: str | None = None
+    detail: str = ""
+    sha256: str | None = None
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    faces: int = 0
+
+
+def _decode_task(task: tuple[int, str], opts: DecodeOptions) -> DecodeOutcome:
+    """Worker body: read one file, normalise it, write ``<incoming>/<sha256>.png`` atomically."""
+    index, path = task
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return DecodeOutcome(index, "unreadable", f"cannot read: {exc.strerror or exc}")
+    try:
+        img = normalise_image(
+            data, max_pixels=opts.max_pixels, min_side=opts.min_side, redact=opts.redact,
+            min_face_size=opts.min_face_size,
+        )
+    except Rejected as rej:
+        return DecodeOutcome(index, rej.reason, rej.detail)
+    except CVPlatformError:
+        raise  # e.g. the face cascade cannot be loaded: fail the run, do not quarantine everything
+    except Exception as exc:  # a decoder/codec bug on one odd file must not sink the whole run
+        return DecodeOutcome(index, "undecodable", f"unexpected {type(exc).__name__} while normalising: {exc}")
+    dest = Path(opts.incoming) / f"{img.sha256}.png"
+    if not dest.exists():  # content-addressed: a concurrent writer of the same name writes the same bytes
+        fd, tmp = tempfile.mkstemp(dir=opts.incoming, prefix=".", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(img.png)
+        os.replace(tmp, dest)
+    return DecodeOutcome(index, None, "", img.sha256, img.width, img.height, img.format, img.faces)
+
+
+def _decode_all(tasks: list[tuple[int, str]], opts: DecodeOptions, workers: int) -> dict[int, DecodeOutcome]:
+    from tqdm import tqdm
+
+    out: dict[int, DecodeOutcome] = {}
+    with tqdm(total=len(tasks), desc="ingest", unit="img", file=sys.stderr, mininterval=1.0, leave=False) as bar:
+        if workers <= 1 or len(tasks) < 2:
+            for t in tasks:
+                o = _decode_task(t, opts)
+                out[o.index] = o
+                bar.update()
+        else:
+            from concurrent.futures import ProcessPoolExecutor
+
+            n = min(workers, len(tasks))
+            chunk = max(1, min(64, len(tasks) // (n * 8)))
+            # The platform's default start method (fork on Linux/3.11, spawn on macOS/Windows): with spawn
+            # or forkserver, a calling *script* needs the usual `if __name__ == "__main__":` guard.
+            with ProcessPoolExecutor(max_workers=n) as pool:
+                for o in pool.map(partial(_decode_task, opts=opts), tasks, chunksize=chunk):
+                    out[o.index] = o
+                    bar.update()
+    return out
+
+
+# --------------------------------------------------------------------------- naming
+def label_dirname(label: str) -> str:
+    """A filesystem-safe folder name for a label (the real label stays in the manifest).
+
+    Safe labels (ASCII letters, digits, ``.``, ``_``, ``-``, not starting with a
+    dot) are used as they are; anything else is sanitised and suffixed with 8 hex
+    digits of the label's sha256 so two different labels never share a folder.
+
+    Example:
+        >>> label_dirname("cat")
+        'cat'
+        >>> label_dirname("chat noir").startswith("chat_noir-")
+        True
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._")[:60]
+    if safe == label and safe:
+        return safe
+    return f"{safe or 'label'}-{hashlib.sha256(label.encode('utf-8')).hexdigest()[:8]}"
+
+
+def _quarantine_name(item: SourceItem) -> str:
+    digest = hashlib.sha256(f"{item.origin}\0{item.row or 0}".encode()).hexdigest()[:12]
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", item.origin.rsplit("/", 1)[-1]).strip("._")[:80] or "file"
+    return f"{digest}-{base}"
+
+
+# --------------------------------------------------------------------------- result
+@dataclass
+class IngestResult(StageResult):
+    """What ``run_ingest`` did. Paths are relative to the project root (posix)."""
+
+    stage: ClassVar[str] = "ingest"
+    source: str
+    seen: int
+    accepted: int
+    quarantined: int
+    duplicates: int
+    by_reason: dict[str, int] = field(default_factory=dict)
+    by_label: dict[str, int] = field(default_factory=dict)
+    by_split: dict[str, int] = field(default_factory=dict)
+    redacted_faces: int = 0
+    metadata_columns: list[str] = field(default_factory=list)
+    manifest: str = ""
+    manifest_sha256: str = ""
+    raw_dir: str = ""
+    quarantine_dir: str = ""
+    report: str = ""
+    duplicates_report: str = ""
+
+    @property
+    def balanced(self) -> bool:
+        """``seen == accepted + quarantined + duplicates`` (always true for a finished run)."""
+        return self.seen == self.accepted + self.quarantined + self.duplicates
+
+    def lines(self) -> list[str]:
+        """One screen of human summary."""
+
+        def fmt(d: dict[str, int], limit: int = 12) -> str:
+            items = [f"{k}={v}" for k, v in sorted(d.items())]
+            more = f", ... (+{len(items) - limit} more)" if len(items) > limit else ""
+            return ", ".join(items[:limit]) + more if items else "-"
+
+        out = [
+            f"ingest: {self.source}",
+            f"  seen {self.seen} = accepted {self.accepted} + quarantined {self.quarantined}"
+            f" + duplicates {self.duplicates}",
+            f"  quarantined by reason: {fmt(self.by_reason)}",
+            f"  labels ({len(self.by_label)}): {fmt(self.by_label)}",
+            f"  splits: {', '.join(f'{s}={self.by_split.get(s, 0)}' for s in SPLIT_NAMES)}",
+        ]
+        if self.metadata_columns:
+            out.append(f"  metadata columns: {', '.join(self.metadata_columns)}")
+        if self.redacted_faces:
+            out.append(f"  faces redacted: {self.redacted_faces}")
+        out.append(f"  manifest: {self.manifest}")
+        out.append(f"  quarantine report: {self.report}")
+        return out
+
+
+# --------------------------------------------------------------------------- the stage
+def _reset_dir(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResult:
+    """Ingest ``params.ingest.source`` into ``data/raw``, ``data/quarantine`` and the manifest.
+
+    Args:
+        params: validated params (``params.ingest`` is used).
+        root: project root (default: the current directory); every fixed path
+            (``data/raw``, ``data/quarantine``, ``data/processed/manifest.parquet``,
+            ``artifacts/ingest``) is relative to it, and so are ``folder:`` sources.
+
+    Returns:
+        The :class:`IngestResult`; also written to ``artifacts/ingest/summary.json``.
+
+    Raises:
+        SourceError: the source spec, folder, bucket or labels CSV is unusable, or holds no files.
+        DataError: no file was accepted (the quarantine report and summary are still written).
+
+    Example:
+        >>> from cvplatform.config import load_params
+        >>> from cvplatform.data.ingest import run_ingest
+        >>> params = load_params("params.yaml", ["ingest.source=digits", "ingest.digits.limit=50"])  # doctest: +SKIP
+        >>> result = run_ingest(params)  # doctest: +SKIP
+        >>> result.seen == result.accepted + result.quarantined + result.duplicates  # doctest: +SKIP
+        True
+    """
+    import pandas as pd
+
+    ip = params.ingest
+    paths = ProjectPaths.at(root)
+    listing = open_source(ip, paths)
+    items = listing.items
+    spec = listing.spec.spec
+    if not items:
+        raise SourceError(
+            f"{spec}: no files found in {listing.root}. Put images there (one sub-folder per class, "
+            "or files listed in ingest.labels_csv) or point ingest.source elsewhere."
+        )
+    log.info("ingest: %d file(s) from %s (root %s)", len(items), spec, listing.root)
+
+    _reset_dir(paths.raw)
+    _reset_dir(paths.quarantine)
+    paths.manifest.unlink(missing_ok=True)
+    incoming = paths.raw / _INCOMING
+    incoming.mkdir()
+    artifacts = paths.artifacts("ingest")
+
+    opts = DecodeOptions(
+        max_pixels=ip.max_pixels, min_side=ip.min_side, redact=ip.privacy.redact_faces,
+        min_face_size=ip.privacy.min_face_size, incoming=str(incoming),
+    )
+    tasks = [(i, str(it.local_path)) for i, it in enumerate(items) if it.reason is None and it.local_path]
+    outcomes = _decode_all(tasks, opts, ip.workers)
+
+    rejected: list[tuple[int, str, str]] = []
+    by_sha: dict[str, list[int]] = defaultdict(list)
+    for i, it in enumerate(items):
+        if it.reason is not None:
+            rejected.append((i, it.reason, it.detail))
+            continue
+        o = outcomes[i]
+        if o.reason is not None:
+            rejected.append((i, o.reason, o.detail))
+        else:
+            by_sha[str(o.sha256)].append(i)
+
+    rows: list[dict[str, object]] = []
+    dup_rows: list[tuple[str, ...]] = []
+    faces = 0
+    for sha in sorted(by_sha):
+        idxs = sorted(by_sha[sha], key=lambda i: items[i].sort_key)
+        png = incoming / f"{sha}.png"
+        labels = sorted({str(items[i].label) for i in idxs})
+        if len(labels) > 1:
+            for i in idxs:
+                others = [items[j].origin for j in idxs if j != i]
+                shown = ", ".join(others[:5]) + (f" (+{len(others) - 5} more)" if len(others) > 5 else "")
+                rejected.append((i, "label_conflict",
+                                 f"same image (sha256 {sha[:12]}) labelled {labels}; other copies: {shown}"))
+            png.unlink()
+            continue
+        keep = items[idxs[0]]
+        label = str(keep.label)
+        dest = paths.raw / label_dirname(label) / f"{sha}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(png, dest)
+        o = outcomes[idxs[0]]
+        faces += o.faces
+        row: dict[str, object] = {
+            "path": dest.relative_to(paths.root).as_posix(),
+            "sha256": sha,
+            "label": label,
+            "width": o.width,
+            "height": o.height,
+            "channels": 3,
+            "format": o.format,
+            "source": spec,
+            "origin": keep.origin,
+            "split": assign_split(sha, label, ip.split),
+        }
+        meta = dict(keep.metadata)
+        for col in listing.metadata_columns:
+            row[col] = meta.get(col)
+        rows.append(row)
+        dup_rows.extend((items[j].origin, keep.origin, sha, label) for j in idxs[1:])
+    shutil.rmtree(incoming)
+
+    report_rows: list[tuple[str, ...]] = []
+    for i, reason, detail in rejected:
+        it = items[i]
+        stored = ""
+        if it.local_path is not None and reason not in ("path_escape", "missing_file", "unreadable"):
+            target = paths.quarantine / reason / _quarantine_name(it)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                shutil.copyfile(it.local_path, target)  # the original bytes; the source is never touched
+                stored = target.relative_to(paths.root).as_posix()
+            except OSError as exc:
+                detail = f"{detail}; could not copy to quarantine: {exc}"
+        report_rows.append((it.origin, reason, detail, it.label or "", stored))
+    report_rows.sort()
+    report = _write_csv(paths.quarantine / "report.csv", REPORT_COLUMNS, report_rows)
+    dup_report = _write_csv(artifacts / "duplicates.csv", ("file", "duplicate_of", "sha256", "label"), sorted(dup_rows))
+
+    by_reason = dict(sorted(Counter(r[1] for r in report_rows).items()))
+    by_label = dict(sorted(Counter(str(r["label"]) for r in rows).items()))
+    by_split = {s: sum(1 for r in rows if r["split"] == s) for s in SPLIT_NAMES}
+
+    def rel(p: Path) -> str:
+        return p.relative_to(paths.root).as_posix()
+
+    result = IngestResult(
+        source=spec,
+        seen=len(items),
+        accepted=len(rows),
+        quarantined=len(report_rows),
+        duplicates=len(dup_rows),
+        by_reason=by_reason,
+        by_label=by_label,
+        by_split=by_split,
+        redacted_faces=faces,
+        metadata_columns=list(listing.metadata_columns),
+        raw_dir=rel(paths.raw),
+        quarantine_dir=rel(paths.quarantine),
+        report=rel(report),
+        duplicates_report=rel(dup_report),
+    )
+    if not result.balanced:  # pragma: no cover - an invariant; failing loudly beats a silent loss
+        raise DataError(f"ingest counts do not balance: {result.to_dict()}; this is a bug, please report it")
+    if not rows:
+        result.write_summary(artifacts)
+        raise DataError(
+            f"{spec}: none of the {len(items)} file(s) was accepted ({by_reason}). "
+            f"See {report} for the reason of each file."
+        )
+    df = pd.DataFrame(rows)
+    manifest = write_manifest(df, paths.manifest)
+    result.manifest = rel(manifest)
+    result.manifest_sha256 = sha256_file(manifest)
+    result.write_summary(artifacts)
+    log.info(
+        "ingest: seen %d, accepted %d, quarantined %d %s, duplicates %d",
+        result.seen, result.accepted, result.quarantined, by_reason, result.duplicates,
+    )
+    return result
+
+
+__all__ = [
+    "REASONS",
+    "DecodeOutcome",
+    "IngestResult",
+    "NormalisedImage",
+    "Rejected",
+    "encode_png",
+    "label_dirname",
+    "normalise_image",
+    "run_ingest",
+]

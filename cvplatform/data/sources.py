@@ -1,0 +1,584 @@
+"""Data sources for ingest: parse a source spec and list the files it holds.
+
+Valid specs (``ingest.source`` / ``cvplatform ingest --source``):
+
+``folder:PATH``
+    A local folder (PATH relative to the project root, or absolute).
+``s3://bucket/prefix``
+    The same layouts in an S3 bucket, read through ``boto3.client("s3")``
+    (endpoint, region and credentials from the standard AWS environment
+    variables / config files, e.g. ``AWS_ENDPOINT_URL``). Objects are mirrored
+    into ``data/sources/s3/<bucket>/<prefix>/`` and then read like a folder.
+``digits`` / ``shapes``
+    Built-in sample sets written to ``data/sources/<name>/`` (see
+    :mod:`cvplatform.data.synthetic`).
+
+Two layouts are understood:
+
+* **ImageFolder** (``ingest.labels_csv`` is null): one sub-folder per class;
+  files in nested sub-folders belong to the top-level class folder; files
+  directly in the root have no label (quarantined as ``no_label``).
+* **Labels CSV** (``ingest.labels_csv: labels.csv``, a path inside the source):
+  columns ``path,label[,metadata...]``; ``path`` is relative to the source root
+  (posix separators). Extra columns become manifest columns. Files in the source
+  that no row references are quarantined as ``no_label``; rows whose path is
+  absolute or escapes the root are ``path_escape``; rows pointing at nothing are
+  ``missing_file``. For ``shapes`` the generator's own CSV is always used.
+
+Listing never opens images: it returns :class:`SourceItem` records, some of them
+already rejected with a reason (``path_escape``, ``missing_file``, ``no_label``).
+Symlinks are not followed out of the source root: a symlink whose target
+resolves outside it is ``path_escape``; symlinked directories inside the root are
+not descended into (their targets are listed on their own).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import shutil
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from cvplatform.data.manifest import CORE_COLUMNS
+from cvplatform.errors import SourceError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cvplatform.config import IngestParams
+    from cvplatform.utils.io import ProjectPaths
+
+log = logging.getLogger(__name__)
+
+SOURCE_FORMS = "folder:PATH | s3://bucket/prefix | digits | shapes"
+"""The valid ``ingest.source`` forms, quoted in error messages."""
+
+REJECT_AT_LISTING: tuple[str, ...] = ("path_escape", "missing_file", "no_label", "unreadable")
+"""Reasons a file can be rejected with before it is opened."""
+
+_S3_DOWNLOAD_THREADS = 8
+_S3_PAGE_SIZE = 1000  # keys per ListObjectsV2 page (the S3 maximum); tests lower it to exercise paging
+
+
+# --------------------------------------------------------------------------- spec
+@dataclass(frozen=True)
+class SourceSpec:
+    """A parsed ``ingest.source`` value.
+
+    Attributes:
+        kind: ``folder`` | ``s3`` | ``digits`` | ``shapes``.
+        spec: the spec string as given (recorded in the manifest ``source`` column).
+        path: folder path for ``folder`` specs (as given, not resolved).
+        bucket: S3 bucket for ``s3`` specs.
+        prefix: S3 key prefix for ``s3`` specs, without leading/trailing ``/`` ("" = whole bucket).
+    """
+
+    kind: str
+    spec: str
+    path: str | None = None
+    bucket: str | None = None
+    prefix: str = ""
+
+
+def parse_source(spec: str) -> SourceSpec:
+    """Parse a source spec, raising :class:`SourceError` listing the valid forms when it is not one.
+
+    Args:
+        spec: ``folder:PATH``, ``s3://bucket/prefix``, ``digits`` or ``shapes``.
+
+    Returns:
+        The parsed :class:`SourceSpec`.
+
+    Example:
+        >>> parse_source("s3://my-bucket/datasets/cats")
+        SourceSpec(kind='s3', spec='s3://my-bucket/datasets/cats', path=None, bucket='my-bucket', prefix='datasets/cats')
+        >>> parse_source("folder:data/incoming").path
+        'data/incoming'
+    """
+    s = (spec or "").strip()
+    if s in ("digits", "shapes"):
+        return SourceSpec(kind=s, spec=s)
+    if s.startswith("folder:"):
+        path = s[len("folder:"):].strip()
+        if not path:
+            raise SourceError(f"ingest.source {spec!r}: empty folder path. Use folder:PATH, e.g. folder:data/incoming.")
+        return SourceSpec(kind="folder", spec=s, path=path)
+    if s.startswith("s3://"):
+        rest = s[len("s3://"):]
+        bucket, _, prefix = rest.partition("/")
+        prefix = prefix.strip("/")
+        import re
+
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{2,62}", bucket):
+            raise SourceError(
+                f"ingest.source {spec!r}: {bucket!r} is not a valid S3 bucket name "
+                "(lowercase letters, digits, '.', '-'). Use s3://bucket/prefix."
+            )
+        if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+            raise SourceError(
+                f"ingest.source {spec!r}: the prefix {prefix!r} has empty, '.' or '..' segments. "
+                "Use a plain key prefix such as s3://bucket/datasets/cats."
+            )
+        return SourceSpec(kind="s3", spec=s, bucket=bucket, prefix=prefix)
+    raise SourceError(
+        f"ingest.source {spec!r} is not a known source. Valid forms: {SOURCE_FORMS} "
+        "(set ingest.source in params.yaml or pass --source)."
+    )
+
+
+# --------------------------------------------------------------------------- items
+@dataclass(frozen=True)
+class SourceItem:
+    """One file of a source, before decoding.
+
+    Attributes:
+        origin: path inside the source, relative to its root (posix); for S3 the key minus the prefix.
+        label: class label (NFC-normalised, stripped), or None when the file has none.
+        local_path: the local file to read (None when there is nothing safe to read).
+        metadata: ``(column, value)`` pairs from the labels CSV (sorted by column).
+        reason: rejection reason decided at listing time (see :data:`REJECT_AT_LISTING`), else None.
+        detail: human explanation of ``reason``.
+        row: line number in the labels CSV, when the item comes from one.
+    """
+
+    origin: str
+    label: str | None
+    local_path: Path | None
+    metadata: tuple[tuple[str, str | None], ...] = ()
+    reason: str | None = None
+    detail: str = ""
+    row: int | None = None
+
+    @property
+    def sort_key(self) -> tuple[str, int]:
+        return (self.origin, self.row or 0)
+
+
+@dataclass(frozen=True)
+class SourceListing:
+    """Everything ingest needs to know about a source: where it is and its items, sorted."""
+
+    spec: SourceSpec
+    root: Path
+    items: tuple[SourceItem, ...]
+    metadata_columns: tuple[str, ...] = ()
+    labels_csv: Path | None = None
+    notes: tuple[str, ...] = field(default=())
+
+
+def normalise_label(raw: object) -> str | None:
+    """Strip and NFC-normalise a label; empty -> None.
+
+    Example:
+        >>> normalise_label("  cat ")
+        'cat'
+        >>> normalise_label("") is None
+        True
+    """
+    if raw is None:
+        return None
+    s = unicodedata.normalize("NFC", str(raw)).strip()
+    return s or None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def _walk(root: Path) -> Iterator[tuple[str, Path, str | None, str]]:
+    """Yield ``(origin, path, reason, detail)`` for every non-directory entry under ``root``.
+
+    ``reason`` is None for regular files (``path`` is then their resolved location),
+    ``path_escape`` for symlinks resolving outside ``root``, ``missing_file`` for
+    broken symlinks and ``unreadable`` for special files (FIFOs, sockets, devices).
+    """
+    import stat
+
+    root_res = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dpath = Path(dirpath)
+        keep = []
+        for d in dirnames:
+            full = dpath / d
+            if full.is_symlink():
+                origin = full.relative_to(root).as_posix()
+                target = full.resolve()
+                if not _inside(target, root_res):
+                    yield origin, full, "path_escape", f"symlinked folder resolves to {target}, outside the source root"
+                else:
+                    log.debug("not descending into symlinked folder %s (target %s is inside the source)", full, target)
+            else:
+                keep.append(d)
+        dirnames[:] = keep
+        for name in filenames:
+            full = dpath / name
+            origin = full.relative_to(root).as_posix()
+            if full.is_symlink():
+                target = full.resolve()
+                if not _inside(target, root_res):
+                    yield origin, full, "path_escape", f"symlink resolves to {target}, outside the source root"
+                    continue
+                if not target.exists():
+                    yield origin, full, "missing_file", f"broken symlink (target {target} does not exist)"
+                    continue
+            else:
+                target = full.resolve()
+            try:
+                mode = os.stat(target).st_mode
+            except OSError as exc:
+                yield origin, full, "unreadable", f"cannot stat: {exc}"
+                continue
+            if not stat.S_ISREG(mode):
+                yield origin, full, "unreadable", "not a regular file (FIFO, socket or device)"
+                continue
+            yield origin, target, None, ""
+
+
+def _read_labels_csv(csv_path: Path) -> tuple[list[tuple[int, dict[str, str]]], tuple[str, ...]]:
+    try:
+        fh = csv_path.open("r", encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise SourceError(f"{csv_path}: cannot open labels CSV ({exc}).") from exc
+    with fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise SourceError(f"{csv_path}: labels CSV is empty; it needs a header row path,label[,metadata...].") from None
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise SourceError(f"{csv_path}: not a readable UTF-8 CSV ({exc}).") from exc
+        cols = [c.strip() for c in header]
+        dupes = sorted({c for c in cols if cols.count(c) > 1})
+        if dupes:
+            raise SourceError(f"{csv_path}: duplicate column(s) {dupes} in the header; each column name must be unique.")
+        if "path" not in cols or "label" not in cols:
+            raise SourceError(
+                f"{csv_path}: labels CSV needs columns 'path' and 'label' (found {cols}). "
+                "Fix the header or set ingest.labels_csv: null for the one-folder-per-class layout."
+            )
+        meta = tuple(c for c in cols if c not in ("path", "label"))
+        clash = [c for c in meta if c in CORE_COLUMNS or not c]
+        if clash:
+            raise SourceError(
+                f"{csv_path}: metadata column(s) {clash} clash with manifest columns {list(CORE_COLUMNS)} "
+                "(or are empty); rename them in the CSV header."
+            )
+        rows: list[tuple[int, dict[str, str]]] = []
+        try:
+            for values in reader:
+                if not any(v.strip() for v in values):
+                    continue  # blank line
+                if len(values) != len(cols):
+                    raise SourceError(
+                        f"{csv_path}, line {reader.line_num}: {len(values)} fields, expected {len(cols)} ({cols}). "
+                        "Quote values that contain commas."
+                    )
+                rows.append((reader.line_num, dict(zip(cols, values, strict=True))))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise SourceError(f"{csv_path}, line {reader.line_num}: unreadable CSV ({exc}).") from exc
+    return rows, meta
+
+
+def list_folder(root: str | Path, labels_csv: str | None = None) -> tuple[list[SourceItem], tuple[str, ...]]:
+    """List every file of a local source folder, with labels, and decide listing-time rejections.
+
+    Args:
+        root: the source root folder.
+        labels_csv: path of a labels CSV inside ``root`` (None = ImageFolder layout).
+
+    Returns:
+        ``(items sorted by origin, metadata column names)``.
+
+    Raises:
+        SourceError: ``root`` is not a folder, or the labels CSV is missing or malformed.
+
+    Example:
+        >>> items, meta = list_folder("data/sources/shapes", "labels.csv")  # doctest: +SKIP
+        >>> items[0].label, meta  # doctest: +SKIP
+        ('circle', ('background', 'camera', 'lighting'))
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise SourceError(f"{root}: source folder does not exist or is not a folder. Check ingest.source / --source.")
+    root_res = root.resolve()
+    items: list[SourceItem] = []
+    if labels_csv is None:
+        for origin, path, reason, detail in _walk(root):
+            parts = PurePosixPath(origin).parts
+            label = normalise_label(parts[0]) if len(parts) > 1 else None
+            if reason is None and label is None:
+                reason, detail = "no_label", "file is directly in the source root; the layout is <root>/<class>/<file>"
+            local = path if reason in (None, "no_label") else None
+            items.append(SourceItem(origin=origin, label=label, local_path=local, reason=reason, detail=detail))
+        return sorted(items, key=lambda i: i.sort_key), ()
+
+    csv_path = (root / labels_csv)
+    csv_res = csv_path.resolve()
+    if not _inside(csv_res, root_res) or not csv_res.is_file():
+        raise SourceError(
+            f"{csv_path}: labels CSV (ingest.labels_csv={labels_csv!r}) not found inside the source {root}. "
+            "Give a path relative to the source root, or null for the one-folder-per-class layout."
+        )
+    rows, meta = _read_labels_csv(csv_res)
+    referenced: set[Path] = set()  # resolved targets of rows that point at a file
+    named: set[str] = set()  # normalised paths of every row
+    for line, row in rows:
+        raw_path = row["path"].strip()
+        if raw_path:
+            named.add(os.path.normpath(raw_path).replace(os.sep, "/"))
+        label = normalise_label(row["label"])
+        metadata = tuple(sorted((c, (row[c].strip() or None)) for c in meta))
+        common = {"label": label, "metadata": metadata, "row": line}
+        if not raw_path:
+            items.append(SourceItem(origin="", local_path=None, reason="missing_file",
+                                    detail=f"{csv_path.name} line {line}: empty path", **common))
+            continue
+        pure = PurePosixPath(raw_path)
+        if pure.is_absolute() or (len(raw_path) > 1 and raw_path[1] == ":"):
+            items.append(SourceItem(origin=raw_path, local_path=None, reason="path_escape",
+                                    detail=f"{csv_path.name} line {line}: absolute path", **common))
+            continue
+        origin = os.path.normpath(raw_path).replace(os.sep, "/")
+        target = (root / raw_path).resolve()
+        if not _inside(target, root_res):
+            items.append(SourceItem(origin=raw_path, local_path=None, reason="path_escape",
+                                    detail=f"{csv_path.name} line {line}: resolves to {target}, outside the source root",
+                                    **common))
+            continue
+        if not target.is_file():
+            what = "is not a file" if target.exists() else "does not exist"
+            items.append(SourceItem(origin=origin, local_path=None, reason="missing_file",
+                                    detail=f"{csv_path.name} line {line}: {what}", **common))
+            continue
+        referenced.add(target)
+        if label is None:
+            items.append(SourceItem(origin=origin, local_path=target, reason="no_label",
+                                    detail=f"{csv_path.name} line {line}: empty label", **common))
+            continue
+        items.append(SourceItem(origin=origin, local_path=target, **common))
+
+    for origin, path, reason, detail in _walk(root):
+        if reason is None:
+            if path == csv_res or path in referenced or origin in named:
+                continue
+            reason, detail = "no_label", f"not listed in {csv_path.name}"
+        elif origin in named:
+            continue  # the CSV row naming it already carries the rejection
+        local = path if reason == "no_label" else None
+        items.append(SourceItem(origin=origin, label=None, local_path=local, reason=reason, detail=detail))
+    return sorted(items, key=lambda i: i.sort_key), meta
+
+
+# --------------------------------------------------------------------------- S3
+def _s3_error(exc: BaseException, spec: SourceSpec, action: str) -> SourceError:
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, NoRegionError
+
+    where = f"s3://{spec.bucket}/{spec.prefix}"
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or "AWS default"
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchBucket", "404") and action == "list":
+            return SourceError(
+                f"{where}: bucket {spec.bucket!r} does not exist (endpoint: {endpoint}). "
+                "Check the bucket name in ingest.source and AWS_ENDPOINT_URL / AWS_DEFAULT_REGION."
+            )
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"):
+            return SourceError(
+                f"{where}: access denied while trying to {action} ({code}; endpoint: {endpoint}). "
+                "Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket policy."
+            )
+        return SourceError(f"{where}: S3 error while trying to {action}: {code or exc} (endpoint: {endpoint}).")
+    if isinstance(exc, EndpointConnectionError):
+        return SourceError(
+            f"{where}: cannot reach the S3 endpoint {endpoint} ({exc}). "
+            "Check AWS_ENDPOINT_URL and that the object store is up."
+        )
+    if isinstance(exc, NoCredentialsError):
+        return SourceError(
+            f"{where}: no AWS credentials found. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE."
+        )
+    if isinstance(exc, NoRegionError):
+        return SourceError(f"{where}: no AWS region configured. Set AWS_DEFAULT_REGION (e.g. us-east-1).")
+    return SourceError(f"{where}: S3 failure while trying to {action}: {exc} (endpoint: {endpoint}).")
+
+
+def mirror_s3(spec: SourceSpec, dest: str | Path) -> list[SourceItem]:
+    """Download every object under ``s3://bucket/prefix/`` into ``dest`` (cleared first).
+
+    Keys are mirrored relative to the prefix. Keys that are not a safe relative
+    path (``..``, ``.`` or empty segments) are not downloaded and come back as
+    ``path_escape`` items; folder-marker keys (ending in ``/``) are skipped.
+
+    Args:
+        spec: a parsed ``s3`` spec.
+        dest: local mirror folder.
+
+    Returns:
+        The items rejected at listing time (unsafe keys).
+
+    Raises:
+        SourceError: the bucket does not exist, access is denied, the endpoint is
+            unreachable or credentials are missing (the message names the bucket/prefix).
+
+    Example:
+        >>> rejected = mirror_s3(parse_source("s3://bucket/cats"), "data/sources/s3/bucket/cats")  # doctest: +SKIP
+    """
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    list_prefix = f"{spec.prefix}/" if spec.prefix else ""
+    try:
+        client = boto3.client("s3")
+        keys: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=spec.bucket, Prefix=list_prefix, PaginationConfig={"PageSize": _S3_PAGE_SIZE}
+        ):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+    except (ClientError, BotoCoreError) as exc:
+        raise _s3_error(exc, spec, "list") from exc
+
+    rejected: list[SourceItem] = []
+    todo: list[tuple[str, Path]] = []
+    for key in sorted(keys):
+        rel = key[len(list_prefix):]
+        if not rel or rel.endswith("/"):
+            continue  # the prefix itself or a folder marker
+        parts = rel.split("/")
+        if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            rejected.append(SourceItem(origin=rel, label=None, local_path=None, reason="path_escape",
+                                       detail=f"S3 key {key!r} is not a safe relative path"))
+            continue
+        todo.append((key, dest.joinpath(*parts)))
+
+    def fetch(job: tuple[str, Path]) -> None:
+        key, local = job
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.part")
+        try:
+            body = client.get_object(Bucket=spec.bucket, Key=key)["Body"]
+            with tmp.open("wb") as fh:
+                shutil.copyfileobj(body, fh, 1 << 20)
+            os.replace(tmp, local)
+        except (ClientError, BotoCoreError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise _s3_error(exc, spec, f"download {key!r}") from exc
+
+    if todo:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(_S3_DOWNLOAD_THREADS, len(todo))) as pool:
+            list(pool.map(fetch, todo))
+    log.info("s3: mirrored %d object(s) from s3://%s/%s to %s", len(todo), spec.bucket, spec.prefix, dest)
+    return rejected
+
+
+# --------------------------------------------------------------------------- entry point
+def _check_no_overlap(root: Path, paths: ProjectPaths) -> None:
+    root = root.resolve()
+    for out in (paths.raw, paths.quarantine, paths.processed):
+        out = out.resolve()
+        if _inside(root, out):
+            raise SourceError(
+                f"source folder {root} is inside the ingest output {out}, which ingest clears on every run. "
+                "Move the source elsewhere (e.g. data/incoming)."
+            )
+        if _inside(out, root):
+            raise SourceError(
+                f"source folder {root} contains the ingest output {out}; ingesting it would read its own "
+                "outputs. Point ingest.source at a folder that holds only the input images."
+            )
+
+
+def sources_dir(paths: ProjectPaths) -> Path:
+    """Staging folder for generated and mirrored sources: ``<root>/data/sources``.
+
+    Example:
+        >>> from cvplatform.utils.io import ProjectPaths
+        >>> sources_dir(ProjectPaths.at("/proj")).as_posix()
+        '/proj/data/sources'
+    """
+    return paths.root / "data" / "sources"
+
+
+def open_source(params: IngestParams, paths: ProjectPaths) -> SourceListing:
+    """Materialise the source named by ``params.source`` (generate / mirror) and list its files.
+
+    Args:
+        params: the ``ingest`` parameters (``source``, ``labels_csv``, ``digits``, ``shapes``).
+        paths: project paths (``folder:`` paths are relative to ``paths.root``).
+
+    Returns:
+        A :class:`SourceListing` with items sorted by origin.
+
+    Raises:
+        SourceError: unknown spec, missing folder, S3 failure, bad labels CSV, or a
+            source that overlaps the ingest outputs.
+
+    Example:
+        >>> from cvplatform.config import IngestParams
+        >>> from cvplatform.utils.io import ProjectPaths
+        >>> listing = open_source(IngestParams(source="shapes"), ProjectPaths.at("."))  # doctest: +SKIP
+        >>> len(listing.items)  # doctest: +SKIP
+        600
+    """
+    from cvplatform.data.synthetic import SHAPES_CSV, generate_shapes, write_digits
+
+    spec = parse_source(params.source)
+    labels_csv = params.labels_csv
+    notes: list[str] = []
+    rejected: list[SourceItem] = []
+    if spec.kind == "digits":
+        if labels_csv:
+            notes.append(f"ingest.labels_csv={labels_csv!r} ignored: the digits source has its own layout")
+        root = write_digits(params.digits, sources_dir(paths) / "digits")
+        labels_csv = None
+    elif spec.kind == "shapes":
+        if labels_csv and labels_csv != SHAPES_CSV:
+            notes.append(f"ingest.labels_csv={labels_csv!r} ignored: the shapes source writes its own {SHAPES_CSV}")
+        root = generate_shapes(params.shapes, sources_dir(paths) / "shapes").parent
+        labels_csv = SHAPES_CSV
+    elif spec.kind == "folder":
+        root = paths.resolve(spec.path or "")
+        if not root.is_dir():
+            raise SourceError(
+                f"ingest.source {spec.spec!r}: folder {root} does not exist or is not a folder. "
+                "Paths are relative to the project root; check the spelling or pass --source folder:/abs/path."
+            )
+        _check_no_overlap(root, paths)
+    else:  # s3
+        root = sources_dir(paths) / "s3" / str(spec.bucket) / (spec.prefix or "_bucket_root")
+        rejected = mirror_s3(spec, root)
+    items, meta = list_folder(root, labels_csv)
+    items = sorted([*items, *rejected], key=lambda i: i.sort_key)
+    for note in notes:
+        log.warning(note)
+    return SourceListing(
+        spec=spec,
+        root=root,
+        items=tuple(items),
+        metadata_columns=tuple(sorted(meta)),
+        labels_csv=(root / labels_csv) if labels_csv else None,
+        notes=tuple(notes),
+    )
+
+
+__all__ = [
+    "REJECT_AT_LISTING",
+    "SOURCE_FORMS",
+    "SourceItem",
+    "SourceListing",
+    "SourceSpec",
+    "list_folder",
+    "mirror_s3",
+    "normalise_label",
+    "open_source",
+    "parse_source",
+    "sources_dir",
+]
