@@ -1,0 +1,130 @@
+"""Run the DVC pipeline from code (Airflow tasks, the demo): one definition, one cache.
+
+Airflow's data/model tasks do not call stage functions directly: they run
+``dvc repro <stage>`` in the project, so a DAG run and a local ``dvc repro`` share
+``dvc.yaml``, ``dvc.lock``, the cache and the remote. A stage that is already up
+to date is skipped by DVC, which makes cleared-and-retried tasks idempotent.
+
+Trigger-form overrides are written into ``params.yaml`` first (what
+``dvc exp run -S key=value`` does), after validating them, so DVC sees the change
+and the run is reproducible from the committed ``params.yaml`` + ``dvc.lock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cvplatform.errors import CVPlatformError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(CVPlatformError):
+    """A DVC command failed; the message carries the end of its output."""
+
+
+def dvc_executable() -> str:
+    """The ``dvc`` next to the running interpreter (the project venv), else on PATH."""
+    exe = Path(sys.executable).parent / "dvc"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("dvc")
+    if not found:
+        raise PipelineError("dvc is not installed in this environment; run `make setup` (or pip install dvc)")
+    return found
+
+
+@dataclass(frozen=True)
+class DvcRun:
+    """What one DVC command did."""
+
+    command: list[str]
+    output: str
+    ran_stages: tuple[str, ...]
+    """Stages DVC actually executed (empty when everything was up to date)."""
+
+
+def run_dvc(args: list[str], root: str | os.PathLike[str], *, tail_lines: int = 40) -> DvcRun:
+    """Run ``dvc <args>`` in ``root``, streaming its output to the log; raise PipelineError on failure.
+
+    Example:
+        >>> run_dvc(["status"], ".").output  # doctest: +SKIP
+        'Data and pipelines are up to date.\\n'
+    """
+    cmd = [dvc_executable(), *args]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log.info("$ %s  (in %s)", " ".join(cmd), root)
+    proc = subprocess.Popen(
+        cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        log.info("dvc| %s", line.rstrip())
+    rc = proc.wait()
+    out = "".join(lines)
+    if rc != 0:
+        tail = "".join(lines[-tail_lines:])
+        raise PipelineError(f"`{' '.join(['dvc', *args])}` failed in {root} (exit {rc}). Last output:\n{tail}")
+    ran = tuple(ln.split("'")[1] for ln in lines if ln.startswith("Running stage '"))
+    return DvcRun(cmd, out, ran)
+
+
+def repro(stage: str, root: str | os.PathLike[str], *, force: bool = False) -> DvcRun:
+    """``dvc repro <stage>``: run the stage if its deps/params changed (and stale upstream stages)."""
+    return run_dvc(["repro", stage, *(["--force", "--single-item"] if force else [])], root)
+
+
+def push(root: str | os.PathLike[str], targets: Iterable[str] = ()) -> DvcRun:
+    """``dvc push [targets]``: upload pipeline outputs to the default DVC remote."""
+    return run_dvc(["push", *targets], root)
+
+
+def apply_params_overrides(root: str | os.PathLike[str], overrides: Iterable[str], params_file: str = "params.yaml") -> list[str]:
+    """Write ``key.path=value`` overrides into ``params.yaml`` (like ``dvc exp run -S``), keeping comments.
+
+    The overrides are validated against the params models first; nothing is
+    written if any is invalid (ConfigError naming the key).
+
+    Returns:
+        The overrides that changed a value.
+    """
+    from ruamel.yaml import YAML
+
+    from cvplatform.config import load_params, parse_overrides
+
+    overrides = [o for o in overrides if o]
+    path = Path(root) / params_file
+    if not overrides:
+        return []
+    load_params(path, overrides)  # validates every key and value; raises ConfigError naming them
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    data = yaml.load(path.read_text(encoding="utf-8"))
+    changed = []
+    for (parts, value), raw in zip(parse_overrides(overrides), overrides, strict=True):
+        node = data
+        for k in parts[:-1]:
+            if k not in node or node[k] is None:
+                node[k] = {}
+            node = node[k]
+            if not hasattr(node, "keys"):
+                raise ConfigError(f"{path}: --set {raw}: '{k}' is a value, not a section")
+        if node.get(parts[-1]) != value:
+            node[parts[-1]] = value
+            changed.append(raw)
+    if changed:
+        tmp = path.with_suffix(".yaml.tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            yaml.dump(data, fh)
+        os.replace(tmp, path)
+        log.info("params.yaml: applied %s", ", ".join(changed))
+    return changed
