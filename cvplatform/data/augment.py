@@ -1,0 +1,300 @@
+"""Augmentation recipes: ``configs/augment/*.yaml`` -> albumentations pipelines.
+
+A recipe is a small YAML file::
+
+    input_size: [32, 32]        # (height, width) the model sees
+    mean: [0.5, 0.5, 0.5]       # per-channel mean of pixel/255 (RGB)
+    std: [0.5, 0.5, 0.5]        # per-channel std of pixel/255 (RGB)
+    train:                      # random augmentations, training only
+      - name: Affine            # any albumentations transform, by class name
+        params: {rotate: [-10, 10], p: 0.5}
+      - name: OneOf             # composes take a nested `transforms` list
+        params: {p: 0.3}
+        transforms:
+          - {name: GaussNoise}
+          - {name: Blur, params: {blur_limit: 3}}
+    eval: []                    # deterministic steps applied at evaluation / serving
+
+Every pipeline (train and eval) ends with a fixed tail that the recipe cannot
+forget: ``Resize(height, width)`` (bilinear), ``Normalize(mean, std,
+max_pixel_value=255)`` and ``ToTensorV2`` (HWC uint8 RGB -> CHW float32). The
+eval pipeline, ``input_size``, ``mean`` and ``std`` are recorded with the model
+(see :mod:`cvplatform.models.checkpoint`) so evaluation, export and serving
+preprocess exactly like training did.
+
+Unknown transforms, unknown arguments and invalid values raise
+:class:`~cvplatform.errors.ConfigError` naming the file and the entry
+(``train[1]``) *when the recipe is loaded*, never in the middle of training.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, field_validator
+
+from cvplatform.config import StrictModel, load_config
+from cvplatform.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import albumentations as A
+
+#: Interpolation of the fixed Resize step (cv2.INTER_LINEAR); recorded with the model.
+RESIZE_INTERPOLATION = "bilinear"
+#: Pixel values are divided by this before mean/std normalisation.
+MAX_PIXEL_VALUE = 255.0
+
+_COMPOSES = {"OneOf", "SomeOf", "Sequential", "OneOrOther", "SelectiveChannelTransform", "RandomOrder"}
+#: Transforms that change the output type or are added by the fixed tail; not allowed in recipes.
+_FORBIDDEN = {"ToTensorV2", "ToTensor3D", "Normalize", "Compose", "ReplayCompose"}
+
+
+class TransformSpec(StrictModel):
+    """One entry of a recipe pipeline."""
+
+    name: str
+    """albumentations class name, e.g. ``Affine`` or ``RandomBrightnessContrast``."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the transform (YAML lists become tuples where albumentations wants them)."""
+    transforms: list[TransformSpec] | None = None
+    """Children, only for composes (``OneOf``, ``SomeOf``, ``Sequential``)."""
+
+
+class AugmentRecipe(StrictModel):
+    """A validated augmentation recipe (see the module docstring for the file format)."""
+
+    input_size: tuple[int, int] = (32, 32)
+    """(height, width) of the tensors the model sees."""
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    """Per-channel (RGB) mean of pixel/255 subtracted before the model."""
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    """Per-channel (RGB) std of pixel/255 the centred pixels are divided by."""
+    train: list[TransformSpec] = Field(default_factory=list)
+    """Training-time augmentations (random)."""
+    eval: list[TransformSpec] = Field(default_factory=list)
+    """Evaluation/serving-time steps (deterministic), applied before the fixed tail."""
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive_size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 1:
+            raise ValueError(f"input_size must be two positive integers (height, width), got {list(v)}")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0:
+            raise ValueError(f"std values must be > 0, got {list(v)}")
+        return v
+
+    def to_metadata(self) -> dict[str, Any]:
+        """Primitive-typed description recorded with the model (checkpoint, MLflow)."""
+        return {
+            "input_size": [int(self.input_size[0]), int(self.input_size[1])],
+            "mean": [float(x) for x in self.mean],
+            "std": [float(x) for x in self.std],
+            "eval": [_spec_to_dict(s) for s in self.eval],
+            "resize_interpolation": RESIZE_INTERPOLATION,
+            "max_pixel_value": MAX_PIXEL_VALUE,
+            "color": "RGB",
+            "layout": "CHW",
+        }
+
+
+def _spec_to_dict(spec: TransformSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": spec.name, "params": _primitive(spec.params)}
+    if spec.transforms is not None:
+        out["transforms"] = [_spec_to_dict(s) for s in spec.transforms]
+    return out
+
+
+def _primitive(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _primitive(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_primitive(x) for x in v]
+    return v
+
+
+def _tuplify(v: Any) -> Any:
+    """YAML gives lists; albumentations' schemas want tuples for ranges."""
+    if isinstance(v, list):
+        return tuple(_tuplify(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _tuplify(x) for k, x in v.items()}
+    return v
+
+
+def _transform_classes() -> dict[str, type]:
+    import albumentations as A
+
+    out = {}
+    for name in dir(A):
+        obj = getattr(A, name)
+        if isinstance(obj, type) and issubclass(obj, A.BasicTransform | A.BaseCompose):
+            out[name] = obj
+    return out
+
+
+def _build_one(spec: TransformSpec, where: str, source: str, classes: dict[str, type]) -> Any:
+    if spec.name in _FORBIDDEN:
+        raise ConfigError(
+            f"{source}: {where}: '{spec.name}' is added automatically at the end of every pipeline "
+            "(Resize to input_size, Normalize with mean/std, ToTensorV2); remove this entry."
+        )
+    cls = classes.get(spec.name)
+    if cls is None:
+        close = difflib.get_close_matches(spec.name, list(classes), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"{source}: {where}: unknown albumentations transform '{spec.name}'.{hint} "
+            "Use a class name from https://albumentations.ai/docs/ (e.g. Affine, HorizontalFlip)."
+        )
+    is_compose = spec.name in _COMPOSES
+    if spec.transforms is not None and not is_compose:
+        raise ConfigError(
+            f"{source}: {where} ({spec.name}): only composes ({', '.join(sorted(_COMPOSES))}) take "
+            "a nested 'transforms' list; move the children out or use OneOf/SomeOf/Sequential."
+        )
+    if is_compose and not spec.transforms:
+        raise ConfigError(f"{source}: {where} ({spec.name}): a compose needs a non-empty 'transforms' list.")
+    sig = inspect.signature(cls.__init__)
+    allowed = [
+        n for n, p in sig.parameters.items()
+        if n not in ("self", "transforms") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    unknown = [k for k in spec.params if k not in allowed]
+    if unknown:
+        raise ConfigError(
+            f"{source}: {where} ({spec.name}): unknown argument(s) {unknown}; "
+            f"{spec.name} accepts: {', '.join(allowed)}."
+        )
+    kwargs = _tuplify(dict(spec.params))
+    if is_compose:
+        kwargs["transforms"] = [
+            _build_one(child, f"{where}.transforms[{i}]", source, classes)
+            for i, child in enumerate(spec.transforms or [])
+        ]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            return cls(**kwargs)
+    except Exception as exc:  # albumentations validates with pydantic and raises ValueError/TypeError/warnings
+        detail = " ".join(str(exc).split())
+        raise ConfigError(
+            f"{source}: {where} ({spec.name}): invalid params {_primitive(spec.params)}: {detail}. "
+            "Fix the values in the recipe (see the transform's documentation)."
+        ) from None
+
+
+def build_pipeline(
+    recipe: AugmentRecipe,
+    which: str = "eval",
+    *,
+    seed: int | None = None,
+    source: str = "<recipe>",
+) -> A.Compose:
+    """Build the albumentations pipeline ``which`` (``train`` or ``eval``) of ``recipe``.
+
+    The recipe's steps are followed by the fixed tail Resize -> Normalize ->
+    ToTensorV2, so the output is a float32 CHW tensor of ``recipe.input_size``.
+
+    Args:
+        recipe: A validated recipe (see :func:`load_recipe`).
+        which: ``"train"`` (random augmentations) or ``"eval"`` (deterministic steps).
+        seed: Seed of the Compose's own random state (albumentations 2.x ignores
+            global seeds); the data module re-seeds it per sample.
+        source: Name shown in error messages (the recipe file).
+
+    Returns:
+        An ``albumentations.Compose``; call it as ``pipe(image=rgb_uint8)["image"]``.
+
+    Raises:
+        ConfigError: unknown transform, unknown argument or invalid value, naming
+            the file and the entry (``train[2]``).
+
+    Example:
+        >>> from cvplatform.data.augment import AugmentRecipe, build_pipeline
+        >>> import numpy as np
+        >>> pipe = build_pipeline(AugmentRecipe(input_size=(16, 16)), "eval")
+        >>> tuple(pipe(image=np.zeros((20, 24, 3), np.uint8))["image"].shape)
+        (3, 16, 16)
+    """
+    import albumentations as A
+    import cv2
+    from albumentations.pytorch import ToTensorV2
+
+    if which not in ("train", "eval"):
+        raise ConfigError(f"build_pipeline: which must be 'train' or 'eval', got {which!r}")
+    classes = _transform_classes()
+    specs = recipe.train if which == "train" else recipe.eval
+    steps = [_build_one(s, f"{which}[{i}]", source, classes) for i, s in enumerate(specs)]
+    h, w = recipe.input_size
+    steps += [
+        A.Resize(height=h, width=w, interpolation=cv2.INTER_LINEAR),
+        A.Normalize(mean=recipe.mean, std=recipe.std, max_pixel_value=MAX_PIXEL_VALUE),
+        ToTensorV2(),
+    ]
+    return A.Compose(steps, seed=seed)
+
+
+def load_recipe(path: str | os.PathLike[str], *, validate: bool = True) -> AugmentRecipe:
+    """Load and validate an augmentation recipe from YAML.
+
+    With ``validate=True`` (default) both pipelines are built once, so an unknown
+    transform or a bad argument fails here, naming the file and the entry.
+
+    Example:
+        >>> from cvplatform.data.augment import load_recipe
+        >>> recipe = load_recipe("configs/augment/default.yaml")  # doctest: +SKIP
+        >>> recipe.input_size  # doctest: +SKIP
+        (32, 32)
+    """
+    recipe = load_config(path, AugmentRecipe)
+    if validate:
+        for which in ("train", "eval"):
+            build_pipeline(recipe, which, source=str(path))
+    return recipe
+
+
+def recipe_from_metadata(meta: dict[str, Any]) -> AugmentRecipe:
+    """Rebuild an (eval-only) recipe from the metadata recorded with a model.
+
+    Example:
+        >>> from cvplatform.data.augment import AugmentRecipe, recipe_from_metadata
+        >>> r = AugmentRecipe(input_size=(8, 8))
+        >>> recipe_from_metadata(r.to_metadata()).input_size
+        (8, 8)
+    """
+    return AugmentRecipe.model_validate(
+        {
+            "input_size": tuple(meta["input_size"]),
+            "mean": tuple(meta["mean"]),
+            "std": tuple(meta["std"]),
+            "eval": meta.get("eval", []),
+        }
+    )
+
+
+def resolve_recipe_path(recipe: str | os.PathLike[str], root: Path) -> Path:
+    """Resolve a recipe path against the project root (absolute paths are kept)."""
+    p = Path(recipe)
+    return p if p.is_absolute() else root / p
+
+
+__all__ = [
+    "MAX_PIXEL_VALUE",
+    "RESIZE_INTERPOLATION",
+    "AugmentRecipe",
+    "TransformSpec",
+    "build_pipeline",
+    "load_recipe",
+    "recipe_from_metadata",
+    "resolve_recipe_path",
+]

@@ -1,0 +1,233 @@
+"""Loading trained models: :func:`load_checkpoint` -> :class:`LoadedModel`.
+
+Training writes Lightning checkpoints (``artifacts/train/best.ckpt`` and
+``last.ckpt``). They are loaded here with ``torch.load(..., weights_only=True)``
+only, never unpickling arbitrary objects, which works because every
+hyper-parameter is a primitive. What a checkpoint holds (all plain data):
+
+``state_dict``
+    network weights, keys prefixed ``model.`` (the LightningModule attribute).
+``hyper_parameters``
+    the :class:`~cvplatform.models.lightning.ClassifierModule` arguments:
+    ``arch``, ``arch_kwargs``, ``num_classes``, ``class_names``, ``preprocess``,
+    ``optimizer``, ``scheduler``, ``label_smoothing``, ``class_weights``, ``max_epochs``.
+``cvplatform``
+    the model metadata (``format_version``, ``arch``, ``arch_kwargs``,
+    ``num_classes``, ``class_names``, ``input_size``, ``mean``, ``std``,
+    ``preprocess``) plus ``metrics``: the epoch's train/val metrics when saved.
+``epoch``, ``global_step``, optimizer/scheduler/loop/callback states
+    used by ``cvplatform train --resume``.
+
+``preprocess`` describes exactly how an image must be prepared (what later stages
+and serving must reproduce): decode to RGB uint8 HxWx3; apply the recipe's
+``eval`` steps (albumentations, usually none); resize to ``input_size`` (H, W)
+with bilinear interpolation; divide by ``max_pixel_value`` (255); subtract
+``mean`` and divide by ``std`` per channel; transpose to CHW float32. Output
+index ``i`` of the network is ``class_names[i]``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cvplatform.errors import ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import albumentations as A
+    import numpy as np
+    import torch
+    from torch import nn
+
+_REQUIRED_HPARAMS = ("arch", "arch_kwargs", "num_classes", "class_names", "preprocess")
+
+
+@dataclass
+class LoadedModel:
+    """A trained network in eval mode plus everything needed to use it."""
+
+    model: nn.Module
+    """The network (eval mode, on the requested device): ``(N,3,H,W)`` float -> ``(N,C)`` logits."""
+    arch: str
+    """Registry name of the architecture (``cvplatform.models``)."""
+    arch_kwargs: dict[str, Any]
+    """Architecture arguments (with defaults filled in): ``build_model(arch, num_classes, **arch_kwargs)``."""
+    num_classes: int
+    """Number of output logits."""
+    class_names: list[str]
+    """Label of each output index (sorted manifest labels)."""
+    input_size: tuple[int, int]
+    """(height, width) of the network input."""
+    mean: tuple[float, ...]
+    """Per-channel RGB mean of pixel/255."""
+    std: tuple[float, ...]
+    """Per-channel RGB std of pixel/255."""
+    eval_transforms: list[dict[str, Any]]
+    """Recipe ``eval`` steps (``{name, params}``) applied before resize/normalise."""
+    preprocess: dict[str, Any]
+    """Full preprocessing metadata (see the module docstring)."""
+    path: Path
+    """File the model was loaded from."""
+    epoch: int = -1
+    """Epoch (0-based) at which the checkpoint was saved."""
+    global_step: int = -1
+    """Optimiser steps done when saved."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Metrics of that epoch (``val_acc``, ``val_f1``, ``val_loss``, ``train_*``)."""
+    hyper_parameters: dict[str, Any] = field(default_factory=dict)
+    """All training hyper-parameters stored in the checkpoint."""
+    format_version: int = 1
+    """Checkpoint metadata layout version."""
+
+    def eval_pipeline(self) -> A.Compose:
+        """The albumentations eval pipeline (recipe eval steps + resize + normalise + tensor).
+
+        Example:
+            >>> lm = load_checkpoint("artifacts/train/best.ckpt")  # doctest: +SKIP
+            >>> lm.eval_pipeline()(image=rgb)["image"].shape  # doctest: +SKIP
+            torch.Size([3, 32, 32])
+        """
+        from cvplatform.data.augment import build_pipeline, recipe_from_metadata
+
+        return build_pipeline(recipe_from_metadata(self.preprocess), "eval", source=str(self.path))
+
+    def predict_proba(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Class probabilities ``(N, num_classes)`` for RGB uint8 HxWx3 images.
+
+        Example:
+            >>> lm.predict_proba([rgb]).argmax(1)  # doctest: +SKIP
+            tensor([3])
+        """
+        import torch
+
+        pipe = self.eval_pipeline()
+        batch = torch.stack([pipe(image=img)["image"] for img in images])
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            return torch.softmax(self.model(batch.to(device)), dim=1).cpu()
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-friendly metadata (everything but the network)."""
+        return {
+            "arch": self.arch,
+            "arch_kwargs": self.arch_kwargs,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "eval_transforms": self.eval_transforms,
+            "preprocess": self.preprocess,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "metrics": self.metrics,
+            "format_version": self.format_version,
+            "path": str(self.path),
+        }
+
+
+def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with clear errors; returns the raw dict.
+
+    Raises:
+        ModelError: file missing, unreadable/corrupt, or holding non-primitive objects.
+
+    Example:
+        >>> ckpt = read_checkpoint("artifacts/train/last.ckpt")  # doctest: +SKIP
+        >>> ckpt["epoch"]  # doctest: +SKIP
+        4
+    """
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"{p}: checkpoint not found. Run `cvplatform train` first (or pass the right path).")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt zip, truncated file, pickle with forbidden globals, ...
+        detail = " ".join(str(exc).split())[:300]
+        raise ModelError(
+            f"{p}: not a readable checkpoint ({type(exc).__name__}: {detail}). The file is corrupt, truncated "
+            "or not a cvplatform checkpoint (only weights_only=True checkpoints are loaded). Delete it and "
+            "re-run `cvplatform train` (without --resume)."
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ModelError(
+            f"{p}: not a training checkpoint (no 'state_dict' entry). Use a .ckpt written by `cvplatform train`."
+        )
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> LoadedModel:
+    """Load a training checkpoint as an eval-mode network plus its metadata.
+
+    Args:
+        path: ``.ckpt`` file written by ``cvplatform train`` (e.g. ``artifacts/train/best.ckpt``).
+        map_location: Device to load onto (default CPU).
+
+    Returns:
+        A :class:`LoadedModel` (``.model`` in eval mode; ``.class_names``,
+        ``.input_size``, ``.mean``, ``.std``, ``.eval_pipeline()``, ...).
+
+    Raises:
+        ModelError: missing/corrupt file, missing metadata, or weights that do
+            not fit the recorded architecture.
+
+    Example:
+        >>> from cvplatform.models.checkpoint import load_checkpoint
+        >>> lm = load_checkpoint("artifacts/train/best.ckpt")  # doctest: +SKIP
+        >>> lm.class_names[:3], lm.input_size  # doctest: +SKIP
+        (['0', '1', '2'], (32, 32))
+    """
+    from cvplatform.models import build_model
+
+    p = Path(path)
+    ckpt = read_checkpoint(p, map_location)
+    hp = ckpt.get("hyper_parameters") or {}
+    missing = [k for k in _REQUIRED_HPARAMS if k not in hp]
+    if missing:
+        raise ModelError(
+            f"{p}: checkpoint lacks model metadata {missing} in 'hyper_parameters'. It was not written by "
+            "`cvplatform train`; retrain with `cvplatform train`."
+        )
+    pre = dict(hp["preprocess"])
+    try:
+        model = build_model(str(hp["arch"]), int(hp["num_classes"]), **dict(hp["arch_kwargs"]))
+    except ModelError as exc:
+        raise ModelError(f"{p}: cannot rebuild the recorded architecture: {exc}") from None
+    prefix = "model."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:400]
+        raise ModelError(
+            f"{p}: weights do not fit architecture {hp['arch']!r} {hp['arch_kwargs']}: {detail}. "
+            "The checkpoint is inconsistent; retrain with `cvplatform train`."
+        ) from None
+    model.to(map_location).eval()
+    meta = ckpt.get("cvplatform") or {}
+    h, w = pre.get("input_size", [0, 0])
+    return LoadedModel(
+        model=model,
+        arch=str(hp["arch"]),
+        arch_kwargs=dict(hp["arch_kwargs"]),
+        num_classes=int(hp["num_classes"]),
+        class_names=[str(c) for c in hp["class_names"]],
+        input_size=(int(h), int(w)),
+        mean=tuple(float(x) for x in pre.get("mean", ())),
+        std=tuple(float(x) for x in pre.get("std", ())),
+        eval_transforms=list(pre.get("eval", [])),
+        preprocess=pre,
+        path=p,
+        epoch=int(ckpt.get("epoch", -1)),
+        global_step=int(ckpt.get("global_step", -1)),
+        metrics=dict(meta.get("metrics", {})),
+        hyper_parameters=dict(hp),
+        format_version=int(meta.get("format_version", 1)),
+    )
+
+
+__all__ = ["LoadedModel", "load_checkpoint", "read_checkpoint"]

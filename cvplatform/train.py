@@ -1,0 +1,634 @@
+"""The training stage: ``run_train(params) -> TrainResult`` (``cvplatform train [--resume]``).
+
+What it does, in order:
+
+1. **Validates everything before training starts**: architecture name and
+   arguments, the augmentation recipe, the manifest (columns, splits, files,
+   classes), ``train.num_classes`` against the manifest, explicit class weights,
+   and, with ``resume``, the last checkpoint (loaded with ``weights_only=True``)
+   and the MLflow run it continues.
+2. Seeds everything (``pl.seed_everything(seed, workers=True)``, deterministic
+   algorithms, per-sample augmentation seeds) so two CPU runs with the same seed,
+   data and params give identical metrics.
+3. Trains with Lightning: best checkpoint on ``train.monitor`` / ``train.mode``
+   and early stopping after ``train.patience`` epochs without improvement.
+4. Tracks the run in MLflow (params, per-epoch metrics with ``step = epoch``,
+   lineage tags, curves PNG, the best checkpoint as artifact); see
+   :mod:`cvplatform.tracking`. Under DDP only global rank 0 talks to MLflow and
+   writes files.
+
+Outputs under ``artifacts/train/``:
+
+=====================  ===============================================================
+``best.ckpt``          best epoch's checkpoint (load with ``cvplatform.models.checkpoint``)
+``last.ckpt``          latest epoch's checkpoint (``--resume`` continues from it)
+``metrics.json``       best validation metrics (``dvc metrics show``)
+``plots/curves.csv``   one row per epoch: epoch, lr, train/val loss, acc, f1 (``dvc plots``)
+``plots/curves.png``   the same as a picture (also logged to MLflow)
+``state.json``         MLflow run id, epochs completed, status (updated every epoch)
+``summary.json``       the :class:`TrainResult`
+=====================  ===============================================================
+
+**Resume.** Every epoch ends with: record the epoch's metrics in the checkpoint
+state -> save ``last.ckpt`` (atomically) -> log them to MLflow and update
+``state.json``. ``--resume`` restores ``last.ckpt`` and logs to MLflow only the
+epochs the run does not have yet, so after a crash at any point each epoch's
+metrics are in the run exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from cvplatform.config import Params, params_hash
+from cvplatform.errors import ConfigError, CVPlatformError, ModelError
+from cvplatform.stage import StageResult
+from cvplatform.utils.io import ProjectPaths, write_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pytorch_lightning as pl
+
+    from cvplatform.tracking import TrackingRun
+
+log = logging.getLogger(__name__)
+
+BEST_NAME = "best"
+LAST_NAME = "last"
+#: Columns of ``plots/curves.csv`` (and keys of each epoch record).
+CURVE_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1")
+EPOCH_METRICS = CURVE_COLUMNS[1:]
+_OUTPUTS = ("best.ckpt", "last.ckpt", "state.json", "metrics.json", "summary.json", "plots", "params.resolved.yaml")
+
+
+@dataclass
+class TrainResult(StageResult):
+    """What ``run_train`` returns (and writes to ``artifacts/train/summary.json``)."""
+
+    stage: ClassVar[str] = "train"
+
+    run_id: str | None
+    """MLflow run id (None on non-zero DDP ranks)."""
+    experiment_id: str | None
+    tracking_uri: str | None
+    best_checkpoint: str | None
+    """Path of ``best.ckpt`` (absolute)."""
+    last_checkpoint: str | None
+    best_epoch: int
+    """0-based epoch of the best checkpoint."""
+    epochs_completed: int
+    max_epochs: int
+    stopped_early: bool
+    resumed: bool
+    monitor: str
+    best_score: float | None
+    best_metrics: dict[str, float]
+    """Validation (and test, if run) metrics of the best epoch."""
+    arch: str
+    arch_kwargs: dict[str, Any]
+    num_classes: int
+    class_names: list[str]
+    data_version: str | None
+    samples: dict[str, int]
+    seed: int
+    metrics_path: str | None = None
+    curves_path: str | None = None
+    duration_s: float = 0.0
+    rank: int = 0
+    world_size: int = 1
+    """Training processes (DDP) that took part."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        if self.rank != 0:
+            return [f"train: rank {self.rank} finished"]
+        m = self.best_metrics
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(m.items()))
+        return [
+            f"train: {self.arch} on {self.num_classes} classes "
+            f"(train={self.samples.get('train', 0)}, val={self.samples.get('val', 0)}), seed {self.seed}",
+            f"  epochs: {self.epochs_completed}/{self.max_epochs}"
+            + (" (stopped early)" if self.stopped_early else "")
+            + (" (resumed)" if self.resumed else ""),
+            f"  best epoch {self.best_epoch}: {shown}",
+            f"  best checkpoint: {self.best_checkpoint}",
+            f"  mlflow run: {self.run_id} ({self.tracking_uri})",
+            f"  time: {self.duration_s:.1f}s",
+        ]
+
+
+# --------------------------------------------------------------------------- helpers
+def _env_is_global_zero() -> bool:
+    """Rank zero according to the launcher's environment (before the trainer exists)."""
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
+        if int(os.environ.get(var, "0") or 0) != 0:
+            return False
+    return True
+
+
+def _clean_outputs(out: Path) -> None:
+    for name in _OUTPUTS:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    for p in out.glob("*.ckpt"):
+        p.unlink()
+
+
+def _read_state(out: Path) -> dict[str, Any]:
+    import json
+
+    p = out / "state.json"
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_curves(history: list[dict[str, Any]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(CURVE_COLUMNS), extrasaction="ignore")
+        w.writeheader()
+        for rec in history:
+            w.writerow({k: ("" if rec.get(k) is None else rec.get(k)) for k in CURVE_COLUMNS})
+    os.replace(tmp, path)
+    return path
+
+
+def _atomic_checkpoint_io() -> Any:
+    """A TorchCheckpointIO that writes via temp file + rename and always loads with weights_only=True."""
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+            import torch
+
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+
+        def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> Any:
+            from cvplatform.models.checkpoint import read_checkpoint
+
+            return read_checkpoint(path, map_location=map_location or "cpu")
+
+    return AtomicCheckpointIO()
+
+
+def _epoch_recorder_cls() -> type:
+    import pytorch_lightning as pl
+    import torch
+
+    class EpochRecorder(pl.Callback):
+        """Per-epoch metrics -> checkpoint state -> MLflow (once) + curves.csv + state.json.
+
+        Runs ``on_train_epoch_end`` *before* ModelCheckpoint (a non-monitoring
+        callback), so the epoch's record is inside ``last.ckpt``; logging to
+        MLflow happens after the checkpoint is on disk (next epoch start / train
+        end), and on resume only the epochs MLflow lacks are logged.
+        """
+
+        def __init__(self, run: TrackingRun | None, out: Path, state: dict[str, Any]) -> None:
+            self.run = run
+            self.out = out
+            self.state = state
+            self.history: list[dict[str, Any]] = []
+            self._logged: dict[str, set[int]] = {k: set() for k in EPOCH_METRICS}
+            self._lr: float | None = None
+
+        @property
+        def state_key(self) -> str:
+            return "cvplatform.EpochRecorder"
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"history": [dict(r) for r in self.history], "run_id": self.run.run_id if self.run else None}
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            self.history = [dict(r) for r in state_dict.get("history", [])]
+
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if self.run is not None and trainer.is_global_zero and self.history:
+                # resumed: find what the run already has, then log what it lacks
+                self._logged = self.run.logged_steps(EPOCH_METRICS)
+                self.flush(trainer)
+
+        def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self.flush(trainer)
+            opt = trainer.optimizers[0] if trainer.optimizers else None
+            self._lr = float(opt.param_groups[0]["lr"]) if opt is not None else None
+
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            epoch = int(trainer.current_epoch)
+            rec: dict[str, Any] = {"epoch": epoch, "lr": self._lr}
+            for k in EPOCH_METRICS[1:]:
+                v = trainer.callback_metrics.get(k)
+                if isinstance(v, torch.Tensor):
+                    rec[k] = float(v.detach().cpu())
+            self.history = [r for r in self.history if int(r["epoch"]) != epoch] + [rec]
+
+        def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self.flush(trainer)
+
+        def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+            # only what is already in last.ckpt may be logged (exactly-once on resume)
+            saved = _saved_epochs(self.out / f"{LAST_NAME}.ckpt")
+            with contextlib.suppress(Exception):  # the original exception is what matters
+                self.flush(trainer, upto=saved)
+
+        def flush(self, trainer: pl.Trainer, upto: int | None = None) -> None:
+            if not trainer.is_global_zero:
+                return
+            recs = [r for r in self.history if upto is None or int(r["epoch"]) <= upto]
+            if self.run is not None:
+                for rec in recs:
+                    e = int(rec["epoch"])
+                    todo = {k: rec.get(k) for k in EPOCH_METRICS if e not in self._logged.get(k, set())}
+                    todo = {k: v for k, v in todo.items() if v is not None}
+                    if todo:
+                        self.run.log_epoch(e, todo)
+                        for k in todo:
+                            self._logged.setdefault(k, set()).add(e)
+            _write_curves(recs, self.out / "plots" / "curves.csv")
+            self.state.update(epochs_completed=len(recs), last_epoch=recs[-1] if recs else None)
+            write_json(self.out / "state.json", self.state)
+
+    return EpochRecorder
+
+
+def _saved_epochs(path: Path) -> int | None:
+    """Last epoch recorded in a checkpoint, or None."""
+    if not path.is_file():
+        return None
+    try:
+        from cvplatform.models.checkpoint import read_checkpoint
+
+        return int(read_checkpoint(path).get("epoch", -1))
+    except CVPlatformError:
+        return None
+
+
+def _best_from_history(history: list[dict[str, Any]], monitor: str, mode: str) -> dict[str, Any] | None:
+    best = None
+    for rec in history:
+        v = rec.get(monitor)
+        if v is None:
+            continue
+        if best is None or (v > best[monitor] if mode == "max" else v < best[monitor]):
+            best = rec
+    return best
+
+
+# --------------------------------------------------------------------------- the stage
+def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, resume: bool = False) -> TrainResult:
+    """Train a classifier on the manifest's train split, validating on val.
+
+    Args:
+        params: Loaded ``params.yaml`` (the ``train`` section and ``project.seed``).
+        root: Project root (default: cwd); manifest, recipe and artifacts resolve against it.
+        resume: Continue from ``artifacts/train/last.ckpt`` and the same MLflow run.
+
+    Returns:
+        A :class:`TrainResult` (also written to ``artifacts/train/summary.json``).
+
+    Raises:
+        ConfigError: bad recipe, class count that does not match the manifest,
+            wrong number of class weights, params changed under ``--resume``.
+        ModelError: unknown architecture or arguments; missing or corrupt checkpoint on resume.
+        DataError: manifest missing, lacking columns, empty split, missing images.
+        RegistryError: the MLflow tracking backend cannot be reached.
+
+    Example:
+        >>> from cvplatform import load_params, run_train
+        >>> result = run_train(load_params("params.yaml", ["train.epochs=1"]))  # doctest: +SKIP
+        >>> result.best_metrics["val_acc"] > 0.5  # doctest: +SKIP
+        True
+    """
+    t0 = time.perf_counter()
+    paths = ProjectPaths.at(root)
+    out = paths.artifacts("train")
+    tp = params.train
+    seed = int(tp.seed if tp.seed is not None else params.project.seed)
+    is_zero = _env_is_global_zero()
+
+    # ---------------------------------------------------------------- validate (cheap first)
+    from cvplatform.models import resolve_model_kwargs
+
+    arch_kwargs = resolve_model_kwargs(tp.model.arch, **dict(tp.model.kwargs))
+    from cvplatform.data.augment import load_recipe, resolve_recipe_path
+
+    recipe_path = resolve_recipe_path(tp.augment, paths.root)
+    recipe = load_recipe(recipe_path)
+
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+    from cvplatform.data.datamodule import EpochSeedCallback, ManifestDataModule
+
+    accel = str(tp.accelerator).lower()
+    pin = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
+    dm = ManifestDataModule(
+        tp.manifest, recipe, root=paths.root, batch_size=tp.batch_size, eval_batch_size=tp.eval_batch_size,
+        num_workers=tp.num_workers, seed=seed, pin_memory=pin, recipe_source=str(recipe_path),
+    )
+    dm.setup()
+    class_names = list(dm.class_names)
+    num_classes = len(class_names)
+    if tp.num_classes is not None and tp.num_classes != num_classes:
+        raise ConfigError(
+            f"train.num_classes is {tp.num_classes} but the manifest {dm.manifest_path} has {num_classes} "
+            f"classes {class_names}. Set train.num_classes: {num_classes} (or null to derive it from the manifest)."
+        )
+    cw = tp.loss.class_weights
+    class_weights: list[float] | None
+    if cw == "none":
+        class_weights = None
+    elif cw == "balanced":
+        class_weights = dm.balanced_class_weights()
+    else:
+        if len(cw) != num_classes:
+            raise ConfigError(
+                f"train.loss.class_weights lists {len(cw)} weights but the manifest has {num_classes} classes "
+                f"{class_names}; give one weight per class in that (sorted) order, or use 'balanced'."
+            )
+        class_weights = [float(w) for w in cw]
+    if tp.run_test and dm.counts.test == 0:
+        raise ConfigError(
+            f"train.run_test is true but the test split of {dm.manifest_path} is empty. "
+            "Set train.run_test: false or add test images."
+        )
+
+    last_ckpt = out / f"{LAST_NAME}.ckpt"
+    prior_state: dict[str, Any] = {}
+    if resume:
+        from cvplatform.models.checkpoint import read_checkpoint
+
+        if not last_ckpt.is_file():
+            raise ModelError(
+                f"{last_ckpt}: nothing to resume (no last checkpoint). Run `cvplatform train` without --resume."
+            )
+        ck = read_checkpoint(last_ckpt)
+        hp = ck.get("hyper_parameters") or {}
+        if hp.get("arch") != tp.model.arch or list(hp.get("class_names", [])) != class_names:
+            raise ModelError(
+                f"{last_ckpt}: was trained with arch {hp.get('arch')!r} on classes {hp.get('class_names')}, "
+                f"but params/manifest now say {tp.model.arch!r} on {class_names}. Train from scratch without --resume."
+            )
+        prior_state = _read_state(out)
+        if not prior_state.get("run_id"):
+            rec_state = (ck.get("callbacks") or {}).get("cvplatform.EpochRecorder") or {}
+            prior_state["run_id"] = rec_state.get("run_id")
+        del ck
+
+    # ---------------------------------------------------------------- tracking (rank 0 only)
+    from cvplatform.tracking import (
+        TrackingRun,
+        airflow_run_id,
+        data_version,
+        environment_info,
+        flatten_params,
+    )
+    from cvplatform.utils.io import git_commit
+
+    dv = data_version(dm.manifest_path, paths.root)
+    counts = dm.counts
+    samples = {"train": counts.train, "val": counts.val, "test": counts.test}
+    train_dump = tp.model_dump(mode="json")
+    run_params = {
+        **flatten_params({"train": train_dump}),
+        "seed": str(seed),
+        "data.version": dv.md5,
+        "data.num_classes": str(num_classes),
+        "data.train": str(counts.train),
+        "data.val": str(counts.val),
+        "data.test": str(counts.test),
+        "model.arch_kwargs": str(arch_kwargs),
+    }
+    phash = params_hash(tp)
+    run: TrackingRun | None = None
+    state: dict[str, Any] = {}
+    if is_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            run_id = prior_state.get("run_id")
+            if not run_id:
+                raise ModelError(
+                    f"{out / 'state.json'}: no MLflow run id to continue (file missing and none in {last_ckpt}). "
+                    "Train from scratch without --resume."
+                )
+            run = TrackingRun.resume(paths.root, str(run_id))
+            run.check_params(run_params, "params.yaml")
+            run.mark_running()
+        else:
+            _clean_outputs(out)
+            commit = git_commit(paths.root)
+            tags = {
+                "stage": "train",
+                "git_commit": commit,
+                "mlflow.source.git.commit": commit,
+                "data_version": dv.md5,
+                "data_version_source": dv.source,
+                "manifest": str(dm.manifest_path),
+                "params_hash": phash,
+                "model_arch": tp.model.arch,
+                "airflow_run_id": airflow_run_id(),
+                **environment_info(),
+            }
+            run_name = tp.run_name or f"train-{tp.model.arch}-seed{seed}"
+            run = TrackingRun.start(paths.root, tp.experiment, run_name, tags)
+            run.log_params(run_params)
+        state = {
+            "run_id": run.run_id,
+            "experiment_id": run.experiment_id,
+            "tracking_uri": run.tracking_uri,
+            "params_hash": phash,
+            "status": "running",
+            "max_epochs": tp.epochs,
+            "epochs_completed": int(prior_state.get("epochs_completed", 0)) if resume else 0,
+            "resumed": bool(resume),
+        }
+        write_json(out / "state.json", state)
+        import yaml
+
+        (out / "params.resolved.yaml").write_text(
+            yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False), encoding="utf-8"
+        )
+
+    # ---------------------------------------------------------------- model + trainer
+    pl.seed_everything(seed, workers=True)
+    from cvplatform.models.lightning import ClassifierModule
+
+    module = ClassifierModule(
+        arch=tp.model.arch,
+        arch_kwargs=arch_kwargs,
+        num_classes=num_classes,
+        class_names=class_names,
+        preprocess=recipe.to_metadata(),
+        optimizer=tp.optimizer.model_dump(mode="json"),
+        scheduler=tp.scheduler.model_dump(mode="json"),
+        label_smoothing=tp.loss.label_smoothing,
+        class_weights=class_weights,
+        max_epochs=tp.epochs,
+    )
+    ckpt_cb = ModelCheckpoint(
+        dirpath=out, filename=BEST_NAME, monitor=tp.monitor, mode=tp.mode, save_top_k=1, save_last=True,
+        save_on_train_epoch_end=True, enable_version_counter=False, auto_insert_metric_name=False,
+    )
+    recorder = _epoch_recorder_cls()(run, out, state)
+    callbacks: list[pl.Callback] = [EpochSeedCallback(seed), recorder, ckpt_cb]
+    early: EarlyStopping | None = None
+    if tp.patience is not None:
+        early = EarlyStopping(
+            monitor=tp.monitor, mode=tp.mode, patience=tp.patience, min_delta=tp.min_delta,
+            check_on_train_epoch_end=True,
+        )
+        callbacks.append(early)
+    trainer_kwargs: dict[str, Any] = {
+        "max_epochs": tp.epochs,
+        "accelerator": tp.accelerator,
+        "devices": tp.devices,
+        "strategy": tp.strategy,
+        "num_nodes": tp.num_nodes,
+        "precision": tp.precision,
+        "deterministic": tp.deterministic,
+        "logger": False,
+        "callbacks": callbacks,
+        "enable_progress_bar": tp.progress_bar,
+        "enable_model_summary": is_zero,
+        "default_root_dir": str(out),
+        "num_sanity_val_steps": 0,
+        "plugins": [_atomic_checkpoint_io()],
+    }
+    if tp.limit_train_batches is not None:
+        trainer_kwargs["limit_train_batches"] = tp.limit_train_batches
+    if tp.limit_val_batches is not None:
+        trainer_kwargs["limit_val_batches"] = tp.limit_val_batches
+    try:
+        trainer = pl.Trainer(**trainer_kwargs)
+    except Exception as exc:  # MisconfigurationException & co: a bad accelerator/devices/strategy value
+        raise ConfigError(
+            f"train.accelerator/devices/strategy/precision rejected by Lightning: {exc}. "
+            "Fix these keys in params.yaml (e.g. accelerator: cpu, devices: 1, strategy: auto)."
+        ) from None
+
+    try:
+        with warnings.catch_warnings():
+            for msg in (".*does not have many workers.*", ".*smaller than the logging interval.*",
+                        ".*Checkpoint directory .* exists and is not empty.*"):
+                warnings.filterwarnings("ignore", message=msg)
+            trainer.fit(
+                module, datamodule=dm, ckpt_path=str(last_ckpt) if resume else None, weights_only=True
+            )
+            history = list(recorder.history)  # (trainer.test below restores callback states from best.ckpt)
+            test_metrics: dict[str, float] = {}
+            if tp.run_test:
+                res = trainer.test(module, datamodule=dm, ckpt_path=ckpt_cb.best_model_path or None,
+                                   weights_only=True, verbose=False)
+                test_metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
+    except BaseException as exc:
+        if run is not None:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            with contextlib.suppress(Exception):  # never hide the training error behind a tracking one
+                run.finish(status)
+            state.update(status=status.lower())
+            write_json(out / "state.json", state)
+        raise
+
+    if not trainer.is_global_zero:
+        return TrainResult(
+            run_id=None, experiment_id=None, tracking_uri=None, best_checkpoint=None, last_checkpoint=None,
+            best_epoch=-1, epochs_completed=int(trainer.current_epoch), max_epochs=tp.epochs, stopped_early=False,
+            resumed=resume, monitor=tp.monitor, best_score=None, best_metrics={}, arch=tp.model.arch,
+            arch_kwargs=arch_kwargs, num_classes=num_classes, class_names=class_names, data_version=dv.md5,
+            samples=samples, seed=seed, rank=trainer.global_rank, world_size=trainer.world_size,
+        )
+    assert run is not None
+
+    # ---------------------------------------------------------------- outputs (rank 0)
+    best_path = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else out / f"{BEST_NAME}.ckpt"
+    from cvplatform.models.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(best_path)  # run every artifact you produce: it must load back
+    best_rec = next((r for r in history if int(r["epoch"]) == loaded.epoch), None) or _best_from_history(
+        history, tp.monitor, tp.mode
+    ) or {}
+    best_metrics = {k: float(v) for k, v in best_rec.items() if k.startswith("val_") and v is not None}
+    best_metrics.update(test_metrics)
+    stopped_early = bool(early is not None and early.stopped_epoch > 0)
+    metrics = {
+        "best_epoch": int(loaded.epoch),
+        "epochs_completed": len(history),
+        "monitor": tp.monitor,
+        **{k: round(v, 6) for k, v in best_metrics.items()},
+    }
+    metrics_path = write_json(out / "metrics.json", metrics)
+    curves_csv = _write_curves(history, out / "plots" / "curves.csv")
+    from cvplatform.tracking import plot_curves
+
+    curves_png = plot_curves(history, out / "plots" / "curves.png")
+
+    run.log_metrics_once({f"best_{k}": v for k, v in best_metrics.items()} | {"best_epoch": float(loaded.epoch)})
+    run.set_tags({"best_checkpoint": str(best_path), "class_names": ",".join(class_names)})
+    for path, where in (
+        (best_path, "checkpoints"),
+        (curves_png, "plots"),
+        (curves_csv, "plots"),
+        (metrics_path, None),
+        (recipe_path, "config"),
+        (out / "params.resolved.yaml", "config"),
+    ):
+        if Path(path).is_file():
+            run.log_artifact(path, where)
+    run.finish("FINISHED")
+    state.update(status="finished", epochs_completed=len(history), best_epoch=int(loaded.epoch))
+    write_json(out / "state.json", state)
+
+    result = TrainResult(
+        run_id=run.run_id,
+        experiment_id=run.experiment_id,
+        tracking_uri=run.tracking_uri,
+        best_checkpoint=str(best_path),
+        last_checkpoint=str(last_ckpt) if last_ckpt.is_file() else None,
+        best_epoch=int(loaded.epoch),
+        epochs_completed=len(history),
+        max_epochs=tp.epochs,
+        stopped_early=stopped_early,
+        resumed=resume,
+        monitor=tp.monitor,
+        best_score=best_metrics.get(tp.monitor),
+        best_metrics=best_metrics,
+        arch=tp.model.arch,
+        arch_kwargs=arch_kwargs,
+        num_classes=num_classes,
+        class_names=class_names,
+        data_version=dv.md5,
+        samples=samples,
+        seed=seed,
+        metrics_path=str(metrics_path),
+        curves_path=str(curves_csv),
+        duration_s=round(time.perf_counter() - t0, 3),
+        world_size=trainer.world_size,
+        extra={"data_version_source": dv.source, "params_hash": phash},
+    )
+    result.write_summary(out)
+    log.info("train: done in %.1fs; best epoch %d %s", result.duration_s, result.best_epoch, best_metrics)
+    return result
+
+
+__all__ = ["CURVE_COLUMNS", "TrainResult", "run_train"]

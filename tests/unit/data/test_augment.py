@@ -1,0 +1,92 @@
+"""Augmentation recipes: validation errors name file and entry; pipelines end in the fixed tail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cvplatform.data.augment import AugmentRecipe, build_pipeline, load_recipe, recipe_from_metadata
+from cvplatform.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "recipe.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "augment").glob("*.yaml")))
+def test_shipped_recipes_build_and_produce_input_size(name):
+    recipe = load_recipe(REPO / "configs" / "augment" / name)
+    img = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    for which in ("train", "eval"):
+        out = build_pipeline(recipe, which, seed=0)(image=img)["image"]
+        assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+        assert tuple(out.shape) == (3, *recipe.input_size)
+
+
+def test_tail_normalises_with_recipe_constants():
+    recipe = AugmentRecipe(input_size=(8, 8), mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.25))
+    out = build_pipeline(recipe, "eval")(image=np.full((8, 8, 3), 255, np.uint8))["image"]
+    assert torch.allclose(out[:, 0, 0], torch.tensor([(1 - 0.1) / 0.5, (1 - 0.2) / 0.5, (1 - 0.3) / 0.25]))
+
+
+def test_same_seed_same_augmentation_different_seed_differs(tmp_path):
+    p = _write(tmp_path, "train:\n  - {name: Affine, params: {rotate: [-30, 30], translate_percent: [-0.2, 0.2], p: 1.0}}\n")
+    recipe = load_recipe(p)
+    img = np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    a = build_pipeline(recipe, "train", seed=7)(image=img)["image"]
+    b = build_pipeline(recipe, "train", seed=7)(image=img)["image"]
+    c = build_pipeline(recipe, "train", seed=8)(image=img)["image"]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_nested_compose(tmp_path):
+    p = _write(tmp_path, """
+train:
+  - name: OneOf
+    params: {p: 1.0}
+    transforms:
+      - {name: Blur, params: {blur_limit: 3}}
+      - {name: HorizontalFlip}
+""")
+    assert load_recipe(p).train[0].transforms[1].name == "HorizontalFlip"
+
+
+@pytest.mark.parametrize(
+    ("body", "needles"),
+    [
+        ("train:\n  - {name: Affine}\n  - {name: HorizontalFlipp}\n", ["train[1]", "HorizontalFlipp", "HorizontalFlip"]),
+        ("eval:\n  - {name: Affine, params: {rotat: 10}}\n", ["eval[0]", "Affine", "rotat", "rotate"]),
+        ("train:\n  - {name: Affine, params: {rotate: abc}}\n", ["train[0]", "Affine", "rotate"]),
+        ("train:\n  - {name: Normalize}\n", ["train[0]", "automatically"]),
+        ("train:\n  - {name: Blur, transforms: [{name: Blur}]}\n", ["train[0]", "nested"]),
+        ("train:\n  - {name: OneOf}\n", ["train[0]", "non-empty"]),
+        ("train:\n  - {name: OneOf, transforms: [{name: Nope}]}\n", ["train[0].transforms[0]", "Nope"]),
+        ("input_size: [0, 32]\n", ["input_size"]),
+        ("std: [0.5, 0, 0.5]\n", ["std"]),
+        ("trian: []\n", ["trian", "unknown key"]),
+    ],
+)
+def test_bad_recipes_fail_naming_file_and_entry(tmp_path, body, needles):
+    p = _write(tmp_path, body)
+    with pytest.raises(ConfigError) as ei:
+        load_recipe(p)
+    msg = str(ei.value)
+    assert str(p) in msg
+    for needle in needles:
+        assert needle in msg
+
+
+def test_metadata_roundtrip():
+    recipe = load_recipe(REPO / "configs" / "augment" / "natural.yaml")
+    meta = recipe.to_metadata()
+    assert meta["input_size"] == list(recipe.input_size) and meta["eval"][0]["name"] == "SmallestMaxSize"
+    back = recipe_from_metadata(meta)
+    assert back.eval == recipe.eval and back.mean == recipe.mean and back.train == []
