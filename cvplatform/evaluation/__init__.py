@@ -1,0 +1,55 @@
+"""Scenario-suite evaluation and release gates (the ``evaluate`` stage).
+
+* :mod:`~cvplatform.evaluation.scenarios` — suite files (clean, corruptions, metadata slices, curated lists)
+* :mod:`~cvplatform.evaluation.corruptions` — deterministic corruptions, severities 1..5
+* :mod:`~cvplatform.evaluation.metrics` — accuracy, macro-F1, per-class, ECE, bootstrap CIs, mCE
+* :mod:`~cvplatform.evaluation.gates` — the pure :func:`check_gates` -> :class:`GateReport`
+* :mod:`~cvplatform.evaluation.predictors` — ``.ckpt`` / ``.onnx`` / ``models:/`` behind one interface
+* :mod:`~cvplatform.evaluation.report` — Markdown/HTML report, plots, plot data
+* :mod:`~cvplatform.evaluation.run` — :func:`run_evaluate`
+
+Names are imported lazily, so ``import cvplatform.evaluation`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "run_evaluate": "cvplatform.evaluation.run",
+    "EvaluateResult": "cvplatform.evaluation.run",
+    "find_champion": "cvplatform.evaluation.run",
+    "check_gates": "cvplatform.evaluation.gates",
+    "GateCheck": "cvplatform.evaluation.gates",
+    "GatePolicy": "cvplatform.evaluation.gates",
+    "GateReport": "cvplatform.evaluation.gates",
+    "ScenarioGate": "cvplatform.evaluation.gates",
+    "ScenarioSuite": "cvplatform.evaluation.scenarios",
+    "Scenario": "cvplatform.evaluation.scenarios",
+    "load_suite": "cvplatform.evaluation.scenarios",
+    "ScenarioResult": "cvplatform.evaluation.metrics",
+    "ScenarioMetrics": "cvplatform.evaluation.metrics",
+    "compute_metrics": "cvplatform.evaluation.metrics",
+    "CORRUPTIONS": "cvplatform.evaluation.corruptions",
+    "apply_corruption": "cvplatform.evaluation.corruptions",
+    "Predictor": "cvplatform.evaluation.predictors",
+    "OnnxPredictor": "cvplatform.evaluation.predictors",
+    "TorchCheckpointPredictor": "cvplatform.evaluation.predictors",
+    "load_predictor": "cvplatform.evaluation.predictors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cvplatform.evaluation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,340 @@
+"""Release gates: a pure decision over scenario results.
+
+:func:`check_gates` takes the challenger's per-scenario results, a
+:class:`GatePolicy` (thresholds per scenario, suite-wide KPIs) and optionally the
+champion's results on the *same images*, and returns a :class:`GateReport`. It
+does no I/O and is deterministic (the paired bootstrap is seeded), so the CLI,
+DVC, Airflow and tests all get the same verdict; the caller acts on it (exit code
+3, failed task, short-circuit).
+
+Checks (each one a :class:`GateCheck` with name, scenario, value, threshold,
+confidence interval, status, level and a one-line reason):
+
+``images``            the scenario has at least one image (an empty slice fails)
+``min_accuracy``      accuracy >= floor
+``min_macro_f1``      macro-F1 >= floor
+``max_ece``           expected calibration error <= bound
+``critical_fpr:<c>``  false-positive rate of critical class ``c`` <= bound
+``champion_regression``  paired bootstrap of (challenger - champion) accuracy on the
+                      same images: fails when the CI's lower bound is *below*
+                      ``-max_drop`` (a lower bound exactly at ``-max_drop`` passes)
+``champion``          suite-wide: "no champion to compare against" (status
+                      ``skipped``, or ``failed`` with ``require_champion``)
+``pass_rate``         share of must-pass scenarios (or of all scenarios, ``pass_rate_scope: all``)
+                      passing >= ``min_pass_rate``; a scenario passes when no check at the
+                      scenario's own level fails (``warn_only`` checks don't count)
+
+``GateReport.passed`` is True when no ``must_pass`` check has status ``failed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from cvplatform.config import StrictModel
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cvplatform.evaluation.metrics import ScenarioResult
+
+Level = Literal["must_pass", "warn"]
+ThresholdKey = Literal["min_accuracy", "min_macro_f1", "max_ece", "max_critical_fpr", "max_drop"]
+Status = Literal["passed", "failed", "skipped"]
+
+#: Float tolerance for threshold comparisons: a value equal to its threshold passes.
+EPS = 1e-9
+
+
+class ScenarioGate(StrictModel):
+    """The thresholds of one scenario (``None`` = no such check)."""
+
+    level: Level = "warn"
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    min_macro_f1: float | None = Field(None, ge=0.0, le=1.0)
+    max_ece: float | None = Field(None, ge=0.0, le=1.0)
+    max_critical_fpr: float | None = Field(None, ge=0.0, le=1.0)
+    max_drop: float | None = Field(None, ge=0.0, le=1.0)
+    warn_only: tuple[ThresholdKey, ...] = ()
+    """Thresholds whose checks are only warnings even in a must-pass scenario (e.g. ``[max_ece]``)."""
+
+    def level_of(self, threshold: str) -> Level:
+        """The level of the check made from ``threshold`` (a key such as ``max_ece``)."""
+        return "warn" if threshold in self.warn_only else self.level
+
+
+class GatePolicy(StrictModel):
+    """Everything :func:`check_gates` needs besides the results.
+
+    Example:
+        >>> GatePolicy(scenarios={"clean": ScenarioGate(level="must_pass", min_accuracy=0.9)}).min_pass_rate
+        1.0
+    """
+
+    scenarios: dict[str, ScenarioGate] = Field(default_factory=dict)
+    """Scenario name -> thresholds, in report order."""
+    critical_classes: tuple[str, ...] = ()
+    """Classes whose false-positive rate is bounded by ``max_critical_fpr``."""
+    min_pass_rate: float = Field(1.0, ge=0.0, le=1.0)
+    """KPI: share of scenarios (in ``pass_rate_scope``) that must pass their checks."""
+    pass_rate_scope: Literal["must_pass", "all"] = "must_pass"
+    """Which scenarios the pass rate counts: the must-pass ones, or all (warn scenarios too)."""
+    pass_rate_level: Level = "must_pass"
+    """Level of the pass-rate check."""
+    require_champion: bool = False
+    """True: the 'no champion' check fails instead of being skipped."""
+    n_bootstrap: int = Field(1000, ge=10)
+    """Resamples of the paired bootstrap."""
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    """Interval level of the paired bootstrap."""
+    seed: int = 0
+    """Seed of the paired bootstrap."""
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One gate check (JSON-friendly)."""
+
+    name: str
+    scenario: str
+    status: Status
+    level: Level
+    reason: str
+    value: float | None = None
+    threshold: float | None = None
+    ci: tuple[float, float] | None = None
+
+    @property
+    def passed(self) -> bool | None:
+        """True/False for a decided check, None when skipped."""
+        return None if self.status == "skipped" else self.status == "passed"
+
+    @property
+    def blocking(self) -> bool:
+        """A failed must-pass check (makes the report fail)."""
+        return self.status == "failed" and self.level == "must_pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ci"] = list(self.ci) if self.ci is not None else None
+        d["passed"] = self.passed
+        return d
+
+    def line(self) -> str:
+        """One line for terminals and exception messages."""
+        mark = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[self.status]
+        return f"[{mark}] {self.level:<9} {self.scenario:<22} {self.name:<22} {self.reason}"
+
+
+@dataclass(frozen=True)
+class GateReport:
+    """All checks and the verdict."""
+
+    checks: list[GateCheck]
+    pass_rate: float | None
+    champion: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """No must-pass check failed."""
+        return not any(c.blocking for c in self.checks)
+
+    @property
+    def failures(self) -> list[GateCheck]:
+        """Failed must-pass checks."""
+        return [c for c in self.checks if c.blocking]
+
+    @property
+    def warnings(self) -> list[GateCheck]:
+        """Failed warn-level checks."""
+        return [c for c in self.checks if c.status == "failed" and c.level == "warn"]
+
+    def for_scenario(self, name: str) -> list[GateCheck]:
+        return [c for c in self.checks if c.scenario == name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "pass_rate": self.pass_rate,
+            "champion": self.champion,
+            "n_failed_must_pass": len(self.failures),
+            "n_warnings": len(self.warnings),
+            "checks": [c.to_dict() for c in self.checks],
+            **self.extra,
+        }
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _floor_check(name: str, scenario: str, level: Level, value: float, floor: float, label: str) -> GateCheck:
+    ok = value >= floor - EPS
+    reason = f"{label} {_fmt(value)} {'>=' if ok else '<'} floor {_fmt(floor)}"
+    return GateCheck(name, scenario, "passed" if ok else "failed", level, reason, value, floor)
+
+
+def _bound_check(name: str, scenario: str, level: Level, value: float | None, bound: float, label: str) -> GateCheck:
+    if value is None:
+        return GateCheck(name, scenario, "skipped", level, f"{label} undefined (no images outside the class)",
+                         None, bound)
+    ok = value <= bound + EPS
+    reason = f"{label} {_fmt(value)} {'<=' if ok else '>'} bound {_fmt(bound)}"
+    return GateCheck(name, scenario, "passed" if ok else "failed", level, reason, value, bound)
+
+
+def _regression_check(
+    scenario: str, gate: ScenarioGate, res: ScenarioResult, champ: ScenarioResult | None, policy: GatePolicy
+) -> GateCheck:
+    from cvplatform.evaluation.metrics import paired_bootstrap_delta
+
+    assert gate.max_drop is not None
+    lvl = gate.level_of("max_drop")
+    if champ is None:
+        return GateCheck("champion_regression", scenario, "skipped", lvl,
+                         "champion has no result for this scenario", None, -gate.max_drop)
+    if list(champ.image_ids) != list(res.image_ids):
+        return GateCheck(
+            "champion_regression", scenario, "failed", lvl,
+            f"champion was evaluated on different images ({len(champ.image_ids)} vs {len(res.image_ids)}); "
+            "a paired comparison needs the same images",
+            None, -gate.max_drop,
+        )
+    delta, lo, hi = paired_bootstrap_delta(
+        res.correct, champ.correct,
+        n_bootstrap=policy.n_bootstrap, confidence=policy.confidence, seed=policy.seed,
+    )
+    ok = lo >= -gate.max_drop - EPS
+    pct = int(round(policy.confidence * 100))
+    reason = (
+        f"accuracy change vs champion {delta:+.4f} ({pct}% CI [{lo:+.4f}, {hi:+.4f}]); "
+        f"lower bound {'>=' if ok else '<'} -max_drop {-gate.max_drop:+.4f}"
+    )
+    return GateCheck("champion_regression", scenario, "passed" if ok else "failed", lvl, reason,
+                     delta, -gate.max_drop, (lo, hi))
+
+
+def check_gates(
+    results: Mapping[str, ScenarioResult],
+    policy: GatePolicy,
+    champion: Mapping[str, ScenarioResult] | None = None,
+    *,
+    champion_note: str | None = None,
+) -> GateReport:
+    """Decide the release gates (pure: no I/O; deterministic).
+
+    Args:
+        results: Challenger results by scenario name.
+        policy: Thresholds per scenario and suite-wide KPIs.
+        champion: The champion's results on the same scenarios and images, or None
+            when there is no champion (reported as a ``skipped`` check).
+        champion_note: Why there is no champion (shown in that check's reason),
+            e.g. "registered model 'cvplatform' does not exist".
+
+    Returns:
+        A :class:`GateReport`; ``report.passed`` is False when any must-pass check failed.
+
+    Example:
+        >>> import numpy as np
+        >>> from cvplatform.evaluation.metrics import ScenarioResult
+        >>> res = ScenarioResult.from_predictions(
+        ...     "clean", "clean", ["a", "b", "c"], np.array([0, 1, 1]), np.eye(2)[[0, 1, 0]], ["x", "y"],
+        ...     n_bootstrap=20)
+        >>> policy = GatePolicy(scenarios={"clean": ScenarioGate(level="must_pass", min_accuracy=0.9)})
+        >>> report = check_gates({"clean": res}, policy)
+        >>> report.passed, [c.name for c in report.failures]
+        (False, ['min_accuracy', 'pass_rate'])
+    """
+    checks: list[GateCheck] = []
+    scenario_ok: dict[str, bool] = {}
+    for name, gate in policy.scenarios.items():
+        res = results.get(name)
+        lvl = gate.level
+        own: list[GateCheck] = []
+        if res is None:
+            own.append(GateCheck("images", name, "failed", lvl, "scenario was not evaluated (no result)"))
+        elif res.metrics is None or res.n == 0:
+            own.append(GateCheck("images", name, "failed", lvl,
+                                 f"scenario has no images{(' (' + res.note + ')') if res.note else ''}; "
+                                 "nothing was checked", 0.0, 1.0))
+        else:
+            m = res.metrics
+            own.append(GateCheck("images", name, "passed", lvl, f"{res.n} images", float(res.n), 1.0))
+            if gate.min_accuracy is not None:
+                c = _floor_check("min_accuracy", name, gate.level_of("min_accuracy"), m.accuracy,
+                                 gate.min_accuracy, "accuracy")
+                own.append(GateCheck(**{**asdict(c), "ci": m.accuracy_ci}))
+            if gate.min_macro_f1 is not None:
+                c = _floor_check("min_macro_f1", name, gate.level_of("min_macro_f1"), m.macro_f1,
+                                 gate.min_macro_f1, "macro-F1")
+                own.append(GateCheck(**{**asdict(c), "ci": m.macro_f1_ci}))
+            if gate.max_ece is not None:
+                own.append(_bound_check("max_ece", name, gate.level_of("max_ece"), m.ece, gate.max_ece, "ECE"))
+            if gate.max_critical_fpr is not None:
+                flvl = gate.level_of("max_critical_fpr")
+                if not policy.critical_classes:
+                    own.append(GateCheck("critical_fpr", name, "skipped", flvl,
+                                         "max_critical_fpr set but the suite lists no critical_classes",
+                                         None, gate.max_critical_fpr))
+                for cls in policy.critical_classes:
+                    own.append(_bound_check(f"critical_fpr:{cls}", name, flvl, m.critical_fpr.get(cls),
+                                            gate.max_critical_fpr, f"false-positive rate of '{cls}'"))
+            if gate.max_drop is not None and champion is not None:
+                own.append(_regression_check(name, gate, res, champion.get(name), policy))
+        checks.extend(own)
+        # a scenario passes when none of its checks at the scenario's own level fails (warn_only ones don't count)
+        scenario_ok[name] = not any(c.status == "failed" and c.level == lvl for c in own)
+
+    # champion presence (suite-wide), never silent
+    if champion is None:
+        status: Status = "failed" if policy.require_champion else "skipped"
+        wanted = [n for n, g in policy.scenarios.items() if g.max_drop is not None]
+        checks.append(GateCheck(
+            "champion", "*", status, "must_pass" if policy.require_champion else "warn",
+            "no champion to compare against"
+            + (f" ({champion_note})" if champion_note else "")
+            + (f"; regression checks on {len(wanted)} scenario(s) not run" if wanted else "")
+            + ("; require_champion is set" if policy.require_champion else ""),
+        ))
+
+    if policy.pass_rate_scope == "must_pass":
+        must = [n for n, g in policy.scenarios.items() if g.level == "must_pass"]
+        scope = "must-pass scenarios"
+    else:
+        must = list(policy.scenarios)
+        scope = "scenarios"
+    pass_rate: float | None = None
+    if must:
+        pass_rate = sum(scenario_ok[n] for n in must) / len(must)
+        ok = pass_rate >= policy.min_pass_rate - EPS
+        failing = [n for n in must if not scenario_ok[n]]
+        if len(failing) > 8:
+            failing = [*failing[:8], f"... ({len(failing) - 8} more)"]
+        reason = (
+            f"{sum(scenario_ok[n] for n in must)}/{len(must)} {scope} pass ({pass_rate:.1%}) "
+            f"{'>=' if ok else '<'} KPI {policy.min_pass_rate:.1%}"
+            + (f"; failing: {', '.join(failing)}" if failing else "")
+        )
+        checks.append(GateCheck("pass_rate", "*", "passed" if ok else "failed", policy.pass_rate_level,
+                                reason, pass_rate, policy.min_pass_rate))
+    else:
+        checks.append(GateCheck("pass_rate", "*", "skipped", policy.pass_rate_level,
+                                f"no {scope} in the suite", None, policy.min_pass_rate))
+    all_rate = (sum(scenario_ok.values()) / len(scenario_ok)) if scenario_ok else None
+    return GateReport(checks=checks, pass_rate=pass_rate, extra={"pass_rate_all": all_rate})
+
+
+__all__ = [
+    "EPS",
+    "GateCheck",
+    "GatePolicy",
+    "GateReport",
+    "Level",
+    "ScenarioGate",
+    "Status",
+    "ThresholdKey",
+    "check_gates",
+]

@@ -1,0 +1,330 @@
+"""Model-agnostic predictors: a training checkpoint, an ONNX file or an MLflow registry model.
+
+Every predictor takes uint8 RGB images and returns logits, preprocessing them with
+the one :class:`~cvplatform.preprocess.PreprocessContract` it carries, so
+evaluation treats a ``.ckpt``, an ``.onnx`` and a ``models:/NAME@ALIAS`` the same
+way (:func:`load_predictor`).
+
+* :class:`TorchCheckpointPredictor` — a ``.ckpt`` written by ``cvplatform train``
+  (:func:`cvplatform.models.checkpoint.load_checkpoint`); the contract comes from
+  the checkpoint metadata.
+* :class:`OnnxPredictor` — an ONNX model run with onnxruntime (CPU); the contract
+  comes from the model's ``metadata_props`` (written with
+  :meth:`PreprocessContract.to_metadata`). A model without them is rejected.
+* ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` — the registered model's ONNX
+  flavour, loaded through MLflow (``mlflow.onnx.load_model``) and wrapped as an
+  :class:`OnnxPredictor`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from cvplatform.errors import ModelError
+from cvplatform.preprocess import PreprocessContract, normalize, resize_to_contract
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 256
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Anything that turns uint8 RGB images into logits under a preprocessing contract."""
+
+    name: str
+    """Human-readable identity (path or model URI)."""
+    contract: PreprocessContract
+    """How inputs are prepared; ``contract.class_names`` names the logits."""
+
+    @property
+    def class_names(self) -> tuple[str, ...]: ...
+
+    def predict_logits(self, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """``(N, H, W, 3)`` uint8 RGB (or a list of HxWx3) -> ``(N, C)`` float32 logits."""
+        ...
+
+
+class _BasePredictor:
+    name: str
+    contract: PreprocessContract
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.contract.class_names
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict_logits(self, images: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """Preprocess with the contract and run the model in batches.
+
+        Args:
+            images: ``(N, H, W, 3)`` uint8 RGB array or a list of HxWx3 uint8 arrays (any size).
+            batch_size: images per forward pass.
+
+        Returns:
+            ``(N, C)`` float32 logits, ``C = len(class_names)``.
+        """
+        import numpy as np
+
+        resized = resize_to_contract(images, self.contract)
+        n = resized.shape[0]
+        c = self.contract.num_classes
+        out = np.empty((n, c), dtype=np.float32)
+        for start in range(0, n, max(1, int(batch_size))):
+            x = normalize(resized[start : start + batch_size], self.contract)
+            logits = np.asarray(self._forward(x), dtype=np.float32)
+            if logits.shape != (x.shape[0], c):
+                raise ModelError(
+                    f"{self.name}: model returned shape {logits.shape} for a batch of {x.shape[0]}, expected "
+                    f"({x.shape[0]}, {c}) for classes {list(self.class_names)}. The model and its metadata disagree."
+                )
+            out[start : start + x.shape[0]] = logits
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, classes={len(self.class_names)})"
+
+
+# --------------------------------------------------------------------------- torch
+class TorchCheckpointPredictor(_BasePredictor):
+    """A training checkpoint (``.ckpt``) run with PyTorch on CPU.
+
+    Example:
+        >>> p = TorchCheckpointPredictor("artifacts/train/best.ckpt")  # doctest: +SKIP
+        >>> p.predict_logits(images).shape  # doctest: +SKIP
+        (16, 10)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        from cvplatform.models.checkpoint import load_checkpoint
+
+        self.path = Path(path)
+        self.name = str(path)
+        self.loaded = load_checkpoint(self.path)
+        self.contract = contract_from_checkpoint(self.loaded)
+        self.model = self.loaded.model
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(x)).float().cpu().numpy()
+
+
+def contract_from_checkpoint(loaded: Any) -> PreprocessContract:
+    """The :class:`PreprocessContract` of a :class:`~cvplatform.models.checkpoint.LoadedModel`.
+
+    Raises:
+        ModelError: the checkpoint uses preprocessing the contract cannot express
+            (recipe ``eval`` steps, a resize other than bilinear).
+    """
+    where = str(getattr(loaded, "path", "checkpoint"))
+    if getattr(loaded, "eval_transforms", None):
+        names = [t.get("name") for t in loaded.eval_transforms]
+        raise ModelError(
+            f"{where}: the model was trained with recipe eval steps {names}, which the shared preprocessing "
+            "contract (resize + normalise) cannot reproduce in evaluation, ONNX and serving. Remove the `eval:` "
+            "steps from the augmentation recipe and retrain."
+        )
+    interp = str((getattr(loaded, "preprocess", None) or {}).get("resize_interpolation", "bilinear"))
+    mapping = {"bilinear": "linear", "linear": "linear", "area": "area"}
+    if interp not in mapping:
+        raise ModelError(f"{where}: resize interpolation {interp!r} is not supported (bilinear or area).")
+    return PreprocessContract(
+        input_size=tuple(loaded.input_size),
+        mean=tuple(loaded.mean),
+        std=tuple(loaded.std),
+        class_names=tuple(loaded.class_names),
+        interpolation=mapping[interp],  # type: ignore[arg-type]
+    )
+
+
+# --------------------------------------------------------------------------- onnx
+class OnnxPredictor(_BasePredictor):
+    """An ONNX model run with onnxruntime (CPU); contract from its ``metadata_props``.
+
+    Args:
+        model: path of a ``.onnx`` file, or the serialized model bytes.
+        name: identity shown in reports and errors (default: the path).
+
+    Raises:
+        ModelError: unreadable model, missing contract metadata, or inputs/outputs
+            that do not fit the contract.
+
+    Example:
+        >>> p = OnnxPredictor("model.onnx")  # doctest: +SKIP
+        >>> p.contract.input_size  # doctest: +SKIP
+        (32, 32)
+    """
+
+    def __init__(self, model: str | os.PathLike[str] | bytes, *, name: str | None = None) -> None:
+        import onnxruntime as ort
+
+        if isinstance(model, bytes | bytearray):
+            self.name = name or "<onnx bytes>"
+            source: Any = bytes(model)
+        else:
+            p = Path(model)
+            self.name = name or str(p)
+            if not p.is_file():
+                raise ModelError(f"{p}: ONNX model not found. Run `cvplatform export` or pass the right path.")
+            source = str(p)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = int(os.environ.get("CVPLATFORM_ORT_THREADS", "0") or 0)
+        try:
+            self.session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise ModelError(f"{self.name}: onnxruntime cannot load the model ({detail}).") from None
+        meta = dict(self.session.get_modelmeta().custom_metadata_map or {})
+        self.contract = PreprocessContract.from_metadata(meta, source=f"{self.name} (ONNX metadata_props)")
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{self.name}: expected one input (NCHW image batch), found {[i.name for i in inputs]}")
+        self.input_name = inputs[0].name
+        shape = list(inputs[0].shape)
+        h, w = self.contract.input_size
+        if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (3, h, w), strict=True)):
+            raise ModelError(
+                f"{self.name}: input {self.input_name!r} has shape {shape}, but the contract says NCHW "
+                f"(N, 3, {h}, {w}). Re-export the model or fix its metadata."
+            )
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        self.output_name = self.session.get_outputs()[0].name
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        if self.fixed_batch is None or x.shape[0] == self.fixed_batch:
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        # static batch dimension: run one fixed-size chunk at a time (pad the last one)
+        outs = []
+        b = self.fixed_batch
+        for s in range(0, x.shape[0], b):
+            chunk = x[s : s + b]
+            k = chunk.shape[0]
+            if k < b:
+                chunk = np.concatenate([chunk, np.zeros((b - k, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(self.session.run([self.output_name], {self.input_name: chunk})[0][:k])
+        return np.concatenate(outs)
+
+
+# --------------------------------------------------------------------------- registry
+@contextmanager
+def mlflow_uris(tracking_uri: str | None) -> Iterator[None]:
+    """Temporarily point MLflow's tracking and registry URIs at ``tracking_uri`` (None = leave as is).
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` (and the registry
+    URI likewise); both the module state and the environment are restored on exit, so
+    the caller's configuration (and :func:`cvplatform.tracking.tracking_uri`) is untouched.
+    """
+    if tracking_uri is None:
+        yield
+        return
+    import mlflow
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    env_keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {k: os.environ.get(k) for k in env_keys}
+    prev_t = getattr(tracking_utils, "_tracking_uri", None)
+    prev_r = getattr(registry_utils, "_registry_uri", None)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(prev_t)
+        registry_utils._registry_uri = prev_r
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def load_registered_onnx(model_uri: str, *, tracking_uri: str | None = None) -> OnnxPredictor:
+    """Load ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (ONNX flavour) as an :class:`OnnxPredictor`.
+
+    Raises:
+        ModelError: the URI cannot be resolved or is not an ONNX model, naming the URI.
+
+    Example:
+        >>> p = load_registered_onnx("models:/cvplatform@champion", tracking_uri="sqlite:///mlflow.db")  # doctest: +SKIP
+    """
+    with mlflow_uris(tracking_uri):
+        import mlflow.onnx
+
+        try:
+            proto = mlflow.onnx.load_model(model_uri)
+        except Exception as exc:
+            detail = " ".join(str(exc).split())[:400]
+            raise ModelError(
+                f"{model_uri}: cannot load the registered model as ONNX ({type(exc).__name__}: {detail}). "
+                "Check the name/alias/version in the MLflow registry "
+                f"({tracking_uri or mlflow.get_tracking_uri()}) and that the version was logged with the ONNX flavour."
+            ) from None
+    return OnnxPredictor(proto.SerializeToString(), name=model_uri)
+
+
+def load_predictor(ref: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None,
+                   tracking_uri: str | None = None) -> Predictor:
+    """Open a model for evaluation: ``*.ckpt`` (torch), ``*.onnx`` (onnxruntime) or ``models:/...`` (MLflow).
+
+    Args:
+        ref: checkpoint path, ONNX path, or ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``.
+        root: project root for relative paths (default: cwd).
+        tracking_uri: MLflow tracking/registry URI for ``models:/`` (default:
+            :func:`cvplatform.tracking.tracking_uri` of ``root``).
+
+    Raises:
+        ModelError: unknown kind of reference, missing file, or an unloadable model (naming ``ref``).
+
+    Example:
+        >>> from cvplatform.evaluation.predictors import load_predictor
+        >>> p = load_predictor("artifacts/train/best.ckpt")  # doctest: +SKIP
+        >>> p.class_names[:2]  # doctest: +SKIP
+        ('0', '1')
+    """
+    text = str(ref)
+    if text.startswith("models:/"):
+        if tracking_uri is None:
+            from cvplatform.tracking import tracking_uri as _tracking_uri
+
+            tracking_uri = _tracking_uri(root or os.getcwd())
+        return load_registered_onnx(text, tracking_uri=tracking_uri)
+    p = Path(text)
+    if not p.is_absolute() and root is not None:
+        p = Path(root) / p
+    suffix = p.suffix.lower()
+    if suffix == ".ckpt":
+        return TorchCheckpointPredictor(p)
+    if suffix == ".onnx":
+        return OnnxPredictor(p)
+    raise ModelError(
+        f"{text}: unknown model reference. Pass a training checkpoint (*.ckpt), an ONNX file (*.onnx) or a "
+        "registry URI (models:/NAME@ALIAS or models:/NAME/VERSION)."
+    )
+
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "OnnxPredictor",
+    "Predictor",
+    "TorchCheckpointPredictor",
+    "contract_from_checkpoint",
+    "load_predictor",
+    "load_registered_onnx",
+    "mlflow_uris",
+]

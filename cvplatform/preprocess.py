@@ -1,0 +1,285 @@
+"""The one preprocessing contract shared by evaluation, ONNX export parity and serving.
+
+A model sees ``float32`` tensors in ``NCHW`` layout, RGB channel order, resized to
+``input_size`` (height, width) and normalised per channel as
+``(pixel / 255 - mean) / std``. :class:`PreprocessContract` records those
+choices (plus the class names the logits refer to) and travels with the model:
+in the checkpoint metadata, and as ONNX ``metadata_props`` (string key ->
+JSON-string value, see :meth:`PreprocessContract.to_metadata`).
+
+:func:`preprocess` is *the* implementation of the contract. It matches the fixed
+tail of the training pipeline (:func:`cvplatform.data.augment.build_pipeline`:
+``Resize`` with ``cv2.INTER_LINEAR``, ``Normalize(mean, std, max_pixel_value=255)``)
+so a model is evaluated and served exactly as it was trained.
+
+Only numpy and OpenCV are needed (no torch), so the serving image stays small.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from cvplatform.errors import DataError, ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+#: Keys written by :meth:`PreprocessContract.to_metadata` (all required by ``from_metadata``
+#: except ``interpolation``, ``channel_order`` and ``layout``, which have defaults).
+METADATA_KEYS: tuple[str, ...] = (
+    "input_size",
+    "mean",
+    "std",
+    "class_names",
+    "channel_order",
+    "layout",
+    "interpolation",
+)
+_REQUIRED_KEYS: tuple[str, ...] = ("input_size", "mean", "std", "class_names")
+MAX_PIXEL_VALUE = 255.0
+
+
+@dataclass(frozen=True)
+class PreprocessContract:
+    """How pixels become model inputs, and what the model's outputs mean.
+
+    Attributes:
+        input_size: ``(height, width)`` of the tensors the model sees.
+        mean: Per-channel (RGB) mean of ``pixel / 255`` subtracted first.
+        std: Per-channel (RGB) std the centred values are divided by.
+        class_names: Class name of each logit, in output order.
+        channel_order: Always ``"RGB"``.
+        layout: Always ``"NCHW"``.
+        interpolation: Resize interpolation, ``"linear"`` (cv2.INTER_LINEAR, what
+            training uses) or ``"area"`` (cv2.INTER_AREA).
+
+    Example:
+        >>> c = PreprocessContract((32, 32), (0.5,) * 3, (0.5,) * 3, ("cat", "dog"))
+        >>> PreprocessContract.from_metadata(c.to_metadata()) == c
+        True
+    """
+
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    class_names: tuple[str, ...]
+    channel_order: Literal["RGB"] = "RGB"
+    layout: Literal["NCHW"] = "NCHW"
+    interpolation: Literal["linear", "area"] = "linear"
+
+    def __post_init__(self) -> None:
+        # normalise sequences to tuples of the right types, then check them
+        try:
+            size = tuple(int(v) for v in self.input_size)
+            mean = tuple(float(v) for v in self.mean)
+            std = tuple(float(v) for v in self.std)
+            names = tuple(str(v) for v in self.class_names)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"preprocess contract: non-numeric input_size/mean/std ({exc}).") from None
+        object.__setattr__(self, "input_size", size)
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+        object.__setattr__(self, "class_names", names)
+        problems = []
+        if len(size) != 2 or min(size) < 1:
+            problems.append(f"input_size must be two positive integers (height, width), got {list(size)}")
+        if len(mean) != 3:
+            problems.append(f"mean must have 3 values (RGB), got {list(mean)}")
+        if len(std) != 3 or min(std, default=0.0) <= 0:
+            problems.append(f"std must have 3 positive values (RGB), got {list(std)}")
+        if not names:
+            problems.append("class_names must list at least one class")
+        elif len(set(names)) != len(names):
+            problems.append(f"class_names has duplicates: {list(names)}")
+        if self.channel_order != "RGB":
+            problems.append(f"channel_order must be 'RGB', got {self.channel_order!r}")
+        if self.layout != "NCHW":
+            problems.append(f"layout must be 'NCHW', got {self.layout!r}")
+        if self.interpolation not in ("linear", "area"):
+            problems.append(f"interpolation must be 'linear' or 'area', got {self.interpolation!r}")
+        if problems:
+            raise ModelError("invalid preprocess contract: " + "; ".join(problems))
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (= logits per image)."""
+        return len(self.class_names)
+
+    def to_metadata(self) -> dict[str, str]:
+        """Serialise as ``{key: JSON string}`` (ONNX ``metadata_props``, MLflow tags).
+
+        Example:
+            >>> c = PreprocessContract((8, 8), (0, 0, 0), (1, 1, 1), ("a", "b"))
+            >>> c.to_metadata()["input_size"]
+            '[8, 8]'
+        """
+        return {
+            "input_size": json.dumps(list(self.input_size)),
+            "mean": json.dumps(list(self.mean)),
+            "std": json.dumps(list(self.std)),
+            "class_names": json.dumps(list(self.class_names)),
+            "channel_order": json.dumps(self.channel_order),
+            "layout": json.dumps(self.layout),
+            "interpolation": json.dumps(self.interpolation),
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str], *, source: str = "model metadata") -> PreprocessContract:
+        """Rebuild a contract from :meth:`to_metadata` output (other keys are ignored).
+
+        Args:
+            meta: String key -> JSON string value (e.g. ONNX ``custom_metadata_map``).
+            source: Where ``meta`` came from, for error messages (e.g. the ONNX path).
+
+        Raises:
+            ModelError: a required key is missing or a value is not valid JSON / invalid.
+
+        Example:
+            >>> meta = {"input_size": "[8, 8]", "mean": "[0, 0, 0]", "std": "[1, 1, 1]",
+            ...         "class_names": '["a", "b"]'}
+            >>> PreprocessContract.from_metadata(meta).class_names
+            ('a', 'b')
+        """
+        missing = [k for k in _REQUIRED_KEYS if k not in meta]
+        if missing:
+            raise ModelError(
+                f"{source}: preprocessing contract key(s) {missing} missing (has {sorted(meta)}). "
+                "Export the model with cvplatform (it writes PreprocessContract.to_metadata() "
+                "into the model metadata) or add the keys yourself."
+            )
+        values: dict[str, Any] = {}
+        for key in METADATA_KEYS:
+            if key not in meta:
+                continue
+            try:
+                values[key] = json.loads(meta[key])
+            except (TypeError, json.JSONDecodeError):
+                raise ModelError(
+                    f"{source}: metadata key {key!r} is not a JSON string: {meta[key]!r}. "
+                    "Values must be JSON-encoded (e.g. input_size = '[32, 32]')."
+                ) from None
+        try:
+            return cls(**values)
+        except ModelError as exc:
+            raise ModelError(f"{source}: {exc}") from None
+        except TypeError as exc:
+            raise ModelError(f"{source}: invalid preprocessing metadata ({exc}).") from None
+
+
+def _cv2_interpolation(name: str) -> int:
+    import cv2
+
+    return {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}[name]
+
+
+def _check_image(img: Any, where: str) -> np.ndarray:
+    import numpy as np
+
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        raise DataError(f"{where}: expected a uint8 image, got dtype {arr.dtype}. Decode images as 8-bit RGB.")
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise DataError(
+            f"{where}: expected an HxWx3 RGB image, got shape {tuple(arr.shape)}. "
+            "Convert grayscale/RGBA images to RGB first."
+        )
+    return arr
+
+
+def resize_to_contract(
+    images: np.ndarray | Sequence[np.ndarray], contract: PreprocessContract
+) -> np.ndarray:
+    """Resize uint8 RGB images to ``contract.input_size``; returns a uint8 NHWC array.
+
+    Images already at the right size are copied unchanged. This is the first half
+    of :func:`preprocess`; evaluation calls it once and applies corruptions to the
+    resized pixels (so a corruption's severity is relative to what the model sees).
+
+    Args:
+        images: A list of HxWx3 uint8 RGB arrays (sizes may differ) or an NHWC uint8 array.
+        contract: The model's preprocessing contract.
+
+    Returns:
+        ``np.ndarray`` of shape ``(N, H, W, 3)``, dtype uint8.
+
+    Example:
+        >>> import numpy as np
+        >>> c = PreprocessContract((4, 6), (0, 0, 0), (1, 1, 1), ("a",))
+        >>> resize_to_contract([np.zeros((10, 10, 3), np.uint8)], c).shape
+        (1, 4, 6, 3)
+    """
+    import cv2
+    import numpy as np
+
+    h, w = contract.input_size
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        batch = [images[i] for i in range(images.shape[0])]
+    elif isinstance(images, np.ndarray) and images.ndim == 3:
+        raise DataError(
+            f"preprocess: got a single image of shape {images.shape}; pass a list of images or an NHWC batch."
+        )
+    else:
+        batch = list(images)
+    out = np.empty((len(batch), h, w, 3), dtype=np.uint8)
+    interp = _cv2_interpolation(contract.interpolation)
+    for i, img in enumerate(batch):
+        arr = _check_image(img, f"preprocess: image {i}")
+        if arr.shape[0] == h and arr.shape[1] == w:
+            out[i] = arr
+        else:
+            out[i] = cv2.resize(arr, (w, h), interpolation=interp)
+    return out
+
+
+def normalize(images_nhwc: np.ndarray, contract: PreprocessContract) -> np.ndarray:
+    """Turn a uint8 NHWC batch already at ``input_size`` into the float32 NCHW model input.
+
+    Example:
+        >>> import numpy as np
+        >>> c = PreprocessContract((1, 1), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), ("a",))
+        >>> normalize(np.full((1, 1, 1, 3), 255, np.uint8), c).ravel().tolist()
+        [1.0, 1.0, 1.0]
+    """
+    import numpy as np
+
+    x = np.asarray(images_nhwc)
+    if x.ndim != 4 or x.shape[3] != 3 or x.dtype != np.uint8:
+        raise DataError(f"normalize: expected a uint8 NHWC batch with 3 channels, got {x.dtype} {x.shape}.")
+    if tuple(x.shape[1:3]) != contract.input_size:
+        raise DataError(
+            f"normalize: batch is {x.shape[1]}x{x.shape[2]}, the contract wants {contract.input_size}; "
+            "call resize_to_contract (or preprocess) first."
+        )
+    mean = np.asarray(contract.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(contract.std, dtype=np.float32).reshape(1, 3, 1, 1)
+    chw = x.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(MAX_PIXEL_VALUE)
+    return np.ascontiguousarray((chw - mean) / std, dtype=np.float32)
+
+
+def preprocess(images: np.ndarray | Sequence[np.ndarray], contract: PreprocessContract) -> np.ndarray:
+    """Apply the contract: resize to ``input_size``, scale to [0, 1], normalise, NHWC -> NCHW.
+
+    Args:
+        images: A list of HxWx3 uint8 RGB arrays (sizes may differ) or an NHWC uint8 array.
+        contract: The model's preprocessing contract.
+
+    Returns:
+        float32 array of shape ``(N, 3, H, W)``.
+
+    Raises:
+        DataError: an image is not uint8 or not 3-channel.
+
+    Example:
+        >>> import numpy as np
+        >>> c = PreprocessContract((16, 16), (0.5,) * 3, (0.25,) * 3, ("a", "b"))
+        >>> x = preprocess([np.zeros((20, 30, 3), np.uint8)], c)
+        >>> x.shape, x.dtype.name, float(x.min())
+        ((1, 3, 16, 16), 'float32', -2.0)
+    """
+    return normalize(resize_to_contract(images, contract), contract)
+
+
+__all__ = ["METADATA_KEYS", "PreprocessContract", "normalize", "preprocess", "resize_to_contract"]

@@ -1,0 +1,179 @@
+"""Metrics against hand-computed values; bootstrap intervals; calibration bins; mCE."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cvplatform.errors import DataError
+from cvplatform.evaluation.metrics import (
+    ScenarioResult,
+    bootstrap_ci,
+    compute_metrics,
+    corruption_error_summary,
+    macro_f1_from_confusion,
+    paired_bootstrap_delta,
+    reliability_bins,
+    softmax,
+)
+
+NAMES = ["a", "b", "c"]
+
+
+def _onehot_probs(pred, c=3, conf=0.8):
+    p = np.full((len(pred), c), (1 - conf) / (c - 1))
+    p[np.arange(len(pred)), pred] = conf
+    return p
+
+
+def test_hand_computed_accuracy_f1_precision_recall_confusion_fpr():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    m = compute_metrics(y, _onehot_probs(pred), NAMES, critical_classes=["a", "b"], n_bootstrap=50)
+    assert m.n == 6
+    assert m.accuracy == pytest.approx(4 / 6)
+    assert m.confusion == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m.precision == pytest.approx({"a": 0.5, "b": 2 / 3, "c": 1.0})
+    assert m.recall == pytest.approx({"a": 0.5, "b": 1.0, "c": 0.5})
+    f1 = [0.5, 0.8, 2 / 3]
+    assert m.macro_f1 == pytest.approx(sum(f1) / 3, abs=1e-6)
+    # FPR(a): images of other classes predicted 'a' = 1 of 4; FPR(b): 1 of 4
+    assert m.critical_fpr == pytest.approx({"a": 0.25, "b": 0.25})
+    assert m.support == {"a": 2, "b": 2, "c": 2}
+
+
+def test_undefined_per_class_values_are_none_not_zero():
+    y = np.array([0, 0, 1])
+    pred = np.array([0, 0, 0])  # 'b' never predicted, 'c' never present
+    m = compute_metrics(y, _onehot_probs(pred), NAMES, critical_classes=["c"], n_bootstrap=20)
+    assert m.precision["b"] is None and m.precision["c"] is None
+    assert m.recall["c"] is None
+    assert m.recall["b"] == 0.0
+    # 'c' has 3 negatives and was never predicted
+    assert m.critical_fpr["c"] == 0.0
+    all_c = compute_metrics(np.array([2, 2]), _onehot_probs(np.array([2, 2])), NAMES, critical_classes=["c"],
+                            n_bootstrap=20)
+    assert all_c.critical_fpr["c"] is None  # no image of another class: undefined
+
+
+def test_hand_computed_ece_and_reliability_bins():
+    probs = np.array([[0.85, 0.15], [0.85, 0.15], [0.35, 0.65], [0.65, 0.35]])
+    y = np.array([0, 1, 1, 0])  # conf .85 right, .85 wrong, .65 right, .65 right
+    m = compute_metrics(y, probs, ["x", "y"], n_bootstrap=20, n_bins=10)
+    assert m.ece == pytest.approx(0.5 * abs(0.5 - 0.85) + 0.5 * abs(1.0 - 0.65), abs=1e-6)
+    assert [(b["lower"], b["count"], b["accuracy"]) for b in m.reliability] == [(0.6, 2, 1.0), (0.8, 2, 0.5)]
+    assert sum(b["share"] for b in m.reliability) == pytest.approx(1.0)
+
+
+def test_reliability_bins_reproduce_torchmetrics_ece_including_confidence_one():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 3, (200, 4))
+    logits[:20, 0] = 200.0  # softmax saturates at exactly 1.0 in float32
+    y = rng.integers(0, 4, 200)
+    p = softmax(logits)
+    m = compute_metrics(y, p, list("wxyz"), n_bootstrap=20)
+    assert any(b["lower"] == 1.0 and b["upper"] == 1.0 for b in m.reliability)
+    recomputed = sum(b["share"] * abs(b["accuracy"] - b["confidence"]) for b in m.reliability)
+    assert recomputed == pytest.approx(m.ece, abs=1e-5)
+
+
+def test_numpy_macro_f1_matches_torchmetrics_with_absent_classes():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 300)  # class 4 never present ...
+    pred = np.where(rng.random(300) < 0.7, y, rng.integers(0, 4, 300))  # ... nor predicted
+    m = compute_metrics(y, _onehot_probs(pred, c=5), list("abcde"), n_bootstrap=20)
+    cm = np.asarray(m.confusion)
+    assert float(macro_f1_from_confusion(cm)) == pytest.approx(m.macro_f1, abs=1e-6)
+
+
+def test_bootstrap_ci_contains_estimate_is_seeded_and_narrows_with_data():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 400)
+    pred = np.where(rng.random(400) < 0.8, y, (y + 1) % 3)
+    ci = bootstrap_ci(y, pred, 3, n_bootstrap=500, seed=5)
+    acc = float((y == pred).mean())
+    m = compute_metrics(y, _onehot_probs(pred), NAMES, n_bootstrap=500, seed=5)
+    assert ci["accuracy"][0] < acc < ci["accuracy"][1]
+    assert ci["macro_f1"][0] < m.macro_f1 < ci["macro_f1"][1]
+    assert m.accuracy_ci == ci["accuracy"] and m.macro_f1_ci == ci["macro_f1"]
+    assert bootstrap_ci(y, pred, 3, n_bootstrap=500, seed=5) == ci
+    assert bootstrap_ci(y, pred, 3, n_bootstrap=500, seed=6) != ci
+    small = bootstrap_ci(y[:40], pred[:40], 3, n_bootstrap=500, seed=5)
+    assert (small["accuracy"][1] - small["accuracy"][0]) > (ci["accuracy"][1] - ci["accuracy"][0])
+    # a wider confidence level gives a wider interval
+    wide = bootstrap_ci(y, pred, 3, n_bootstrap=500, seed=5, confidence=0.99)
+    assert wide["accuracy"][0] <= ci["accuracy"][0] and wide["accuracy"][1] >= ci["accuracy"][1]
+
+
+def test_bootstrap_chunks_do_not_change_the_result(monkeypatch):
+    import cvplatform.evaluation.metrics as metrics
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 100)
+    pred = np.where(rng.random(100) < 0.7, y, 0)
+    whole = bootstrap_ci(y, pred, 3, n_bootstrap=300, seed=1)
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 1000)  # 10 resamples per chunk
+    assert bootstrap_ci(y, pred, 3, n_bootstrap=300, seed=1) == whole
+
+
+def test_paired_bootstrap():
+    a = np.array([1, 1, 0, 1, 0, 1, 1, 0], dtype=bool)
+    assert paired_bootstrap_delta(a, a, n_bootstrap=100) == (0.0, 0.0, 0.0)
+    worse = np.zeros(8, dtype=bool)
+    better = np.ones(8, dtype=bool)
+    assert paired_bootstrap_delta(worse, better, n_bootstrap=100) == (-1.0, -1.0, -1.0)
+    d, lo, hi = paired_bootstrap_delta(a, better, n_bootstrap=400, seed=3)
+    assert d == pytest.approx(-3 / 8) and lo <= d <= hi
+    assert paired_bootstrap_delta(a, better, n_bootstrap=400, seed=3) == (d, lo, hi)
+    with pytest.raises(DataError, match="same images"):
+        paired_bootstrap_delta(a, a[:5])
+    with pytest.raises(DataError, match="no images"):
+        paired_bootstrap_delta(a[:0], a[:0])
+
+
+def test_corruption_error_summary_definition():
+    s = corruption_error_summary(
+        0.10, {("fog", 1): 0.20, ("fog", 2): 0.40, ("jpeg", 1): 0.10, ("jpeg", 3): 0.30}, n_clean=100
+    )
+    # fog: mean error 0.30 -> CE 3.0; jpeg: mean error 0.20 -> CE 2.0; mCE = 2.5
+    assert s["per_corruption"]["fog"]["ce"] == pytest.approx(3.0)
+    assert s["per_corruption"]["jpeg"]["ce"] == pytest.approx(2.0)
+    assert s["mce"] == pytest.approx(2.5)
+    assert s["mean_degradation"] == pytest.approx(((0.30 - 0.10) + (0.20 - 0.10)) / 2)
+    assert s["mean_corruption_error"] == pytest.approx(0.25)
+    perfect = corruption_error_summary(0.0, {("fog", 1): 0.05}, n_clean=20)
+    assert perfect["clean_error_floor"] == pytest.approx(1 / 20)
+    assert perfect["mce"] == pytest.approx(1.0)
+    assert corruption_error_summary(0.1, {}, 10)["mce"] is None
+
+
+def test_scenario_result_and_errors():
+    r = ScenarioResult.from_predictions("s", "clean", ["i1", "i2", "i3"], np.array([0, 1, 2]),
+                                        _onehot_probs(np.array([0, 1, 1])), NAMES, n_bootstrap=20)
+    assert r.correct.tolist() == [True, True, False]
+    assert r.y_pred.tolist() == [0, 1, 1]
+    assert r.confidence.tolist() == pytest.approx([0.8, 0.8, 0.8])
+    empty = ScenarioResult.from_predictions("e", "slice", [], np.array([], dtype=int), np.zeros((0, 3)), NAMES)
+    assert empty.metrics is None and empty.n == 0
+    with pytest.raises(DataError, match="critical classes"):
+        compute_metrics(np.array([0]), _onehot_probs(np.array([0])), NAMES, critical_classes=["zebra"])
+    with pytest.raises(DataError, match="do not match 3 classes"):
+        compute_metrics(np.array([0]), np.ones((1, 2)) / 2, NAMES)
+    with pytest.raises(DataError, match="no images"):
+        compute_metrics(np.array([], dtype=int), np.zeros((0, 3)), NAMES)
+
+
+def test_metrics_are_json_friendly():
+    from dataclasses import asdict
+
+    m = compute_metrics(np.array([0, 1]), _onehot_probs(np.array([0, 0])), NAMES, n_bootstrap=20)
+    json.dumps(asdict(m))
+
+
+def test_softmax_rows_sum_to_one_and_are_stable():
+    p = softmax(np.array([[1000.0, 0.0, -1000.0], [1.0, 2.0, 3.0]]))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    assert p[0, 0] == pytest.approx(1.0)
+    assert list(reliability_bins(np.array([0.5]), np.array([1]), 2)[0].values())[:2] == [0.5, 1.0]

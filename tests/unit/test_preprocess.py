@@ -1,0 +1,107 @@
+"""The preprocessing contract: values, shapes, resizing, metadata round trip, errors."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from cvplatform.errors import DataError, ModelError
+from cvplatform.preprocess import PreprocessContract, normalize, preprocess, resize_to_contract
+
+
+def _contract(**kw) -> PreprocessContract:
+    base = {"input_size": (4, 6), "mean": (0.5, 0.25, 0.0), "std": (0.5, 0.25, 1.0), "class_names": ("a", "b")}
+    return PreprocessContract(**{**base, **kw})
+
+
+def test_values_are_scaled_normalised_and_channel_first():
+    c = _contract()
+    img = np.zeros((4, 6, 3), np.uint8)
+    img[..., 0] = 255  # R = 1.0 -> (1 - 0.5) / 0.5 = 1
+    img[..., 1] = 0  # G = 0.0 -> (0 - 0.25) / 0.25 = -1
+    img[..., 2] = 51  # B = 0.2 -> (0.2 - 0) / 1 = 0.2
+    x = preprocess([img], c)
+    assert x.shape == (1, 3, 4, 6)
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(x[0, 0], 1.0)
+    np.testing.assert_allclose(x[0, 1], -1.0)
+    np.testing.assert_allclose(x[0, 2], 0.2, rtol=1e-6)
+
+
+def test_nhwc_batch_and_list_of_different_sizes_give_same_layout():
+    c = _contract(input_size=(8, 8))
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (20, 12, 3), dtype=np.uint8)
+    from_list = preprocess([a, b], c)
+    assert from_list.shape == (2, 3, 8, 8)
+    # an image already at input_size is not resampled
+    np.testing.assert_allclose(from_list[0], preprocess(a[None], c)[0])
+    # linear (training's interpolation) is what resizes b
+    expected = cv2.resize(b, (8, 8), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(resize_to_contract([b], c)[0], expected)
+
+
+def test_area_interpolation_is_honoured():
+    c = _contract(input_size=(5, 5), interpolation="area")
+    img = np.random.default_rng(1).integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_to_contract([img], c)[0], cv2.resize(img, (5, 5), interpolation=cv2.INTER_AREA))
+
+
+def test_matches_the_training_eval_pipeline():
+    """Evaluation must see exactly what training's eval pipeline (albumentations) produces."""
+    from cvplatform.data.augment import AugmentRecipe, build_pipeline
+
+    recipe = AugmentRecipe(input_size=(12, 10), mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4))
+    c = PreprocessContract(recipe.input_size, recipe.mean, recipe.std, ("x",))
+    img = np.random.default_rng(2).integers(0, 256, (30, 26, 3), dtype=np.uint8)
+    ours = preprocess([img], c)[0]
+    theirs = build_pipeline(recipe, "eval")(image=img)["image"].numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_metadata_round_trip_is_json_strings():
+    c = _contract(class_names=("cat", "dog", "ünïcode"), interpolation="area")
+    meta = c.to_metadata()
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
+    assert meta["input_size"] == "[4, 6]"
+    back = PreprocessContract.from_metadata({**meta, "unrelated": "x"})
+    assert back == c
+    assert back.num_classes == 3
+
+
+def test_from_metadata_missing_keys_is_a_clear_error():
+    meta = _contract().to_metadata()
+    del meta["class_names"]
+    with pytest.raises(ModelError, match=r"model.onnx.*\['class_names'\] missing"):
+        PreprocessContract.from_metadata(meta, source="model.onnx")
+
+
+def test_from_metadata_rejects_non_json_and_bad_values():
+    meta = _contract().to_metadata()
+    with pytest.raises(ModelError, match="'mean' is not a JSON string"):
+        PreprocessContract.from_metadata({**meta, "mean": "[0.5, 0.5"})
+    with pytest.raises(ModelError, match="std must have 3 positive values"):
+        PreprocessContract.from_metadata({**meta, "std": "[0, 1, 1]"})
+
+
+def test_invalid_contracts_are_rejected():
+    with pytest.raises(ModelError, match="input_size"):
+        _contract(input_size=(0, 4))
+    with pytest.raises(ModelError, match="duplicates"):
+        _contract(class_names=("a", "a"))
+    with pytest.raises(ModelError, match="channel_order"):
+        _contract(channel_order="BGR")
+
+
+def test_bad_images_are_rejected():
+    c = _contract()
+    with pytest.raises(DataError, match="uint8"):
+        preprocess([np.zeros((4, 6, 3), np.float32)], c)
+    with pytest.raises(DataError, match="HxWx3"):
+        preprocess([np.zeros((4, 6), np.uint8)], c)
+    with pytest.raises(DataError, match="single image"):
+        preprocess(np.zeros((4, 6, 3), np.uint8), c)
+    with pytest.raises(DataError, match="resize_to_contract"):
+        normalize(np.zeros((1, 5, 5, 3), np.uint8), c)
