@@ -1,0 +1,283 @@
+"""The parity gate: an exported model must compute what the PyTorch checkpoint computes.
+
+Both models see the same images through the same preprocessing contract (each
+:class:`~cvplatform.evaluation.predictors.Predictor` applies it), and their logits
+are compared image by image:
+
+* ``max_abs_diff`` — the largest ``|reference - candidate|`` over all images and
+  classes must be ``<= atol`` (``export.parity.atol``, 1e-4 for fp32);
+* ``top1_agreement`` — the share of images whose arg-max class is the same must be
+  ``>= min_agreement`` (``export.parity.min_agreement``, 0.999).
+
+Non-finite logits (NaN/Inf) are not a parity question but a broken model: they
+raise :class:`~cvplatform.errors.ModelError` saying whether the checkpoint itself
+or only the exported file produces them. :func:`compare_logits` is pure (no I/O);
+:func:`run_parity` runs the two predictors; :func:`raise_if_failed` turns a failed
+report into :class:`~cvplatform.errors.GateFailed` naming the worst images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cvplatform.errors import DataError, GateFailed, ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from cvplatform.evaluation.predictors import Predictor
+
+
+@dataclass(frozen=True)
+class ParityImage:
+    """One image of the comparison (the worst ones are reported)."""
+
+    path: str
+    """Manifest path of the image."""
+    sha256: str
+    """Manifest sha256 (the image's identity)."""
+    label: str
+    max_abs_diff: float
+    """Largest absolute logit difference on this image."""
+    reference_top1: str
+    candidate_top1: str
+
+
+@dataclass
+class ParityReport:
+    """Result of comparing a candidate model's logits with a reference's (JSON-friendly)."""
+
+    reference: str
+    candidate: str
+    split: str
+    n: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    top1_agreement: float
+    disagreements: int
+    atol: float
+    min_agreement: float
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    """Why it failed (one line per failed criterion); empty when passed."""
+    worst: list[ParityImage] = field(default_factory=list)
+    """Images with the largest differences (disagreeing ones first)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["worst"] = [asdict(w) for w in self.worst]
+        return d
+
+    def line(self) -> str:
+        """One line for terminals."""
+        return (
+            f"max |Δlogit| {self.max_abs_diff:.2e} {'<=' if self.max_abs_diff <= self.atol else '>'} "
+            f"{self.atol:.0e}, top-1 agreement {self.top1_agreement:.2%} "
+            f"{'>=' if self.top1_agreement >= self.min_agreement else '<'} {self.min_agreement:.1%} "
+            f"on {self.n} {self.split} images: {'PASSED' if self.passed else 'FAILED'}"
+        )
+
+
+def compare_logits(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    *,
+    ids: Sequence[str],
+    paths: Sequence[str],
+    labels: Sequence[str],
+    class_names: Sequence[str],
+    atol: float,
+    min_agreement: float,
+    worst: int = 5,
+    reference_name: str = "reference",
+    candidate_name: str = "candidate",
+    split: str = "test",
+) -> ParityReport:
+    """Compare two ``(N, C)`` logit arrays of the same images (pure).
+
+    Args:
+        reference: Logits of the reference (PyTorch checkpoint).
+        candidate: Logits of the candidate (exported ONNX) on the same images, same order.
+        ids / paths / labels: Manifest ``sha256``, ``path`` and ``label`` of each image.
+        class_names: Class name of each logit column.
+        atol: Largest allowed absolute difference.
+        min_agreement: Smallest allowed share of identical top-1 classes.
+        worst: How many images to list in :attr:`ParityReport.worst`.
+
+    Raises:
+        DataError: no images, or arrays of different shapes.
+
+    Example:
+        >>> import numpy as np
+        >>> a = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+        >>> r = compare_logits(a, a + 1e-6, ids=["h1", "h2"], paths=["a.png", "b.png"], labels=["x", "y"],
+        ...                    class_names=["x", "y"], atol=1e-4, min_agreement=0.999)
+        >>> r.passed, r.top1_agreement
+        (True, 1.0)
+    """
+    import numpy as np
+
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    if ref.shape != cand.shape or ref.ndim != 2:
+        raise DataError(
+            f"parity: {reference_name} logits {ref.shape} and {candidate_name} logits {cand.shape} differ in "
+            "shape; both models must have the same classes."
+        )
+    n = ref.shape[0]
+    if n == 0:
+        raise DataError(f"parity: no {split} images to compare. Add images to the {split} split (re-run ingest).")
+    diff = np.abs(ref - cand)
+    per_image = diff.max(axis=1)
+    ref_top = ref.argmax(axis=1)
+    cand_top = cand.argmax(axis=1)
+    agree = ref_top == cand_top
+    agreement = float(agree.mean())
+    max_diff = float(per_image.max())
+    reasons = []
+    if not max_diff <= atol:
+        reasons.append(f"max absolute logit difference {max_diff:.3e} > export.parity.atol {atol:.1e}")
+    if agreement < min_agreement:
+        reasons.append(
+            f"top-1 agreement {agreement:.4f} ({int((~agree).sum())} of {n} images differ) < "
+            f"export.parity.min_agreement {min_agreement}"
+        )
+    # disagreeing images first, then by difference (ties broken by sha256: deterministic)
+    order = sorted(range(n), key=lambda i: (bool(agree[i]), -float(per_image[i]), str(ids[i])))[: max(0, worst)]
+    names = list(class_names)
+    worst_items = [
+        ParityImage(str(paths[i]), str(ids[i]), str(labels[i]), float(per_image[i]),
+                    names[int(ref_top[i])], names[int(cand_top[i])])
+        for i in order
+    ]
+    return ParityReport(
+        reference=reference_name, candidate=candidate_name, split=split, n=int(n), max_abs_diff=max_diff,
+        mean_abs_diff=float(diff.mean()), top1_agreement=agreement, disagreements=int((~agree).sum()),
+        atol=float(atol), min_agreement=float(min_agreement), passed=not reasons, reasons=reasons,
+        worst=worst_items,
+    )
+
+
+def nonfinite_rows(logits: np.ndarray) -> np.ndarray:
+    """Indices of rows of ``logits`` holding NaN or Inf.
+
+    Example:
+        >>> import numpy as np
+        >>> nonfinite_rows(np.array([[0.0, 1.0], [np.nan, 0.0]])).tolist()
+        [1]
+    """
+    import numpy as np
+
+    return np.flatnonzero(~np.isfinite(np.asarray(logits)).all(axis=1))
+
+
+def check_finite(
+    candidate: np.ndarray, reference: np.ndarray | None, *, candidate_name: str, reference_name: str,
+    paths: Sequence[str],
+) -> None:
+    """Raise ModelError if the candidate's logits hold NaN/Inf, saying whether the reference does too.
+
+    Example:
+        >>> import numpy as np
+        >>> check_finite(np.zeros((2, 3)), None, candidate_name="m.onnx", reference_name="", paths=["a", "b"])
+    """
+    bad = nonfinite_rows(candidate)
+    if len(bad) == 0:
+        return
+    shown = ", ".join(str(paths[i]) for i in bad[:3]) + (" ..." if len(bad) > 3 else "")
+    msg = f"{candidate_name}: onnxruntime produced non-finite logits (NaN/Inf) for {len(bad)} of {len(candidate)} images ({shown}). "
+    if reference is not None and len(nonfinite_rows(reference)) > 0:
+        msg += (
+            f"The PyTorch model {reference_name} produces them too, so the checkpoint itself is broken (NaN/Inf "
+            "weights: training diverged). Retrain, e.g. with a lower train.optimizer.lr, and export again."
+        )
+    else:
+        msg += (
+            f"The PyTorch model {reference_name} does not, so the export introduced them. Try another "
+            "export.opset or export.exporter, and report the model/opset if it persists."
+        )
+    raise ModelError(msg)
+
+
+def run_parity(
+    reference: Predictor,
+    candidate: Predictor,
+    images: np.ndarray,
+    *,
+    ids: Sequence[str],
+    paths: Sequence[str],
+    labels: Sequence[str],
+    atol: float = 1e-4,
+    min_agreement: float = 0.999,
+    worst: int = 5,
+    batch_size: int = 256,
+    split: str = "test",
+) -> ParityReport:
+    """Run both predictors on the same uint8 RGB images and compare their logits.
+
+    Args:
+        reference: The PyTorch checkpoint (``TorchCheckpointPredictor``).
+        candidate: The exported model (``OnnxPredictor``).
+        images: ``(N, H, W, 3)`` uint8 RGB (any size; each predictor applies its contract).
+        ids / paths / labels: Manifest ``sha256``, ``path``, ``label`` per image.
+
+    Raises:
+        ModelError: the models disagree on the classes, or the candidate produces NaN/Inf.
+        DataError: no images.
+
+    Example:
+        >>> from cvplatform.evaluation.predictors import OnnxPredictor, TorchCheckpointPredictor
+        >>> report = run_parity(TorchCheckpointPredictor("best.ckpt"), OnnxPredictor("model.onnx"),
+        ...                     images, ids=ids, paths=paths, labels=labels)  # doctest: +SKIP
+        >>> report.passed  # doctest: +SKIP
+        True
+    """
+    if list(reference.class_names) != list(candidate.class_names):
+        raise ModelError(
+            f"{candidate.name}: classes {list(candidate.class_names)} differ from {reference.name}'s "
+            f"{list(reference.class_names)}; the exported metadata does not describe this checkpoint. Re-export."
+        )
+    ref = reference.predict_logits(images, batch_size=batch_size)
+    cand = candidate.predict_logits(images, batch_size=batch_size)
+    check_finite(cand, ref, candidate_name=candidate.name, reference_name=reference.name, paths=paths)
+    return compare_logits(
+        ref, cand, ids=ids, paths=paths, labels=labels, class_names=reference.class_names, atol=atol,
+        min_agreement=min_agreement, worst=worst, reference_name=reference.name, candidate_name=candidate.name,
+        split=split,
+    )
+
+
+def raise_if_failed(report: ParityReport, *, report_path: str | None = None) -> None:
+    """Raise :class:`GateFailed` naming the failed criteria and the worst images when ``report`` failed.
+
+    Example:
+        >>> raise_if_failed(report, report_path="artifacts/export/parity.json")  # doctest: +SKIP
+    """
+    if report.passed:
+        return
+    lines = "\n".join(f"  - {r}" for r in report.reasons)
+    worst = "\n".join(
+        f"    {w.path} (sha256 {w.sha256[:12]}…, label {w.label}): max |Δlogit| {w.max_abs_diff:.3e}, "
+        f"top-1 {w.reference_top1} (PyTorch) vs {w.candidate_top1} (ONNX)"
+        for w in report.worst
+    )
+    raise GateFailed(
+        f"parity gate failed: {report.candidate} does not reproduce {report.reference} on {report.n} "
+        f"{report.split} images:\n{lines}\n  worst images:\n{worst}\n"
+        + (f"  details: {report_path}\n" if report_path else "")
+        + "The exported graph computes something else than the checkpoint: try another export.opset or "
+        "export.exporter; loosen export.parity.atol only if the difference is numerical noise."
+    )
+
+
+__all__ = [
+    "ParityImage",
+    "ParityReport",
+    "check_finite",
+    "compare_logits",
+    "nonfinite_rows",
+    "raise_if_failed",
+    "run_parity",
+]

@@ -1,0 +1,589 @@
+"""The ``export`` stage: ``run_export(params) -> ExportResult`` (``cvplatform export``).
+
+What it does, in order:
+
+1. loads the checkpoint (``--checkpoint`` or ``export.checkpoint``) and checks it
+   against params and the manifest: architecture = ``train.model.arch``, classes =
+   the manifest's sorted labels (``train.num_classes`` when set), and a recipe the
+   preprocessing contract can express (resize + normalise only) — else ModelError;
+2. exports fp32 ONNX (fixed opset, dynamic batch, ``input`` -> ``logits``), checks it
+   with ``onnx.checker`` (full), and stores the preprocessing contract and version
+   info in its ``metadata_props`` (:mod:`cvplatform.export.onnx_export`);
+3. **parity gate**: onnxruntime vs PyTorch on the manifest's test split
+   (``export.parity``); fails with :class:`~cvplatform.errors.GateFailed` naming the
+   worst images; NaN/Inf outputs raise :class:`~cvplatform.errors.ModelError`;
+4. **INT8** (``export.int8``): static QDQ quantization calibrated on the train split,
+   judged on the scenario suite against fp32 (same code, same images); shipped
+   only if every must-pass scenario (and clean) drops at most ``max_drop``;
+5. copies the chosen file to ``model.onnx`` and runs it once more;
+6. **benchmark** (``export.benchmark``): PyTorch eager vs ORT fp32 vs ORT INT8;
+7. writes the model card, metrics and summary; logs to the training MLflow run.
+
+Reads: ``export.checkpoint`` (``artifacts/train/best.ckpt``), ``export.manifest``
+(and the images it lists), ``artifacts/train/summary.json`` (run id, data version),
+``dvc.lock`` (data version fallback), the scenario suite (``export.int8.suite`` or
+``evaluate.suite``), ``artifacts/evaluate/{summary,gate_report}.json`` (model card).
+
+Writes ``artifacts/export/``: ``model_fp32.onnx``, ``model_int8.onnx`` (when INT8 is
+enabled), ``model.onnx`` (a copy of the chosen file), ``parity.json``, ``int8.json`` and
+``benchmark.json`` (``{"enabled": false, ...}`` when disabled), ``metrics.json``,
+``model_card.md``, ``summary.json``. When the parity gate fails only ``model_fp32.onnx`` and
+``parity.json`` are left: no ``model.onnx`` and no ``summary.json``, so nothing
+downstream can pick up an unverified model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from cvplatform.errors import DataError, ModelError
+from cvplatform.stage import StageResult
+from cvplatform.utils.io import ProjectPaths, sha256_file, write_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from cvplatform.config import Params
+    from cvplatform.models.checkpoint import LoadedModel
+
+log = logging.getLogger(__name__)
+
+STAGE = "export"
+FP32_NAME = "model_fp32.onnx"
+INT8_NAME = "model_int8.onnx"
+MODEL_NAME = "model.onnx"
+#: Everything the stage writes under ``artifacts/export/`` (removed first on every run).
+OUTPUTS: tuple[str, ...] = (
+    FP32_NAME, INT8_NAME, MODEL_NAME, "parity.json", "int8.json", "benchmark.json", "metrics.json",
+    "model_card.md", "summary.json",
+)
+
+
+@dataclass
+class ExportResult(StageResult):
+    """What ``run_export`` returns (and writes to ``artifacts/export/summary.json``).
+
+    The registry reads ``chosen``, ``artifact``, ``sha256``, ``precision``,
+    ``int8_rejected_reason``, ``parity``, ``benchmark``, ``train_run_id``,
+    ``data_hash`` and ``class_names``.
+    """
+
+    stage: ClassVar[str] = STAGE
+
+    chosen: str
+    """``fp32`` or ``int8``: which file ``model.onnx`` is."""
+    artifact: str
+    """``artifacts/export/model.onnx`` (relative to the project root)."""
+    sha256: str
+    """sha256 of ``model.onnx``."""
+    precision: str
+    """Precision of ``model.onnx`` (same as ``chosen``)."""
+    int8_rejected_reason: str | None
+    """Why INT8 does not ship (None when it ships)."""
+    parity: dict[str, Any]
+    """The fp32 parity report (``parity.json``)."""
+    benchmark: dict[str, Any] | None
+    """The benchmark report (``benchmark.json``), None when disabled."""
+    train_run_id: str | None
+    """MLflow run of the training that produced the checkpoint."""
+    data_hash: str | None
+    """DVC md5 of the manifest the model was trained on."""
+    class_names: list[str]
+    arch: str
+    arch_kwargs: dict[str, Any]
+    contract: dict[str, Any]
+    """The preprocessing contract (input_size, mean, std, class_names, channel_order, layout, interpolation)."""
+    opset: int
+    size_bytes: int
+    """Size of ``model.onnx``."""
+    checkpoint: str
+    checkpoint_sha256: str
+    fp32: dict[str, Any]
+    """``path``, ``sha256``, ``size_bytes`` of ``model_fp32.onnx``."""
+    int8: dict[str, Any]
+    """``enabled``, ``path``, ``sha256``, ``size_bytes``, ``accepted``, calibration info, ``decision``."""
+    metadata: dict[str, str]
+    """The ``metadata_props`` of ``model.onnx``."""
+    lineage: dict[str, Any]
+    """git commit, data hash (+source), params hashes, MLflow run and URI, checkpoint sha256."""
+    model_card: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    """Run the outputs were logged to (None when not logged; see ``mlflow_note``)."""
+    mlflow_note: str = ""
+    duration_s: float = 0.0
+
+    def lines(self) -> list[str]:
+        p = self.parity
+        out = [
+            f"export: {self.artifact} = {self.chosen} ({self.size_bytes / 1024:.1f} KiB, sha256 {self.sha256[:12]}…) "
+            f"from {self.checkpoint}",
+            f"  model: {self.arch} on {len(self.class_names)} classes, input {self.contract.get('input_size')}, "
+            f"opset {self.opset}",
+            f"  parity (onnxruntime fp32 vs PyTorch, {p.get('n')} test images): max |Δlogit| "
+            f"{p.get('max_abs_diff', float('nan')):.2e} (atol {p.get('atol')}), top-1 agreement "
+            f"{p.get('top1_agreement', float('nan')):.2%} (min {p.get('min_agreement')}): "
+            f"{'PASSED' if p.get('passed') else 'FAILED'}",
+        ]
+        if not self.int8.get("enabled"):
+            out.append("  INT8: disabled (export.int8.enabled: false)")
+        elif self.chosen == "int8":
+            d = self.int8.get("decision") or {}
+            out.append(f"  INT8: accepted (worst drop {d.get('worst_drop', 0) or 0:+.4f} on {d.get('worst_scenario')} "
+                       f"<= max_drop {d.get('max_drop')}); shipping INT8")
+        else:
+            out.append(f"  INT8: rejected — {self.int8_rejected_reason}; shipping fp32")
+        b = self.benchmark
+        if b:
+            out.append(f"  benchmark ({b.get('threads')} thread(s), batch-1 latency; throughput at batch "
+                       f"{b.get('batch_size')}; {b.get('price_per_core_hour')} USD/core-hour):")
+            out.append(f"    {'runtime':<12} {'provider':<22} {'p50 ms':>8} {'p95 ms':>8} {'img/s':>10} {'USD/1k':>10}")
+            for name, r in (b.get("runtimes") or {}).items():
+                lat = r["latency_ms"]
+                out.append(f"    {name:<12} {r['provider']:<22} {lat['p50']:>8.3f} {lat['p95']:>8.3f} "
+                           f"{r['throughput_ips']:>10.1f} {r['cost_per_1k_usd']:>10.3g}")
+            sp = b.get("speedups") or {}
+            if sp:
+                out.append("    speed-ups: " + ", ".join(f"{k} {v:.2f}x" for k, v in sp.items()))
+            from cvplatform.export.model_card import int8_speed_note
+
+            note = int8_speed_note({"chosen": self.chosen, "benchmark": b})
+            if note:
+                out.append(f"  note: {note}")
+        else:
+            out.append("  benchmark: disabled (export.benchmark.enabled: false)")
+        if self.model_card:
+            out.append(f"  model card: {self.model_card}")
+        out.append(f"  mlflow run: {self.mlflow_run_id or 'not logged'}"
+                   + (f" ({self.mlflow_note})" if self.mlflow_note else ""))
+        out.append(f"  time: {self.duration_s:.1f}s")
+        return out
+
+
+# --------------------------------------------------------------------------- helpers
+def _read_json(p: Path) -> dict[str, Any]:
+    if not p.is_file():
+        return {}
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        log.warning("export: %s is unreadable; lineage from it is not available", p)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def check_checkpoint_matches(loaded: LoadedModel, params: Params, manifest: pd.DataFrame, manifest_path: Path) -> None:
+    """Raise ModelError when the checkpoint's architecture or classes disagree with params / the manifest.
+
+    Example:
+        >>> check_checkpoint_matches(load_checkpoint("best.ckpt"), params, manifest, Path("m.parquet"))  # doctest: +SKIP
+    """
+    where = str(loaded.path)
+    want_arch = params.train.model.arch
+    if loaded.arch != want_arch:
+        raise ModelError(
+            f"{where}: checkpoint architecture {loaded.arch!r} differs from train.model.arch {want_arch!r} in the "
+            f"params. Export the checkpoint trained with these params (re-run `cvplatform train`), pass the right "
+            f"--checkpoint, or set train.model.arch: {loaded.arch}."
+        )
+    labels = sorted({str(v) for v in manifest["label"].tolist()})
+    names = [str(c) for c in loaded.class_names]
+    if names != labels:
+        missing = [c for c in labels if c not in names]
+        extra = [c for c in names if c not in labels]
+        detail = []
+        if missing:
+            detail.append(f"manifest labels not in the checkpoint: {missing}")
+        if extra:
+            detail.append(f"checkpoint classes not in the manifest: {extra}")
+        if not detail:
+            detail.append("same labels in a different order")
+        raise ModelError(
+            f"{where}: checkpoint has {len(names)} classes {names} but the manifest {manifest_path} has "
+            f"{len(labels)} labels {labels} ({'; '.join(detail)}). Re-train on this manifest (`cvplatform train`) "
+            "or export with the manifest the checkpoint was trained on (export.manifest)."
+        )
+    if params.train.num_classes is not None and params.train.num_classes != loaded.num_classes:
+        raise ModelError(
+            f"{where}: checkpoint has {loaded.num_classes} classes but train.num_classes is "
+            f"{params.train.num_classes}. Set train.num_classes: {loaded.num_classes} (or null), or re-train."
+        )
+
+
+def same_model_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """True when ``a`` and ``b`` are the same file, or the same ``artifacts/<stage>/<file>`` of a project that moved.
+
+    Stage summaries record absolute paths; a project copied or mounted elsewhere (another
+    Airflow worker, a CI checkout) keeps its layout, so the last three path parts identify it.
+
+    Example:
+        >>> same_model_file("/a/artifacts/train/best.ckpt", "/b/artifacts/train/best.ckpt")
+        True
+        >>> same_model_file("/a/artifacts/train/best.ckpt", "/a/artifacts/train/last.ckpt")
+        False
+    """
+    pa, pb = Path(a), Path(b)
+    try:
+        if pa.resolve() == pb.resolve():
+            return True
+    except OSError:  # pragma: no cover
+        pass
+    return len(pa.parts) >= 3 and pa.parts[-3:] == pb.parts[-3:] and pa.parts[-3] == "artifacts"
+
+
+def _is_training_checkpoint(paths: ProjectPaths, train_summary: dict[str, Any], ckpt: Path) -> bool:
+    recorded = [train_summary.get("best_checkpoint"), train_summary.get("last_checkpoint")]
+    return any(r and same_model_file(r, ckpt) for r in recorded)
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _rel(paths: ProjectPaths, p: Path) -> str:
+    try:
+        return p.resolve().relative_to(paths.root).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def _file_info(paths: ProjectPaths, p: Path) -> dict[str, Any]:
+    return {"path": _rel(paths, p), "sha256": sha256_file(p), "size_bytes": p.stat().st_size}
+
+
+def _metrics(parity: dict[str, Any], int8: dict[str, Any], bench: dict[str, Any] | None, chosen: str,
+             sizes: dict[str, int]) -> dict[str, Any]:
+    m: dict[str, Any] = {
+        "chosen": chosen,
+        "int8_shipped": chosen == "int8",
+        "size_bytes": sizes,
+        "parity": {k: parity[k] for k in ("n", "max_abs_diff", "mean_abs_diff", "top1_agreement", "disagreements")},
+    }
+    if int8.get("enabled"):
+        d = int8.get("decision") or {}
+        m["int8"] = {"accepted": bool(d.get("accepted")), "worst_drop": d.get("worst_drop"),
+                     "top1_agreement_vs_torch": (int8.get("vs_torch") or {}).get("top1_agreement"),
+                     "max_abs_diff_vs_torch": (int8.get("vs_torch") or {}).get("max_abs_diff")}
+    if bench:
+        rt = bench["runtimes"]
+        m["latency_ms"] = {k: {q: v["latency_ms"][q] for q in ("p50", "p95", "p99")} for k, v in rt.items()}
+        m["throughput_ips"] = {k: v["throughput_ips"] for k, v in rt.items()}
+        m["cost_per_1k_usd"] = {k: v["cost_per_1k_usd"] for k, v in rt.items()}
+        m["speedups"] = dict(bench.get("speedups") or {})
+    return m
+
+
+def _mlflow_log(run_id: str, tracking_uri: str, metrics: dict[str, float], tags: dict[str, str],
+                files: list[Path]) -> None:
+    from mlflow.entities import Metric, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    have = client.get_run(run_id).data.metrics
+    ts = int(time.time() * 1000)
+    items = [Metric(k, float(v), ts, 0) for k, v in metrics.items()
+             if v is not None and not (k in have and have[k] == float(v))]
+    for i in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=items[i : i + 500])
+    client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+    for f in files:
+        if f.is_file():
+            client.log_artifact(run_id, str(f), artifact_path=STAGE)
+
+
+# --------------------------------------------------------------------------- the stage
+def run_export(
+    params: Params,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+) -> ExportResult:
+    """Export the trained checkpoint to ONNX, gate it on parity, try INT8, benchmark, write the model card.
+
+    Args:
+        params: Loaded params (``export.*``; also ``train.model.arch``, ``train.num_classes``,
+            ``evaluate.suite``, ``evaluate.split`` and ``project.seed``).
+        root: Project root (default: cwd).
+        checkpoint: Checkpoint to export; default ``export.checkpoint`` (``artifacts/train/best.ckpt``).
+
+    Returns:
+        :class:`ExportResult` (also written to ``artifacts/export/summary.json``).
+
+    Raises:
+        GateFailed: the fp32 ONNX model does not reproduce the checkpoint (parity gate).
+        ModelError: missing/corrupt checkpoint, architecture or classes that disagree with
+            params/manifest, a recipe the contract cannot express, an export that fails
+            ``onnx.checker`` or produces NaN/Inf.
+        DataError: missing manifest/images, an empty test split, an empty calibration split.
+        ConfigError: an invalid scenario suite.
+
+    Example:
+        >>> from cvplatform import load_params, run_export
+        >>> result = run_export(load_params("params.yaml"))  # doctest: +SKIP
+        >>> result.chosen, result.artifact  # doctest: +SKIP
+        ('int8', 'artifacts/export/model.onnx')
+    """
+    from cvplatform.config import params_hash
+    from cvplatform.data.manifest import read_manifest
+    from cvplatform.evaluation.predictors import OnnxPredictor, TorchCheckpointPredictor
+    from cvplatform.export.model_card import ModelCardInputs, read_evaluation, write_model_card
+    from cvplatform.export.onnx_export import export_onnx, read_metadata, version_metadata
+    from cvplatform.export.parity import check_finite, raise_if_failed, run_parity
+    from cvplatform.export.suite import load_images, select_split
+    from cvplatform.tracking import airflow_run_id, data_version
+    from cvplatform.tracking import tracking_uri as default_tracking_uri
+    from cvplatform.utils.io import git_commit
+
+    t0 = time.perf_counter()
+    paths = ProjectPaths.at(root)
+    cfg = params.export
+    out_dir = paths.artifacts(STAGE)
+    ckpt = paths.resolve(checkpoint if checkpoint is not None else cfg.checkpoint)
+    manifest_path = paths.resolve(cfg.manifest)
+
+    # ---------------------------------------------------------------- inputs, checked before anything is written
+    manifest = read_manifest(manifest_path)
+    log.info("export: loading %s", ckpt)
+    torch_pred = TorchCheckpointPredictor(ckpt)  # ModelError: missing/corrupt, or eval steps beyond resize+normalise
+    loaded = torch_pred.loaded
+    contract = torch_pred.contract
+    check_checkpoint_matches(loaded, params, manifest, manifest_path)
+    test_rows = select_split(manifest, "test", cfg.parity.max_images, source=str(manifest_path), key="export.parity")
+    cal_rows = None
+    if cfg.int8.enabled:
+        split = cfg.int8.calibration_split
+        cal_rows = manifest[manifest["split"] == split].sort_values("sha256", kind="mergesort")
+        cal_rows = cal_rows.head(cfg.int8.calibration_images)
+        if cal_rows.empty:
+            raise DataError(
+                f"{manifest_path}: the INT8 calibration split {split!r} (export.int8.calibration_split) has no "
+                f"images (splits present: {sorted(str(s) for s in manifest['split'].unique())}). Re-run "
+                "`cvplatform ingest` so it gets images, set export.int8.calibration_split to a split that has "
+                "images, or set export.int8.enabled: false."
+            )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:
+        (out_dir / name).unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- lineage
+    train_summary = _read_json(paths.artifacts("train") / "summary.json")
+    if train_summary and not _is_training_checkpoint(paths, train_summary, ckpt):
+        log.warning("export: %s is not the checkpoint recorded in artifacts/train/summary.json (%s); its training "
+                    "run id and data version are unknown and nothing is logged to that run",
+                    ckpt, train_summary.get("best_checkpoint"))
+        train_summary = {}
+    train_run_id = train_summary.get("mlflow_run_id") or train_summary.get("run_id")
+    data_hash = train_summary.get("data_version")
+    data_hash_source = "artifacts/train/summary.json" if data_hash else None
+    if not data_hash:
+        dv = data_version(manifest_path, paths.root)
+        data_hash, data_hash_source = dv.md5, dv.source
+    ckpt_sha = sha256_file(ckpt)
+
+    # ---------------------------------------------------------------- fp32 export
+    version = version_metadata(
+        arch=loaded.arch, arch_kwargs=loaded.arch_kwargs, train_run_id=train_run_id, data_hash=data_hash,
+        checkpoint_sha256=ckpt_sha, checkpoint_epoch=loaded.epoch, precision="fp32", opset=cfg.opset,
+    )
+    fp32_path = export_onnx(loaded, out_dir / FP32_NAME, contract, extra_metadata=version, opset=cfg.opset,
+                            exporter=cfg.exporter)
+    fp32_pred = OnnxPredictor(fp32_path)  # run what we export: load it back with its own metadata
+    if fp32_pred.contract != contract:
+        raise ModelError(
+            f"{fp32_path}: the preprocessing contract read back from the ONNX metadata ({fp32_pred.contract}) "
+            f"differs from the checkpoint's ({contract}). This is a bug in the export; please report it."
+        )
+
+    # ---------------------------------------------------------------- parity gate (test split)
+    test = load_images(test_rows, paths.root, torch_pred, f"{manifest_path} (split 'test')")
+    test_paths = [str(v) for v in test.rows["path"].tolist()]
+    parity = run_parity(
+        torch_pred, fp32_pred, test.images, ids=test.ids, paths=test_paths, labels=test.labels,
+        atol=cfg.parity.atol, min_agreement=cfg.parity.min_agreement, worst=cfg.parity.worst,
+        batch_size=cfg.batch_size, split="test",
+    )
+    parity.reference = f"{_rel(paths, ckpt)} (PyTorch)"
+    parity.candidate = f"{_rel(paths, fp32_path)} (onnxruntime)"
+    parity_doc = parity.to_dict()
+    parity_path = write_json(out_dir / "parity.json", parity_doc)
+    log.info("export: parity %s", parity.line())
+    raise_if_failed(parity, report_path=str(parity_path))
+
+    # ---------------------------------------------------------------- INT8
+    int8: dict[str, Any] = {"enabled": bool(cfg.int8.enabled)}
+    int8_path: Path | None = None
+    decision_accepted = False
+    rejected_reason: str | None = "INT8 disabled (export.int8.enabled: false)"
+    if cfg.int8.enabled:
+        from cvplatform.export.quantize import decide_int8, quantize_int8
+        from cvplatform.export.suite import compare_on_suite
+        from cvplatform.preprocess import preprocess
+
+        assert cal_rows is not None
+        cal = load_images(cal_rows, paths.root, torch_pred,
+                          f"{manifest_path} (calibration split {cfg.int8.calibration_split!r})")
+        suite_ref = cfg.int8.suite or params.evaluate.suite
+        int8.update({
+            "calibration_split": cfg.int8.calibration_split, "calibration_images": len(cal.ids),
+            "suite": suite_ref, "split": params.evaluate.split, "per_channel": cfg.int8.per_channel,
+        })
+        problem: str | None = None
+        try:
+            info = quantize_int8(fp32_path, out_dir / INT8_NAME, preprocess(cal.images, contract),
+                                 per_channel=cfg.int8.per_channel, pre_process=cfg.int8.pre_process)
+            int8_path = info.path
+            int8.update({"pre_processed": info.pre_processed, "note": info.note, **_file_info(paths, int8_path)})
+            int8_pred = OnnxPredictor(int8_path)
+            vs_torch = run_parity(
+                torch_pred, int8_pred, test.images, ids=test.ids, paths=test_paths, labels=test.labels,
+                atol=float(cfg.parity.atol), min_agreement=0.0, worst=cfg.parity.worst, batch_size=cfg.batch_size,
+            )
+            int8["vs_torch"] = {"n": vs_torch.n, "max_abs_diff": vs_torch.max_abs_diff,
+                                "top1_agreement": vs_torch.top1_agreement, "disagreements": vs_torch.disagreements}
+        except ModelError as exc:  # INT8 is an optimisation: a broken INT8 model is rejected, fp32 ships
+            problem = str(exc)
+            log.warning("export: INT8 rejected: %s", problem)
+        if problem is None:
+            comps = compare_on_suite(
+                fp32_pred, int8_pred, suite_path=paths.resolve(suite_ref), manifest_path=manifest_path,
+                split=params.evaluate.split, root=paths.root, seed=int(params.project.seed),
+                batch_size=cfg.batch_size, max_images=cfg.int8.max_images,
+            )
+            decision = decide_int8(comps, cfg.int8.max_drop)
+            int8["decision"] = decision.to_dict()
+            decision_accepted = decision.accepted
+            rejected_reason = decision.reason
+        else:
+            int8["decision"] = {"accepted": False, "reason": problem, "max_drop": cfg.int8.max_drop,
+                                "worst_scenario": None, "worst_drop": None, "scenarios": []}
+            rejected_reason = f"INT8 model unusable: {problem}"
+        int8["accepted"] = decision_accepted
+        log.info("export: INT8 %s", "accepted" if decision_accepted else f"rejected: {rejected_reason}")
+    # always written (DVC outs are unconditional); {"enabled": false} when disabled
+    write_json(out_dir / "int8.json", int8)
+
+    # ---------------------------------------------------------------- the shipped file
+    chosen = "int8" if decision_accepted and int8_path is not None else "fp32"
+    if chosen == "fp32" and not cfg.int8.enabled:
+        rejected_reason = "INT8 disabled (export.int8.enabled: false)"
+    if chosen == "int8":
+        rejected_reason = None
+    model_path = out_dir / MODEL_NAME
+    _copy_atomic(int8_path if chosen == "int8" else fp32_path, model_path)
+    final = OnnxPredictor(model_path)  # the shipped file must load and run on its own metadata
+    probe = final.predict_logits(test.images[: min(len(test.ids), 8)], batch_size=cfg.batch_size)
+    check_finite(probe, None, candidate_name=str(model_path), reference_name="", paths=test_paths)
+    if final.contract != contract:
+        raise ModelError(f"{model_path}: preprocessing contract differs from the checkpoint's after copying; "
+                         "this is a bug in the export, please report it.")
+    sha = sha256_file(model_path)
+    fp32_info = _file_info(paths, fp32_path)
+
+    # ---------------------------------------------------------------- benchmark
+    bench: dict[str, Any] | None = None
+    if cfg.benchmark.enabled:
+        from cvplatform.export.benchmark import ORT_FP32, ORT_INT8, benchmark_runtimes
+
+        b = cfg.benchmark
+        onnx_models: dict[str, Path] = {ORT_FP32: fp32_path}
+        if int8_path is not None and int8_path.is_file():
+            onnx_models[ORT_INT8] = int8_path
+        report = benchmark_runtimes(
+            loaded.model, onnx_models, contract.input_size, threads=b.threads, batch_size=b.batch_size,
+            iterations=b.iterations, warmup=b.warmup, providers=cfg.providers,
+            price_per_core_hour=b.price_per_core_hour, seed=int(params.project.seed),
+        )
+        bench = report.to_dict()
+    write_json(out_dir / "benchmark.json", bench if bench is not None else
+               {"enabled": False, "reason": "export.benchmark.enabled is false"})
+
+    sizes = {"fp32": fp32_info["size_bytes"], "shipped": model_path.stat().st_size}
+    if int8.get("size_bytes") is not None:
+        sizes["int8"] = int8["size_bytes"]
+    metrics_path = write_json(out_dir / "metrics.json", _metrics(parity_doc, int8, bench, chosen, sizes))
+
+    # ---------------------------------------------------------------- result, model card
+    tracking = str(train_summary.get("tracking_uri") or default_tracking_uri(paths.root))
+    lineage = {
+        "git_commit": git_commit(paths.root),
+        "data_hash": data_hash,
+        "data_hash_source": data_hash_source,
+        "params_hash": params_hash(params),
+        "train_params_hash": (train_summary.get("extra") or {}).get("params_hash"),
+        "train_run_id": train_run_id,
+        "tracking_uri": tracking if train_run_id else None,
+        "checkpoint": _rel(paths, ckpt),
+        "checkpoint_sha256": ckpt_sha,
+        "airflow_run_id": airflow_run_id(),
+    }
+    result = ExportResult(
+        chosen=chosen, artifact=_rel(paths, model_path), sha256=sha, precision=chosen,
+        int8_rejected_reason=rejected_reason, parity=parity_doc, benchmark=bench, train_run_id=train_run_id,
+        data_hash=data_hash, class_names=list(contract.class_names), arch=loaded.arch,
+        arch_kwargs=dict(loaded.arch_kwargs), contract={k: json.loads(v) for k, v in contract.to_metadata().items()},
+        opset=int(cfg.opset), size_bytes=model_path.stat().st_size, checkpoint=_rel(paths, ckpt),
+        checkpoint_sha256=ckpt_sha, fp32=fp32_info, int8=int8, metadata=read_metadata(model_path), lineage=lineage,
+    )
+    card_path = out_dir / "model_card.md"
+    result.model_card = _rel(paths, card_path)
+    evaluation = read_evaluation(paths.artifacts("evaluate"), ckpt)
+    write_model_card(
+        ModelCardInputs(export=result.to_dict(), intended_use=cfg.intended_use, manifest=manifest,
+                        manifest_path=_rel(paths, manifest_path), evaluation=evaluation, lineage=lineage),
+        card_path,
+    )
+    outputs = {"model": model_path, "fp32": fp32_path, "parity": parity_path, "metrics": metrics_path,
+               "model_card": card_path}
+    outputs["int8_report"] = out_dir / "int8.json"
+    outputs["benchmark"] = out_dir / "benchmark.json"
+    if int8_path is not None:
+        outputs["int8"] = int8_path
+    result.outputs = {k: _rel(paths, v) for k, v in outputs.items()}
+
+    # ---------------------------------------------------------------- MLflow (the training run)
+    if not cfg.log_to_mlflow:
+        result.mlflow_note = "export.log_to_mlflow is false"
+    elif not train_run_id:
+        result.mlflow_note = "no training run id in artifacts/train/summary.json"
+    else:
+        mm: dict[str, float] = {
+            "export.parity.max_abs_diff": parity.max_abs_diff,
+            "export.parity.top1_agreement": parity.top1_agreement,
+            "export.int8.accepted": float(chosen == "int8"),
+            "export.size_bytes": float(result.size_bytes),
+        }
+        for name, r in ((bench or {}).get("runtimes") or {}).items():
+            mm[f"export.{name}.latency_p50_ms"] = r["latency_ms"]["p50"]
+            mm[f"export.{name}.latency_p95_ms"] = r["latency_ms"]["p95"]
+            mm[f"export.{name}.latency_p99_ms"] = r["latency_ms"]["p99"]
+            mm[f"export.{name}.throughput_ips"] = r["throughput_ips"]
+            mm[f"export.{name}.cost_per_1k_usd"] = r["cost_per_1k_usd"]
+        tags = {"export.chosen": chosen, "export.sha256": sha, "export.precision": chosen,
+                "export.artifact": result.artifact, "export.opset": str(cfg.opset),
+                "export.int8_rejected_reason": rejected_reason or "none"}
+        files = [card_path, out_dir / "benchmark.json", parity_path, out_dir / "int8.json", metrics_path,
+                 fp32_path, out_dir / INT8_NAME, model_path]
+        try:
+            _mlflow_log(str(train_run_id), tracking, mm, tags, files)
+            result.mlflow_run_id = str(train_run_id)
+        except Exception as exc:  # tracking is secondary: the files on disk are the source of truth
+            result.mlflow_note = f"logging to MLflow run {train_run_id} failed: {type(exc).__name__}: {exc}"
+            log.warning("export: %s", result.mlflow_note)
+
+    result.duration_s = round(time.perf_counter() - t0, 3)
+    result.write_summary(out_dir)
+    log.info("export: shipped %s (%s) in %.1fs", model_path, chosen, result.duration_s)
+    return result
+
+
+__all__ = ["OUTPUTS", "ExportResult", "check_checkpoint_matches", "run_export", "same_model_file"]

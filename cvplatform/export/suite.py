@@ -1,0 +1,177 @@
+"""Running models on manifest images and on the evaluation scenario suite, for the export stage.
+
+This is a thin adapter over :mod:`cvplatform.evaluation.run`: images are decoded
+and resized exactly as the ``evaluate`` stage does, and scenarios (clean,
+corruptions seeded per image, metadata slices, curated lists) are built and
+predicted with the same functions, so the fp32 and INT8 models are judged by the
+same code (and on the same pixels) as any evaluated model.
+
+The evaluation module has no public "run a suite for these predictors" function
+yet, so :func:`compare_on_suite` calls its private ``_load_images``,
+``_build_scenarios`` and ``_predict`` (by keyword); the export tests exercise this
+path, so a signature change there fails loudly here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cvplatform.errors import DataError, ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from cvplatform.evaluation.predictors import Predictor
+
+
+def select_split(manifest: pd.DataFrame, split: str, max_images: int | None, *, source: str, key: str) -> pd.DataFrame:
+    """Rows of ``split`` sorted by sha256 (deterministic), at most ``max_images``.
+
+    Raises:
+        DataError: the split has no rows (naming the manifest, the split and the params key to change).
+
+    Example:
+        >>> rows = select_split(manifest, "test", 100, source="manifest.parquet", key="export.parity")  # doctest: +SKIP
+    """
+    rows = manifest[manifest["split"] == split].sort_values("sha256", kind="mergesort")
+    if max_images is not None:
+        rows = rows.head(int(max_images))
+    if rows.empty:
+        present = sorted(str(s) for s in manifest["split"].unique().tolist())
+        raise DataError(
+            f"{source}: split {split!r} has no images (splits present: {present}); {key} needs it. "
+            f"Re-run `cvplatform ingest` so the {split!r} split gets images, or change {key}."
+        )
+    return rows
+
+
+def load_images(rows: pd.DataFrame, root: str | os.PathLike[str], predictor: Predictor, what: str) -> Any:
+    """Decode manifest rows as RGB uint8 resized to ``predictor``'s input size (as ``evaluate`` does).
+
+    Returns the evaluation module's image set: ``.ids`` (sha256), ``.labels``,
+    ``.y`` (class indices), ``.images`` (``(N, H, W, 3)`` uint8), ``.rows``.
+
+    Raises:
+        DataError: a listed image is missing/unreadable, or a label is not a class of the model.
+
+    Example:
+        >>> data = load_images(rows, ".", predictor, "manifest.parquet (split 'test')")  # doctest: +SKIP
+        >>> data.images.shape  # doctest: +SKIP
+        (54, 32, 32, 3)
+    """
+    from cvplatform.evaluation.run import _load_images
+
+    return _load_images(rows, Path(root), predictor, what)
+
+
+@dataclass(frozen=True)
+class ScenarioComparison:
+    """Accuracy of a reference and a candidate model on one scenario (same images, same pixels)."""
+
+    name: str
+    kind: str
+    level: str
+    """``must_pass`` or ``warn`` (from the suite)."""
+    n: int
+    reference_accuracy: float | None
+    candidate_accuracy: float | None
+    drop: float | None
+    """``reference_accuracy - candidate_accuracy`` (positive = the candidate is worse)."""
+    agreement: float | None
+    """Share of images with the same top-1 class in both models."""
+    judged: bool
+    """True for must-pass scenarios and the clean scenario (these decide INT8 acceptance)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare_on_suite(
+    reference: Predictor,
+    candidate: Predictor,
+    *,
+    suite_path: str | os.PathLike[str],
+    manifest_path: str | os.PathLike[str],
+    split: str,
+    root: str | os.PathLike[str],
+    seed: int,
+    batch_size: int = 256,
+    max_images: int | None = None,
+) -> list[ScenarioComparison]:
+    """Run both models on every scenario of a suite and compare their accuracies.
+
+    Scenarios are built and predicted by the evaluation module (same images,
+    corruptions seeded by ``seed`` and the image id, so the reference's numbers
+    equal those of ``cvplatform evaluate`` on the same split).
+
+    Args:
+        reference: The fp32 model (``OnnxPredictor``).
+        candidate: The INT8 model (``OnnxPredictor``), same classes and input size.
+        suite_path: Scenario suite (``configs/scenarios/*.yaml``).
+        manifest_path: Manifest whose ``split`` rows are evaluated.
+        split: ``train`` | ``val`` | ``test``.
+        root: Project root (image paths are relative to it).
+        seed: ``project.seed`` (corruption seeds).
+        max_images: At most N images of the split (first N by sha256).
+
+    Returns:
+        One :class:`ScenarioComparison` per expanded scenario, in suite order.
+
+    Raises:
+        ConfigError: invalid suite. DataError: empty split, missing images.
+        ModelError: the two models have different classes or input sizes.
+
+    Example:
+        >>> rows = compare_on_suite(fp32, int8, suite_path="configs/scenarios/default.yaml",
+        ...                         manifest_path="data/processed/manifest.parquet", split="test",
+        ...                         root=".", seed=42)  # doctest: +SKIP
+        >>> rows[0].name, rows[0].drop  # doctest: +SKIP
+        ('clean', 0.0)
+    """
+    import numpy as np
+
+    from cvplatform.data.manifest import read_manifest
+    from cvplatform.evaluation.run import _build_scenarios, _predict
+    from cvplatform.evaluation.scenarios import load_suite
+
+    if list(reference.class_names) != list(candidate.class_names) or \
+            reference.contract.input_size != candidate.contract.input_size:
+        raise ModelError(
+            f"{candidate.name} (classes {list(candidate.class_names)}, input {candidate.contract.input_size}) and "
+            f"{reference.name} (classes {list(reference.class_names)}, input {reference.contract.input_size}) "
+            "cannot be compared on the same images; re-export both from the same checkpoint."
+        )
+    root = Path(root)
+    suite_path = Path(suite_path)
+    suite = load_suite(suite_path)
+    scenarios = suite.expand()
+    manifest = read_manifest(manifest_path)
+    rows = select_split(manifest, split, max_images, source=str(manifest_path), key="evaluate.split")
+    data = load_images(rows, root, reference, f"{manifest_path} (split {split!r})")
+    # private helpers of the evaluate stage, called by keyword (see the module docstring)
+    built = _build_scenarios(suite_path=suite_path, scenarios=scenarios, data=data, manifest=manifest,
+                             root=root, predictor=reference)
+    out = []
+    for b in built:
+        sc = b.scenario
+        judged = sc.gate.level == "must_pass" or sc.kind == "clean"
+        n = len(b.ids)
+        if n == 0:
+            out.append(ScenarioComparison(sc.name, sc.kind, sc.gate.level, 0, None, None, None, None, judged))
+            continue
+        ref_logits, cand_logits = _predict(predictors=[reference, candidate], b=b, seed=seed, batch_size=batch_size)
+        y = np.asarray(b.y)
+        ref_pred, cand_pred = ref_logits.argmax(1), cand_logits.argmax(1)
+        ref_acc = float((ref_pred == y).mean())
+        cand_acc = float((cand_pred == y).mean())
+        out.append(ScenarioComparison(
+            sc.name, sc.kind, sc.gate.level, n, ref_acc, cand_acc, ref_acc - cand_acc,
+            float((ref_pred == cand_pred).mean()), judged,
+        ))
+    return out
+
+
+__all__ = ["ScenarioComparison", "compare_on_suite", "load_images", "select_split"]
