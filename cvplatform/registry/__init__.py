@@ -1,0 +1,62 @@
+"""The MLflow model registry: register with lineage, approve/reject, promote/rollback, audit, load verified.
+
+Public API (heavy libraries are imported only when a function is called)::
+
+    from cvplatform.registry import register_model, approve, reject, promote, rollback, load_model
+    res = register_model(params)                       # -> models:/cvplatform/4 @challenger, pending
+    approve("cvplatform", 4, reviewer="bob", comment="report reviewed")
+    promote("cvplatform", 4)                           # champion -> v4 (previous champion remembered)
+    rollback("cvplatform")                             # champion -> previous champion
+    m = load_model("models:/cvplatform@champion")      # sha256-verified onnxruntime session + contract
+
+Modules: :mod:`~cvplatform.registry.client` (retrying MLflow client, tag names),
+:mod:`~cvplatform.registry.register`, :mod:`~cvplatform.registry.approvals`,
+:mod:`~cvplatform.registry.aliases`, :mod:`~cvplatform.registry.audit` (audit log,
+history, show), :mod:`~cvplatform.registry.loading`, :mod:`~cvplatform.registry.errors`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    "register_model": "cvplatform.registry.register",
+    "RegisterResult": "cvplatform.registry.register",
+    "approve": "cvplatform.registry.approvals",
+    "reject": "cvplatform.registry.approvals",
+    "ApprovalResult": "cvplatform.registry.approvals",
+    "promote": "cvplatform.registry.aliases",
+    "rollback": "cvplatform.registry.aliases",
+    "PromotionResult": "cvplatform.registry.aliases",
+    "history": "cvplatform.registry.audit",
+    "show": "cvplatform.registry.audit",
+    "AuditEvent": "cvplatform.registry.audit",
+    "load_model": "cvplatform.registry.loading",
+    "LoadedModel": "cvplatform.registry.loading",
+    "RegistryClient": "cvplatform.registry.client",
+    "RetryPolicy": "cvplatform.registry.client",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cvplatform.registry.aliases import PromotionResult, promote, rollback  # noqa: F401
+    from cvplatform.registry.approvals import ApprovalResult, approve, reject  # noqa: F401
+    from cvplatform.registry.audit import AuditEvent, history, show  # noqa: F401
+    from cvplatform.registry.client import RegistryClient, RetryPolicy  # noqa: F401
+    from cvplatform.registry.loading import LoadedModel, load_model  # noqa: F401
+    from cvplatform.registry.register import RegisterResult, register_model  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cvplatform.registry' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

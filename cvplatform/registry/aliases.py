@@ -1,0 +1,203 @@
+"""Promotion and rollback: moving the ``champion`` alias between approved versions.
+
+* :func:`promote` points ``champion`` at an **approved** version. It first records
+  the version that held ``champion`` before (tag ``champion.previous`` on the new
+  champion, ``none`` if there was none) and an audit event ``promoted``, then moves
+  the alias (the commit point). Promoting the current champion again changes nothing.
+* :func:`rollback` moves ``champion`` back to the current champion's
+  ``champion.previous`` (which must still exist and be approved), recording a
+  ``rolled_back`` event on the restored version. Repeated rollbacks walk further
+  back along the chain of promotions; the chain ends at a version promoted when
+  there was no champion.
+
+Aliases (not the deprecated MLflow stages) carry the state, so any MLflow client
+(the serving image, evaluation's champion comparison) resolves
+``models:/NAME@champion`` the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cvplatform.registry.approvals import check_managed, resolve_params
+from cvplatform.registry.audit import AuditEvent, new_event
+from cvplatform.registry.client import (
+    STATUS_APPROVED,
+    STATUS_PENDING,
+    TAG_APPROVAL_STATUS,
+    TAG_PREVIOUS_CHAMPION,
+    RegistryClient,
+    current_user,
+)
+from cvplatform.registry.errors import (
+    NoChampionError,
+    NoPreviousChampionError,
+    NotApprovedError,
+    UnknownVersionError,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cvplatform.config import Params
+
+NONE = "none"
+
+
+@dataclass
+class PromotionResult:
+    """Where the champion alias points now and where it pointed before."""
+
+    model: str
+    alias: str
+    version: str
+    previous: str | None
+    action: str
+    """``promoted`` | ``rolled_back`` | ``unchanged``."""
+    actor: str
+    event: AuditEvent | None
+    tracking_uri: str
+    summary_path: None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.action != "unchanged"
+
+    def lines(self) -> list[str]:
+        if not self.changed:
+            return [f"{self.model}@{self.alias} is already v{self.version}; nothing changed ({self.tracking_uri})"]
+        verb = "promoted to" if self.action == "promoted" else "rolled back to"
+        before = f"v{self.previous}" if self.previous else "no champion"
+        return [f"{self.model}@{self.alias} {verb} v{self.version} by {self.actor} (was {before}; {self.tracking_uri})"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "alias": self.alias, "version": self.version, "previous": self.previous,
+                "action": self.action, "actor": self.actor, "tracking_uri": self.tracking_uri,
+                "event": self.event.to_dict() if self.event else None}
+
+
+def _write(c: RegistryClient, name: str, version: str, writes: list[tuple[str, str]]) -> None:
+    for key, value in writes:
+        c.call(f"set {key} on version {version} of {name!r}",
+               lambda k=key, val=value: c.mlflow.set_model_version_tag(name, version, k, val))
+
+
+def _move_alias(c: RegistryClient, name: str, alias: str, version: str) -> None:
+    c.call(f"point {name}@{alias} at version {version}",
+           lambda: c.mlflow.set_registered_model_alias(name, alias, version))
+
+
+def promote(
+    name: str,
+    version: str | int,
+    *,
+    comment: str = "",
+    actor: str | None = None,
+    params: Params | None = None,
+    root: str | os.PathLike[str] | None = None,
+    client: RegistryClient | None = None,
+) -> PromotionResult:
+    """Point the champion alias at an approved version, remembering the previous champion.
+
+    Args:
+        name: Registered model name.
+        version: The approved version to promote.
+        comment: Why (recorded in the audit event).
+        actor: Who promotes (default ``$CVPLATFORM_USER`` or the OS user).
+        params: Params (alias names, retries); default ``<root>/params.yaml``.
+        root: Project root; default cwd.
+        client: An existing :class:`RegistryClient`.
+
+    Raises:
+        UnknownModelError / UnknownVersionError: no such model or version.
+        NotApprovedError: the version is pending or rejected.
+
+    Example:
+        >>> from cvplatform import promote
+        >>> promote("cvplatform", 3).lines()  # doctest: +SKIP
+        ['cvplatform@champion promoted to v3 by alice (was v2; sqlite:///.../mlflow.db)']
+    """
+    cfg = resolve_params(params, root)
+    alias = cfg.registry.champion_alias
+    c = client or RegistryClient.from_params(cfg, root)
+    who = (actor or current_user()).strip()
+    mv = c.version(name, version)
+    v = str(mv.version)
+    tags = check_managed(mv, "promote")
+    status = tags.get(TAG_APPROVAL_STATUS, STATUS_PENDING)
+    if status != STATUS_APPROVED:
+        raise NotApprovedError(
+            f"cannot promote version {v} of {name!r} to {alias!r}: its approval status is {status!r}, not "
+            f"'approved'. A reviewer other than its author must approve it first: `cvplatform registry approve "
+            f"{name} {v} --reviewer NAME --comment TEXT`."
+        )
+    current = c.version_by_alias(name, alias)
+    previous = str(current.version) if current is not None else None
+    if previous == v:
+        return PromotionResult(name, alias, v, tags.get(TAG_PREVIOUS_CHAMPION), "unchanged", who, None, c.uri)
+    event = new_event(name, v, "promoted", who, comment, {"alias": alias, "previous": previous or NONE},
+                      existing=tags)
+    _write(c, name, v, [(TAG_PREVIOUS_CHAMPION, previous or NONE), (event.key, event.to_json())])
+    _move_alias(c, name, alias, v)
+    return PromotionResult(name, alias, v, previous, "promoted", who, event, c.uri)
+
+
+def rollback(
+    name: str,
+    *,
+    comment: str = "",
+    actor: str | None = None,
+    params: Params | None = None,
+    root: str | os.PathLike[str] | None = None,
+    client: RegistryClient | None = None,
+) -> PromotionResult:
+    """Move the champion alias back to the version that held it before the current champion.
+
+    Raises:
+        UnknownModelError: no such model.
+        NoChampionError: no version holds the champion alias.
+        NoPreviousChampionError: the champion was promoted when there was no champion, or the
+            previous champion no longer exists / is no longer approved.
+
+    Example:
+        >>> from cvplatform import rollback
+        >>> rollback("cvplatform", comment="latency regression").version  # doctest: +SKIP
+        '2'
+    """
+    cfg = resolve_params(params, root)
+    alias = cfg.registry.champion_alias
+    c = client or RegistryClient.from_params(cfg, root)
+    who = (actor or current_user()).strip()
+    current = c.version_by_alias(name, alias)
+    if current is None:
+        raise NoChampionError(
+            f"cannot roll back {name!r}: no version holds the {alias!r} alias. Promote an approved version "
+            "with `cvplatform registry promote NAME VERSION`."
+        )
+    cur = str(current.version)
+    prev = (current.tags or {}).get(TAG_PREVIOUS_CHAMPION)
+    if not prev or prev == NONE:
+        raise NoPreviousChampionError(
+            f"cannot roll back {name}@{alias} (v{cur}): v{cur} was promoted when there was no champion, so there "
+            "is nothing to return to. Promote another approved version instead."
+        )
+    try:
+        target = c.version(name, prev)
+    except UnknownVersionError:
+        raise NoPreviousChampionError(
+            f"cannot roll back {name}@{alias} (v{cur}) to v{prev}: that version no longer exists. Promote "
+            "another approved version instead."
+        ) from None
+    tags = check_managed(target, "roll back to")
+    if tags.get(TAG_APPROVAL_STATUS) != STATUS_APPROVED:
+        raise NoPreviousChampionError(
+            f"cannot roll back {name}@{alias} (v{cur}) to v{prev}: v{prev} is "
+            f"{tags.get(TAG_APPROVAL_STATUS)!r}, not approved. Promote another approved version instead."
+        )
+    event = new_event(name, prev, "rolled_back", who, comment, {"alias": alias, "from": cur}, existing=tags)
+    _write(c, name, prev, [(event.key, event.to_json())])
+    _move_alias(c, name, alias, prev)
+    return PromotionResult(name, alias, prev, cur, "rolled_back", who, event, c.uri)
+
+
+__all__ = ["PromotionResult", "promote", "rollback"]

@@ -1,0 +1,595 @@
+"""The ``register`` stage: ``register_model(params) -> RegisterResult`` (``cvplatform registry register``).
+
+What it does, in order:
+
+1. **Reads and cross-checks its inputs** (nothing is sent to MLflow before they
+   are all fine): ``artifacts/export/summary.json`` and the ONNX file it names
+   (sha256 must match; the preprocessing contract must be in its
+   ``metadata_props`` and agree with the summary's class names),
+   ``artifacts/evaluate/gate_report.json`` (required), ``metrics.json``,
+   ``report.md`` / ``report.html`` and ``artifacts/export/model_card.md`` (attached
+   when present), ``artifacts/train/summary.json`` (its run id must match the
+   export's). The training run must exist on the tracking server.
+2. **Idempotency.** A version of ``registry.model_name`` tagged with the same
+   training run id *and* artifact sha256 is the same registration: it is returned
+   (``created=False``) and no new version is made. A registration interrupted
+   after the version was created (``registration.state = verifying``) is finished.
+3. Creates a registration run (a child of the training run, in its experiment),
+   attaches the model card, gate report and evaluation report, and logs the ONNX
+   model with ``mlflow.onnx.log_model`` and a signature (``float32 [-1, 3, H, W]``
+   -> ``float32 [-1, C]``). The stored ``model.onnx`` is hashed again: it must be
+   byte-identical to the exported file.
+4. Creates the model version **with all its tags at once**: lineage (git commit,
+   DVC data hash, params hash, Airflow run id, training run id), artifact sha256
+   and precision, gate results (passed, must-pass failures, a short text),
+   headline metrics (clean accuracy and macro-F1), author, ``approval.status =
+   pending`` and a ``registered`` audit event. A lost response is recovered by a
+   unique ``registration.id`` tag, so retries never duplicate a version.
+5. Loads the new version back through the registry (:func:`~cvplatform.registry.loading.load_model`:
+   sha256 verified, onnxruntime session, contract); if that fails the version is
+   deleted again.
+6. Only then points the ``challenger`` alias at it (when its gates passed; the
+   alias means "newest version that passed the gates") and marks the registration
+   complete.
+
+Writes ``artifacts/register/summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from cvplatform.errors import CVPlatformError, ModelError, RegistryError
+from cvplatform.registry.audit import new_event
+from cvplatform.registry.client import (
+    ONNX_FILE,
+    STATE_COMPLETE,
+    STATE_VERIFYING,
+    STATUS_PENDING,
+    TAG_ACCURACY,
+    TAG_AIRFLOW_RUN,
+    TAG_APPROVAL_STATUS,
+    TAG_AUTHOR,
+    TAG_CLASS_NAMES,
+    TAG_DATA_HASH,
+    TAG_GATES_FAILED,
+    TAG_GATES_PASSED,
+    TAG_GATES_SUMMARY,
+    TAG_GATES_WARNINGS,
+    TAG_GIT_COMMIT,
+    TAG_INPUT_SIZE,
+    TAG_MACRO_F1,
+    TAG_PARAMS_HASH,
+    TAG_PRECISION,
+    TAG_REGISTRATION_ID,
+    TAG_REGISTRATION_STATE,
+    TAG_REGISTRATION_TIME,
+    TAG_SHA256,
+    TAG_TRAIN_RUN,
+    RegistryClient,
+    current_user,
+    is_already_exists,
+    is_not_found,
+    short_error,
+    tag_filter,
+)
+from cvplatform.registry.errors import RegistrationInputError
+from cvplatform.stage import StageResult
+from cvplatform.utils.io import ProjectPaths, sha256_bytes, sha256_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlflow.entities.model_registry import ModelVersion
+
+    from cvplatform.config import Params
+    from cvplatform.preprocess import PreprocessContract
+
+log = logging.getLogger(__name__)
+
+STAGE = "register"
+MODEL_ARTIFACT = "model"
+ATTACHMENT_DIR = "registration"
+_SUMMARY_LIMIT = 480
+
+
+@dataclass
+class RegisterResult(StageResult):
+    """What ``register_model`` returns (and writes to ``artifacts/register/summary.json``)."""
+
+    stage: ClassVar[str] = STAGE
+
+    model_name: str
+    version: str
+    created: bool
+    """False when an identical registration (same training run + artifact sha256) already existed."""
+    model_uri: str
+    """``models:/NAME/VERSION``."""
+    tracking_uri: str
+    run_id: str | None
+    """The MLflow run holding the model and its attachments."""
+    train_run_id: str
+    artifact_sha256: str
+    precision: str
+    gates_passed: bool
+    aliases: list[str]
+    approval_status: str
+    author: str
+    tags: dict[str, str] = field(default_factory=dict)
+    attachments: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        what = "registered" if self.created else "already registered (same training run and artifact)"
+        aliases = ", ".join(self.aliases) or "none"
+        out = [
+            f"register: {self.model_uri} {what}",
+            f"  tracking: {self.tracking_uri}  run: {self.run_id}",
+            f"  artifact: {self.precision}, sha256 {self.artifact_sha256[:16]}...  training run: {self.train_run_id}",
+            f"  gates: {'passed' if self.gates_passed else 'FAILED'}  "
+            f"({self.tags.get(TAG_GATES_SUMMARY, 'no summary')})",
+            f"  author: {self.author}  approval: {self.approval_status}  aliases: {aliases}",
+        ]
+        out.extend(f"  note: {n}" for n in self.notes)
+        if self.approval_status == STATUS_PENDING and self.gates_passed:
+            out.append(f"  next: cvplatform registry approve {self.model_name} {self.version} "
+                       "--reviewer NAME --comment TEXT")
+        return out
+
+
+# --------------------------------------------------------------------------- inputs
+@dataclass
+class RegistrationInputs:
+    """Everything ``register_model`` needs from the earlier stages, checked."""
+
+    onnx_path: Path
+    sha256: str
+    precision: str
+    train_run_id: str
+    data_hash: str | None
+    class_names: list[str]
+    contract: PreprocessContract
+    input_name: str
+    output_name: str
+    gate_report: dict[str, Any]
+    metrics: dict[str, Any]
+    attachments: list[Path]
+    export_summary: dict[str, Any]
+
+
+def _read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise RegistrationInputError(f"{path}: {what} not found. {fix}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RegistrationInputError(f"{path}: {what} is not readable JSON ({exc}). {fix}") from None
+    if not isinstance(data, dict):
+        raise RegistrationInputError(f"{path}: {what} must be a JSON object, got {type(data).__name__}. {fix}")
+    return data
+
+
+def _onnx_facts(path: Path, where: str) -> tuple[PreprocessContract, str, str, int | None]:
+    import onnx
+
+    from cvplatform.preprocess import PreprocessContract
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise RegistrationInputError(f"{path}: not a readable ONNX model ({short_error(exc)}). Re-run "
+                                     "`cvplatform export`.") from None
+    meta = {p.key: p.value for p in proto.metadata_props}
+    try:
+        contract = PreprocessContract.from_metadata(meta, source=f"{where} (ONNX metadata_props)")
+    except ModelError as exc:
+        raise RegistrationInputError(str(exc)) from None
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(proto.graph.output) < 1:
+        raise RegistrationInputError(
+            f"{where}: expected one image input and a logits output, found inputs {[i.name for i in inputs]} "
+            f"and outputs {[o.name for o in proto.graph.output]}. Re-run `cvplatform export`."
+        )
+    out_dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in proto.graph.output[0].type.tensor_type.shape.dim]
+    n_out = out_dims[1] if len(out_dims) == 2 else None
+    return contract, inputs[0].name, proto.graph.output[0].name, n_out
+
+
+def read_inputs(paths: ProjectPaths) -> RegistrationInputs:
+    """Read and cross-check the export, evaluation and training outputs ``register_model`` uses.
+
+    Raises:
+        RegistrationInputError: a required file is missing, unreadable or inconsistent
+            (naming the file and the command that writes it).
+
+    Example:
+        >>> inputs = read_inputs(ProjectPaths.at("."))  # doctest: +SKIP
+        >>> inputs.precision  # doctest: +SKIP
+        'fp32'
+    """
+    exp_dir, eval_dir, train_dir = paths.artifacts("export"), paths.artifacts("evaluate"), paths.artifacts("train")
+    summary_path = exp_dir / "summary.json"
+    export = _read_json(summary_path, "export summary", "Run `cvplatform export` first.")
+    missing = [k for k in ("artifact", "sha256") if not export.get(k)]
+    if missing:
+        raise RegistrationInputError(f"{summary_path}: key(s) {missing} missing. Re-run `cvplatform export`.")
+    onnx_path = paths.resolve(str(export["artifact"]))
+    if not onnx_path.is_file():
+        raise RegistrationInputError(
+            f"{onnx_path}: exported model named by {summary_path} (artifact) not found. Re-run `cvplatform export`."
+        )
+    sha = sha256_file(onnx_path)
+    if sha != export["sha256"]:
+        raise RegistrationInputError(
+            f"{onnx_path}: sha256 is {sha}, but {summary_path} records {export['sha256']}: the file changed after "
+            "export. Re-run `cvplatform export` (never edit exported files by hand)."
+        )
+    contract, in_name, out_name, n_out = _onnx_facts(onnx_path, str(onnx_path))
+    names = [str(c) for c in (export.get("class_names") or contract.class_names)]
+    if tuple(names) != contract.class_names:
+        raise RegistrationInputError(
+            f"{summary_path}: class_names {names} differ from the model's contract {list(contract.class_names)} "
+            f"in {onnx_path}. Re-run `cvplatform export`."
+        )
+    if n_out is not None and n_out != len(names):
+        raise RegistrationInputError(
+            f"{onnx_path}: the model outputs {n_out} logits but has {len(names)} class names. Re-run `cvplatform export`."
+        )
+
+    train_summary_path = train_dir / "summary.json"
+    train = _read_json(train_summary_path, "training summary", "Run `cvplatform train` first.") \
+        if train_summary_path.is_file() else {}
+    train_run = export.get("train_run_id") or train.get("mlflow_run_id") or train.get("run_id")
+    if not train_run:
+        raise RegistrationInputError(
+            f"{summary_path}: no train_run_id (and no run id in {train_summary_path}); a registered version must "
+            "name its training run. Train with MLflow tracking (`cvplatform train`), then export again."
+        )
+    train_side = train.get("mlflow_run_id") or train.get("run_id")
+    if train_side and train_side != train_run:
+        raise RegistrationInputError(
+            f"{summary_path} was exported from training run {train_run}, but {train_summary_path} is run "
+            f"{train_side}: the export is stale. Re-run `cvplatform export` (and `cvplatform evaluate`)."
+        )
+
+    gate_path = eval_dir / "gate_report.json"
+    gate = _read_json(gate_path, "evaluation gate report", "Run `cvplatform evaluate` first.")
+    if "passed" not in gate:
+        raise RegistrationInputError(f"{gate_path}: key 'passed' missing. Re-run `cvplatform evaluate`.")
+    metrics_path = eval_dir / "metrics.json"
+    metrics = _read_json(metrics_path, "evaluation metrics", "") if metrics_path.is_file() else {}
+
+    attachments = [p for p in (
+        exp_dir / "model_card.md", summary_path, gate_path, metrics_path,
+        eval_dir / "report.md", eval_dir / "report.html",
+    ) if p.is_file()]
+    return RegistrationInputs(
+        onnx_path=onnx_path, sha256=sha, precision=str(export.get("precision") or export.get("chosen") or "fp32"),
+        train_run_id=str(train_run), data_hash=export.get("data_hash") or train.get("data_version"),
+        class_names=names, contract=contract, input_name=in_name, output_name=out_name, gate_report=gate,
+        metrics=metrics, attachments=attachments, export_summary=export,
+    )
+
+
+def gate_facts(gate: dict[str, Any]) -> tuple[bool, int, int, str]:
+    """``(passed, must-pass failures, warnings, short text)`` from a gate report (``GateReport.to_dict``).
+
+    Example:
+        >>> gate_facts({"passed": False, "checks": [
+        ...     {"name": "min_accuracy", "scenario": "clean", "status": "failed", "level": "must_pass"}]})
+        (False, 1, 0, 'FAILED: 1 must-pass check(s) failed of 1 checks: clean/min_accuracy')
+    """
+    checks = [c for c in gate.get("checks") or [] if isinstance(c, dict)]
+    failed = [c for c in checks if c.get("status") == "failed" and c.get("level") == "must_pass"]
+    warned = [c for c in checks if c.get("status") == "failed" and c.get("level") == "warn"]
+    n_failed = int(gate.get("n_failed_must_pass", len(failed)))
+    n_warn = int(gate.get("n_warnings", len(warned)))
+    passed = bool(gate.get("passed")) and n_failed == 0
+    if passed:
+        text = f"passed: {len(checks)} checks, 0 must-pass failures, {n_warn} warning(s)"
+        if warned:
+            text += ": " + ", ".join(f"{c.get('scenario')}/{c.get('name')}" for c in warned[:5])
+    else:
+        text = (f"FAILED: {n_failed} must-pass check(s) failed of {len(checks)} checks: "
+                + ", ".join(f"{c.get('scenario')}/{c.get('name')}" for c in failed[:8]))
+    if len(text) > _SUMMARY_LIMIT:
+        text = text[: _SUMMARY_LIMIT - 3] + "..."
+    return passed, n_failed, n_warn, text
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, str]:
+    clean = metrics.get("clean") if isinstance(metrics.get("clean"), dict) else {}
+    out = {}
+    for tag, key in ((TAG_ACCURACY, "accuracy"), (TAG_MACRO_F1, "macro_f1")):
+        v = clean.get(key)
+        if isinstance(v, int | float):
+            out[tag] = f"{float(v):.6f}"
+    return out
+
+
+def lineage_tags(params: Params, paths: ProjectPaths, inputs: RegistrationInputs, author: str) -> dict[str, str]:
+    """The tags every version registered from ``inputs`` carries (no approval / audit tags)."""
+    from cvplatform.config import params_hash
+    from cvplatform.tracking import airflow_run_id
+    from cvplatform.utils.io import git_commit
+
+    passed, n_failed, n_warn, text = gate_facts(inputs.gate_report)
+    exp_lineage = inputs.export_summary.get("lineage") if isinstance(inputs.export_summary.get("lineage"), dict) \
+        else {}
+    tags = {
+        TAG_AUTHOR: author,
+        TAG_TRAIN_RUN: inputs.train_run_id,
+        # the commit that produced the artifact (export time); the current one if the export did not record it
+        TAG_GIT_COMMIT: str(exp_lineage.get("git_commit") or git_commit(paths.root) or "unknown"),
+        TAG_DATA_HASH: str(inputs.data_hash or "unknown"),
+        TAG_PARAMS_HASH: params_hash(params),
+        TAG_SHA256: inputs.sha256,
+        TAG_PRECISION: inputs.precision,
+        TAG_GATES_PASSED: "true" if passed else "false",
+        TAG_GATES_FAILED: str(n_failed),
+        TAG_GATES_WARNINGS: str(n_warn),
+        TAG_GATES_SUMMARY: text,
+        TAG_CLASS_NAMES: json.dumps(list(inputs.class_names)),
+        TAG_INPUT_SIZE: json.dumps(list(inputs.contract.input_size)),
+        **_headline(inputs.metrics),
+    }
+    airflow = airflow_run_id()
+    if airflow:
+        tags[TAG_AIRFLOW_RUN] = airflow
+    return tags
+
+
+# --------------------------------------------------------------------------- mlflow steps
+def _signature(inputs: RegistrationInputs) -> Any:
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    h, w = inputs.contract.input_size
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, h, w), inputs.input_name)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(inputs.class_names)), inputs.output_name)]),
+    )
+
+
+def _ensure_model(c: RegistryClient, name: str) -> None:
+    try:
+        c.call(f"get registered model {name!r}", lambda: c.mlflow.get_registered_model(name))
+        return
+    except RegistryError:
+        raise
+    except Exception as exc:
+        if not is_not_found(exc):
+            raise
+    try:
+        c.call(f"create registered model {name!r}", lambda: c.mlflow.create_registered_model(
+            name, description="Image classifier registered by cvplatform (ONNX + preprocessing contract)."))
+        log.info("register: created registered model %r", name)
+    except RegistryError:
+        raise
+    except Exception as exc:
+        if not is_already_exists(exc):  # created concurrently (or by a retried call): fine
+            raise
+
+
+def _find_existing(c: RegistryClient, name: str, inputs: RegistrationInputs) -> ModelVersion | None:
+    found = c.versions(name, f"{tag_filter(TAG_TRAIN_RUN, inputs.train_run_id)} and "
+                             f"{tag_filter(TAG_SHA256, inputs.sha256)}")
+    return found[0] if found else None
+
+
+def _log_model(c: RegistryClient, run_id: str, experiment_id: str, inputs: RegistrationInputs,
+               tags: dict[str, str]) -> tuple[str, str]:
+    """Log the ONNX model to ``run_id``; returns ``(model_id, model_uri)``."""
+    import mlflow.onnx
+    import onnx
+
+    proto = onnx.load(str(inputs.onnx_path))
+    lm = c.call("create logged model", lambda: c.mlflow.create_logged_model(
+        experiment_id=experiment_id, name=MODEL_ARTIFACT, source_run_id=run_id,
+        tags={k: v for k, v in tags.items() if k != TAG_AUTHOR}))
+    reqs = []
+    from importlib import metadata
+
+    for dist in ("onnx", "onnxruntime"):
+        try:
+            reqs.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            reqs.append(dist)
+    info = c.call("log the ONNX model", lambda: mlflow.onnx.log_model(  # call() points mlflow's globals at c.uri
+        proto, name=MODEL_ARTIFACT, signature=_signature(inputs), run_id=run_id, model_id=lm.model_id,
+        save_as_external_data=False, pip_requirements=reqs,
+        metadata={"cvplatform.sha256": inputs.sha256, "cvplatform.precision": inputs.precision},
+    ))
+    return lm.model_id, info.model_uri
+
+
+def _check_stored_bytes(c: RegistryClient, model_id: str, inputs: RegistrationInputs) -> None:
+    import mlflow.artifacts
+
+    lm = c.call("get logged model", lambda: c.mlflow.get_logged_model(model_id))
+    uri = f"{lm.artifact_location.rstrip('/')}/{ONNX_FILE}"
+    with tempfile.TemporaryDirectory(prefix="cvplatform-register-") as tmp:
+        local = c.call(f"download {uri}", lambda: mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=tmp, tracking_uri=c.uri))
+        stored = sha256_bytes(Path(local).read_bytes())
+    if stored != inputs.sha256:
+        raise RegistryError(
+            f"the ONNX model stored at {uri} has sha256 {stored}, but the exported file {inputs.onnx_path} has "
+            f"{inputs.sha256}: MLflow did not store it byte-for-byte, so it could never be verified at load time. "
+            "No version was created. Check the onnx / mlflow versions (an ONNX re-serialisation changed the bytes)."
+        )
+
+
+def _create_version(c: RegistryClient, name: str, model_uri: str, model_id: str, run_id: str,
+                    tags: dict[str, str], description: str) -> ModelVersion:
+    reg_id = tags[TAG_REGISTRATION_ID]
+
+    def recover() -> ModelVersion | None:
+        found = c.versions(name, tag_filter(TAG_REGISTRATION_ID, reg_id))
+        return found[0] if found else None
+
+    return c.call(
+        f"create a version of {name!r}",
+        lambda: c.mlflow.create_model_version(name, model_uri, run_id=run_id, tags=tags, description=description,
+                                              model_id=model_id),
+        recover=recover,
+    )
+
+
+def _finish(c: RegistryClient, params: Params, name: str, mv: ModelVersion, *, delete_on_failure: bool) -> list[str]:
+    """Load the version back (verified), set the challenger alias if its gates passed, mark it complete."""
+    from cvplatform.registry.loading import load_model
+
+    v = str(mv.version)
+    try:
+        load_model(f"models:/{name}/{v}", client=c)
+    except CVPlatformError as exc:
+        if delete_on_failure:
+            try:
+                c.call(f"delete version {v} of {name!r}", lambda: c.mlflow.delete_model_version(name, v))
+            except Exception as del_exc:  # the original error matters more
+                log.warning("register: could not delete unverifiable version %s: %s", v, short_error(del_exc))
+        raise RegistryError(
+            f"version {v} of {name!r} failed verification after registration ({exc}); "
+            + ("it was deleted again. " if delete_on_failure else "")
+            + "Fix the cause and run `cvplatform registry register` again."
+        ) from exc
+    notes = []
+    if (mv.tags or {}).get(TAG_GATES_PASSED) == "true":
+        alias = params.registry.challenger_alias
+        c.call(f"point {name}@{alias} at version {v}", lambda: c.mlflow.set_registered_model_alias(name, alias, v))
+    else:
+        notes.append(f"gates failed: alias {params.registry.challenger_alias!r} not moved; this version cannot be "
+                     "approved (reject it with a reason)")
+    c.call(f"mark version {v} of {name!r} complete",
+           lambda: c.mlflow.set_model_version_tag(name, v, TAG_REGISTRATION_STATE, STATE_COMPLETE))
+    return notes
+
+
+def _result(c: RegistryClient, params: Params, name: str, version: str, created: bool, inputs: RegistrationInputs,
+            author: str, notes: list[str], out_dir: Path) -> RegisterResult:
+    mv = c.version(name, version)
+    tags = dict(mv.tags or {})
+    result = RegisterResult(
+        model_name=name, version=str(mv.version), created=created, model_uri=f"models:/{name}/{mv.version}",
+        tracking_uri=c.uri, run_id=mv.run_id, train_run_id=inputs.train_run_id, artifact_sha256=inputs.sha256,
+        precision=inputs.precision, gates_passed=tags.get(TAG_GATES_PASSED) == "true",
+        aliases=sorted(mv.aliases or []), approval_status=tags.get(TAG_APPROVAL_STATUS, STATUS_PENDING),
+        author=tags.get(TAG_AUTHOR, author),
+        tags={k: v for k, v in sorted(tags.items()) if not k.startswith("audit.")},
+        attachments=[p.name for p in inputs.attachments], notes=notes,
+    )
+    result.write_summary(out_dir)
+    return result
+
+
+def register_model(
+    params: Params, *, root: str | os.PathLike[str] | None = None, client: RegistryClient | None = None
+) -> RegisterResult:
+    """Register the exported ONNX model as a new version of ``registry.model_name`` (idempotent).
+
+    Args:
+        params: Validated params (``registry`` section; the whole params are hashed as lineage).
+        root: Project root holding ``artifacts/`` (default: cwd).
+        client: An existing :class:`RegistryClient` (default: one on the project's tracking URI).
+
+    Returns:
+        A :class:`RegisterResult` (also written to ``artifacts/register/summary.json``).
+
+    Raises:
+        RegistrationInputError: an input file is missing / inconsistent, or the training run is unknown.
+        RegistryUnavailableError: the tracking server stayed unreachable for the whole retry budget.
+        RegistryError: MLflow refused an operation, or the stored model failed verification.
+
+    Example:
+        >>> from cvplatform import load_params, register_model
+        >>> res = register_model(load_params("params.yaml"))  # doctest: +SKIP
+        >>> res.model_uri, res.aliases, res.approval_status  # doctest: +SKIP
+        ('models:/cvplatform/4', ['challenger'], 'pending')
+    """
+    from mlflow.exceptions import MlflowException
+
+    paths = ProjectPaths.at(root)
+    out_dir = paths.artifacts(STAGE)
+    inputs = read_inputs(paths)
+    c = client or RegistryClient.from_params(params, paths.root)
+    name = params.registry.model_name
+    author = current_user()
+    try:
+        try:
+            train_run = c.call(f"get training run {inputs.train_run_id}",
+                               lambda: c.mlflow.get_run(inputs.train_run_id))
+        except MlflowException as exc:
+            if not is_not_found(exc):
+                raise
+            raise RegistrationInputError(
+                f"training run {inputs.train_run_id} (from artifacts/export/summary.json) does not exist at {c.uri}. "
+                "Point MLFLOW_TRACKING_URI at the store the model was trained with, or re-run train and export."
+            ) from None
+
+        _ensure_model(c, name)
+        existing = _find_existing(c, name, inputs)
+        if existing is not None:
+            v = str(existing.version)
+            notes = [f"identical to version {v} (training run {inputs.train_run_id}, sha256 "
+                     f"{inputs.sha256[:12]}...): no new version"]
+            if (existing.tags or {}).get(TAG_REGISTRATION_STATE, STATE_COMPLETE) != STATE_COMPLETE:
+                notes.append("finished an interrupted registration")
+                notes += _finish(c, params, name, existing, delete_on_failure=False)
+            log.info("register: %s already registered as version %s", inputs.onnx_path, v)
+            return _result(c, params, name, v, False, inputs, author, notes, out_dir)
+
+        base_tags = lineage_tags(params, paths, inputs, author)
+        run = c.call("create the registration run", lambda: c.mlflow.create_run(
+            train_run.info.experiment_id, run_name=f"register-{inputs.train_run_id[:8]}",
+            tags={"mlflow.parentRunId": inputs.train_run_id, "cvplatform.stage": STAGE,
+                  **{k: v for k, v in base_tags.items() if k != TAG_GATES_SUMMARY}}))
+        run_id = run.info.run_id
+        try:
+            for f in inputs.attachments:
+                c.call(f"attach {f.name}", lambda f=f: c.mlflow.log_artifact(run_id, str(f), ATTACHMENT_DIR))
+            model_id, model_uri = _log_model(c, run_id, train_run.info.experiment_id, inputs, base_tags)
+            _check_stored_bytes(c, model_id, inputs)
+
+            event = new_event(name, "?", "registered", author, "",
+                              {"train_run_id": inputs.train_run_id, "sha256": inputs.sha256,
+                               "gates_passed": base_tags[TAG_GATES_PASSED], "run_id": run_id}, existing={})
+            tags = {
+                **base_tags,
+                TAG_APPROVAL_STATUS: STATUS_PENDING,
+                TAG_REGISTRATION_ID: uuid.uuid4().hex,
+                TAG_REGISTRATION_STATE: STATE_VERIFYING,
+                TAG_REGISTRATION_TIME: event.time,
+                event.key: event.to_json(),
+            }
+            description = (f"Training run {inputs.train_run_id}; data {base_tags[TAG_DATA_HASH]}; "
+                           f"{inputs.precision} ONNX sha256 {inputs.sha256}; gates {base_tags[TAG_GATES_SUMMARY]}")
+            mv = _create_version(c, name, model_uri, model_id, run_id, tags, description)
+            log.info("register: created version %s of %r", mv.version, name)
+            notes = _finish(c, params, name, mv, delete_on_failure=True)
+            if params.evaluate.registered_model != name:
+                notes.append(f"evaluate.registered_model is {params.evaluate.registered_model!r}, not {name!r}: "
+                             "evaluation will not compare against this model's champion")
+            c.call("finish the registration run", lambda: c.mlflow.set_terminated(run_id, "FINISHED"))
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: the original error is what matters
+                c.mlflow.set_terminated(run_id, "FAILED")
+            raise
+        return _result(c, params, name, str(mv.version), True, inputs, author, notes, out_dir)
+    except MlflowException as exc:
+        raise RegistryError(
+            f"MLflow at {c.uri} refused to register {inputs.onnx_path} as {name!r}: {short_error(exc)}. "
+            "Check the registry.model_name and the server's logs."
+        ) from exc
+
+
+__all__ = ["RegisterResult", "RegistrationInputs", "gate_facts", "lineage_tags", "read_inputs", "register_model"]
