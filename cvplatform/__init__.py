@@ -28,6 +28,24 @@ _EXPORTS: dict[str, str] = {
     "IngestResult": "cvplatform.data.ingest",
     "run_validate": "cvplatform.data.validate",
     "ValidateResult": "cvplatform.data.validate",
+    "run_train": "cvplatform.train",
+    "TrainResult": "cvplatform.train",
+    "run_evaluate": "cvplatform.evaluation.run",
+    "EvaluateResult": "cvplatform.evaluation.run",
+    "run_export": "cvplatform.export.run",
+    "ExportResult": "cvplatform.export.run",
+    "register_model": "cvplatform.registry.register",
+    "RegisterResult": "cvplatform.registry.register",
+    "approve": "cvplatform.registry.approvals",
+    "reject": "cvplatform.registry.approvals",
+    "promote": "cvplatform.registry.aliases",
+    "rollback": "cvplatform.registry.aliases",
+    "load_model": "cvplatform.registry.loading",
+    "create_app": "cvplatform.serving.app",
+    "serve": "cvplatform.serving.app",
+    "run_canary": "cvplatform.deploy.canary",
+    "run_canary_local": "cvplatform.deploy.canary",
+    "CanaryResult": "cvplatform.deploy.canary",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -36,7 +54,16 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cvplatform.config import Params, load_config, load_params  # noqa: F401
     from cvplatform.data.ingest import IngestResult, run_ingest  # noqa: F401
     from cvplatform.data.validate import ValidateResult, run_validate  # noqa: F401
+    from cvplatform.deploy.canary import CanaryResult, run_canary, run_canary_local  # noqa: F401
     from cvplatform.errors import CVPlatformError  # noqa: F401
+    from cvplatform.evaluation.run import EvaluateResult, run_evaluate  # noqa: F401
+    from cvplatform.export.run import ExportResult, run_export  # noqa: F401
+    from cvplatform.registry.aliases import promote, rollback  # noqa: F401
+    from cvplatform.registry.approvals import approve, reject  # noqa: F401
+    from cvplatform.registry.loading import load_model  # noqa: F401
+    from cvplatform.registry.register import RegisterResult, register_model  # noqa: F401
+    from cvplatform.serving.app import create_app, serve  # noqa: F401
+    from cvplatform.train import TrainResult, run_train  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -107,6 +107,291 @@ def validate(
     _run(go)
 
 
+@app.command()
+def train(
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue from artifacts/train/last.ckpt and the same MLflow run."),
+    ] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Train a classifier on the manifest (Lightning), tracked in MLflow; writes artifacts/train/."""
+    _setup_logging(verbose)
+
+    def go():
+        from cvplatform.train import run_train
+
+        return run_train(_params(params, set_), resume=resume)
+
+    _run(go)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            metavar="PATH_OR_MODEL_URI",
+            help="*.ckpt, *.onnx or models:/NAME@ALIAS (default: evaluate.model, artifacts/train/best.ckpt).",
+        ),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run the scenario suite on a model and check the release gates (exit 3 when a must-pass gate fails)."""
+    _setup_logging(verbose)
+
+    def go():
+        from cvplatform.errors import GateFailed
+        from cvplatform.evaluation.run import run_evaluate
+
+        try:
+            return run_evaluate(_params(params, set_), model=model)
+        except GateFailed as exc:  # show the scenario table before the failed checks
+            for line in getattr(exc, "result", None).lines() if getattr(exc, "result", None) else []:
+                typer.echo(line)
+            raise
+
+    _run(go)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="Checkpoint to export (default: export.checkpoint, artifacts/train/best.ckpt)."),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Export to ONNX (parity gate, exit 3 on failure), try INT8, benchmark, write the model card."""
+    _setup_logging(verbose)
+
+    def go():
+        from cvplatform.export.run import run_export
+
+        return run_export(_params(params, set_), checkpoint=checkpoint)
+
+    _run(go)
+
+
+registry_app = typer.Typer(
+    name="registry",
+    help="MLflow model registry: register, approve/reject, promote/rollback, history, show.",
+    no_args_is_help=True,
+)
+app.add_typer(registry_app, name="registry")
+NameArg = Annotated[str, typer.Argument(help="Registered model name (params registry.model_name).")]
+VersionArg = Annotated[str, typer.Argument(help="Model version number.")]
+ReviewerOpt = Annotated[str, typer.Option("--reviewer", help="Who decides (must not be the version's author).")]
+
+
+@registry_app.command("register")
+def registry_register(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Register artifacts/export/model.onnx as a new version (idempotent): lineage tags, challenger, pending."""
+    _setup_logging(verbose)
+
+    def go():
+        from cvplatform.registry.register import register_model
+
+        return register_model(_params(params, set_))
+
+    _run(go)
+
+
+@registry_app.command("approve")
+def registry_approve(
+    name: NameArg,
+    version: VersionArg,
+    reviewer: ReviewerOpt,
+    comment: Annotated[str, typer.Option("--comment", help="Why (recorded on the version and in the audit log).")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Approve a version (four-eyes, registry.reviewers, gates must have passed; exit 3 if they failed)."""
+    _setup_logging(verbose)
+
+    def go():
+        from cvplatform.registry.approvals import approve
+
+        return approve(name, version, reviewer, comment, params=_params(params, set_))
+
+    _run(go)
+
+
+@registry_app.command("reject")
+def registry_reject(
+    name: NameArg,
+    version: VersionArg,
+    reviewer: ReviewerOpt,
+    comment: Annotated[str, typer.Option("--comment", help="Why it is rejected (required).")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Reject a version (four-eyes and registry.reviewers apply); decisions are final."""
+    _setup_logging(verbose)
+
+    def go():
+        from cvplatform.registry.approvals import reject
+
+        return reject(name, version, reviewer, comment, params=_params(params, set_))
+
+    _run(go)
+
+
+@registry_app.command("promote")
+def registry_promote(
+    name: NameArg,
+    version: VersionArg,
+    comment: Annotated[str, typer.Option("--comment", help="Why (recorded in the audit log).")] = "",
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Point the champion alias at an approved version (the previous champion is recorded)."""
+    _setup_logging(verbose)
+
+    def go():
+        from cvplatform.registry.aliases import promote
+
+        return promote(name, version, comment=comment, params=_params(params, set_))
+
+    _run(go)
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    name: NameArg,
+    comment: Annotated[str, typer.Option("--comment", help="Why (recorded in the audit log).")] = "",
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Move the champion alias back to the previous champion (recorded)."""
+    _setup_logging(verbose)
+
+    def go():
+        from cvplatform.registry.aliases import rollback
+
+        return rollback(name, comment=comment, params=_params(params, set_))
+
+    _run(go)
+
+
+@registry_app.command("history")
+def registry_history(
+    name: NameArg,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Print the audit log of every version, oldest first."""
+    _setup_logging(verbose)
+
+    def go():
+        from cvplatform.registry.audit import history
+
+        return history(name, params=_params(params, set_))
+
+    _run(go)
+
+
+@registry_app.command("show")
+def registry_show(
+    name: NameArg,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Print versions with aliases, approval state and gate results."""
+    _setup_logging(verbose)
+
+    def go():
+        from cvplatform.registry.audit import show
+
+        return show(name, params=_params(params, set_))
+
+    _run(go)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Interface to bind (default serve.host).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="TCP port (default serve.port).")] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Serve this local ONNX file instead of the registry aliases.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Serving config (default serve.config).")
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run the inference service (FastAPI + onnxruntime): /v1/predict, OIP v2 /v2/..., /metrics, /admin/..."""
+    _setup_logging(verbose)
+    try:
+        cfg = _params(params, set_)
+        from cvplatform.serving.app import serve as run_server
+
+        run_server(cfg, host=host, port=port, model=model, config_path=config, log_level=log_level)
+    except CVPlatformError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=exc.exit_code) from None
+
+
+deploy_app = typer.Typer(
+    name="deploy",
+    help="Deployment: canary rollout with automatic promotion or rollback.",
+    no_args_is_help=True,
+)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("canary")
+def deploy_canary(
+    version: Annotated[str, typer.Option("--version", help="Registry version to roll out.")],
+    server: Annotated[
+        str | None, typer.Option("--server", help="Running server's base URL (default deploy.server).")
+    ] = None,
+    local: Annotated[
+        bool,
+        typer.Option("--local", help="Start a server and a traffic replay on loopback for the rollout (demo)."),
+    ] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Canary-deploy a version: 10% -> 50% -> 100% with analysis; promote, or roll back (exit 3)."""
+    _setup_logging(verbose)
+
+    def go():
+        cfg = _params(params, set_)
+        if local:
+            from cvplatform.deploy.canary import run_canary_local
+
+            return run_canary_local(cfg, version, params_file=str(params), overrides=list(set_ or []))
+        from cvplatform.deploy.canary import run_canary
+
+        return run_canary(cfg, version, server=server)
+
+    result = _run(go)
+    if getattr(result, "decision", None) == "rollback":
+        raise typer.Exit(code=3)
+
+
 @app.command("config")
 def show_config(
     params: ParamsOpt = Path("params.yaml"),

@@ -247,8 +247,8 @@ class TrainParams(StrictModel):
     """Smallest change of the monitored metric that counts as an improvement."""
     seed: int | None = None
     """Training seed; None = project.seed."""
-    deterministic: bool = True
-    """Deterministic algorithms (bitwise-reproducible CPU runs)."""
+    deterministic: bool | Literal["warn"] = True
+    """Deterministic algorithms: true (error if an op has none) | warn | false."""
     accelerator: str = "cpu"
     """Lightning accelerator (cpu | gpu | cuda | mps | auto), passed through."""
     devices: int | str | list[int] = 1
@@ -271,8 +271,6 @@ class TrainParams(StrictModel):
     """MLflow run name; None = train-<arch>-seed<seed>."""
     progress_bar: bool = True
     """Show Lightning's progress bar."""
-    log_every_n_steps: int = Field(10, ge=1)
-    """How often Lightning updates step-level values (progress bar)."""
 
     @model_validator(mode="after")
     def _monitor_mode(self) -> TrainParams:
@@ -280,6 +278,237 @@ class TrainParams(StrictModel):
         if self.mode != want:
             raise ValueError(f"monitor {self.monitor} must be {want}imised: set mode: {want}")
         return self
+
+
+# --------------------------------------------------------------------------- evaluate
+class EvaluateParams(StrictModel):
+    """The ``evaluate`` stage: scenario suite, model under test, statistics, champion comparison."""
+
+    suite: str = "configs/scenarios/default.yaml"
+    """Scenario suite (configs/scenarios/*.yaml): scenarios and gate thresholds."""
+    model: str = "artifacts/train/best.ckpt"
+    """Model evaluated when none is given: a .ckpt, an .onnx or a models:/NAME@ALIAS URI."""
+    manifest: str = "data/processed/manifest.parquet"
+    """Manifest to evaluate from (relative to the project root)."""
+    split: Literal["train", "val", "test"] = "test"
+    """Manifest split the clean, corruption and slice scenarios use."""
+    max_images: int | None = Field(None, ge=1)
+    """Evaluate at most N images of the split (the first N by sha256); None = all."""
+    batch_size: int = Field(256, ge=1)
+    """Images per forward pass."""
+    bootstrap_samples: int = Field(1000, ge=10)
+    """Bootstrap resamples for confidence intervals and the champion comparison."""
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    """Confidence level of the bootstrap intervals."""
+    calibration_bins: int = Field(15, ge=2, le=100)
+    """Bins of the expected calibration error and the reliability diagram."""
+    compare_champion: bool = True
+    """Compare with models:/<registered_model>@<champion_alias> when it exists."""
+    registered_model: str = Field("cvplatform", min_length=1)
+    """MLflow registered model name holding the champion."""
+    champion_alias: str = Field("champion", min_length=1)
+    """Registry alias of the model in production."""
+    gallery_size: int = Field(8, ge=0, le=64)
+    """Worst failures (most confident wrong predictions) shown per scenario in the report."""
+    log_to_mlflow: bool = True
+    """Log the report, plots and metrics to the training run (artifacts/train/summary.json)."""
+
+
+# --------------------------------------------------------------------------- export
+class ExportParityParams(StrictModel):
+    """Parity gate: the exported fp32 ONNX model (onnxruntime) vs the PyTorch checkpoint on the test split."""
+
+    atol: float = Field(1e-4, gt=0.0)
+    """Largest allowed absolute logit difference (any image, any class)."""
+    min_agreement: float = Field(0.999, ge=0.0, le=1.0)
+    """Smallest allowed share of test images with the same top-1 class in ONNX and PyTorch."""
+    max_images: int | None = Field(None, ge=1)
+    """Compare at most N test images (the first N by sha256); None = the whole test split."""
+    worst: int = Field(5, ge=1, le=100)
+    """Images with the largest differences named in parity.json and in a failure message."""
+
+
+class ExportInt8Params(StrictModel):
+    """Static INT8 (QDQ) quantization and its acceptance rule."""
+
+    enabled: bool = True
+    """Quantize to INT8 and ship it when it is accurate enough."""
+    calibration_split: Literal["train", "val", "test"] = "train"
+    """Manifest split the calibration images come from."""
+    calibration_images: int = Field(200, ge=1)
+    """Calibration images (the first N of the split by sha256)."""
+    max_drop: float = Field(0.01, ge=-1.0, le=1.0)
+    """Largest allowed accuracy drop vs fp32 on every must-pass scenario (and clean); negative = always reject."""
+    per_channel: bool = False
+    """Per-channel weight quantization (more accurate, slightly slower on some CPUs)."""
+    pre_process: bool = True
+    """Run onnxruntime's quant_pre_process (shape inference + graph optimisation) first."""
+    suite: str | None = None
+    """Scenario suite the INT8 model is judged on; None = evaluate.suite (on evaluate.split)."""
+    max_images: int | None = Field(None, ge=1)
+    """Judge on at most N images of the split (the first N by sha256); None = all."""
+
+
+class ExportBenchmarkParams(StrictModel):
+    """Latency/throughput/cost benchmark of PyTorch eager, ORT fp32 and ORT INT8 (same run)."""
+
+    enabled: bool = True
+    """Run the benchmark (writes artifacts/export/benchmark.json)."""
+    threads: int = Field(1, ge=1, le=256)
+    """Intra-op threads for torch and onnxruntime (also the core count in the cost formula)."""
+    batch_size: int = Field(32, ge=1)
+    """Batch size of the throughput measurement (latency is measured at batch 1)."""
+    iterations: int = Field(200, ge=5)
+    """Timed calls per runtime and batch size."""
+    warmup: int = Field(20, ge=0)
+    """Untimed calls per runtime and batch size before timing."""
+    price_per_core_hour: float = Field(0.045, ge=0.0)
+    """Price of one CPU core for one hour (USD); cost/1k = p50_latency_s * threads / 3600 * price * 1000."""
+
+
+class ExportParams(StrictModel):
+    """The ``export`` stage: ONNX export, parity gate, INT8, benchmark, model card."""
+
+    checkpoint: str = "artifacts/train/best.ckpt"
+    """Training checkpoint to export (relative to the project root)."""
+    manifest: str = "data/processed/manifest.parquet"
+    """Manifest: test split for parity, calibration split, class names and counts for the model card."""
+    opset: int = Field(17, ge=13, le=21)
+    """ONNX opset of the exported graph."""
+    exporter: Literal["torchscript", "dynamo"] = "torchscript"
+    """torch.onnx exporter: torchscript (built in) | dynamo (needs the onnxscript package)."""
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    """onnxruntime execution providers for the benchmark, in preference order (unavailable ones are skipped)."""
+    batch_size: int = Field(256, ge=1)
+    """Images per forward pass in the parity check and the INT8 scenario evaluation."""
+    intended_use: str = (
+        "Image classification of inputs that resemble the training data (same classes, camera and "
+        "conditions). Not for safety-critical decisions without human review."
+    )
+    """The model card's intended-use statement."""
+    log_to_mlflow: bool = True
+    """Log the ONNX files, parity, benchmark and model card to the training run (artifacts/train/summary.json)."""
+    parity: ExportParityParams = ExportParityParams()
+    int8: ExportInt8Params = ExportInt8Params()
+    benchmark: ExportBenchmarkParams = ExportBenchmarkParams()
+
+    @model_validator(mode="after")
+    def _providers(self) -> ExportParams:
+        if not self.providers:
+            raise ValueError("providers must list at least one onnxruntime execution provider, "
+                             "e.g. [CPUExecutionProvider]")
+        return self
+
+
+# --------------------------------------------------------------------------- registry
+class RegistryRetryParams(StrictModel):
+    """How registry calls survive a tracking server that is briefly unreachable.
+
+    Each call to the tracking server is tried up to ``attempts`` times; the waits
+    between tries are ``backoff_s``, ``backoff_s * backoff_factor``, ... capped at
+    ``max_backoff_s``. Only connection errors, timeouts and HTTP 408/429/5xx are
+    retried (never 4xx such as RESOURCE_DOES_NOT_EXIST). MLflow's own HTTP retries
+    (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``) are set to ``http_max_retries`` and its
+    per-request timeout (``MLFLOW_HTTP_REQUEST_TIMEOUT``) to ``request_timeout_s``
+    during registry calls, so the worst case is bounded by
+    ``attempts * (http_max_retries + 1) * request_timeout_s`` plus the waits.
+    """
+
+    attempts: int = Field(5, ge=1, le=50)
+    """Tries per registry call (1 = no retry)."""
+    backoff_s: float = Field(0.5, ge=0.0, le=60.0)
+    """Wait before the second try, in seconds."""
+    backoff_factor: float = Field(2.0, ge=1.0, le=10.0)
+    """Each further wait is the previous one times this."""
+    max_backoff_s: float = Field(8.0, ge=0.0, le=300.0)
+    """Longest single wait, in seconds."""
+    request_timeout_s: int = Field(30, ge=1, le=600)
+    """Timeout of one HTTP request to the tracking server (MLFLOW_HTTP_REQUEST_TIMEOUT)."""
+    http_max_retries: int = Field(0, ge=0, le=10)
+    """MLflow's own urllib3 retries per request (MLFLOW_HTTP_REQUEST_MAX_RETRIES); 0 = only ours."""
+
+
+class RegistryParams(StrictModel):
+    """The MLflow model registry: registered model, reviewers, aliases, retries.
+
+    Example:
+        >>> RegistryParams(reviewers=["alice", "bob"]).reviewers
+        ('alice', 'bob')
+    """
+
+    model_name: str = Field("cvplatform", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\- ]*$")
+    """Registered model that ``cvplatform registry register`` adds versions to (keep equal to evaluate.registered_model)."""
+    reviewers: tuple[str, ...] | None = None
+    """Who may approve or reject versions; None = anyone except the version's author (four-eyes always applies)."""
+    challenger_alias: str = Field("challenger", min_length=1, pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
+    """Alias set on a newly registered version whose gates passed."""
+    champion_alias: str = Field("champion", min_length=1, pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
+    """Alias of the production version, moved by promote / rollback (keep equal to evaluate.champion_alias)."""
+    retry: RegistryRetryParams = RegistryRetryParams()
+
+    @model_validator(mode="after")
+    def _clean_reviewers(self) -> RegistryParams:
+        if self.reviewers is not None:
+            names = tuple(r.strip() for r in self.reviewers)
+            if not names or any(not n for n in names):
+                raise ValueError("reviewers must be null (anyone but the author) or a list of non-empty names")
+            if len(set(names)) != len(names):
+                raise ValueError(f"reviewers lists a name more than once: {list(names)}")
+            object.__setattr__(self, "reviewers", names)
+        if self.challenger_alias == self.champion_alias:
+            raise ValueError(f"challenger_alias and champion_alias must differ, both are {self.champion_alias!r}")
+        return self
+
+
+# --------------------------------------------------------------------------- serve / deploy
+class ServeParams(StrictModel):
+    """``cvplatform serve``: where the inference service listens and what it serves.
+
+    Example:
+        >>> ServeParams().port
+        8080
+    """
+
+    host: str = Field("127.0.0.1", min_length=1)
+    """Interface to bind (127.0.0.1 = this machine only; 0.0.0.0 = every interface)."""
+    port: int = Field(8080, ge=1, le=65535)
+    """TCP port."""
+    config: str = "configs/deploy/serving.yaml"
+    """Serving configuration: batching, limits, traffic split, admin token, statistics."""
+    registered_model: str | None = None
+    """Registered model to serve; None = registry.model_name."""
+
+
+class DeployLocalParams(StrictModel):
+    """Traffic replayed by ``cvplatform deploy canary --local`` / ``run_canary_local`` (demo, Airflow)."""
+
+    manifest: str = "data/processed/manifest.parquet"
+    """Manifest whose held-out images are replayed."""
+    split: Literal["train", "val", "test"] = "test"
+    """Split replayed."""
+    corrupt: float = Field(0.2, ge=0.0, le=1.0)
+    """Share of images also sent corrupted (evaluation corruptions)."""
+    concurrency: int = Field(2, ge=1, le=256)
+    """Parallel replay clients."""
+    rate: float | None = Field(None, gt=0.0)
+    """Total requests per second; None = as fast as the server answers."""
+
+
+class DeployParams(StrictModel):
+    """``cvplatform deploy canary``: the canary policy and the server it drives.
+
+    Example:
+        >>> DeployParams().policy
+        'configs/deploy/canary.yaml'
+    """
+
+    policy: str = "configs/deploy/canary.yaml"
+    """Canary policy: steps, bake times, minimum requests, analysis thresholds."""
+    server: str = Field("http://127.0.0.1:8080", min_length=1)
+    """Base URL of the running inference server whose admin API the controller drives."""
+    experiment: str = Field("deploy", min_length=1)
+    """MLflow experiment of the canary runs."""
+    local: DeployLocalParams = DeployLocalParams()
 
 
 # --------------------------------------------------------------------------- all params
@@ -290,6 +519,11 @@ class Params(StrictModel):
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+    registry: RegistryParams = RegistryParams()
+    serve: ServeParams = ServeParams()
+    deploy: DeployParams = DeployParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -472,14 +706,24 @@ def params_hash(params: BaseModel) -> str:
 
 __all__ = [
     "DEFAULT_PARAMS",
+    "DeployLocalParams",
+    "DeployParams",
     "DigitsParams",
+    "EvaluateParams",
+    "ExportBenchmarkParams",
+    "ExportInt8Params",
+    "ExportParams",
+    "ExportParityParams",
     "IngestParams",
     "Literal",
     "ManifestSuiteConfig",
     "Params",
     "PrivacyParams",
     "ProjectParams",
+    "RegistryParams",
+    "RegistryRetryParams",
     "ShapesParams",
+    "ServeParams",
     "SplitFractions",
     "StrictModel",
     "TrainModelParams",
