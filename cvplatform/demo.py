@@ -8,17 +8,12 @@ Run with ``python -m cvplatform.demo [--root DIR]``.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import typer
 
-
-def _dvc() -> str:
-    exe = Path(sys.executable).parent / "dvc"
-    return str(exe) if exe.exists() else (shutil.which("dvc") or "dvc")
+from cvplatform.pipeline import dvc_env, dvc_executable
 
 
 def _summary(root: Path, stage: str) -> dict | None:
@@ -55,9 +50,9 @@ def main(
     force: bool = typer.Option(False, help="Re-run every stage (dvc repro --force)."),
 ) -> None:
     root = root.resolve()
-    cmd = [_dvc(), "repro"] + (["--force"] if force else [])
+    cmd = [dvc_executable(), "repro"] + (["--force"] if force else [])
     typer.echo(f"$ {' '.join(cmd)}  (in {root})")
-    rc = subprocess.run(cmd, cwd=root).returncode
+    rc = subprocess.run(cmd, cwd=root, env=dvc_env()).returncode
     if rc != 0:
         typer.secho(f"dvc repro failed with exit code {rc}; see the stage output above.", fg="red", err=True)
         raise typer.Exit(rc)

@@ -51,6 +51,11 @@ class DvcRun:
     """Stages DVC actually executed (empty when everything was up to date)."""
 
 
+def dvc_env() -> dict[str, str]:
+    """The environment for DVC subprocesses: the venv's bin first on PATH, so `cmd: cvplatform ...` resolves."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 def run_dvc(args: list[str], root: str | os.PathLike[str], *, tail_lines: int = 40) -> DvcRun:
     """Run ``dvc <args>`` in ``root``, streaming its output to the log; raise PipelineError on failure.
 
@@ -59,7 +64,7 @@ def run_dvc(args: list[str], root: str | os.PathLike[str], *, tail_lines: int = 
         'Data and pipelines are up to date.\\n'
     """
     cmd = [dvc_executable(), *args]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = dvc_env()
     log.info("$ %s  (in %s)", " ".join(cmd), root)
     proc = subprocess.Popen(
         cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
