@@ -512,6 +512,24 @@ class DeployParams(StrictModel):
 
 
 # --------------------------------------------------------------------------- all params
+# --------------------------------------------------------------------------- orchestration (Airflow)
+class OrchestrationParams(StrictModel):
+    schedule: str | None = "@weekly"
+    """cv_retrain schedule: a cron expression or preset (@daily, @weekly, ...); None = manual only."""
+    approval_timeout_hours: float = Field(72.0, gt=0)
+    """Hours the Airflow approval task waits for a reviewer; a timeout counts as a rejection."""
+    task_timeout_minutes: int = Field(120, ge=1)
+    """execution_timeout of each pipeline task."""
+    retries: int = Field(2, ge=0, le=10)
+    """Retries of the tasks that talk to servers (registry, deploy), with exponential backoff."""
+    retry_delay_s: int = Field(30, ge=1)
+    """First retry delay in seconds (doubles on each retry)."""
+    push_to_remote: bool = True
+    """Push data and model outputs to the DVC remote after each DVC stage."""
+    monitor_schedule: str | None = "@hourly"
+    """cv_monitor schedule; None = manual only."""
+
+
 class Params(StrictModel):
     """Everything in ``params.yaml``. Later stages add their own section."""
 
@@ -524,6 +542,7 @@ class Params(StrictModel):
     registry: RegistryParams = RegistryParams()
     serve: ServeParams = ServeParams()
     deploy: DeployParams = DeployParams()
+    orchestration: OrchestrationParams = OrchestrationParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -106,6 +106,11 @@ def resolve_params(params: Params | None, root: str | os.PathLike[str] | None) -
     return load_params(p) if p.is_file() else Params()
 
 
+#: The reviewer name recorded when an approval request times out (Airflow's approval task).
+#: It may only *reject*, and it is exempt from ``registry.reviewers`` (nobody answered).
+TIMEOUT_REVIEWER = "approval-timeout"
+
+
 def _same_person(a: str, b: str) -> bool:
     return a.strip().casefold() == b.strip().casefold()
 
@@ -183,7 +188,12 @@ def _decide(
                if cfg.registry.reviewers else "") + "."
         )
     allowed = cfg.registry.reviewers
-    if allowed is not None and not any(_same_person(who, r) for r in allowed):
+    if _same_person(who, TIMEOUT_REVIEWER) and decision == STATUS_APPROVED:
+        raise ReviewerNotAllowedError(
+            f"{TIMEOUT_REVIEWER!r} records timed-out approval requests and can only reject; "
+            f"version {v} of {name!r} needs a named reviewer to approve it."
+        )
+    if allowed is not None and not _same_person(who, TIMEOUT_REVIEWER) and not any(_same_person(who, r) for r in allowed):
         raise ReviewerNotAllowedError(
             f"{who} cannot {verb} version {v} of {name!r}: not in registry.reviewers ({', '.join(allowed)}). "
             "Ask one of them, or add the name to registry.reviewers in params.yaml."

@@ -1,4 +1,5 @@
-"""cv_retrain DAG: imports cleanly, wires the expected graph, parses light, and runs with dag.test()."""
+"""cv_retrain DAG: imports cleanly, wires the expected graph, parses light, and runs end to end
+with dag.test() on tiny data — with a scripted rejection, a scripted timeout and a scripted approval."""
 
 from __future__ import annotations
 
@@ -9,11 +10,38 @@ from pathlib import Path
 
 import pytest
 
-from tests.dags.conftest import REPO, make_project_copy
+from tests.dags.conftest import REPO
+from tests.dags.hitl_responder import respond_in_background
+from tests.fixtures.repo import copy_repo, shrink_params
 
-EXPECTED_EDGES = {"ingest": {"validate"}, "validate": set()}
+EXPECTED_EDGES = {
+    "ingest": {"validate"},
+    "validate": {"train"},
+    "train": {"evaluate"},
+    "evaluate": {"export"},
+    "export": {"register"},
+    "register": {"approval", "record_approval", "canary_deploy"},
+    "approval": {"record_approval"},
+    "record_approval": {"canary_deploy"},
+    "canary_deploy": set(),
+}
 HEAVY = ("torch", "mlflow", "great_expectations", "onnxruntime", "albumentations", "pytorch_lightning",
-         "cvplatform.data.ingest", "cv2", "pandas")
+         "cvplatform", "cv2", "pandas", "dvc")
+
+# The real params.yaml, shrunk (lightning-hydra-template style) so a whole cycle takes ~1-2 minutes.
+TINY = {
+    "ingest.workers": 1,
+    "train.epochs": 2,
+    "train.progress_bar": False,
+    "evaluate.max_images": 60,
+    "evaluate.bootstrap_samples": 200,
+    "export.parity.max_images": 60,
+    "export.int8.calibration_images": 40,
+    "export.int8.max_images": 60,
+    "export.benchmark.iterations": 10,
+    "export.benchmark.warmup": 2,
+    "orchestration.push_to_remote": True,
+}
 
 
 def _dagbag():
@@ -29,7 +57,15 @@ def test_dagbag_has_no_import_errors_and_expected_graph(airflow_home):
     edges = {tid: set(t.downstream_task_ids) for tid, t in dag.task_dict.items()}
     assert edges == EXPECTED_EDGES
     assert dag.max_active_runs == 1
-    assert set(dag.params.keys()) >= {"source", "params_file", "overrides"}
+    assert dag.task_dict["canary_deploy"].downstream_task_ids == set()  # the final task
+    assert set(dag.params.keys()) >= {"source", "epochs", "arch", "canary_policy", "overrides"}
+    approval = dag.task_dict["approval"]
+    assert approval.options == ["Approve", "Reject"] and approval.defaults == ["Reject"]
+    assert approval.response_timeout is not None
+    for tid in ("register", "record_approval", "canary_deploy"):
+        assert dag.task_dict[tid].retries >= 1 and dag.task_dict[tid].retry_exponential_backoff
+    assert all(t.execution_timeout is not None for tid, t in dag.task_dict.items() if tid != "approval")
+    assert all(t.on_failure_callback for t in dag.task_dict.values())
 
 
 def test_dag_file_imports_nothing_heavy_at_parse_time(airflow_home):
@@ -45,21 +81,82 @@ def test_dag_file_imports_nothing_heavy_at_parse_time(airflow_home):
     assert out in ([], [""]), f"heavy modules imported at parse time: {out}"
 
 
-@pytest.mark.e2e
-def test_dag_test_runs_ingest_and_validate_on_tiny_data(airflow_home, tmp_path, monkeypatch):
-    project = make_project_copy(tmp_path / "project")
+def test_failure_callback_summary_names_task_cause_and_logs():
+    from cvplatform.orchestration import failure_summary
+
+    class TI:
+        task_id, dag_id, try_number, log_url = "evaluate", "cv_retrain", 2, "http://af/log"
+        task = type("T", (), {"retries": 1})()
+
+    text = failure_summary({"ti": TI(), "run_id": "manual__1", "exception": RuntimeError("gate clean/min_accuracy")})
+    assert "'evaluate'" in text and "manual__1" in text and "try 2 of 2" in text
+    assert "gate clean/min_accuracy" in text and "http://af/log" in text and "report.html" in text
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, airflow_home):
+    root = copy_repo(tmp_path_factory.mktemp("cv_retrain") / "repo")
+    shrink_params(root / "params.yaml", TINY)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "tiny"], cwd=root, check=True)
+    return root
+
+
+def _run(project: Path, monkeypatch, conf: dict, answer: str | None, *, reviewer: str = "alice", comment: str = ""):
     monkeypatch.setenv("CVPLATFORM_ROOT", str(project))
-    bag = _dagbag()
-    dag = bag.dags["cv_retrain"]
-    run = dag.test(
-        run_conf={
-            "source": "shapes",
-            "overrides": ["ingest.shapes.count=90", "ingest.workers=1"],
-        }
-    )
-    assert run.state == "success", run.state
-    summary = json.loads((project / "artifacts/ingest/summary.json").read_text())
-    assert summary["accepted"] > 0
-    assert summary["seen"] == summary["accepted"] + summary["quarantined"] + summary["duplicates"]
-    assert (project / "data/processed/manifest.parquet").exists()
-    assert json.loads((project / "artifacts/validate/summary.json").read_text())["success"] is True
+    monkeypatch.setenv("CVPLATFORM_USER", "pipeline-bot")  # the author recorded on registered versions
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(project)
+    dag = _dagbag().dags["cv_retrain"]
+    responder = respond_in_background("cv_retrain", answer, user=reviewer, comment=comment)
+    run = dag.test(run_conf=conf)
+    responder.join(timeout=5)
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    return run, states
+
+
+def _registry(project: Path):
+    from cvplatform.config import load_params
+    from cvplatform.registry import show
+
+    return show("cvplatform", params=load_params(project / "params.yaml"), root=project)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_dag_test_rejection_timeout_and_approval(project, monkeypatch):
+    from cvplatform.registry import history
+
+    # 1. a scripted rejection: version 1 is rejected, nothing is deployed, the run says why
+    run, states = _run(project, monkeypatch, {"source": "digits"}, "Reject", comment="not this week")
+    assert str(run.state) == "success", states
+    assert states["record_approval"] == "success" and states["canary_deploy"] == "skipped", states
+    assert json.loads((project / "artifacts/ingest/summary.json").read_text())["accepted"] == 1797
+    overview = _registry(project)
+    v1 = {v.version: v for v in overview.versions}["1"]
+    assert (v1.version, v1.approval, v1.reviewer) == ("1", "rejected", "alice")
+    assert overview.aliases.get("champion") is None
+    assert (project / ".dvc-remote").is_dir() and any((project / ".dvc-remote").rglob("*"))  # outputs pushed
+
+    # 2. a timeout (nobody answers): a new version (changed seed) is rejected by the timeout
+    run, states = _run(project, monkeypatch, {"overrides": ["train.seed=7"]}, None)
+    assert str(run.state) == "success" and states["canary_deploy"] == "skipped", states
+    v2 = {v.version: v for v in _registry(project).versions}["2"]
+    assert (v2.version, v2.approval, v2.reviewer) == ("2", "rejected", "approval-timeout")
+
+    # 3. a scripted approval: version 3 is approved by alice and canary-deployed to champion
+    run, states = _run(project, monkeypatch, {"overrides": ["train.seed=8"]}, "Approve", comment="looks good")
+    assert str(run.state) == "success", states
+    assert states["canary_deploy"] == "success", states
+    overview = _registry(project)
+    v3 = {v.version: v for v in overview.versions}["3"]
+    assert (v3.version, v3.approval, v3.reviewer) == ("3", "approved", "alice")
+    assert overview.aliases.get("champion") == "3"
+    deploy = json.loads((project / "artifacts/deploy/summary.json").read_text())
+    assert deploy["decision"] == "promote"
+
+    # 4. the same run again (a cleared/retried run): DVC skips every stage, no duplicate version
+    run, states = _run(project, monkeypatch, {"overrides": ["train.seed=8"]}, "Approve")
+    assert str(run.state) == "success", states
+    assert len(_registry(project).versions) == 3
+    events = [e.action for e in history("cvplatform", params=None, root=project).events]
+    assert events.count("approved") == 1

@@ -1,0 +1,63 @@
+"""Answer an Airflow human-in-the-loop task from a test, the way the HITL REST endpoint
+(PATCH .../hitlDetails) or the scheduler's timeout sweep do it, against the same
+metadata DB that ``dag.test()`` uses. ``dag.test()`` parks HITL tasks in
+AWAITING_INPUT and waits for exactly this kind of outside response.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+
+def _respond_once(dag_id: str, task_id: str, option: str | None, user: str | None, comment: str) -> bool:
+    from sqlalchemy import select
+
+    from airflow._shared.timezones import timezone
+    from airflow.models.hitl import HITLDetail
+    from airflow.models.taskinstance import TaskInstance as TI
+    from airflow.models.trigger import handle_event_submit
+    from airflow.triggers.base import TriggerEvent
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+
+    with create_session() as session:
+        ti = session.scalar(
+            select(TI).where(TI.dag_id == dag_id, TI.task_id == task_id, TI.state == TaskInstanceState.AWAITING_INPUT)
+        )
+        if ti is None:
+            return False
+        detail = session.scalar(select(HITLDetail).where(HITLDetail.ti_id == ti.id))
+        if detail is None:
+            return False
+        if option is None:  # the scheduler's timeout sweep: defaults become the answer, nobody responded
+            detail.chosen_options = list(detail.defaults or [])
+            detail.params_input = {k: v.get("value") if isinstance(v, dict) else v
+                                   for k, v in (detail.params or {}).items()}
+            detail.responded_by = None
+            timedout = True
+        else:
+            detail.chosen_options = [option]
+            detail.params_input = {"comment": comment}
+            detail.responded_by = {"id": user, "name": user}
+            timedout = False
+        detail.responded_at = timezone.utcnow()
+        session.add(detail)
+        handle_event_submit(TriggerEvent(detail.as_resume_event_payload(timedout=timedout)),
+                            task_instance=ti, session=session)
+    return True
+
+
+def respond_in_background(dag_id: str, option: str | None, *, user: str | None = None, comment: str = "",
+                          task_id: str = "approval", timeout_s: float = 900) -> threading.Thread:
+    """Start a thread that answers the HITL task as soon as it waits (option None = time out)."""
+    def loop():
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if _respond_once(dag_id, task_id, option, user, comment):
+                return
+            time.sleep(0.5)
+
+    t = threading.Thread(target=loop, name="hitl-responder", daemon=True)
+    t.start()
+    return t
