@@ -1,0 +1,462 @@
+"""Canary analysis: pure functions from per-variant statistics to a decision with reasons.
+
+The canary policy (``configs/deploy/canary.yaml``, :class:`CanaryPolicy`) lists the rollout
+steps and the thresholds. :func:`analyze_step` compares the canary with the champion on the
+statistics the server reports (``GET /admin/stats``, see
+:class:`cvplatform.serving.metrics.StatsBook`) and returns a :class:`StepAnalysis`: one
+:class:`Check` per criterion, each ``pass``, ``fail`` or ``skip`` (not enough data), with the
+measured value, the threshold and a sentence saying why.
+
+Checks (names are stable; the controller reports them as rollback reasons):
+
+``min_requests``
+    the canary received at least the step's minimum number of routed requests.
+``error_rate``
+    canary failures / attempts (answered + shadowed) <= ``max_error_rate`` and no more than
+    ``max_error_rate_increase`` above the champion's.
+``latency_p95_ratio``
+    ``max(canary p95, floor) / max(champion p95, floor)`` <= ``max_latency_p95_ratio``, on the
+    model latency (batching wait + onnxruntime) of both variants. The floor keeps sub-millisecond
+    noise from deciding.
+``agreement``
+    share of shadowed images where both variants predict the same class >= ``min_agreement``.
+``confidence_shift``
+    population stability index (PSI, on the confidence histograms) or the two-sample
+    Kolmogorov-Smirnov statistic (on the confidence samples) <= ``max``.
+``accuracy``
+    on requests carrying the true label (``X-True-Label``): canary accuracy >= champion
+    accuracy - ``max_accuracy_drop``.
+
+No I/O here: everything is a function of its arguments (unit-tested without a server).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from cvplatform.config import StrictModel, load_config
+
+CheckStatus = Literal["pass", "fail", "skip"]
+
+
+# --------------------------------------------------------------------------- policy
+class ConfidenceShiftThresholds(StrictModel):
+    """How much the canary's confidence distribution may move away from the champion's."""
+
+    method: Literal["psi", "ks"] = "psi"
+    """psi (population stability index over the confidence histogram) | ks (two-sample Kolmogorov-Smirnov)."""
+    max: float = Field(0.25, gt=0.0)
+    """Largest allowed PSI (0.1 = minor, 0.25 = major shift) or KS statistic (0..1)."""
+    min_samples: int = Field(100, ge=1)
+    """Fewest confidence samples per variant before the check counts (else skipped)."""
+
+
+class AnalysisThresholds(StrictModel):
+    """When a canary step passes."""
+
+    max_error_rate: float = Field(0.01, ge=0.0, le=1.0)
+    """Largest canary failure rate (failed / attempted inferences, answered and shadowed)."""
+    max_error_rate_increase: float = Field(0.005, ge=0.0, le=1.0)
+    """Largest canary error rate above the champion's."""
+    max_latency_p95_ratio: float = Field(1.5, gt=0.0)
+    """Largest canary / champion ratio of p95 model latency."""
+    latency_floor_ms: float = Field(5.0, ge=0.0)
+    """Latencies below this count as this (millisecond noise never fails a canary)."""
+    min_latency_samples: int = Field(20, ge=1)
+    """Fewest latency samples per variant before the latency check counts (else skipped)."""
+    min_agreement: float = Field(0.95, ge=0.0, le=1.0)
+    """Smallest share of shadowed images on which both variants predict the same class."""
+    min_shadow_pairs: int = Field(50, ge=1)
+    """Fewest shadowed images before the agreement check counts (else skipped)."""
+    require_agreement: bool = False
+    """Fail (instead of skip) a step whose agreement check has too few shadowed images."""
+    confidence_shift: ConfidenceShiftThresholds = ConfidenceShiftThresholds()
+    max_accuracy_drop: float = Field(0.02, ge=0.0, le=1.0)
+    """Largest drop of canary accuracy below the champion's on labelled requests."""
+    min_labelled: int = Field(50, ge=1)
+    """Fewest labelled images per variant before the accuracy check counts (else skipped)."""
+
+
+class CanaryStep(StrictModel):
+    """One rollout step."""
+
+    traffic: float = Field(gt=0.0, le=1.0)
+    """Share of requests answered by the canary during the step."""
+    min_requests: int = Field(100, ge=1)
+    """Fewest requests routed to the canary before the step is analysed."""
+    bake_s: float = Field(60.0, ge=0.0)
+    """Shortest duration of the step in seconds."""
+
+
+def _default_steps() -> list[CanaryStep]:
+    return [CanaryStep(traffic=0.1), CanaryStep(traffic=0.5), CanaryStep(traffic=1.0)]
+
+
+class CanaryPolicy(StrictModel):
+    """Everything in ``configs/deploy/canary.yaml``.
+
+    Example:
+        >>> p = CanaryPolicy()
+        >>> [s.traffic for s in p.steps]
+        [0.1, 0.5, 1.0]
+        >>> p = load_canary_policy("configs/deploy/canary.yaml")  # doctest: +SKIP
+    """
+
+    steps: list[CanaryStep] = Field(default_factory=_default_steps, min_length=1)
+    """Rollout steps, in increasing traffic order; passing the last one promotes the canary."""
+    shadow: bool = True
+    """Mirror requests to the variant that did not answer (agreement, paired confidence, accuracy)."""
+    shadow_share: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of requests mirrored."""
+    poll_interval_s: float = Field(2.0, gt=0.0)
+    """Seconds between statistics reads during a step."""
+    step_timeout_s: float = Field(900.0, gt=0.0)
+    """A step that has not seen its minimum requests after this long fails (insufficient traffic)."""
+    early_abort_min_failures: int = Field(10, ge=1)
+    """Roll back before the bake time ends once the canary has this many failures and fails error_rate."""
+    first_deploy: Literal["promote", "fail"] = "promote"
+    """No champion yet: promote the version directly (nothing to compare with) or fail."""
+    request_timeout_s: float = Field(30.0, gt=0.0)
+    """Timeout of each admin API call."""
+    thresholds: AnalysisThresholds = AnalysisThresholds()
+
+    @model_validator(mode="after")
+    def _increasing(self) -> CanaryPolicy:
+        shares = [s.traffic for s in self.steps]
+        if any(b <= a for a, b in zip(shares, shares[1:], strict=False)):
+            raise ValueError(f"steps must have strictly increasing traffic, got {shares}")
+        return self
+
+
+def load_canary_policy(path: str | Any, overrides: Sequence[str] = ()) -> CanaryPolicy:
+    """Load and validate ``configs/deploy/canary.yaml``, with optional ``key.path=value`` overrides.
+
+    Overrides use the ``--set`` syntax (values read as YAML), e.g. to shrink the policy for a demo:
+    ``["steps=[{traffic: 0.5, min_requests: 20, bake_s: 2}, {traffic: 1.0, min_requests: 20, bake_s: 2}]"]``.
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown keys or bad values, naming the file and key.
+
+    Example:
+        >>> load_canary_policy("configs/deploy/canary.yaml").steps[0].traffic  # doctest: +SKIP
+        0.1
+        >>> load_canary_policy("configs/deploy/canary.yaml", ["poll_interval_s=0.5"]).poll_interval_s  # doctest: +SKIP
+        0.5
+    """
+    if not overrides:
+        return load_config(path, CanaryPolicy)
+    from cvplatform.config import apply_overrides, load_model, read_yaml
+
+    data = read_yaml(path) or {}
+    source = f"{path} (with --set {' '.join(overrides)})"
+    return load_model(CanaryPolicy, apply_overrides(data, overrides, str(path)), source)
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class Check:
+    """One criterion of a step analysis."""
+
+    name: str
+    status: CheckStatus
+    value: float | None
+    threshold: float | None
+    detail: str
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+
+@dataclass
+class StepAnalysis:
+    """All checks of one step; ``passed`` when none failed."""
+
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not any(c.failed for c in self.checks)
+
+    @property
+    def failed(self) -> list[str]:
+        """Names of the failed checks (the rollback reasons)."""
+        return [c.name for c in self.checks if c.failed]
+
+    @property
+    def reasons(self) -> list[str]:
+        """One sentence per failed check."""
+        return [f"{c.name}: {c.detail}" for c in self.checks if c.failed]
+
+    def check(self, name: str) -> Check | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "failed": self.failed, "reasons": self.reasons,
+                "checks": [asdict(c) for c in self.checks]}
+
+
+# --------------------------------------------------------------------------- statistics
+def psi(expected: Sequence[float], actual: Sequence[float], eps: float = 1e-4) -> float:
+    """Population stability index between two histograms (counts or shares over the same bins).
+
+    ``sum((a - e) * ln(a / e))`` over bins, with shares floored at ``eps``.
+
+    Example:
+        >>> psi([10, 10], [10, 10])
+        0.0
+        >>> round(psi([90, 10], [50, 50]), 3)
+        0.879
+    """
+    if len(expected) != len(actual):
+        raise ValueError(f"psi: histograms have {len(expected)} and {len(actual)} bins")
+    te, ta = float(sum(expected)), float(sum(actual))
+    if te <= 0 or ta <= 0:
+        return 0.0
+    total = 0.0
+    for e, a in zip(expected, actual, strict=True):
+        pe = max(e / te, eps)
+        pa = max(a / ta, eps)
+        total += (pa - pe) * math.log(pa / pe)
+    return total
+
+
+def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs.
+
+    Example:
+        >>> ks_statistic([0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
+        0.0
+        >>> ks_statistic([0.1, 0.2], [0.8, 0.9])
+        1.0
+    """
+    xs, ys = sorted(a), sorted(b)
+    if not xs or not ys:
+        return 0.0
+    i = j = 0
+    d = 0.0
+    n, m = len(xs), len(ys)
+    while i < n and j < m:
+        v = min(xs[i], ys[j])
+        while i < n and xs[i] <= v:
+            i += 1
+        while j < m and ys[j] <= v:
+            j += 1
+        d = max(d, abs(i / n - j / m))
+    return d
+
+
+def _num(d: Mapping[str, Any], *keys: str) -> float | None:
+    cur: Any = d
+    for k in keys:
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(k)
+    return float(cur) if isinstance(cur, int | float) and not isinstance(cur, bool) else None
+
+
+# --------------------------------------------------------------------------- checks
+def check_min_requests(canary: Mapping[str, Any], min_requests: int) -> Check:
+    """The canary received at least ``min_requests`` routed requests.
+
+    Example:
+        >>> check_min_requests({"requests": 12}, 10).status
+        'pass'
+    """
+    n = int(_num(canary, "requests") or 0)
+    ok = n >= min_requests
+    return Check("min_requests", "pass" if ok else "fail", float(n), float(min_requests),
+                 f"canary received {n} request(s), the step needs {min_requests}"
+                 + ("" if ok else " (insufficient traffic before the step timeout)"))
+
+
+def check_error_rate(canary: Mapping[str, Any], champion: Mapping[str, Any], th: AnalysisThresholds) -> Check:
+    """Canary failures / attempts within ``max_error_rate`` and ``max_error_rate_increase`` over the champion.
+
+    Example:
+        >>> check_error_rate({"attempts": 100, "failures": 5}, {"attempts": 100, "failures": 0},
+        ...                  AnalysisThresholds()).status
+        'fail'
+    """
+    attempts = int(_num(canary, "attempts") or 0)
+    failures = int(_num(canary, "failures") or 0)
+    if attempts == 0:
+        return Check("error_rate", "skip", None, th.max_error_rate, "the canary has not been tried yet")
+    rate = failures / attempts
+    ch_attempts = int(_num(champion, "attempts") or 0)
+    ch_rate = (int(_num(champion, "failures") or 0) / ch_attempts) if ch_attempts else 0.0
+    limit = min(th.max_error_rate, ch_rate + th.max_error_rate_increase) if ch_attempts else th.max_error_rate
+    limit = max(limit, 0.0)
+    ok = rate <= th.max_error_rate and rate <= ch_rate + th.max_error_rate_increase
+    return Check("error_rate", "pass" if ok else "fail", rate, limit,
+                 f"canary failed {failures}/{attempts} inferences ({rate:.2%}); champion {ch_rate:.2%}; "
+                 f"allowed {th.max_error_rate:.2%} and at most +{th.max_error_rate_increase:.2%} over the champion")
+
+
+def check_latency(canary: Mapping[str, Any], champion: Mapping[str, Any], th: AnalysisThresholds) -> Check:
+    """Ratio of p95 model latencies (each floored at ``latency_floor_ms``) within ``max_latency_p95_ratio``.
+
+    Example:
+        >>> fast = {"latency_ms": {"count": 50, "p95": 4.0}}
+        >>> slow = {"latency_ms": {"count": 50, "p95": 40.0}}
+        >>> round(check_latency(slow, fast, AnalysisThresholds(latency_floor_ms=5)).value, 1)
+        8.0
+    """
+    c95, h95 = _num(canary, "latency_ms", "p95"), _num(champion, "latency_ms", "p95")
+    cn = int(_num(canary, "latency_ms", "count") or 0)
+    hn = int(_num(champion, "latency_ms", "count") or 0)
+    if c95 is None or h95 is None or cn < th.min_latency_samples or hn < th.min_latency_samples:
+        return Check("latency_p95_ratio", "skip", None, th.max_latency_p95_ratio,
+                     f"too few latency samples (canary {cn}, champion {hn}; need {th.min_latency_samples} each)")
+    floor = th.latency_floor_ms
+    ratio = max(c95, floor) / max(h95, floor) if max(h95, floor) > 0 else 1.0
+    ok = ratio <= th.max_latency_p95_ratio
+    return Check("latency_p95_ratio", "pass" if ok else "fail", ratio, th.max_latency_p95_ratio,
+                 f"p95 model latency canary {c95:.2f} ms vs champion {h95:.2f} ms (floor {floor:g} ms): "
+                 f"ratio {ratio:.2f}, allowed {th.max_latency_p95_ratio:g}")
+
+
+def check_agreement(shadow: Mapping[str, Any], th: AnalysisThresholds) -> Check:
+    """Share of shadowed images where canary and champion predict the same class.
+
+    Example:
+        >>> check_agreement({"pairs": 100, "agree": 99}, AnalysisThresholds()).status
+        'pass'
+    """
+    pairs = int(_num(shadow, "pairs") or 0)
+    agree = int(_num(shadow, "agree") or 0)
+    if pairs < th.min_shadow_pairs:
+        status: CheckStatus = "fail" if th.require_agreement else "skip"
+        return Check("agreement", status, (agree / pairs) if pairs else None, th.min_agreement,
+                     f"only {pairs} shadowed image(s), need {th.min_shadow_pairs} (is shadow mode on?)")
+    rate = agree / pairs
+    ok = rate >= th.min_agreement
+    return Check("agreement", "pass" if ok else "fail", rate, th.min_agreement,
+                 f"canary and champion agree on {agree}/{pairs} shadowed images ({rate:.1%}); "
+                 f"need {th.min_agreement:.1%}")
+
+
+def check_confidence_shift(canary: Mapping[str, Any], champion: Mapping[str, Any],
+                           th: AnalysisThresholds) -> Check:
+    """PSI of the confidence histograms (or KS of the samples) within ``confidence_shift.max``.
+
+    Example:
+        >>> h = {"confidence_hist": {"counts": [0, 10, 90]}}
+        >>> th = AnalysisThresholds(confidence_shift={"min_samples": 10})
+        >>> check_confidence_shift(h, h, th).value
+        0.0
+    """
+    cs = th.confidence_shift
+    name = "confidence_shift"
+    if cs.method == "ks":
+        a = list(canary.get("confidence_samples") or [])
+        b = list(champion.get("confidence_samples") or [])
+        if len(a) < cs.min_samples or len(b) < cs.min_samples:
+            return Check(name, "skip", None, cs.max,
+                         f"too few confidence samples (canary {len(a)}, champion {len(b)}; need {cs.min_samples})")
+        value = ks_statistic(a, b)
+        label = "KS statistic"
+    else:
+        ha = list((canary.get("confidence_hist") or {}).get("counts") or [])
+        hb = list((champion.get("confidence_hist") or {}).get("counts") or [])
+        if sum(ha) < cs.min_samples or sum(hb) < cs.min_samples or len(ha) != len(hb):
+            return Check(name, "skip", None, cs.max,
+                         f"too few confidence samples (canary {sum(ha)}, champion {sum(hb)}; need {cs.min_samples})")
+        value = psi(hb, ha)
+        label = "PSI"
+    ok = value <= cs.max
+    return Check(name, "pass" if ok else "fail", value, cs.max,
+                 f"confidence distribution shift canary vs champion: {label} {value:.3f}, allowed {cs.max:g}")
+
+
+def check_accuracy(canary: Mapping[str, Any], champion: Mapping[str, Any], th: AnalysisThresholds) -> Check:
+    """On labelled requests, canary accuracy no more than ``max_accuracy_drop`` below the champion's.
+
+    Example:
+        >>> check_accuracy({"labelled": 100, "correct": 60}, {"labelled": 100, "correct": 95},
+        ...                AnalysisThresholds()).status
+        'fail'
+    """
+    cn, hn = int(_num(canary, "labelled") or 0), int(_num(champion, "labelled") or 0)
+    if cn < th.min_labelled or hn < th.min_labelled:
+        return Check("accuracy", "skip", None, th.max_accuracy_drop,
+                     f"too few labelled images (canary {cn}, champion {hn}; need {th.min_labelled} each)")
+    ca = int(_num(canary, "correct") or 0) / cn
+    ha = int(_num(champion, "correct") or 0) / hn
+    drop = ha - ca
+    ok = drop <= th.max_accuracy_drop
+    return Check("accuracy", "pass" if ok else "fail", drop, th.max_accuracy_drop,
+                 f"accuracy on labelled requests canary {ca:.1%} ({cn}) vs champion {ha:.1%} ({hn}): "
+                 f"drop {drop:+.1%}, allowed {th.max_accuracy_drop:.1%}")
+
+
+def analyze_step(stats: Mapping[str, Any], thresholds: AnalysisThresholds, *, min_requests: int = 1
+                 ) -> StepAnalysis:
+    """Compare canary and champion in a ``GET /admin/stats`` snapshot.
+
+    Args:
+        stats: ``{"variants": {"champion": {...}, "canary": {...}}, "shadow": {...}}``.
+        thresholds: the policy's thresholds.
+        min_requests: the step's minimum number of canary requests.
+
+    Example:
+        >>> s = {"variants": {"champion": {"attempts": 100, "failures": 0},
+        ...                   "canary": {"requests": 100, "attempts": 100, "failures": 9}},
+        ...      "shadow": {"pairs": 0, "agree": 0}}
+        >>> analyze_step(s, AnalysisThresholds()).failed
+        ['error_rate']
+    """
+    variants = stats.get("variants") or {}
+    canary = variants.get("canary") or {}
+    champion = variants.get("champion") or {}
+    shadow = stats.get("shadow") or {}
+    return StepAnalysis([
+        check_min_requests(canary, min_requests),
+        check_error_rate(canary, champion, thresholds),
+        check_latency(canary, champion, thresholds),
+        check_agreement(shadow, thresholds),
+        check_confidence_shift(canary, champion, thresholds),
+        check_accuracy(canary, champion, thresholds),
+    ])
+
+
+def early_abort(stats: Mapping[str, Any], thresholds: AnalysisThresholds, min_failures: int) -> StepAnalysis | None:
+    """A failing analysis to act on before the bake time ends (the canary is clearly erroring), else None.
+
+    Example:
+        >>> s = {"variants": {"canary": {"requests": 12, "attempts": 12, "failures": 12}, "champion": {}}}
+        >>> early_abort(s, AnalysisThresholds(), min_failures=10).failed
+        ['error_rate']
+    """
+    variants = stats.get("variants") or {}
+    canary = variants.get("canary") or {}
+    if int(_num(canary, "failures") or 0) < min_failures:
+        return None
+    check = check_error_rate(canary, variants.get("champion") or {}, thresholds)
+    return StepAnalysis([check]) if check.failed else None
+
+
+__all__ = [
+    "AnalysisThresholds",
+    "CanaryPolicy",
+    "CanaryStep",
+    "Check",
+    "ConfidenceShiftThresholds",
+    "StepAnalysis",
+    "analyze_step",
+    "check_accuracy",
+    "check_agreement",
+    "check_confidence_shift",
+    "check_error_rate",
+    "check_latency",
+    "check_min_requests",
+    "early_abort",
+    "ks_statistic",
+    "load_canary_policy",
+    "psi",
+]

@@ -1,0 +1,914 @@
+"""The inference service: a FastAPI app over onnxruntime with traffic split, shadowing and an admin API.
+
+``cvplatform serve`` runs :func:`create_app` under uvicorn. Endpoints:
+
+==============================================  ==============================================================
+``POST /v1/predict``                            images as multipart (``files=``, repeatable), JSON
+                                                ``{"instances": [{"b64": ...}]}``, or one raw ``image/*`` body;
+                                                per image: class, confidence, probabilities by class name,
+                                                model, version and variant (champion/canary)
+``GET  /v2``, ``/v2/health/live|ready``         Open Inference Protocol v2 (KServe / Triton) server endpoints
+``GET  /v2/models/{name}[/versions/{v}]``       model metadata: inputs / outputs with datatype and shape
+``GET  /v2/models/{name}[/versions/{v}]/ready``
+``POST /v2/models/{name}[/versions/{v}]/infer`` OIP inference: one input, either FP32 ``[N, 3, H, W]`` already
+                                                preprocessed with the model's contract, or BYTES ``[N]`` of
+                                                encoded image files (base64 strings in JSON; raw bytes with
+                                                the binary tensor extension). Outputs ``probabilities``
+                                                (FP32 ``[N, C]``) and ``label`` (BYTES ``[N]``).
+``GET  /metrics``                               Prometheus exposition (per-app registry)
+``/admin/...``                                  ``Authorization: Bearer <token>``: status, canary, traffic,
+                                                abort, promote, rollback, reload, stats (GET / reset)
+==============================================  ==============================================================
+
+Every refused request gets a 4xx JSON body ``{"error": <code>, "detail": <what/where/fix>}``
+(never a 5xx); 503 is reserved for "no model loaded" and a failing champion.
+
+Routing: a request goes to the canary when the hash of its routing key (``X-Session-ID`` if
+sent, else ``X-Request-ID``, generated when absent) falls inside the canary share
+(:mod:`cvplatform.serving.routing`). When the canary fails on a request, the champion answers
+it (the failure is counted against the canary). In shadow mode the variant that did not answer
+scores the request in the background and the agreement is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request  # app.py is imported only when serving (never by `import cvplatform`)
+from fastapi.responses import JSONResponse, Response
+
+from cvplatform.serving.inputs import (
+    b64decode_strict,
+    bytes_tensor,
+    decode_images,
+    fp32_tensor,
+    parse_json,
+    split_binary_body,
+    validation_detail,
+)
+from cvplatform.serving.metrics import ServingMetrics, StatsBook
+from cvplatform.serving.models import (
+    FileSource,
+    ModelHandle,
+    ModelManager,
+    ModelSource,
+    RegistrySource,
+    ServingError,
+)
+from cvplatform.serving.routing import choose_variant, new_request_id, routing_key, should_shadow
+from cvplatform.serving.schemas import (
+    AbortRequest,
+    CanaryRequest,
+    OipInferRequest,
+    PredictRequest,
+    PromoteRequest,
+    RollbackRequest,
+    ServingConfig,
+    TrafficRequest,
+    load_serving_config,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "cvplatform"
+
+
+# --------------------------------------------------------------------------- body size limit
+class PayloadTooLarge(ServingError):
+    """413: the request body is larger than ``limits.max_body_bytes``."""
+
+    def __init__(self, limit: int, got: int | None = None) -> None:
+        what = f"{got} bytes" if got is not None else "more bytes"
+        super().__init__(413, "payload_too_large",
+                         f"request body has {what}; limits.max_body_bytes = {limit}. Send fewer or smaller images.")
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies above ``max_bytes`` with 413 (declared Content-Length or counted while read)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = int(max_bytes)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = None
+        for k, v in scope.get("headers", []):
+            if k == b"content-length":
+                try:
+                    declared = int(v)
+                except ValueError:
+                    await _send_json(send, 400, {"error": "invalid_header",
+                                                 "detail": f"Content-Length {v[:40]!r} is not an integer."})
+                    return
+        if declared is not None and declared > self.max_bytes:
+            # drain a moderately larger body so the client reads our answer instead of a reset connection
+            if declared <= 8 * self.max_bytes:
+                more = True
+                while more:
+                    msg = await receive()
+                    more = msg.get("type") == "http.request" and msg.get("more_body", False)
+            await _send_json(send, 413, {"error": "payload_too_large",
+                                         "detail": f"request body has {declared} bytes; limits.max_body_bytes = "
+                                                   f"{self.max_bytes}. Send fewer or smaller images."})
+            return
+        received = 0
+        limit = self.max_bytes
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            msg = await receive()
+            if msg.get("type") == "http.request":
+                received += len(msg.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(limit)
+            return msg
+
+        await self.app(scope, limited_receive, send)
+
+
+async def _send_json(send: Any, status: int, body: dict) -> None:
+    import json
+
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+# --------------------------------------------------------------------------- state
+@dataclass
+class ServerState:
+    """Everything an app instance owns (one per app: tests create several in one process)."""
+
+    config: ServingConfig
+    manager: ModelManager
+    metrics: ServingMetrics
+    stats: StatsBook
+    admin_token: str | None
+    shadow_tasks: set[asyncio.Task] = field(default_factory=set)
+    started: float = field(default_factory=time.time)
+
+
+@dataclass
+class Outcome:
+    """What a prediction produced (before it is shaped into a response)."""
+
+    request_id: str
+    handle: ModelHandle
+    variant: str
+    probs: np.ndarray
+    fallback: bool = False
+
+    @property
+    def model(self) -> str:
+        return self.handle.model.name
+
+    @property
+    def version(self) -> str:
+        return self.handle.version
+
+
+def _labels_from_header(request: Request, state: ServerState, n: int) -> list[str] | None:
+    raw = request.headers.get(state.config.traffic.label_header)
+    if raw is None or not raw.strip():
+        return None
+    labels = [s.strip() for s in raw.split(",")]
+    if len(labels) != n:
+        raise ServingError(400, "invalid_label_header",
+                           f"{state.config.traffic.label_header}: {len(labels)} label(s) for {n} image(s); send one "
+                           "comma-separated label per image, in order.")
+    return labels
+
+
+def _request_ids(request: Request, state: ServerState, body_id: str | None = None) -> tuple[str, str | None]:
+    rid = request.headers.get(state.config.traffic.request_id_header) or body_id or new_request_id()
+    session = request.headers.get(state.config.traffic.session_header) or None
+    return rid[:200], (session[:200] if session else None)
+
+
+def _contract_key(h: ModelHandle) -> tuple:
+    c = h.model.contract
+    return (c.input_size, c.mean, c.std, c.interpolation)
+
+
+def _same_contract(a: ModelHandle, b: ModelHandle) -> bool:
+    """Whether both models take identically preprocessed inputs."""
+    return _contract_key(a) == _contract_key(b)
+
+
+async def _prepare(images: list[np.ndarray], handle: ModelHandle) -> np.ndarray:
+    from cvplatform.preprocess import preprocess
+
+    return await asyncio.to_thread(preprocess, images, handle.model.contract)
+
+
+def _decode_and_preprocess(blobs: list[bytes], limits: Any, contract: Any) -> tuple[list[np.ndarray], np.ndarray]:
+    from cvplatform.preprocess import preprocess
+
+    images = decode_images(blobs, limits)
+    return images, preprocess(images, contract)
+
+
+async def predict_core(
+    state: ServerState,
+    *,
+    request_id: str,
+    session_id: str | None,
+    labels: list[str] | None,
+    images: list[np.ndarray] | None = None,
+    tensor: np.ndarray | None = None,
+    blobs: list[bytes] | None = None,
+    pinned_version: str | None = None,
+    t_start: float | None = None,
+) -> Outcome:
+    """Route, run (with canary -> champion fallback), record stats and metrics, start the shadow scoring.
+
+    The input is decoded ``images``, encoded ``blobs`` (decoded and preprocessed in one worker-thread
+    hop, after routing) or a preprocessed ``tensor``.
+    """
+    import numpy as np
+
+    mgr = state.manager
+    champion, canary = mgr.champion, mgr.canary
+    if champion is None:
+        why = f" (last error: {mgr.errors['champion']})" if mgr.errors["champion"] else ""
+        raise ServingError(503, "not_ready", f"no champion model is loaded{why}; retry later.")
+    traffic = mgr.traffic
+    key = routing_key(request_id, session_id)
+    if pinned_version is not None:
+        if champion.version == pinned_version:
+            variant = "champion"
+        elif canary is not None and canary.version == pinned_version:
+            variant = "canary"
+        else:
+            raise ServingError(404, "unknown_version",
+                               f"version {pinned_version} of {champion.model.name!r} is not being served "
+                               f"(champion v{champion.version}"
+                               f"{f', canary v{canary.version}' if canary else ''}).")
+    else:
+        variant = choose_variant(key, traffic.canary_share, canary.version if canary is not None else None)
+    if variant == "canary" and tensor is not None and canary is not None and not _same_contract(canary, champion):
+        variant = "champion"  # the tensor was preprocessed with the advertised (champion) contract
+    handle = champion if variant == "champion" else canary
+    assert handle is not None
+    decoded: list[list[np.ndarray]] = [images] if images is not None else []
+    prepared: dict[tuple, np.ndarray] = {}  # preprocessing key -> model input (reused by fallback / shadow)
+
+    async def prepare_for(h: ModelHandle) -> np.ndarray:
+        if tensor is not None:
+            return tensor
+        key = _contract_key(h)
+        if key in prepared:
+            return prepared[key]
+        if not decoded and blobs is not None:  # decode + preprocess in one worker-thread hop
+            imgs, x = await asyncio.to_thread(_decode_and_preprocess, blobs, state.config.limits, h.model.contract)
+            decoded.append(imgs)
+        else:
+            x = await _prepare(decoded[0] if decoded else [], h)
+        prepared[key] = x
+        return x
+
+    fallback = False
+    try:
+        probs, ms = await handle.prepare_and_infer(lambda: prepare_for(handle))
+    except ServingError:  # bad input found while decoding: a 4xx, not a model failure
+        raise
+    except Exception as exc:
+        state.stats.record_error(variant, handle.version)
+        state.metrics.model_errors.labels(handle.model.name, handle.version, variant, "answer").inc()
+        if variant != "canary" or pinned_version is not None:
+            log.error("%s v%s failed: %s", variant, handle.version, exc)
+            raise ServingError(503, "model_error", f"{handle.model.name} v{handle.version} failed: {exc}") from None
+        log.warning("canary v%s failed (champion answers): %s", handle.version, exc)
+        handle, variant, fallback = champion, "champion", True
+        try:
+            probs, ms = await champion.prepare_and_infer(lambda: prepare_for(champion))
+        except ServingError:
+            raise
+        except Exception as exc2:
+            state.stats.record_error("champion", champion.version)
+            state.metrics.model_errors.labels(champion.model.name, champion.version, "champion", "answer").inc()
+            raise ServingError(503, "model_error", f"{champion.model.name} v{champion.version} failed: {exc2}") from None
+    images = decoded[0] if decoded else images
+    names = handle.model.class_names
+    top = [names[i] for i in np.argmax(probs, axis=1)]
+    conf = [float(v) for v in probs.max(axis=1)]
+    request_ms = (time.perf_counter() - t_start) * 1000.0 if t_start is not None else None
+    state.stats.record_answer(variant, handle.version, top, conf, labels, ms, request_ms, fallback=fallback)
+    m = state.metrics
+    m.inference_latency.labels(handle.model.name, handle.version, variant).observe(ms / 1000.0)
+    for cls, c in zip(top, conf, strict=True):
+        m.predictions.labels(handle.model.name, handle.version, variant, cls).inc()
+        m.confidence.labels(handle.model.name, handle.version, variant).observe(c)
+    # shadow: the other variant scores the same input in the background
+    other = canary if variant == "champion" else champion
+    mirror = other is not None and not fallback and pinned_version is None and should_shadow(key, traffic)
+    if mirror and tensor is not None and not _same_contract(other, handle):
+        mirror = False  # a preprocessed tensor fits only models with the same contract
+    if mirror:
+        if len(state.shadow_tasks) >= state.config.traffic.max_pending_shadow:
+            state.stats.record_shadow_skipped()
+            m.shadow.labels("skipped").inc()
+        else:
+            x_other = tensor if tensor is not None else prepared.get(_contract_key(other))
+            task = asyncio.create_task(_shadow(state, other, "canary" if other is canary else "champion",
+                                               images, x_other, labels, top, request_id))
+            state.shadow_tasks.add(task)
+            task.add_done_callback(state.shadow_tasks.discard)
+    return Outcome(request_id, handle, variant, probs, fallback)
+
+
+async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images: list[np.ndarray] | None,
+                  x: np.ndarray | None, labels: list[str] | None, answered: list[str], request_id: str) -> None:
+    """Score a mirrored request with ``handle`` (``x``: its input when already prepared) and record agreement."""
+    import numpy as np
+
+    async def prepare() -> np.ndarray:
+        return x if x is not None else await _prepare(images or [], handle)
+
+    try:
+        probs, ms = await handle.prepare_and_infer(prepare)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.info("shadow %s v%s failed: %s", variant, handle.version, exc)
+        state.stats.record_error(variant, handle.version, shadow=True)
+        state.metrics.model_errors.labels(handle.model.name, handle.version, variant, "shadow").inc()
+        state.metrics.shadow.labels("error").inc()
+        return
+    names = handle.model.class_names
+    top = [names[i] for i in np.argmax(probs, axis=1)]
+    conf = [float(v) for v in probs.max(axis=1)]
+    state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id)
+    for a, b in zip(answered, top, strict=False):
+        state.metrics.shadow.labels("agree" if a == b else "disagree").inc()
+
+
+# --------------------------------------------------------------------------- responses
+def _predict_response(out: Outcome) -> dict[str, Any]:
+    names = out.handle.model.class_names
+    preds = []
+    for row in out.probs:
+        i = int(row.argmax())
+        preds.append({
+            "class": names[i],
+            "confidence": float(row[i]),
+            "probabilities": {n: float(p) for n, p in zip(names, row, strict=True)},
+            "model": out.model,
+            "version": out.version,
+            "variant": out.variant,
+        })
+    return {"request_id": out.request_id, "model": out.model, "version": out.version, "variant": out.variant,
+            "fallback": out.fallback, "predictions": preds}
+
+
+def _headers(out: Outcome, state: ServerState) -> dict[str, str]:
+    return {state.config.traffic.request_id_header: out.request_id, "X-Model-Version": out.version,
+            "X-Model-Variant": out.variant}
+
+
+def _media_type(request: Request) -> str:
+    return (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+
+
+# --------------------------------------------------------------------------- the app
+def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str | None = None) -> FastAPI:
+    """Build the inference service for ``source`` with ``config``.
+
+    Args:
+        config: the serving configuration (``configs/deploy/serving.yaml``).
+        source: where models come from (:class:`~cvplatform.serving.models.RegistrySource` or
+            :class:`~cvplatform.serving.models.FileSource`).
+        admin_token: bearer token of the admin API (default :meth:`ServingConfig.admin_token`);
+            None and unset = admin API disabled (403).
+
+    Example:
+        >>> from cvplatform.serving.models import FileSource
+        >>> app = create_app(ServingConfig(), FileSource("model.onnx"))  # doctest: +SKIP
+        >>> import uvicorn; uvicorn.run(app, port=8080)  # doctest: +SKIP
+    """
+    from fastapi.exceptions import RequestValidationError
+    from pydantic import ValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    metrics = ServingMetrics()
+    stats = StatsBook(config.stats.window, config.stats.confidence_bins, config.stats.disagreements_kept)
+    manager = ModelManager(source, config, metrics, stats)
+    token = admin_token if admin_token is not None else config.admin_token()
+    state = ServerState(config, manager, metrics, stats, token)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        await manager.start()
+        try:
+            yield
+        finally:
+            for t in list(state.shadow_tasks):
+                t.cancel()
+            if state.shadow_tasks:
+                await asyncio.gather(*state.shadow_tasks, return_exceptions=True)
+            await manager.stop()
+
+    app = FastAPI(title="cvplatform inference service", version="1", lifespan=lifespan,
+                  description=__doc__)
+    app.state.cv = state
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.limits.max_body_bytes)
+    limits = config.limits
+
+    # ---------------------------------------------------------------- errors: always JSON, 4xx for bad input
+    def _error(status: int, code: str, detail: str, endpoint: str = "other",
+               headers: dict[str, str] | None = None) -> JSONResponse:
+        if 400 <= status < 500:
+            metrics.bad_requests.labels(endpoint, code).inc()
+        return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+    def _endpoint_of(request: Request) -> str:
+        p = request.url.path
+        if p.startswith("/v1/predict"):
+            return "predict"
+        if p.startswith("/v2/models") and p.endswith("/infer"):
+            return "infer"
+        if p.startswith("/admin"):
+            return "admin"
+        return "other"
+
+    @app.exception_handler(ServingError)
+    async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(exc.status, exc.code, exc.detail, _endpoint_of(request), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid_request", validation_detail(exc), _endpoint_of(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+                 415: "unsupported_media_type"}
+        code = codes.get(exc.status_code, "http_error")
+        detail = str(exc.detail)
+        if exc.status_code == 404:
+            detail = f"{request.method} {request.url.path}: no such endpoint (see /docs)."
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}."
+        return _error(exc.status_code, code, detail, _endpoint_of(request))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug, not bad input
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal_error", "detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+
+    # ---------------------------------------------------------------- helpers
+    def _model_or_404(name: str, version: str | None = None) -> ModelHandle:
+        champion = manager.champion
+        if name != source.model_name:
+            raise ServingError(404, "unknown_model",
+                               f"model {name!r} is not served here; this server serves {source.model_name!r}.")
+        if champion is None:
+            raise ServingError(503, "not_ready", f"no version of {name!r} is loaded yet; retry later.")
+        if version is None or version == champion.version:
+            return champion
+        canary = manager.canary
+        if canary is not None and canary.version == version:
+            return canary
+        raise ServingError(404, "unknown_version", f"version {version} of {name!r} is not being served "
+                                                   f"(champion v{champion.version}"
+                                                   f"{f', canary v{canary.version}' if canary else ''}).")
+
+    def _record(endpoint: str, out: Outcome | None, status: int, t0: float) -> None:
+        model = out.model if out else source.model_name
+        version = out.version if out else "none"
+        variant = out.variant if out else "none"
+        metrics.requests.labels(endpoint, model, version, variant, str(status)).inc()
+        metrics.request_latency.labels(endpoint, variant).observe(time.perf_counter() - t0)
+
+    async def _body(request: Request) -> bytes:
+        return await request.body()
+
+    # ---------------------------------------------------------------- /v1/predict
+    async def _images_from_request(request: Request) -> list[bytes]:
+        media = _media_type(request)
+        body = await _body(request)
+        if media == "multipart/form-data":
+            try:
+                form = await request.form(max_files=limits.max_images, max_fields=limits.max_images + 16)
+            except StarletteHTTPException as exc:
+                if "too many files" in str(exc.detail).lower():
+                    raise ServingError(413, "too_many_images",
+                                       f"more than limits.max_images = {limits.max_images} files in one request."
+                                       ) from None
+                raise ServingError(400, "invalid_multipart", f"multipart body: {exc.detail}") from None
+            except ServingError:
+                raise
+            except Exception as exc:
+                raise ServingError(400, "invalid_multipart",
+                                   f"multipart body cannot be parsed ({type(exc).__name__}: {exc}).") from None
+            try:
+                parts = [*form.getlist("files"), *form.getlist("file")]
+                if not parts:
+                    raise ServingError(400, "no_images", "multipart body has no 'files' part; send files=@image.png.")
+                blobs = []
+                for i, part in enumerate(parts):
+                    if isinstance(part, str) or not hasattr(part, "read"):
+                        raise ServingError(400, "invalid_multipart",
+                                           f"part {i} of 'files' is a text field, not a file upload.")
+                    blobs.append(await part.read())
+                return blobs
+            finally:
+                await form.close()
+        if media == "application/json" or media.endswith("+json"):
+            data = parse_json(body)
+            try:
+                req = PredictRequest.model_validate(data)
+            except ValidationError as exc:
+                raise ServingError(422, "invalid_request",
+                                   'expected {"instances": [{"b64": "<base64 image>"}, ...]}: '
+                                   + validation_detail(exc)) from None
+            return [b64decode_strict(inst if isinstance(inst, str) else inst.b64, f"instances[{i}]")
+                    for i, inst in enumerate(req.instances)]
+        if media.startswith("image/") or media == "application/octet-stream":
+            if not body:
+                raise ServingError(400, "empty_image", "the request body is empty; send the image file bytes.")
+            return [body]
+        shown = media or "none"
+        raise ServingError(415, "unsupported_media_type",
+                           f"Content-Type {shown!r}: send multipart/form-data (files=), application/json "
+                           '({"instances": [{"b64": ...}]}) or an image/* body.')
+
+    @app.post("/v1/predict", tags=["predict"])
+    async def predict(request: Request) -> Response:
+        """Classify one or more images (multipart ``files``, JSON ``instances`` or a raw image body)."""
+        t0 = time.perf_counter()
+        out: Outcome | None = None
+        status = 500
+        try:
+            blobs = await _images_from_request(request)
+            if len(blobs) > limits.max_images:
+                raise ServingError(413, "too_many_images",
+                                   f"{len(blobs)} images; limits.max_images = {limits.max_images}.")
+            rid, session = _request_ids(request, state)
+            labels = _labels_from_header(request, state, len(blobs))
+            out = await predict_core(state, request_id=rid, session_id=session, labels=labels, blobs=blobs,
+                                     t_start=t0)
+            status = 200
+            return JSONResponse(_predict_response(out), headers=_headers(out, state))
+        except ServingError as exc:
+            status = exc.status
+            raise
+        finally:
+            _record("predict", out, status, t0)
+
+    # ---------------------------------------------------------------- OIP v2
+    @app.get("/v2", tags=["oip"])
+    async def server_metadata() -> dict[str, Any]:
+        from cvplatform import __version__
+
+        return {"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live", tags=["oip"])
+    async def live() -> dict[str, Any]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["oip"])
+    async def ready() -> Response:
+        if manager.ready():
+            return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False, "error": "not_ready",
+                             "detail": manager.errors["champion"] or "no champion model loaded yet"},
+                            status_code=503)
+
+    def _metadata(handle: ModelHandle) -> dict[str, Any]:
+        m = handle.model
+        h, w = m.contract.input_size
+        versions = [manager.champion.version] if manager.champion else []
+        if manager.canary is not None:
+            versions.append(manager.canary.version)
+        return {
+            "name": m.name,
+            "versions": versions,
+            "platform": "onnxruntime_onnx",
+            "inputs": [
+                {"name": m.input_name, "datatype": "FP32", "shape": [-1, 3, h, w]},
+                {"name": "image", "datatype": "BYTES", "shape": [-1]},
+            ],
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, m.contract.num_classes]},
+                {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            ],
+            "parameters": {
+                "version": m.version,
+                "class_names": list(m.class_names),
+                "preprocess": {k: v for k, v in m.contract.to_metadata().items()},
+                "note": "send exactly one input: FP32 (preprocessed NCHW) or BYTES (encoded images; base64 "
+                        "strings in JSON, raw bytes with the binary tensor extension)",
+            },
+        }
+
+    @app.get("/v2/models/{name}", tags=["oip"])
+    async def model_metadata(name: str) -> dict[str, Any]:
+        return _metadata(_model_or_404(name))
+
+    @app.get("/v2/models/{name}/versions/{version}", tags=["oip"])
+    async def model_version_metadata(name: str, version: str) -> dict[str, Any]:
+        return _metadata(_model_or_404(name, version))
+
+    @app.get("/v2/models/{name}/ready", tags=["oip"])
+    async def model_ready(name: str) -> dict[str, Any]:
+        h = _model_or_404(name)
+        return {"name": name, "version": h.version, "ready": True}
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["oip"])
+    async def model_version_ready(name: str, version: str) -> dict[str, Any]:
+        h = _model_or_404(name, version)
+        return {"name": name, "version": h.version, "ready": True}
+
+    async def _infer(request: Request, name: str, version: str | None) -> Response:
+        import numpy as np
+
+        t0 = time.perf_counter()
+        out: Outcome | None = None
+        status = 500
+        try:
+            handle = _model_or_404(name, version)
+            media = _media_type(request)
+            if media and media not in ("application/json", "application/octet-stream") and not media.endswith(
+                    "+json"):
+                raise ServingError(415, "unsupported_media_type",
+                                   f"Content-Type {media!r}: OIP inference takes application/json (or "
+                                   "application/octet-stream with Inference-Header-Content-Length).")
+            body = await _body(request)
+            header, blob = split_binary_body(body, request.headers.get("inference-header-content-length"))
+            try:
+                req = OipInferRequest.model_validate(header)
+            except ValidationError as exc:
+                raise ServingError(422, "invalid_request", "OIP v2 inference request: " + validation_detail(exc)
+                                   ) from None
+            if len(req.inputs) != 1:
+                raise ServingError(400, "invalid_inputs",
+                                   f"{len(req.inputs)} inputs; send exactly one: FP32 "
+                                   f"{handle.model.input_name!r} [N,3,H,W] or BYTES 'image' [N].")
+            tensor_in = req.inputs[0]
+            dtype = tensor_in.datatype.upper()
+            tensor = None
+            blobs = None
+            if dtype == "FP32":
+                tensor, _ = fp32_tensor(tensor_in, blob, 0, handle.model.contract.input_size, limits.max_images)
+                n = tensor.shape[0]
+            elif dtype == "BYTES":
+                blobs, _ = bytes_tensor(tensor_in, blob, 0, limits.max_images)
+                n = len(blobs)
+            else:
+                raise ServingError(400, "unsupported_datatype",
+                                   f"input {tensor_in.name!r}: datatype {tensor_in.datatype!r}; send FP32 "
+                                   "(preprocessed tensor) or BYTES (encoded images).")
+            wanted = [o.name for o in (req.outputs or [])] or ["probabilities", "label"]
+            unknown = [w for w in wanted if w not in ("probabilities", "label")]
+            if unknown:
+                raise ServingError(400, "unknown_output", f"outputs {unknown} do not exist; choose from "
+                                                          "['probabilities', 'label'].")
+            rid, session = _request_ids(request, state, req.id)
+            labels = _labels_from_header(request, state, n)
+            out = await predict_core(state, request_id=rid, session_id=session, labels=labels, blobs=blobs,
+                                     tensor=tensor, pinned_version=version, t_start=t0)
+            names = out.handle.model.class_names
+            outputs = []
+            for w in wanted:
+                if w == "probabilities":
+                    outputs.append({"name": "probabilities", "datatype": "FP32", "shape": list(out.probs.shape),
+                                    "data": [float(v) for v in np.asarray(out.probs, np.float64).ravel()]})
+                else:
+                    outputs.append({"name": "label", "datatype": "BYTES", "shape": [out.probs.shape[0]],
+                                    "data": [names[int(i)] for i in out.probs.argmax(axis=1)]})
+            body_out = {"model_name": out.model, "model_version": out.version, "id": req.id or rid,
+                        "parameters": {"variant": out.variant, "fallback": out.fallback}, "outputs": outputs}
+            status = 200
+            return JSONResponse(body_out, headers=_headers(out, state))
+        except ServingError as exc:
+            status = exc.status
+            raise
+        finally:
+            _record("infer", out, status, t0)
+
+    @app.post("/v2/models/{name}/infer", tags=["oip"])
+    async def infer(name: str, request: Request) -> Response:
+        """OIP v2 inference (the serving variant is chosen by the traffic split)."""
+        return await _infer(request, name, None)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["oip"])
+    async def infer_version(name: str, version: str, request: Request) -> Response:
+        """OIP v2 inference pinned to a served version (champion or canary)."""
+        return await _infer(request, name, version)
+
+    # ---------------------------------------------------------------- metrics
+    @app.get("/metrics", tags=["ops"])
+    async def prometheus() -> Response:
+        data, ctype = metrics.render()
+        return Response(data, media_type=ctype)
+
+    @app.get("/", tags=["ops"])
+    async def index() -> dict[str, Any]:
+        return {"service": SERVER_NAME, "model": source.model_name, "ready": manager.ready(),
+                "endpoints": ["/v1/predict", "/v2/models/{name}/infer", "/metrics", "/docs"]}
+
+    # ---------------------------------------------------------------- admin
+    def _admin(request: Request) -> None:
+        auth = request.headers.get("authorization")
+        if not auth:
+            raise ServingError(401, "unauthorized", "admin API: missing 'Authorization: Bearer <token>' header.")
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise ServingError(401, "unauthorized", "admin API: use 'Authorization: Bearer <token>'.")
+        if not state.admin_token:
+            raise ServingError(403, "admin_disabled",
+                               f"admin API is disabled: set ${config.admin.token_env} (or admin.token in the serving "
+                               "config) when starting the server.")
+        if not hmac.compare_digest(given.strip().encode(), state.admin_token.encode()):
+            raise ServingError(403, "forbidden", "admin API: wrong token.")
+
+    async def _admin_body(request: Request, model: type) -> Any:
+        body = await _body(request)
+        data = parse_json(body) if body.strip() else {}
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise ServingError(422, "invalid_request", validation_detail(exc)) from None
+
+    @app.get("/admin/status", tags=["admin"])
+    async def admin_status(request: Request) -> dict[str, Any]:
+        _admin(request)
+        out = manager.status()
+        out["uptime_s"] = time.time() - state.started
+        out["shadow_pending"] = len(state.shadow_tasks)
+        return out
+
+    @app.post("/admin/canary", tags=["admin"])
+    async def admin_canary(request: Request) -> dict[str, Any]:
+        """Load a version as the canary (registry alias ``canary``), optionally with its share / shadow mode."""
+        _admin(request)
+        req = await _admin_body(request, CanaryRequest)
+        return await manager.set_canary(req.version, share=req.share, shadow=req.shadow,
+                                        shadow_share=req.shadow_share)
+
+    @app.post("/admin/traffic", tags=["admin"])
+    async def admin_traffic(request: Request) -> dict[str, Any]:
+        _admin(request)
+        req = await _admin_body(request, TrafficRequest)
+        return await manager.set_traffic(canary_share=req.canary_share, shadow=req.shadow,
+                                         shadow_share=req.shadow_share)
+
+    @app.post("/admin/canary/abort", tags=["admin"])
+    async def admin_abort(request: Request) -> dict[str, Any]:
+        """Stop the canary (share 0, unloaded, alias removed) and tag the reason on its version."""
+        _admin(request)
+        req = await _admin_body(request, AbortRequest)
+        return await manager.abort_canary(req.reason, req.version)
+
+    @app.post("/admin/promote", tags=["admin"])
+    async def admin_promote(request: Request) -> dict[str, Any]:
+        """Promote the loaded canary (registry promote: alias ``champion`` moves) and swap it in."""
+        _admin(request)
+        req = await _admin_body(request, PromoteRequest)
+        return await manager.promote(req.version, req.reason)
+
+    @app.post("/admin/rollback", tags=["admin"])
+    async def admin_rollback(request: Request) -> dict[str, Any]:
+        """Return the champion to the previous champion (registry rollback) and load it."""
+        _admin(request)
+        req = await _admin_body(request, RollbackRequest)
+        return await manager.rollback(req.reason)
+
+    @app.post("/admin/reload", tags=["admin"])
+    async def admin_reload(request: Request) -> dict[str, Any]:
+        """Re-read the registry aliases now and swap in what changed."""
+        _admin(request)
+        try:
+            changes = await manager.refresh(retry_failed=True)
+        except ServingError:
+            raise
+        except Exception as exc:
+            raise ServingError(409, "reload_failed", f"cannot read the registry aliases: {exc}") from None
+        out = manager.status()
+        out["changes"] = changes
+        return out
+
+    @app.get("/admin/stats", tags=["admin"])
+    async def admin_stats(request: Request, samples: bool = True) -> dict[str, Any]:
+        """Per-variant statistics since the last reset (what the canary controller analyses)."""
+        _admin(request)
+        out = stats.snapshot(with_samples=samples)
+        out["traffic"] = manager.status()["traffic"]
+        out["versions"] = {v: (h.version if h else None) for v, h in manager.slots.items()}
+        return out
+
+    @app.post("/admin/stats/reset", tags=["admin"])
+    async def admin_stats_reset(request: Request) -> dict[str, Any]:
+        _admin(request)
+        stats.reset()
+        return {"reset": True, "since": stats.since}
+
+    return app
+
+
+# --------------------------------------------------------------------------- building from params
+def registered_model_name(params: Any, config: ServingConfig | None = None) -> str:
+    """The registered model to serve: serving config, then ``serve.registered_model``, then
+    ``registry.model_name``, then ``evaluate.registered_model``.
+
+    Example:
+        >>> from cvplatform.config import Params
+        >>> registered_model_name(Params())
+        'cvplatform'
+    """
+    if config is not None and config.models.registered_model:
+        return config.models.registered_model
+    serve = getattr(params, "serve", None)
+    if serve is not None and getattr(serve, "registered_model", None):
+        return str(serve.registered_model)
+    registry = getattr(params, "registry", None)
+    if registry is not None and getattr(registry, "model_name", None):
+        return str(registry.model_name)
+    return str(params.evaluate.registered_model)
+
+
+def build_app(
+    params: Any,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    model: str | os.PathLike[str] | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+    admin_token: str | None = None,
+) -> FastAPI:
+    """The app for a project: serving config from ``serve.config``, models from the registry (or ``model``).
+
+    Args:
+        params: project params (``load_params``).
+        root: project root (default: cwd).
+        model: serve this local ONNX file instead of registry aliases.
+        config_path: serving config (default ``serve.config``).
+        admin_token: admin bearer token (default ``$CVPLATFORM_ADMIN_TOKEN`` / ``admin.token``).
+
+    Example:
+        >>> from cvplatform.config import load_params
+        >>> app = build_app(load_params("params.yaml"))  # doctest: +SKIP
+    """
+    from cvplatform.utils.io import ProjectPaths
+
+    paths = ProjectPaths.at(root)
+    serve = getattr(params, "serve", None)
+    cfg_path = config_path or (serve.config if serve is not None else None)
+    config = load_serving_config(paths.resolve(cfg_path) if cfg_path else None)
+    m = config.models
+    src: ModelSource
+    if model is not None:
+        src = FileSource(paths.resolve(model), model_name=registered_model_name(params, config),
+                         providers=m.providers, intra_op_threads=m.intra_op_threads,
+                         allow_spinning=m.allow_spinning, champion_alias=m.champion_alias)
+    else:
+        src = RegistrySource(registered_model_name(params, config), root=paths.root, params=params,
+                             providers=m.providers, intra_op_threads=m.intra_op_threads,
+                             allow_spinning=m.allow_spinning, champion_alias=m.champion_alias)
+    return create_app(config, src, admin_token=admin_token)
+
+
+def serve(
+    params: Any,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    root: str | os.PathLike[str] | None = None,
+    model: str | os.PathLike[str] | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the inference service under uvicorn until interrupted (``cvplatform serve``).
+
+    Example:
+        >>> from cvplatform.config import load_params
+        >>> serve(load_params("params.yaml"), host="127.0.0.1", port=8080)  # doctest: +SKIP
+    """
+    import uvicorn
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in server logs
+    s = getattr(params, "serve", None)
+    host = host or (s.host if s is not None else "127.0.0.1")
+    port = int(port if port is not None else (s.port if s is not None else 8080))
+    app = build_app(params, root=root, model=model, config_path=config_path)
+    log.info("serving %s on http://%s:%d", app.state.cv.manager.source.model_name, host, port)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+__all__ = ["BodyLimitMiddleware", "ServerState", "build_app", "create_app", "predict_core",
+           "registered_model_name", "serve"]

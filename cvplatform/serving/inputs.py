@@ -1,0 +1,321 @@
+"""Request bodies to images and tensors, with every failure a 4xx :class:`ServingError`.
+
+Images are decoded with Pillow under the same rules as ingest
+(:mod:`cvplatform.data.ingest`): the size is read from the header and checked
+against ``limits.max_pixels`` *before* any pixel is decoded (decompression-bomb
+guard), the file is verified and fully decoded (truncated files are refused),
+EXIF orientation is applied, transparency is composited on white and 16-bit
+images are scaled to 8 bits. The result is the HxWx3 uint8 RGB array that
+:func:`cvplatform.preprocess.preprocess` expects.
+
+Open Inference Protocol v2 inputs (see :mod:`cvplatform.serving.app`):
+
+* ``FP32`` tensors of shape ``[N, 3, H, W]``, already preprocessed with the
+  model's contract (JSON ``data`` flat or nested, row-major; or raw little-endian
+  float32 with the binary tensor extension);
+* ``BYTES`` tensors of shape ``[N]`` (or ``[N, 1]``) holding encoded image files:
+  each element a **base64 string** in JSON, or the **raw file bytes** with the
+  binary tensor extension (``Inference-Header-Content-Length`` header; each
+  element prefixed with its 4-byte little-endian length, as Triton/KServe do).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from cvplatform.serving.models import ServingError
+from cvplatform.serving.schemas import LimitsConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+
+# --------------------------------------------------------------------------- images
+def decode_image(data: bytes, limits: LimitsConfig, *, where: str = "image") -> np.ndarray:
+    """Decode one encoded image file into an HxWx3 uint8 RGB array, or raise a 4xx ServingError.
+
+    Errors: ``empty_image`` (400), ``invalid_image`` (400: not an image, truncated, corrupt),
+    ``unsupported_image_format`` (415), ``image_too_large`` (413), ``image_too_small`` (400),
+    ``unsupported_image_mode`` (415).
+
+    Example:
+        >>> import io
+        >>> from PIL import Image
+        >>> buf = io.BytesIO(); Image.new("RGB", (4, 3), (255, 0, 0)).save(buf, "PNG")
+        >>> decode_image(buf.getvalue(), LimitsConfig()).shape
+        (3, 4, 3)
+    """
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise ServingError(400, "empty_image", f"{where}: zero bytes. Send the encoded image file (PNG, JPEG, ...).")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            header = Image.open(io.BytesIO(data))  # header only
+        except UnidentifiedImageError:
+            raise ServingError(400, "invalid_image", f"{where}: not a recognised image file "
+                                                     f"({len(data)} bytes).") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ServingError(413, "image_too_large", f"{where}: {exc}") from None
+        except Exception as exc:
+            raise ServingError(400, "invalid_image", f"{where}: unreadable image header "
+                                                     f"({type(exc).__name__}: {exc}).") from None
+        fmt = header.format or "unknown"
+        if fmt not in limits.formats:
+            raise ServingError(415, "unsupported_image_format",
+                               f"{where}: format {fmt} is not accepted; send one of {', '.join(limits.formats)}.")
+        w, h = header.size
+        if w * h > limits.max_pixels:
+            raise ServingError(413, "image_too_large",
+                               f"{where}: {w}x{h} = {w * h} pixels exceeds limits.max_pixels = {limits.max_pixels}.")
+        if min(w, h) < limits.min_side:
+            raise ServingError(400, "image_too_small",
+                               f"{where}: {w}x{h} has a side below limits.min_side = {limits.min_side}.")
+        try:
+            header.verify()
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ServingError(413, "image_too_large", f"{where}: {exc}") from None
+        except Exception as exc:
+            raise ServingError(400, "invalid_image",
+                               f"{where}: {fmt} file is truncated or corrupt ({type(exc).__name__}: {exc}).") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception as exc:
+        raise ServingError(400, "invalid_image", f"{where}: invalid EXIF orientation ({exc}).") from None
+    from cvplatform.data.ingest import Rejected, _to_rgb_array  # the ingest normalisation rules
+
+    try:
+        rgb = _to_rgb_array(img)
+    except Rejected as exc:
+        raise ServingError(415, "unsupported_image_mode", f"{where}: {exc.detail}.") from None
+    except Exception as exc:
+        raise ServingError(415, "unsupported_image_mode", f"{where}: cannot convert to RGB ({exc}).") from None
+    return rgb
+
+
+def decode_images(blobs: Sequence[bytes], limits: LimitsConfig) -> list[np.ndarray]:
+    """Decode every image of a request (the first failure names the image index).
+
+    Example:
+        >>> decode_images([], LimitsConfig())
+        []
+    """
+    if len(blobs) > limits.max_images:
+        raise ServingError(413, "too_many_images",
+                           f"{len(blobs)} images in one request; limits.max_images = {limits.max_images}.")
+    return [decode_image(b, limits, where=f"image {i}") for i, b in enumerate(blobs)]
+
+
+def b64decode_strict(text: str, where: str) -> bytes:
+    """Decode base64 (standard or URL-safe alphabet, padding optional, data URLs), or raise a 400 ServingError.
+
+    Example:
+        >>> b64decode_strict("aGk", "instances[0]")
+        b'hi'
+    """
+    if not isinstance(text, str):
+        raise ServingError(400, "invalid_base64", f"{where}: expected a base64 string, got {type(text).__name__}.")
+    s = "".join(text.split())
+    if s.startswith("data:") and "," in s:  # data URL: data:image/png;base64,....
+        s = s.split(",", 1)[1]
+    s += "=" * (-len(s) % 4)
+    try:
+        if "-" in s or "_" in s:
+            return base64.urlsafe_b64decode(s.encode("ascii"))
+        return base64.b64decode(s.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise ServingError(400, "invalid_base64", f"{where}: not valid base64.") from None
+
+
+def parse_json(body: bytes, where: str = "request body") -> Any:
+    """``json.loads`` with a 400 ServingError on malformed JSON.
+
+    Example:
+        >>> parse_json(b'{"instances": []}')
+        {'instances': []}
+    """
+    if not body:
+        raise ServingError(400, "empty_body", f"{where}: empty; send a JSON object.")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ServingError(400, "malformed_json", f"{where}: not valid JSON ({exc}).") from None
+
+
+def validation_detail(exc: Any) -> str:
+    """A one-line summary of a pydantic ValidationError (field path + message).
+
+    Example:
+        >>> from pydantic import ValidationError
+        >>> from cvplatform.serving.schemas import PredictRequest
+        >>> try:
+        ...     PredictRequest.model_validate({})
+        ... except ValidationError as e:
+        ...     validation_detail(e)
+        'instances: Field required'
+    """
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "<body>"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- OIP v2 tensors
+OIP_DTYPE_SIZES = {"FP32": 4}
+
+
+def split_binary_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
+    """Split a binary-extension body into (JSON header, binary tail); plain JSON when no header length.
+
+    Example:
+        >>> split_binary_body(b'{"inputs": []}xyz', "14")
+        ({'inputs': []}, b'xyz')
+    """
+    if header_length is None:
+        return parse_json(body), b""
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise ServingError(400, "invalid_header",
+                           f"Inference-Header-Content-Length: {header_length!r} is not an integer.") from None
+    if n < 0 or n > len(body):
+        raise ServingError(400, "invalid_header",
+                           f"Inference-Header-Content-Length = {n} but the body has {len(body)} bytes.")
+    return parse_json(body[:n], "inference header"), body[n:]
+
+
+def _flatten(data: Any, where: str) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        try:
+            v = next(stack[-1])
+        except StopIteration:
+            stack.pop()
+            continue
+        if isinstance(v, list):
+            if len(stack) > 8:
+                raise ServingError(400, "invalid_tensor", f"{where}: data nested deeper than the shape allows.")
+            stack.append(iter(v))
+        else:
+            out.append(v)
+    return out
+
+
+def _take_binary(tensor: Any, blob: bytes, offset: int, where: str) -> tuple[bytes | None, int]:
+    params = tensor.parameters or {}
+    size = params.get("binary_data_size")
+    if size is None:
+        return None, offset
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ServingError(400, "invalid_tensor", f"{where}: parameters.binary_data_size must be a byte count.")
+    if offset + size > len(blob):
+        raise ServingError(400, "invalid_tensor",
+                           f"{where}: binary_data_size {size} runs past the end of the binary data "
+                           f"({len(blob) - offset} bytes left).")
+    return blob[offset : offset + size], offset + size
+
+
+def fp32_tensor(tensor: Any, blob: bytes, offset: int, input_size: tuple[int, int], max_rows: int
+                ) -> tuple[np.ndarray, int]:
+    """An OIP FP32 input as a ``(N, 3, H, W)`` float32 array matching the model's contract.
+
+    Returns the array and the offset after its binary data (unchanged for JSON data).
+
+    Example:
+        >>> from cvplatform.serving.schemas import OipTensor
+        >>> t = OipTensor(name="input", datatype="FP32", shape=[1, 3, 1, 1], data=[0.1, 0.2, 0.3])
+        >>> fp32_tensor(t, b"", 0, (1, 1), 8)[0].shape
+        (1, 3, 1, 1)
+    """
+    import numpy as np
+
+    where = f"input {tensor.name!r}"
+    shape = tensor.shape
+    h, w = input_size
+    if len(shape) != 4 or shape[1:] != [3, h, w] or shape[0] < 1:
+        raise ServingError(400, "invalid_shape",
+                           f"{where}: shape {shape}; this model takes FP32 [N, 3, {h}, {w}] (preprocessed, NCHW).")
+    if shape[0] > max_rows:
+        raise ServingError(413, "too_many_images", f"{where}: {shape[0]} rows; limits.max_images = {max_rows}.")
+    count = math.prod(shape)
+    raw, offset = _take_binary(tensor, blob, offset, where)
+    if raw is not None:
+        if len(raw) != count * 4:
+            raise ServingError(400, "invalid_tensor",
+                               f"{where}: {len(raw)} binary bytes, expected {count * 4} for shape {shape} FP32.")
+        arr = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    else:
+        flat = _flatten(tensor.data, where)
+        if len(flat) != count:
+            raise ServingError(400, "invalid_tensor",
+                               f"{where}: {len(flat)} values for shape {shape} (expected {count}).")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
+            raise ServingError(400, "invalid_tensor", f"{where}: FP32 data must be numbers.")
+        arr = np.asarray(flat, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ServingError(400, "invalid_tensor", f"{where}: contains NaN or infinity.")
+    return np.ascontiguousarray(arr.reshape(shape)), offset
+
+
+def bytes_tensor(tensor: Any, blob: bytes, offset: int, max_rows: int) -> tuple[list[bytes], int]:
+    """An OIP BYTES input: one encoded image file per element (base64 in JSON, raw with binary data).
+
+    Example:
+        >>> from cvplatform.serving.schemas import OipTensor
+        >>> t = OipTensor(name="image", datatype="BYTES", shape=[1], data=["aGk="])
+        >>> bytes_tensor(t, b"", 0, 8)[0]
+        [b'hi']
+    """
+    where = f"input {tensor.name!r}"
+    shape = tensor.shape
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 1:
+        raise ServingError(400, "invalid_shape", f"{where}: BYTES shape {shape}; send [N] (one image per element).")
+    n = shape[0]
+    if n > max_rows:
+        raise ServingError(413, "too_many_images", f"{where}: {n} images; limits.max_images = {max_rows}.")
+    raw, offset = _take_binary(tensor, blob, offset, where)
+    if raw is not None:
+        items: list[bytes] = []
+        pos = 0
+        while pos < len(raw):
+            if pos + 4 > len(raw):
+                raise ServingError(400, "invalid_tensor", f"{where}: truncated 4-byte length prefix.")
+            size = int.from_bytes(raw[pos : pos + 4], "little")
+            pos += 4
+            if pos + size > len(raw):
+                raise ServingError(400, "invalid_tensor", f"{where}: element {len(items)} runs past the data.")
+            items.append(raw[pos : pos + size])
+            pos += size
+    else:
+        flat = _flatten(tensor.data, where)
+        items = [b64decode_strict(v, f"{where} element {i}") for i, v in enumerate(flat)]
+    if len(items) != n:
+        raise ServingError(400, "invalid_tensor", f"{where}: {len(items)} elements for shape {shape}.")
+    return items, offset
+
+
+__all__ = [
+    "b64decode_strict",
+    "bytes_tensor",
+    "decode_image",
+    "decode_images",
+    "fp32_tensor",
+    "parse_json",
+    "split_binary_body",
+    "validation_detail",
+]

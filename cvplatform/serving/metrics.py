@@ -1,0 +1,356 @@
+"""Serving telemetry: Prometheus metrics (``/metrics``) and per-variant statistics (``/admin/stats``).
+
+:class:`ServingMetrics` owns one ``prometheus_client.CollectorRegistry`` per app
+(several apps in one process, e.g. in tests, never collide):
+
+=========================================  =========  =============================================
+metric                                     type       labels
+=========================================  =========  =============================================
+cvplatform_requests_total                  counter    endpoint, model, version, variant, status
+cvplatform_request_latency_seconds         histogram  endpoint, variant
+cvplatform_inference_latency_seconds       histogram  model, version, variant (queue wait + model)
+cvplatform_batch_size                      histogram  model, version
+cvplatform_predictions_total               counter    model, version, variant, class
+cvplatform_prediction_confidence           histogram  model, version, variant
+cvplatform_model_errors_total              counter    model, version, variant, mode (answer|shadow)
+cvplatform_shadow_total                    counter    result (agree|disagree|error|skipped)
+cvplatform_bad_requests_total              counter    endpoint, error
+cvplatform_model_info                      gauge      variant, model, version (1 = loaded)
+cvplatform_canary_share                    gauge      -
+=========================================  =========  =============================================
+
+:class:`StatsBook` keeps what the canary controller compares (request and error
+counts, latency percentiles, confidence histograms and samples, accuracy on
+labelled requests, shadow agreement) since the last reset, as plain JSON.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+CONFIDENCE_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+# --------------------------------------------------------------------------- prometheus
+class ServingMetrics:
+    """The Prometheus metrics of one app, in their own ``CollectorRegistry``.
+
+    Example:
+        >>> m = ServingMetrics()
+        >>> m.requests.labels("predict", "m", "1", "champion", "200").inc()
+        >>> b"cvplatform_requests_total" in m.render()[0]
+        True
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "cvplatform_requests", "Prediction requests by endpoint, model version, variant and HTTP status.",
+            ["endpoint", "model", "version", "variant", "status"], registry=r,
+        )
+        self.request_latency = Histogram(
+            "cvplatform_request_latency_seconds", "End-to-end prediction request latency.",
+            ["endpoint", "variant"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.inference_latency = Histogram(
+            "cvplatform_inference_latency_seconds", "Model latency per request (batching wait + onnxruntime).",
+            ["model", "version", "variant"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "cvplatform_batch_size", "Images per onnxruntime call (dynamic micro-batching).",
+            ["model", "version"], buckets=BATCH_BUCKETS, registry=r,
+        )
+        self.predictions = Counter(
+            "cvplatform_predictions", "Predicted classes (one per image).",
+            ["model", "version", "variant", "class"], registry=r,
+        )
+        self.confidence = Histogram(
+            "cvplatform_prediction_confidence", "Top-1 probability of each prediction.",
+            ["model", "version", "variant"], buckets=CONFIDENCE_BUCKETS, registry=r,
+        )
+        self.model_errors = Counter(
+            "cvplatform_model_errors", "Model failures (the request fell back to the champion when possible).",
+            ["model", "version", "variant", "mode"], registry=r,
+        )
+        self.shadow = Counter(
+            "cvplatform_shadow", "Shadow (mirrored) scorings by outcome.", ["result"], registry=r,
+        )
+        self.bad_requests = Counter(
+            "cvplatform_bad_requests", "Rejected requests (4xx) by endpoint and error code.",
+            ["endpoint", "error"], registry=r,
+        )
+        self.model_info = Gauge(
+            "cvplatform_model_info", "Loaded model versions (1 = loaded in that variant slot).",
+            ["variant", "model", "version"], registry=r,
+        )
+        self.canary_share = Gauge("cvplatform_canary_share", "Share of requests routed to the canary.", registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def set_model(self, variant: str, model: str | None, version: str | None, previous: tuple[str, str] | None) -> None:
+        """Record which version a variant slot holds (removing the previous series)."""
+        if previous is not None:
+            with contextlib.suppress(KeyError):
+                self.model_info.remove(variant, *previous)
+        if model is not None and version is not None:
+            self.model_info.labels(variant, model, version).set(1)
+
+
+# --------------------------------------------------------------------------- statistics
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0..100, linear interpolation) of ``values``; None when empty.
+
+    Example:
+        >>> percentile([1.0, 2.0, 3.0, 4.0], 50)
+        2.5
+    """
+    if not values:
+        return None
+    xs = sorted(values)
+    if len(xs) == 1:
+        return float(xs[0])
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return float(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo))
+
+
+def summarize(values: Sequence[float]) -> dict[str, float | int | None]:
+    """Count, mean and p50/p95/p99 of ``values``.
+
+    Example:
+        >>> summarize([1.0, 3.0])["mean"]
+        2.0
+    """
+    return {
+        "count": len(values),
+        "mean": (sum(values) / len(values)) if values else None,
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+    }
+
+
+@dataclass
+class VariantStats:
+    """Running statistics of one variant (champion or canary) since the last reset."""
+
+    window: int
+    bins: int
+    version: str | None = None
+    requests: int = 0
+    """Requests routed to this variant (answered by it, or failed and fell back)."""
+    errors: int = 0
+    """Routed requests whose inference failed."""
+    fallbacks: int = 0
+    """Requests this variant answered because the canary failed (champion only)."""
+    shadow_scored: int = 0
+    """Mirrored requests this variant was asked to score (never answering them), failed ones included."""
+    shadow_errors: int = 0
+    """Mirrored requests whose inference failed."""
+    images: int = 0
+    labelled: int = 0
+    correct: int = 0
+    classes: collections.Counter = field(default_factory=collections.Counter)
+    hist: list[int] = field(default_factory=list)
+    latency_ms: collections.deque = field(default_factory=collections.deque)
+    request_latency_ms: collections.deque = field(default_factory=collections.deque)
+    confidences: collections.deque = field(default_factory=collections.deque)
+
+    def __post_init__(self) -> None:
+        self.hist = [0] * self.bins
+        self.latency_ms = collections.deque(maxlen=self.window)
+        self.request_latency_ms = collections.deque(maxlen=self.window)
+        self.confidences = collections.deque(maxlen=self.window)
+
+    def add_predictions(self, top1: Iterable[str], confidences: Iterable[float], labels: Sequence[str] | None) -> None:
+        top1 = list(top1)
+        confs = [float(c) for c in confidences]
+        self.images += len(top1)
+        self.classes.update(top1)
+        for c in confs:
+            b = min(self.bins - 1, max(0, int(c * self.bins))) if math.isfinite(c) else 0
+            self.hist[b] += 1
+            self.confidences.append(round(c, 6))
+        if labels is not None and len(labels) == len(top1):
+            self.labelled += len(top1)
+            self.correct += sum(1 for p, y in zip(top1, labels, strict=True) if p == y)
+
+    def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
+        attempts = self.requests + self.shadow_scored
+        failures = self.errors + self.shadow_errors
+        out: dict[str, Any] = {
+            "version": self.version,
+            "requests": self.requests,
+            "errors": self.errors,
+            "fallbacks": self.fallbacks,
+            "shadow_scored": self.shadow_scored,
+            "shadow_errors": self.shadow_errors,
+            "attempts": attempts,
+            "failures": failures,
+            "error_rate": (failures / attempts) if attempts else None,
+            "images": self.images,
+            "labelled": self.labelled,
+            "correct": self.correct,
+            "accuracy": (self.correct / self.labelled) if self.labelled else None,
+            "classes": dict(sorted(self.classes.items())),
+            "latency_ms": summarize(list(self.latency_ms)),
+            "request_latency_ms": summarize(list(self.request_latency_ms)),
+            "confidence_hist": {
+                "edges": [round(i / self.bins, 6) for i in range(self.bins + 1)],
+                "counts": list(self.hist),
+            },
+        }
+        if with_samples:
+            out["confidence_samples"] = list(self.confidences)
+        return out
+
+
+class StatsBook:
+    """Per-variant statistics plus shadow agreement, thread-safe, resettable.
+
+    Example:
+        >>> book = StatsBook(window=100, bins=10)
+        >>> book.record_answer("champion", "1", ["a"], [0.9], None, 1.5, 2.0)
+        >>> book.snapshot()["variants"]["champion"]["requests"]
+        1
+    """
+
+    def __init__(self, window: int = 5000, bins: int = 10, disagreements_kept: int = 50) -> None:
+        self.window = window
+        self.bins = bins
+        self.disagreements_kept = disagreements_kept
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new observation window (the canary controller does this at each step)."""
+        with self._lock:
+            self.since = time.time()
+            self.variants = {v: VariantStats(self.window, self.bins) for v in ("champion", "canary")}
+            self.pairs = 0
+            self.agree = 0
+            self.shadow_failed = 0
+            self.shadow_skipped = 0
+            self.disagreements: collections.deque = collections.deque(maxlen=max(1, self.disagreements_kept))
+
+    def _variant(self, variant: str, version: str | None) -> VariantStats:
+        vs = self.variants[variant]
+        if version is not None and vs.version != version:
+            if vs.version is not None:  # a different model now holds this slot: its numbers start over
+                vs = self.variants[variant] = VariantStats(self.window, self.bins)
+            vs.version = version
+        return vs
+
+    def record_answer(
+        self,
+        variant: str,
+        version: str,
+        top1: Sequence[str],
+        confidences: Sequence[float],
+        labels: Sequence[str] | None,
+        inference_ms: float,
+        request_ms: float | None,
+        *,
+        fallback: bool = False,
+    ) -> None:
+        """A request answered by ``variant`` (``fallback``: after the canary failed)."""
+        with self._lock:
+            vs = self._variant(variant, version)
+            if fallback:
+                vs.fallbacks += 1
+            else:
+                vs.requests += 1
+            vs.latency_ms.append(round(float(inference_ms), 4))
+            if request_ms is not None:
+                vs.request_latency_ms.append(round(float(request_ms), 4))
+            vs.add_predictions(top1, confidences, labels)
+
+    def record_error(self, variant: str, version: str, *, shadow: bool = False) -> None:
+        """An inference of ``variant`` failed (routed request, or a mirrored one with ``shadow``)."""
+        with self._lock:
+            vs = self._variant(variant, version)
+            if shadow:
+                vs.shadow_scored += 1
+                vs.shadow_errors += 1
+                self.shadow_failed += 1
+            else:
+                vs.requests += 1
+                vs.errors += 1
+
+    def record_shadow(
+        self,
+        variant: str,
+        version: str,
+        top1: Sequence[str],
+        confidences: Sequence[float],
+        labels: Sequence[str] | None,
+        inference_ms: float,
+        answered_top1: Sequence[str],
+        request_id: str,
+    ) -> None:
+        """``variant`` scored a mirrored request; compare with what the answering variant said."""
+        with self._lock:
+            vs = self._variant(variant, version)
+            vs.shadow_scored += 1
+            vs.latency_ms.append(round(float(inference_ms), 4))
+            vs.add_predictions(top1, confidences, labels)
+            for i, (a, b) in enumerate(zip(answered_top1, top1, strict=False)):
+                self.pairs += 1
+                if a == b:
+                    self.agree += 1
+                else:
+                    self.disagreements.append(
+                        {"request_id": request_id, "image": i, "answered": a, variant: b, "shadow_variant": variant}
+                    )
+
+    def record_shadow_skipped(self) -> None:
+        with self._lock:
+            self.shadow_skipped += 1
+
+    def snapshot(self, with_samples: bool = True) -> dict[str, Any]:
+        """Everything as JSON-friendly data (what ``GET /admin/stats`` returns)."""
+        with self._lock:
+            return {
+                "since": self.since,
+                "elapsed_s": time.time() - self.since,
+                "variants": {k: v.to_dict(with_samples) for k, v in self.variants.items()},
+                "shadow": {
+                    "pairs": self.pairs,
+                    "agree": self.agree,
+                    "agreement": (self.agree / self.pairs) if self.pairs else None,
+                    "failed": self.shadow_failed,
+                    "skipped": self.shadow_skipped,
+                    "recent_disagreements": list(self.disagreements),
+                },
+            }
+
+
+__all__ = [
+    "BATCH_BUCKETS",
+    "CONFIDENCE_BUCKETS",
+    "LATENCY_BUCKETS",
+    "ServingMetrics",
+    "StatsBook",
+    "VariantStats",
+    "percentile",
+    "summarize",
+]

@@ -1,0 +1,148 @@
+"""The FastAPI app in-process (Starlette TestClient) over a real SQLite registry: responses, parity,
+fallback, shadowing, admin actions, readiness and metrics."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from cvplatform.preprocess import PreprocessContract, preprocess
+from cvplatform.serving.app import create_app
+from cvplatform.serving.models import FileSource, RegistrySource, softmax
+from cvplatform.serving.schemas import ServingConfig
+from tests.fixtures.serving_models import build_model, colour_image, encode_png, get_alias, set_alias
+
+TOKEN = "unit-test-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def client(registry):
+    from fastapi.testclient import TestClient
+
+    config = ServingConfig.model_validate({"models": {"poll_interval_s": 0}, "batching": {"max_wait_ms": 5}})
+    app = create_app(config, RegistrySource(registry.name, root=registry.root), admin_token=TOKEN)
+    with TestClient(app) as c:
+        yield c
+
+
+def _offline(model_path, images):
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    contract = PreprocessContract.from_metadata(sess.get_modelmeta().custom_metadata_map)
+    return softmax(sess.run(None, {"input": preprocess(images, contract)})[0]), contract.class_names
+
+
+def test_predict_multipart_json_and_raw_match_offline_onnxruntime(client, registry):
+    images = [colour_image(i % 3, size=24 + i, seed=i) for i in range(5)]
+    pngs = [encode_png(im) for im in images]
+    want, names = _offline(registry.paths["champion"], images)
+    r = client.post("/v1/predict", files=[("files", (f"{i}.png", b, "image/png")) for i, b in enumerate(pngs)],
+                    headers={"X-Request-ID": "abc"})
+    assert r.status_code == 200 and r.headers["X-Request-ID"] == "abc"
+    body = r.json()
+    assert (body["request_id"], body["model"], body["version"], body["variant"]) == (
+        "abc", registry.name, registry.versions["champion"], "champion")
+    for p, row in zip(body["predictions"], want, strict=True):
+        assert p["class"] == names[int(row.argmax())] and p["confidence"] == pytest.approx(row.max(), abs=1e-6)
+        np.testing.assert_allclose([p["probabilities"][n] for n in names], row, atol=1e-6, rtol=0)
+    r = client.post("/v1/predict", json={"instances": [base64.b64encode(pngs[0]).decode(),
+                                                        {"b64": base64.b64encode(pngs[1]).decode()}]})
+    np.testing.assert_allclose([[p["probabilities"][n] for n in names] for p in r.json()["predictions"]],
+                               want[:2], atol=1e-6, rtol=0)
+    r = client.post("/v1/predict", content=pngs[2], headers={"Content-Type": "image/png"})
+    assert r.json()["predictions"][0]["class"] == names[int(want[2].argmax())]
+
+
+def test_an_erroring_canary_is_answered_by_the_champion_and_counted(client, registry):
+    r = client.post("/admin/canary", json={"version": registry.versions["erroring"], "share": 1.0}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    for i in range(5):
+        r = client.post("/v1/predict", content=encode_png(colour_image(i % 3, seed=i)),
+                        headers={"Content-Type": "image/png", "X-True-Label": ["red", "green", "blue"][i % 3]})
+        assert r.status_code == 200
+        assert r.json()["variant"] == "champion" and r.json()["fallback"] is True
+    stats = client.get("/admin/stats", headers=ADMIN).json()["variants"]
+    assert stats["canary"]["requests"] == 5 and stats["canary"]["errors"] == 5
+    assert stats["champion"]["fallbacks"] == 5 and stats["champion"]["correct"] == 5
+    assert 'mode="answer",model="unit-tiny",variant="canary"' in client.get("/metrics").text
+
+
+def test_shadow_mode_scores_the_canary_without_letting_it_answer(client, registry):
+    client.post("/admin/canary", json={"version": registry.versions["permuted"], "share": 0.0, "shadow": True},
+                headers=ADMIN)
+    for i in range(12):
+        r = client.post("/v1/predict", content=encode_png(colour_image(i % 3, seed=i)),
+                        headers={"Content-Type": "image/png"})
+        assert r.json()["variant"] == "champion"
+    import time
+
+    deadline = time.monotonic() + 10
+    while client.get("/admin/stats", headers=ADMIN).json()["shadow"]["pairs"] < 12:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stats = client.get("/admin/stats", headers=ADMIN).json()
+    assert stats["shadow"]["agreement"] == 0.0 and len(stats["shadow"]["recent_disagreements"]) == 12
+    assert stats["variants"]["canary"]["shadow_scored"] == 12 and stats["variants"]["canary"]["requests"] == 0
+
+
+def test_admin_promote_and_rollback_go_through_the_registry(client, registry):
+    v = registry.versions
+    assert client.post("/admin/promote", json={}, headers=ADMIN).json()["error"] == "no_canary"
+    client.post("/admin/canary", json={"version": int(v["good"]), "share": 0.5}, headers=ADMIN)
+    r = client.post("/admin/promote", json={"version": v["permuted"]}, headers=ADMIN)
+    assert r.status_code == 409 and r.json()["error"] == "version_mismatch"
+    r = client.post("/admin/promote", json={"version": v["good"]}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["champion"]["version"] == v["good"] and r.json()["previous_champion"] == v["champion"]
+    assert get_alias(registry.root, registry.name, "champion") == v["good"]
+    assert client.post("/v1/predict", content=encode_png(colour_image(0)),
+                       headers={"Content-Type": "image/png"}).json()["version"] == v["good"]
+    r = client.post("/admin/rollback", json={"reason": "test"}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["champion"]["version"] == v["champion"]
+
+
+def test_reload_picks_up_an_alias_change(client, registry):
+    set_alias(registry.root, registry.name, "champion", registry.versions["good"])
+    r = client.post("/admin/reload", headers=ADMIN)
+    assert r.json()["changes"]["champion"]["action"] == "loaded"
+    assert r.json()["champion"]["version"] == registry.versions["good"]
+
+
+def test_admin_validation_and_auth(client):
+    assert client.post("/admin/traffic", json={"canary_share": 2}, headers=ADMIN).status_code == 422
+    assert client.post("/admin/traffic", content=b"{", headers=ADMIN).json()["error"] == "malformed_json"
+    assert client.get("/admin/stats").status_code == 401
+    assert client.get("/admin/stats", headers={"Authorization": "Bearer x"}).status_code == 403
+
+
+def test_admin_is_disabled_without_a_token_and_not_ready_without_a_champion(tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    monkeypatch.delenv("CVPLATFORM_ADMIN_TOKEN", raising=False)
+    p = tmp_path / "m.onnx"
+    p.write_bytes(build_model().SerializeToString())
+    with TestClient(create_app(ServingConfig(), FileSource(p, model_name="m"))) as c:
+        r = c.get("/admin/status", headers=ADMIN)
+        assert r.status_code == 403 and r.json()["error"] == "admin_disabled"
+        assert c.get("/v2/health/ready").json() == {"ready": True}
+    p.write_bytes(b"not a model")  # the only model fails to load: live, not ready, 503 with JSON
+    with TestClient(create_app(ServingConfig(), FileSource(p, model_name="m"))) as c:
+        assert c.get("/v2/health/live").status_code == 200
+        r = c.get("/v2/health/ready")
+        assert r.status_code == 503 and "cannot load" in r.json()["detail"]
+        r = c.post("/v1/predict", content=encode_png(colour_image(0)), headers={"Content-Type": "image/png"})
+        assert r.status_code == 503 and r.json()["error"] == "not_ready"
+
+
+def test_images_of_any_size_and_mode_are_served(client):
+    for img in (Image.new("L", (7, 40), 128), Image.new("RGBA", (33, 9), (0, 0, 255, 255)), Image.new("P", (16, 16))):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        assert client.post("/v1/predict", content=buf.getvalue(), headers={"Content-Type": "image/png"}
+                           ).status_code == 200
+

@@ -1,0 +1,139 @@
+"""Request bodies to images and tensors: every bad input is a 4xx ServingError with a clear detail."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cvplatform.serving.inputs import (
+    b64decode_strict,
+    bytes_tensor,
+    decode_image,
+    decode_images,
+    fp32_tensor,
+    parse_json,
+    split_binary_body,
+)
+from cvplatform.serving.models import ServingError
+from cvplatform.serving.schemas import LimitsConfig, OipTensor
+
+LIMITS = LimitsConfig(max_pixels=100_000, max_images=4, min_side=2)
+
+
+def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def err(fn, *args, **kw) -> ServingError:
+    with pytest.raises(ServingError) as info:
+        fn(*args, **kw)
+    return info.value
+
+
+def test_decodes_png_and_jpeg_to_rgb():
+    rgb = np.random.default_rng(0).integers(0, 255, (12, 10, 3), dtype=np.uint8)
+    out = decode_image(encode(Image.fromarray(rgb)), LIMITS)
+    assert out.dtype == np.uint8 and out.shape == (12, 10, 3) and (out == rgb).all()
+    assert decode_image(encode(Image.fromarray(rgb), "JPEG"), LIMITS).shape == (12, 10, 3)
+
+
+def test_follows_the_ingest_normalisation_rules():
+    transparent = Image.new("RGBA", (4, 4), (10, 20, 30, 0))  # fully transparent: white, as ingest stores it
+    assert (decode_image(encode(transparent), LIMITS) == 255).all()
+    grey16 = Image.fromarray(np.full((4, 4), 65535, np.uint16))
+    assert (decode_image(encode(grey16), LIMITS) == 255).all()
+    exif = Image.new("RGB", (6, 3), (200, 0, 0))
+    ex = exif.getexif()
+    ex[0x0112] = 6  # rotate 90: a 6x3 image is shown 3x6
+    buf = io.BytesIO()
+    exif.save(buf, format="JPEG", exif=ex.tobytes())
+    assert decode_image(buf.getvalue(), LIMITS).shape == (6, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code"),
+    [
+        (b"", 400, "empty_image"),
+        (b"hello, not an image", 400, "invalid_image"),
+        (encode(Image.new("RGB", (50, 50)))[:60], 400, "invalid_image"),
+        (encode(Image.new("RGB", (8, 8)), "PPM"), 415, "unsupported_image_format"),
+        (encode(Image.new("1", (1000, 1000))), 413, "image_too_large"),
+        (encode(Image.new("RGB", (1, 5))), 400, "image_too_small"),
+        (encode(Image.fromarray(np.zeros((4, 4), np.float32), mode="F"), "TIFF"), 415, "unsupported_image_mode"),
+    ],
+    ids=["empty", "not-image", "truncated", "format", "pixels", "small", "float-mode"],
+)
+def test_bad_images_are_4xx(data, status, code):
+    e = err(decode_image, data, LIMITS, where="image 3")
+    assert (e.status, e.code) == (status, code)
+    assert "image 3" in e.detail
+
+
+def test_too_many_images():
+    png = encode(Image.new("RGB", (4, 4)))
+    e = err(decode_images, [png] * 5, LIMITS)
+    assert (e.status, e.code) == (413, "too_many_images") and "max_images = 4" in e.detail
+
+
+def test_base64_variants():
+    data = bytes(range(250))
+    assert b64decode_strict(base64.b64encode(data).decode(), "x") == data
+    assert b64decode_strict(base64.urlsafe_b64encode(data).decode().rstrip("="), "x") == data
+    assert b64decode_strict("data:image/png;base64," + base64.b64encode(data).decode(), "x") == data
+    assert err(b64decode_strict, "%%%", "instances[0]").code == "invalid_base64"
+    assert err(b64decode_strict, 5, "instances[0]").code == "invalid_base64"
+
+
+def test_json_errors():
+    assert parse_json(b'{"a": 1}') == {"a": 1}
+    assert err(parse_json, b"").code == "empty_body"
+    assert err(parse_json, b"{").code == "malformed_json"
+    assert err(parse_json, b"\xff\xfe").code == "malformed_json"
+    assert err(parse_json, b"[" * 100_000).code == "malformed_json"
+
+
+def test_fp32_tensor_json_and_binary():
+    x = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    t = OipTensor(name="input", datatype="FP32", shape=[2, 3, 4, 4], data=x.tolist())  # nested
+    out, _ = fp32_tensor(t, b"", 0, (4, 4), 8)
+    assert out.dtype == np.float32 and (out == x).all()
+    t = OipTensor(name="input", datatype="FP32", shape=[2, 3, 4, 4], parameters={"binary_data_size": x.nbytes})
+    out, offset = fp32_tensor(t, x.astype("<f4").tobytes(), 0, (4, 4), 8)
+    assert (out == x).all() and offset == x.nbytes
+    bad = [
+        (OipTensor(name="i", datatype="FP32", shape=[1, 3, 8, 8], data=[0.0] * 192), "invalid_shape"),
+        (OipTensor(name="i", datatype="FP32", shape=[1, 3, 4, 4], data=[0.0] * 47), "invalid_tensor"),
+        (OipTensor(name="i", datatype="FP32", shape=[1, 3, 4, 4], data=[float("nan")] * 48), "invalid_tensor"),
+        (OipTensor(name="i", datatype="FP32", shape=[1, 3, 4, 4], data=[True] * 48), "invalid_tensor"),
+        (OipTensor(name="i", datatype="FP32", shape=[9, 3, 4, 4], data=[0.0] * 432), "too_many_images"),
+    ]
+    for tensor, code in bad:
+        assert err(fp32_tensor, tensor, b"", 0, (4, 4), 8).code == code
+
+
+def test_bytes_tensor_base64_and_raw_length_prefixed():
+    a, b = b"first-image", b"second"
+    t = OipTensor(name="image", datatype="BYTES", shape=[2], data=[base64.b64encode(a).decode(),
+                                                                    base64.b64encode(b).decode()])
+    assert bytes_tensor(t, b"", 0, 8)[0] == [a, b]
+    raw = len(a).to_bytes(4, "little") + a + len(b).to_bytes(4, "little") + b
+    t = OipTensor(name="image", datatype="BYTES", shape=[2, 1], parameters={"binary_data_size": len(raw)})
+    assert bytes_tensor(t, raw, 0, 8)[0] == [a, b]
+    assert err(bytes_tensor, t, raw[:-1], 0, 8).code == "invalid_tensor"
+    assert err(bytes_tensor, OipTensor(name="image", datatype="BYTES", shape=[1, 3], data=["x"]), b"", 0, 8
+               ).code == "invalid_shape"
+
+
+def test_binary_body_split():
+    header = json.dumps({"inputs": []}).encode()
+    h, blob = split_binary_body(header + b"\x00\x01", str(len(header)))
+    assert h == {"inputs": []} and blob == b"\x00\x01"
+    assert err(split_binary_body, header, "999").code == "invalid_header"
+    assert err(split_binary_body, header, "abc").code == "invalid_header"

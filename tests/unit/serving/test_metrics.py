@@ -1,0 +1,70 @@
+"""Per-variant statistics (what the canary controller reads) and per-app Prometheus registries."""
+
+from __future__ import annotations
+
+import pytest
+
+from cvplatform.serving.metrics import ServingMetrics, StatsBook, percentile, summarize
+
+
+def test_percentile_and_summary():
+    assert percentile([], 50) is None
+    assert percentile([5.0], 95) == 5.0
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile(list(range(101)), 95) == pytest.approx(95.0)
+    s = summarize([1.0, 3.0])
+    assert s["count"] == 2 and s["mean"] == 2.0 and s["p50"] == 2.0
+
+
+def test_stats_book_counts_errors_latency_confidence_accuracy_and_agreement():
+    book = StatsBook(window=100, bins=10)
+    book.record_answer("champion", "1", ["a", "b"], [0.95, 0.55], ["a", "a"], 2.0, 5.0)
+    book.record_answer("canary", "2", ["a"], [0.91], ["a"], 8.0, 12.0)
+    book.record_error("canary", "2")
+    book.record_shadow("canary", "2", ["a", "c"], [0.9, 0.3], ["a", "a"], 9.0, ["a", "b"], "rid")
+    book.record_error("canary", "2", shadow=True)
+    snap = book.snapshot()
+    ch, ca = snap["variants"]["champion"], snap["variants"]["canary"]
+    assert (ch["requests"], ch["errors"], ch["images"], ch["labelled"], ch["correct"]) == (1, 0, 2, 2, 1)
+    assert ch["confidence_hist"]["counts"][9] == 1 and ch["confidence_hist"]["counts"][5] == 1
+    assert ch["latency_ms"]["p50"] == 2.0 and ch["request_latency_ms"]["p50"] == 5.0
+    # canary: 1 answered + 1 failed routed request, 2 shadow scorings of which 1 failed
+    assert (ca["requests"], ca["errors"], ca["shadow_scored"], ca["shadow_errors"]) == (2, 1, 2, 1)
+    assert (ca["attempts"], ca["failures"], ca["error_rate"]) == (4, 2, 0.5)
+    assert ca["accuracy"] == pytest.approx(2 / 3) and ca["classes"] == {"a": 2, "c": 1}
+    assert snap["shadow"]["pairs"] == 2 and snap["shadow"]["agree"] == 1 and snap["shadow"]["agreement"] == 0.5
+    assert snap["shadow"]["recent_disagreements"][0]["request_id"] == "rid"
+    assert len(ca["confidence_samples"]) == 3 and "confidence_samples" not in book.snapshot(False)["variants"]["canary"]
+
+
+def test_a_new_version_in_a_slot_starts_fresh_and_reset_clears_everything():
+    book = StatsBook(window=10, bins=4)
+    book.record_answer("canary", "2", ["a"], [0.9], None, 1.0, None)
+    book.record_answer("canary", "3", ["a"], [0.9], None, 1.0, None)
+    assert book.snapshot()["variants"]["canary"]["requests"] == 1
+    assert book.snapshot()["variants"]["canary"]["version"] == "3"
+    book.reset()
+    assert book.snapshot()["variants"]["canary"]["requests"] == 0
+
+
+def test_window_bounds_the_samples():
+    book = StatsBook(window=10, bins=4)
+    for i in range(50):
+        book.record_answer("champion", "1", ["a"], [0.5], None, float(i), None)
+    snap = book.snapshot()["variants"]["champion"]
+    assert snap["latency_ms"]["count"] == 10 and snap["requests"] == 50 and len(snap["confidence_samples"]) == 10
+
+
+def test_each_app_has_its_own_prometheus_registry():
+    a, b = ServingMetrics(), ServingMetrics()  # same metric names: no "Duplicated timeseries" error
+    a.requests.labels("predict", "m", "1", "champion", "200").inc(3)
+    a.set_model("champion", "m", "1", None)
+    a.set_model("champion", "m", "2", ("m", "1"))
+    text_a, ctype = a.render()
+    text_b, _ = b.render()
+    assert ctype.startswith("text/plain")
+    assert b'cvplatform_requests_total{endpoint="predict",model="m",status="200",variant="champion",version="1"} 3.0' \
+        in text_a
+    assert b"version=\"1\"} 3.0" not in text_b
+    assert b'cvplatform_model_info{model="m",variant="champion",version="2"} 1.0' in text_a
+    assert b'cvplatform_model_info{model="m",variant="champion",version="1"}' not in text_a
