@@ -339,7 +339,13 @@ def run_canary(
         model = str(status.get("model"))
         champion_before = (status.get("champion") or {}).get("version")
         if champion_before is not None and str(champion_before) == version:
-            raise DeployError(f"{model} v{version} is already the champion on {url}; nothing to roll out.")
+            # idempotent: a retried deploy of the version that already won changes nothing
+            log.info("deploy: %s v%s is already the champion on %s; nothing to roll out", model, version, url)
+            done = CanaryResult(model=model, version=version, decision=DECISION_PROMOTE, champion_before=version,
+                                champion_after=version, server=url, policy=policy.model_dump(mode="json"),
+                                reasons=[f"v{version} is already the champion: nothing to roll out"])
+            done.write_summary(paths.artifacts("deploy"))
+            return done
         _check_approved(params, paths.root, model, version)
         out_dir = paths.artifacts("deploy")
         out_dir.mkdir(parents=True, exist_ok=True)
