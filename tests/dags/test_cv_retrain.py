@@ -41,6 +41,7 @@ TINY = {
     "export.benchmark.iterations": 10,
     "export.benchmark.warmup": 2,
     "orchestration.push_to_remote": True,
+    "deploy.policy": "configs/deploy/canary-demo.yaml",
 }
 
 
