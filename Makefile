@@ -36,6 +36,15 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/evaluate.py
+	$(BIN)/python benchmarks/inference.py
+	$(BIN)/python benchmarks/serving.py
+
+# A real local Airflow 3 (api-server, scheduler, dag-processor, triggerer) on SQLite, bound to 127.0.0.1:
+# AIRFLOW_HOME=airflow_home/, users admin/alice/bob, passwords printed on start; Ctrl-C stops it.
+airflow: $(STAMP)
+	$(BIN)/python -m cvplatform.airflow_local $(AIRFLOW_ARGS)
 
 clean:
 	rm -rf $(VENV) artifacts data/raw data/quarantine data/processed .pytest_cache
