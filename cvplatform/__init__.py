@@ -46,6 +46,8 @@ _EXPORTS: dict[str, str] = {
     "run_canary": "cvplatform.deploy.canary",
     "run_canary_local": "cvplatform.deploy.canary",
     "CanaryResult": "cvplatform.deploy.canary",
+    "run_monitor": "cvplatform.monitoring.run",
+    "MonitorResult": "cvplatform.monitoring.run",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -58,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cvplatform.errors import CVPlatformError  # noqa: F401
     from cvplatform.evaluation.run import EvaluateResult, run_evaluate  # noqa: F401
     from cvplatform.export.run import ExportResult, run_export  # noqa: F401
+    from cvplatform.monitoring.run import MonitorResult, run_monitor  # noqa: F401
     from cvplatform.registry.aliases import promote, rollback  # noqa: F401
     from cvplatform.registry.approvals import approve, reject  # noqa: F401
     from cvplatform.registry.loading import load_model  # noqa: F401

@@ -392,6 +392,33 @@ def deploy_canary(
         raise typer.Exit(code=3)
 
 
+@app.command()
+def monitor(
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Window start, ISO-8601 UTC (e.g. 2026-01-31T00:00:00Z); default: "
+                                     "now - window_hours."),
+    ] = None,
+    fail_on_drift: Annotated[
+        bool, typer.Option("--fail-on-drift", help="Exit 3 when drift is found (for scripts); default exit 0."),
+    ] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Compare served traffic (request log) with the training data: input and prediction drift; print the verdict."""
+    _setup_logging(verbose)
+
+    def go():
+        from cvplatform.monitoring.run import run_monitor
+
+        return run_monitor(_params(params, set_), since=since)
+
+    result = _run(go)
+    if fail_on_drift and result.drifted:
+        raise typer.Exit(code=3)
+
+
 @app.command("config")
 def show_config(
     params: ParamsOpt = Path("params.yaml"),

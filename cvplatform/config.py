@@ -511,6 +511,35 @@ class DeployParams(StrictModel):
     local: DeployLocalParams = DeployLocalParams()
 
 
+# --------------------------------------------------------------------------- monitor
+class MonitorParams(StrictModel):
+    """``cvplatform monitor`` / the cv_monitor DAG: drift of served traffic against the training data.
+
+    Example:
+        >>> MonitorParams().log_dir
+        'artifacts/serving/requests'
+    """
+
+    policy: str = "configs/monitor/drift.yaml"
+    """Drift policy: thresholds per input statistic, prediction PSI, minimum samples, window."""
+    log_requests: bool = True
+    """The server writes one record per served image (input stats + prediction) to ``log_dir``."""
+    log_dir: str = "artifacts/serving/requests"
+    """Folder of the inference server's request log (requests-<UTC time>.jsonl files)."""
+    log_max_bytes: int = Field(10_000_000, ge=1024)
+    """The server starts a new request-log file when the current one would exceed this size (bytes)."""
+    manifest: str = "data/processed/manifest.parquet"
+    """Manifest whose train split (images and labels) is the drift reference."""
+    reference_max_images: int | None = Field(5000, ge=1)
+    """Measure at most N train images for the reference (the first N by sha256); None = all."""
+    window_hours: float | None = Field(None, gt=0)
+    """Look-back window in hours; None = the policy's window_hours."""
+    experiment: str = Field("monitor", min_length=1)
+    """MLflow experiment of the monitoring runs."""
+    log_to_mlflow: bool = True
+    """Log each check's value, the verdict and the report to an MLflow run."""
+
+
 # --------------------------------------------------------------------------- all params
 # --------------------------------------------------------------------------- orchestration (Airflow)
 class OrchestrationParams(StrictModel):
@@ -542,6 +571,7 @@ class Params(StrictModel):
     registry: RegistryParams = RegistryParams()
     serve: ServeParams = ServeParams()
     deploy: DeployParams = DeployParams()
+    monitor: MonitorParams = MonitorParams()
     orchestration: OrchestrationParams = OrchestrationParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -736,6 +766,7 @@ __all__ = [
     "IngestParams",
     "Literal",
     "ManifestSuiteConfig",
+    "MonitorParams",
     "Params",
     "PrivacyParams",
     "ProjectParams",

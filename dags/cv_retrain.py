@@ -110,6 +110,8 @@ def _repro(stage: str) -> dict:
                                description="configs/deploy/*.yaml; empty = params.yaml"),
         "overrides": Param([], type="array", items={"type": "string"}, title="Extra overrides",
                            description="key.path=value, e.g. train.batch_size=32"),
+        "reason": Param("", type="string", title="Reason",
+                        description="Why this run was started (cv_monitor records the drift it found); not a setting"),
     },
     doc_md=__doc__,
 )

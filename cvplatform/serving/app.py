@@ -160,6 +160,26 @@ class ServerState:
     admin_token: str | None
     shadow_tasks: set[asyncio.Task] = field(default_factory=set)
     started: float = field(default_factory=time.time)
+    request_log: Any = None
+    """:class:`cvplatform.monitoring.inference_log.InferenceLogger` (drift monitoring), or None."""
+
+
+async def _log_requests(state: ServerState, images: list[np.ndarray] | None, handle: ModelHandle, variant: str,
+                        request_id: str, top: list[str], conf: list[float]) -> None:
+    """One inference-log record per image (input statistics + prediction) for ``cv_monitor``; never fails a request."""
+    if state.request_log is None:
+        return
+
+    def write() -> None:
+        for i, (cls, c) in enumerate(zip(top, conf, strict=True)):
+            img = images[i] if images is not None and i < len(images) else None
+            state.request_log.log(img, model=handle.model.name, version=handle.version, variant=variant,
+                                  request_id=request_id, predicted=cls, confidence=c)
+
+    try:
+        await asyncio.to_thread(write)
+    except Exception as exc:  # monitoring must not break serving
+        log.warning("inference log write failed: %s", exc)
 
 
 @dataclass
@@ -313,6 +333,7 @@ async def predict_core(
     for cls, c in zip(top, conf, strict=True):
         m.predictions.labels(handle.model.name, handle.version, variant, cls).inc()
         m.confidence.labels(handle.model.name, handle.version, variant).observe(c)
+    await _log_requests(state, images, handle, variant, request_id, top, conf)
     # shadow: the other variant scores the same input in the background
     other = canary if variant == "champion" else champion
     mirror = other is not None and not fallback and pinned_version is None and should_shadow(key, traffic)
@@ -353,6 +374,7 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
     top = [names[i] for i in np.argmax(probs, axis=1)]
     conf = [float(v) for v in probs.max(axis=1)]
     state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id)
+    await _log_requests(state, images, handle, "shadow", request_id, top, conf)
     for a, b in zip(answered, top, strict=False):
         state.metrics.shadow.labels("agree" if a == b else "disagree").inc()
 
@@ -385,7 +407,8 @@ def _media_type(request: Request) -> str:
 
 
 # --------------------------------------------------------------------------- the app
-def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str | None = None) -> FastAPI:
+def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str | None = None,
+               request_log: Any = None) -> FastAPI:
     """Build the inference service for ``source`` with ``config``.
 
     Args:
@@ -394,6 +417,8 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
             :class:`~cvplatform.serving.models.FileSource`).
         admin_token: bearer token of the admin API (default :meth:`ServingConfig.admin_token`);
             None and unset = admin API disabled (403).
+        request_log: an :class:`~cvplatform.monitoring.inference_log.InferenceLogger` that gets one record
+            per served image (input statistics + prediction) for drift monitoring; None = no log.
 
     Example:
         >>> from cvplatform.serving.models import FileSource
@@ -408,7 +433,7 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
     stats = StatsBook(config.stats.window, config.stats.confidence_bins, config.stats.disagreements_kept)
     manager = ModelManager(source, config, metrics, stats)
     token = admin_token if admin_token is not None else config.admin_token()
-    state = ServerState(config, manager, metrics, stats, token)
+    state = ServerState(config, manager, metrics, stats, token, request_log=request_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -421,6 +446,8 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
             if state.shadow_tasks:
                 await asyncio.gather(*state.shadow_tasks, return_exceptions=True)
             await manager.stop()
+            if request_log is not None:
+                request_log.close()
 
     app = FastAPI(title="cvplatform inference service", version="1", lifespan=lifespan,
                   description=__doc__)
@@ -880,7 +907,13 @@ def build_app(
         src = RegistrySource(registered_model_name(params, config), root=paths.root, params=params,
                              providers=m.providers, intra_op_threads=m.intra_op_threads,
                              allow_spinning=m.allow_spinning, champion_alias=m.champion_alias)
-    return create_app(config, src, admin_token=admin_token)
+    request_log = None
+    mon = getattr(params, "monitor", None)
+    if mon is not None and mon.log_requests:
+        from cvplatform.monitoring.inference_log import InferenceLogger
+
+        request_log = InferenceLogger.from_params(params, paths.root)
+    return create_app(config, src, admin_token=admin_token, request_log=request_log)
 
 
 def serve(

@@ -146,3 +146,24 @@ def test_images_of_any_size_and_mode_are_served(client):
         assert client.post("/v1/predict", content=buf.getvalue(), headers={"Content-Type": "image/png"}
                            ).status_code == 200
 
+
+
+def test_served_images_are_written_to_the_inference_log_for_drift_monitoring(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from cvplatform.monitoring.inference_log import InferenceLogger, read_log
+
+    p = tmp_path / "m.onnx"
+    p.write_bytes(build_model().SerializeToString())
+    logger = InferenceLogger(tmp_path / "requests")
+    with TestClient(create_app(ServingConfig(), FileSource(p, model_name="m"), request_log=logger)) as c:
+        bodies = [encode_png(colour_image(k)) for k in (0, 1, 2)]
+        answers = [c.post("/v1/predict", content=b, headers={"Content-Type": "image/png", "X-Request-ID": f"r{i}"})
+                   for i, b in enumerate(bodies)]
+        assert all(a.status_code == 200 for a in answers)
+    df = read_log(tmp_path / "requests")
+    assert sorted(df["request_id"]) == ["r0", "r1", "r2"]
+    assert set(df["variant"]) == {"champion"} and set(df["model"]) == {"m"}
+    served = {a.json()["predictions"][0]["class"] for a in answers}
+    assert set(df["predicted"]) == served
+    assert df["brightness"].notna().all() and (df["width"] > 0).all()

@@ -1,0 +1,537 @@
+"""Drift checks: served traffic against the training reference (pure functions).
+
+* **Input drift**, per statistic of :mod:`cvplatform.monitoring.stats`:
+
+  - the *population stability index* ``PSI = sum((c - r) * ln(c / r))`` over bins
+    whose edges are quantiles of the reference (a statistic with at most ``bins``
+    distinct reference values, e.g. a fixed image size, gets one bin per value plus
+    one below and one above, so an unseen size counts as a shift); proportions are
+    floored at :data:`EPS`. Rule of thumb: < 0.1 stable, 0.1-0.25 minor, > 0.25 major;
+  - the two-sample Kolmogorov-Smirnov statistic (largest gap between the two
+    empirical CDFs, 0..1; scipy).
+
+* **Prediction drift**: the PSI between the training label distribution and the
+  distribution of predicted classes in the window, plus the *mean-confidence shift*:
+  the window's mean top-1 confidence against the same model version's mean over the
+  baseline period before the window (a drop larger than ``max_confidence_drop``
+  fails), and an optional absolute floor ``min_mean_confidence``.
+
+:func:`check_drift` applies a :class:`DriftPolicy` (``configs/monitor/drift.yaml``)
+and returns a :class:`DriftReport`; it decides, the caller acts (DESIGN.md,
+principle 4). A check *fails* only when its value is strictly beyond its threshold.
+Fewer than ``min_samples`` requests in the window never count as drift: every check
+is then reported as skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import Field, model_validator
+
+from cvplatform.config import StrictModel
+from cvplatform.monitoring.stats import STAT_NAMES
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pandas as pd
+
+#: Floor of a bin's proportion in the PSI (an empty bin would make it infinite).
+EPS = 1e-4
+
+
+# --------------------------------------------------------------------------- policy
+class StatThresholds(StrictModel):
+    """Thresholds of one input statistic; null disables that check (the value is still reported)."""
+
+    psi: float | None = Field(0.25, gt=0.0)
+    """Largest allowed PSI against the training reference."""
+    ks: float | None = Field(None, gt=0.0, le=1.0)
+    """Largest allowed two-sample KS statistic (0..1)."""
+
+
+class InputThresholds(StrictModel):
+    """Per-statistic thresholds (the keys are the statistics of cvplatform.monitoring.stats)."""
+
+    brightness: StatThresholds = StatThresholds(psi=0.25, ks=0.3)
+    contrast: StatThresholds = StatThresholds(psi=0.25, ks=0.3)
+    sharpness: StatThresholds = StatThresholds(psi=0.25, ks=0.3)
+    width: StatThresholds = StatThresholds(psi=0.25, ks=None)
+    height: StatThresholds = StatThresholds(psi=0.25, ks=None)
+    aspect_ratio: StatThresholds = StatThresholds(psi=0.25, ks=None)
+
+
+class PredictionThresholds(StrictModel):
+    """Prediction-drift thresholds."""
+
+    psi: float | None = Field(0.25, gt=0.0)
+    """Largest allowed PSI between the training label distribution and the predicted classes."""
+    max_confidence_drop: float | None = Field(0.10, gt=0.0, le=1.0)
+    """Largest allowed drop of the mean top-1 confidence below the baseline period's (same model version)."""
+    min_mean_confidence: float | None = Field(None, ge=0.0, le=1.0)
+    """Smallest allowed mean top-1 confidence in the window; null = not checked."""
+    baseline_hours: float = Field(168.0, gt=0.0)
+    """Length of the baseline period just before the window (confidence shift)."""
+
+
+class DriftPolicy(StrictModel):
+    """The drift policy (``configs/monitor/drift.yaml``).
+
+    Example:
+        >>> from cvplatform.config import load_config
+        >>> policy = load_config("configs/monitor/drift.yaml", DriftPolicy)  # doctest: +SKIP
+        >>> DriftPolicy().inputs.brightness.psi
+        0.25
+    """
+
+    window_hours: float = Field(24.0, gt=0.0)
+    """Look-back window: traffic logged in the last N hours is compared with the reference."""
+    min_samples: int = Field(100, ge=1)
+    """Fewest served images in the window (and per check) before any check may fail."""
+    bins: int = Field(10, ge=2, le=100)
+    """Quantile bins of the input-statistic PSI."""
+    variants: tuple[Literal["champion", "canary", "shadow"], ...] = ("champion", "canary")
+    """Logged variants that count as traffic (shadow scores duplicate served images)."""
+    inputs: InputThresholds = InputThresholds()
+    prediction: PredictionThresholds = PredictionThresholds()
+
+    @model_validator(mode="after")
+    def _some_variant(self) -> DriftPolicy:
+        if not self.variants:
+            raise ValueError("variants must list at least one of champion, canary, shadow")
+        return self
+
+
+# --------------------------------------------------------------------------- statistics
+def bin_edges(reference: Sequence[float] | np.ndarray, bins: int = 10) -> np.ndarray:
+    """Bin edges for the PSI of a statistic, from its reference values.
+
+    Values ``x`` fall in bin ``searchsorted(edges, x, side="right")`` (``len(edges) + 1``
+    bins). More than ``bins`` distinct reference values: the inner quantiles
+    ``1/bins .. (bins-1)/bins`` (open-ended outer bins). At most ``bins`` distinct values
+    (a discrete statistic such as a fixed width): one bin per value plus one below the
+    smallest and one above the largest.
+
+    Example:
+        >>> bin_edges([16, 16, 16], 10).tolist()  # one size: below / 16 / above
+        [16.0, 16.000000000000004]
+    """
+    import numpy as np
+
+    ref = np.asarray(reference, dtype=np.float64)
+    ref = ref[np.isfinite(ref)]
+    if ref.size == 0:
+        return np.asarray([], dtype=np.float64)
+    uniq = np.unique(ref)
+    if uniq.size <= bins:
+        mids = (uniq[:-1] + uniq[1:]) / 2.0
+        return np.concatenate([[uniq[0]], mids, [np.nextafter(uniq[-1], np.inf)]])
+    qs = np.quantile(ref, np.arange(1, bins) / bins)
+    return np.unique(qs)
+
+
+def proportions(values: Sequence[float] | np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Share of ``values`` in each bin defined by ``edges`` (see :func:`bin_edges`)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    counts = np.bincount(np.searchsorted(edges, v, side="right"), minlength=len(edges) + 1)
+    return counts / max(int(v.size), 1)
+
+
+def psi_from_proportions(
+    expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray, eps: float = EPS
+) -> float:
+    """PSI of two distributions over the same bins (each floored at ``eps``).
+
+    Example:
+        >>> round(psi_from_proportions([0.5, 0.5], [0.5, 0.5]), 6)
+        0.0
+        >>> round(psi_from_proportions([0.5, 0.5], [0.9, 0.1]), 3)
+        0.879
+    """
+    import numpy as np
+
+    e = np.maximum(np.asarray(expected, dtype=np.float64), eps)
+    a = np.maximum(np.asarray(actual, dtype=np.float64), eps)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def psi(
+    reference: Sequence[float] | np.ndarray,
+    current: Sequence[float] | np.ndarray,
+    bins: int = 10,
+    eps: float = EPS,
+) -> float:
+    """PSI of ``current`` against ``reference`` with bins from the reference (:func:`bin_edges`).
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> ref = rng.normal(0, 1, 5000)
+        >>> psi(ref, ref) == 0.0
+        True
+        >>> psi(ref, ref + 2.0) > 1.0
+        True
+    """
+    edges = bin_edges(reference, bins)
+    return psi_from_proportions(proportions(reference, edges), proportions(current, edges), eps)
+
+
+def ks_statistic(reference: Sequence[float] | np.ndarray, current: Sequence[float] | np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic (0 = same empirical CDF, 1 = disjoint).
+
+    Example:
+        >>> ks_statistic([1, 2, 3], [1, 2, 3])
+        0.0
+        >>> ks_statistic([1, 2, 3], [10, 11, 12])
+        1.0
+    """
+    import numpy as np
+    from scipy.stats import ks_2samp
+
+    r = np.asarray(reference, dtype=np.float64)
+    c = np.asarray(current, dtype=np.float64)
+    r, c = r[np.isfinite(r)], c[np.isfinite(c)]
+    if r.size == 0 or c.size == 0:
+        return float("nan")
+    return float(ks_2samp(r, c).statistic)
+
+
+def label_distribution(counts: Mapping[str, float]) -> dict[str, float]:
+    """Counts per class -> shares per class (sorted by class name)."""
+    total = float(sum(counts.values()))
+    return {k: (float(v) / total if total else 0.0) for k, v in sorted(counts.items())}
+
+
+def label_psi(reference_counts: Mapping[str, float], current_counts: Mapping[str, float], eps: float = EPS) -> float:
+    """PSI between two class distributions (classes missing on one side count as 0, floored at ``eps``).
+
+    Example:
+        >>> label_psi({"a": 50, "b": 50}, {"a": 5, "b": 5})
+        0.0
+        >>> label_psi({"a": 50, "b": 50}, {"a": 10}) > 4
+        True
+    """
+    classes = sorted(set(reference_counts) | set(current_counts))
+    ref = label_distribution({c: reference_counts.get(c, 0) for c in classes})
+    cur = label_distribution({c: current_counts.get(c, 0) for c in classes})
+    return psi_from_proportions([ref[c] for c in classes], [cur[c] for c in classes], eps)
+
+
+# --------------------------------------------------------------------------- report
+@dataclass
+class DriftCheck:
+    """One check: what was measured, against which threshold, and the verdict.
+
+    ``status`` is ``passed`` | ``failed`` | ``skipped`` (too few samples, no threshold
+    data, ...); ``passed`` is False only for a failed check.
+    """
+
+    name: str
+    kind: Literal["input", "prediction"]
+    metric: str
+    value: float | None
+    threshold: float | None
+    status: Literal["passed", "failed", "skipped"]
+    reason: str
+    n: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return self.status != "failed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+@dataclass
+class DriftReport:
+    """The verdict of :func:`check_drift`.
+
+    Attributes:
+        drifted: True when at least one check failed.
+        checks: Every check, in a fixed order (inputs first, then predictions).
+        n_current: Served images in the window (policy variants only).
+        n_reference: Reference images.
+        insufficient: True when the window had fewer than ``min_samples`` images.
+        statistics: Per input statistic: reference/current mean, PSI, KS, samples.
+        reference_labels / predicted: Class shares in training / in the window.
+        mean_confidence / baseline_confidence: Mean top-1 confidence in the window / baseline.
+        model_version: ``name:version`` the confidence shift was measured on.
+    """
+
+    drifted: bool
+    checks: list[DriftCheck]
+    n_current: int
+    n_reference: int
+    insufficient: bool = False
+    statistics: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+    reference_labels: dict[str, float] = field(default_factory=dict)
+    predicted: dict[str, float] = field(default_factory=dict)
+    mean_confidence: float | None = None
+    baseline_confidence: float | None = None
+    model_version: str | None = None
+
+    @property
+    def failures(self) -> list[DriftCheck]:
+        return [c for c in self.checks if c.status == "failed"]
+
+    @property
+    def reasons(self) -> list[str]:
+        """One line per failed check."""
+        return [c.reason for c in self.failures]
+
+    @property
+    def reason(self) -> str:
+        """One line: why drift was declared (the first failed check per statistic), or why not."""
+        if self.drifted:
+            first: dict[str, str] = {}
+            for c in self.failures:
+                first.setdefault(c.name.split(".")[0], c.reason)
+            return "drift: " + "; ".join(first.values())
+        if self.insufficient:
+            skipped = next((c.reason for c in self.checks if c.status == "skipped"), "")
+            return f"no drift decision: {skipped}" if skipped else "no drift decision: insufficient traffic"
+        n_checked = sum(c.status == "passed" for c in self.checks)
+        return f"no drift: {n_checked} check(s) passed on {self.n_current} served image(s)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "drifted": self.drifted,
+            "reason": self.reason,
+            "reasons": self.reasons,
+            "insufficient": self.insufficient,
+            "n_current": self.n_current,
+            "n_reference": self.n_reference,
+            "checks": [c.to_dict() for c in self.checks],
+            "statistics": self.statistics,
+            "reference_labels": self.reference_labels,
+            "predicted": self.predicted,
+            "mean_confidence": self.mean_confidence,
+            "baseline_confidence": self.baseline_confidence,
+            "model_version": self.model_version,
+        }
+
+
+class ReferenceLike(Protocol):
+    """What :func:`check_drift` needs of a reference (see :class:`~cvplatform.monitoring.reference.Reference`)."""
+
+    stats: Mapping[str, Sequence[float]]
+    label_counts: Mapping[str, int]
+
+
+def _fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def _traffic(df: pd.DataFrame | None, variants: Sequence[str]) -> pd.DataFrame | None:
+    if df is None:
+        return None
+    if "variant" in df.columns:
+        df = df[df["variant"].isin(list(variants))]
+    return df
+
+
+def check_drift(
+    reference: ReferenceLike,
+    current: pd.DataFrame,
+    policy: DriftPolicy | None = None,
+    *,
+    baseline: pd.DataFrame | None = None,
+) -> DriftReport:
+    """Compare the window's traffic with the training reference under ``policy``.
+
+    Args:
+        reference: Training reference: per-statistic values and label counts.
+        current: Logged records of the window (:func:`~cvplatform.monitoring.inference_log.read_log`).
+        policy: Thresholds, minimum samples, bins and counted variants (default: :class:`DriftPolicy`).
+        baseline: Logged records of the baseline period before the window (confidence shift);
+            None = that check is skipped.
+
+    Returns:
+        A :class:`DriftReport`; ``drifted`` is True when any check failed.
+
+    Example:
+        >>> report = check_drift(reference, read_log("artifacts/serving/requests"), policy)  # doctest: +SKIP
+        >>> report.drifted, report.reasons  # doctest: +SKIP
+        (True, ['brightness PSI 3.2 > 0.25: ...'])
+    """
+    import numpy as np
+
+    policy = policy or DriftPolicy()
+    cur = _traffic(current, policy.variants)
+    base = _traffic(baseline, policy.variants)
+    n_cur = 0 if cur is None else len(cur)
+    n_ref = max((len(v) for v in reference.stats.values()), default=0)
+    min_n = policy.min_samples
+    insufficient = n_cur < min_n
+    checks: list[DriftCheck] = []
+    statistics: dict[str, dict[str, float | int | None]] = {}
+
+    def skip(name: str, kind: Any, metric: str, threshold: float | None, why: str, n: int = 0) -> None:
+        checks.append(DriftCheck(name, kind, metric, None, threshold, "skipped", f"{name}: skipped, {why}", n))
+
+    def judge(name: str, kind: Any, metric: str, value: float, threshold: float | None, n: int,
+              fail_text: str, pass_text: str) -> None:
+        if threshold is None:
+            return
+        if not math.isfinite(value):
+            skip(name, kind, metric, threshold, f"{metric} could not be computed", n)
+            return
+        failed = value > threshold
+        checks.append(DriftCheck(name, kind, metric, float(value), float(threshold),
+                                 "failed" if failed else "passed", fail_text if failed else pass_text, n))
+
+    too_few = f"{n_cur} served image(s) in the window < min_samples {min_n} (tiny traffic never counts as drift)"
+
+    # ---------------------------------------------------------------- inputs
+    for stat in STAT_NAMES:
+        th: StatThresholds = getattr(policy.inputs, stat)
+        ref_vals = np.asarray(reference.stats.get(stat, []), dtype=np.float64)
+        ref_vals = ref_vals[np.isfinite(ref_vals)]
+        cur_vals = np.asarray([] if cur is None or stat not in cur.columns else cur[stat], dtype=np.float64)
+        cur_vals = cur_vals[np.isfinite(cur_vals)]
+        row: dict[str, float | int | None] = {
+            "reference_mean": float(ref_vals.mean()) if ref_vals.size else None,
+            "current_mean": float(cur_vals.mean()) if cur_vals.size else None,
+            "n_reference": int(ref_vals.size), "n_current": int(cur_vals.size), "psi": None, "ks": None,
+        }
+        statistics[stat] = row
+        wanted = [(m, t) for m, t in (("psi", th.psi), ("ks", th.ks)) if t is not None]
+        if ref_vals.size < 2:
+            for m, t in wanted:
+                skip(f"{stat}.{m}", "input", m, t, f"the reference has {ref_vals.size} value(s) of {stat}")
+            continue
+        if insufficient or cur_vals.size < min_n:
+            why = too_few if insufficient else (
+                f"{cur_vals.size} logged image(s) with {stat} < min_samples {min_n} "
+                "(requests sent as tensors carry no input statistics)")
+            for m, t in wanted:
+                skip(f"{stat}.{m}", "input", m, t, why, int(cur_vals.size))
+            continue
+        p = psi(ref_vals, cur_vals, policy.bins)
+        k = ks_statistic(ref_vals, cur_vals)
+        row["psi"], row["ks"] = p, k
+        shift = (f"mean {_fmt(row['current_mean'])} vs {_fmt(row['reference_mean'])} in training, "
+                 f"{cur_vals.size} images")
+        for m, value, t in (("psi", p, th.psi), ("ks", k, th.ks)):
+            label = "PSI" if m == "psi" else "KS"
+            judge(f"{stat}.{m}", "input", m, value, t, int(cur_vals.size),
+                  f"{stat} {label} {_fmt(value)} > {_fmt(t)}: input drift ({shift})",
+                  f"{stat} {label} {_fmt(value)} <= {_fmt(t)}")
+
+    # ---------------------------------------------------------------- predictions
+    pt = policy.prediction
+    ref_counts = {str(k): int(v) for k, v in reference.label_counts.items()}
+    predicted_counts: dict[str, int] = {}
+    if cur is not None and "predicted" in cur.columns:
+        predicted_counts = {str(k): int(v) for k, v in cur["predicted"].dropna().value_counts().items()}
+    n_pred = sum(predicted_counts.values())
+    if pt.psi is not None:
+        if not ref_counts:
+            skip("predicted_class.psi", "prediction", "psi", pt.psi, "the reference has no training labels")
+        elif insufficient or n_pred < min_n:
+            skip("predicted_class.psi", "prediction", "psi", pt.psi,
+                 too_few if insufficient else f"{n_pred} predictions < min_samples {min_n}", n_pred)
+        else:
+            value = label_psi(ref_counts, predicted_counts)
+            ref_share = label_distribution(ref_counts)
+            cur_share = label_distribution(predicted_counts)
+            top = max(cur_share, key=lambda c: (cur_share[c] - ref_share.get(c, 0.0), c))
+            judge("predicted_class.psi", "prediction", "psi", value, pt.psi, n_pred,
+                  f"predicted-class PSI {_fmt(value)} > {_fmt(pt.psi)}: prediction drift "
+                  f"({top!r} is {cur_share[top]:.0%} of predictions vs {ref_share.get(top, 0.0):.0%} of training labels)",
+                  f"predicted-class PSI {_fmt(value)} <= {_fmt(pt.psi)}")
+
+    mean_conf: float | None = None
+    base_conf: float | None = None
+    model_version: str | None = None
+    if cur is not None and n_cur and "confidence" in cur.columns:
+        conf = cur["confidence"].astype("float64")
+        mean_conf = float(conf.mean()) if conf.notna().any() else None
+    if pt.max_confidence_drop is not None:
+        name = "confidence.drop"
+        if insufficient:
+            skip(name, "prediction", "confidence_drop", pt.max_confidence_drop, too_few, n_cur)
+        else:
+            assert cur is not None
+            mv = cur.groupby(["model", "version"], dropna=True).size()
+            if mv.empty:
+                skip(name, "prediction", "confidence_drop", pt.max_confidence_drop, "no model version logged")
+            else:
+                (model, version) = mv.sort_values(ascending=False, kind="mergesort").index[0]
+                model_version = f"{model}:{version}"
+                mine = cur[(cur["model"] == model) & (cur["version"] == version)]["confidence"].dropna()
+                theirs = None if base is None or base.empty else \
+                    base[(base["model"] == model) & (base["version"] == version)]["confidence"].dropna()
+                if len(mine) < min_n:
+                    skip(name, "prediction", "confidence_drop", pt.max_confidence_drop,
+                         f"{len(mine)} prediction(s) by {model_version} < min_samples {min_n}", len(mine))
+                elif theirs is None or len(theirs) < min_n:
+                    skip(name, "prediction", "confidence_drop", pt.max_confidence_drop,
+                         f"{0 if theirs is None else len(theirs)} baseline prediction(s) by {model_version} in the "
+                         f"{pt.baseline_hours:g} h before the window < min_samples {min_n}", len(mine))
+                else:
+                    m_now, m_base = float(mine.mean()), float(theirs.mean())
+                    base_conf = m_base
+                    drop = m_base - m_now
+                    judge(name, "prediction", "confidence_drop", drop, pt.max_confidence_drop, len(mine),
+                          f"mean confidence of {model_version} fell by {_fmt(drop)} > {_fmt(pt.max_confidence_drop)} "
+                          f"({_fmt(m_now)} in the window vs {_fmt(m_base)} in the baseline)",
+                          f"mean confidence of {model_version} changed by {_fmt(-drop)} "
+                          f"(allowed drop {_fmt(pt.max_confidence_drop)})")
+    if pt.min_mean_confidence is not None:
+        name = "confidence.mean"
+        if insufficient or mean_conf is None:
+            skip(name, "prediction", "mean_confidence", pt.min_mean_confidence, too_few, n_cur)
+        else:
+            # "value > threshold fails" for every check: compare the shortfall below the floor with 0
+            short = pt.min_mean_confidence - mean_conf
+            failed = short > 0
+            checks.append(DriftCheck(
+                name, "prediction", "mean_confidence", mean_conf, pt.min_mean_confidence,
+                "failed" if failed else "passed",
+                (f"mean confidence {_fmt(mean_conf)} < min_mean_confidence {_fmt(pt.min_mean_confidence)}"
+                 if failed else f"mean confidence {_fmt(mean_conf)} >= {_fmt(pt.min_mean_confidence)}"),
+                n_cur))
+
+    drifted = any(c.status == "failed" for c in checks)
+    return DriftReport(
+        drifted=drifted,
+        checks=checks,
+        n_current=n_cur,
+        n_reference=n_ref,
+        insufficient=insufficient,
+        statistics=statistics,
+        reference_labels=label_distribution(ref_counts) if ref_counts else {},
+        predicted=label_distribution(predicted_counts) if predicted_counts else {},
+        mean_confidence=mean_conf,
+        baseline_confidence=base_conf,
+        model_version=model_version,
+    )
+
+
+__all__ = [
+    "EPS",
+    "DriftCheck",
+    "DriftPolicy",
+    "DriftReport",
+    "InputThresholds",
+    "PredictionThresholds",
+    "StatThresholds",
+    "bin_edges",
+    "check_drift",
+    "ks_statistic",
+    "label_distribution",
+    "label_psi",
+    "proportions",
+    "psi",
+    "psi_from_proportions",
+]
