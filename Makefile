@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(BIN)/python -m cvplatform.demo
 
 test: $(STAMP)
+	$(BIN)/ruff check cvplatform dags tests benchmarks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

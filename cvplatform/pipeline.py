@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvplatform.errors import CVPlatformError, ConfigError
+from cvplatform.errors import ConfigError, CVPlatformError
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,7 +54,7 @@ class Predictor(Protocol):
         ...
 
 
-class _BasePredictor:
+class _BasePredictor(ABC):
     name: str
     contract: PreprocessContract
 
@@ -61,8 +62,9 @@ class _BasePredictor:
     def class_names(self) -> tuple[str, ...]:
         return self.contract.class_names
 
-    def _forward(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        """Logits ``(N, C)`` for a preprocessed ``(N, 3, H, W)`` float32 batch."""
 
     def predict_logits(self, images: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Preprocess with the contract and run the model in batches.

@@ -11,8 +11,6 @@ import time
 
 
 def _respond_once(dag_id: str, task_id: str, option: str | None, user: str | None, comment: str) -> bool:
-    from sqlalchemy import select
-
     from airflow._shared.timezones import timezone
     from airflow.models.hitl import HITLDetail
     from airflow.models.taskinstance import TaskInstance as TI
@@ -20,6 +18,7 @@ def _respond_once(dag_id: str, task_id: str, option: str | None, user: str | Non
     from airflow.triggers.base import TriggerEvent
     from airflow.utils.session import create_session
     from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
 
     with create_session() as session:
         ti = session.scalar(

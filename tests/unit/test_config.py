@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from cvplatform.config import Params, apply_overrides, load_config, load_params, params_hash
 from cvplatform.errors import ConfigError
@@ -17,7 +18,7 @@ def test_repo_params_load_and_are_frozen():
     p = load_params(REPO / "params.yaml")
     assert isinstance(p, Params)
     assert p.ingest.source == "digits"
-    with pytest.raises(Exception):  # frozen model
+    with pytest.raises(ValidationError):  # frozen model
         p.ingest.workers = 3  # type: ignore[misc]
 
 
