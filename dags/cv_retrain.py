@@ -230,11 +230,12 @@ def cv_retrain():
     @task(**SERVER_RETRIES)
     def canary_deploy(reg: dict) -> dict:
         """Final task: canary the approved version on a live server; promote or roll back."""
-        from cvplatform.deploy.canary import DeployError, run_canary_local
+        from airflow.sdk.exceptions import AirflowFailException
+        from cvplatform.deploy.canary import run_canary_local
 
         result = run_canary_local(_params(), reg["version"], root=PROJECT_ROOT)
-        if result.decision != "promote":
-            raise DeployError(
+        if result.decision != "promote":  # a decision, not a transient error: fail without retrying
+            raise AirflowFailException(
                 f"canary of {reg['model_name']} version {reg['version']} was rolled back: "
                 + "; ".join(result.reasons) + ". The champion is unchanged; see docs/runbooks/rolled-back-canary.md"
             )
