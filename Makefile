@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/evaluate.py
 	$(BIN)/python benchmarks/inference.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/dag_parse.py
 
 # A real local Airflow 3 (api-server, scheduler, dag-processor, triggerer) on SQLite, bound to 127.0.0.1:
 # AIRFLOW_HOME=airflow_home/, users admin/alice/bob, passwords printed on start; Ctrl-C stops it.
