@@ -231,6 +231,7 @@ def cv_retrain():
     def canary_deploy(reg: dict) -> dict:
         """Final task: canary the approved version on a live server; promote or roll back."""
         from airflow.sdk.exceptions import AirflowFailException
+
         from cvplatform.deploy.canary import run_canary_local
 
         result = run_canary_local(_params(), reg["version"], root=PROJECT_ROOT)
