@@ -337,7 +337,9 @@ class ManifestDataModule(pl.LightningDataModule):
             )
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
-            kwargs.update(worker_init_fn=_worker_init, persistent_workers=False)
+            # forkserver, not fork: the trainer process has threads (MLflow, tqdm, Airflow's task
+            # runner), and fork() with threads alive can deadlock a worker on a copied lock.
+            kwargs.update(worker_init_fn=_worker_init, persistent_workers=False, multiprocessing_context="forkserver")
         sampler = None
         if train:
             sampler = EpochShuffleSampler(ds, seed=self.seed)
