@@ -13,8 +13,7 @@ Names are imported lazily, so ``import cvplatform.export`` stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cvplatform.utils.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "run_export": "cvplatform.export.run",
@@ -42,14 +41,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cvplatform.export' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

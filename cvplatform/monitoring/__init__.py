@@ -17,8 +17,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cvplatform.utils.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "STAT_NAMES": "cvplatform.monitoring.stats",
@@ -64,14 +65,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from cvplatform.monitoring.stats import STAT_NAMES, image_stats  # noqa: F401
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cvplatform.monitoring' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -17,8 +17,9 @@ history, show), :mod:`~cvplatform.registry.loading`, :mod:`~cvplatform.registry.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cvplatform.utils.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "register_model": "cvplatform.registry.register",
@@ -49,14 +50,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from cvplatform.registry.register import RegisterResult, register_model  # noqa: F401
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cvplatform.registry' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
