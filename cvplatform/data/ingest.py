@@ -141,8 +141,20 @@ def _pixel_limit(max_pixels: int) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = old
 
 
-def _to_rgb_array(img: Image.Image) -> np.ndarray:
-    """Convert a loaded PIL image to an RGB uint8 array (H, W, 3) following the module's rules."""
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Convert a loaded PIL image to an RGB uint8 array (H, W, 3) following the module's rules.
+
+    The one conversion shared by ingest and the inference server: transparency is composited
+    on white, 16-bit greyscale is scaled to 8 bits, palette / CMYK / greyscale become RGB.
+
+    Raises:
+        Rejected: ``unsupported_mode`` for pixel modes with no known 8-bit range (e.g. float ``F``).
+
+    Example:
+        >>> from PIL import Image
+        >>> to_rgb_array(Image.new("LA", (2, 1), (0, 0))).tolist()  # fully transparent black -> white
+        [[[255, 255, 255], [255, 255, 255]]]
+    """
     import numpy as np
     from PIL import Image
 
@@ -263,7 +275,7 @@ def normalise_image(
         img = ImageOps.exif_transpose(img)
     except Exception as exc:
         raise Rejected("undecodable", f"{fmt}: invalid EXIF orientation ({type(exc).__name__}: {exc})") from None
-    rgb = _to_rgb_array(img)
+    rgb = to_rgb_array(img)
     height, width = rgb.shape[:2]
     if min(width, height) < min_side:
         raise Rejected("too_small", f"{width}x{height}: a side is below ingest.min_side = {min_side}")
@@ -625,4 +637,5 @@ __all__ = [
     "label_dirname",
     "normalise_image",
     "run_ingest",
+    "to_rgb_array",
 ]

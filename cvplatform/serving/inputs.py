@@ -37,23 +37,75 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 # --------------------------------------------------------------------------- images
-def decode_image(data: bytes, limits: LimitsConfig, *, where: str = "image") -> np.ndarray:
-    """Decode one encoded image file into an HxWx3 uint8 RGB array, or raise a 4xx ServingError.
+class OpenedImage:
+    """An image file whose header passed the limits; :meth:`decode` reads the pixels.
 
-    Errors: ``empty_image`` (400), ``invalid_image`` (400: not an image, truncated, corrupt),
-    ``unsupported_image_format`` (415), ``image_too_large`` (413), ``image_too_small`` (400),
-    ``unsupported_image_mode`` (415).
+    Opening reads only the header (format, size), so a request's pixel count is known before any
+    pixel is decoded: the server decodes small requests on the event loop and large ones in a
+    worker thread (``batching.inline_decode_max_pixels``).
+    """
+
+    __slots__ = ("data", "fmt", "header", "where")
+
+    def __init__(self, data: bytes, header: Any, fmt: str, where: str) -> None:
+        self.data = data
+        self.header = header
+        self.fmt = fmt
+        self.where = where
+
+    @property
+    def pixels(self) -> int:
+        w, h = self.header.size
+        return int(w) * int(h)
+
+    def decode(self) -> np.ndarray:
+        """Verify and decode the file into an HxWx3 uint8 RGB array, or raise a 4xx ServingError."""
+        import warnings
+
+        from PIL import Image, ImageOps
+
+        where, fmt = self.where, self.fmt
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                self.header.verify()
+                img = Image.open(io.BytesIO(self.data))
+                img.load()
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise ServingError(413, "image_too_large", f"{where}: {exc}") from None
+            except Exception as exc:
+                raise ServingError(400, "invalid_image",
+                                   f"{where}: {fmt} file is truncated or corrupt ({type(exc).__name__}: {exc}).") from None
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception as exc:
+            raise ServingError(400, "invalid_image", f"{where}: invalid EXIF orientation ({exc}).") from None
+        from cvplatform.data.ingest import Rejected, to_rgb_array  # the ingest normalisation rules
+
+        try:
+            return to_rgb_array(img)
+        except Rejected as exc:
+            raise ServingError(415, "unsupported_image_mode", f"{where}: {exc.detail}.") from None
+        except Exception as exc:
+            raise ServingError(415, "unsupported_image_mode", f"{where}: cannot convert to RGB ({exc}).") from None
+
+
+def open_image(data: bytes, limits: LimitsConfig, *, where: str = "image") -> OpenedImage:
+    """Read an image file's header and check it against ``limits`` (no pixel is decoded yet).
+
+    Errors: ``empty_image`` (400), ``invalid_image`` (400: not an image), ``unsupported_image_format``
+    (415), ``image_too_large`` (413), ``image_too_small`` (400).
 
     Example:
         >>> import io
         >>> from PIL import Image
         >>> buf = io.BytesIO(); Image.new("RGB", (4, 3), (255, 0, 0)).save(buf, "PNG")
-        >>> decode_image(buf.getvalue(), LimitsConfig()).shape
-        (3, 4, 3)
+        >>> open_image(buf.getvalue(), LimitsConfig()).pixels
+        12
     """
     import warnings
 
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise ServingError(400, "empty_image", f"{where}: zero bytes. Send the encoded image file (PNG, JPEG, ...).")
@@ -69,39 +121,43 @@ def decode_image(data: bytes, limits: LimitsConfig, *, where: str = "image") -> 
         except Exception as exc:
             raise ServingError(400, "invalid_image", f"{where}: unreadable image header "
                                                      f"({type(exc).__name__}: {exc}).") from None
-        fmt = header.format or "unknown"
-        if fmt not in limits.formats:
-            raise ServingError(415, "unsupported_image_format",
-                               f"{where}: format {fmt} is not accepted; send one of {', '.join(limits.formats)}.")
-        w, h = header.size
-        if w * h > limits.max_pixels:
-            raise ServingError(413, "image_too_large",
-                               f"{where}: {w}x{h} = {w * h} pixels exceeds limits.max_pixels = {limits.max_pixels}.")
-        if min(w, h) < limits.min_side:
-            raise ServingError(400, "image_too_small",
-                               f"{where}: {w}x{h} has a side below limits.min_side = {limits.min_side}.")
-        try:
-            header.verify()
-            img = Image.open(io.BytesIO(data))
-            img.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ServingError(413, "image_too_large", f"{where}: {exc}") from None
-        except Exception as exc:
-            raise ServingError(400, "invalid_image",
-                               f"{where}: {fmt} file is truncated or corrupt ({type(exc).__name__}: {exc}).") from None
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception as exc:
-        raise ServingError(400, "invalid_image", f"{where}: invalid EXIF orientation ({exc}).") from None
-    from cvplatform.data.ingest import Rejected, _to_rgb_array  # the ingest normalisation rules
+    fmt = header.format or "unknown"
+    if fmt not in limits.formats:
+        raise ServingError(415, "unsupported_image_format",
+                           f"{where}: format {fmt} is not accepted; send one of {', '.join(limits.formats)}.")
+    w, h = header.size
+    if w * h > limits.max_pixels:
+        raise ServingError(413, "image_too_large",
+                           f"{where}: {w}x{h} = {w * h} pixels exceeds limits.max_pixels = {limits.max_pixels}.")
+    if min(w, h) < limits.min_side:
+        raise ServingError(400, "image_too_small",
+                           f"{where}: {w}x{h} has a side below limits.min_side = {limits.min_side}.")
+    return OpenedImage(data, header, fmt, where)
 
-    try:
-        rgb = _to_rgb_array(img)
-    except Rejected as exc:
-        raise ServingError(415, "unsupported_image_mode", f"{where}: {exc.detail}.") from None
-    except Exception as exc:
-        raise ServingError(415, "unsupported_image_mode", f"{where}: cannot convert to RGB ({exc}).") from None
-    return rgb
+
+def open_images(blobs: Sequence[bytes], limits: LimitsConfig) -> list[OpenedImage]:
+    """:func:`open_image` for every image of a request (the first failure names the image index)."""
+    if len(blobs) > limits.max_images:
+        raise ServingError(413, "too_many_images",
+                           f"{len(blobs)} images in one request; limits.max_images = {limits.max_images}.")
+    return [open_image(b, limits, where=f"image {i}") for i, b in enumerate(blobs)]
+
+
+def decode_image(data: bytes, limits: LimitsConfig, *, where: str = "image") -> np.ndarray:
+    """Decode one encoded image file into an HxWx3 uint8 RGB array, or raise a 4xx ServingError.
+
+    Errors: ``empty_image`` (400), ``invalid_image`` (400: not an image, truncated, corrupt),
+    ``unsupported_image_format`` (415), ``image_too_large`` (413), ``image_too_small`` (400),
+    ``unsupported_image_mode`` (415).
+
+    Example:
+        >>> import io
+        >>> from PIL import Image
+        >>> buf = io.BytesIO(); Image.new("RGB", (4, 3), (255, 0, 0)).save(buf, "PNG")
+        >>> decode_image(buf.getvalue(), LimitsConfig()).shape
+        (3, 4, 3)
+    """
+    return open_image(data, limits, where=where).decode()
 
 
 def decode_images(blobs: Sequence[bytes], limits: LimitsConfig) -> list[np.ndarray]:
@@ -111,10 +167,7 @@ def decode_images(blobs: Sequence[bytes], limits: LimitsConfig) -> list[np.ndarr
         >>> decode_images([], LimitsConfig())
         []
     """
-    if len(blobs) > limits.max_images:
-        raise ServingError(413, "too_many_images",
-                           f"{len(blobs)} images in one request; limits.max_images = {limits.max_images}.")
-    return [decode_image(b, limits, where=f"image {i}") for i, b in enumerate(blobs)]
+    return [im.decode() for im in open_images(blobs, limits)]
 
 
 def b64decode_strict(text: str, where: str) -> bytes:
@@ -310,11 +363,14 @@ def bytes_tensor(tensor: Any, blob: bytes, offset: int, max_rows: int) -> tuple[
 
 
 __all__ = [
+    "OpenedImage",
     "b64decode_strict",
     "bytes_tensor",
     "decode_image",
     "decode_images",
     "fp32_tensor",
+    "open_image",
+    "open_images",
     "parse_json",
     "split_binary_body",
     "validation_detail",
