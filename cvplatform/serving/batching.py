@@ -3,14 +3,18 @@
 :class:`MicroBatcher` collects the preprocessed inputs of concurrent requests
 (each ``(k, ...)`` rows) and runs them as one batch once ``max_batch_size``
 rows are waiting or the oldest one has waited ``max_wait_ms``. The model runs in
-a dedicated thread pool (``workers`` threads), so the asyncio event loop keeps
-accepting requests while onnxruntime computes; while one batch runs, the next
-one forms, so batches grow with the load.
+``workers`` dedicated batch threads, so the asyncio event loop keeps accepting
+requests while onnxruntime computes. A batch thread forms its next batch itself,
+from everything queued meanwhile, the moment it finishes the previous one: the
+model never waits for the event loop between batches, and batches grow with the
+load. Results go back to the callers through the loop (``call_soon_threadsafe``).
 
 Guarantees:
 
 * every submitted item gets exactly its own rows of the output, or the
   exception of its batch (a failing batch fails only the items in it);
+* items submitted in one turn of the event loop are seen together (the batch
+  threads are woken once per turn), so a burst of requests shares a batch;
 * nothing is dropped on :meth:`MicroBatcher.close`: queued items are still run,
   and an item submitted after ``close`` runs on its own (used when a model is
   swapped while requests still hold the old one).
@@ -21,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -55,12 +59,12 @@ class MicroBatcher:
     """Batch concurrent :meth:`submit` calls into single calls of ``fn``.
 
     Args:
-        fn: runs one batch in a worker thread (e.g. an onnxruntime session call).
+        fn: runs one batch in a batch thread (e.g. an onnxruntime session call).
         max_batch_size: most rows per call (a single larger item runs alone).
         max_wait_ms: longest time the oldest waiting item waits for company.
-        workers: calls of ``fn`` in flight at once.
+        workers: calls of ``fn`` in flight at once (one batch thread each).
         name: shown in thread names and logs.
-        on_batch: optional hook called with ``(rows, seconds)`` after each batch.
+        on_batch: optional hook called on the event loop with ``(rows, seconds)`` after each batch.
 
     Example:
         >>> import asyncio, numpy as np
@@ -100,12 +104,14 @@ class MicroBatcher:
         """Batches run so far."""
         self.rows = 0
         """Rows run so far (through batches)."""
+        self._cond = threading.Condition()
+        """Guards ``_pending``, ``_incoming`` and ``_closed``; batch threads wait on it."""
         self._incoming = 0
         """Requests announced (:meth:`announce`) but not yet submitted: a batch waits for company only then."""
         self._pending: collections.deque[_Item] = collections.deque()
-        self._wakeup: asyncio.Event | None = None
-        self._tasks: list[asyncio.Task] = []
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kick_scheduled = False
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -114,29 +120,25 @@ class MicroBatcher:
         return self._closed
 
     async def start(self) -> None:
-        """Start the worker tasks on the running event loop."""
-        if self._tasks:
+        """Start the batch threads; results are delivered on the running event loop."""
+        if self._threads:
             return
-        self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=f"batch-{self.name}")
-        self._tasks = [asyncio.create_task(self._worker(), name=f"batcher-{self.name}-{i}") for i in range(self.workers)]
+        self._loop = asyncio.get_running_loop()
+        self._threads = [threading.Thread(target=self._thread_main, name=f"batch-{self.name}-{i}", daemon=True)
+                         for i in range(self.workers)]
+        for t in self._threads:
+            t.start()
 
     async def close(self) -> None:
-        """Stop accepting batches: run everything already queued, then stop the workers."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._wakeup is not None:
-            self._wakeup.set()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        # items that slipped in between the last worker check and now: run them individually
-        while self._pending:
-            item = self._pending.popleft()
-            await self._run([item], executor=None)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
+        """Stop accepting batches: run everything already queued, then stop the batch threads."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            await asyncio.to_thread(t.join)
+        await asyncio.sleep(0)  # let the last deliveries (call_soon_threadsafe) run
 
     # ------------------------------------------------------------------ submit
     @property
@@ -150,13 +152,14 @@ class MicroBatcher:
         still outstanding; with nothing announced it runs at once (no idle wait at low load).
         Every ``announce`` must be followed by ``submit(..., announced=True)`` or :meth:`withdraw`.
         """
-        self._incoming += 1
+        with self._cond:
+            self._incoming += 1
 
     def withdraw(self) -> None:
         """Cancel an :meth:`announce` (the request failed before reaching the model)."""
-        self._incoming = max(0, self._incoming - 1)
-        if self._wakeup is not None:
-            self._wakeup.set()
+        with self._cond:
+            self._incoming = max(0, self._incoming - 1)
+        self._schedule_kick()
 
     async def submit(self, x: np.ndarray, *, announced: bool = False) -> np.ndarray:
         """Queue ``x`` (``(k, ...)`` rows) and return the model output rows for it.
@@ -168,19 +171,33 @@ class MicroBatcher:
         Raises:
             Exception: whatever ``fn`` raised for the batch this item ran in.
         """
-        if announced:
-            self._incoming = max(0, self._incoming - 1)
         loop = asyncio.get_running_loop()
-        if self._closed or not self._tasks:
+        with self._cond:
+            if announced:
+                self._incoming = max(0, self._incoming - 1)
+            queued = not self._closed and bool(self._threads)
+            if queued:
+                item = _Item(x, loop.create_future())
+                self._pending.append(item)
+        if not queued:
             # closed (model swapped out) or never started: run on our own, never drop a request
             return await loop.run_in_executor(None, self.fn, x)
-        item = _Item(x, loop.create_future())
-        self._pending.append(item)
-        assert self._wakeup is not None
-        self._wakeup.set()
+        self._schedule_kick()
         return await item.future
 
-    # ------------------------------------------------------------------ workers
+    def _schedule_kick(self) -> None:
+        """Wake a batch thread at the end of this loop turn (once), after every submit of the turn."""
+        if self._kick_scheduled or self._loop is None:
+            return
+        self._kick_scheduled = True
+        self._loop.call_soon(self._kick)
+
+    def _kick(self) -> None:
+        self._kick_scheduled = False
+        with self._cond:
+            self._cond.notify()
+
+    # ------------------------------------------------------------------ batch threads
     def _take_batch(self) -> list[_Item]:
         batch = [self._pending.popleft()]
         rows = batch[0].rows
@@ -190,59 +207,54 @@ class MicroBatcher:
             rows += item.rows
         return batch
 
-    async def _worker(self) -> None:
-        assert self._wakeup is not None
-        while True:
-            while not self._pending:
-                if self._closed:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            # wait for company (only while announced requests are on their way) until the batch is
-            # full or the oldest item's deadline passes
-            deadline = self._pending[0].enqueued + self.max_wait_s
-            while (not self._closed and self._pending and self._incoming > 0
-                   and self.queued_rows < self.max_batch_size):
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
-                except TimeoutError:
-                    break
-            if not self._pending:  # another worker took them
-                continue
-            batch = self._take_batch()
-            if self._pending:
-                self._wakeup.set()  # let an idle worker start on the rest
-            await self._run(batch, executor=self._executor)
-            await asyncio.sleep(0)  # let freshly woken requests enqueue before the next batch
+    def _next_batch(self) -> list[_Item] | None:
+        """Wait for work and form the next batch (None: closed and nothing left to run)."""
+        with self._cond:
+            while True:
+                while not self._pending:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                # wait for company (only while announced requests are on their way) until the batch
+                # is full or the oldest item's deadline passes
+                deadline = self._pending[0].enqueued + self.max_wait_s
+                while (not self._closed and self._pending and self._incoming > 0
+                       and self.queued_rows < self.max_batch_size):
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if not self._pending:  # another batch thread took them
+                    continue
+                batch = self._take_batch()
+                if self._pending:
+                    self._cond.notify()  # let an idle batch thread start on the rest
+                return batch
 
-    async def _run(self, batch: list[_Item], executor: ThreadPoolExecutor | None) -> None:
+    def _thread_main(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._run(batch)
+            except Exception:  # never lose the thread: the callers get the error
+                log.exception("batcher %s: batch failed unexpectedly", self.name)
+
+    def _run(self, batch: list[_Item]) -> None:
         import numpy as np
 
-        loop = asyncio.get_running_loop()
         live = [it for it in batch if not it.future.done()]  # cancelled callers: skip their rows
         if not live:
             return
         x = live[0].x if len(live) == 1 else np.concatenate([it.x for it in live], axis=0)
         t0 = time.perf_counter()
         try:
-            y = await loop.run_in_executor(executor, self.fn, x)
+            y = self.fn(x)
         except Exception as exc:  # the model failed: every caller in this batch gets the error
-            for it in live:
-                if not it.future.done():
-                    it.future.set_exception(exc)
+            self._deliver_soon(live, None, exc, 0, 0.0)
             return
         seconds = time.perf_counter() - t0
-        self.batches += 1
-        self.rows += int(x.shape[0])
-        if self.on_batch is not None:
-            try:
-                self.on_batch(int(x.shape[0]), seconds)
-            except Exception:  # metrics must never break inference
-                log.exception("batcher %s: on_batch hook failed", self.name)
         if getattr(y, "shape", None) is None or y.shape[0] != x.shape[0]:
             from cvplatform.errors import ModelError
 
@@ -250,14 +262,35 @@ class MicroBatcher:
                 f"model {self.name}: returned {getattr(y, 'shape', type(y).__name__)} rows for a batch of "
                 f"{x.shape[0]}; the model must return one output row per input row."
             )
-            for it in live:
-                if not it.future.done():
-                    it.future.set_exception(exc)
+            self._deliver_soon(live, None, exc, 0, 0.0)
             return
+        self.batches += 1
+        self.rows += int(x.shape[0])
+        self._deliver_soon(live, y, None, int(x.shape[0]), seconds)
+
+    def _deliver_soon(self, live: list[_Item], y: np.ndarray | None, exc: BaseException | None, rows: int,
+                      seconds: float) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, live, y, exc, rows, seconds)
+        except RuntimeError:  # the event loop is gone (shutdown): nobody is waiting any more
+            log.debug("batcher %s: event loop closed, %d result(s) dropped", self.name, len(live))
+
+    def _deliver(self, live: list[_Item], y: np.ndarray | None, exc: BaseException | None, rows: int,
+                 seconds: float) -> None:
+        """On the event loop: the metrics hook, then every caller's rows (or the batch's error)."""
+        if y is not None and self.on_batch is not None:
+            try:
+                self.on_batch(rows, seconds)
+            except Exception:  # metrics must never break inference
+                log.exception("batcher %s: on_batch hook failed", self.name)
         start = 0
         for it in live:
             if not it.future.done():
-                it.future.set_result(y[start : start + it.rows])
+                if y is None:
+                    it.future.set_exception(exc if exc is not None else RuntimeError("batch failed"))
+                else:
+                    it.future.set_result(y[start : start + it.rows])
             start += it.rows
 
 

@@ -212,3 +212,31 @@ def test_withdraw_releases_a_waiting_batch():
         return out
 
     assert run(main())[0, 0] == 0 and fn.sizes == [1]
+
+
+def test_the_next_batch_starts_without_waiting_for_the_event_loop():
+    """The batch thread forms its next batch itself when the previous one ends: a busy loop cannot idle the model."""
+    starts: list[float] = []
+    fn = Recorder(delay=0.1)
+
+    def timed(x):
+        starts.append(time.perf_counter())
+        return fn(x)
+
+    async def main():
+        b = MicroBatcher(timed, max_batch_size=8, max_wait_ms=0, name="t")
+        await b.start()
+        first = asyncio.create_task(b.submit(np.zeros((1, 1), np.float32)))
+        await asyncio.sleep(0.03)  # the first batch is running
+        rest = [asyncio.create_task(b.submit(np.full((1, 1), i, np.float32))) for i in (1, 2)]
+        await asyncio.sleep(0)  # both are queued
+        time.sleep(0.3)  # the event loop is busy (e.g. decoding a large request)
+        unblocked = time.perf_counter()
+        outs = await asyncio.gather(first, *rest)
+        await b.close()
+        return outs, unblocked
+
+    outs, unblocked = run(main())
+    assert fn.sizes == [1, 2]  # the two queued requests shared the second batch
+    assert starts[1] < unblocked  # ... which ran while the loop was still blocked
+    assert [float(o[0, 0]) for o in outs] == [0.0, 2.0, 4.0]
