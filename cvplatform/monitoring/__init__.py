@@ -3,7 +3,7 @@
 * :mod:`~cvplatform.monitoring.stats`: per-image input statistics (brightness,
   contrast, sharpness, width, height, aspect ratio);
 * :mod:`~cvplatform.monitoring.inference_log`: the server's request log
-  (:class:`InferenceLogger`, :func:`read_log`);
+  (:class:`InferenceLogger`, its background writer :class:`InferenceLogQueue`, :func:`read_log`);
 * :mod:`~cvplatform.monitoring.reference`: the training reference, cached by data hash;
 * :mod:`~cvplatform.monitoring.drift`: PSI / KS / prediction drift and the policy
   (:func:`check_drift` -> :class:`DriftReport`);
@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "STAT_NAMES": "cvplatform.monitoring.stats",
     "image_stats": "cvplatform.monitoring.stats",
     "InferenceLogger": "cvplatform.monitoring.inference_log",
+    "InferenceLogQueue": "cvplatform.monitoring.inference_log",
     "LOG_COLUMNS": "cvplatform.monitoring.inference_log",
     "read_log": "cvplatform.monitoring.inference_log",
     "Reference": "cvplatform.monitoring.reference",
@@ -54,7 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
         label_psi,
         psi,
     )
-    from cvplatform.monitoring.inference_log import LOG_COLUMNS, InferenceLogger, read_log  # noqa: F401
+    from cvplatform.monitoring.inference_log import LOG_COLUMNS, InferenceLogger, InferenceLogQueue, read_log  # noqa: F401
     from cvplatform.monitoring.reference import (  # noqa: F401
         Reference,
         build_reference,

@@ -110,6 +110,10 @@ class InferenceLogger:
         return cls(ProjectPaths.at(root).resolve(cfg.log_dir), max_bytes=cfg.log_max_bytes)
 
     # ---------------------------------------------------------------- writing
+    def now(self) -> datetime:
+        """The current UTC time from the logger's clock (the time a record is stamped with)."""
+        return self._clock()
+
     @property
     def current_file(self) -> Path | None:
         """The file being appended to (None before the first record / after close)."""
@@ -126,6 +130,8 @@ class InferenceLogger:
         predicted: str,
         confidence: float,
         stats: Mapping[str, float] | None = None,
+        flush: bool = True,
+        at: datetime | None = None,
     ) -> dict[str, Any]:
         """Append one served prediction; returns the record written.
 
@@ -139,6 +145,9 @@ class InferenceLogger:
             predicted: Predicted class name.
             confidence: Top-1 probability.
             stats: Precomputed :func:`~cvplatform.monitoring.stats.image_stats` (skips recomputing).
+            flush: Flush the file after this line (False: the caller calls :meth:`flush` after a
+                group of records, as :class:`InferenceLogQueue` does).
+            at: When the image was served (default: now, from the logger's clock).
 
         Raises:
             DataError: an unknown variant, a non-finite confidence or a malformed image.
@@ -157,7 +166,7 @@ class InferenceLogger:
 
             stats = image_stats(image)
         record: dict[str, Any] = {
-            "time": _iso(self._clock()),
+            "time": _iso(at if at is not None else self._clock()),
             "model": str(model),
             "version": str(version),
             "variant": variant,
@@ -174,7 +183,8 @@ class InferenceLogger:
                 self._rotate()
             assert self._fh is not None
             self._fh.write(line)
-            self._fh.flush()
+            if flush:
+                self._fh.flush()
             self._size += len(data)
             self.records_written += 1
         return record
@@ -200,6 +210,12 @@ class InferenceLogger:
             return
         raise DataError(f"{self.directory}: cannot create a new {FILE_PREFIX}{base}*.jsonl file (all names taken).")
 
+    def flush(self) -> None:
+        """Flush the current file, so readers see every record written so far."""
+        with self._lock:
+            if self._fh is not None:
+                self._fh.flush()
+
     def close(self) -> None:
         """Close the current file (a later :meth:`log` starts a new one)."""
         with self._lock:
@@ -212,6 +228,118 @@ class InferenceLogger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class InferenceLogQueue:
+    """Feeds an :class:`InferenceLogger` from one background thread, so serving only enqueues.
+
+    The inference server calls :meth:`submit` once per answered request on its event loop: a
+    ``put`` on a bounded queue, no thread hop, no file I/O. A daemon writer thread computes the
+    image statistics, writes the lines and flushes once per group of records it drained.
+    When ``max_pending`` requests are waiting (the disk cannot keep up), further requests are
+    not logged and counted in :attr:`dropped`: monitoring never slows serving down.
+    :meth:`close` writes everything queued before it, then closes the file.
+
+    Args:
+        logger: where the records go.
+        max_pending: most requests waiting to be written.
+
+    Example:
+        >>> import numpy as np
+        >>> q = InferenceLogQueue(InferenceLogger("/tmp/requests"))  # doctest: +SKIP
+        >>> q.submit([np.zeros((8, 8, 3), np.uint8)], model="m", version="1", variant="champion",
+        ...          request_id="r1", predicted=["cat"], confidence=[0.9])  # doctest: +SKIP
+        True
+        >>> q.close()  # doctest: +SKIP
+    """
+
+    _STOP = object()
+
+    def __init__(self, logger: InferenceLogger, max_pending: int = 10_000) -> None:
+        import queue
+
+        if int(max_pending) < 1:
+            raise ConfigError(f"InferenceLogQueue: max_pending must be >= 1, got {max_pending!r}.")
+        self.logger = logger
+        self.dropped = 0
+        """Requests not logged because the queue was full."""
+        self.failed = 0
+        """Records the writer could not write (bad record or I/O error; logged as warnings)."""
+        self._queue: queue.Queue = queue.Queue(maxsize=int(max_pending))
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="inference-log-writer", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self,
+        images: list[np.ndarray] | None,
+        *,
+        model: str,
+        version: str | int,
+        variant: str,
+        request_id: str,
+        predicted: list[str],
+        confidence: list[float],
+    ) -> bool:
+        """Queue the records of one request (one per image); False if it was dropped (queue full / closed)."""
+        import queue
+
+        if self._closed:
+            self.dropped += 1
+            return False
+        try:
+            self._queue.put_nowait((images, model, version, variant, request_id, predicted, confidence,
+                                    self.logger.now()))
+        except queue.Full:
+            self.dropped += 1
+            return False
+        return True
+
+    def drain(self) -> None:
+        """Block until everything submitted so far is written and flushed."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Write everything queued, stop the writer thread and close the file."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(self._STOP)
+            self._thread.join()
+        self.logger.close()
+
+    def _write(self, item: tuple) -> None:
+        images, model, version, variant, request_id, predicted, confidence, at = item
+        for i, (cls, conf) in enumerate(zip(predicted, confidence, strict=True)):
+            img = images[i] if images is not None and i < len(images) else None
+            try:
+                self.logger.log(img, model=model, version=version, variant=variant, request_id=request_id,
+                                predicted=cls, confidence=conf, flush=False, at=at)
+            except Exception as exc:  # one bad record must not stop the writer
+                self.failed += 1
+                log.warning("inference log: record of request %s not written: %s", request_id, exc)
+
+    def _run(self) -> None:
+        import queue
+
+        stop = False
+        while not stop:
+            batch = [self._queue.get()]
+            while True:  # take what else is waiting (after a stop: everything), then flush once
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for item in batch:
+                if item is self._STOP:
+                    stop = True
+                else:
+                    self._write(item)
+            try:
+                self.logger.flush()
+            except Exception as exc:
+                log.warning("inference log: flush failed: %s", exc)
+            for _ in batch:
+                self._queue.task_done()
 
 
 # --------------------------------------------------------------------------- reading
@@ -312,4 +440,5 @@ def read_log(
     return df.sort_values("time", kind="mergesort").reset_index(drop=True)
 
 
-__all__ = ["DEFAULT_MAX_BYTES", "LOG_COLUMNS", "VARIANTS", "InferenceLogger", "log_files", "read_log"]
+__all__ = ["DEFAULT_MAX_BYTES", "LOG_COLUMNS", "VARIANTS", "InferenceLogQueue", "InferenceLogger", "log_files",
+           "read_log"]

@@ -7,6 +7,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cvplatform.errors import DataError
@@ -148,3 +149,60 @@ def test_from_params_uses_the_monitor_section(tmp_path, make_params):
     params = make_params("monitor.log_dir=logs/requests", "monitor.log_max_bytes=2048")
     logger = InferenceLogger.from_params(params, tmp_path)
     assert logger.directory == tmp_path / "logs" / "requests" and logger.max_bytes == 2048
+
+
+# --------------------------------------------------------------------------- the background writer
+def _submit(q, i: int, n: int = 2, **kw) -> bool:
+    args = {"model": "cvplatform", "version": "3", "variant": "champion", "request_id": f"req-{i}",
+            "predicted": ["cat"] * n, "confidence": [0.75] * n, **kw}
+    return q.submit([IMG] * n, **args)
+
+
+def test_log_queue_writes_every_record_of_every_request_and_close_flushes(tmp_path):
+    from cvplatform.monitoring.inference_log import InferenceLogQueue
+
+    clock = Clock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+    q = InferenceLogQueue(InferenceLogger(tmp_path, clock=clock))
+    assert all(_submit(q, i) for i in range(50))
+    q.drain()  # everything submitted so far is on disk now
+    assert len(read_log(tmp_path)) == 100
+    clock.t += timedelta(minutes=5)
+    assert _submit(q, 50, n=1)
+    q.close()
+    df = read_log(tmp_path)
+    assert len(df) == 101 and df["request_id"].nunique() == 51
+    assert df["brightness"].notna().all()  # statistics computed in the writer thread
+    # each record carries the time it was submitted (served), not the time the writer got to it
+    assert df.loc[df["request_id"] == "req-50", "time"].iloc[0] == pd.Timestamp(clock.t)
+    assert not _submit(q, 99) and q.dropped == 1  # closed: refused and counted, never raises
+
+
+def test_log_queue_drops_and_counts_when_the_writer_falls_behind(tmp_path):
+    from cvplatform.monitoring.inference_log import InferenceLogQueue
+
+    gate = threading.Event()
+
+    class SlowLogger(InferenceLogger):
+        def log(self, *a, **kw):
+            gate.wait(10)
+            return super().log(*a, **kw)
+
+    q = InferenceLogQueue(SlowLogger(tmp_path), max_pending=3)
+    results = [_submit(q, i, n=1) for i in range(10)]  # the writer is stuck on the first record
+    assert results.count(False) >= 6 and q.dropped == results.count(False)
+    gate.set()
+    q.close()
+    assert len(read_log(tmp_path)) == results.count(True)
+
+
+def test_log_queue_a_bad_record_does_not_stop_the_writer(tmp_path):
+    from cvplatform.monitoring.inference_log import InferenceLogQueue
+
+    q = InferenceLogQueue(InferenceLogger(tmp_path))
+    _submit(q, 1, n=1, confidence=[float("nan")])  # refused by InferenceLogger.log
+    _submit(q, 2, n=1, variant="nope")
+    _submit(q, 3, n=1)
+    q.close()
+    assert list(read_log(tmp_path)["request_id"]) == ["req-3"] and q.failed == 2
+    with pytest.raises(Exception, match="max_pending"):
+        InferenceLogQueue(InferenceLogger(tmp_path), max_pending=0)
