@@ -33,6 +33,7 @@ scores the request in the background and the agreement is recorded.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import logging
 import os
@@ -45,10 +46,11 @@ from fastapi import FastAPI, Request  # app.py is imported only when serving (ne
 from fastapi.responses import JSONResponse, Response
 
 from cvplatform.serving.inputs import (
+    OpenedImage,
     b64decode_strict,
     bytes_tensor,
-    decode_images,
     fp32_tensor,
+    open_images,
     parse_json,
     split_binary_body,
     validation_detail,
@@ -161,25 +163,21 @@ class ServerState:
     shadow_tasks: set[asyncio.Task] = field(default_factory=set)
     started: float = field(default_factory=time.time)
     request_log: Any = None
-    """:class:`cvplatform.monitoring.inference_log.InferenceLogger` (drift monitoring), or None."""
+    """:class:`cvplatform.monitoring.inference_log.InferenceLogQueue` (drift monitoring), or None."""
 
 
-async def _log_requests(state: ServerState, images: list[np.ndarray] | None, handle: ModelHandle, variant: str,
-                        request_id: str, top: list[str], conf: list[float]) -> None:
-    """One inference-log record per image (input statistics + prediction) for ``cv_monitor``; never fails a request."""
+def _log_requests(state: ServerState, images: list[np.ndarray] | None, handle: ModelHandle, variant: str,
+                  request_id: str, top: list[str], conf: list[float]) -> None:
+    """Queue one inference-log record per image (input statistics + prediction) for ``cv_monitor``.
+
+    Only a queue ``put`` happens here; the statistics and the file writes run in the log's own
+    writer thread. Never fails or slows a request: a full queue drops the records (counted).
+    """
     if state.request_log is None:
         return
-
-    def write() -> None:
-        for i, (cls, c) in enumerate(zip(top, conf, strict=True)):
-            img = images[i] if images is not None and i < len(images) else None
-            state.request_log.log(img, model=handle.model.name, version=handle.version, variant=variant,
-                                  request_id=request_id, predicted=cls, confidence=c)
-
-    try:
-        await asyncio.to_thread(write)
-    except Exception as exc:  # monitoring must not break serving
-        log.warning("inference log write failed: %s", exc)
+    if not state.request_log.submit(images, model=handle.model.name, version=handle.version, variant=variant,
+                                    request_id=request_id, predicted=top, confidence=conf):
+        state.metrics.request_log_dropped.inc()
 
 
 @dataclass
@@ -235,11 +233,17 @@ async def _prepare(images: list[np.ndarray], handle: ModelHandle) -> np.ndarray:
     return await asyncio.to_thread(preprocess, images, handle.model.contract)
 
 
-def _decode_and_preprocess(blobs: list[bytes], limits: Any, contract: Any) -> tuple[list[np.ndarray], np.ndarray]:
+def _decode_and_preprocess(opened: list[OpenedImage], contract: Any) -> tuple[list[np.ndarray], np.ndarray]:
     from cvplatform.preprocess import preprocess
 
-    images = decode_images(blobs, limits)
+    images = [im.decode() for im in opened]
     return images, preprocess(images, contract)
+
+
+def _decode_work(opened: list[OpenedImage], contract: Any) -> int:
+    """Pixels a request costs to decode and preprocess: its source pixels + the model-input pixels per image."""
+    h, w = contract.input_size
+    return sum(im.pixels for im in opened) + len(opened) * int(h) * int(w)
 
 
 async def predict_core(
@@ -256,8 +260,9 @@ async def predict_core(
 ) -> Outcome:
     """Route, run (with canary -> champion fallback), record stats and metrics, start the shadow scoring.
 
-    The input is decoded ``images``, encoded ``blobs`` (decoded and preprocessed in one worker-thread
-    hop, after routing) or a preprocessed ``tensor``.
+    The input is decoded ``images``, encoded ``blobs`` (decoded and preprocessed after routing: on
+    the event loop when small, see ``batching.inline_decode_max_pixels``, else in one worker-thread
+    hop) or a preprocessed ``tensor``.
     """
     import numpy as np
 
@@ -293,8 +298,12 @@ async def predict_core(
         key = _contract_key(h)
         if key in prepared:
             return prepared[key]
-        if not decoded and blobs is not None:  # decode + preprocess in one worker-thread hop
-            imgs, x = await asyncio.to_thread(_decode_and_preprocess, blobs, state.config.limits, h.model.contract)
+        if not decoded and blobs is not None:
+            opened = open_images(blobs, state.config.limits)  # headers only: format, size, pixel limits
+            if _decode_work(opened, h.model.contract) <= state.config.batching.inline_decode_max_pixels:
+                imgs, x = _decode_and_preprocess(opened, h.model.contract)  # small: cheaper than a thread hop
+            else:  # large: a worker thread, so the event loop keeps serving
+                imgs, x = await asyncio.to_thread(_decode_and_preprocess, opened, h.model.contract)
             decoded.append(imgs)
         else:
             x = await _prepare(decoded[0] if decoded else [], h)
@@ -330,10 +339,12 @@ async def predict_core(
     state.stats.record_answer(variant, handle.version, top, conf, labels, ms, request_ms, fallback=fallback)
     m = state.metrics
     m.inference_latency.labels(handle.model.name, handle.version, variant).observe(ms / 1000.0)
-    for cls, c in zip(top, conf, strict=True):
-        m.predictions.labels(handle.model.name, handle.version, variant, cls).inc()
-        m.confidence.labels(handle.model.name, handle.version, variant).observe(c)
-    await _log_requests(state, images, handle, variant, request_id, top, conf)
+    for cls, n in collections.Counter(top).items():
+        m.predictions.labels(handle.model.name, handle.version, variant, cls).inc(n)
+    confidence = m.confidence.labels(handle.model.name, handle.version, variant)
+    for c in conf:
+        confidence.observe(c)
+    _log_requests(state, images, handle, variant, request_id, top, conf)
     # shadow: the other variant scores the same input in the background
     other = canary if variant == "champion" else champion
     mirror = other is not None and not fallback and pinned_version is None and should_shadow(key, traffic)
@@ -374,12 +385,20 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
     top = [names[i] for i in np.argmax(probs, axis=1)]
     conf = [float(v) for v in probs.max(axis=1)]
     state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id)
-    await _log_requests(state, images, handle, "shadow", request_id, top, conf)
+    _log_requests(state, images, handle, "shadow", request_id, top, conf)
     for a, b in zip(answered, top, strict=False):
         state.metrics.shadow.labels("agree" if a == b else "disagree").inc()
 
 
 # --------------------------------------------------------------------------- responses
+def _json(body: dict[str, Any], headers: dict[str, str] | None = None, status: int = 200) -> Response:
+    """A JSON response serialised with orjson (numpy arrays and scalars included)."""
+    import orjson
+
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
 def _predict_response(out: Outcome) -> dict[str, Any]:
     names = out.handle.model.class_names
     preds = []
@@ -433,7 +452,12 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
     stats = StatsBook(config.stats.window, config.stats.confidence_bins, config.stats.disagreements_kept)
     manager = ModelManager(source, config, metrics, stats)
     token = admin_token if admin_token is not None else config.admin_token()
-    state = ServerState(config, manager, metrics, stats, token, request_log=request_log)
+    log_queue = None
+    if request_log is not None:
+        from cvplatform.monitoring.inference_log import InferenceLogQueue
+
+        log_queue = InferenceLogQueue(request_log)
+    state = ServerState(config, manager, metrics, stats, token, request_log=log_queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -446,8 +470,8 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
             if state.shadow_tasks:
                 await asyncio.gather(*state.shadow_tasks, return_exceptions=True)
             await manager.stop()
-            if request_log is not None:
-                request_log.close()
+            if log_queue is not None:
+                await asyncio.to_thread(log_queue.close)  # writes what is still queued
 
     app = FastAPI(title="cvplatform inference service", version="1", lifespan=lifespan,
                   description=__doc__)
@@ -591,7 +615,7 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
             out = await predict_core(state, request_id=rid, session_id=session, labels=labels, blobs=blobs,
                                      t_start=t0)
             status = 200
-            return JSONResponse(_predict_response(out), headers=_headers(out, state))
+            return _json(_predict_response(out), headers=_headers(out, state))
         except ServingError as exc:
             status = exc.status
             raise
@@ -715,14 +739,14 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
             for w in wanted:
                 if w == "probabilities":
                     outputs.append({"name": "probabilities", "datatype": "FP32", "shape": list(out.probs.shape),
-                                    "data": [float(v) for v in np.asarray(out.probs, np.float64).ravel()]})
+                                    "data": np.asarray(out.probs, np.float64).ravel()})
                 else:
                     outputs.append({"name": "label", "datatype": "BYTES", "shape": [out.probs.shape[0]],
                                     "data": [names[int(i)] for i in out.probs.argmax(axis=1)]})
             body_out = {"model_name": out.model, "model_version": out.version, "id": req.id or rid,
                         "parameters": {"variant": out.variant, "fallback": out.fallback}, "outputs": outputs}
             status = 200
-            return JSONResponse(body_out, headers=_headers(out, state))
+            return _json(body_out, headers=_headers(out, state))
         except ServingError as exc:
             status = exc.status
             raise

@@ -93,6 +93,10 @@ class ServingMetrics:
             "cvplatform_bad_requests", "Rejected requests (4xx) by endpoint and error code.",
             ["endpoint", "error"], registry=r,
         )
+        self.request_log_dropped = Counter(
+            "cvplatform_request_log_dropped", "Requests left out of the drift-monitoring request log (its "
+            "writer fell behind).", registry=r,
+        )
         self.model_info = Gauge(
             "cvplatform_model_info", "Loaded model versions (1 = loaded in that variant slot).",
             ["variant", "model", "version"], registry=r,

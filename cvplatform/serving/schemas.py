@@ -55,6 +55,11 @@ class BatchingConfig(StrictModel):
     """Longest time the first image of a batch waits for others to join it."""
     workers: int = Field(1, ge=1, le=16)
     """onnxruntime calls in flight at once per model (each in its own thread)."""
+    inline_decode_max_pixels: int = Field(65_536, ge=0, le=89_000_000)
+    """A request whose images cost at most this many pixels to decode and preprocess (source pixels +
+    model-input pixels per image) is decoded on the event loop, which is cheaper than a thread hop
+    for small images; a larger one is decoded in a worker thread so the loop keeps serving. 0 = always
+    a worker thread."""
 
 
 class LimitsConfig(StrictModel):

@@ -15,7 +15,7 @@ from cvplatform.preprocess import PreprocessContract, preprocess
 from cvplatform.serving.app import create_app
 from cvplatform.serving.models import FileSource, RegistrySource, softmax
 from cvplatform.serving.schemas import ServingConfig
-from tests.fixtures.serving_models import build_model, colour_image, encode_png, get_alias, set_alias
+from tests.fixtures.serving_models import SIZE, build_model, colour_image, encode_png, get_alias, set_alias
 
 TOKEN = "unit-test-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -56,6 +56,41 @@ def test_predict_multipart_json_and_raw_match_offline_onnxruntime(client, regist
                                want[:2], atol=1e-6, rtol=0)
     r = client.post("/v1/predict", content=pngs[2], headers={"Content-Type": "image/png"})
     assert r.json()["predictions"][0]["class"] == names[int(want[2].argmax())]
+
+
+@pytest.mark.parametrize("inline_max", [0, 65_536, 10**7])
+def test_small_requests_decoded_on_the_loop_and_large_ones_in_a_thread_give_the_same_answers(
+        tmp_path, monkeypatch, inline_max):
+    """``batching.inline_decode_max_pixels`` only moves the decoding; the answers stay the offline ones."""
+    import asyncio
+
+    from fastapi.testclient import TestClient
+
+    p = tmp_path / "m.onnx"
+    p.write_bytes(build_model().SerializeToString())
+    hops = []
+    real_to_thread = asyncio.to_thread
+
+    async def counting_to_thread(fn, *a, **kw):
+        hops.append(getattr(fn, "__name__", ""))
+        return await real_to_thread(fn, *a, **kw)
+
+    monkeypatch.setattr(asyncio, "to_thread", counting_to_thread)
+    config = ServingConfig.model_validate({"batching": {"inline_decode_max_pixels": inline_max}})
+    small = [colour_image(i % 3, size=8, seed=i) for i in range(3)]  # 3 * 8*8 source + 3 * 16*16 model input
+    large = [colour_image(1, size=400, seed=9)]  # 160,000 source pixels
+    with TestClient(create_app(config, FileSource(p, model_name="m"))) as c:
+        for images in (small, large):
+            hops.clear()
+            want, names = _offline(p, images)
+            r = c.post("/v1/predict", files=[("files", (f"{i}.png", encode_png(im), "image/png"))
+                                             for i, im in enumerate(images)])
+            assert r.status_code == 200, r.text
+            got = [[pr["probabilities"][n] for n in names] for pr in r.json()["predictions"]]
+            np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+            h, w = SIZE, SIZE  # the model input
+            work = sum(im.shape[0] * im.shape[1] for im in images) + len(images) * h * w
+            assert ("_decode_and_preprocess" in hops) == (work > inline_max)
 
 
 def test_an_erroring_canary_is_answered_by_the_champion_and_counted(client, registry):
