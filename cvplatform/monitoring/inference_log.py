@@ -237,12 +237,15 @@ class InferenceLogQueue:
     ``put`` on a bounded queue, no thread hop, no file I/O. A daemon writer thread computes the
     image statistics, writes the lines and flushes once per group of records it drained.
     When ``max_pending`` requests are waiting (the disk cannot keep up), further requests are
-    not logged and counted in :attr:`dropped`: monitoring never slows serving down.
+    not logged and counted in :attr:`dropped`: monitoring never slows serving down. The decoded
+    images waiting in the queue are bounded too (``max_pending_bytes``), so large images cannot pile
+    up in memory behind a slow disk.
     :meth:`close` writes everything queued before it, then closes the file.
 
     Args:
         logger: where the records go.
         max_pending: most requests waiting to be written.
+        max_pending_bytes: most bytes of decoded images waiting (a request above it is dropped).
 
     Example:
         >>> import numpy as np
@@ -255,11 +258,17 @@ class InferenceLogQueue:
 
     _STOP = object()
 
-    def __init__(self, logger: InferenceLogger, max_pending: int = 10_000) -> None:
+    def __init__(self, logger: InferenceLogger, max_pending: int = 10_000,
+                 max_pending_bytes: int = 256 * 1024 * 1024) -> None:
         import queue
 
         if int(max_pending) < 1:
             raise ConfigError(f"InferenceLogQueue: max_pending must be >= 1, got {max_pending!r}.")
+        if int(max_pending_bytes) < 1:
+            raise ConfigError(f"InferenceLogQueue: max_pending_bytes must be >= 1, got {max_pending_bytes!r}.")
+        self.max_pending_bytes = int(max_pending_bytes)
+        self._pending_bytes = 0
+        self._bytes_lock = threading.Lock()
         self.logger = logger
         self.dropped = 0
         """Requests not logged because the queue was full."""
@@ -284,14 +293,19 @@ class InferenceLogQueue:
         """Queue the records of one request (one per image); False if it was dropped (queue full / closed)."""
         import queue
 
-        if self._closed:
-            self.dropped += 1
-            return False
+        size = sum(int(getattr(img, "nbytes", 0)) for img in images) if images is not None else 0
+        with self._bytes_lock:
+            if self._closed or self._pending_bytes + size > self.max_pending_bytes:
+                self.dropped += 1
+                return False
+            self._pending_bytes += size
         try:
             self._queue.put_nowait((images, model, version, variant, request_id, predicted, confidence,
-                                    self.logger.now()))
+                                    self.logger.now(), size))
         except queue.Full:
-            self.dropped += 1
+            with self._bytes_lock:
+                self._pending_bytes -= size
+                self.dropped += 1
             return False
         return True
 
@@ -308,7 +322,7 @@ class InferenceLogQueue:
         self.logger.close()
 
     def _write(self, item: tuple) -> None:
-        images, model, version, variant, request_id, predicted, confidence, at = item
+        images, model, version, variant, request_id, predicted, confidence, at, size = item
         for i, (cls, conf) in enumerate(zip(predicted, confidence, strict=True)):
             img = images[i] if images is not None and i < len(images) else None
             try:
@@ -333,7 +347,11 @@ class InferenceLogQueue:
                 if item is self._STOP:
                     stop = True
                 else:
-                    self._write(item)
+                    try:
+                        self._write(item)
+                    finally:
+                        with self._bytes_lock:
+                            self._pending_bytes -= item[-1]
             try:
                 self.logger.flush()
             except Exception as exc:

@@ -206,3 +206,21 @@ def test_log_queue_a_bad_record_does_not_stop_the_writer(tmp_path):
     assert list(read_log(tmp_path)["request_id"]) == ["req-3"] and q.failed == 2
     with pytest.raises(Exception, match="max_pending"):
         InferenceLogQueue(InferenceLogger(tmp_path), max_pending=0)
+
+
+def test_log_queue_bounds_the_decoded_images_it_holds(tmp_path):
+    from cvplatform.monitoring.inference_log import InferenceLogQueue
+
+    gate = threading.Event()
+
+    class SlowLogger(InferenceLogger):
+        def log(self, *a, **kw):
+            gate.wait(10)
+            return super().log(*a, **kw)
+
+    q = InferenceLogQueue(SlowLogger(tmp_path), max_pending_bytes=3 * IMG.nbytes)
+    results = [_submit(q, i, n=1) for i in range(6)]  # one image each; at most 3 images' bytes held
+    assert results[:3] == [True] * 3 and q.dropped >= 2
+    gate.set()
+    q.close()
+    assert len(read_log(tmp_path)) == results.count(True)
