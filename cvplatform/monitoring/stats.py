@@ -76,9 +76,10 @@ def luma(image: np.ndarray) -> np.ndarray:
     arr = _check_image(image, "luma")
     if arr.ndim == 2:
         return arr.astype(np.float64)
-    # integer weights, one division: a gray pixel keeps its exact value
-    rgb = arr.astype(np.float64)
-    return (rgb[..., 0] * 299.0 + rgb[..., 1] * 587.0 + rgb[..., 2] * 114.0) / 1000.0
+    # integer weights, one division: a gray pixel keeps its exact value (the weighted sums are exact
+    # integers in float64, so the matrix product equals the channel-by-channel sum bit for bit)
+    h, w = arr.shape[:2]
+    return (arr.reshape(-1, 3) @ np.array([299.0, 587.0, 114.0])).reshape(h, w) / 1000.0
 
 
 def image_stats(image: np.ndarray, *, max_side: int | None = MAX_SIDE) -> dict[str, float]:
@@ -102,7 +103,6 @@ def image_stats(image: np.ndarray, *, max_side: int | None = MAX_SIDE) -> dict[s
         (128.0, 0.0, 0.0, 2.0)
     """
     import cv2
-    import numpy as np
 
     arr = _check_image(image, "image_stats")
     h, w = int(arr.shape[0]), int(arr.shape[1])
@@ -112,10 +112,12 @@ def image_stats(image: np.ndarray, *, max_side: int | None = MAX_SIDE) -> dict[s
         arr = cv2.resize(arr, size, interpolation=cv2.INTER_AREA)
     y = luma(arr)
     lap = cv2.Laplacian(y, cv2.CV_64F, ksize=1)
+    mean, std = cv2.meanStdDev(y)  # one pass each in OpenCV: several times cheaper than numpy on small images
+    _, lap_std = cv2.meanStdDev(lap)
     return {
-        "brightness": float(y.mean()),
-        "contrast": float(y.std()),
-        "sharpness": float(np.var(lap)),
+        "brightness": float(mean[0, 0]),
+        "contrast": float(std[0, 0]),
+        "sharpness": float(lap_std[0, 0]) ** 2,
         "width": float(w),
         "height": float(h),
         "aspect_ratio": float(w) / float(h),
