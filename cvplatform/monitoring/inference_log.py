@@ -161,6 +161,8 @@ class InferenceLogger:
         conf = float(confidence)
         if not math.isfinite(conf):
             raise DataError(f"InferenceLogger.log: confidence must be a finite number, got {confidence!r}.")
+        import orjson
+
         if stats is None and image is not None:
             from cvplatform.monitoring.stats import image_stats
 
@@ -173,10 +175,11 @@ class InferenceLogger:
             "request_id": str(request_id),
         }
         for name in STAT_NAMES:
-            record[name] = None if stats is None or stats.get(name) is None else float(stats[name])
+            v = None if stats is None or stats.get(name) is None else float(stats[name])
+            record[name] = v if v is not None and math.isfinite(v) else None  # non-finite: logged as missing
         record["predicted"] = str(predicted)
         record["confidence"] = conf
-        line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+        line = orjson.dumps(record).decode("utf-8") + "\n"
         data = line.encode("utf-8")
         with self._lock:
             if self._fh is None or (self._size > 0 and self._size + len(data) > self.max_bytes):
