@@ -50,6 +50,7 @@ from cvplatform.serving.inputs import (
     b64decode_strict,
     bytes_tensor,
     fp32_tensor,
+    multipart_files,
     open_images,
     parse_json,
     split_binary_body,
@@ -554,32 +555,7 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
         media = _media_type(request)
         body = await _body(request)
         if media == "multipart/form-data":
-            try:
-                form = await request.form(max_files=limits.max_images, max_fields=limits.max_images + 16)
-            except StarletteHTTPException as exc:
-                if "too many files" in str(exc.detail).lower():
-                    raise ServingError(413, "too_many_images",
-                                       f"more than limits.max_images = {limits.max_images} files in one request."
-                                       ) from None
-                raise ServingError(400, "invalid_multipart", f"multipart body: {exc.detail}") from None
-            except ServingError:
-                raise
-            except Exception as exc:
-                raise ServingError(400, "invalid_multipart",
-                                   f"multipart body cannot be parsed ({type(exc).__name__}: {exc}).") from None
-            try:
-                parts = [*form.getlist("files"), *form.getlist("file")]
-                if not parts:
-                    raise ServingError(400, "no_images", "multipart body has no 'files' part; send files=@image.png.")
-                blobs = []
-                for i, part in enumerate(parts):
-                    if isinstance(part, str) or not hasattr(part, "read"):
-                        raise ServingError(400, "invalid_multipart",
-                                           f"part {i} of 'files' is a text field, not a file upload.")
-                    blobs.append(await part.read())
-                return blobs
-            finally:
-                await form.close()
+            return multipart_files(body, request.headers.get("content-type", ""), limits)
         if media == "application/json" or media.endswith("+json"):
             data = parse_json(body)
             try:

@@ -170,6 +170,96 @@ def decode_images(blobs: Sequence[bytes], limits: LimitsConfig) -> list[np.ndarr
     return [im.decode() for im in open_images(blobs, limits)]
 
 
+FILE_FIELDS: tuple[str, ...] = ("files", "file")
+"""multipart/form-data field names that carry image files on ``/v1/predict``."""
+
+
+def multipart_files(body: bytes, content_type: str, limits: LimitsConfig) -> list[bytes]:
+    r"""The image files of a ``multipart/form-data`` body (``files`` / ``file`` parts), in order.
+
+    Parsed in memory with python-multipart's streaming parser: the body is already in memory
+    (bounded by ``limits.max_body_bytes``), so no part is spooled to a temporary file. Other
+    fields are ignored (at most ``max_images + 16`` of them).
+
+    Errors: ``invalid_multipart`` (400: no boundary, malformed body, a text field where a file is
+    expected), ``no_images`` (400), ``too_many_images`` (413).
+
+    Example:
+        >>> body = (b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
+        ...         b'PNGDATA\r\n--b--\r\n')
+        >>> multipart_files(body, "multipart/form-data; boundary=b", LimitsConfig())
+        [b'PNGDATA']
+    """
+    from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ServingError(400, "invalid_multipart", "multipart body: the Content-Type has no boundary.")
+    files: list[bytes] = []
+    others = 0
+    state: dict[str, Any] = {"header": b"", "value": b"", "disposition": b"", "data": None}
+
+    def on_part_begin() -> None:
+        state.update(disposition=b"", data=None)
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["header"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        if state["header"].lower() == b"content-disposition":
+            state["disposition"] = state["value"]
+        state.update(header=b"", value=b"")
+
+    def on_headers_finished() -> None:
+        nonlocal others
+        _, opts = parse_options_header(state["disposition"])
+        name = opts.get(b"name", b"").decode("utf-8", "replace")
+        if name in FILE_FIELDS:
+            if b"filename" not in opts:
+                raise ServingError(400, "invalid_multipart",
+                                   f"part {len(files)} of {name!r} is a text field, not a file upload.")
+            if len(files) >= limits.max_images:
+                raise ServingError(413, "too_many_images",
+                                   f"more than limits.max_images = {limits.max_images} files in one request.")
+            state["data"] = bytearray()
+        else:
+            others += 1
+            if others > limits.max_images + 16:
+                raise ServingError(400, "invalid_multipart", "multipart body: too many fields.")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if state["data"] is not None:
+            state["data"] += data[start:end]
+
+    def on_part_end() -> None:
+        if state["data"] is not None:
+            files.append(bytes(state["data"]))
+            state["data"] = None
+
+    callbacks = {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
+                 "on_header_value": on_header_value, "on_header_end": on_header_end,
+                 "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
+                 "on_part_end": on_part_end}
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser.write(body)
+        parser.finalize()
+    except ServingError:
+        raise
+    except MultipartParseError as exc:
+        raise ServingError(400, "invalid_multipart", f"multipart body cannot be parsed ({exc}).") from None
+    except Exception as exc:
+        raise ServingError(400, "invalid_multipart",
+                           f"multipart body cannot be parsed ({type(exc).__name__}: {exc}).") from None
+    if not files:
+        raise ServingError(400, "no_images", "multipart body has no 'files' part; send files=@image.png.")
+    return files
+
+
 def b64decode_strict(text: str, where: str) -> bytes:
     """Decode base64 (standard or URL-safe alphabet, padding optional, data URLs), or raise a 400 ServingError.
 
@@ -363,12 +453,14 @@ def bytes_tensor(tensor: Any, blob: bytes, offset: int, max_rows: int) -> tuple[
 
 
 __all__ = [
+    "FILE_FIELDS",
     "OpenedImage",
     "b64decode_strict",
     "bytes_tensor",
     "decode_image",
     "decode_images",
     "fp32_tensor",
+    "multipart_files",
     "open_image",
     "open_images",
     "parse_json",

@@ -137,3 +137,44 @@ def test_binary_body_split():
     assert h == {"inputs": []} and blob == b"\x00\x01"
     assert err(split_binary_body, header, "999").code == "invalid_header"
     assert err(split_binary_body, header, "abc").code == "invalid_header"
+
+
+# --------------------------------------------------------------------------- multipart/form-data
+def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "bnd") -> tuple[bytes, str]:
+    out = b""
+    for name, filename, data in parts:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_multipart_files_are_read_in_order_and_other_fields_ignored():
+    from cvplatform.serving.inputs import multipart_files
+
+    a, b = encode(Image.new("RGB", (3, 2))), b"\r\n--bn\r\n-" + bytes(range(256))  # a boundary prefix in the data
+    body, ctype = _multipart([("note", None, b"hello"), ("files", "a.png", a), ("file", "b.bin", b)])
+    assert multipart_files(body, ctype, LimitsConfig()) == [a, b]
+
+
+@pytest.mark.parametrize(("parts", "ctype", "status", "code"), [
+    ([("files", None, b"text")], None, 400, "invalid_multipart"),  # a text field where a file is expected
+    ([("other", "x.png", b"x")], None, 400, "no_images"),
+    ([("files", f"{i}.png", b"x") for i in range(5)], None, 413, "too_many_images"),
+    ([("files", "a.png", b"x")], "multipart/form-data", 400, "invalid_multipart"),  # no boundary
+])
+def test_bad_multipart_bodies_are_4xx(parts, ctype, status, code):
+    from cvplatform.serving.inputs import multipart_files
+
+    body, default_ctype = _multipart(parts)
+    with pytest.raises(ServingError) as e:
+        multipart_files(body, ctype or default_ctype, LimitsConfig(max_images=4))
+    assert (e.value.status, e.value.code) == (status, code)
+
+
+def test_a_malformed_multipart_body_is_a_400():
+    from cvplatform.serving.inputs import multipart_files
+
+    for body in (b"--bnd\r\ngarbage", b"no boundary here at all", b"--bnd\r\nContent-Disposition: form-data\r\n"):
+        with pytest.raises(ServingError) as e:
+            multipart_files(body, "multipart/form-data; boundary=bnd", LimitsConfig())
+        assert e.value.status == 400
