@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,6 +159,8 @@ def load_model(
     root: str | os.PathLike[str] | None = None,
     tracking_uri: str | None = None,
     client: RegistryClient | None = None,
+    providers: Sequence[str] | None = None,
+    sess_options: Any = None,
 ) -> LoadedModel:
     """Load ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` after verifying its sha256.
 
@@ -167,6 +170,8 @@ def load_model(
         root: Project root (the embedded tracking store lives there); default cwd.
         tracking_uri: Tracking URI (default: ``$MLFLOW_TRACKING_URI`` or the embedded store of ``root``).
         client: An existing :class:`RegistryClient` (overrides the three above).
+        providers: onnxruntime execution providers, preferred first (default ``["CPUExecutionProvider"]``).
+        sess_options: an ``onnxruntime.SessionOptions`` (threads, spinning, ...); default: quiet logging.
 
     Returns:
         A :class:`LoadedModel`: onnxruntime session, preprocessing contract, version info.
@@ -210,10 +215,12 @@ def load_model(
             "(`cvplatform registry register`) or roll back to a verified version."
         )
     where = f"{ref.uri} (version {version})"
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts = sess_options
+    if opts is None:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
     try:
-        session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as exc:
         raise ModelError(f"{where}: onnxruntime cannot load the verified model ({' '.join(str(exc).split())[:300]})."
                          ) from None

@@ -369,9 +369,10 @@ class RegistrySource:
     """Versions of one registered model in the MLflow registry (``cvplatform.registry``).
 
     Loading goes through :func:`cvplatform.registry.load_model` (which downloads the
-    version's ONNX artifact and verifies its sha256 against the ``artifact.sha256``
-    tag) when the registry package provides it; promotion and rollback through
-    :func:`cvplatform.registry.promote` / :func:`cvplatform.registry.rollback`.
+    version's ONNX artifact, verifies its sha256 against the ``artifact.sha256`` tag and
+    opens it with the serving session options); promotion and rollback through
+    :func:`cvplatform.registry.promote` / :func:`cvplatform.registry.rollback`, so the
+    registry's approval rules and audit log apply to the admin API too.
 
     Args:
         model_name: registered model name.
@@ -417,28 +418,15 @@ class RegistrySource:
     # ---------------------------------------------------------------- plumbing
     @property
     def client(self) -> Any:
-        """A registry client (retrying ``cvplatform.registry.client.RegistryClient`` when available)."""
+        """The retrying :class:`cvplatform.registry.client.RegistryClient` of this source."""
         if self._client is None:
-            try:
-                from cvplatform.registry.client import RegistryClient
+            from cvplatform.registry.client import RegistryClient
 
-                if self.params is not None:
-                    self._client = RegistryClient.from_params(self.params, self.root, tracking_uri=self.tracking_uri)
-                else:
-                    self._client = RegistryClient(self.tracking_uri)
-            except ImportError:  # pragma: no cover - registry package absent
-                from mlflow.tracking import MlflowClient
-
-                self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            if self.params is not None:
+                self._client = RegistryClient.from_params(self.params, self.root, tracking_uri=self.tracking_uri)
+            else:
+                self._client = RegistryClient(self.tracking_uri)
         return self._client
-
-    def _registry_fn(self, name: str) -> Callable[..., Any] | None:
-        try:
-            import cvplatform.registry as registry
-        except ImportError:  # pragma: no cover
-            return None
-        fn = getattr(registry, name, None)
-        return fn if callable(fn) else None
 
     @staticmethod
     def _not_found(exc: BaseException) -> bool:
@@ -475,151 +463,43 @@ class RegistrySource:
 
     # ---------------------------------------------------------------- load
     def load(self, version: str) -> LoadedModel:
-        uri = f"models:/{self.model_name}/{version}"
-        fn = self._registry_fn("load_model")
-        if fn is not None:
-            loaded = self._load_with_registry(fn, uri, version)
-            if loaded is not None:
-                return loaded
-        return self._load_direct(uri, version)
+        """Download ``version``, verify its sha256 and open it with the serving session options.
 
-    def _load_with_registry(self, fn: Callable[..., Any], uri: str, version: str) -> LoadedModel | None:
-        import inspect
-
-        kwargs: dict[str, Any] = {}
-        try:
-            sig = inspect.signature(fn)
-            if "root" in sig.parameters:
-                kwargs["root"] = self.root
-            if "tracking_uri" in sig.parameters:
-                kwargs["tracking_uri"] = self.tracking_uri
-            if "params" in sig.parameters and self.params is not None:
-                kwargs["params"] = self.params
-            if "providers" in sig.parameters:
-                kwargs["providers"] = list(available_providers(self.providers))
-            if "sess_options" in sig.parameters:
-                kwargs["sess_options"] = session_options(self.intra_op_threads, self.allow_spinning)
-        except (TypeError, ValueError):  # pragma: no cover
-            pass
-        res = fn(uri, **kwargs)
-        session = getattr(res, "session", None)
-        contract = getattr(res, "contract", None)
-        if session is None or contract is None:  # unknown result shape: load it ourselves
-            log.warning("registry.load_model returned %s without session/contract; loading directly",
-                        type(res).__name__)
-            return None
-        if "sess_options" not in kwargs:
-            session = self._with_serving_options(session, uri)
-        info = getattr(res, "version_info", None) or getattr(res, "info", None) or getattr(res, "version", None)
-        sha = getattr(res, "sha256", None) or _get(info, "sha256") or _get(_get(info, "tags"), TAG_SHA256)
-        return LoadedModel(name=self.model_name, version=str(version), uri=uri, session=session,
-                           contract=contract, sha256=sha)
-
-    def _with_serving_options(self, session: Any, uri: str) -> Any:
-        """Re-open a registry-verified session with the serving session options (threads, spinning,
-        providers) when ``cvplatform.registry.load_model`` cannot take them itself.
-
-        The registry builds its session from the verified bytes, which onnxruntime keeps on the
-        session object; the new session is built from exactly those bytes (no second download).
+        Raises:
+            CVPlatformError: unknown version, unmanaged or tampered artifact, or an unusable model
+                (see :func:`cvplatform.registry.load_model`).
         """
-        import onnxruntime as ort
+        from cvplatform.registry import load_model
 
-        data = getattr(session, "_model_bytes", None)
-        if not isinstance(data, bytes | bytearray):
-            log.info("%s: serving session options not applied (registry session kept as is)", uri)
-            return session
-        try:
-            return ort.InferenceSession(bytes(data), sess_options=session_options(self.intra_op_threads,
-                                                                                  self.allow_spinning),
-                                        providers=available_providers(self.providers))
-        except Exception as exc:  # the registry's session works: keep it
-            log.warning("%s: cannot re-open with the serving options (%s); using the registry's session", uri, exc)
-            return session
-
-    def _load_direct(self, uri: str, version: str) -> LoadedModel:
-        """Download the version's ONNX artifact, verify its sha256 tag, open it."""
-        from cvplatform.utils.io import sha256_file
-
-        try:
-            mv = self.client.get_model_version(self.model_name, str(version))
-        except Exception as exc:
-            raise RegistryError(
-                f"{uri}: no such model version at {self.tracking_uri} ({' '.join(str(exc).split())[:200]}). "
-                "Check the version number (`cvplatform registry show NAME`)."
-            ) from None
-        import mlflow.artifacts
-
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, tracking_uri=self.tracking_uri))
-        except Exception as exc:
-            raise RegistryError(f"{uri}: cannot download the model artifact {mv.source} ({exc}).") from None
-        onnx_path = local / "model.onnx" if local.is_dir() else local
-        if not onnx_path.is_file():
-            found = sorted(p.name for p in local.iterdir()) if local.is_dir() else []
-            raise RegistryError(f"{uri}: the artifact has no model.onnx (found {found}); register an ONNX model.")
-        sha = sha256_file(onnx_path)
-        want = (mv.tags or {}).get(TAG_SHA256)
-        if want and want != sha:
-            raise RegistryError(
-                f"{uri}: model.onnx sha256 {sha} does not match the registered {TAG_SHA256}={want}; the stored "
-                "artifact was modified after registration. Re-register the model; do not serve it."
-            )
-        return load_onnx(onnx_path, name=self.model_name, version=str(version), uri=uri, sha256=sha,
-                         providers=self.providers, intra_op_threads=self.intra_op_threads,
-                         allow_spinning=self.allow_spinning)
+        uri = f"models:/{self.model_name}/{version}"
+        res = load_model(uri, client=self.client, providers=available_providers(self.providers),
+                         sess_options=session_options(self.intra_op_threads, self.allow_spinning))
+        return LoadedModel(name=self.model_name, version=str(version), uri=uri, session=res.session,
+                           contract=res.contract, sha256=res.info.sha256)
 
     # ---------------------------------------------------------------- promote / rollback
     def promote(self, version: str, reason: str) -> dict[str, Any]:
-        previous = self.resolve(self.champion_alias)
-        fn = self._registry_fn("promote")
-        if fn is not None:
-            _call_flexibly(fn, self.model_name, str(version), params=self.params, root=self.root,
-                           tracking_uri=self.tracking_uri, actor=self.actor, reason=reason, comment=reason)
-        else:  # registry package without promote: move the alias and record the previous champion
-            if previous is not None:
-                self.client.set_model_version_tag(self.model_name, str(version), "champion.previous", previous)
-            self.client.set_registered_model_alias(self.model_name, self.champion_alias, str(version))
+        """Move the champion alias to ``version`` through the registry's rules (approved versions only)."""
+        from cvplatform.registry import promote
+
+        res = promote(self.model_name, str(version), comment=reason, actor=self.actor, params=self.params,
+                      root=self.root, client=self.client)
         now = self.resolve(self.champion_alias)
         if now != str(version):
             raise RegistryError(
-                f"promotion of {self.model_name} v{version} did not move alias {self.champion_alias!r} "
-                f"(it points at {now})."
+                f"promotion of {self.model_name} v{version} moved alias {res.alias!r}, but this server follows "
+                f"{self.champion_alias!r} (it points at {now}); make serving.yaml models.champion_alias and "
+                "params registry.champion_alias agree."
             )
-        return {"champion_version": now, "previous_champion": previous}
+        return {"champion_version": now, "previous_champion": res.previous}
 
     def rollback(self, reason: str) -> dict[str, Any]:
-        current = self.resolve(self.champion_alias)
-        fn = self._registry_fn("rollback")
-        if fn is None:
-            raise ServingError(
-                409, "rollback_unavailable",
-                "cvplatform.registry.rollback is not available; use `cvplatform registry rollback NAME`.",
-            )
-        _call_flexibly(fn, self.model_name, params=self.params, root=self.root, tracking_uri=self.tracking_uri,
-                       actor=self.actor, reason=reason, comment=reason)
-        return {"champion_version": self.resolve(self.champion_alias), "previous_champion": current}
+        """Move the champion alias back to the previous champion (recorded by the registry)."""
+        from cvplatform.registry import rollback
 
-
-def _get(obj: Any, key: str) -> Any:
-    if obj is None:
-        return None
-    if isinstance(obj, dict):
-        return obj.get(key)
-    return getattr(obj, key, None)
-
-
-def _call_flexibly(fn: Callable[..., Any], *args: Any, **optional: Any) -> Any:
-    """Call ``fn(*args, **kw)`` passing only the optional keywords its signature accepts."""
-    import inspect
-
-    try:
-        sig = inspect.signature(fn)
-        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
-        kwargs = {k: v for k, v in optional.items()
-                  if v is not None and (accepts_any or k in sig.parameters)}
-    except (TypeError, ValueError):  # pragma: no cover
-        kwargs = {}
-    return fn(*args, **kwargs)
+        res = rollback(self.model_name, comment=reason, actor=self.actor, params=self.params, root=self.root,
+                       client=self.client)
+        return {"champion_version": self.resolve(self.champion_alias), "previous_champion": res.previous}
 
 
 # --------------------------------------------------------------------------- handles and the manager

@@ -38,6 +38,19 @@ def test_load_by_alias(registered, project):
     assert m.info.version == "1" and "champion" in m.info.aliases and m.info.approval == "approved"
 
 
+def test_load_takes_the_callers_session_options_and_providers(registered, project):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    m = load_model("models:/cvplatform/1", root=project.root, providers=["CPUExecutionProvider"], sess_options=opts)
+    got = m.session.get_session_options()
+    assert got.intra_op_num_threads == 1
+    assert got.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert m.session.get_providers() == ["CPUExecutionProvider"]
+
+
 def test_tampered_artifact_is_refused(registered, project, client):
     stored = stored_onnx_path(client.uri, "cvplatform", "1")
     assert stored.is_file() and stored.is_relative_to(project.root / "mlartifacts")
