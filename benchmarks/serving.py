@@ -1,7 +1,7 @@
 """Serving throughput and latency vs the raw onnxruntime session, measured in one run.
 
 For each model, input kind, images per request (default 1, 16) and client concurrency (default
-1, 4, 16):
+1, 4, 8, 16):
 
 1. **served**: a separate load-generating process (``benchmarks/serving.py --load-gen``,
    asyncio + aiohttp) drives ``cvplatform serve --model model.onnx`` (a subprocess on a loopback
@@ -261,7 +261,7 @@ def main() -> None:
     ap.add_argument("--load-gen", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--url")
     ap.add_argument("--image")
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     ap.add_argument("--images-per-request", type=int, nargs="+", default=[1, 16],
                     help="images per request (1 = a raw image/png body; more = one multipart body)")
     ap.add_argument("--inputs", nargs="+", choices=["png", "fp32"], default=["png", "fp32"],
