@@ -177,17 +177,23 @@ def test_log_queue_writes_every_record_of_every_request_and_close_flushes(tmp_pa
     assert not _submit(q, 99) and q.dropped == 1  # closed: refused and counted, never raises
 
 
+class GatedLogger(InferenceLogger):
+    """An InferenceLogger whose writes wait for ``gate``: a writer thread stuck behind a slow disk."""
+
+    def __init__(self, directory, gate: threading.Event) -> None:
+        super().__init__(directory)
+        self.gate = gate
+
+    def log(self, *a, **kw):
+        self.gate.wait(10)
+        return super().log(*a, **kw)
+
+
 def test_log_queue_drops_and_counts_when_the_writer_falls_behind(tmp_path):
     from cvplatform.monitoring.inference_log import InferenceLogQueue
 
     gate = threading.Event()
-
-    class SlowLogger(InferenceLogger):
-        def log(self, *a, **kw):
-            gate.wait(10)
-            return super().log(*a, **kw)
-
-    q = InferenceLogQueue(SlowLogger(tmp_path), max_pending=3)
+    q = InferenceLogQueue(GatedLogger(tmp_path, gate), max_pending=3)
     results = [_submit(q, i, n=1) for i in range(10)]  # the writer is stuck on the first record
     assert results.count(False) >= 6 and q.dropped == results.count(False)
     gate.set()
@@ -212,13 +218,7 @@ def test_log_queue_bounds_the_decoded_images_it_holds(tmp_path):
     from cvplatform.monitoring.inference_log import InferenceLogQueue
 
     gate = threading.Event()
-
-    class SlowLogger(InferenceLogger):
-        def log(self, *a, **kw):
-            gate.wait(10)
-            return super().log(*a, **kw)
-
-    q = InferenceLogQueue(SlowLogger(tmp_path), max_pending_bytes=3 * IMG.nbytes)
+    q = InferenceLogQueue(GatedLogger(tmp_path, gate), max_pending_bytes=3 * IMG.nbytes)
     results = [_submit(q, i, n=1) for i in range(6)]  # one image each; at most 3 images' bytes held
     assert results[:3] == [True] * 3 and q.dropped >= 2
     gate.set()
