@@ -46,8 +46,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-TAG_SHA256 = "artifact.sha256"
-"""Model-version tag holding the sha256 of ``model.onnx`` (written by ``cvplatform registry register``)."""
 TAG_DEPLOY_STATUS = "deploy.status"
 TAG_DEPLOY_REASON = "deploy.rollback_reason"
 TAG_DEPLOY_TIME = "deploy.time"
