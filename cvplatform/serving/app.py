@@ -900,6 +900,12 @@ def build_app(
     m = config.models
     src: ModelSource
     if model is not None:
+        if not paths.resolve(model).is_file():  # a typo: fail now, not as a server that is never ready
+            from cvplatform.errors import ConfigError
+
+            raise ConfigError(f"--model {paths.resolve(model)}: no such file. Pass an exported ONNX model "
+                              "(`cvplatform export` writes artifacts/export/model.onnx), or leave --model out "
+                              "to serve the registry's champion alias.")
         src = FileSource(paths.resolve(model), model_name=registered_model_name(params, config),
                          providers=m.providers, intra_op_threads=m.intra_op_threads,
                          allow_spinning=m.allow_spinning, champion_alias=m.champion_alias)

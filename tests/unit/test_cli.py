@@ -55,6 +55,13 @@ def test_missing_params_file_exits_nonzero(tmp_path):
     assert "missing.yaml: file not found" in res.output
 
 
+def test_serve_with_a_missing_model_file_exits_2_before_starting(tmp_path):
+    res = runner.invoke(app, ["serve", "--params", str(REPO / "params.yaml"), "--model", str(tmp_path / "nope.onnx"),
+                              "--port", "0"])
+    assert res.exit_code == 2
+    assert "nope.onnx: no such file" in res.output and "cvplatform export" in res.output
+
+
 def test_import_cvplatform_is_light():
     code = (
         "import sys, cvplatform; "
