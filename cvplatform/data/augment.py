@@ -13,7 +13,7 @@ A recipe is a small YAML file::
         transforms:
           - {name: GaussNoise}
           - {name: Blur, params: {blur_limit: 3}}
-    eval: []                    # deterministic steps applied at evaluation / serving
+    eval: []                    # must stay empty: evaluation / serving apply only the fixed tail
 
 Every pipeline (train and eval) ends with a fixed tail that the recipe cannot
 forget: ``Resize(height, width)`` (bilinear), ``Normalize(mean, std,
@@ -91,6 +91,21 @@ class AugmentRecipe(StrictModel):
     def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         if min(v) <= 0:
             raise ValueError(f"std values must be > 0, got {list(v)}")
+        return v
+
+    @field_validator("eval")
+    @classmethod
+    def _contract_expressible(cls, v: list[TransformSpec]) -> list[TransformSpec]:
+        # Evaluation, the ONNX export and the server preprocess through the shared contract
+        # (cvplatform.preprocess): resize to input_size, then normalise. A recipe eval step would
+        # be applied in validation during training but nowhere else: refuse it before training.
+        if v:
+            raise ValueError(
+                f"eval step {v[0].name!r} (eval[0]) cannot be expressed in the preprocessing contract shared by "
+                "evaluation, ONNX export and serving (resize to input_size, then normalise), so the model would "
+                "be served differently from how it was validated. Remove the eval steps (keep `eval: []`) and "
+                "put crops or resizes in the train pipeline instead"
+            )
         return v
 
     def to_metadata(self) -> dict[str, Any]:

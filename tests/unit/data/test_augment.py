@@ -63,7 +63,8 @@ train:
     ("body", "needles"),
     [
         ("train:\n  - {name: Affine}\n  - {name: HorizontalFlipp}\n", ["train[1]", "HorizontalFlipp", "HorizontalFlip"]),
-        ("eval:\n  - {name: Affine, params: {rotat: 10}}\n", ["eval[0]", "Affine", "rotat", "rotate"]),
+        ("eval:\n  - {name: CenterCrop, params: {height: 8, width: 8}}\n",
+         ["eval", "CenterCrop", "eval[0]", "preprocessing contract", "eval: []"]),
         ("train:\n  - {name: Affine, params: {rotate: abc}}\n", ["train[0]", "Affine", "rotate"]),
         ("train:\n  - {name: Normalize}\n", ["train[0]", "automatically"]),
         ("train:\n  - {name: Blur, transforms: [{name: Blur}]}\n", ["train[0]", "nested"]),
@@ -87,6 +88,12 @@ def test_bad_recipes_fail_naming_file_and_entry(tmp_path, body, needles):
 def test_metadata_roundtrip():
     recipe = load_recipe(REPO / "configs" / "augment" / "natural.yaml")
     meta = recipe.to_metadata()
-    assert meta["input_size"] == list(recipe.input_size) and meta["eval"][0]["name"] == "SmallestMaxSize"
+    assert meta["input_size"] == list(recipe.input_size) and meta["eval"] == []
     back = recipe_from_metadata(meta)
     assert back.eval == recipe.eval and back.mean == recipe.mean and back.train == []
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "augment").glob("*.yaml")))
+def test_every_shipped_recipe_loads_and_fits_the_contract(name):
+    recipe = load_recipe(REPO / "configs" / "augment" / name)
+    assert recipe.eval == []  # evaluation/export/serving can reproduce exactly what validation saw
