@@ -44,5 +44,9 @@ class ModelError(CVPlatformError):
     """A model or checkpoint cannot be built, loaded or used."""
 
 
+class ModelConfigError(ConfigError, ModelError):
+    """An unknown architecture or invalid architecture arguments (``train.model``): a configuration error."""
+
+
 class RegistryError(CVPlatformError):
     """A registry operation is not allowed or the registry cannot be reached."""

@@ -1,7 +1,7 @@
 """Model architectures, selected by name (``train.model.arch``).
 
 =============  ==================================================================
-name           what it is (arguments go in ``train.model.kwargs``)
+name           what it is (arguments go in ``train.model.<name>``)
 =============  ==================================================================
 small_cnn      a few VGG-style conv stages; ``width``, ``stages``, ``dropout``
 resnet         ResNet with basic blocks; ``depth`` (10/18/34) or ``blocks``
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from cvplatform.errors import ModelError
+from cvplatform.errors import ModelConfigError, ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -92,7 +92,7 @@ def _resolve(name: str) -> tuple[Callable[..., Any], type[BaseModel]]:
         return _CUSTOM[name]
     spec = _REGISTRY.get(name)
     if spec is None:
-        raise ModelError(
+        raise ModelConfigError(
             f"unknown architecture {name!r} (train.model.arch); valid names: {', '.join(available_models())}. "
             "Set train.model.arch to one of them."
         )
@@ -120,8 +120,8 @@ def resolve_model_kwargs(name: str, **kwargs: Any) -> dict[str, Any]:
     except ValidationError as exc:
         from cvplatform.config import format_validation_error
 
-        msg = format_validation_error(exc, config, f"train.model.kwargs (arch {name!r})")
-        raise ModelError(msg) from None
+        msg = format_validation_error(exc, config, f"train.model.{name} (arguments of arch {name!r})")
+        raise ModelConfigError(msg) from None
     return cfg.model_dump(mode="json")
 
 
@@ -131,7 +131,7 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     Args:
         name: Registry name (see :func:`available_models`).
         num_classes: Number of output logits (>= 2).
-        **kwargs: Architecture arguments (``train.model.kwargs``), validated.
+        **kwargs: Architecture arguments (``train.model.<arch>``), validated.
 
     Returns:
         A freshly initialised ``torch.nn.Module`` mapping ``(N, 3, H, W)`` float

@@ -48,7 +48,7 @@ class ClassifierModule(pl.LightningModule):
 
     Args:
         arch: Architecture name (``train.model.arch``).
-        arch_kwargs: Architecture arguments (``train.model.kwargs``; defaults get filled in).
+        arch_kwargs: Architecture arguments (``train.model.<arch>``; defaults get filled in).
         num_classes: Output logits; must equal ``len(class_names)``.
         class_names: Label of each output index (sorted manifest labels).
         preprocess: Preprocessing metadata (``AugmentRecipe.to_metadata()``): input_size,

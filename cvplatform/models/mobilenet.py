@@ -30,7 +30,7 @@ INVERTED_RESIDUAL_SETTING: tuple[tuple[int, int, int, int], ...] = (
 
 
 class MobileNetV2Config(StrictModel):
-    """Arguments of ``mobilenet_v2`` (``train.model.kwargs``)."""
+    """Arguments of ``mobilenet_v2`` (``train.model.<arch>`` in params.yaml)."""
 
     width_mult: float = Field(1.0, gt=0.0, le=4.0)
     """Channel multiplier for every layer (e.g. 0.35, 0.5, 1.0)."""

@@ -23,7 +23,7 @@ DEPTHS: dict[int, tuple[int, ...]] = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3
 
 
 class ResNetConfig(StrictModel):
-    """Arguments of ``resnet`` (``train.model.kwargs``)."""
+    """Arguments of ``resnet`` (``train.model.<arch>`` in params.yaml)."""
 
     depth: Literal[10, 18, 34] = 18
     """Standard layout: 10, 18 or 34 (ignored when ``blocks`` is set)."""

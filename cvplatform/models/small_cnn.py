@@ -17,7 +17,7 @@ from cvplatform.models.layers import GlobalAvgPool2d
 
 
 class SmallCNNConfig(StrictModel):
-    """Arguments of ``small_cnn`` (``train.model.kwargs``)."""
+    """Arguments of ``small_cnn`` (``train.model.<arch>`` in params.yaml)."""
 
     width: int = Field(32, ge=1, le=1024)
     """Channels of the first stage; doubled at every stage."""

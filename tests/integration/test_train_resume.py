@@ -41,7 +41,7 @@ def test_kill_mid_epoch_then_resume_continues_same_run(tmp_path):
     # ~50 batches of 2 images per epoch: an epoch lasts seconds, so the kill lands inside epoch 2
     root = make_tiny_project(
         tmp_path, per_class=60, size=32,
-        overrides=["train.epochs=3", "train.batch_size=2", "train.model.kwargs={width: 16}"],
+        overrides=["train.epochs=3", "train.batch_size=2", "train.model.small_cnn={width: 16}"],
     )
     art = root / "artifacts" / "train"
     log = (tmp_path / "first.log").open("w")

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_repo_params_load_and_are_frozen():
     p = load_params(REPO / "params.yaml")
     assert isinstance(p, Params)
-    assert p.ingest.source == "digits"
+    assert p.ingest.source == "configs/sources/digits.yaml"
     with pytest.raises(ValidationError):  # frozen model
         p.ingest.workers = 3  # type: ignore[misc]
 

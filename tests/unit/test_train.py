@@ -84,7 +84,7 @@ def test_mlflow_run(trained):
     assert run.info.artifact_uri.startswith((root.resolve() / "mlartifacts").as_uri())
     p, t = run.data.params, run.data.tags
     assert p["train.epochs"] == "2" and p["seed"] == "42" and p["train.model.arch"] == "small_cnn"
-    assert p["train.model.kwargs.width"] == "4"
+    assert p["train.model.small_cnn.width"] == "4"
     assert t["data_version"] == file_md5(root / "data/processed/manifest.parquet")
     assert t["airflow_run_id"] == "manual__2026-01-01"
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
@@ -135,7 +135,7 @@ def _bad_recipe(root: Path) -> None:
     ("overrides", "mutate", "exc", "needles"),
     [
         (["train.model.arch=vgg99"], None, ModelError, ["vgg99", "small_cnn", "resnet", "mobilenet_v2"]),
-        (["train.model.kwargs={widht: 3}"], None, ModelError, ["widht", "width"]),
+        (["train.model.small_cnn={widht: 3}"], None, ModelError, ["widht", "width"]),
         (["train.num_classes=5"], None, ConfigError, ["train.num_classes", "5", "2 classes", "['a', 'b']"]),
         (["train.loss.class_weights=[1.0, 2.0, 3.0]"], None, ConfigError, ["class_weights", "3 weights"]),
         ([], _drop_val, DataError, ["split 'val' is empty"]),
