@@ -7,8 +7,6 @@ clear message on failure. The stage functions write ``artifacts/<stage>/summary.
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,12 +34,9 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    from cvplatform.utils.logs import configure_logging
+
+    configure_logging(verbose)
 
 
 def _run(fn: Callable[[], Any]) -> Any:
@@ -58,17 +53,26 @@ def _run(fn: Callable[[], Any]) -> Any:
     return result
 
 
-def _params(params: Path, overrides: list[str] | None):
+def _params(params: Path, overrides: list[str] | None, *, dvc_stage: str | None = None):
     from cvplatform.config import load_params
 
-    return load_params(params, overrides or [])
+    cfg = load_params(params, overrides or [])
+    if dvc_stage and overrides:
+        # the stage's outputs now come from settings that params.yaml does not hold: say so, since
+        # `dvc repro` follows params.yaml and will quietly redo the stage the params.yaml way
+        typer.secho(
+            f"note: {', '.join(overrides)} apply to this run only. `dvc repro` follows {params} and will re-run "
+            f"{dvc_stage} with its values; to make them the pipeline's, edit {params} "
+            "(or `dvc exp run -S key=value`).", fg=typer.colors.YELLOW, err=True)
+    return cfg
 
 
 @app.command()
 def ingest(
     source: Annotated[
         str | None,
-        typer.Option("--source", help="folder:PATH | s3://bucket/prefix | digits | shapes (overrides ingest.source)."),
+        typer.Option("--source", help="PATH (or folder:PATH) | s3://bucket/prefix | digits | shapes "
+                                     "(overrides ingest.source for this run only; dvc repro follows params.yaml)."),
     ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
@@ -81,7 +85,7 @@ def ingest(
         overrides = list(set_ or [])
         if source is not None:
             overrides.append(f"ingest.source={source}")
-        cfg = _params(params, overrides)
+        cfg = _params(params, overrides, dvc_stage="ingest")
         from cvplatform.data.ingest import run_ingest
 
         return run_ingest(cfg)
@@ -99,7 +103,7 @@ def validate(
     _setup_logging(verbose)
 
     def go():
-        cfg = _params(params, set_)
+        cfg = _params(params, set_, dvc_stage="validate")
         from cvplatform.data.validate import run_validate
 
         return run_validate(cfg)
@@ -123,7 +127,7 @@ def train(
     def go():
         from cvplatform.train import run_train
 
-        return run_train(_params(params, set_), resume=resume)
+        return run_train(_params(params, set_, dvc_stage="train"), resume=resume)
 
     _run(go)
 
@@ -150,7 +154,7 @@ def evaluate(
         from cvplatform.evaluation.run import run_evaluate
 
         try:
-            return run_evaluate(_params(params, set_), model=model)
+            return run_evaluate(_params(params, set_, dvc_stage="evaluate"), model=model)
         except GateFailed as exc:  # show the scenario table before the failed checks
             for line in getattr(exc, "result", None).lines() if getattr(exc, "result", None) else []:
                 typer.echo(line)
@@ -175,7 +179,7 @@ def export(
     def go():
         from cvplatform.export.run import run_export
 
-        return run_export(_params(params, set_), checkpoint=checkpoint)
+        return run_export(_params(params, set_, dvc_stage="export"), checkpoint=checkpoint)
 
     _run(go)
 
@@ -423,16 +427,23 @@ def monitor(
 def show_config(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only validate; print nothing on success.")] = False,
 ) -> None:
-    """Print the fully-resolved params (defaults filled in) as YAML."""
+    """Validate params.yaml and every config file it names, then print the resolved params (exit 2 if invalid)."""
     import yaml
 
     try:
         p = _params(params, set_)
+        from cvplatform.config import check_params
+
+        checked = check_params(p, Path(params).resolve().parent)
     except CVPlatformError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=exc.exit_code) from None
+    if quiet:
+        return
     typer.echo(yaml.safe_dump(p.model_dump(mode="json", by_alias=True), sort_keys=False))
+    typer.echo("# valid: params.yaml and " + "; ".join(checked))
 
 
 def main() -> None:  # console-script entry point

@@ -80,8 +80,9 @@ class ShapesParams(StrictModel):
 
 
 class IngestParams(StrictModel):
-    source: str = "digits"
-    """folder:PATH | s3://bucket/prefix | digits | shapes."""
+    source: str = "configs/sources/digits.yaml"
+    """Where images come from: a folder PATH | s3://bucket/prefix | configs/sources/<builtin>.yaml
+    (also folder:PATH, digits, shapes). dvc.yaml tracks it as a dependency of ingest."""
     labels_csv: str | None = None
     """Labels CSV (path,label[,metadata...]) inside the source; None = ImageFolder layout."""
     workers: int = Field(2, ge=1, le=64)
@@ -173,10 +174,48 @@ class ManifestSuiteConfig(StrictModel):
 
 # --------------------------------------------------------------------------- train
 class TrainModelParams(StrictModel):
-    arch: str = "small_cnn"
-    """Architecture name: small_cnn | resnet | mobilenet_v2 (see cvplatform.models)."""
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Architecture arguments, validated by the architecture's schema (e.g. width, depth, blocks)."""
+    """The architecture and its arguments: one section per architecture, only ``arch``'s is used.
+
+    Keeping each architecture's arguments under its own name means that choosing another
+    architecture (``--set train.model.arch=resnet``, the Airflow trigger form) changes only
+    the architecture: the arguments that apply are that architecture's own section.
+
+    Example:
+        >>> m = TrainModelParams(arch="resnet", resnet={"blocks": [1, 1], "width": 8})
+        >>> m.kwargs
+        {'blocks': [1, 1], 'width': 8}
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
+    """Extra keys are argument sections of architectures added with cvplatform.models.register_model."""
+
+    arch: str = Field("small_cnn", min_length=1)
+    """Architecture name: small_cnn | resnet | mobilenet_v2, or one added with register_model."""
+    small_cnn: dict[str, Any] = Field(default_factory=dict)
+    """Arguments of small_cnn (width, stages, dropout, ...), validated by its schema when it is trained."""
+    resnet: dict[str, Any] = Field(default_factory=dict)
+    """Arguments of resnet (depth or blocks, width, stem, ...)."""
+    mobilenet_v2: dict[str, Any] = Field(default_factory=dict)
+    """Arguments of mobilenet_v2 (width_mult, small_input, dropout, ...)."""
+
+    @model_validator(mode="after")
+    def _sections_are_mappings(self) -> TrainModelParams:
+        for name, value in (self.model_extra or {}).items():
+            if not isinstance(value, dict):
+                raise ValueError(
+                    f"{name}: expected the arguments of architecture {name!r} as a mapping, got {value!r}; "
+                    f"architectures with a section: {', '.join(self.sections())}"
+                )
+        return self
+
+    def sections(self) -> tuple[str, ...]:
+        """Architectures that have an arguments section here."""
+        return ("small_cnn", "resnet", "mobilenet_v2", *sorted(self.model_extra or {}))
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The arguments of the selected architecture (its own section; empty = its defaults)."""
+        return dict(getattr(self, self.arch, None) or {})
 
 
 class OptimizerParams(StrictModel):
@@ -555,6 +594,8 @@ class OrchestrationParams(StrictModel):
     """First retry delay in seconds (doubles on each retry)."""
     push_to_remote: bool = True
     """Push data and model outputs to the DVC remote after each DVC stage."""
+    keep_workspaces: int = Field(5, ge=1, le=1000)
+    """How many run working copies (cvplatform.workspace) of the project to keep for inspection."""
     monitor_schedule: str | None = "@hourly"
     """cv_monitor schedule; None = manual only."""
 
@@ -744,6 +785,65 @@ def load_params(
     return load_model(Params, data, source)
 
 
+def check_params(params: Params, root: str | os.PathLike[str] = ".") -> list[str]:
+    """Validate every configuration file ``params`` points to; return what was checked.
+
+    ``load_params`` validates ``params.yaml`` itself; this also loads the files its keys
+    name (expectation suite, augmentation recipe, scenario suites, serving config, canary
+    and drift policies) and the selected architecture's arguments, the way the stages will.
+    ``cvplatform config`` runs it, so a bad setting fails there (exit 2) and not an hour
+    into a pipeline.
+
+    Raises:
+        ConfigError: one line per invalid file or key, each naming the file and key.
+
+    Example:
+        >>> check_params(load_params("params.yaml"))  # doctest: +SKIP
+        ['validate.suite: configs/expectations/manifest.yaml', ...]
+    """
+    from cvplatform.data.augment import load_recipe
+    from cvplatform.deploy.analysis import load_canary_policy
+    from cvplatform.evaluation.scenarios import load_suite
+    from cvplatform.models import resolve_model_kwargs
+    from cvplatform.monitoring.drift import DriftPolicy
+    from cvplatform.serving.schemas import load_serving_config
+
+    base = Path(root)
+
+    def at(rel: str) -> Path:
+        return Path(rel) if Path(rel).is_absolute() else base / rel
+
+    checks: list[tuple[str, str, Any]] = [
+        ("validate.suite", params.validate_params.suite,
+         lambda f: load_config(f, ManifestSuiteConfig)),
+        ("train.augment", params.train.augment, load_recipe),
+        ("evaluate.suite", params.evaluate.suite, load_suite),
+        ("serve.config", params.serve.config, load_serving_config),
+        ("deploy.policy", params.deploy.policy, load_canary_policy),
+        ("monitor.policy", params.monitor.policy, lambda f: load_config(f, DriftPolicy)),
+    ]
+    if params.export.int8.suite:
+        checks.append(("export.int8.suite", params.export.int8.suite, load_suite))
+    problems: list[str] = []
+    checked: list[str] = []
+    for key, rel, loader in checks:
+        try:
+            loader(at(rel))
+            checked.append(f"{key}: {rel}")
+        except ConfigError as exc:
+            problems.append(f"{key} = {rel}:\n    " + str(exc).replace("\n", "\n    "))
+    model = params.train.model
+    for arch in dict.fromkeys((model.arch, *model.sections())):
+        try:
+            resolve_model_kwargs(arch, **dict(getattr(model, arch, None) or {}))
+            checked.append(f"train.model.{arch}")
+        except ConfigError as exc:
+            problems.append(f"train.model.{arch}: {exc}")
+    if problems:
+        raise ConfigError("invalid configuration files or settings:\n  - " + "\n  - ".join(problems))
+    return checked
+
+
 def params_hash(params: BaseModel) -> str:
     """A stable sha256 of a params model (used as lineage)."""
     import hashlib
@@ -783,6 +883,7 @@ __all__ = [
     "LossParams",
     "ValidateParams",
     "apply_overrides",
+    "check_params",
     "load_config",
     "load_model",
     "load_params",

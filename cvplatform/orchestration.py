@@ -25,24 +25,70 @@ FORM_KEYS: dict[str, str] = {
 
 
 def form_overrides(form: Mapping[str, Any]) -> list[str]:
-    """``key.path=value`` overrides from the cv_retrain trigger form (empty fields are ignored).
+    """``key.path=value`` overrides from the cv_retrain trigger form; an empty field means "use params.yaml".
 
-    Choosing another architecture resets ``train.model.kwargs`` (they are per-architecture).
+    Each architecture keeps its arguments in its own section of params.yaml
+    (``train.model.<arch>``), so choosing an architecture changes only ``train.model.arch``.
 
     Example:
-        >>> form_overrides({"source": "shapes", "epochs": 3, "arch": "", "overrides": ["train.batch_size=32"]})
+        >>> form_overrides({"source": "shapes", "epochs": 3, "arch": None, "overrides": ["train.batch_size=32"]})
         ['ingest.source=shapes', 'train.epochs=3', 'train.batch_size=32']
     """
     out: list[str] = []
     for field, key in FORM_KEYS.items():
         value = form.get(field)
-        if value in (None, "", 0):
+        if value is None or (isinstance(value, str) and not value.strip()):
             continue
         out.append(f"{key}={value}")
-        if field == "arch":
-            out.append("train.model.kwargs={}")
-    out.extend(str(o) for o in (form.get("overrides") or []) if str(o).strip())
+    out.extend(str(o).strip() for o in (form.get("overrides") or []) if str(o).strip())
     return out
+
+
+def prepare_run(project: str | Path, run_id: str, form: Mapping[str, Any], *, keep: int = 5) -> dict[str, Any] | None:
+    """The first task of a cv_retrain run: its working copy, and whether anything is new.
+
+    Makes the run's working copy with the form's overrides (:func:`cvplatform.workspace.prepare_workspace`),
+    then compares its inputs with the ``dvc.lock`` of the newest registered version
+    (:func:`cvplatform.registry.lineage.latest_pipeline_lock`): source images, params,
+    configuration files and code. When nothing changed it returns None (the DAG skips every
+    later task: no training, no registry version, no approval request); otherwise the
+    working copy's reference, with the list of changes, for the later tasks.
+
+    Example:
+        >>> ref = prepare_run(".", "scheduled__2026-01-05", {})  # doctest: +SKIP
+        >>> ref is None  # doctest: +SKIP
+        True
+    """
+    from cvplatform.registry.lineage import latest_pipeline_lock
+    from cvplatform.workspace import changes_since, prepare_workspace, restore_outputs
+
+    overrides = form_overrides(form)
+    reason = str(form.get("reason") or "").strip()
+    if reason:
+        log.info("run reason: %s", reason)
+    ws = prepare_workspace(project, run_id, overrides, keep=keep)
+    ws.activate()
+    previous = latest_pipeline_lock(ws.params(), ws.root)
+    if previous is None:
+        changes = ["no registered version to compare with: first run"]
+        log.info("nothing to compare with (no registered version has a pipeline lock): running every stage")
+    else:
+        changes = changes_since(ws, previous.lock_text)
+        if not changes:
+            log.info(
+                "NOTHING NEW: same source images, params, configuration files and code as %s version %s "
+                "(%s). No stage runs, no version is registered, no approval is requested.",
+                previous.model_name, previous.version, previous.status)
+            return None
+        log.info("changed since %s version %s (%s):\n  %s", previous.model_name, previous.version,
+                 previous.status, "\n  ".join(changes[:40]))
+    if previous is None:
+        restore_outputs(ws)  # outputs of unchanged stages come back from the DVC cache instead of being recomputed
+    ref = ws.to_ref()
+    ref["changes"] = changes[:40]
+    ref["compared_with"] = previous.version if previous else None
+    ref["reason"] = reason
+    return ref
 
 
 def approval_body(root: str | Path, registered: Mapping[str, Any]) -> str:

@@ -5,9 +5,9 @@ Airflow's data/model tasks do not call stage functions directly: they run
 ``dvc.yaml``, ``dvc.lock``, the cache and the remote. A stage that is already up
 to date is skipped by DVC, which makes cleared-and-retried tasks idempotent.
 
-Trigger-form overrides are written into ``params.yaml`` first (what
-``dvc exp run -S key=value`` does), after validating them, so DVC sees the change
-and the run is reproducible from the committed ``params.yaml`` + ``dvc.lock``.
+Airflow runs do this in their own working copy of the project
+(:mod:`cvplatform.workspace`), where trigger-form overrides are written into the
+copy's ``params.yaml`` (:func:`apply_params_overrides`), never into the project's.
 """
 
 from __future__ import annotations
@@ -51,12 +51,14 @@ class DvcRun:
     """Stages DVC actually executed (empty when everything was up to date)."""
 
 
-def dvc_env() -> dict[str, str]:
+def dvc_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for DVC subprocesses: the venv's bin first on PATH, so `cmd: cvplatform ...` resolves."""
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, **(extra or {}), "PATH": path}
 
 
-def run_dvc(args: list[str], root: str | os.PathLike[str], *, tail_lines: int = 40) -> DvcRun:
+def run_dvc(args: list[str], root: str | os.PathLike[str], *, tail_lines: int = 40,
+            env: dict[str, str] | None = None) -> DvcRun:
     """Run ``dvc <args>`` in ``root``, streaming its output to the log; raise PipelineError on failure.
 
     Example:
@@ -64,10 +66,9 @@ def run_dvc(args: list[str], root: str | os.PathLike[str], *, tail_lines: int = 
         'Data and pipelines are up to date.\\n'
     """
     cmd = [dvc_executable(), *args]
-    env = dvc_env()
     log.info("$ %s  (in %s)", " ".join(cmd), root)
     proc = subprocess.Popen(
-        cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+        cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dvc_env(env), bufsize=1
     )
     lines: list[str] = []
     assert proc.stdout is not None
@@ -83,18 +84,19 @@ def run_dvc(args: list[str], root: str | os.PathLike[str], *, tail_lines: int = 
     return DvcRun(cmd, out, ran)
 
 
-def repro(stage: str, root: str | os.PathLike[str], *, force: bool = False) -> DvcRun:
+def repro(stage: str, root: str | os.PathLike[str], *, force: bool = False,
+          env: dict[str, str] | None = None) -> DvcRun:
     """``dvc repro <stage>``: run the stage if its deps/params changed (and stale upstream stages)."""
-    return run_dvc(["repro", stage, *(["--force", "--single-item"] if force else [])], root)
+    return run_dvc(["repro", stage, *(["--force", "--single-item"] if force else [])], root, env=env)
 
 
-def push(root: str | os.PathLike[str], targets: Iterable[str] = ()) -> DvcRun:
+def push(root: str | os.PathLike[str], targets: Iterable[str] = (), *, env: dict[str, str] | None = None) -> DvcRun:
     """``dvc push [targets]``: upload pipeline outputs to the default DVC remote."""
-    return run_dvc(["push", *targets], root)
+    return run_dvc(["push", *targets], root, env=env)
 
 
 def apply_params_overrides(root: str | os.PathLike[str], overrides: Iterable[str], params_file: str = "params.yaml") -> list[str]:
-    """Write ``key.path=value`` overrides into ``params.yaml`` (like ``dvc exp run -S``), keeping comments.
+    """Write ``key.path=value`` overrides into a (working copy's) ``params.yaml``, keeping comments.
 
     The overrides are validated against the params models first; nothing is
     written if any is invalid (ConfigError naming the key).
@@ -113,6 +115,9 @@ def apply_params_overrides(root: str | os.PathLike[str], overrides: Iterable[str
     load_params(path, overrides)  # validates every key and value; raises ConfigError naming them
     yaml = YAML()
     yaml.preserve_quotes = True
+    yaml.width = 4096  # never re-wrap long lines (no trailing spaces, a minimal diff)
+    yaml.representer.add_representer(
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))  # keep `null`, not empty
     data = yaml.load(path.read_text(encoding="utf-8"))
     changed = []
     for (parts, value), raw in zip(parse_overrides(overrides), overrides, strict=True):

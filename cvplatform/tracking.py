@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 ENV_AIRFLOW_RUN_ID = "AIRFLOW_CTX_DAG_RUN_ID"
+ENV_STORE_ROOT = "CVPLATFORM_STORE_ROOT"
+"""The project whose embedded store (``mlflow.db``, ``mlartifacts/``) a run's working copy uses."""
+ENV_RUN_OVERRIDES = "CVPLATFORM_RUN_OVERRIDES"
+"""JSON list of the ``key.path=value`` overrides a run's working copy applied (recorded as lineage)."""
 
 
 # --------------------------------------------------------------------------- where
@@ -54,14 +59,21 @@ def tracking_uri(root: str | os.PathLike[str]) -> str:
     env = os.environ.get(ENV_TRACKING_URI, "").strip()
     if env:
         return env
-    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{store_root(root) / 'mlflow.db'}"
+
+
+def store_root(root: str | os.PathLike[str]) -> Path:
+    """Where the embedded store lives: ``$CVPLATFORM_STORE_ROOT`` (set in an Airflow run's working
+    copy: the project it was made from) or else ``root`` itself."""
+    env = os.environ.get(ENV_STORE_ROOT, "").strip()
+    return Path(env or root).resolve()
 
 
 def default_artifact_location(root: str | os.PathLike[str]) -> str | None:
-    """``file://<root>/mlartifacts`` for the embedded default; None when a server decides."""
+    """``file://<store root>/mlartifacts`` for the embedded default; None when a server decides."""
     if os.environ.get(ENV_TRACKING_URI, "").strip():
         return None
-    return (Path(root).resolve() / "mlartifacts").as_uri()
+    return (store_root(root) / "mlartifacts").as_uri()
 
 
 def get_client(root: str | os.PathLike[str]) -> tuple[MlflowClient, str]:
@@ -213,6 +225,18 @@ def environment_info() -> dict[str, str]:
 def airflow_run_id() -> str | None:
     """The Airflow DAG run id when running inside an Airflow task, else None."""
     return os.environ.get(ENV_AIRFLOW_RUN_ID) or None
+
+
+def run_overrides() -> list[str]:
+    """The overrides of the run's working copy (``$CVPLATFORM_RUN_OVERRIDES``), else []."""
+    raw = os.environ.get(ENV_RUN_OVERRIDES, "").strip()
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return [raw]
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
 # --------------------------------------------------------------------------- runs
@@ -371,10 +395,14 @@ def plot_curves(history: list[Mapping[str, Any]], path: str | os.PathLike[str]) 
 
 __all__ = [
     "ENV_AIRFLOW_RUN_ID",
+    "ENV_RUN_OVERRIDES",
+    "ENV_STORE_ROOT",
     "ENV_TRACKING_URI",
     "DataVersion",
     "TrackingRun",
     "airflow_run_id",
+    "run_overrides",
+    "store_root",
     "data_version",
     "default_artifact_location",
     "ensure_experiment",

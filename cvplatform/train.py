@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import os
 import shutil
@@ -126,6 +127,16 @@ class TrainResult(StageResult):
 
 
 # --------------------------------------------------------------------------- helpers
+def _interactive() -> bool:
+    """stderr is a terminal (Lightning's progress bar is drawn only there; logs get one line per epoch)."""
+    import sys
+
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _env_is_global_zero() -> bool:
     """Rank zero according to the launcher's environment (before the trainer exists)."""
     for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
@@ -241,6 +252,9 @@ def _epoch_recorder_cls() -> type:
                 if isinstance(v, torch.Tensor):
                     rec[k] = float(v.detach().cpu())
             self.history = [r for r in self.history if int(r["epoch"]) != epoch] + [rec]
+            if trainer.is_global_zero:  # one line per epoch: what an Airflow task log or CI shows
+                shown = "  ".join(f"{k} {rec[k]:.4f}" for k in EPOCH_METRICS[1:] if rec.get(k) is not None)
+                log.info("train: epoch %d/%d  %s", epoch + 1, trainer.max_epochs or 0, shown)
 
         def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             self.flush(trainer)
@@ -319,6 +333,9 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
         >>> result.best_metrics["val_acc"] > 0.5  # doctest: +SKIP
         True
     """
+    from cvplatform.utils.logs import quiet_libraries
+
+    quiet_libraries()  # no third-party INFO floods in task logs and notebooks
     t0 = time.perf_counter()
     paths = ProjectPaths.at(root)
     out = paths.artifacts("train")
@@ -403,6 +420,7 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
         data_version,
         environment_info,
         flatten_params,
+        run_overrides,
     )
     from cvplatform.utils.io import git_commit
 
@@ -448,6 +466,7 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
                 "params_hash": phash,
                 "model_arch": tp.model.arch,
                 "airflow_run_id": airflow_run_id(),
+                "run_overrides": json.dumps(run_overrides()),
                 **environment_info(),
             }
             run_name = tp.run_name or f"train-{tp.model.arch}-seed{seed}"
@@ -509,7 +528,7 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
         "deterministic": tp.deterministic,
         "logger": False,
         "callbacks": callbacks,
-        "enable_progress_bar": tp.progress_bar,
+        "enable_progress_bar": tp.progress_bar and _interactive(),  # bars garble non-terminal logs
         "enable_model_summary": is_zero,
         "default_root_dir": str(out),
         "num_sanity_val_steps": 0,

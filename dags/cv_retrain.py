@@ -1,26 +1,31 @@
 """cv_retrain: one retraining cycle of cvplatform, as an Airflow 3 TaskFlow DAG.
 
-    ingest -> validate -> train -> evaluate -> export -> register -> approval -> record_approval -> canary_deploy
+    prepare -> ingest -> validate -> train -> evaluate -> export -> register -> route
+            -> approval -> record_approval -> canary_deploy
 
-Thin wiring only (DESIGN.md, principle 2):
+Thin wiring only: every task calls one cvplatform function.
 
-* The data/model stages (ingest ... export) run ``dvc repro <stage>`` in the project
-  (``cvplatform.pipeline``), so Airflow and a local ``dvc repro`` share one pipeline
-  definition, one cache and one ``dvc.lock``; each stage's outputs are pushed to the
-  DVC remote. A stage that is up to date is skipped by DVC, so a cleared task re-runs
-  idempotently.
-* ``register`` calls the registry (idempotent: the same training run + artifact gives
-  the same version). ``approval`` is a human-in-the-loop task in the Airflow UI whose
-  answer ``record_approval`` records through the registry's own approve/reject rules
-  (four-eyes included); a rejection or a timeout ends the run without deploying.
-* ``canary_deploy`` (final) rolls the approved version out behind a live server on
-  loopback and promotes it or rolls it back.
+* ``prepare`` makes the run's own working copy of the project (``cvplatform.workspace``):
+  the trigger form's values are applied there, never to the project's ``params.yaml``, and
+  recorded on the MLflow runs and the registry version. It then compares the run's inputs
+  (source images, params, configuration files, code) with the pipeline state of the newest
+  registered version: when nothing changed, the run ends here, green, as "nothing new"
+  (no training, no registry version, no approval request).
+* The data/model stages (ingest ... export) run ``dvc repro <stage>`` in that copy
+  (``cvplatform.pipeline``), sharing the project's DVC cache and remote; unchanged stages
+  are restored from the cache. Each stage's outputs are pushed to the DVC remote.
+* ``register`` calls the registry (idempotent). ``route`` asks for a review only for a
+  version that is still pending: a version decided earlier is never asked about again.
+  ``approval`` is a human-in-the-loop task in the Airflow UI whose answer
+  ``record_approval`` records through the registry's own approve/reject rules (four-eyes
+  included); a rejection or a timeout ends the run without deploying.
+* ``canary_deploy`` (final) rolls the approved version out and promotes it or rolls it back.
 
-Tasks return small references only (paths, hashes, run ids, versions). Nothing
-heavy is imported at parse time: each task imports what it needs in its body.
-The project the tasks run in is ``CVPLATFORM_ROOT`` (default: the folder that holds
-this ``dags/`` folder); schedule, timeouts, retries and reviewers come from its
-``params.yaml`` (``orchestration`` and ``registry`` sections).
+Tasks return small references only (paths, run ids, versions). Nothing heavy is imported
+at parse time: each task imports what it needs in its body. The project is
+``CVPLATFORM_ROOT`` (default: the folder that holds this ``dags/`` folder); schedule,
+timeouts, retries and reviewers come from its ``params.yaml`` (``orchestration`` and
+``registry`` sections).
 """
 
 from __future__ import annotations
@@ -62,27 +67,30 @@ def _on_failure(context):
     log_failure(context)
 
 
-def _params():
-    """Load the project's params.yaml inside a running task."""
-    from cvplatform.config import load_params
+def _workspace(ref: dict):
+    """The run's working copy (made by ``prepare``), with its environment applied to this process."""
+    from cvplatform.workspace import RunWorkspace
 
-    return load_params(PROJECT_ROOT / "params.yaml")
+    ws = RunWorkspace.from_ref(ref)
+    ws.activate()
+    return ws
 
 
-def _repro(stage: str) -> dict:
-    """dvc repro <stage>, then push its outputs; returns what ran and the data version."""
+def _repro(stage: str, ref: dict) -> dict:
+    """dvc repro <stage> in the run's working copy, then push its outputs; returns what ran."""
     from cvplatform.pipeline import push, repro
     from cvplatform.tracking import data_version
 
-    run = repro(stage, PROJECT_ROOT)
+    ws = _workspace(ref)
+    run = repro(stage, ws.root, env=ws.env())
     if ORCH.get("push_to_remote", True):
-        push(PROJECT_ROOT, [stage])
-    manifest = PROJECT_ROOT / "data/processed/manifest.parquet"
+        push(ws.root, [stage], env=ws.env())
+    manifest = ws.path / "data/processed/manifest.parquet"
     return {
+        **ref,
         "stage": stage,
         "ran": list(run.ran_stages),
-        "data_hash": data_version(manifest, PROJECT_ROOT).md5 if manifest.exists() else None,
-        "summary": str(PROJECT_ROOT / "artifacts" / stage / "summary.json"),
+        "data_hash": data_version(manifest, ws.root).md5 if manifest.exists() else None,
     }
 
 
@@ -100,57 +108,64 @@ def _repro(stage: str) -> dict:
         "execution_timeout": TASK_TIMEOUT,
         "on_failure_callback": _on_failure,
     },
-    params={
-        "source": Param("", type="string", title="Data source",
-                        description="folder:PATH | s3://bucket/prefix | digits | shapes; empty = params.yaml"),
-        "epochs": Param(0, type="integer", minimum=0, title="Epochs", description="0 = params.yaml"),
-        "arch": Param("", type="string", title="Architecture",
-                      enum=["", "small_cnn", "resnet", "mobilenet_v2"], description="empty = params.yaml"),
-        "canary_policy": Param("", type="string", title="Canary policy",
+    params={  # every field may stay empty: empty = the project's params.yaml
+        "source": Param(None, type=["null", "string"], title="Data source",
+                        description="A folder path, s3://bucket/prefix, digits or shapes; empty = params.yaml"),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, title="Epochs",
+                        description="Maximum training epochs; empty = params.yaml"),
+        "arch": Param(None, type=["null", "string"], title="Architecture",
+                      enum=[None, "small_cnn", "resnet", "mobilenet_v2"],
+                      description="Only the architecture changes: its arguments come from its own section of "
+                                  "params.yaml (train.model.<arch>); empty = params.yaml"),
+        "canary_policy": Param(None, type=["null", "string"], title="Canary policy",
                                description="configs/deploy/*.yaml; empty = params.yaml"),
         "overrides": Param([], type="array", items={"type": "string"}, title="Extra overrides",
-                           description="key.path=value, e.g. train.batch_size=32"),
-        "reason": Param("", type="string", title="Reason",
+                           description="key.path=value, e.g. train.batch_size=32 (this run only)"),
+        "reason": Param(None, type=["null", "string"], title="Reason",
                         description="Why this run was started (cv_monitor records the drift it found); not a setting"),
     },
     doc_md=__doc__,
 )
 def cv_retrain():
-    @task
-    def ingest() -> dict:
-        """Apply the trigger form to params.yaml (like `dvc exp run -S`), then `dvc repro ingest`."""
-        from cvplatform.orchestration import form_overrides
-        from cvplatform.pipeline import apply_params_overrides
+    @task.short_circuit
+    def prepare() -> dict | None:
+        """The run's working copy (trigger form applied there); ends the run early when nothing is new."""
+        from cvplatform.orchestration import prepare_run
 
-        changed = apply_params_overrides(PROJECT_ROOT, form_overrides(get_current_context()["params"]))
-        return {**_repro("ingest"), "params_changed": changed}
+        ctx = get_current_context()
+        return prepare_run(PROJECT_ROOT, ctx["run_id"], ctx["params"], keep=int(ORCH.get("keep_workspaces", 5)))
 
     @task
-    def validate(_: dict) -> dict:
+    def ingest(ref: dict) -> dict:
+        """`dvc repro ingest`: new, changed or removed source images are ingested; an unchanged source is restored."""
+        return _repro("ingest", ref)
+
+    @task
+    def validate(ref: dict) -> dict:
         """Great Expectations suite over the manifest; a failure fails the run here."""
-        return _repro("validate")
+        return _repro("validate", ref)
 
     @task
-    def train(_: dict) -> dict:
-        """Lightning training tracked in MLflow (the Airflow run id is tagged on the run)."""
+    def train(ref: dict) -> dict:
+        """Lightning training tracked in MLflow (the Airflow run id and the overrides are tagged on the run)."""
         import json
 
-        out = _repro("train")
-        summary = json.loads((PROJECT_ROOT / "artifacts/train/summary.json").read_text())
+        out = _repro("train", ref)
+        summary = json.loads((Path(ref["root"]) / "artifacts/train/summary.json").read_text())
         return {**out, "mlflow_run_id": summary.get("run_id"), "best_metrics": summary.get("best_metrics")}
 
     @task
-    def evaluate(_: dict) -> dict:
+    def evaluate(ref: dict) -> dict:
         """Scenario suite + release gates; a failed must-pass gate stops the run before export."""
-        return _repro("evaluate")
+        return _repro("evaluate", ref)
 
     @task
-    def export(_: dict) -> dict:
+    def export(ref: dict) -> dict:
         """ONNX export with the parity gate, INT8 decision and benchmark."""
         import json
 
-        out = _repro("export")
-        summary = json.loads((PROJECT_ROOT / "artifacts/export/summary.json").read_text())
+        out = _repro("export", ref)
+        summary = json.loads((Path(ref["root"]) / "artifacts/export/summary.json").read_text())
         return {**out, "chosen": summary.get("chosen"), "sha256": summary.get("sha256")}
 
     @task(**SERVER_RETRIES)
@@ -159,8 +174,10 @@ def cv_retrain():
         from cvplatform.orchestration import approval_body, mlflow_ui_url
         from cvplatform.registry import register_model
 
-        reg = register_model(_params(), root=PROJECT_ROOT)
+        ws = _workspace(exported)
+        reg = register_model(ws.params(), root=ws.root)
         ref = {
+            "workspace": ws.to_ref(),
             "model_name": reg.model_name,
             "version": reg.version,
             "model_uri": reg.model_uri,
@@ -169,13 +186,27 @@ def cv_retrain():
             "precision": reg.precision,
             "artifact_sha256": reg.artifact_sha256,
             "author": reg.author,
+            "status": reg.tags.get("approval.status", "pending"),
             "data_hash": exported.get("data_hash"),
             "ui_url": mlflow_ui_url(reg.tracking_uri, reg.model_name, reg.version),
         }
-        ref["approval_body"] = approval_body(PROJECT_ROOT, ref)
+        ref["approval_body"] = approval_body(ws.path, ref)
         return ref
 
-    registered = register(export(evaluate(train(validate(ingest())))))
+    @task.branch
+    def route(reg: dict) -> list[str]:
+        """Ask a reviewer only about a pending version; a version decided earlier is never asked about again."""
+        import logging
+
+        if reg.get("status", "pending") == "pending":
+            return ["approval"]
+        logging.getLogger("cv_retrain.route").info(
+            "%s version %s was already decided (%s): not asking again, nothing to deploy.",
+            reg["model_name"], reg["version"], reg["status"])
+        return []
+
+    registered = register(export(evaluate(train(validate(ingest(prepare()))))))
+    routed = route(registered)
 
     approval = HITLOperator(
         task_id="approval",
@@ -206,9 +237,10 @@ def cv_retrain():
         reviewer = user.get("name") or user.get("id")
         comment = ((decision or {}).get("params_input") or {}).get("comment") or ""
         name, version = reg["model_name"], reg["version"]
+        ws = _workspace(reg["workspace"])
         if chosen == ["Approve"]:
             try:
-                res = approve(name, version, reviewer, comment, params=_params(), root=PROJECT_ROOT)
+                res = approve(name, version, reviewer, comment, params=ws.params(), root=ws.root)
                 log.info("%s", "\n".join(res.lines()))
             except AlreadyApprovedError as exc:  # a retried/cleared task: the decision is already recorded
                 log.info("already approved, nothing to record: %s", exc)
@@ -220,7 +252,7 @@ def cv_retrain():
             why = "no reviewer answered before the approval timeout (counts as a rejection)"
             who, text = TIMEOUT_REVIEWER, why
         try:
-            res = reject(name, version, who, text, params=_params(), root=PROJECT_ROOT)
+            res = reject(name, version, who, text, params=ws.params(), root=ws.root)
             log.info("%s", "\n".join(res.lines()))
         except AlreadyRejectedError as exc:
             log.info("already rejected, nothing to record: %s", exc)
@@ -234,7 +266,8 @@ def cv_retrain():
 
         from cvplatform.deploy.canary import run_canary_local
 
-        result = run_canary_local(_params(), reg["version"], root=PROJECT_ROOT)
+        ws = _workspace(reg["workspace"])
+        result = run_canary_local(ws.params(), reg["version"], root=ws.root)
         if result.decision != "promote":  # a decision, not a transient error: fail without retrying
             raise AirflowFailException(
                 f"canary of {reg['model_name']} version {reg['version']} was rolled back: "
@@ -243,7 +276,7 @@ def cv_retrain():
         return {"model_name": reg["model_name"], "version": reg["version"], "decision": result.decision}
 
     recorded = record_approval(approval.output, registered)
-    registered >> approval
+    routed >> approval
     recorded >> canary_deploy(registered)
 
 

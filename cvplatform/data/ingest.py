@@ -60,7 +60,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import warnings
 from collections import Counter, defaultdict
@@ -342,10 +341,10 @@ def _decode_task(task: tuple[int, str], opts: DecodeOptions) -> DecodeOutcome:
 
 
 def _decode_all(tasks: list[tuple[int, str]], opts: DecodeOptions, workers: int) -> dict[int, DecodeOutcome]:
-    from tqdm import tqdm
+    from cvplatform.utils.logs import Progress
 
     out: dict[int, DecodeOutcome] = {}
-    with tqdm(total=len(tasks), desc="ingest", unit="img", file=sys.stderr, mininterval=1.0, leave=False) as bar:
+    with Progress("ingest", len(tasks), unit="images", logger=log) as bar:
         if workers <= 1 or len(tasks) < 2:
             for t in tasks:
                 o = _decode_task(t, opts)
@@ -486,6 +485,9 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
         >>> result.seen == result.accepted + result.quarantined + result.duplicates  # doctest: +SKIP
         True
     """
+    from cvplatform.utils.logs import quiet_libraries
+
+    quiet_libraries()  # no third-party INFO floods in task logs and notebooks
     import pandas as pd
 
     ip = params.ingest

@@ -1,17 +1,24 @@
 """Data sources for ingest: parse a source spec and list the files it holds.
 
-Valid specs (``ingest.source`` / ``cvplatform ingest --source``):
+``ingest.source`` names *where the images come from*, in a form DVC can track as a
+dependency of the ``ingest`` stage (``dvc.yaml`` lists ``${ingest.source}`` as a dep, so
+added, changed or removed images make ``dvc status`` report ``ingest`` changed):
 
-``folder:PATH``
-    A local folder (PATH relative to the project root, or absolute).
+``PATH``
+    A local folder, relative to the project root or absolute (``folder:PATH`` is
+    accepted too, but only the bare path can be tracked by DVC in ``params.yaml``).
 ``s3://bucket/prefix``
     The same layouts in an S3 bucket, read through ``boto3.client("s3")``
     (endpoint, region and credentials from the standard AWS environment
     variables / config files, e.g. ``AWS_ENDPOINT_URL``). Objects are mirrored
     into ``data/sources/s3/<bucket>/<prefix>/`` and then read like a folder.
-``digits`` / ``shapes``
-    Built-in sample sets written to ``data/sources/<name>/`` (see
-    :mod:`cvplatform.data.synthetic`).
+``configs/sources/digits.yaml`` / ``configs/sources/shapes.yaml``
+    Built-in sample sets, described by a small spec file (``builtin: digits``) and
+    generated into ``data/sources/<name>/`` (see :mod:`cvplatform.data.synthetic`).
+    The short names ``digits`` and ``shapes`` are accepted as well.
+
+:func:`dvc_location` turns any accepted spelling into the DVC-trackable one (what the
+Airflow trigger form writes into a run's ``params.yaml``).
 
 Two layouts are understood:
 
@@ -37,13 +44,15 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import shutil
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
+from cvplatform.config import StrictModel
 from cvplatform.data.manifest import CORE_COLUMNS
 from cvplatform.errors import SourceError
 
@@ -53,7 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-SOURCE_FORMS = "folder:PATH | s3://bucket/prefix | digits | shapes"
+SOURCE_FORMS = "PATH (or folder:PATH) | s3://bucket/prefix | digits | shapes | configs/sources/<builtin>.yaml"
 """The valid ``ingest.source`` forms, quoted in error messages."""
 
 REJECT_AT_LISTING: tuple[str, ...] = ("path_escape", "missing_file", "no_label", "unreadable")
@@ -69,8 +78,10 @@ class SourceSpec:
     """A parsed ``ingest.source`` value.
 
     Attributes:
-        kind: ``folder`` | ``s3`` | ``digits`` | ``shapes``.
-        spec: the spec string as given (recorded in the manifest ``source`` column).
+        kind: ``folder`` | ``s3`` | ``digits`` | ``shapes`` | ``builtin_file`` (a spec file naming
+            a built-in generator; :func:`open_source` reads it).
+        spec: the spec string as given (recorded in the manifest ``source`` column; the
+            generator name for built-in sources).
         path: folder path for ``folder`` specs (as given, not resolved).
         bucket: S3 bucket for ``s3`` specs.
         prefix: S3 key prefix for ``s3`` specs, without leading/trailing ``/`` ("" = whole bucket).
@@ -83,11 +94,25 @@ class SourceSpec:
     prefix: str = ""
 
 
+BUILTIN_SOURCES: tuple[str, ...] = ("digits", "shapes")
+"""Built-in generators (no download)."""
+BUILTIN_SPEC_DIR = "configs/sources"
+"""Where the spec files of the built-in sources live (``configs/sources/<name>.yaml``)."""
+
+
+class BuiltinSource(StrictModel):
+    """A built-in source's spec file (``configs/sources/<name>.yaml``)."""
+
+    builtin: Literal["digits", "shapes"]
+    """The generator; its settings are ``ingest.<builtin>`` in params.yaml."""
+
+
 def parse_source(spec: str) -> SourceSpec:
     """Parse a source spec, raising :class:`SourceError` listing the valid forms when it is not one.
 
     Args:
-        spec: ``folder:PATH``, ``s3://bucket/prefix``, ``digits`` or ``shapes``.
+        spec: a folder path (or ``folder:PATH``), ``s3://bucket/prefix``, ``digits``, ``shapes``,
+            or a built-in source's spec file (``configs/sources/digits.yaml``).
 
     Returns:
         The parsed :class:`SourceSpec`.
@@ -97,36 +122,71 @@ def parse_source(spec: str) -> SourceSpec:
         SourceSpec(kind='s3', spec='s3://my-bucket/datasets/cats', path=None, bucket='my-bucket', prefix='datasets/cats')
         >>> parse_source("folder:data/incoming").path
         'data/incoming'
+        >>> parse_source("/mnt/cameras").kind, parse_source("configs/sources/shapes.yaml").kind
+        ('folder', 'builtin_file')
     """
     s = (spec or "").strip()
-    if s in ("digits", "shapes"):
+    if s in BUILTIN_SOURCES:
         return SourceSpec(kind=s, spec=s)
-    if s.startswith("folder:"):
-        path = s[len("folder:"):].strip()
-        if not path:
-            raise SourceError(f"ingest.source {spec!r}: empty folder path. Use folder:PATH, e.g. folder:data/incoming.")
-        return SourceSpec(kind="folder", spec=s, path=path)
     if s.startswith("s3://"):
-        rest = s[len("s3://"):]
-        bucket, _, prefix = rest.partition("/")
-        prefix = prefix.strip("/")
-        import re
+        return _parse_s3(spec, s)
+    path = s[len("folder:"):].strip() if s.startswith("folder:") else s
+    if not path:
+        raise SourceError(f"ingest.source {spec!r}: empty folder path. Use a folder path, e.g. data/incoming.")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", path):
+        raise SourceError(
+            f"ingest.source {spec!r} is not a known source. Valid forms: {SOURCE_FORMS} "
+            "(set ingest.source in params.yaml or pass --source)."
+        )
+    if path.endswith((".yaml", ".yml")):
+        return SourceSpec(kind="builtin_file", spec=s, path=path)
+    return SourceSpec(kind="folder", spec=s, path=path)
 
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{2,62}", bucket):
-            raise SourceError(
-                f"ingest.source {spec!r}: {bucket!r} is not a valid S3 bucket name "
-                "(lowercase letters, digits, '.', '-'). Use s3://bucket/prefix."
-            )
-        if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
-            raise SourceError(
-                f"ingest.source {spec!r}: the prefix {prefix!r} has empty, '.' or '..' segments. "
-                "Use a plain key prefix such as s3://bucket/datasets/cats."
-            )
-        return SourceSpec(kind="s3", spec=s, bucket=bucket, prefix=prefix)
-    raise SourceError(
-        f"ingest.source {spec!r} is not a known source. Valid forms: {SOURCE_FORMS} "
-        "(set ingest.source in params.yaml or pass --source)."
-    )
+
+def _parse_s3(spec: str, s: str) -> SourceSpec:
+    rest = s[len("s3://"):]
+    bucket, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{2,62}", bucket):
+        raise SourceError(
+            f"ingest.source {spec!r}: {bucket!r} is not a valid S3 bucket name "
+            "(lowercase letters, digits, '.', '-'). Use s3://bucket/prefix."
+        )
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise SourceError(
+            f"ingest.source {spec!r}: the prefix {prefix!r} has empty, '.' or '..' segments. "
+            "Use a plain key prefix such as s3://bucket/datasets/cats."
+        )
+    return SourceSpec(kind="s3", spec=s, bucket=bucket, prefix=prefix)
+
+
+def dvc_location(spec: str) -> str:
+    """The spelling of ``spec`` that DVC can track as a dependency (for ``params.yaml``).
+
+    Example:
+        >>> dvc_location("folder:/mnt/cameras"), dvc_location("digits"), dvc_location("s3://bucket/p")
+        ('/mnt/cameras', 'configs/sources/digits.yaml', 's3://bucket/p')
+    """
+    parsed = parse_source(spec)
+    if parsed.kind in BUILTIN_SOURCES:
+        return f"{BUILTIN_SPEC_DIR}/{parsed.kind}.yaml"
+    if parsed.kind == "s3":
+        return parsed.spec
+    return str(parsed.path)
+
+
+def _read_builtin_spec(spec: SourceSpec, paths: ProjectPaths) -> SourceSpec:
+    from cvplatform.config import load_config
+
+    file = paths.resolve(spec.path or "")
+    if not file.is_file():
+        raise SourceError(
+            f"ingest.source {spec.spec!r}: {file} does not exist. Built-in sources are "
+            f"{', '.join(f'{BUILTIN_SPEC_DIR}/{n}.yaml' for n in BUILTIN_SOURCES)} (or digits / shapes); "
+            "a folder of images is given by its path."
+        )
+    cfg = load_config(file, BuiltinSource)
+    return SourceSpec(kind=cfg.builtin, spec=cfg.builtin, path=spec.path)
 
 
 # --------------------------------------------------------------------------- items
@@ -512,7 +572,7 @@ def open_source(params: IngestParams, paths: ProjectPaths) -> SourceListing:
 
     Args:
         params: the ``ingest`` parameters (``source``, ``labels_csv``, ``digits``, ``shapes``).
-        paths: project paths (``folder:`` paths are relative to ``paths.root``).
+        paths: project paths (folder paths and spec files are relative to ``paths.root``).
 
     Returns:
         A :class:`SourceListing` with items sorted by origin.
@@ -531,6 +591,8 @@ def open_source(params: IngestParams, paths: ProjectPaths) -> SourceListing:
     from cvplatform.data.synthetic import SHAPES_CSV, generate_shapes, write_digits
 
     spec = parse_source(params.source)
+    if spec.kind == "builtin_file":
+        spec = _read_builtin_spec(spec, paths)
     labels_csv = params.labels_csv
     notes: list[str] = []
     rejected: list[SourceItem] = []
@@ -549,7 +611,8 @@ def open_source(params: IngestParams, paths: ProjectPaths) -> SourceListing:
         if not root.is_dir():
             raise SourceError(
                 f"ingest.source {spec.spec!r}: folder {root} does not exist or is not a folder. "
-                "Paths are relative to the project root; check the spelling or pass --source folder:/abs/path."
+                f"Paths are relative to the project root; check the spelling or give an absolute path. "
+                f"Valid forms: {SOURCE_FORMS}."
             )
         _check_no_overlap(root, paths)
     else:  # s3
@@ -570,6 +633,8 @@ def open_source(params: IngestParams, paths: ProjectPaths) -> SourceListing:
 
 
 __all__ = [
+    "BUILTIN_SOURCES",
+    "BuiltinSource",
     "REJECT_AT_LISTING",
     "SOURCE_FORMS",
     "SourceItem",
@@ -578,6 +643,7 @@ __all__ = [
     "list_folder",
     "mirror_s3",
     "normalise_label",
+    "dvc_location",
     "open_source",
     "parse_source",
     "sources_dir",

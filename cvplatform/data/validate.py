@@ -544,6 +544,9 @@ def run_validate(params: Params, *, root: str | Path | None = None) -> ValidateR
         >>> print("\\n".join(res.lines()))  # doctest: +SKIP
         validate: OK (suite 'manifest', 1,797 rows): 19 of 19 checks passed, 0 failed, 1 skipped
     """
+    from cvplatform.utils.logs import quiet_libraries
+
+    quiet_libraries()  # no third-party INFO floods in task logs and notebooks
     paths = ProjectPaths.at(root)
     out_dir = paths.artifacts("validate")
     suite_file = paths.resolve(params.validate_params.suite)

@@ -386,6 +386,9 @@ def run_evaluate(
         >>> result.passed, result.scenarios[0]["accuracy"]  # doctest: +SKIP
         (True, 0.97)
     """
+    from cvplatform.utils.logs import quiet_libraries
+
+    quiet_libraries()  # no third-party INFO floods in task logs and notebooks
     import numpy as np
 
     from cvplatform.data.manifest import read_manifest
@@ -468,13 +471,9 @@ def run_evaluate(
     results: dict[str, ScenarioResult] = {}
     champ_results: dict[str, ScenarioResult] = {}
     predictions = 0
-    try:
-        from tqdm.auto import tqdm
+    from cvplatform.utils.logs import track
 
-        iterator = tqdm(built, desc="evaluate", unit="scenario", disable=None)
-    except ImportError:  # pragma: no cover
-        iterator = built
-    for b in iterator:
+    for b in track(built, "evaluate", unit="scenarios", logger=log):
         sc = b.scenario
         logits = _predict(predictors, b, seed, cfg.batch_size) if b.ids else [
             np.empty((0, len(class_names)), np.float32) for _ in predictors]

@@ -190,8 +190,14 @@ def _environment() -> dict[str, Any]:
     return env
 
 
-def _measure(runners: Mapping[str, Callable[[], Any]], iterations: int, warmup: int) -> dict[str, list[int]]:
-    """Warm every runner up, then time ``iterations`` calls each, interleaved in rotating rounds."""
+def _measure(runners: Mapping[str, Callable[[], Any]], iterations: int, warmup: int,
+             label: str = "benchmark") -> dict[str, list[int]]:
+    """Warm every runner up, then time ``iterations`` calls each, interleaved in rotating rounds.
+
+    Progress is reported between timing blocks (never inside one).
+    """
+    from cvplatform.utils.logs import Progress
+
     names = list(runners)
     for name in names:
         for _ in range(warmup):
@@ -201,16 +207,19 @@ def _measure(runners: Mapping[str, Callable[[], Any]], iterations: int, warmup: 
     samples: dict[str, list[int]] = {n: [] for n in names}
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    progress = Progress(label, rounds * len(names), unit="timing blocks", logger=log)
     try:
-        for r, count in enumerate(per_round):
-            order = names[r % len(names):] + names[: r % len(names)]
-            for name in order:
-                fn = runners[name]
-                out = samples[name]
-                for _ in range(count):
-                    t0 = time.perf_counter_ns()
-                    fn()
-                    out.append(time.perf_counter_ns() - t0)
+        with progress:
+            for r, count in enumerate(per_round):
+                order = names[r % len(names):] + names[: r % len(names)]
+                for name in order:
+                    fn = runners[name]
+                    out = samples[name]
+                    for _ in range(count):
+                        t0 = time.perf_counter_ns()
+                        fn()
+                        out.append(time.perf_counter_ns() - t0)
+                    progress.update(note=name)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -301,8 +310,8 @@ def benchmark_runtimes(
             runners1[name], runnersb[name] = _ort(x1), _ort(xb)
         log.info("export: benchmarking %s with %d thread(s); onnxruntime provider(s) used: %s",
                  ", ".join(runners1), threads, sorted({v for k, v in used.items() if k != TORCH}) or "none")
-        s1 = _measure(runners1, iterations, warmup)
-        sb = _measure(runnersb, iterations, warmup)
+        s1 = _measure(runners1, iterations, warmup, "export benchmark, batch 1")
+        sb = _measure(runnersb, iterations, warmup, f"export benchmark, batch {batch_size}")
     finally:
         if prev_threads is not None:
             import torch

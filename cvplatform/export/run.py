@@ -332,6 +332,9 @@ def run_export(
         >>> result.chosen, result.artifact  # doctest: +SKIP
         ('int8', 'artifacts/export/model.onnx')
     """
+    from cvplatform.utils.logs import quiet_libraries
+
+    quiet_libraries()  # no third-party INFO floods in task logs and notebooks
     from cvplatform.config import params_hash
     from cvplatform.data.manifest import read_manifest
     from cvplatform.evaluation.predictors import OnnxPredictor, TorchCheckpointPredictor

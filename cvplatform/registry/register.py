@@ -67,6 +67,7 @@ from cvplatform.registry.client import (
     TAG_GIT_COMMIT,
     TAG_INPUT_SIZE,
     TAG_MACRO_F1,
+    TAG_OVERRIDES,
     TAG_PARAMS_HASH,
     TAG_PRECISION,
     TAG_REGISTRATION_ID,
@@ -270,6 +271,7 @@ def read_inputs(paths: ProjectPaths) -> RegistrationInputs:
     attachments = [p for p in (
         exp_dir / "model_card.md", summary_path, gate_path, metrics_path,
         eval_dir / "report.md", eval_dir / "report.html",
+        paths.root / "dvc.lock",  # the pipeline state it came from (cvplatform.registry.lineage)
     ) if p.is_file()]
     return RegistrationInputs(
         onnx_path=onnx_path, sha256=sha, precision=str(export.get("precision") or export.get("chosen") or "fp32"),
@@ -318,7 +320,7 @@ def _headline(metrics: dict[str, Any]) -> dict[str, str]:
 def lineage_tags(params: Params, paths: ProjectPaths, inputs: RegistrationInputs, author: str) -> dict[str, str]:
     """The tags every version registered from ``inputs`` carries (no approval / audit tags)."""
     from cvplatform.config import params_hash
-    from cvplatform.tracking import airflow_run_id
+    from cvplatform.tracking import airflow_run_id, run_overrides
     from cvplatform.utils.io import git_commit
 
     passed, n_failed, n_warn, text = gate_facts(inputs.gate_report)
@@ -344,6 +346,9 @@ def lineage_tags(params: Params, paths: ProjectPaths, inputs: RegistrationInputs
     airflow = airflow_run_id()
     if airflow:
         tags[TAG_AIRFLOW_RUN] = airflow
+    overrides = run_overrides()
+    if overrides:  # the run's own settings (an Airflow run's working copy), never written to params.yaml
+        tags[TAG_OVERRIDES] = json.dumps(overrides)
     return tags
 
 

@@ -1,5 +1,7 @@
-"""cv_retrain DAG: imports cleanly, wires the expected graph, parses light, and runs end to end
-with dag.test() on tiny data — with a scripted rejection, a scripted timeout and a scripted approval."""
+"""cv_retrain DAG: imports cleanly, wires the expected graph, parses light, its trigger form validates
+at its defaults, and runs end to end with dag.test() on tiny data: a scripted rejection, a run with
+nothing new (ends early, no version), a scripted timeout, a scripted approval, new images in a folder
+source (a new version), and the project's params.yaml never edited."""
 
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ from tests.dags.hitl_responder import respond_in_background
 from tests.fixtures.repo import copy_repo, shrink_params
 
 EXPECTED_EDGES = {
+    "prepare": {"ingest"},
     "ingest": {"validate"},
     "validate": {"train"},
     "train": {"evaluate"},
     "evaluate": {"export"},
     "export": {"register"},
-    "register": {"approval", "record_approval", "canary_deploy"},
+    "register": {"route", "record_approval", "canary_deploy"},
+    "route": {"approval"},
     "approval": {"record_approval"},
     "record_approval": {"canary_deploy"},
     "canary_deploy": set(),
@@ -94,16 +98,38 @@ def test_failure_callback_summary_names_task_cause_and_logs():
     assert "gate clean/min_accuracy" in text and "http://af/log" in text and "report.html" in text
 
 
+def test_trigger_form_defaults_validate_against_the_params_schema(airflow_home):
+    """The form can be submitted untouched: every field's default validates (empty = params.yaml)."""
+    from cvplatform.orchestration import form_overrides
+
+    dag = _dagbag().dags["cv_retrain"]
+    resolved = dag.params.validate()  # raises ParamValidationError when a default does not validate
+    assert form_overrides(resolved) == []  # an untouched form changes nothing
+    for name in ("source", "epochs", "arch", "canary_policy", "reason"):
+        schema = dag.params.get_param(name).schema
+        assert "null" in schema["type"], (name, schema)  # optional: the form shows no error, Trigger is enabled
+    assert form_overrides({**resolved, "arch": "resnet"}) == ["train.model.arch=resnet"]  # only the architecture
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, airflow_home):
-    root = copy_repo(tmp_path_factory.mktemp("cv_retrain") / "repo")
+    base = tmp_path_factory.mktemp("cv_retrain")
+    root = copy_repo(base / "repo")
     shrink_params(root / "params.yaml", TINY)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "tiny"], cwd=root, check=True)
+    # this test's own DVC remote (the embedded default is ~/.cache/cvplatform/dvc-remote)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "remote", "modify", "--local", "local", "url",
+                    str(base / "dvc-remote")], cwd=root, check=True, capture_output=True)
+    from cvplatform.config import DigitsParams
+    from cvplatform.data.synthetic import write_digits
+
+    write_digits(DigitsParams(size=32), base / "camera-images")  # a folder source outside the project
     return root
 
 
 def _run(project: Path, monkeypatch, conf: dict, answer: str | None, *, reviewer: str = "alice", comment: str = ""):
     monkeypatch.setenv("CVPLATFORM_ROOT", str(project))
+    monkeypatch.setenv("CVPLATFORM_RUNS_DIR", str(project.parent / "runs"))
     monkeypatch.setenv("CVPLATFORM_USER", "pipeline-bot")  # the author recorded on registered versions
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(project)
@@ -122,42 +148,69 @@ def _registry(project: Path):
     return show("cvplatform", params=load_params(project / "params.yaml"), root=project)
 
 
+def _add_images(folder: Path, n: int) -> None:
+    """New, unique images for classes 0 and 1 (mirrored copies of existing ones)."""
+    from PIL import Image, ImageOps
+
+    for label in ("0", "1"):
+        for src in sorted((folder / label).glob("*.png"))[:n]:
+            ImageOps.mirror(Image.open(src)).save(folder / label / f"new-{src.name}")
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_dag_test_rejection_timeout_and_approval(project, monkeypatch):
+def test_dag_test_rejection_nothing_new_new_data_timeout_and_approval(project, monkeypatch):
     from cvplatform.registry import history
 
+    params_before = (project / "params.yaml").read_bytes()
+    images = project.parent / "camera-images"
+    conf = {"source": f"folder:{images}", "overrides": ["train.batch_size=32"]}
+
     # 1. a scripted rejection: version 1 is rejected, nothing is deployed, the run says why
-    run, states = _run(project, monkeypatch, {"source": "digits"}, "Reject", comment="not this week")
+    run, states = _run(project, monkeypatch, conf, "Reject", comment="not this week")
     assert str(run.state) == "success", states
     assert states["record_approval"] == "success" and states["canary_deploy"] == "skipped", states
-    assert json.loads((project / "artifacts/ingest/summary.json").read_text())["accepted"] == 1797
-    overview = _registry(project)
-    v1 = {v.version: v for v in overview.versions}["1"]
+    v1 = {v.version: v for v in _registry(project).versions}["1"]
     assert (v1.version, v1.approval, v1.reviewer) == ("1", "rejected", "alice")
-    assert overview.aliases.get("champion") is None
-    assert (project / ".dvc-remote").is_dir() and any((project / ".dvc-remote").rglob("*"))  # outputs pushed
+    assert _registry(project).aliases.get("champion") is None
+    remote = project.parent / "dvc-remote"
+    assert remote.is_dir() and any(remote.rglob("*"))  # outputs pushed
+    assert (project / "params.yaml").read_bytes() == params_before  # the form never edits params.yaml
+    from mlflow import MlflowClient
 
-    # 2. a timeout (nobody answers): a new version (changed seed) is rejected by the timeout
-    run, states = _run(project, monkeypatch, {"overrides": ["train.seed=7"]}, None)
+    mv = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_model_version("cvplatform", "1")
+    assert json.loads(mv.tags["lineage.overrides"]) == [f"ingest.source={images}", "train.batch_size=32"]
+
+    # 2. the same run again, nothing new: it ends green right after `prepare`, no version, no approval
+    run, states = _run(project, monkeypatch, conf, None)
+    assert str(run.state) == "success", states
+    assert states["prepare"] == "success", states
+    assert all(state == "skipped" for tid, state in states.items() if tid != "prepare"), states
+    assert len(_registry(project).versions) == 1
+
+    # 3. new images in the folder source: ingested, retrained, a new version; nobody answers (timeout)
+    _add_images(images, 6)
+    run, states = _run(project, monkeypatch, conf, None)
     assert str(run.state) == "success" and states["canary_deploy"] == "skipped", states
+    assert states["ingest"] == "success" and states["register"] == "success", states
     v2 = {v.version: v for v in _registry(project).versions}["2"]
     assert (v2.version, v2.approval, v2.reviewer) == ("2", "rejected", "approval-timeout")
 
-    # 3. a scripted approval: version 3 is approved by alice and canary-deployed to champion
-    run, states = _run(project, monkeypatch, {"overrides": ["train.seed=8"]}, "Approve", comment="looks good")
+    # 4. a scripted approval: version 3 (another seed) is approved by alice and canary-deployed to champion
+    conf3 = {**conf, "overrides": ["train.batch_size=32", "train.seed=8"]}
+    run, states = _run(project, monkeypatch, conf3, "Approve", comment="looks good")
     assert str(run.state) == "success", states
     assert states["canary_deploy"] == "success", states
     overview = _registry(project)
     v3 = {v.version: v for v in overview.versions}["3"]
     assert (v3.version, v3.approval, v3.reviewer) == ("3", "approved", "alice")
     assert overview.aliases.get("champion") == "3"
-    deploy = json.loads((project / "artifacts/deploy/summary.json").read_text())
-    assert deploy["decision"] == "promote"
 
-    # 4. the same run again (a cleared/retried run): DVC skips every stage, no duplicate version
-    run, states = _run(project, monkeypatch, {"overrides": ["train.seed=8"]}, "Approve")
+    # 5. the same run again: nothing new, no duplicate version, no second approval
+    run, states = _run(project, monkeypatch, conf3, "Approve")
     assert str(run.state) == "success", states
+    assert states["prepare"] == "success" and states["approval"] == "skipped", states
     assert len(_registry(project).versions) == 3
     events = [e.action for e in history("cvplatform", params=None, root=project).events]
     assert events.count("approved") == 1
+    assert (project / "params.yaml").read_bytes() == params_before

@@ -20,6 +20,7 @@ import json
 import shutil
 import struct
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,8 +39,8 @@ from tests.fixtures.repo import copy_repo, shrink_params
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 DAG = "cv_retrain"
-TASKS = ("ingest", "validate", "train", "evaluate", "export", "register", "approval", "record_approval",
-         "canary_deploy")
+TASKS = ("prepare", "ingest", "validate", "train", "evaluate", "export", "register", "route", "approval",
+         "record_approval", "canary_deploy")
 REVIEWER, OPERATOR, PIPELINE_USER = "alice", "admin", "pipeline-bot"
 COMMENT = "gate summary read in Airflow; approved for canary"
 # The real params, shrunk. No schedule: unpausing must not start a scheduled run next to ours
@@ -145,8 +146,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     shrink_params(project / "params.yaml", E2E_PARAMS)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "e2e params"],
                    cwd=project, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "remote", "modify", "--local", "local", "url",
+                    str(base / "dvc-remote")], cwd=project, check=True, capture_output=True)  # this test's remote
     mp = pytest.MonkeyPatch()
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # the copy's own SQLite registry
+    mp.setenv("CVPLATFORM_RUNS_DIR", str(base / "runs"))  # the runs' working copies
     af = AirflowLocal(repo=project, home=base / "airflow_home", project=project, port=0,
                       pipeline_user=PIPELINE_USER, parallelism=2)
     failed_before = request.session.testsfailed

@@ -30,6 +30,9 @@ def _digest_tree(root: Path) -> dict[str, str]:
         ("shapes", "shapes", None, None, ""),
         ("folder:data/in", "folder", "data/in", None, ""),
         ("folder:/abs/path with space", "folder", "/abs/path with space", None, ""),
+        ("data/in", "folder", "data/in", None, ""),
+        ("/abs/path", "folder", "/abs/path", None, ""),
+        ("configs/sources/digits.yaml", "builtin_file", "configs/sources/digits.yaml", None, ""),
         ("s3://bucket", "s3", None, "bucket", ""),
         ("s3://my.bucket-1/a/b/", "s3", None, "my.bucket-1", "a/b"),
     ],
@@ -42,8 +45,8 @@ def test_parse_source_valid_forms(spec, kind, path, bucket, prefix):
 @pytest.mark.parametrize(
     ("spec", "needle"),
     [
-        ("mnist", "Valid forms: folder:PATH | s3://bucket/prefix | digits | shapes"),
-        ("", "Valid forms"),
+        ("ftp://host/x", "Valid forms: PATH (or folder:PATH) | s3://bucket/prefix | digits | shapes"),
+        ("", "empty folder path"),
         ("folder:", "empty folder path"),
         ("s3://", "not a valid S3 bucket name"),
         ("s3://Bad_Bucket/x", "not a valid S3 bucket name"),
@@ -54,6 +57,40 @@ def test_parse_source_rejects_with_a_clear_message(spec, needle):
     with pytest.raises(SourceError) as e:
         parse_source(spec)
     assert needle in str(e.value)
+
+
+def test_an_unknown_name_is_a_missing_folder_listing_the_valid_forms(tmp_path):
+    with pytest.raises(SourceError) as e:
+        open_source(IngestParams(source="mnist"), ProjectPaths.at(tmp_path))
+    assert "mnist" in str(e.value) and "does not exist" in str(e.value) and "s3://bucket/prefix" in str(e.value)
+
+
+@pytest.mark.parametrize(("spec", "location"), [
+    ("folder:/data/cams", "/data/cams"), ("data/in", "data/in"), ("digits", "configs/sources/digits.yaml"),
+    ("shapes", "configs/sources/shapes.yaml"), ("s3://bkt/p/", "s3://bkt/p/"),
+    ("configs/sources/shapes.yaml", "configs/sources/shapes.yaml"),
+])
+def test_dvc_location_is_a_path_dvc_can_track(spec, location):
+    from cvplatform.data.sources import dvc_location
+
+    assert dvc_location(spec) == location
+
+
+def test_builtin_spec_files_generate_the_same_as_their_names(tmp_path):
+    import shutil
+
+    shutil.copytree(Path(__file__).resolve().parents[3] / "configs" / "sources", tmp_path / "configs" / "sources")
+    paths = ProjectPaths.at(tmp_path)
+    small = {"digits": DigitsParams(limit=20, size=16)}
+    by_file = open_source(IngestParams(source="configs/sources/digits.yaml", **small), paths)
+    by_name = open_source(IngestParams(source="digits", **small), paths)
+    assert by_file.spec.kind == by_name.spec.kind == "digits" and by_file.spec.spec == "digits"
+    assert [i.origin for i in by_file.items] == [i.origin for i in by_name.items]
+    (tmp_path / "configs/sources/bad.yaml").write_text("builtin: mnist\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        open_source(IngestParams(source="configs/sources/bad.yaml"), paths)
+    with pytest.raises(SourceError, match="does not exist"):
+        open_source(IngestParams(source="configs/sources/nope.yaml"), paths)
 
 
 def test_normalise_label_nfc_and_strip():
