@@ -1,5 +1,7 @@
-"""`dvc repro` on a temporary copy of the repo: runs, is a no-op the second time,
-re-runs only what a params change touches, and push/pull round-trips the data."""
+"""`dvc repro` on a temporary copy of the repo: runs, is a no-op the second time, re-runs only what
+a params change touches, push/pull round-trips the data (also into a second clone through the
+embedded default remote), the source and the selected configuration files are dependencies, and
+the shipped natural-photo recipe trains, evaluates and exports."""
 
 from __future__ import annotations
 
@@ -43,16 +45,21 @@ def _shrink(params_file: Path, extra: dict | None = None) -> None:
     params_file.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {})}
     res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
     return res
 
 
 @pytest.fixture()
-def repo_copy(tmp_path: Path) -> Path:
-    """Tracked + untracked (not ignored) files of the working tree, as a fresh git repo."""
+def repo_copy(tmp_path: Path, monkeypatch) -> Path:
+    """Tracked + untracked (not ignored) files of the working tree, as a fresh git repo.
+
+    HOME is this test's own, so the embedded default remote (~/.cache/cvplatform/dvc-remote)
+    is a fresh folder of the test.
+    """
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     dest = copy_repo(tmp_path / "repo")
     _shrink(dest / "params.yaml")
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "shrink"], dest)
@@ -95,3 +102,99 @@ def test_dvc_repro_noop_partial_rerun_and_push_pull(repo_copy: Path):
     assert sum(1 for _ in (repo_copy / "data/raw").rglob("*.png")) == n_raw
     status = _run([DVC, "status"], repo_copy)
     assert "up to date" in status.stdout.lower()
+
+    # a second clone on the same machine pulls what the first pushed (the embedded default remote,
+    # outside both clones), once dvc.lock is committed as DVC's workflow has it
+    remote = Path(os.environ["HOME"]) / ".cache" / "cvplatform" / "dvc-remote"
+    assert remote.is_dir() and any(remote.rglob("*"))
+    _run(["git", "add", "dvc.lock"], repo_copy)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline state"], repo_copy)
+    second_clone = repo_copy.parent / "second-clone"
+    _run(["git", "clone", "-q", str(repo_copy), str(second_clone)], repo_copy.parent)
+    _run([DVC, "pull"], second_clone)
+    assert (second_clone / "data/processed/manifest.parquet").read_bytes() == before
+    assert (second_clone / "artifacts/export/model.onnx").read_bytes() == (
+        repo_copy / "artifacts/export/model.onnx").read_bytes()
+    assert json.loads((second_clone / "artifacts/train/summary.json").read_text())["run_id"]
+    assert "up to date" in _run([DVC, "status"], second_clone).stdout.lower()
+
+
+def _stale(repo: Path, stage: str) -> str:
+    """`dvc status <stage>` output restricted to that stage ('' when it is up to date)."""
+    out = _run([DVC, "status", "--json", stage], repo).stdout
+    return "" if json.loads(out or "{}").get(stage) is None else out
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_the_source_and_the_selected_configs_are_dependencies(repo_copy: Path, tmp_path: Path):
+    from PIL import Image, ImageOps
+
+    from cvplatform.config import DigitsParams
+    from cvplatform.data.synthetic import write_digits
+
+    images = write_digits(DigitsParams(size=16, limit=200), tmp_path / "camera-images")
+    _shrink(repo_copy / "params.yaml", {("ingest", "source"): str(images)})
+    _run([DVC, "repro", "ingest"], repo_copy)
+    assert _stale(repo_copy, "ingest") == ""  # an unchanged source: up to date
+
+    new = images / "3" / "new.png"  # an added image
+    ImageOps.mirror(Image.open(next((images / "3").glob("*.png")))).save(new)
+    assert str(images) in _stale(repo_copy, "ingest")
+    new.unlink()
+    assert _stale(repo_copy, "ingest") == ""  # back to what was ingested
+    victim = next((images / "5").glob("*.png"))  # a removed image
+    data = victim.read_bytes()
+    victim.unlink()
+    assert str(images) in _stale(repo_copy, "ingest")
+    victim.write_bytes(data)
+    changed = next((images / "7").glob("*.png"))  # a changed image
+    ImageOps.flip(Image.open(changed)).save(changed)
+    assert str(images) in _stale(repo_copy, "ingest")
+    summary = _run([DVC, "repro", "ingest"], repo_copy)
+    assert _ran_stages(summary.stdout) == {"ingest"}
+
+    # the selected recipe / suite are dependencies: selecting or editing another file makes the stage stale
+    _run([DVC, "repro", "validate"], repo_copy)
+    _run([DVC, "repro", "train"], repo_copy)
+    assert _stale(repo_copy, "train") == ""
+    _shrink(repo_copy / "params.yaml", {("train", "augment"): "configs/augment/natural.yaml"})
+    assert "configs/augment/natural.yaml" in _stale(repo_copy, "train")
+    _shrink(repo_copy / "params.yaml", {("train", "augment"): "configs/augment/default.yaml"})
+    assert _stale(repo_copy, "train") == ""
+    recipe = repo_copy / "configs/augment/default.yaml"
+    recipe.write_text(recipe.read_text().replace("p: 0.7", "p: 0.6"))
+    assert "configs/augment/default.yaml" in _stale(repo_copy, "train")
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_builtin_sources_are_deterministic_and_up_to_date(repo_copy: Path):
+    _shrink(repo_copy / "params.yaml", {("ingest", "source"): "configs/sources/shapes.yaml",
+                                        ("ingest", "shapes", "count"): 60})
+    _run([DVC, "repro", "ingest"], repo_copy)
+    manifest = (repo_copy / "data/processed/manifest.parquet").read_bytes()
+    assert _stale(repo_copy, "ingest") == ""
+    forced = _run([DVC, "repro", "--force", "--single-item", "ingest"], repo_copy)
+    assert _ran_stages(forced.stdout) == {"ingest"}
+    assert (repo_copy / "data/processed/manifest.parquet").read_bytes() == manifest
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_the_natural_photo_recipe_trains_evaluates_and_exports(repo_copy: Path):
+    _shrink(repo_copy / "params.yaml", {
+        ("ingest", "source"): "configs/sources/shapes.yaml", ("ingest", "shapes", "count"): 300,
+        ("train", "augment"): "configs/augment/natural.yaml", ("train", "epochs"): 1,
+        ("evaluate", "suite"): "configs/scenarios/shapes.yaml",
+    })
+    _run([DVC, "repro", "train"], repo_copy)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    ev = subprocess.run(["cvplatform", "evaluate"], cwd=repo_copy, capture_output=True, text=True, env=env,
+                        timeout=900)
+    # the scenario suite judges the (one-epoch) model: its gates may pass or fail (exit 3), but the
+    # model's preprocessing must be expressible for evaluation, export and serving (no exit 1/2)
+    assert ev.returncode in (0, 3), ev.stdout + ev.stderr
+    assert json.loads((repo_copy / "artifacts/evaluate/summary.json").read_text())["n_images"] > 0
+    _run(["cvplatform", "export"], repo_copy)
+    assert (repo_copy / "artifacts/export/model.onnx").is_file()
