@@ -590,12 +590,10 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
     best_metrics = {k: float(v) for k, v in best_rec.items() if k.startswith("val_") and v is not None}
     best_metrics.update(test_metrics)
     stopped_early = bool(early is not None and early.stopped_epoch > 0)
-    metrics = {
-        "best_epoch": int(loaded.epoch),
-        "epochs_completed": len(history),
-        "monitor": tp.monitor,
-        **{k: round(v, 6) for k, v in best_metrics.items()},
-    }
+    # `dvc metrics show`: the numbers a user compares, validation split of the best epoch
+    # (the epoch, the monitor and the test metrics are in summary.json)
+    metrics = {short: round(best_metrics[k], 6) for k, short in
+               (("val_acc", "accuracy"), ("val_f1", "f1"), ("val_loss", "loss")) if k in best_metrics}
     metrics_path = write_json(out / "metrics.json", metrics)
     curves_csv = _write_curves(history, out / "plots" / "curves.csv")
     from cvplatform.tracking import plot_curves

@@ -74,7 +74,7 @@ from cvplatform.data.sources import SourceItem, open_source
 from cvplatform.data.split import SPLIT_NAMES, assign_split
 from cvplatform.errors import CVPlatformError, DataError, SourceError
 from cvplatform.stage import StageResult
-from cvplatform.utils.io import ProjectPaths, sha256_bytes, sha256_file
+from cvplatform.utils.io import ProjectPaths, sha256_bytes, sha256_file, write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -508,6 +508,7 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
     incoming = paths.raw / _INCOMING
     incoming.mkdir()
     artifacts = paths.artifacts("ingest")
+    (artifacts / "metrics.json").unlink(missing_ok=True)  # only a run that accepts images writes it
 
     opts = DecodeOptions(
         max_pixels=ip.max_pixels, min_side=ip.min_side, redact=ip.privacy.redact_faces,
@@ -622,6 +623,8 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
     result.manifest = rel(manifest)
     result.manifest_sha256 = sha256_file(manifest)
     result.write_summary(artifacts)
+    # `dvc metrics show`: the counts a user compares between versions (the rest is in summary.json)
+    write_json(artifacts / "metrics.json", {"images": result.accepted, "quarantined": result.quarantined})
     log.info(
         "ingest: seen %d, accepted %d, quarantined %d %s, duplicates %d",
         result.seen, result.accepted, result.quarantined, by_reason, result.duplicates,

@@ -260,25 +260,18 @@ def _file_info(paths: ProjectPaths, p: Path) -> dict[str, Any]:
     return {"path": _rel(paths, p), "sha256": sha256_file(p), "size_bytes": p.stat().st_size}
 
 
-def _metrics(parity: dict[str, Any], int8: dict[str, Any], bench: dict[str, Any] | None, chosen: str,
-             sizes: dict[str, int]) -> dict[str, Any]:
-    m: dict[str, Any] = {
-        "chosen": chosen,
-        "int8_shipped": chosen == "int8",
-        "size_bytes": sizes,
-        "parity": {k: parity[k] for k in ("n", "max_abs_diff", "mean_abs_diff", "top1_agreement", "disagreements")},
-    }
-    if int8.get("enabled"):
-        d = int8.get("decision") or {}
-        m["int8"] = {"accepted": bool(d.get("accepted")), "worst_drop": d.get("worst_drop"),
-                     "top1_agreement_vs_torch": (int8.get("vs_torch") or {}).get("top1_agreement"),
-                     "max_abs_diff_vs_torch": (int8.get("vs_torch") or {}).get("max_abs_diff")}
-    if bench:
-        rt = bench["runtimes"]
-        m["latency_ms"] = {k: {q: v["latency_ms"][q] for q in ("p50", "p95", "p99")} for k, v in rt.items()}
-        m["throughput_ips"] = {k: v["throughput_ips"] for k, v in rt.items()}
-        m["cost_per_1k_usd"] = {k: v["cost_per_1k_usd"] for k, v in rt.items()}
-        m["speedups"] = dict(bench.get("speedups") or {})
+def _metrics(bench: dict[str, Any] | None, chosen: str, sizes: dict[str, int]) -> dict[str, Any]:
+    """What ``dvc metrics show`` prints for export: the shipped model's size and batch-1 latency.
+
+    Parity, the INT8 decision and every runtime's latency/throughput/cost are in
+    ``parity.json``, ``int8.json``, ``benchmark.json`` and ``summary.json``.
+    """
+    from cvplatform.export.benchmark import ORT_FP32, ORT_INT8
+
+    m: dict[str, Any] = {"size_mb": round(sizes["shipped"] / 1e6, 4)}
+    runtime = (bench or {}).get("runtimes", {}).get(ORT_INT8 if chosen == "int8" else ORT_FP32)
+    if runtime:
+        m["latency_ms"] = round(float(runtime["latency_ms"]["p50"]), 4)
     return m
 
 
@@ -513,7 +506,7 @@ def run_export(
     sizes = {"fp32": fp32_info["size_bytes"], "shipped": model_path.stat().st_size}
     if int8.get("size_bytes") is not None:
         sizes["int8"] = int8["size_bytes"]
-    metrics_path = write_json(out_dir / "metrics.json", _metrics(parity_doc, int8, bench, chosen, sizes))
+    metrics_path = write_json(out_dir / "metrics.json", _metrics(bench, chosen, sizes))
 
     # ---------------------------------------------------------------- result, model card
     tracking = str(train_summary.get("tracking_uri") or default_tracking_uri(paths.root))

@@ -306,21 +306,22 @@ def test_rest_trigger_reviewer_approval_promotes_champion_and_serves_it(stack: S
     actions = [(e.action, e.actor) for e in hist.events if e.version == version]
     assert [a for a, _ in actions] == ["registered", "approved", "promoted"], actions
     assert actions[0][1] == PIPELINE_USER and actions[1][1] == REVIEWER
-    deploy = json.loads((stack.project / "artifacts/deploy/summary.json").read_text())
+    workspace = Path(run.registered["workspace"]["root"])  # the run's own working copy of the project
+    deploy = json.loads((workspace / "artifacts/deploy/summary.json").read_text())
     assert deploy["decision"] == "promote" and str(deploy["champion_after"]) == version
 
     # the serving endpoint answers with that champion
     from cvplatform.data.manifest import read_manifest
     from cvplatform.serving.local import LocalServer
 
-    df = read_manifest(stack.project / "data/processed/manifest.parquet")
+    df = read_manifest(workspace / "data/processed/manifest.parquet")
     test = df[df["split"] == "test"].head(40)
     assert len(test) >= 8
     correct = 0
     with LocalServer(stack.project, startup_timeout_s=180) as srv, httpx.Client(base_url=srv.url, timeout=60) as http:
         for start in range(0, len(test), 8):
             rows = test.iloc[start:start + 8]
-            files = [("files", (Path(p).name, (stack.project / p).read_bytes(), "image/png")) for p in rows["path"]]
+            files = [("files", (Path(p).name, (workspace / p).read_bytes(), "image/png")) for p in rows["path"]]
             r = http.post("/v1/predict", files=files)
             assert r.status_code == 200, f"{r.status_code} {r.text[:500]}\n{srv.log_text()[-2000:]}"
             answer = r.json()
@@ -388,6 +389,54 @@ def test_grid_view_screenshot_shows_every_task(stack: Stack, retrain_run: Run, c
     shutil.copy2(hitl_shot, ARTIFACTS / "cv_retrain_approval.png")
     assert _png_size(hitl_shot.read_bytes()) == (chromium.width, chromium.height)
     print(f"screenshots: {kept}, {ARTIFACTS / 'cv_retrain_approval.png'}; timings so far: {stack.timings}")
+
+
+def test_trigger_form_submits_untouched_and_a_run_with_nothing_new_ends_early(stack: Stack, retrain_run: Run,
+                                                                                 chromium):
+    """The form as shipped: no field error, Trigger enabled, submitted as it is. Nothing changed since the
+    version `retrain_run` registered, so the new run ends after `prepare`, green, with no new version."""
+    params_before = (stack.project / "params.yaml").read_bytes()
+    url = stack.af.url
+    _ui_login(chromium, url, OPERATOR, stack.af.passwords()[OPERATOR])
+    chromium.open(f"{url}/dags/{DAG}")
+    chromium.wait_for_text([DAG, "Trigger"], timeout_s=120)
+    time.sleep(2)
+    chromium.evaluate("Array.from(document.querySelectorAll('button')).find(b => b.innerText.trim() === 'Trigger').click()")
+    chromium.wait_for_text(["Run Parameters", "Data source", "Architecture", "(params.yaml)"], timeout_s=60)
+    time.sleep(1)
+    shot = chromium.screenshot(stack.project / "artifacts/test-screenshots/cv_retrain_trigger_form.png")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(shot, ARTIFACTS / "cv_retrain_trigger_form.png")
+    buttons = chromium.evaluate("Array.from(document.querySelectorAll('[role=dialog] button'))"
+                                ".filter(b => b.innerText.trim() === 'Trigger').map(b => b.disabled)")
+    assert buttons == [False], buttons  # the submit button is enabled with every field at its default
+    dialog = chromium.evaluate("document.querySelector('[role=dialog]').innerText")
+    assert "required" not in dialog.lower() and "error" not in dialog.lower(), dialog
+    chromium.evaluate("Array.from(document.querySelectorAll('[role=dialog] button'))"
+                      ".filter(b => b.innerText.trim() === 'Trigger').pop().click()")
+    deadline = time.monotonic() + 60
+    run_id = None
+    while time.monotonic() < deadline and not run_id:
+        time.sleep(0.5)
+        path = chromium.evaluate("location.pathname") or ""
+        if "/runs/" in path:
+            run_id = path.split("/runs/")[1].split("/")[0]
+    assert run_id, f"submitting the form opened no run page: {chromium.evaluate('location.href')}"
+    from urllib.parse import unquote
+
+    run_id = unquote(run_id)
+    stack.run_id = run_id
+    stack.wait_until("the untouched-form run to finish", lambda: stack.run_state(run_id) in ("success", "failed"),
+                     timeout_s=600, interval_s=3)
+    assert stack.run_state(run_id) == "success", stack.diagnostics()
+    states = {t: ti["state"] for t, ti in stack.task_instances(run_id).items()}
+    assert states["prepare"] == "success" and all(v == "skipped" for t, v in states.items() if t != "prepare"), states
+    log = stack.task_log(run_id, "prepare", 1, lines=400)
+    assert "NOTHING NEW" in log, log
+    overview, _ = _registry(stack.project)
+    assert [v.version for v in overview.versions] == [str(retrain_run.registered["version"])]
+    assert (stack.project / "params.yaml").read_bytes() == params_before
+    stack.run_id = retrain_run.run_id
 
 
 def test_cleared_register_task_reruns_without_a_duplicate_version(stack: Stack, retrain_run: Run):

@@ -78,8 +78,14 @@ def test_dvc_repro_noop_partial_rerun_and_push_pull(repo_copy: Path):
     summary = json.loads((repo_copy / "artifacts/ingest/summary.json").read_text())
     assert summary["accepted"] == 1797 and summary["seen"] == 1797
     assert (repo_copy / "artifacts/export/model.onnx").is_file()
-    metrics = _run([DVC, "metrics", "show", "--json"], repo_copy).stdout
-    assert "val_acc" in metrics and "artifacts/export/metrics.json" in metrics
+    metrics = json.loads(_run([DVC, "metrics", "show", "--json"], repo_copy).stdout)
+    shown = metrics[""]["data"] if "" in metrics else next(iter(metrics.values()))["data"]
+    values = {path: v["data"] for path, v in shown.items()}
+    assert values["artifacts/ingest/metrics.json"] == {"images": 1797, "quarantined": 0}
+    assert set(values["artifacts/train/metrics.json"]) == {"accuracy", "f1", "loss"}
+    assert set(values["artifacts/export/metrics.json"]) == {"size_mb", "latency_ms"}
+    for numbers in values.values():  # only numbers a user compares: no paths, hashes or nested tables
+        assert all(isinstance(x, int | float) and not isinstance(x, bool) for x in numbers.values()), numbers
 
     second = _run([DVC, "repro"], repo_copy)
     assert _ran_stages(second.stdout) == set(), second.stdout
@@ -107,7 +113,7 @@ def test_dvc_repro_noop_partial_rerun_and_push_pull(repo_copy: Path):
     # outside both clones), once dvc.lock is committed as DVC's workflow has it
     remote = Path(os.environ["HOME"]) / ".cache" / "cvplatform" / "dvc-remote"
     assert remote.is_dir() and any(remote.rglob("*"))
-    _run(["git", "add", "dvc.lock"], repo_copy)
+    _run(["git", "add", "dvc.lock", "params.yaml"], repo_copy)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline state"], repo_copy)
     second_clone = repo_copy.parent / "second-clone"
     _run(["git", "clone", "-q", str(repo_copy), str(second_clone)], repo_copy.parent)

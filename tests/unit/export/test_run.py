@@ -114,10 +114,9 @@ def test_benchmark_metrics_and_cost_formula(exported):
         assert r["cost_per_1k_usd"] == pytest.approx(expected)
     assert {"ort_fp32_vs_torch_batch1", "int8_vs_fp32_batched"} <= set(bench["speedups"])
     assert bench["runtimes"]["ort_fp32"]["provider"] == "CPUExecutionProvider"
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["chosen"] == "int8"
-    assert metrics["parity"]["max_abs_diff"] == result.parity["max_abs_diff"]
-    assert set(metrics["latency_ms"]) == set(bench["runtimes"])
+    metrics = json.loads((out / "metrics.json").read_text())  # what `dvc metrics show` prints: numbers only
+    assert metrics == {"size_mb": pytest.approx((out / "model.onnx").stat().st_size / 1e6, abs=1e-4),
+                       "latency_ms": pytest.approx(bench["runtimes"]["ort_int8"]["latency_ms"]["p50"], abs=1e-4)}
 
 
 def test_outputs_are_logged_to_the_training_run(exported):
