@@ -21,7 +21,12 @@
 ==============================================  ==============================================================
 
 Every refused request gets a 4xx JSON body ``{"error": <code>, "detail": <what/where/fix>}``
-(never a 5xx); 503 is reserved for "no model loaded" and a failing champion.
+(never a 5xx, never internal text); 503 is reserved for "no model loaded" and a failing
+champion. A request that would decode more than the memory budgets allow is refused from its
+image headers, before decoding (413, or 429 while other requests hold the budget; see
+:mod:`cvplatform.serving.budget`). A client that disconnects before its body is read is
+counted with status 499, not as an error. Under ``cvplatform serve``, malformed HTTP and slow
+or idle connections are handled by :mod:`cvplatform.serving.protocol` with the same JSON shape.
 
 Routing: a request goes to the canary when the hash of its routing key (``X-Session-ID`` if
 sent, else ``X-Request-ID``, generated when absent) falls inside the canary share
