@@ -73,6 +73,7 @@ from cvplatform.serving.models import (
 )
 from cvplatform.serving.routing import choose_variant, new_request_id, routing_key, should_shadow
 from cvplatform.serving.schemas import (
+    REFUSED_STATE_KEY,
     AbortRequest,
     CanaryRequest,
     ErrorResponse,
@@ -673,9 +674,7 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
         try:
             return await request.body()
         except ClientDisconnect:
-            from cvplatform.serving.protocol import REFUSED_KEY
-
-            refused = (request.scope.get("state") or {}).get(REFUSED_KEY)
+            refused = (request.scope.get("state") or {}).get(REFUSED_STATE_KEY)
             if refused:  # the connection layer answered it (e.g. 408 body timeout): count it as that
                 raise ServingError(*refused) from None
             raise ClientGone() from None

@@ -29,11 +29,11 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from cvplatform.serving.schemas import LimitsConfig
+from cvplatform.serving.schemas import REFUSED_STATE_KEY, LimitsConfig
 
 log = logging.getLogger(__name__)
 
-REFUSED_KEY = "cvplatform.refused"
+REFUSED_KEY = REFUSED_STATE_KEY
 """``scope["state"]`` key holding ``(status, code, detail)`` when the connection layer refused the request."""
 
 
@@ -143,10 +143,10 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_size > self.limits.max_header_bytes:
             self._refusal = self._too_large_headers()
             raise ValueError("headers too large")  # stops the parser; data_received answers the refusal
+        super().on_headers_complete()  # may raise (e.g. an unparseable URL): still in the headers phase then
         self._phase = "body"
         self._header_bytes = 0
         self._arm(self.limits.body_timeout_s, self._body_timeout)
-        super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._phase = "idle"
@@ -168,9 +168,6 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
 
     def _body_timeout(self) -> None:
         self._deadline = None
-        if self.cycle is not None and self.cycle.response_complete:  # answered without reading the body
-            self.transport.close()
-            return
         self._refuse(408, "request_timeout",
                      f"the request body did not arrive within limits.body_timeout_s = "
                      f"{self.limits.body_timeout_s:g} s; the connection is closed.")
@@ -181,17 +178,21 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        busy = cycle is not None and not cycle.response_complete
-        if busy and (self._phase != "body" or cycle.response_started):
-            # a handler is (or will be) writing a response on this connection: do not interleave, cut it
-            self.transport.close()
-            return
-        if busy:  # the handler waits for a body that will not come: tell it why, then disconnect it
+        if self._phase == "body":
+            if cycle is None or cycle.response_started:
+                # this request is answered (e.g. without reading its body) or being answered: only cut
+                self.transport.close()
+                return
+            # its handler waits for a body that will not come: tell it why, then disconnect it
             state = cycle.scope.get("state")
             if isinstance(state, dict):
                 state[REFUSED_KEY] = (status, code, detail)
             cycle.disconnected = True
             cycle.message_event.set()
+        elif cycle is not None and not cycle.response_complete:
+            # a previous (pipelined) request's response is still to be written: do not interleave, cut
+            self.transport.close()
+            return
         log.info("refused a request on the connection from %s: %d %s", _peer(self.client), status, code)
         self.transport.write(error_response(status, code, detail, self.server_state.default_headers))
         self.transport.close()

@@ -29,6 +29,9 @@ EXAMPLE_ADMIN_TOKENS: frozenset[str] = frozenset({
 """Tokens that appear in documentation and examples: refused whatever their length (compared lower-case)."""
 TOKEN_HINT = ('Generate one with `python -c "import secrets; print(secrets.token_urlsafe(32))"` and pass it in '
               f"${ADMIN_TOKEN_ENV} (or admin.token in the serving config).")
+REFUSED_STATE_KEY = "cvplatform.refused"
+"""ASGI ``scope["state"]`` key where the connection layer (:mod:`cvplatform.serving.protocol`) records
+``(status, code, detail)`` of a request it refused while its handler waited for the body."""
 VARIANTS: tuple[str, str] = ("champion", "canary")
 Variant = Literal["champion", "canary"]
 
@@ -385,6 +388,7 @@ __all__ = [
     "ADMIN_TOKEN_ENV",
     "EXAMPLE_ADMIN_TOKENS",
     "MIN_ADMIN_TOKEN_LENGTH",
+    "REFUSED_STATE_KEY",
     "TOKEN_HINT",
     "VARIANTS",
     "AbortRequest",
