@@ -193,17 +193,25 @@ class ServerState:
 
 
 def _log_requests(state: ServerState, images: list[np.ndarray] | None, handle: ModelHandle, variant: str,
-                  request_id: str, top: list[str], conf: list[float]) -> None:
+                  request_id: str, top: list[str], conf: list[float], hold: BudgetHold | None = None) -> None:
     """Queue one inference-log record per image (input statistics + prediction) for ``cv_monitor``.
 
     Only a queue ``put`` happens here; the statistics and the file writes run in the log's own
     writer thread. Never fails or slows a request: a full queue drops the records (counted).
+    The queued images stay charged to the request's memory ``hold`` until the writer is done.
     """
     if state.request_log is None:
         return
-    if not state.request_log.submit(images, model=handle.model.name, version=handle.version, variant=variant,
-                                    request_id=request_id, predicted=top, confidence=conf):
-        state.metrics.request_log_dropped.inc()
+    keep = hold is not None and images is not None
+    if keep:
+        hold.share()
+    if state.request_log.submit(images, model=handle.model.name, version=handle.version, variant=variant,
+                                request_id=request_id, predicted=top, confidence=conf,
+                                on_done=hold.release if keep else None):
+        return
+    if keep:
+        hold.release()
+    state.metrics.request_log_dropped.inc()
 
 
 @dataclass
@@ -379,7 +387,7 @@ async def predict_core(
     confidence = m.confidence.labels(handle.model.name, handle.version, variant)
     for c in conf:
         confidence.observe(c)
-    _log_requests(state, images, handle, variant, request_id, top, conf)
+    _log_requests(state, images, handle, variant, request_id, top, conf, hold)
     # shadow: the other variant scores the same input in the background
     other = canary if variant == "champion" else champion
     mirror = other is not None and not fallback and pinned_version is None and should_shadow(key, traffic)
@@ -392,7 +400,7 @@ async def predict_core(
         else:
             x_other = tensor if tensor is not None else prepared.get(_contract_key(other))
             task = asyncio.create_task(_shadow(state, other, "canary" if other is canary else "champion",
-                                               images, x_other, labels, top, request_id))
+                                               images, x_other, labels, top, request_id, hold))
             state.shadow_tasks.add(task)
             task.add_done_callback(state.shadow_tasks.discard)
             if hold is not None and images is not None:  # the shadow keeps the decoded images alive
@@ -402,7 +410,8 @@ async def predict_core(
 
 
 async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images: list[np.ndarray] | None,
-                  x: np.ndarray | None, labels: list[str] | None, answered: list[str], request_id: str) -> None:
+                  x: np.ndarray | None, labels: list[str] | None, answered: list[str], request_id: str,
+                  hold: BudgetHold | None = None) -> None:
     """Score a mirrored request with ``handle`` (``x``: its input when already prepared) and record agreement."""
     import numpy as np
 
@@ -423,7 +432,7 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
     top = [names[i] for i in np.argmax(probs, axis=1)]
     conf = [float(v) for v in probs.max(axis=1)]
     state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id)
-    _log_requests(state, images, handle, "shadow", request_id, top, conf)
+    _log_requests(state, images, handle, "shadow", request_id, top, conf, hold)
     for a, b in zip(answered, top, strict=False):
         state.metrics.shadow.labels("agree" if a == b else "disagree").inc()
 
@@ -454,9 +463,26 @@ def _predict_response(out: Outcome) -> dict[str, Any]:
             "fallback": out.fallback, "predictions": preds}
 
 
+def header_value(text: str) -> str:
+    """``text`` as a valid HTTP header value: percent-encoded when it has control or non-Latin-1 characters.
+
+    A request id can come from a JSON body (OIP ``id``), where any character is allowed; echoing it
+    raw in a response header would break the response.
+
+    Example:
+        >>> header_value("abc-1"), header_value("a\nb")
+        ('abc-1', 'a%0Ab')
+    """
+    if all(c == "\t" or (" " <= c <= "\xff" and c != "\x7f") for c in text):
+        return text
+    from urllib.parse import quote
+
+    return quote(text.encode("utf-8", "surrogatepass"), safe="".join(chr(i) for i in range(0x21, 0x7f) if chr(i) != "%"))
+
+
 def _headers(out: Outcome, state: ServerState) -> dict[str, str]:
-    return {state.config.traffic.request_id_header: out.request_id, "X-Model-Version": out.version,
-            "X-Model-Variant": out.variant}
+    return {state.config.traffic.request_id_header: header_value(out.request_id),
+            "X-Model-Version": header_value(out.version), "X-Model-Variant": out.variant}
 
 
 def _media_type(request: Request) -> str:
@@ -587,10 +613,14 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
 
     # ---------------------------------------------------------------- errors: always JSON, 4xx for bad input
     def _error(status: int, code: str, detail: str, endpoint: str = "other",
-               headers: dict[str, str] | None = None) -> JSONResponse:
+               headers: dict[str, str] | None = None) -> Response:
+        import json
+
         if 400 <= status < 500:
             metrics.bad_requests.labels(endpoint, code).inc()
-        return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+        # ASCII JSON: a detail quoting the client's text stays encodable whatever that text holds
+        return Response(json.dumps({"error": code, "detail": detail}), status_code=status, headers=headers,
+                        media_type="application/json")
 
     def _endpoint_of(request: Request) -> str:
         p = request.url.path
@@ -621,11 +651,11 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
         return _error(exc.status, exc.code, exc.detail, _endpoint_of(request), headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         return _error(422, "invalid_request", validation_detail(exc), _endpoint_of(request))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
                  415: "unsupported_media_type"}
         code = codes.get(exc.status_code, "http_error")
@@ -1087,9 +1117,12 @@ def serve(
     """
     import uvicorn
 
+    from cvplatform.serving.budget import return_large_buffers_to_os
     from cvplatform.serving.protocol import protocol_class
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in server logs
+    if not return_large_buffers_to_os():
+        log.debug("mallopt is not available: freed image buffers may stay resident (RSS above the decode budget)")
     s = getattr(params, "serve", None)
     host = host or (s.host if s is not None else "127.0.0.1")
     port = int(port if port is not None else (s.port if s is not None else 8080))

@@ -11,9 +11,11 @@ size once parsed. The server therefore charges every request *before* it decodes
   ``limits.max_inflight_decode_bytes`` shared by all requests in flight. A request that does not
   fit *now* gets 429 with ``Retry-After`` (nothing is queued); one that could never fit gets 413.
 
-The charge is released when the request is answered, or when the shadow scoring that still holds
-its decoded images ends. The estimates were measured as the high-water mark of the process RSS
-while decoding each kind of image (see ``tests/unit/serving/test_budget.py``).
+The charge is released when the request is answered, or later, when the last user of its decoded
+images is done with them (a shadow scoring, the drift-monitoring request log). The estimates were
+measured as the high-water mark of the process RSS while decoding each kind of image (see
+``tests/unit/serving/test_budget.py``). ``cvplatform serve`` also makes freed large buffers go back
+to the OS at once (:func:`return_large_buffers_to_os`), so the RSS follows what the budget counts.
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ def json_cost_bytes(body: bytes) -> int:
 class MemoryBudget:
     """Bytes that requests in flight may hold while decoding (``limits.max_inflight_decode_bytes``).
 
-    Thread-safe; charges are taken on the event loop before decoding starts.
+    Thread-safe: charges are taken on the event loop before decoding starts, and given back there
+    or by the thread that last uses a request's images (the shadow scoring, the request log).
 
     Example:
         >>> b = MemoryBudget(100 * MIB)
@@ -130,37 +133,22 @@ class MemoryBudget:
         """A new, empty charge for one request."""
         return BudgetHold(self)
 
-    def _take(self, nbytes: int) -> bool:
-        with self._lock:
-            if self.in_use + nbytes > self.max_bytes:
-                return False
-            self.in_use += nbytes
-            now = self.in_use
-        self._changed(now)
-        return True
-
-    def _give_back(self, nbytes: int) -> None:
-        with self._lock:
-            self.in_use = max(0, self.in_use - nbytes)
-            now = self.in_use
-        self._changed(now)
-
     def _changed(self, now: int) -> None:
         if self._on_change is not None:
             self._on_change(now)
 
 
 class BudgetHold:
-    """What one request holds of a :class:`MemoryBudget`; :meth:`release` gives it all back (idempotent)."""
+    """What one request holds of a :class:`MemoryBudget`.
+
+    It is given back when its last owner calls :meth:`release`: the request handler, plus one
+    owner per :meth:`share` (e.g. a shadow scoring or the request log that still keeps the images).
+    """
 
     def __init__(self, budget: MemoryBudget) -> None:
         self.budget = budget
         self.held = 0
         self._owners = 1
-
-    def share(self) -> None:
-        """One more owner (e.g. a shadow scoring that keeps the decoded images): each calls :meth:`release`."""
-        self._owners += 1
 
     def take(self, nbytes: int, what: str) -> None:
         """Charge ``nbytes`` more to this request, before the work that needs them.
@@ -172,29 +160,74 @@ class BudgetHold:
         nbytes = int(nbytes)
         if nbytes <= 0:
             return
-        limit = self.budget.max_bytes
-        if self.held + nbytes > limit:
+        b = self.budget
+        if self.held + nbytes > b.max_bytes:
             raise ServingError(413, "request_too_large",
                                f"{what} needs ~{_mib(self.held + nbytes)} MiB of memory to decode, more than "
-                               f"limits.max_inflight_decode_bytes = {_mib(limit)} MiB. Send fewer or smaller "
-                               "images per request.")
-        if not self.budget._take(nbytes):
+                               f"limits.max_inflight_decode_bytes = {_mib(b.max_bytes)} MiB. Send fewer or "
+                               "smaller images per request.")
+        with b._lock:
+            fits = b.in_use + nbytes <= b.max_bytes
+            if fits:
+                b.in_use += nbytes
+                self.held += nbytes
+            now = b.in_use
+        if not fits:
             raise ServingError(429, "server_busy",
                                f"{what} needs ~{_mib(nbytes)} MiB of memory to decode and other requests hold "
-                               f"the budget now (limits.max_inflight_decode_bytes = {_mib(limit)} MiB). "
+                               f"the budget now (limits.max_inflight_decode_bytes = {_mib(b.max_bytes)} MiB). "
                                "Retry after a second, or send smaller requests.")
-        self.held += nbytes
+        b._changed(now)
+
+    def share(self) -> None:
+        """One more owner (e.g. a shadow scoring that keeps the decoded images): each calls :meth:`release`."""
+        with self.budget._lock:
+            self._owners += 1
 
     def release(self) -> None:
-        """Give back everything this request holds, once its last owner releases it."""
-        self._owners = max(0, self._owners - 1)
-        if self._owners == 0 and self.held:
-            n, self.held = self.held, 0
-            self.budget._give_back(n)
+        """Give back everything this request holds, once its last owner releases it (idempotent after that)."""
+        b = self.budget
+        with b._lock:
+            self._owners = max(0, self._owners - 1)
+            if self._owners or not self.held:
+                return
+            b.in_use = max(0, b.in_use - self.held)
+            self.held = 0
+            now = b.in_use
+        b._changed(now)
+
+
+M_MMAP_THRESHOLD = -3
+"""glibc ``mallopt`` parameter: allocations at least this large get their own ``mmap``."""
+
+
+def return_large_buffers_to_os(threshold: int = 8 * MIB) -> bool:
+    """Make freed allocations of ``threshold`` bytes or more go back to the OS at once (glibc only).
+
+    glibc raises its mmap threshold after large buffers are freed (up to 32 MiB), so Pillow's 16 MiB
+    pixel blocks then come from per-thread heaps and stay resident after the request: decodes that
+    take turns in different worker threads add up in RSS although the budget lets one at a time
+    run. A fixed threshold keeps RSS close to the memory the budget accounts for. Allocations below
+    it (small images, batch tensors of the hot path) still reuse the heap. Returns False where
+    ``mallopt`` is not available (not glibc).
+
+    Example:
+        >>> return_large_buffers_to_os()  # doctest: +SKIP
+        True
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        return False
 
 
 def _mib(n: int) -> str:
     return f"{n / MIB:.0f}" if n >= 10 * MIB else f"{n / MIB:.1f}"
 
 
-__all__ = ["BudgetHold", "MemoryBudget", "decode_cost_bytes", "json_cost_bytes", "peak_bytes_per_pixel"]
+__all__ = ["BudgetHold", "MemoryBudget", "decode_cost_bytes", "json_cost_bytes", "peak_bytes_per_pixel",
+           "return_large_buffers_to_os"]

@@ -319,6 +319,16 @@ class OipInferRequest(BaseModel):
     inputs: list[OipTensor] = Field(min_length=1)
     outputs: list[OipRequestedOutput] | None = None
 
+    @field_validator("id")
+    @classmethod
+    def _unicode_text(cls, v: str | None) -> str | None:
+        if v is not None:  # echoed in the response: a lone surrogate (legal as a JSON escape) cannot be
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text (it has a lone surrogate escape)") from None
+        return v
+
 
 # --------------------------------------------------------------------------- API: admin
 class CanaryRequest(BaseModel):

@@ -176,6 +176,28 @@ def test_huge_integers_in_json_get_a_4xx_on_every_endpoint(server):
                                                                                  status="500") == 0
 
 
+def test_request_ids_a_header_cannot_carry_are_encoded_or_refused(server):
+    """The OIP ``id`` is echoed as the request-id response header: control or non-Latin-1 characters
+    must not break the response (they dropped the connection or gave a 500), and a lone surrogate
+    escape, which no response can echo, is a 422."""
+    import httpx
+
+    def infer(rid: str) -> httpx.Response:
+        data = ",".join(["0.5"] * 768)
+        body = f'{{"id": {rid}, "inputs": [{{"name": "input", "datatype": "FP32", "shape": [1, 3, 16, 16], ' \
+               f'"data": [{data}]}}]}}'
+        return httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=body.encode(), timeout=30,
+                          headers={"Content-Type": "application/json"})
+
+    for rid, header in (('"a\\nb"', "a%0Ab"), ('"x\\u20acy"', "x%E2%82%ACy"), ('"\\u0000"', "%00")):
+        r = infer(rid)
+        assert r.status_code == 200 and r.headers["X-Request-ID"] == header, (rid, r.status_code, r.text[:200])
+        assert r.json()["id"] == json.loads(rid)
+    r = infer('"\\ud800"')
+    _assert_json_error(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content, "surrogate")
+    assert r.status_code == 422
+
+
 # --------------------------------------------------------------------------- 2. a client that goes away
 def test_a_client_that_disconnects_mid_upload_is_counted_as_a_disconnect_not_a_500(server):
     head = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n")
