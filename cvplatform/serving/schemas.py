@@ -24,7 +24,7 @@ MIN_ADMIN_TOKEN_LENGTH = 32
 """Shortest admin token the server accepts (``secrets.token_urlsafe(32)`` gives 43 characters)."""
 EXAMPLE_ADMIN_TOKENS: frozenset[str] = frozenset({
     "change-me", "changeme", "change_me", "secret", "token", "admin", "password", "test", "example",
-    "your-token-here", "replace-me", "unit-test-token",
+    "your-token-here", "replace-me",
 })
 """Tokens that appear in documentation and examples: refused whatever their length (compared lower-case)."""
 TOKEN_HINT = ('Generate one with `python -c "import secrets; print(secrets.token_urlsafe(32))"` and pass it in '

@@ -286,7 +286,7 @@ def test_an_unexpected_failure_does_not_echo_internal_text(tmp_path, monkeypatch
     assert "secret" not in r.text and "RuntimeError" not in r.text and "error id" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("token", ["change-me", "CHANGE-ME", "short-but-random-x7Q", "unit-test-token"])
+@pytest.mark.parametrize("token", ["change-me", "CHANGE-ME", "short-but-random-x7Q", "changeme"])
 def test_weak_admin_tokens_are_refused_at_start_up(tmp_path, monkeypatch, token):
     from cvplatform.errors import ConfigError
 
