@@ -61,6 +61,16 @@ class PrivacyParams(StrictModel):
     """Smallest face side in pixels the detector looks for."""
 
 
+class QuarantineParams(StrictModel):
+    retention_days: int | None = Field(30, ge=0, le=36_500)
+    """Days a rejected file's original bytes are kept, counted from when it was first quarantined;
+    older ones are deleted at every ingest. 0 = keep none (report only); None = keep forever."""
+    push_originals: bool = False
+    """Keep the originals in ``data/quarantine/pushed`` (a DVC output: cached and pushed to the remote)
+    instead of the local-only ``data/quarantine/originals``. They may hold EXIF/GPS and faces: opt in
+    only when the remote is allowed to hold the source's personal data."""
+
+
 class DigitsParams(StrictModel):
     size: int = Field(32, ge=8, le=512)
     """Side in pixels the 8x8 scikit-learn digits are upscaled to."""
@@ -93,6 +103,7 @@ class IngestParams(StrictModel):
     """Largest accepted width*height (decompression-bomb guard)."""
     split: SplitFractions = SplitFractions()
     privacy: PrivacyParams = PrivacyParams()
+    quarantine: QuarantineParams = QuarantineParams()
     digits: DigitsParams = DigitsParams()
     shapes: ShapesParams = ShapesParams()
 

@@ -8,9 +8,10 @@ Airflow, notebooks). For every file the source holds it either
   (``ingest.privacy.redact_faces``), re-encodes it as a metadata-free PNG and
   stores it as ``data/raw/<label dir>/<sha256>.png`` (``sha256`` of those PNG
   bytes is the image's identity and the manifest key); or
-* **quarantines** it: copies the original bytes to
-  ``data/quarantine/<reason>/`` and writes one row to
-  ``data/quarantine/report.csv`` (``file,reason,detail,label,stored``); or
+* **quarantines** it: writes one row to ``data/quarantine/report.csv``
+  (``file,reason,detail,label,sha256,stored``; ``sha256`` of the original
+  bytes) and keeps a copy of the original bytes for review under
+  ``data/quarantine/originals/<reason>/`` (see *Quarantined originals* below); or
 * counts it as a **duplicate**: same normalised content and same label as an
   accepted file (the first by origin path is kept; pairs are listed in
   ``artifacts/ingest/duplicates.csv``).
@@ -40,14 +41,22 @@ to the same limit and mapped here), ``too_small``, ``unsupported_mode``,
 ``path_escape``, ``missing_file``, ``no_label``, ``label_conflict`` (the same
 normalised content with different labels: every copy is quarantined).
 
-Privacy note: faces are blurred in everything ingest publishes (``data/raw``
-and therefore the manifest, DVC cache and remotes). ``data/quarantine`` keeps
-the original bytes for human review by design (nothing is lost); treat it with
-the same access rules as the source itself.
+Quarantined originals (privacy): a rejected file is unprocessed, so it may carry
+EXIF/GPS metadata and unblurred faces. Its original bytes therefore stay on this
+machine: ``data/quarantine/originals`` is neither a DVC output nor in git, so it
+is never cached or pushed. ``report.csv`` (file, reason, detail, label, sha256)
+is the DVC output that is versioned and pushed. Originals are kept across runs
+(one file per content and reason, named by its sha256) and deleted
+``ingest.quarantine.retention_days`` after they were first quarantined, at the
+start of every ingest (:func:`prune_quarantine`). With
+``ingest.quarantine.push_originals: true`` they are kept in
+``data/quarantine/pushed`` instead, a DVC output that ``dvc push`` uploads.
+Faces are blurred (``ingest.privacy.redact_faces``) in everything ingest
+publishes: ``data/raw`` and therefore the manifest, the DVC cache and remotes.
 
-Outputs are rebuilt from scratch on every run (``data/raw``, ``data/quarantine``
-and the manifest are cleared first), and every output is a deterministic function
-of the input: the worker count and completion order do not change a byte.
+The other outputs are rebuilt from scratch on every run (``data/raw``, the
+report and the manifest are cleared first), and every output is a deterministic
+function of the input: the worker count and completion order do not change a byte.
 """
 
 from __future__ import annotations
@@ -98,7 +107,12 @@ REASONS: dict[str, str] = {
 }
 """Stable quarantine reason codes and what they mean."""
 
-REPORT_COLUMNS: tuple[str, ...] = ("file", "reason", "detail", "label", "stored")
+REPORT_COLUMNS: tuple[str, ...] = ("file", "reason", "detail", "label", "sha256", "stored")
+ORIGINALS_DIR = "originals"
+"""``data/quarantine/originals``: rejected files' original bytes, local only (no DVC output, git-ignored)."""
+PUSHED_DIR = "pushed"
+"""``data/quarantine/pushed``: the same, when ``ingest.quarantine.push_originals`` (a DVC output)."""
+REPORT_FILE = "report.csv"
 PNG_SAVE_OPTIONS: dict[str, object] = {"format": "PNG", "compress_level": 6, "optimize": False}
 _INCOMING = ".incoming"
 
@@ -384,10 +398,107 @@ def label_dirname(label: str) -> str:
     return f"{safe or 'label'}-{hashlib.sha256(label.encode('utf-8')).hexdigest()[:8]}"
 
 
-def _quarantine_name(item: SourceItem) -> str:
-    digest = hashlib.sha256(f"{item.origin}\0{item.row or 0}".encode()).hexdigest()[:12]
+def _quarantine_name(item: SourceItem, sha256: str) -> str:
+    """``<sha256 of the bytes>-<sanitised file name>``: the same content keeps one file across runs."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", item.origin.rsplit("/", 1)[-1]).strip("._")[:80] or "file"
-    return f"{digest}-{base}"
+    return f"{sha256[:16]}-{base}"
+
+
+# --------------------------------------------------------------------------- quarantine store
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()) if folder.is_dir() else []
+
+
+def _drop_empty_dirs(folder: Path) -> None:
+    for d in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def prune_quarantine(params: Params, *, root: str | Path | None = None, now: float | None = None) -> list[str]:
+    """Delete quarantined originals older than ``ingest.quarantine.retention_days``; return what was deleted.
+
+    Age is the file's modification time: when it was first quarantined (a file quarantined again is
+    not rewritten). Runs at the start of every ingest; call it from a scheduler to enforce the
+    retention between ingests too. ``retention_days: null`` keeps everything.
+
+    Args:
+        params: validated params (``params.ingest.quarantine``).
+        root: project root (default: the current directory).
+        now: the current time (seconds since the epoch; default: now).
+
+    Example:
+        >>> from cvplatform.config import load_params
+        >>> prune_quarantine(load_params("params.yaml"))  # doctest: +SKIP
+        ['data/quarantine/originals/undecodable/3f2a...-broken.jpg']
+    """
+    import time
+
+    days = params.ingest.quarantine.retention_days
+    paths = ProjectPaths.at(root)
+    if days is None:
+        return []
+    cutoff = (time.time() if now is None else now) - days * 86_400
+    removed: list[str] = []
+    for folder in (paths.quarantine / ORIGINALS_DIR, paths.quarantine / PUSHED_DIR):
+        for f in _files(folder):
+            if days == 0 or f.lstat().st_mtime <= cutoff:
+                f.unlink()
+                removed.append(f.relative_to(paths.root).as_posix())
+        _drop_empty_dirs(folder)
+    if removed:
+        log.info("quarantine: removed %d original(s) older than %d day(s)", len(removed), days)
+    return removed
+
+
+def _prepare_quarantine(params: Params, paths: ProjectPaths) -> tuple[Path, int]:
+    """Clear the report (and anything of older layouts), prune expired originals.
+
+    Returns where this run keeps originals, and how many expired ones were deleted.
+
+    Originals already kept move to the folder the current ``push_originals`` setting selects
+    (their age is kept), so switching the setting moves them in or out of the DVC output.
+    """
+    q = paths.quarantine
+    q.mkdir(parents=True, exist_ok=True)
+    keep = {ORIGINALS_DIR, PUSHED_DIR}
+    for entry in q.iterdir():
+        if entry.name not in keep:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    pruned = len(prune_quarantine(params, root=paths.root))
+    push = params.ingest.quarantine.push_originals
+    store, other = (q / PUSHED_DIR, q / ORIGINALS_DIR) if push else (q / ORIGINALS_DIR, q / PUSHED_DIR)
+    store.mkdir(exist_ok=True)
+    (q / PUSHED_DIR).mkdir(exist_ok=True)  # the DVC output exists even when empty
+    for f in _files(other):
+        dest = store / f.relative_to(other)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, dest)  # keeps the modification time: retention still counts from the first quarantine
+    _drop_empty_dirs(other)
+    return store, pruned
+
+
+def _keep_original(item: SourceItem, reason: str, store: Path, root: Path, keep: bool) -> tuple[str, str, str]:
+    """sha256 of a rejected file's bytes, where its original is kept ("" if not), and a note on failure."""
+    if item.local_path is None or reason in ("path_escape", "missing_file", "unreadable"):
+        return "", "", ""  # bytes outside the root are never read; unreadable ones cannot be
+    try:
+        sha = sha256_file(item.local_path)
+    except OSError as exc:
+        return "", "", f"; could not read it for the quarantine: {exc}"
+    if not keep:
+        return sha, "", ""
+    target = store / reason / _quarantine_name(item, sha)
+    try:
+        if not target.is_file():  # an original quarantined before keeps its file and its age
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(item.local_path, target)  # the original bytes; the source is never touched
+        return sha, target.relative_to(root).as_posix(), ""
+    except OSError as exc:
+        return sha, "", f"; could not copy to quarantine: {exc}"
 
 
 # --------------------------------------------------------------------------- result
@@ -410,6 +521,10 @@ class IngestResult(StageResult):
     manifest_sha256: str = ""
     raw_dir: str = ""
     quarantine_dir: str = ""
+    originals_dir: str = ""
+    """Where rejected files' original bytes are kept ("" when ``retention_days`` is 0)."""
+    originals_pruned: int = 0
+    """Originals deleted by the retention rule at the start of this run."""
     report: str = ""
     duplicates_report: str = ""
 
@@ -440,6 +555,9 @@ class IngestResult(StageResult):
             out.append(f"  faces redacted: {self.redacted_faces}")
         out.append(f"  manifest: {self.manifest}")
         out.append(f"  quarantine report: {self.report}")
+        if self.originals_dir:
+            out.append(f"  quarantined originals: {self.originals_dir}"
+                       f"{f' ({self.originals_pruned} expired removed)' if self.originals_pruned else ''}")
         return out
 
 
@@ -503,7 +621,7 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
     log.info("ingest: %d file(s) from %s (root %s)", len(items), spec, listing.root)
 
     _reset_dir(paths.raw)
-    _reset_dir(paths.quarantine)
+    store, pruned = _prepare_quarantine(params, paths)
     paths.manifest.unlink(missing_ok=True)
     incoming = paths.raw / _INCOMING
     incoming.mkdir()
@@ -571,20 +689,13 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
     shutil.rmtree(incoming)
 
     report_rows: list[tuple[str, ...]] = []
+    keep = ip.quarantine.retention_days != 0
     for i, reason, detail in rejected:
         it = items[i]
-        stored = ""
-        if it.local_path is not None and reason not in ("path_escape", "missing_file", "unreadable"):
-            target = paths.quarantine / reason / _quarantine_name(it)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                shutil.copyfile(it.local_path, target)  # the original bytes; the source is never touched
-                stored = target.relative_to(paths.root).as_posix()
-            except OSError as exc:
-                detail = f"{detail}; could not copy to quarantine: {exc}"
-        report_rows.append((it.origin, reason, detail, it.label or "", stored))
+        sha, stored, note = _keep_original(it, reason, store, paths.root, keep)
+        report_rows.append((it.origin, reason, detail + note, it.label or "", sha, stored))
     report_rows.sort()
-    report = _write_csv(paths.quarantine / "report.csv", REPORT_COLUMNS, report_rows)
+    report = _write_csv(paths.quarantine / REPORT_FILE, REPORT_COLUMNS, report_rows)
     dup_report = _write_csv(artifacts / "duplicates.csv", ("file", "duplicate_of", "sha256", "label"), sorted(dup_rows))
 
     by_reason = dict(sorted(Counter(r[1] for r in report_rows).items()))
@@ -607,6 +718,8 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
         metadata_columns=list(listing.metadata_columns),
         raw_dir=rel(paths.raw),
         quarantine_dir=rel(paths.quarantine),
+        originals_dir=rel(store) if keep else "",
+        originals_pruned=pruned,
         report=rel(report),
         duplicates_report=rel(dup_report),
     )
@@ -641,6 +754,7 @@ __all__ = [
     "encode_png",
     "label_dirname",
     "normalise_image",
+    "prune_quarantine",
     "run_ingest",
     "to_rgb_array",
 ]

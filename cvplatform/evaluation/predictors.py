@@ -11,9 +11,10 @@ way (:func:`load_predictor`).
 * :class:`OnnxPredictor` — an ONNX model run with onnxruntime (CPU); the contract
   comes from the model's ``metadata_props`` (written with
   :meth:`PreprocessContract.to_metadata`). A model without them is rejected.
-* ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` — the registered model's ONNX
-  flavour, loaded through MLflow (``mlflow.onnx.load_model``) and wrapped as an
-  :class:`OnnxPredictor`.
+* ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` — the registered ONNX model,
+  loaded through the registry's one verified loader
+  (:func:`cvplatform.registry.load_model`: its sha256 must match the version's
+  ``artifact.sha256`` tag, as in serving) and wrapped as an :class:`OnnxPredictor`.
 """
 
 from __future__ import annotations
@@ -152,11 +153,22 @@ def contract_from_checkpoint(loaded: Any) -> PreprocessContract:
 
 
 # --------------------------------------------------------------------------- onnx
+def session_options() -> Any:
+    """onnxruntime session options of evaluation: quiet, ``$CVPLATFORM_ORT_THREADS`` intra-op threads (0 = default)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = int(os.environ.get("CVPLATFORM_ORT_THREADS", "0") or 0)
+    return opts
+
+
 class OnnxPredictor(_BasePredictor):
     """An ONNX model run with onnxruntime (CPU); contract from its ``metadata_props``.
 
     Args:
-        model: path of a ``.onnx`` file, or the serialized model bytes.
+        model: path of a ``.onnx`` file, the serialized model bytes, or an open
+            ``onnxruntime.InferenceSession`` (e.g. from the registry's verified loader).
         name: identity shown in reports and errors (default: the path).
 
     Raises:
@@ -169,26 +181,28 @@ class OnnxPredictor(_BasePredictor):
         (32, 32)
     """
 
-    def __init__(self, model: str | os.PathLike[str] | bytes, *, name: str | None = None) -> None:
+    def __init__(self, model: str | os.PathLike[str] | bytes | Any, *, name: str | None = None) -> None:
         import onnxruntime as ort
 
-        if isinstance(model, bytes | bytearray):
-            self.name = name or "<onnx bytes>"
-            source: Any = bytes(model)
+        if isinstance(model, ort.InferenceSession):
+            self.name = name or "<onnx session>"
+            self.session = model
         else:
-            p = Path(model)
-            self.name = name or str(p)
-            if not p.is_file():
-                raise ModelError(f"{p}: ONNX model not found. Run `cvplatform export` or pass the right path.")
-            source = str(p)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = int(os.environ.get("CVPLATFORM_ORT_THREADS", "0") or 0)
-        try:
-            self.session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            detail = " ".join(str(exc).split())[:300]
-            raise ModelError(f"{self.name}: onnxruntime cannot load the model ({detail}).") from None
+            if isinstance(model, bytes | bytearray):
+                self.name = name or "<onnx bytes>"
+                source: Any = bytes(model)
+            else:
+                p = Path(model)
+                self.name = name or str(p)
+                if not p.is_file():
+                    raise ModelError(f"{p}: ONNX model not found. Run `cvplatform export` or pass the right path.")
+                source = str(p)
+            try:
+                self.session = ort.InferenceSession(source, sess_options=session_options(),
+                                                    providers=["CPUExecutionProvider"])
+            except Exception as exc:
+                detail = " ".join(str(exc).split())[:300]
+                raise ModelError(f"{self.name}: onnxruntime cannot load the model ({detail}).") from None
         meta = dict(self.session.get_modelmeta().custom_metadata_map or {})
         self.contract = PreprocessContract.from_metadata(meta, source=f"{self.name} (ONNX metadata_props)")
         inputs = self.session.get_inputs()
@@ -256,33 +270,32 @@ def mlflow_uris(tracking_uri: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def load_registered_onnx(model_uri: str, *, tracking_uri: str | None = None) -> OnnxPredictor:
-    """Load ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (ONNX flavour) as an :class:`OnnxPredictor`.
+def load_registered_onnx(model_uri: str, *, tracking_uri: str | None = None,
+                         root: str | os.PathLike[str] | None = None) -> OnnxPredictor:
+    """Load ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` as an :class:`OnnxPredictor`, sha256-verified.
+
+    The one loader of the library (:func:`cvplatform.registry.load_model`, also used by serving):
+    the version's ``model.onnx`` is downloaded and must match its registered ``artifact.sha256``
+    before onnxruntime opens it.
 
     Raises:
-        ModelError: the URI cannot be resolved or is not an ONNX model, naming the URI.
+        RegistryError: unknown model/alias/version, a version without a registered hash
+            (``UnmanagedVersionError``), or an artifact modified after registration
+            (``ArtifactIntegrityError``); each names the URI.
+        ModelError: the verified file is not a usable ONNX model with a preprocessing contract.
 
     Example:
         >>> p = load_registered_onnx("models:/cvplatform@champion", tracking_uri="sqlite:///mlflow.db")  # doctest: +SKIP
     """
-    with mlflow_uris(tracking_uri):
-        import mlflow.onnx
+    from cvplatform.registry.loading import load_model
 
-        try:
-            proto = mlflow.onnx.load_model(model_uri)
-        except Exception as exc:
-            detail = " ".join(str(exc).split())[:400]
-            raise ModelError(
-                f"{model_uri}: cannot load the registered model as ONNX ({type(exc).__name__}: {detail}). "
-                "Check the name/alias/version in the MLflow registry "
-                f"({tracking_uri or mlflow.get_tracking_uri()}) and that the version was logged with the ONNX flavour."
-            ) from None
-    return OnnxPredictor(proto.SerializeToString(), name=model_uri)
+    loaded = load_model(model_uri, root=root, tracking_uri=tracking_uri, sess_options=session_options())
+    return OnnxPredictor(loaded.session, name=model_uri)
 
 
 def load_predictor(ref: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None,
                    tracking_uri: str | None = None) -> Predictor:
-    """Open a model for evaluation: ``*.ckpt`` (torch), ``*.onnx`` (onnxruntime) or ``models:/...`` (MLflow).
+    """Open a model for evaluation: ``*.ckpt`` (torch), ``*.onnx`` (onnxruntime) or ``models:/...`` (registry).
 
     Args:
         ref: checkpoint path, ONNX path, or ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``.
@@ -292,6 +305,8 @@ def load_predictor(ref: str | os.PathLike[str], *, root: str | os.PathLike[str] 
 
     Raises:
         ModelError: unknown kind of reference, missing file, or an unloadable model (naming ``ref``).
+        RegistryError: a ``models:/`` reference that does not resolve or whose artifact fails its
+            sha256 check (see :func:`load_registered_onnx`).
 
     Example:
         >>> from cvplatform.evaluation.predictors import load_predictor
@@ -305,7 +320,7 @@ def load_predictor(ref: str | os.PathLike[str], *, root: str | os.PathLike[str] 
             from cvplatform.tracking import tracking_uri as _tracking_uri
 
             tracking_uri = _tracking_uri(root or os.getcwd())
-        return load_registered_onnx(text, tracking_uri=tracking_uri)
+        return load_registered_onnx(text, tracking_uri=tracking_uri, root=root)
     p = Path(text)
     if not p.is_absolute() and root is not None:
         p = Path(root) / p
@@ -329,4 +344,5 @@ __all__ = [
     "load_predictor",
     "load_registered_onnx",
     "mlflow_uris",
+    "session_options",
 ]

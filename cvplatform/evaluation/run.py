@@ -214,13 +214,14 @@ def find_champion(cfg: EvaluateParams, tracking_uri: str) -> tuple[str | None, s
     return uri, f"version {mv.version}"
 
 
-def _load_champion(uri: str, tracking_uri: str) -> Predictor:
+def _load_champion(uri: str, tracking_uri: str, root: Path) -> Predictor:
+    """The champion through the registry's sha256-verified loader; a failure keeps its error class."""
     from cvplatform.evaluation.predictors import load_registered_onnx
 
     try:
-        return load_registered_onnx(uri, tracking_uri=tracking_uri)
-    except ModelError as exc:
-        raise ModelError(
+        return load_registered_onnx(uri, tracking_uri=tracking_uri, root=root)
+    except (ModelError, RegistryError) as exc:
+        raise type(exc)(
             f"champion {uri} exists but cannot be loaded: {exc} Fix or re-register the champion version, "
             "or set evaluate.compare_champion: false."
         ) from None
@@ -454,7 +455,7 @@ def run_evaluate(
     if cfg.compare_champion:
         champion_uri, champion_note = find_champion(cfg, mlflow_uri)
         if champion_uri is not None:
-            champion = _load_champion(champion_uri, mlflow_uri)
+            champion = _load_champion(champion_uri, mlflow_uri, paths.root)
             if list(champion.class_names) != class_names:
                 champion_note = (f"{champion_note}; not comparable: champion classes {list(champion.class_names)} "
                                  f"differ from the model's {class_names}")

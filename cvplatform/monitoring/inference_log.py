@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -292,8 +292,13 @@ class InferenceLogQueue:
         request_id: str,
         predicted: list[str],
         confidence: list[float],
+        on_done: Callable[[], None] | None = None,
     ) -> bool:
-        """Queue the records of one request (one per image); False if it was dropped (queue full / closed)."""
+        """Queue the records of one request (one per image); False if it was dropped (queue full / closed).
+
+        ``on_done`` is called by the writer thread once it no longer needs ``images`` (only when
+        the request was queued); the server uses it to keep the images charged to its memory budget.
+        """
         import queue
 
         size = sum(int(getattr(img, "nbytes", 0)) for img in images) if images is not None else 0
@@ -304,7 +309,7 @@ class InferenceLogQueue:
             self._pending_bytes += size
         try:
             self._queue.put_nowait((images, model, version, variant, request_id, predicted, confidence,
-                                    self.logger.now(), size))
+                                    self.logger.now(), size, on_done))
         except queue.Full:
             with self._bytes_lock:
                 self._pending_bytes -= size
@@ -325,7 +330,7 @@ class InferenceLogQueue:
         self.logger.close()
 
     def _write(self, item: tuple) -> None:
-        images, model, version, variant, request_id, predicted, confidence, at, size = item
+        images, model, version, variant, request_id, predicted, confidence, at, _, _ = item
         for i, (cls, conf) in enumerate(zip(predicted, confidence, strict=True)):
             img = images[i] if images is not None and i < len(images) else None
             try:
@@ -346,6 +351,7 @@ class InferenceLogQueue:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            done: list[Callable[[], None]] = []
             for item in batch:
                 if item is self._STOP:
                     stop = True
@@ -354,12 +360,22 @@ class InferenceLogQueue:
                         self._write(item)
                     finally:
                         with self._bytes_lock:
-                            self._pending_bytes -= item[-1]
+                            self._pending_bytes -= item[-2]
+                        if item[-1] is not None:
+                            done.append(item[-1])
             try:
                 self.logger.flush()
             except Exception as exc:
                 log.warning("inference log: flush failed: %s", exc)
-            for _ in batch:
+            n = len(batch)
+            batch.clear()  # drop the images now, not when the next request arrives
+            item = None
+            for callback in done:
+                try:
+                    callback()
+                except Exception as exc:
+                    log.warning("inference log: on_done callback failed: %s", exc)
+            for _ in range(n):
                 self._queue.task_done()
 
 

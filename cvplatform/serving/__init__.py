@@ -11,6 +11,8 @@ Modules (import them directly; this package imports nothing heavy):
 * :mod:`~cvplatform.serving.routing` -- deterministic, sticky traffic split and shadow sampling;
 * :mod:`~cvplatform.serving.metrics` -- Prometheus metrics and per-variant statistics;
 * :mod:`~cvplatform.serving.inputs` -- request bodies to images/tensors (4xx on bad input);
+* :mod:`~cvplatform.serving.budget` -- decode memory charged per request and across requests in flight;
+* :mod:`~cvplatform.serving.protocol` -- ``cvplatform serve``'s HTTP layer: JSON protocol errors, timeouts;
 * :mod:`~cvplatform.serving.schemas` -- ``configs/deploy/serving.yaml`` and the API's JSON models;
 * :mod:`~cvplatform.serving.replay` -- traffic replay client (``python -m cvplatform.serving.replay``);
 * :mod:`~cvplatform.serving.local` -- server / replay subprocesses on loopback.

@@ -21,7 +21,12 @@
 ==============================================  ==============================================================
 
 Every refused request gets a 4xx JSON body ``{"error": <code>, "detail": <what/where/fix>}``
-(never a 5xx); 503 is reserved for "no model loaded" and a failing champion.
+(never a 5xx, never internal text); 503 is reserved for "no model loaded" and a failing
+champion. A request that would decode more than the memory budgets allow is refused from its
+image headers, before decoding (413, or 429 while other requests hold the budget; see
+:mod:`cvplatform.serving.budget`). A client that disconnects before its body is read is
+counted with status 499, not as an error. Under ``cvplatform serve``, malformed HTTP and slow
+or idle connections are handled by :mod:`cvplatform.serving.protocol` with the same JSON shape.
 
 Routing: a request goes to the canary when the hash of its routing key (``X-Session-ID`` if
 sent, else ``X-Request-ID``, generated when absent) falls inside the canary share
@@ -45,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request  # app.py is imported only when serving (never by `import cvplatform`)
 from fastapi.responses import JSONResponse, Response
 
+from cvplatform.serving.budget import BudgetHold, MemoryBudget, decode_cost_bytes, json_cost_bytes
 from cvplatform.serving.inputs import (
     OpenedImage,
     b64decode_strict,
@@ -67,14 +73,17 @@ from cvplatform.serving.models import (
 )
 from cvplatform.serving.routing import choose_variant, new_request_id, routing_key, should_shadow
 from cvplatform.serving.schemas import (
+    REFUSED_STATE_KEY,
     AbortRequest,
     CanaryRequest,
+    ErrorResponse,
     OipInferRequest,
     PredictRequest,
     PromoteRequest,
     RollbackRequest,
     ServingConfig,
     TrafficRequest,
+    check_admin_token,
     load_serving_config,
 )
 
@@ -142,6 +151,14 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+class ClientGone(ServingError):
+    """The client closed the connection before its request was read: counted as status 499, not an error."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "client_disconnect", "the client closed the connection before sending the whole "
+                                                   "request.")
+
+
 async def _send_json(send: Any, status: int, body: dict) -> None:
     import json
 
@@ -165,20 +182,36 @@ class ServerState:
     started: float = field(default_factory=time.time)
     request_log: Any = None
     """:class:`cvplatform.monitoring.inference_log.InferenceLogQueue` (drift monitoring), or None."""
+    budget: MemoryBudget | None = None
+    """Decode memory shared by the requests in flight (``limits.max_inflight_decode_bytes``)."""
+
+    def hold(self) -> BudgetHold:
+        """A new charge against :attr:`budget` for one request."""
+        if self.budget is None:
+            self.budget = MemoryBudget(self.config.limits.max_inflight_decode_bytes)
+        return self.budget.hold()
 
 
 def _log_requests(state: ServerState, images: list[np.ndarray] | None, handle: ModelHandle, variant: str,
-                  request_id: str, top: list[str], conf: list[float]) -> None:
+                  request_id: str, top: list[str], conf: list[float], hold: BudgetHold | None = None) -> None:
     """Queue one inference-log record per image (input statistics + prediction) for ``cv_monitor``.
 
     Only a queue ``put`` happens here; the statistics and the file writes run in the log's own
     writer thread. Never fails or slows a request: a full queue drops the records (counted).
+    The queued images stay charged to the request's memory ``hold`` until the writer is done.
     """
     if state.request_log is None:
         return
-    if not state.request_log.submit(images, model=handle.model.name, version=handle.version, variant=variant,
-                                    request_id=request_id, predicted=top, confidence=conf):
-        state.metrics.request_log_dropped.inc()
+    keep = hold is not None and images is not None
+    if keep:
+        hold.share()
+    if state.request_log.submit(images, model=handle.model.name, version=handle.version, variant=variant,
+                                request_id=request_id, predicted=top, confidence=conf,
+                                on_done=hold.release if keep else None):
+        return
+    if keep:
+        hold.release()
+    state.metrics.request_log_dropped.inc()
 
 
 @dataclass
@@ -258,12 +291,15 @@ async def predict_core(
     blobs: list[bytes] | None = None,
     pinned_version: str | None = None,
     t_start: float | None = None,
+    hold: BudgetHold | None = None,
 ) -> Outcome:
     """Route, run (with canary -> champion fallback), record stats and metrics, start the shadow scoring.
 
     The input is decoded ``images``, encoded ``blobs`` (decoded and preprocessed after routing: on
     the event loop when small, see ``batching.inline_decode_max_pixels``, else in one worker-thread
-    hop) or a preprocessed ``tensor``.
+    hop) or a preprocessed ``tensor``. Before ``blobs`` are decoded, their estimated decode memory
+    is charged to ``hold`` (413/429 when it does not fit); a shadow scoring that keeps the decoded
+    images shares the charge until it ends.
     """
     import numpy as np
 
@@ -301,6 +337,9 @@ async def predict_core(
             return prepared[key]
         if not decoded and blobs is not None:
             opened = open_images(blobs, state.config.limits)  # headers only: format, size, pixel limits
+            if hold is not None:  # the memory the decoding needs, before any pixel is decoded
+                hold.take(decode_cost_bytes(opened, h.model.contract.input_size),
+                          f"decoding {len(opened)} image(s) of {sum(im.pixels for im in opened)} pixels")
             if _decode_work(opened, h.model.contract) <= state.config.batching.inline_decode_max_pixels:
                 imgs, x = _decode_and_preprocess(opened, h.model.contract)  # small: cheaper than a thread hop
             else:  # large: a worker thread, so the event loop keeps serving
@@ -320,8 +359,9 @@ async def predict_core(
         state.stats.record_error(variant, handle.version)
         state.metrics.model_errors.labels(handle.model.name, handle.version, variant, "answer").inc()
         if variant != "canary" or pinned_version is not None:
-            log.error("%s v%s failed: %s", variant, handle.version, exc)
-            raise ServingError(503, "model_error", f"{handle.model.name} v{handle.version} failed: {exc}") from None
+            log.error("%s v%s failed on request %s: %s", variant, handle.version, request_id, exc)
+            raise ServingError(503, "model_error", f"{handle.model.name} v{handle.version} failed on request "
+                                                   f"{request_id}; the server log has the cause.") from None
         log.warning("canary v%s failed (champion answers): %s", handle.version, exc)
         handle, variant, fallback = champion, "champion", True
         try:
@@ -331,7 +371,9 @@ async def predict_core(
         except Exception as exc2:
             state.stats.record_error("champion", champion.version)
             state.metrics.model_errors.labels(champion.model.name, champion.version, "champion", "answer").inc()
-            raise ServingError(503, "model_error", f"{champion.model.name} v{champion.version} failed: {exc2}") from None
+            log.error("champion v%s failed on request %s: %s", champion.version, request_id, exc2)
+            raise ServingError(503, "model_error", f"{champion.model.name} v{champion.version} failed on request "
+                                                   f"{request_id}; the server log has the cause.") from None
     images = decoded[0] if decoded else images
     names = handle.model.class_names
     top = [names[i] for i in np.argmax(probs, axis=1)]
@@ -345,7 +387,7 @@ async def predict_core(
     confidence = m.confidence.labels(handle.model.name, handle.version, variant)
     for c in conf:
         confidence.observe(c)
-    _log_requests(state, images, handle, variant, request_id, top, conf)
+    _log_requests(state, images, handle, variant, request_id, top, conf, hold)
     # shadow: the other variant scores the same input in the background
     other = canary if variant == "champion" else champion
     mirror = other is not None and not fallback and pinned_version is None and should_shadow(key, traffic)
@@ -358,14 +400,18 @@ async def predict_core(
         else:
             x_other = tensor if tensor is not None else prepared.get(_contract_key(other))
             task = asyncio.create_task(_shadow(state, other, "canary" if other is canary else "champion",
-                                               images, x_other, labels, top, request_id))
+                                               images, x_other, labels, top, request_id, hold))
             state.shadow_tasks.add(task)
             task.add_done_callback(state.shadow_tasks.discard)
+            if hold is not None and images is not None:  # the shadow keeps the decoded images alive
+                hold.share()
+                task.add_done_callback(lambda _t: hold.release())
     return Outcome(request_id, handle, variant, probs, fallback)
 
 
 async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images: list[np.ndarray] | None,
-                  x: np.ndarray | None, labels: list[str] | None, answered: list[str], request_id: str) -> None:
+                  x: np.ndarray | None, labels: list[str] | None, answered: list[str], request_id: str,
+                  hold: BudgetHold | None = None) -> None:
     """Score a mirrored request with ``handle`` (``x``: its input when already prepared) and record agreement."""
     import numpy as np
 
@@ -386,7 +432,7 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
     top = [names[i] for i in np.argmax(probs, axis=1)]
     conf = [float(v) for v in probs.max(axis=1)]
     state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id)
-    _log_requests(state, images, handle, "shadow", request_id, top, conf)
+    _log_requests(state, images, handle, "shadow", request_id, top, conf, hold)
     for a, b in zip(answered, top, strict=False):
         state.metrics.shadow.labels("agree" if a == b else "disagree").inc()
 
@@ -417,13 +463,94 @@ def _predict_response(out: Outcome) -> dict[str, Any]:
             "fallback": out.fallback, "predictions": preds}
 
 
+def header_value(text: str) -> str:
+    """``text`` as a valid HTTP header value: percent-encoded when it has control or non-Latin-1 characters.
+
+    A request id can come from a JSON body (OIP ``id``), where any character is allowed; echoing it
+    raw in a response header would break the response.
+
+    Example:
+        >>> header_value("abc-1"), header_value("a\nb")
+        ('abc-1', 'a%0Ab')
+    """
+    if all(c == "\t" or (" " <= c <= "\xff" and c != "\x7f") for c in text):
+        return text
+    from urllib.parse import quote
+
+    return quote(text.encode("utf-8", "surrogatepass"), safe="".join(chr(i) for i in range(0x21, 0x7f) if chr(i) != "%"))
+
+
 def _headers(out: Outcome, state: ServerState) -> dict[str, str]:
-    return {state.config.traffic.request_id_header: out.request_id, "X-Model-Version": out.version,
-            "X-Model-Variant": out.variant}
+    return {state.config.traffic.request_id_header: header_value(out.request_id),
+            "X-Model-Version": header_value(out.version), "X-Model-Variant": out.variant}
 
 
 def _media_type(request: Request) -> str:
     return (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+
+
+# --------------------------------------------------------------------------- OpenAPI
+_BINARY = {"type": "string", "format": "binary"}
+_ADMIN_BODIES: dict[str, type] = {
+    "/admin/canary": CanaryRequest, "/admin/traffic": TrafficRequest, "/admin/canary/abort": AbortRequest,
+    "/admin/promote": PromoteRequest, "/admin/rollback": RollbackRequest,
+}
+
+
+def _schema_ref(components: dict[str, Any], model: type) -> dict[str, str]:
+    """Put ``model``'s JSON schema (and its nested models) into ``components``; return its ``$ref``."""
+    js = model.model_json_schema(ref_template="#/components/schemas/{model}")  # type: ignore[attr-defined]
+    components.update(js.pop("$defs", {}))
+    components[model.__name__] = js
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _document_requests(app: FastAPI, config: ServingConfig) -> None:
+    """Describe the request bodies, headers, admin auth and error shape in ``/openapi.json``.
+
+    The handlers read their bodies themselves (to bound memory and answer every bad body with a
+    4xx), so FastAPI cannot infer these; clients, ``/docs`` and the schema fuzz test need them.
+    """
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = base()
+        comps = schema.setdefault("components", {})
+        models = comps.setdefault("schemas", {})
+        error = {"description": "refused: a stable error code and what to do",
+                 "content": {"application/json": {"schema": _schema_ref(models, ErrorResponse)}}}
+        comps.setdefault("securitySchemes", {})["adminToken"] = {"type": "http", "scheme": "bearer"}
+        t = config.traffic
+        routing = [{"name": h, "in": "header", "required": False, "schema": {"type": "string"}}
+                   for h in (t.request_id_header, t.session_header, t.label_header)]
+        image_body = {"required": True, "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+                "files": {"type": "array", "items": _BINARY}}}},
+            "application/json": {"schema": _schema_ref(models, PredictRequest)},
+            "image/png": {"schema": _BINARY}, "image/jpeg": {"schema": _BINARY},
+            "application/octet-stream": {"schema": _BINARY},
+        }}
+        infer_body = {"required": True, "content": {"application/json": {"schema": _schema_ref(models, OipInferRequest)}}}
+        for path, ops in schema.get("paths", {}).items():
+            for method, op in ops.items():
+                op.setdefault("responses", {})["4XX"] = error
+                if path == "/v1/predict" and method == "post":
+                    op["requestBody"] = image_body
+                    op.setdefault("parameters", []).extend(routing)
+                elif path.endswith("/infer") and method == "post":
+                    op["requestBody"] = infer_body
+                    op.setdefault("parameters", []).extend(routing)
+                if path.startswith("/admin"):
+                    op["security"] = [{"adminToken": []}]
+                    if path in _ADMIN_BODIES and method == "post":
+                        op["requestBody"] = {"required": False, "content": {
+                            "application/json": {"schema": _schema_ref(models, _ADMIN_BODIES[path])}}}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------- the app
@@ -452,13 +579,16 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
     metrics = ServingMetrics()
     stats = StatsBook(config.stats.window, config.stats.confidence_bins, config.stats.disagreements_kept)
     manager = ModelManager(source, config, metrics, stats)
-    token = admin_token if admin_token is not None else config.admin_token()
+    token = (admin_token or None) if admin_token is not None else config.admin_token()
+    check_admin_token(token, "the admin_token argument" if admin_token else config.admin_token_source())
     log_queue = None
     if request_log is not None:
         from cvplatform.monitoring.inference_log import InferenceLogQueue
 
         log_queue = InferenceLogQueue(request_log)
-    state = ServerState(config, manager, metrics, stats, token, request_log=log_queue)
+    state = ServerState(config, manager, metrics, stats, token, request_log=log_queue,
+                        budget=MemoryBudget(config.limits.max_inflight_decode_bytes,
+                                            on_change=metrics.decode_bytes_in_flight.set))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
@@ -478,14 +608,19 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
                   description=__doc__)
     app.state.cv = state
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.limits.max_body_bytes)
+    _document_requests(app, config)
     limits = config.limits
 
     # ---------------------------------------------------------------- errors: always JSON, 4xx for bad input
     def _error(status: int, code: str, detail: str, endpoint: str = "other",
-               headers: dict[str, str] | None = None) -> JSONResponse:
+               headers: dict[str, str] | None = None) -> Response:
+        import json
+
         if 400 <= status < 500:
             metrics.bad_requests.labels(endpoint, code).inc()
-        return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+        # ASCII JSON: a detail quoting the client's text stays encodable whatever that text holds
+        return Response(json.dumps({"error": code, "detail": detail}), status_code=status, headers=headers,
+                        media_type="application/json")
 
     def _endpoint_of(request: Request) -> str:
         p = request.url.path
@@ -498,16 +633,29 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
         return "other"
 
     @app.exception_handler(ServingError)
-    async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    async def _serving_error(request: Request, exc: ServingError) -> Response:
+        if isinstance(exc, ClientGone):  # nobody reads this answer: one INFO line and a counter, no error
+            endpoint = _endpoint_of(request)
+            metrics.client_disconnects.labels(endpoint).inc()
+            client = request.client
+            log.info("client %s went away before its %s %s request was read",
+                     f"{client.host}:{client.port}" if client else "?", request.method, request.url.path)
+            return Response(status_code=exc.status)
+        headers = None
+        if exc.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif exc.status == 429:
+            headers = {"Retry-After": "1"}
+        elif exc.status == 408:
+            headers = {"Connection": "close"}
         return _error(exc.status, exc.code, exc.detail, _endpoint_of(request), headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         return _error(422, "invalid_request", validation_detail(exc), _endpoint_of(request))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
                  415: "unsupported_media_type"}
         code = codes.get(exc.status_code, "http_error")
@@ -520,8 +668,11 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug, not bad input
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "internal_error", "detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+        error_id = new_request_id()
+        log.exception("unhandled error %s on %s %s", error_id, request.method, request.url.path)
+        return JSONResponse({"error": "internal_error",
+                             "detail": f"the server failed on this request (error id {error_id}); its log has "
+                                       "the cause."}, status_code=500)
 
     # ---------------------------------------------------------------- helpers
     def _model_or_404(name: str, version: str | None = None) -> ModelHandle:
@@ -548,16 +699,30 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
         metrics.request_latency.labels(endpoint, variant).observe(time.perf_counter() - t0)
 
     async def _body(request: Request) -> bytes:
-        return await request.body()
+        from starlette.requests import ClientDisconnect
+
+        try:
+            return await request.body()
+        except ClientDisconnect:
+            refused = (request.scope.get("state") or {}).get(REFUSED_STATE_KEY)
+            if refused:  # the connection layer answered it (e.g. 408 body timeout): count it as that
+                raise ServingError(*refused) from None
+            raise ClientGone() from None
+
+    def _json_body(body: bytes, hold: BudgetHold, where: str = "request body") -> Any:
+        """Parse a JSON body after charging its parsing memory to the request's ``hold``."""
+        if body:
+            hold.take(json_cost_bytes(body), f"parsing the {len(body)}-byte JSON {where}")
+        return parse_json(body, where)
 
     # ---------------------------------------------------------------- /v1/predict
-    async def _images_from_request(request: Request) -> list[bytes]:
+    async def _images_from_request(request: Request, hold: BudgetHold) -> list[bytes]:
         media = _media_type(request)
         body = await _body(request)
         if media == "multipart/form-data":
             return multipart_files(body, request.headers.get("content-type", ""), limits)
         if media == "application/json" or media.endswith("+json"):
-            data = parse_json(body)
+            data = _json_body(body, hold)
             try:
                 req = PredictRequest.model_validate(data)
             except ValidationError as exc:
@@ -581,21 +746,23 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
         t0 = time.perf_counter()
         out: Outcome | None = None
         status = 500
+        hold = state.hold()
         try:
-            blobs = await _images_from_request(request)
+            blobs = await _images_from_request(request, hold)
             if len(blobs) > limits.max_images:
                 raise ServingError(413, "too_many_images",
                                    f"{len(blobs)} images; limits.max_images = {limits.max_images}.")
             rid, session = _request_ids(request, state)
             labels = _labels_from_header(request, state, len(blobs))
             out = await predict_core(state, request_id=rid, session_id=session, labels=labels, blobs=blobs,
-                                     t_start=t0)
+                                     t_start=t0, hold=hold)
             status = 200
             return _json(_predict_response(out), headers=_headers(out, state))
         except ServingError as exc:
             status = exc.status
             raise
         finally:
+            hold.release()
             _record("predict", out, status, t0)
 
     # ---------------------------------------------------------------- OIP v2
@@ -668,6 +835,7 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
         t0 = time.perf_counter()
         out: Outcome | None = None
         status = 500
+        hold = state.hold()
         try:
             handle = _model_or_404(name, version)
             media = _media_type(request)
@@ -677,7 +845,8 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
                                    f"Content-Type {media!r}: OIP inference takes application/json (or "
                                    "application/octet-stream with Inference-Header-Content-Length).")
             body = await _body(request)
-            header, blob = split_binary_body(body, request.headers.get("inference-header-content-length"))
+            header, blob = split_binary_body(body, request.headers.get("inference-header-content-length"),
+                                             parse=lambda b, where: _json_body(b, hold, where))
             try:
                 req = OipInferRequest.model_validate(header)
             except ValidationError as exc:
@@ -709,7 +878,7 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
             rid, session = _request_ids(request, state, req.id)
             labels = _labels_from_header(request, state, n)
             out = await predict_core(state, request_id=rid, session_id=session, labels=labels, blobs=blobs,
-                                     tensor=tensor, pinned_version=version, t_start=t0)
+                                     tensor=tensor, pinned_version=version, t_start=t0, hold=hold)
             names = out.handle.model.class_names
             outputs = []
             for w in wanted:
@@ -727,6 +896,7 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
             status = exc.status
             raise
         finally:
+            hold.release()
             _record("infer", out, status, t0)
 
     @app.post("/v2/models/{name}/infer", tags=["oip"])
@@ -767,11 +937,14 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
 
     async def _admin_body(request: Request, model: type) -> Any:
         body = await _body(request)
-        data = parse_json(body) if body.strip() else {}
+        hold = state.hold()
         try:
+            data = _json_body(body, hold) if body.strip() else {}
             return model.model_validate(data)
         except ValidationError as exc:
             raise ServingError(422, "invalid_request", validation_detail(exc)) from None
+        finally:
+            hold.release()
 
     @app.get("/admin/status", tags=["admin"])
     async def admin_status(request: Request) -> dict[str, Any]:
@@ -934,19 +1107,30 @@ def serve(
 ) -> None:
     """Run the inference service under uvicorn until interrupted (``cvplatform serve``).
 
+    The connection layer is :mod:`cvplatform.serving.protocol` (JSON protocol errors, header and
+    body timeouts, idle timeout and header size limit from the serving config's ``limits``);
+    WebSocket upgrades are off.
+
     Example:
         >>> from cvplatform.config import load_params
         >>> serve(load_params("params.yaml"), host="127.0.0.1", port=8080)  # doctest: +SKIP
     """
     import uvicorn
 
+    from cvplatform.serving.budget import return_large_buffers_to_os
+    from cvplatform.serving.protocol import protocol_class
+
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in server logs
+    if not return_large_buffers_to_os():
+        log.debug("mallopt is not available: freed image buffers may stay resident (RSS above the decode budget)")
     s = getattr(params, "serve", None)
     host = host or (s.host if s is not None else "127.0.0.1")
     port = int(port if port is not None else (s.port if s is not None else 8080))
     app = build_app(params, root=root, model=model, config_path=config_path)
+    limits = app.state.cv.config.limits
     log.info("serving %s on http://%s:%d", app.state.cv.manager.source.model_name, host, port)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, ws="none",
+                http=protocol_class(limits), timeout_keep_alive=limits.keep_alive_timeout_s)  # type: ignore[arg-type]
 
 
 __all__ = ["BodyLimitMiddleware", "ServerState", "build_app", "create_app", "predict_core",

@@ -26,7 +26,7 @@ import binascii
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cvplatform.serving.models import ServingError
@@ -136,11 +136,22 @@ def open_image(data: bytes, limits: LimitsConfig, *, where: str = "image") -> Op
 
 
 def open_images(blobs: Sequence[bytes], limits: LimitsConfig) -> list[OpenedImage]:
-    """:func:`open_image` for every image of a request (the first failure names the image index)."""
+    """:func:`open_image` for every image of a request (the first failure names the image index).
+
+    Also checks the request's total pixels against ``limits.max_request_pixels`` (413
+    ``too_many_pixels``), from the headers, before any pixel is decoded.
+    """
     if len(blobs) > limits.max_images:
         raise ServingError(413, "too_many_images",
                            f"{len(blobs)} images in one request; limits.max_images = {limits.max_images}.")
-    return [open_image(b, limits, where=f"image {i}") for i, b in enumerate(blobs)]
+    opened = [open_image(b, limits, where=f"image {i}") for i, b in enumerate(blobs)]
+    total = sum(im.pixels for im in opened)
+    if total > limits.max_request_pixels:
+        raise ServingError(413, "too_many_pixels",
+                           f"the {len(opened)} image(s) of this request have {total} pixels in all; "
+                           f"limits.max_request_pixels = {limits.max_request_pixels}. Send fewer or smaller "
+                           "images per request.")
+    return opened
 
 
 def decode_image(data: bytes, limits: LimitsConfig, *, where: str = "image") -> np.ndarray:
@@ -292,8 +303,22 @@ def parse_json(body: bytes, where: str = "request body") -> Any:
         raise ServingError(400, "empty_body", f"{where}: empty; send a JSON object.")
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ServingError(400, "malformed_json", f"{where}: not valid JSON ({exc}).") from None
+    except json.JSONDecodeError as exc:
+        raise ServingError(400, "malformed_json", f"{where}: not valid JSON ({exc.msg} at byte {exc.pos}).") from None
+    except UnicodeDecodeError as exc:
+        raise ServingError(400, "malformed_json", f"{where}: not valid UTF-8 JSON (bad byte at {exc.start}).") from None
+    except RecursionError:
+        raise ServingError(400, "malformed_json", f"{where}: JSON nested too deeply.") from None
+    except ValueError:  # e.g. an integer literal longer than Python's 4300-digit conversion limit
+        raise ServingError(400, "malformed_json",
+                           f"{where}: a JSON number is too long (integers are limited to "
+                           f"{_max_int_digits()} digits).") from None
+
+
+def _max_int_digits() -> int:
+    import sys
+
+    return sys.get_int_max_str_digits() or 4300
 
 
 def validation_detail(exc: Any) -> str:
@@ -319,15 +344,20 @@ def validation_detail(exc: Any) -> str:
 OIP_DTYPE_SIZES = {"FP32": 4}
 
 
-def split_binary_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
+def split_binary_body(body: bytes, header_length: str | None,
+                      parse: Callable[[bytes, str], Any] | None = None) -> tuple[Any, bytes]:
     """Split a binary-extension body into (JSON header, binary tail); plain JSON when no header length.
+
+    ``parse(data, where)`` parses the JSON part (default :func:`parse_json`; the server passes one
+    that first charges the parsing memory to the request).
 
     Example:
         >>> split_binary_body(b'{"inputs": []}xyz', "14")
         ({'inputs': []}, b'xyz')
     """
+    parse = parse or parse_json
     if header_length is None:
-        return parse_json(body), b""
+        return parse(body, "request body"), b""
     try:
         n = int(header_length)
     except ValueError:
@@ -336,7 +366,7 @@ def split_binary_body(body: bytes, header_length: str | None) -> tuple[Any, byte
     if n < 0 or n > len(body):
         raise ServingError(400, "invalid_header",
                            f"Inference-Header-Content-Length = {n} but the body has {len(body)} bytes.")
-    return parse_json(body[:n], "inference header"), body[n:]
+    return parse(body[:n], "inference header"), body[n:]
 
 
 def _flatten(data: Any, where: str) -> list[Any]:
@@ -409,7 +439,11 @@ def fp32_tensor(tensor: Any, blob: bytes, offset: int, input_size: tuple[int, in
                                f"{where}: {len(flat)} values for shape {shape} (expected {count}).")
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
             raise ServingError(400, "invalid_tensor", f"{where}: FP32 data must be numbers.")
-        arr = np.asarray(flat, dtype=np.float32)
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # beyond float32 -> inf, refused just below
+                arr = np.asarray(flat, dtype=np.float32)
+        except (OverflowError, ValueError):  # an integer beyond float range (e.g. 400 digits)
+            raise ServingError(400, "invalid_tensor", f"{where}: a value is out of the FP32 range.") from None
     if not np.isfinite(arr).all():
         raise ServingError(400, "invalid_tensor", f"{where}: contains NaN or infinity.")
     return np.ascontiguousarray(arr.reshape(shape)), offset

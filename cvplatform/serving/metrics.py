@@ -7,6 +7,7 @@
 metric                                     type       labels
 =========================================  =========  =============================================
 cvplatform_requests_total                  counter    endpoint, model, version, variant, status
+                                                      (499 = the client closed before its request was read)
 cvplatform_request_latency_seconds         histogram  endpoint, variant
 cvplatform_inference_latency_seconds       histogram  model, version, variant (queue wait + model)
 cvplatform_batch_size                      histogram  model, version
@@ -15,6 +16,8 @@ cvplatform_prediction_confidence           histogram  model, version, variant
 cvplatform_model_errors_total              counter    model, version, variant, mode (answer|shadow)
 cvplatform_shadow_total                    counter    result (agree|disagree|error|skipped)
 cvplatform_bad_requests_total              counter    endpoint, error
+cvplatform_client_disconnects_total        counter    endpoint (client closed before its request was read)
+cvplatform_decode_bytes_in_flight          gauge      - (estimated decode memory held by requests in flight)
 cvplatform_model_info                      gauge      variant, model, version (1 = loaded)
 cvplatform_canary_share                    gauge      -
 =========================================  =========  =============================================
@@ -92,6 +95,14 @@ class ServingMetrics:
         self.bad_requests = Counter(
             "cvplatform_bad_requests", "Rejected requests (4xx) by endpoint and error code.",
             ["endpoint", "error"], registry=r,
+        )
+        self.client_disconnects = Counter(
+            "cvplatform_client_disconnects", "Requests whose client closed the connection before the request "
+            "was read (also counted in cvplatform_requests_total with status 499).", ["endpoint"], registry=r,
+        )
+        self.decode_bytes_in_flight = Gauge(
+            "cvplatform_decode_bytes_in_flight", "Estimated decode memory held by requests in flight "
+            "(bounded by limits.max_inflight_decode_bytes).", registry=r,
         )
         self.request_log_dropped = Counter(
             "cvplatform_request_log_dropped", "Requests left out of the drift-monitoring request log (its "

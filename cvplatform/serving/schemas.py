@@ -14,11 +14,24 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cvplatform.config import StrictModel, load_config
+from cvplatform.errors import ConfigError
 
 ADMIN_TOKEN_ENV = "CVPLATFORM_ADMIN_TOKEN"
+MIN_ADMIN_TOKEN_LENGTH = 32
+"""Shortest admin token the server accepts (``secrets.token_urlsafe(32)`` gives 43 characters)."""
+EXAMPLE_ADMIN_TOKENS: frozenset[str] = frozenset({
+    "change-me", "changeme", "change_me", "secret", "token", "admin", "password", "test", "example",
+    "your-token-here", "replace-me",
+})
+"""Tokens that appear in documentation and examples: refused whatever their length (compared lower-case)."""
+TOKEN_HINT = ('Generate one with `python -c "import secrets; print(secrets.token_urlsafe(32))"` and pass it in '
+              f"${ADMIN_TOKEN_ENV} (or admin.token in the serving config).")
+REFUSED_STATE_KEY = "cvplatform.refused"
+"""ASGI ``scope["state"]`` key where the connection layer (:mod:`cvplatform.serving.protocol`) records
+``(status, code, detail)`` of a request it refused while its handler waited for the body."""
 VARIANTS: tuple[str, str] = ("champion", "canary")
 Variant = Literal["champion", "canary"]
 
@@ -75,6 +88,21 @@ class LimitsConfig(StrictModel):
     """Smallest accepted width/height in pixels (400 below)."""
     formats: tuple[str, ...] = ("PNG", "JPEG", "BMP", "WEBP", "TIFF", "GIF")
     """Accepted image formats as Pillow names them (415 otherwise)."""
+    max_request_pixels: int = Field(33_554_432, ge=1, le=10**10)
+    """Largest sum of width*height over the images of one request, read from their headers before
+    any pixel is decoded (413 above). Bounds what one request can make the server decode."""
+    max_inflight_decode_bytes: int = Field(1 << 30, ge=1 << 20)
+    """Memory budget shared by all requests in flight: estimated peak bytes of decoding images and
+    parsing JSON bodies. A request is charged before decoding; one that does not fit now gets 429
+    (retry later), one that could never fit gets 413."""
+    header_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
+    """Seconds a client has to send a request's headers, from its first byte (408 and closed after)."""
+    body_timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
+    """Seconds a client has to send a request's body once its headers are in (408 and closed after)."""
+    keep_alive_timeout_s: float = Field(5.0, gt=0.0, le=3600.0)
+    """Seconds an idle connection (no request in progress, including a new one) is kept open."""
+    max_header_bytes: int = Field(65_536, ge=1024, le=16 * 1024 * 1024)
+    """Largest request line + headers in bytes (431 above)."""
 
 
 class TrafficConfig(StrictModel):
@@ -100,9 +128,19 @@ class AdminConfig(StrictModel):
     """The token-protected admin API (``/admin/...``)."""
 
     token: str | None = None
-    """Bearer token; the environment variable named by ``token_env`` wins. None and unset = admin disabled."""
+    """Bearer token; the environment variable named by ``token_env`` wins. None and unset = admin disabled.
+    At least :data:`MIN_ADMIN_TOKEN_LENGTH` characters and not a documented example (see :func:`check_admin_token`)."""
     token_env: str = Field(ADMIN_TOKEN_ENV, min_length=1)
     """Environment variable holding the admin token."""
+
+    @field_validator("token")
+    @classmethod
+    def _strong_token(cls, v: str | None) -> str | None:
+        if v is not None:
+            problem = admin_token_problem(v)
+            if problem:
+                raise ValueError(f"{problem} {TOKEN_HINT}")
+        return v
 
 
 class StatsConfig(StrictModel):
@@ -137,6 +175,53 @@ class ServingConfig(StrictModel):
         """The admin token: ``$<admin.token_env>`` if set and non-empty, else ``admin.token``."""
         env = os.environ.get(self.admin.token_env, "").strip()
         return env or (self.admin.token or None)
+
+    def admin_token_source(self) -> str:
+        """Where :meth:`admin_token` comes from (for error messages)."""
+        if os.environ.get(self.admin.token_env, "").strip():
+            return f"${self.admin.token_env}"
+        return "admin.token in the serving config"
+
+
+def admin_token_problem(token: str) -> str | None:
+    """Why ``token`` is too weak to protect the admin API, or None when it is acceptable.
+
+    Example:
+        >>> admin_token_problem("change-me")
+        "the admin token is 'change-me', an example from the documentation."
+        >>> admin_token_problem("x" * 40) is None
+        True
+    """
+    if token.strip().lower() in EXAMPLE_ADMIN_TOKENS:
+        return f"the admin token is {token.strip()!r}, an example from the documentation."
+    if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        return (f"the admin token has {len(token)} characters; at least {MIN_ADMIN_TOKEN_LENGTH} are needed "
+                "so it cannot be guessed.")
+    return None
+
+
+def check_admin_token(token: str | None, source: str) -> None:
+    """Refuse a weak admin token at start-up (None = admin API disabled, which is allowed).
+
+    Args:
+        token: the token the server would accept.
+        source: where it came from (``$CVPLATFORM_ADMIN_TOKEN``, ``admin.token in FILE``, ...).
+
+    Raises:
+        ConfigError: shorter than :data:`MIN_ADMIN_TOKEN_LENGTH` characters or a documented example,
+            with the command that generates a good one.
+
+    Example:
+        >>> check_admin_token(None, "$CVPLATFORM_ADMIN_TOKEN")
+        >>> check_admin_token("change-me", "$CVPLATFORM_ADMIN_TOKEN")  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        cvplatform.errors.ConfigError: ...
+    """
+    if token is None:
+        return
+    problem = admin_token_problem(token)
+    if problem:
+        raise ConfigError(f"{source}: {problem} The server does not start with it. {TOKEN_HINT}")
 
 
 def load_serving_config(path: str | os.PathLike[str] | None) -> ServingConfig:
@@ -234,6 +319,16 @@ class OipInferRequest(BaseModel):
     inputs: list[OipTensor] = Field(min_length=1)
     outputs: list[OipRequestedOutput] | None = None
 
+    @field_validator("id")
+    @classmethod
+    def _unicode_text(cls, v: str | None) -> str | None:
+        if v is not None:  # echoed in the response: a lone surrogate (legal as a JSON escape) cannot be
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text (it has a lone surrogate escape)") from None
+        return v
+
 
 # --------------------------------------------------------------------------- API: admin
 class CanaryRequest(BaseModel):
@@ -301,6 +396,10 @@ class RollbackRequest(BaseModel):
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
+    "EXAMPLE_ADMIN_TOKENS",
+    "MIN_ADMIN_TOKEN_LENGTH",
+    "REFUSED_STATE_KEY",
+    "TOKEN_HINT",
     "VARIANTS",
     "AbortRequest",
     "AdminConfig",
@@ -322,5 +421,7 @@ __all__ = [
     "TrafficConfig",
     "TrafficRequest",
     "Variant",
+    "admin_token_problem",
+    "check_admin_token",
     "load_serving_config",
 ]

@@ -70,19 +70,27 @@ def export_onnx(
 
 
 def register_onnx(root: Path, onnx_path: Path, name: str = "cvplatform", alias: str | None = "champion") -> str:
-    """Log ``onnx_path`` to the project's (sqlite) MLflow as a new version of ``name``; set ``alias``."""
+    """Log ``onnx_path`` to the project's (sqlite) MLflow as a new version of ``name``; set ``alias``.
+
+    Like ``cvplatform.registry.register_model``, the file is stored byte-for-byte and its sha256 is
+    tagged on the version (``artifact.sha256``), which the registry's loader verifies.
+    """
     import mlflow
     import mlflow.onnx
     import onnx
 
     from cvplatform.evaluation.predictors import mlflow_uris
+    from cvplatform.registry.client import TAG_SHA256
     from cvplatform.tracking import default_artifact_location, ensure_experiment, get_client
+    from cvplatform.utils.io import sha256_file
 
     client, uri = get_client(root)
     exp = ensure_experiment(client, "evaluate-tests", default_artifact_location(root))
     with mlflow_uris(uri), mlflow.start_run(experiment_id=exp):
-        info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="model", registered_model_name=name)
+        info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="model", registered_model_name=name,
+                                     save_as_external_data=False)
     version = str(info.registered_model_version)
+    client.set_model_version_tag(name, version, TAG_SHA256, sha256_file(onnx_path))
     if alias:
         client.set_registered_model_alias(name, alias, version)
     return version

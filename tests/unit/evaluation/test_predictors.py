@@ -15,6 +15,7 @@ from cvplatform.evaluation.predictors import (
     load_predictor,
 )
 from cvplatform.preprocess import preprocess
+from cvplatform.registry.errors import UnknownVersionError
 
 from .conftest import colour_model, contract, export_onnx, register_onnx
 
@@ -122,7 +123,7 @@ def test_registry_uri_by_alias_and_version(tmp_path):
     direct = OnnxPredictor(tmp_path / "v1.onnx")
     np.testing.assert_allclose(by_alias.predict_logits(imgs), direct.predict_logits(imgs), atol=1e-6)
     np.testing.assert_allclose(by_version.predict_logits(imgs), direct.predict_logits(imgs)[:, [1, 0, 2]], atol=1e-6)
-    with pytest.raises(ModelError, match=r"models:/cvplatform@nope: cannot load the registered model as ONNX"):
+    with pytest.raises(UnknownVersionError, match=r"model 'cvplatform' has no alias 'nope'"):
         load_predictor("models:/cvplatform@nope", root=root)
 
 

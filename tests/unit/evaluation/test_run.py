@@ -212,6 +212,39 @@ def test_champion_regression_gate_copy_passes_degraded_fails(tmp_path):
 
 
 @pytest.mark.slow
+def test_tampered_registered_model_is_never_evaluated_nor_used_as_the_champion(tmp_path, monkeypatch):
+    """The registry artifact is replaced after registration by another *valid* model (the swapped one):
+    `cvplatform evaluate --model models:/...` and the champion comparison of a plain evaluate both go
+    through the registry's sha256-verified loader and refuse it (exit 1), evaluating nothing."""
+    from cvplatform.cli import app
+    from cvplatform.tracking import tracking_uri
+    from tests.unit.registry.project import stored_onnx_path
+
+    root = make_project(tmp_path, None, ["evaluate.compare_champion=true"])
+    version = register_onnx(root, root / "models" / "perfect.onnx", alias="champion")
+    monkeypatch.chdir(root)
+    runner = CliRunner()
+    assert runner.invoke(app, ["evaluate", "--model", "models:/cvplatform@champion"]).exit_code == 0
+    (root / "artifacts" / "evaluate" / "summary.json").unlink()
+
+    stored = stored_onnx_path(tracking_uri(root), "cvplatform", version)
+    assert stored.is_file() and stored.read_bytes() == (root / "models" / "perfect.onnx").read_bytes()
+    stored.write_bytes((root / "models" / "swapped.onnx").read_bytes())  # loads fine, predicts wrongly
+
+    direct = runner.invoke(app, ["evaluate", "--model", "models:/cvplatform@champion"])
+    assert direct.exit_code == 1, direct.output
+    assert "refusing to load version 1 of 'cvplatform'" in direct.output
+    assert "modified after registration" in direct.output
+    assert not (root / "artifacts" / "evaluate" / "summary.json").exists()  # nothing was evaluated
+
+    baseline = runner.invoke(app, ["evaluate", "--model", "models/perfect.onnx"])
+    assert baseline.exit_code == 1, baseline.output
+    assert "champion models:/cvplatform@champion exists but cannot be loaded" in baseline.output
+    assert "modified after registration" in baseline.output
+    assert not (root / "artifacts" / "evaluate" / "summary.json").exists()
+
+
+@pytest.mark.slow
 def test_champion_that_cannot_be_loaded_is_a_clear_error(tmp_path):
     root = make_project(tmp_path, None, ["evaluate.compare_champion=true"])
     export_onnx(colour_model(), root / "models" / "bare.onnx", None)

@@ -177,6 +177,32 @@ def test_log_queue_writes_every_record_of_every_request_and_close_flushes(tmp_pa
     assert not _submit(q, 99) and q.dropped == 1  # closed: refused and counted, never raises
 
 
+def test_log_queue_lets_go_of_the_images_once_written_and_says_so(tmp_path):
+    """The writer must not keep the last request's decoded images until the next request arrives,
+    and ``on_done`` (the server's memory budget) is called only once it no longer holds them."""
+    import gc
+    import weakref
+
+    from cvplatform.monitoring.inference_log import InferenceLogQueue
+
+    class Pixels(np.ndarray):  # an ndarray that can be weakly referenced
+        pass
+
+    q = InferenceLogQueue(InferenceLogger(tmp_path))
+    img = np.full((64, 64, 3), 120, np.uint8).view(Pixels)
+    ref = weakref.ref(img)
+    seen_alive: list[bool] = []
+    assert q.submit([img], model="m", version="1", variant="champion", request_id="r", predicted=["cat"],
+                    confidence=[0.5], on_done=lambda: seen_alive.append(gc.collect() >= 0 and ref() is not None))
+    del img
+    q.drain()
+    gc.collect()
+    assert ref() is None  # released without another submit
+    assert seen_alive == [False]  # the callback ran after the writer dropped the images
+    q.close()
+    assert len(read_log(tmp_path)) == 1
+
+
 class GatedLogger(InferenceLogger):
     """An InferenceLogger whose writes wait for ``gate``: a writer thread stuck behind a slow disk."""
 

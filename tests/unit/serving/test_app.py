@@ -17,7 +17,7 @@ from cvplatform.serving.models import FileSource, RegistrySource, softmax
 from cvplatform.serving.schemas import ServingConfig
 from tests.fixtures.serving_models import SIZE, build_model, colour_image, encode_png, get_alias, set_alias
 
-TOKEN = "unit-test-token"
+TOKEN = "unit-tests-admin-token-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -202,3 +202,131 @@ def test_served_images_are_written_to_the_inference_log_for_drift_monitoring(tmp
     served = {a.json()["predictions"][0]["class"] for a in answers}
     assert set(df["predicted"]) == served
     assert df["brightness"].notna().all() and (df["width"] > 0).all()
+
+
+# --------------------------------------------------------------------------- hostile input (issue: no 5xx, bounded memory)
+def _file_app(tmp_path, config: ServingConfig | None = None, token: str | None = TOKEN):
+    p = tmp_path / "m.onnx"
+    p.write_bytes(build_model().SerializeToString())
+    return create_app(config or ServingConfig(), FileSource(p, model_name="m"), admin_token=token)
+
+
+def test_a_client_that_goes_away_is_a_499_and_one_info_line(tmp_path, caplog):
+    """The ASGI app is called directly with a receive() that reports the disconnect mid-body."""
+    import asyncio
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    app = _file_app(tmp_path)
+    with TestClient(app):  # runs the lifespan (model loaded)
+        sent: list[dict] = []
+        messages = [{"type": "http.request", "body": b"hello", "more_body": True}, {"type": "http.disconnect"}]
+
+        async def receive() -> dict:
+            return messages.pop(0)
+
+        async def send(msg: dict) -> None:
+            sent.append(msg)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "path": "/v1/predict", "raw_path": b"/v1/predict", "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"image/png"), (b"content-length", b"5000")],
+                 "client": ("127.0.0.1", 5555), "server": ("127.0.0.1", 8080), "scheme": "http", "state": {}}
+        with caplog.at_level(logging.DEBUG):
+            asyncio.run(app(scope, receive, send))
+        text = app.state.cv.metrics.render()[0].decode()
+    assert 'status="499"' in text and 'status="500"' not in text
+    assert 'cvplatform_client_disconnects_total{endpoint="predict"} 1.0' in text
+    records = [r for r in caplog.records if r.levelno >= logging.INFO and r.name.startswith(("cvplatform", "uvicorn"))
+               and "went away" in r.getMessage()]
+    assert len(records) == 1 and records[0].levelno == logging.INFO
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_decode_memory_is_charged_before_decoding(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from cvplatform.serving.budget import MIB
+
+    config = ServingConfig.model_validate({"limits": {"max_inflight_decode_bytes": 8 * MIB,
+                                                      "max_request_pixels": 4_000_000}})
+    app = _file_app(tmp_path, config)
+    small = encode_png(colour_image(1, size=64))
+    big = encode_png(np.zeros((1000, 1000, 3), np.uint8))  # ~12 MB to decode: never fits 8 MiB
+    with TestClient(app) as c:
+        state = app.state.cv
+        assert c.post("/v1/predict", content=small, headers={"Content-Type": "image/png"}).status_code == 200
+        r = c.post("/v1/predict", content=big, headers={"Content-Type": "image/png"})
+        assert r.status_code == 413 and r.json()["error"] == "request_too_large"
+        other = state.budget.hold()
+        other.take(8 * MIB - 1000, "another request")  # the budget is taken by someone else right now
+        r = c.post("/v1/predict", content=small, headers={"Content-Type": "image/png"})
+        assert r.status_code == 429 and r.json()["error"] == "server_busy" and r.headers["Retry-After"] == "1"
+        other.release()
+        assert c.post("/v1/predict", content=small, headers={"Content-Type": "image/png"}).status_code == 200
+        r = c.post("/v1/predict", files=[("files", (f"{i}.png", big, "image/png")) for i in range(5)])
+        assert r.status_code == 413 and r.json()["error"] == "too_many_pixels"
+        assert state.budget.in_use == 0
+        assert "cvplatform_decode_bytes_in_flight 0.0" in c.get("/metrics").text
+
+
+def test_an_unexpected_failure_does_not_echo_internal_text(tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    import cvplatform.serving.app as app_module
+
+    def broken(out):
+        raise RuntimeError("secret internal state /etc/passwd")
+
+    monkeypatch.setattr(app_module, "_predict_response", broken)
+    with TestClient(_file_app(tmp_path), raise_server_exceptions=False) as c:
+        r = c.post("/v1/predict", content=encode_png(colour_image(0)), headers={"Content-Type": "image/png"})
+    assert r.status_code == 500 and r.json()["error"] == "internal_error"
+    assert "secret" not in r.text and "RuntimeError" not in r.text and "error id" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("token", ["change-me", "CHANGE-ME", "short-but-random-x7Q", "changeme"])
+def test_weak_admin_tokens_are_refused_at_start_up(tmp_path, monkeypatch, token):
+    from cvplatform.errors import ConfigError
+
+    monkeypatch.delenv("CVPLATFORM_ADMIN_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match=r"secrets\.token_urlsafe\(32\)") as info:
+        _file_app(tmp_path, token=token)
+    assert "the admin_token argument" in str(info.value)
+    monkeypatch.setenv("CVPLATFORM_ADMIN_TOKEN", token)
+    with pytest.raises(ConfigError, match=r"\$CVPLATFORM_ADMIN_TOKEN: the admin token"):
+        _file_app(tmp_path, token=None)
+
+
+def test_weak_admin_token_makes_cvplatform_serve_exit_2(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cvplatform.cli import app
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(build_model().SerializeToString())
+    (tmp_path / "params.yaml").write_text("{}\n", encoding="utf-8")
+    (tmp_path / "configs" / "deploy").mkdir(parents=True)
+    (tmp_path / "configs" / "deploy" / "serving.yaml").write_text("{}\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CVPLATFORM_ADMIN_TOKEN", "change-me")
+    r = CliRunner().invoke(app, ["serve", "--model", str(model), "--port", "1"])
+    assert r.exit_code == 2, r.output
+    assert "change-me" in r.output and "secrets.token_urlsafe(32)" in r.output
+
+
+def test_the_openapi_schema_documents_request_bodies_and_the_error_shape(tmp_path):
+    from fastapi.testclient import TestClient
+
+    with TestClient(_file_app(tmp_path)) as c:
+        doc = c.get("/openapi.json").json()
+    predict = doc["paths"]["/v1/predict"]["post"]
+    assert set(predict["requestBody"]["content"]) >= {"multipart/form-data", "application/json", "image/png"}
+    assert doc["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"] == {"$ref": "#/components/schemas/OipInferRequest"}
+    canary = doc["paths"]["/admin/canary"]["post"]
+    assert canary["security"] == [{"adminToken": []}]
+    assert canary["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/CanaryRequest")
+    assert predict["responses"]["4XX"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    assert {"OipTensor", "PredictRequest", "Instance"} <= set(doc["components"]["schemas"])

@@ -33,11 +33,12 @@ def test_unknown_key_and_bad_value_name_file_and_key(tmp_path):
 
 
 def test_admin_token_env_wins_over_config(monkeypatch):
-    cfg = ServingConfig.model_validate({"admin": {"token": "from-config"}})
+    from_config, from_env = "from-config-" + "c" * 32, "from-env-" + "e" * 32
+    cfg = ServingConfig.model_validate({"admin": {"token": from_config}})
     monkeypatch.delenv("CVPLATFORM_ADMIN_TOKEN", raising=False)
-    assert cfg.admin_token() == "from-config"
-    monkeypatch.setenv("CVPLATFORM_ADMIN_TOKEN", "from-env")
-    assert cfg.admin_token() == "from-env"
+    assert cfg.admin_token() == from_config
+    monkeypatch.setenv("CVPLATFORM_ADMIN_TOKEN", from_env)
+    assert cfg.admin_token() == from_env
     monkeypatch.delenv("CVPLATFORM_ADMIN_TOKEN")
     assert ServingConfig().admin_token() is None  # no token anywhere: admin API disabled
 
@@ -49,3 +50,21 @@ def test_serve_and_deploy_params():
     assert registered_model_name(params, ServingConfig.model_validate({"models": {"registered_model": "x"}})) == "x"
     with pytest.raises(ConfigError, match="serve.port"):
         load_params(REPO / "params.yaml", ["serve.port=70000"])
+
+
+@pytest.mark.parametrize("token", ["change-me", "too-short-1234"])
+def test_a_weak_admin_token_in_the_config_file_is_a_config_error(tmp_path, token):
+    p = tmp_path / "serving.yaml"
+    p.write_text(f"admin:\n  token: {token}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="admin.token") as info:
+        load_serving_config(p)
+    assert str(p) in str(info.value) and "secrets.token_urlsafe(32)" in str(info.value)
+
+
+def test_the_shipped_config_documents_every_limit():
+    from cvplatform.serving.schemas import LimitsConfig
+
+    text = (REPO / "configs" / "deploy" / "serving.yaml").read_text(encoding="utf-8")
+    for key in LimitsConfig.model_fields:
+        line = next((ln for ln in text.splitlines() if ln.strip().startswith(f"{key}:")), None)
+        assert line is not None and "# (" in line, key

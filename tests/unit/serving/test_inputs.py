@@ -99,6 +99,28 @@ def test_json_errors():
     assert err(parse_json, b"[" * 100_000).code == "malformed_json"
 
 
+def test_numbers_beyond_pythons_limits_are_400s_without_internal_text():
+    big = b'{"instances": [' + b"9" * 5000 + b"]}"
+    e = err(parse_json, big)
+    assert (e.status, e.code) == (400, "malformed_json") and "4300 digits" in e.detail
+    assert "set_int_max_str_digits" not in e.detail and "Exceeds the limit" not in e.detail
+    t = OipTensor(name="i", datatype="FP32", shape=[1, 3, 4, 4], data=[int("1" * 400)] + [0] * 47)
+    e = err(fp32_tensor, t, b"", 0, (4, 4), 8)
+    assert (e.status, e.code) == (400, "invalid_tensor") and "FP32 range" in e.detail
+    t = OipTensor(name="i", datatype="FP32", shape=[1, 3, 4, 4], data=[10**60] + [0] * 47)  # finite int, inf float32
+    assert err(fp32_tensor, t, b"", 0, (4, 4), 8).code == "invalid_tensor"
+
+
+def test_a_requests_total_pixels_are_bounded_before_decoding():
+    from cvplatform.serving.inputs import open_images
+
+    png = encode(Image.new("RGB", (100, 100)))
+    limits = LimitsConfig(max_pixels=100_000, max_images=8, max_request_pixels=25_000)
+    assert len(open_images([png, png], limits)) == 2
+    e = err(open_images, [png, png, png], limits)
+    assert (e.status, e.code) == (413, "too_many_pixels") and "30000 pixels" in e.detail
+
+
 def test_fp32_tensor_json_and_binary():
     x = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
     t = OipTensor(name="input", datatype="FP32", shape=[2, 3, 4, 4], data=x.tolist())  # nested
