@@ -182,13 +182,16 @@ def export(
 
 registry_app = typer.Typer(
     name="registry",
-    help="MLflow model registry: register, approve/reject, promote/rollback, history, show.",
+    help="MLflow model registry: register, approve/reject, promote/rollback, history, verify, show.",
     no_args_is_help=True,
 )
 app.add_typer(registry_app, name="registry")
 NameArg = Annotated[str, typer.Argument(help="Registered model name (params registry.model_name).")]
 VersionArg = Annotated[str, typer.Argument(help="Model version number.")]
-ReviewerOpt = Annotated[str, typer.Option("--reviewer", help="Who decides (must not be the version's author).")]
+ReviewerOpt = Annotated[str | None, typer.Option(
+    "--reviewer", help="Who decides (not the version's author). Required on the embedded local store (recorded as "
+                       "self-declared); with a tracking server you are the authenticated user, and a --reviewer "
+                       "naming someone else is refused.")]
 
 
 @registry_app.command("register")
@@ -212,19 +215,24 @@ def registry_register(
 def registry_approve(
     name: NameArg,
     version: VersionArg,
-    reviewer: ReviewerOpt,
     comment: Annotated[str, typer.Option("--comment", help="Why (recorded on the version and in the audit log).")],
+    reviewer: ReviewerOpt = None,
+    confirm_incompatible: Annotated[bool, typer.Option(
+        "--confirm-incompatible",
+        help="Confirm that the version's task, class list or input contract may differ from the champion's "
+             "(recorded in the signed approval).")] = False,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Approve a version (four-eyes, registry.reviewers, gates must have passed; exit 3 if they failed)."""
+    """Approve a version (identity, four-eyes, registry.reviewers, gates, compatibility); a refusal exits 3."""
     _setup_logging(verbose)
 
     def go():
         from cvplatform.registry.approvals import approve
 
-        return approve(name, version, reviewer, comment, params=_params(params, set_))
+        return approve(name, version, reviewer, comment, params=_params(params, set_),
+                       confirm_incompatible=confirm_incompatible)
 
     _run(go)
 
@@ -233,13 +241,13 @@ def registry_approve(
 def registry_reject(
     name: NameArg,
     version: VersionArg,
-    reviewer: ReviewerOpt,
     comment: Annotated[str, typer.Option("--comment", help="Why it is rejected (required).")],
+    reviewer: ReviewerOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Reject a version (four-eyes and registry.reviewers apply); decisions are final."""
+    """Reject a version (identity, four-eyes and registry.reviewers apply); decisions are final; a refusal exits 3."""
     _setup_logging(verbose)
 
     def go():
@@ -259,7 +267,7 @@ def registry_promote(
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Point the champion alias at an approved version (the previous champion is recorded)."""
+    """Point the champion alias at a version approved in its verified audit trail (refusals exit 3)."""
     _setup_logging(verbose)
 
     def go():
@@ -305,6 +313,29 @@ def registry_history(
         return history(name, params=_params(params, set_))
 
     _run(go)
+
+
+@registry_app.command("verify")
+def registry_verify(
+    name: NameArg,
+    version: VersionArg,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Verify a version's signed audit trail: exit 3 when an event was edited, reordered or deleted."""
+    _setup_logging(verbose)
+
+    def go():
+        from cvplatform.registry.audit import verify_version
+
+        return verify_version(name, version, params=_params(params, set_))
+
+    result = _run(go)
+    if not result.ok:
+        typer.secho(f"error: the audit trail of {name} v{version} is BROKEN ({len(result.problems)} problem(s)); "
+                    "see docs/runbooks/rejected-approval.md", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=3)
 
 
 @registry_app.command("show")

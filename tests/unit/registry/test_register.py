@@ -49,8 +49,9 @@ def test_register_creates_a_tagged_version_with_challenger_alias(project, params
     assert float(tags["metrics.clean_accuracy"]) == pytest.approx(0.9125)
     assert json.loads(tags["model.class_names"]) == ["cat", "dog"]
     assert tags["registration.state"] == "complete"
-    events = [k for k in tags if k.startswith("audit.")]
+    events = [k for k in tags if k.startswith("audit.") and k != "audit.head"]
     assert len(events) == 1 and json.loads(tags[events[0]])["action"] == "registered"
+    assert tags["audit.head"] == f"1:{json.loads(tags[events[0]])['mac']}"
     assert sorted(mv.aliases) == ["challenger"]
 
     summary = read_json(project.root / "artifacts" / "register" / "summary.json")
@@ -97,9 +98,10 @@ def test_a_new_training_run_makes_a_new_version_and_moves_challenger(registered,
 
 
 def test_same_run_with_a_different_artifact_is_a_new_version(registered, project, params, other_model_bytes, client):
-    from tests.unit.registry.project import write_export
+    from tests.unit.registry.project import write_evaluation, write_export
 
     write_export(project.root, other_model_bytes, project.train_run_id, precision="int8")
+    write_evaluation(project.root)  # the gates judged the new artifact
     res = register_model(params, root=project.root)
     assert res.version == "2" and res.precision == "int8"
     assert client.version("cvplatform", 2).tags["artifact.precision"] == "int8"
@@ -198,6 +200,7 @@ def test_unreachable_tracking_server_fails_with_the_uri(project, make_params, mo
         port = s.getsockname()[1]
     uri = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("CVPLATFORM_AUDIT_KEY", "k" * 40)  # a server needs a configured platform key
     params = make_params("registry.retry.attempts=2", "registry.retry.backoff_s=0.01")
     with pytest.raises(RegistryUnavailableError) as info:
         register_model(params, root=project.root)
