@@ -177,8 +177,9 @@ def promote(
     v = str(mv.version)
     tags = check_managed(mv, "promote")
     trail = verified_status(c, mv)
+    require_intact(trail, "promote")
+    _require_approved(trail, tags, name, alias)  # before the tag check: a hand-set status gets the clearer refusal
     require_intact(trail, "promote", tags_too=True)
-    _require_approved(trail, tags, name, alias)
     current = c.version_by_alias(name, alias)
     previous = str(current.version) if current is not None else None
     if previous == v:
