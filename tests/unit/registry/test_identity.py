@@ -9,7 +9,12 @@ from typer.testing import CliRunner
 from cvplatform.cli import app
 from cvplatform.errors import ConfigError
 from cvplatform.registry import approve, register_model, reject
-from cvplatform.registry.errors import FourEyesError, IdentityError, InvalidReviewerError, ReviewerNotAllowedError
+from cvplatform.registry.errors import (
+    FourEyesError,
+    IdentityError,
+    InvalidReviewerError,
+    ReviewerNotAllowedError,
+)
 from cvplatform.registry.identity import check_name, normalize_name, resolve_reviewer, same_person, skeleton
 
 runner = CliRunner()
