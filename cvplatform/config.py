@@ -286,8 +286,8 @@ class EvaluateParams(StrictModel):
 
     suite: str = "configs/scenarios/default.yaml"
     """Scenario suite (configs/scenarios/*.yaml): scenarios and gate thresholds."""
-    model: str = "artifacts/train/best.ckpt"
-    """Model evaluated when none is given: a .ckpt, an .onnx or a models:/NAME@ALIAS URI."""
+    model: str = "artifacts/export/model.onnx"
+    """Model evaluated when none is given: the exported artifact (what ships), a .ckpt, an .onnx or models:/NAME@ALIAS."""
     manifest: str = "data/processed/manifest.parquet"
     """Manifest to evaluate from (relative to the project root)."""
     split: Literal["train", "val", "test"] = "test"

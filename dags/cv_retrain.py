@@ -1,10 +1,10 @@
 """cv_retrain: one retraining cycle of cvplatform, as an Airflow 3 TaskFlow DAG.
 
-    ingest -> validate -> train -> evaluate -> export -> register -> approval -> record_approval -> canary_deploy
+    ingest -> validate -> train -> export -> evaluate -> register -> approval -> record_approval -> canary_deploy
 
 Thin wiring only (DESIGN.md, principle 2):
 
-* The data/model stages (ingest ... export) run ``dvc repro <stage>`` in the project
+* The data/model stages (ingest ... evaluate) run ``dvc repro <stage>`` in the project
   (``cvplatform.pipeline``), so Airflow and a local ``dvc repro`` share one pipeline
   definition, one cache and one ``dvc.lock``; each stage's outputs are pushed to the
   DVC remote. A stage that is up to date is skipped by DVC, so a cleared task re-runs
@@ -141,12 +141,12 @@ def cv_retrain():
 
     @task
     def evaluate(_: dict) -> dict:
-        """Scenario suite + release gates; a failed must-pass gate stops the run before export."""
+        """Scenario suite + release gates on the exported artifact; a failed must-pass gate stops the run."""
         return _repro("evaluate")
 
     @task
     def export(_: dict) -> dict:
-        """ONNX export with the parity gate, INT8 decision and benchmark."""
+        """ONNX export with the parity gate, INT8 decision and benchmark (evaluate judges the chosen file)."""
         import json
 
         out = _repro("export")
@@ -159,7 +159,9 @@ def cv_retrain():
         from cvplatform.orchestration import approval_body, mlflow_ui_url
         from cvplatform.registry import register_model
 
-        reg = register_model(_params(), root=PROJECT_ROOT)
+        dag_run = get_current_context().get("dag_run")
+        reg = register_model(_params(), root=PROJECT_ROOT,
+                             triggered_by=getattr(dag_run, "triggering_user_name", None))  # may not approve it
         ref = {
             "model_name": reg.model_name,
             "version": reg.version,
@@ -175,7 +177,7 @@ def cv_retrain():
         ref["approval_body"] = approval_body(PROJECT_ROOT, ref)
         return ref
 
-    registered = register(export(evaluate(train(validate(ingest())))))
+    registered = register(evaluate(export(train(validate(ingest())))))
 
     approval = HITLOperator(
         task_id="approval",
@@ -207,8 +209,9 @@ def cv_retrain():
         comment = ((decision or {}).get("params_input") or {}).get("comment") or ""
         name, version = reg["model_name"], reg["version"]
         if chosen == ["Approve"]:
-            try:
-                res = approve(name, version, reviewer, comment, params=_params(), root=PROJECT_ROOT)
+            try:  # the reviewer is the Airflow UI user who answered (identity source "airflow")
+                res = approve(name, version, None, comment, params=_params(), root=PROJECT_ROOT,
+                              airflow_user=reviewer)
                 log.info("%s", "\n".join(res.lines()))
             except AlreadyApprovedError as exc:  # a retried/cleared task: the decision is already recorded
                 log.info("already approved, nothing to record: %s", exc)
@@ -220,7 +223,8 @@ def cv_retrain():
             why = "no reviewer answered before the approval timeout (counts as a rejection)"
             who, text = TIMEOUT_REVIEWER, why
         try:
-            res = reject(name, version, who, text, params=_params(), root=PROJECT_ROOT)
+            res = reject(name, version, None if reviewer else who, text, params=_params(), root=PROJECT_ROOT,
+                         airflow_user=reviewer or None)
             log.info("%s", "\n".join(res.lines()))
         except AlreadyRejectedError as exc:
             log.info("already rejected, nothing to record: %s", exc)

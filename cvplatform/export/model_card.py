@@ -203,8 +203,13 @@ def _evaluation(x: ModelCardInputs) -> list[str]:
         f"Suite `{s.get('suite')}` on {s.get('n_images')} `{s.get('split')}` images of model `{s.get('model')}`: "
         f"gates **{'PASSED' if s.get('passed') else 'FAILED'}** (must-pass pass rate "
         f"{'n/a' if rate is None else f'{rate:.0%}'}, {len(s.get('failures') or [])} failed check(s), "
-        f"{len(s.get('warnings') or [])} warning(s)); mCE {_f(s.get('mce'), 2)}."
+        f"{len(s.get('warnings') or [])} warning(s)); mCE vs the champion "
+        f"{_f(s.get('mce'), 2) if s.get('mce') is not None else 'n/a (no comparable champion)'}; corruption error "
+        f"÷ own clean error {_f(s.get('error_multiple_vs_clean'), 2)}."
     )
+    if s.get("model_sha256") or (ev.gate_report or {}).get("model_sha256"):
+        lines.append(f"Judged artifact sha256 `{s.get('model_sha256') or ev.gate_report.get('model_sha256')}` "
+                     f"(the shipped file is `{x.export.get('sha256')}`).")
     champ = s.get("champion")
     lines.append(f"Champion comparison: {champ or 'none'}"
                  + (f" ({s.get('champion_note')})" if s.get("champion_note") else "") + ".")
@@ -219,7 +224,8 @@ def _evaluation(x: ModelCardInputs) -> list[str]:
         conf = ""
         gr = ev.gate_report or {}
         if isinstance(gr.get("policy"), dict) and gr["policy"].get("confidence"):
-            conf = f" ({gr['policy']['confidence']:.0%} bootstrap CIs)"
+            conf = (f" ({gr['policy']['confidence']:.0%} intervals: accuracy Wilson score, macro-F1 percentile "
+                    "bootstrap)")
         lines += ["", f"Per-scenario metrics{conf}:", "",
                   *_table(["scenario", "kind", "level", "n", "accuracy", "accuracy CI", "macro-F1", "macro-F1 CI",
                            "ECE", "gate"], rows)]

@@ -9,7 +9,7 @@ What it does, in order:
    ``artifacts/evaluate/gate_report.json`` (required, and it must judge *this*
    artifact: its ``model_sha256`` equals the ONNX file's sha256, else
    :class:`GateReportMismatchError`, exit code 3), ``metrics.json``,
-   ``report.md`` / ``report.html`` and ``artifacts/export/model_card.md`` (attached
+   ``report.md`` / ``report.html`` and ``artifacts/evaluate/model_card.md`` (attached
    when present), ``artifacts/train/summary.json`` (its run id must match the
    export's). The training run must exist on the tracking server.
 2. **Idempotency.** A version of ``registry.model_name`` tagged with the same
@@ -293,7 +293,7 @@ def read_inputs(paths: ProjectPaths) -> RegistrationInputs:
     metrics = _read_json(metrics_path, "evaluation metrics", "") if metrics_path.is_file() else {}
 
     attachments = [p for p in (
-        exp_dir / "model_card.md", summary_path, gate_path, metrics_path,
+        eval_dir / "model_card.md", summary_path, gate_path, metrics_path,
         eval_dir / "report.md", eval_dir / "report.html",
     ) if p.is_file()]
     return RegistrationInputs(
@@ -330,13 +330,34 @@ def gate_facts(gate: dict[str, Any]) -> tuple[bool, int, int, str]:
     return passed, n_failed, n_warn, text
 
 
-def _headline(metrics: dict[str, Any]) -> dict[str, str]:
+#: Serving facts of the artifact (from the export benchmark), shown against the champion's on the approval page.
+TAG_LATENCY_P50 = "metrics.latency_p50_ms"
+TAG_LATENCY_P95 = "metrics.latency_p95_ms"
+TAG_COST = "metrics.cost_per_1k_usd"
+TAG_SIZE = "artifact.size_bytes"
+TAG_TEST_IMAGES = "metrics.test_images"
+
+
+def _headline(metrics: dict[str, Any], export: dict[str, Any] | None = None,
+              gate: dict[str, Any] | None = None) -> dict[str, str]:
     clean = metrics.get("clean") if isinstance(metrics.get("clean"), dict) else {}
     out = {}
     for tag, key in ((TAG_ACCURACY, "accuracy"), (TAG_MACRO_F1, "macro_f1")):
         v = clean.get(key)
         if isinstance(v, int | float):
             out[tag] = f"{float(v):.6f}"
+    export = export or {}
+    if isinstance(export.get("size_bytes"), int):
+        out[TAG_SIZE] = str(export["size_bytes"])
+    runtime = (((export.get("benchmark") or {}).get("runtimes") or {})
+               .get("ort_int8" if export.get("chosen") == "int8" else "ort_fp32") or {})
+    lat = runtime.get("latency_ms") or {}
+    for tag, v in ((TAG_LATENCY_P50, lat.get("p50")), (TAG_LATENCY_P95, lat.get("p95")),
+                   (TAG_COST, runtime.get("cost_per_1k_usd"))):
+        if isinstance(v, int | float):
+            out[tag] = f"{float(v):.6g}"
+    if isinstance((gate or {}).get("n_images"), int):
+        out[TAG_TEST_IMAGES] = str(gate["n_images"])  # type: ignore[index]
     return out
 
 
@@ -367,7 +388,7 @@ def lineage_tags(params: Params, paths: ProjectPaths, inputs: RegistrationInputs
         TAG_TASK: model_facts(inputs).task,
         TAG_CONTRACT: json.dumps(model_facts(inputs).contract, sort_keys=True),
         TAG_GATE_REPORT_SHA256: inputs.gate_report_sha256,
-        **_headline(inputs.metrics),
+        **_headline(inputs.metrics, inputs.export_summary, inputs.gate_report),
     }
     airflow = airflow_run_id()
     if airflow:
@@ -386,6 +407,19 @@ def _signature(inputs: RegistrationInputs) -> Any:
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, h, w), inputs.input_name)]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(inputs.class_names)), inputs.output_name)]),
     )
+
+
+def _log_params(c: RegistryClient, run_id: str, params: Params) -> None:
+    """Every params.yaml value on the registration run (what the approval page diffs against the champion's)."""
+    from mlflow.entities import Param
+
+    from cvplatform.tracking import flatten_params
+
+    flat = flatten_params(params.model_dump(mode="json"))
+    items = [Param(k[:250], v[:6000]) for k, v in sorted(flat.items())]
+    for i in range(0, len(items), 100):
+        c.call("log params on the registration run",
+               lambda chunk=items[i : i + 100]: c.mlflow.log_batch(run_id, params=chunk))
 
 
 def _ensure_model(c: RegistryClient, name: str) -> None:
@@ -591,6 +625,7 @@ def register_model(
                   **{k: v for k, v in base_tags.items() if k != TAG_GATES_SUMMARY}}))
         run_id = run.info.run_id
         try:
+            _log_params(c, run_id, params)
             for f in inputs.attachments:
                 c.call(f"attach {f.name}", lambda f=f: c.mlflow.log_artifact(run_id, str(f), ATTACHMENT_DIR))
             model_id, model_uri = _log_model(c, run_id, train_run.info.experiment_id, inputs, base_tags)
@@ -632,5 +667,6 @@ def register_model(
         ) from exc
 
 
-__all__ = ["GateReportMismatchError", "RegisterResult", "RegistrationInputs", "gate_facts", "lineage_tags",
+__all__ = ["TAG_COST", "TAG_LATENCY_P50", "TAG_LATENCY_P95", "TAG_SIZE", "TAG_TEST_IMAGES",
+           "GateReportMismatchError", "RegisterResult", "RegistrationInputs", "gate_facts", "lineage_tags",
            "model_facts", "read_inputs", "register_model"]

@@ -70,7 +70,7 @@ class Project:
 
 def write_export(root: Path, model: bytes, train_run_id: str, *, precision: str = "fp32",
                  classes: tuple[str, ...] = CLASSES) -> str:
-    """Write artifacts/export/{model.onnx, summary.json, model_card.md}; returns the sha256."""
+    """Write artifacts/export/{model.onnx, summary.json}; returns the sha256."""
     from cvplatform.utils.io import sha256_bytes, write_json
 
     out = root / "artifacts" / "export"
@@ -82,13 +82,12 @@ def write_export(root: Path, model: bytes, train_run_id: str, *, precision: str 
         "train_run_id": train_run_id, "data_hash": "d41d8cd98f00b204e9800998ecf8427e",
         "class_names": list(classes), "benchmark": {"ort_fp32": {"p50_ms": 0.1}}, "parity": {"passed": True},
     })
-    (out / "model_card.md").write_text("# Model card\n\nA tiny test model.\n", encoding="utf-8")
     return sha
 
 
 def write_evaluation(root: Path, *, passed: bool = True, model_sha256: str | None = None) -> None:
-    """Write artifacts/evaluate/{gate_report.json, metrics.json, report.md, report.html} judging the exported
-    model (``model_sha256``, default: the sha256 of artifacts/export/model.onnx)."""
+    """Write artifacts/evaluate/{gate_report.json, metrics.json, report.md, report.html, model_card.md} judging the
+    exported model (``model_sha256``, default: the sha256 of artifacts/export/model.onnx)."""
     from cvplatform.utils.io import sha256_file, write_json
 
     out = root / "artifacts" / "evaluate"
@@ -100,6 +99,7 @@ def write_evaluation(root: Path, *, passed: bool = True, model_sha256: str | Non
                                       "gates_passed": passed})
     (out / "report.md").write_text("# Evaluation report\n", encoding="utf-8")
     (out / "report.html").write_text("<html><body>report</body></html>\n", encoding="utf-8")
+    (out / "model_card.md").write_text("# Model card\n\nA tiny test model.\n", encoding="utf-8")
 
 
 def start_train_run(root: Path, experiment: str = "cvplatform") -> str:
