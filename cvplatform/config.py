@@ -226,7 +226,7 @@ class TrainParams(StrictModel):
     model: TrainModelParams = TrainModelParams()
     num_classes: int | None = Field(None, ge=2)
     """Expected number of classes; None = derived from the manifest (checked when set)."""
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(10, ge=1)
     """Maximum number of epochs."""
     batch_size: int = Field(64, ge=1)
     """Training batch size (per device)."""

@@ -647,6 +647,7 @@ def run_evaluate(
         **gates.to_dict(),
         "model": predictor.name,
         "model_sha256": model_sha,
+        "split": cfg.split,
         "n_images": len(data.ids),
         "class_names": class_names,
         "suite": str(cfg.suite),

@@ -56,7 +56,8 @@ def gate_report(passed: bool = True, model_sha256: str | None = None) -> dict:
             "reason": "...", "value": 1.0 if passed else 0.0, "threshold": 1.0, "ci": None, "passed": passed}
     return {"passed": passed, "pass_rate": 1.0 if passed else 0.0, "champion": None,
             "n_failed_must_pass": 0 if passed else 2, "n_warnings": 1, "checks": [clean, noise, rate],
-            "model": "artifacts/export/model.onnx", "model_sha256": model_sha256,
+            "model": "artifacts/export/model.onnx", "model_sha256": model_sha256, "split": "test", "n_images": 40,
+            "class_names": list(CLASSES), "policy": {"min_images_per_class": 15},
             "suite": "configs/scenarios/default.yaml"}
 
 
@@ -80,7 +81,9 @@ def write_export(root: Path, model: bytes, train_run_id: str, *, precision: str 
     write_json(out / "summary.json", {
         "chosen": precision, "artifact": "artifacts/export/model.onnx", "sha256": sha, "precision": precision,
         "train_run_id": train_run_id, "data_hash": "d41d8cd98f00b204e9800998ecf8427e",
-        "class_names": list(classes), "benchmark": {"ort_fp32": {"p50_ms": 0.1}}, "parity": {"passed": True},
+        "class_names": list(classes), "parity": {"passed": True}, "size_bytes": len(model),
+        "benchmark": {"runtimes": {"ort_fp32": {"latency_ms": {"p50": 0.1, "p95": 0.2, "p99": 0.3},
+                                                "throughput_ips": 9000.0, "cost_per_1k_usd": 1.25e-06}}},
     })
     return sha
 
