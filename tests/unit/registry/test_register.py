@@ -221,3 +221,19 @@ def test_git_commit_is_the_one_recorded_at_export(project, params, client):
     write_json(summary_path, {**summary, "lineage": {"git_commit": "0badc0de" * 5}})
     register_model(params, root=project.root)
     assert client.version("cvplatform", 1).tags["lineage.git_commit"] == "0badc0de" * 5
+
+
+def test_an_artifact_the_gates_did_not_judge_is_refused(project, params, other_model_bytes, client, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cvplatform.cli import app
+    from cvplatform.registry.errors import GateReportMismatchError
+    from tests.unit.registry.project import write_export
+
+    write_export(project.root, other_model_bytes, project.train_run_id)  # model.onnx replaced after evaluate
+    with pytest.raises(GateReportMismatchError, match="the gates were not run on what would ship"):
+        register_model(params, root=project.root)
+    assert client.mlflow.search_registered_models() == [] or client.versions("cvplatform") == []
+    monkeypatch.chdir(project.root)
+    res = CliRunner().invoke(app, ["registry", "register"])
+    assert res.exit_code == 3 and "judged a model with sha256" in res.output
