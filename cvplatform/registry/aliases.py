@@ -135,6 +135,38 @@ def _require_compatible(c: RegistryClient, trail: TrailCheck, tags: dict[str, st
     )
 
 
+def _promotable(c: RegistryClient, mv: Any, tags: dict[str, str], name: str, alias: str, *,
+                compatibility: bool = True) -> TrailCheck:
+    trail = verified_status(c, mv)
+    require_intact(trail, "promote")
+    _require_approved(trail, tags, name, alias)  # before the tag check: a hand-set status gets the clearer refusal
+    require_intact(trail, "promote", tags_too=True)
+    if compatibility:
+        _require_compatible(c, trail, tags, name, alias)
+    return trail
+
+
+def check_promotable(
+    name: str, version: str | int, *, params: Params | None = None, root: str | os.PathLike[str] | None = None,
+    client: RegistryClient | None = None,
+) -> TrailCheck:
+    """Raise unless :func:`promote` would accept ``version`` now (verified approval, intact trail, compatible
+    with the champion or confirmed); changes nothing. For callers that must refuse *before* acting, e.g. a
+    canary rollout that would otherwise send traffic to a version that can never be promoted.
+
+    Raises:
+        NotApprovedError / AuditIntegrityError / IncompatibleVersionError / UnmanagedVersionError.
+
+    Example:
+        >>> check_promotable("cvplatform", 3).status  # doctest: +SKIP
+        'approved'
+    """
+    cfg = resolve_params(params, root)
+    c = client or RegistryClient.from_params(cfg, root)
+    mv = c.version(name, version)
+    return _promotable(c, mv, check_managed(mv, "promote"), name, cfg.registry.champion_alias)
+
+
 def promote(
     name: str,
     version: str | int,
@@ -176,10 +208,7 @@ def promote(
     mv = c.version(name, version)
     v = str(mv.version)
     tags = check_managed(mv, "promote")
-    trail = verified_status(c, mv)
-    require_intact(trail, "promote")
-    _require_approved(trail, tags, name, alias)  # before the tag check: a hand-set status gets the clearer refusal
-    require_intact(trail, "promote", tags_too=True)
+    trail = _promotable(c, mv, tags, name, alias, compatibility=False)
     current = c.version_by_alias(name, alias)
     previous = str(current.version) if current is not None else None
     if previous == v:
@@ -253,4 +282,4 @@ def rollback(
     return PromotionResult(name, alias, prev, cur, "rolled_back", who, event, c.uri)
 
 
-__all__ = ["PromotionResult", "promote", "rollback"]
+__all__ = ["PromotionResult", "check_promotable", "promote", "rollback"]

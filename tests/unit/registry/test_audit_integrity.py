@@ -181,3 +181,15 @@ def test_history_and_show_report_integrity(approved, client, monkeypatch):
     assert h.integrity["1"].startswith("BROKEN")
     line = show("cvplatform", root=approved.root).versions[0].line()
     assert "audit trail BROKEN" in line
+
+
+def test_check_promotable_refuses_before_anything_is_done(registered, project, client):
+    from cvplatform.registry.aliases import check_promotable
+
+    client.mlflow.set_model_version_tag("cvplatform", "1", "approval.status", "approved")  # by hand
+    with pytest.raises(NotApprovedError):
+        check_promotable("cvplatform", 1, root=project.root)
+    client.mlflow.set_model_version_tag("cvplatform", "1", "approval.status", "pending")
+    approve("cvplatform", 1, reviewer="bob", comment="ok", root=project.root)
+    assert check_promotable("cvplatform", 1, root=project.root).status == "approved"
+    assert "champion" not in client.model("cvplatform").aliases  # nothing was moved
