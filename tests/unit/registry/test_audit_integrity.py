@@ -193,3 +193,14 @@ def test_check_promotable_refuses_before_anything_is_done(registered, project, c
     approve("cvplatform", 1, reviewer="bob", comment="ok", root=project.root)
     assert check_promotable("cvplatform", 1, root=project.root).status == "approved"
     assert "champion" not in client.model("cvplatform").aliases  # nothing was moved
+
+
+def test_a_hand_edited_gates_tag_does_not_allow_approval(failed_project, params, client):
+    from cvplatform.registry.errors import GatesNotPassedError
+
+    register_model(params, root=failed_project.root)
+    client.mlflow.set_model_version_tag("cvplatform", "1", "gates.passed", "true")  # by hand
+    with pytest.raises((GatesNotPassedError, AuditIntegrityError)):
+        approve("cvplatform", 1, reviewer="bob", comment="ship it", root=failed_project.root)
+    check = verify_version("cvplatform", 1, root=failed_project.root)
+    assert any("gates.passed" in p and "signed registration recorded 'false'" in p for p in check.problems)
