@@ -135,14 +135,16 @@ def evaluate(
         typer.Option(
             "--model",
             metavar="PATH_OR_MODEL_URI",
-            help="*.ckpt, *.onnx or models:/NAME@ALIAS (default: evaluate.model, artifacts/train/best.ckpt).",
+            help="*.onnx, *.ckpt or models:/NAME@ALIAS (default: evaluate.model, artifacts/export/model.onnx: "
+                 "the exported artifact that ships).",
         ),
     ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Run the scenario suite on a model and check the release gates (exit 3 when a must-pass gate fails)."""
+    """Run the scenario suite on the exported model and check the release gates (exit 3 when a must-pass gate
+    fails); writes the report and the model card."""
     _setup_logging(verbose)
 
     def go():
@@ -169,7 +171,7 @@ def export(
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Export to ONNX (parity gate, exit 3 on failure), try INT8, benchmark, write the model card."""
+    """Export to ONNX (parity gate, exit 3 on failure), try INT8, benchmark; `cvplatform evaluate` judges it next."""
     _setup_logging(verbose)
 
     def go():
