@@ -44,6 +44,16 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
+def _echo(line: str) -> None:
+    """Print a summary line; failed must-pass checks in red, warnings in yellow (colour only on a terminal)."""
+    if "[FAIL] must_pass" in line or "PROBLEM:" in line:
+        typer.secho(line, fg=typer.colors.RED)
+    elif "[FAIL] warn" in line:
+        typer.secho(line, fg=typer.colors.YELLOW)
+    else:
+        typer.echo(line)
+
+
 def _run(fn: Callable[[], Any]) -> Any:
     """Run a stage; print its summary; turn CVPlatformError into a clean non-zero exit."""
     try:
@@ -52,7 +62,7 @@ def _run(fn: Callable[[], Any]) -> Any:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=exc.exit_code) from None
     for line in result.lines():
-        typer.echo(line)
+        _echo(line)
     if getattr(result, "summary_path", None):
         typer.echo(f"summary: {result.summary_path}")
     return result
@@ -155,7 +165,7 @@ def evaluate(
             return run_evaluate(_params(params, set_), model=model)
         except GateFailed as exc:  # show the scenario table before the failed checks
             for line in getattr(exc, "result", None).lines() if getattr(exc, "result", None) else []:
-                typer.echo(line)
+                _echo(line)
             raise
 
     _run(go)
