@@ -316,6 +316,10 @@ def test_the_default_suite_fails_a_model_that_collapses_under_mild_contrast():
     assert {(c.scenario, c.name) for c in collapsed.failures} >= {("contrast_s1", "min_relative_accuracy")}
     assert by(collapsed, "contrast_s5", "min_relative_accuracy").status == "failed"  # severe: orange warning
     assert by(collapsed, "contrast_s5", "min_relative_accuracy").level == "warn"
+    # a challenger a little worse than the champion under one mild corruption is a warning, not a block
+    # (many paired comparisons); on clean data the comparison blocks
+    assert pol.scenarios["fog_s1"].level_of("max_drop") == "warn"
+    assert pol.scenarios["clean"].level_of("max_drop") == "must_pass"
     # and the suite refuses a split too small for its floors, whatever the accuracy
     small = check_gates(_suite_results(suite, {"*": 1.0}, per_class=14), pol)
     assert [c.name for c in small.failures if c.scenario == "clean"] == ["min_images_per_class"]
