@@ -39,6 +39,16 @@ def _setup_logging(verbose: bool) -> None:
     configure_logging(verbose)
 
 
+def _echo(line: str) -> None:
+    """Print a summary line; failed must-pass checks in red, warnings in yellow (colour only on a terminal)."""
+    if "[FAIL] must_pass" in line or "PROBLEM:" in line:
+        typer.secho(line, fg=typer.colors.RED)
+    elif "[FAIL] warn" in line:
+        typer.secho(line, fg=typer.colors.YELLOW)
+    else:
+        typer.echo(line)
+
+
 def _run(fn: Callable[[], Any]) -> Any:
     """Run a stage; print its summary; turn CVPlatformError into a clean non-zero exit."""
     try:
@@ -47,7 +57,7 @@ def _run(fn: Callable[[], Any]) -> Any:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=exc.exit_code) from None
     for line in result.lines():
-        typer.echo(line)
+        _echo(line)
     if getattr(result, "summary_path", None):
         typer.echo(f"summary: {result.summary_path}")
     return result
@@ -139,14 +149,16 @@ def evaluate(
         typer.Option(
             "--model",
             metavar="PATH_OR_MODEL_URI",
-            help="*.ckpt, *.onnx or models:/NAME@ALIAS (default: evaluate.model, artifacts/train/best.ckpt).",
+            help="*.onnx, *.ckpt or models:/NAME@ALIAS (default: evaluate.model, artifacts/export/model.onnx: "
+                 "the exported artifact that ships).",
         ),
     ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Run the scenario suite on a model and check the release gates (exit 3 when a must-pass gate fails)."""
+    """Run the scenario suite on the exported model and check the release gates (exit 3 when a must-pass gate
+    fails); writes the report and the model card."""
     _setup_logging(verbose)
 
     def go():
@@ -157,7 +169,7 @@ def evaluate(
             return run_evaluate(_params(params, set_, dvc_stage="evaluate"), model=model)
         except GateFailed as exc:  # show the scenario table before the failed checks
             for line in getattr(exc, "result", None).lines() if getattr(exc, "result", None) else []:
-                typer.echo(line)
+                _echo(line)
             raise
 
     _run(go)
@@ -173,7 +185,7 @@ def export(
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Export to ONNX (parity gate, exit 3 on failure), try INT8, benchmark, write the model card."""
+    """Export to ONNX (parity gate, exit 3 on failure), try INT8, benchmark; `cvplatform evaluate` judges it next."""
     _setup_logging(verbose)
 
     def go():
@@ -186,13 +198,16 @@ def export(
 
 registry_app = typer.Typer(
     name="registry",
-    help="MLflow model registry: register, approve/reject, promote/rollback, history, show.",
+    help="MLflow model registry: register, approve/reject, promote/rollback, history, verify, show.",
     no_args_is_help=True,
 )
 app.add_typer(registry_app, name="registry")
 NameArg = Annotated[str, typer.Argument(help="Registered model name (params registry.model_name).")]
 VersionArg = Annotated[str, typer.Argument(help="Model version number.")]
-ReviewerOpt = Annotated[str, typer.Option("--reviewer", help="Who decides (must not be the version's author).")]
+ReviewerOpt = Annotated[str | None, typer.Option(
+    "--reviewer", help="Who decides (not the version's author). Required on the embedded local store (recorded as "
+                       "self-declared); with a tracking server you are the authenticated user, and a --reviewer "
+                       "naming someone else is refused.")]
 
 
 @registry_app.command("register")
@@ -216,19 +231,24 @@ def registry_register(
 def registry_approve(
     name: NameArg,
     version: VersionArg,
-    reviewer: ReviewerOpt,
     comment: Annotated[str, typer.Option("--comment", help="Why (recorded on the version and in the audit log).")],
+    reviewer: ReviewerOpt = None,
+    confirm_incompatible: Annotated[bool, typer.Option(
+        "--confirm-incompatible",
+        help="Confirm that the version's task, class list or input contract may differ from the champion's "
+             "(recorded in the signed approval).")] = False,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Approve a version (four-eyes, registry.reviewers, gates must have passed; exit 3 if they failed)."""
+    """Approve a version (identity, four-eyes, registry.reviewers, gates, compatibility); a refusal exits 3."""
     _setup_logging(verbose)
 
     def go():
         from cvplatform.registry.approvals import approve
 
-        return approve(name, version, reviewer, comment, params=_params(params, set_))
+        return approve(name, version, reviewer, comment, params=_params(params, set_),
+                       confirm_incompatible=confirm_incompatible)
 
     _run(go)
 
@@ -237,13 +257,13 @@ def registry_approve(
 def registry_reject(
     name: NameArg,
     version: VersionArg,
-    reviewer: ReviewerOpt,
     comment: Annotated[str, typer.Option("--comment", help="Why it is rejected (required).")],
+    reviewer: ReviewerOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Reject a version (four-eyes and registry.reviewers apply); decisions are final."""
+    """Reject a version (identity, four-eyes and registry.reviewers apply); decisions are final; a refusal exits 3."""
     _setup_logging(verbose)
 
     def go():
@@ -263,7 +283,7 @@ def registry_promote(
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Point the champion alias at an approved version (the previous champion is recorded)."""
+    """Point the champion alias at a version approved in its verified audit trail (refusals exit 3)."""
     _setup_logging(verbose)
 
     def go():
@@ -309,6 +329,29 @@ def registry_history(
         return history(name, params=_params(params, set_))
 
     _run(go)
+
+
+@registry_app.command("verify")
+def registry_verify(
+    name: NameArg,
+    version: VersionArg,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Verify a version's signed audit trail: exit 3 when an event was edited, reordered or deleted."""
+    _setup_logging(verbose)
+
+    def go():
+        from cvplatform.registry.audit import verify_version
+
+        return verify_version(name, version, params=_params(params, set_))
+
+    result = _run(go)
+    if not result.ok:
+        typer.secho(f"error: the audit trail of {name} v{version} is BROKEN ({len(result.problems)} problem(s)); "
+                    "see docs/runbooks/rejected-approval.md", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=3)
 
 
 @registry_app.command("show")

@@ -276,7 +276,7 @@ class TrainParams(StrictModel):
     model: TrainModelParams = TrainModelParams()
     num_classes: int | None = Field(None, ge=2)
     """Expected number of classes; None = derived from the manifest (checked when set)."""
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(10, ge=1)
     """Maximum number of epochs."""
     batch_size: int = Field(64, ge=1)
     """Training batch size (per device)."""
@@ -336,8 +336,8 @@ class EvaluateParams(StrictModel):
 
     suite: str = "configs/scenarios/default.yaml"
     """Scenario suite (configs/scenarios/*.yaml): scenarios and gate thresholds."""
-    model: str = "artifacts/train/best.ckpt"
-    """Model evaluated when none is given: a .ckpt, an .onnx or a models:/NAME@ALIAS URI."""
+    model: str = "artifacts/export/model.onnx"
+    """Model evaluated when none is given: the exported artifact (what ships), a .ckpt, an .onnx or models:/NAME@ALIAS."""
     manifest: str = "data/processed/manifest.parquet"
     """Manifest to evaluate from (relative to the project root)."""
     split: Literal["train", "val", "test"] = "test"
@@ -494,6 +494,8 @@ class RegistryParams(StrictModel):
     """Alias set on a newly registered version whose gates passed."""
     champion_alias: str = Field("champion", min_length=1, pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
     """Alias of the production version, moved by promote / rollback (keep equal to evaluate.champion_alias)."""
+    trusted_services: tuple[str, ...] = ()
+    """Tracking-server accounts allowed to record a decision made by an Airflow UI user (the pipeline workers)."""
     retry: RegistryRetryParams = RegistryRetryParams()
 
     @model_validator(mode="after")
@@ -502,8 +504,15 @@ class RegistryParams(StrictModel):
             names = tuple(r.strip() for r in self.reviewers)
             if not names or any(not n for n in names):
                 raise ValueError("reviewers must be null (anyone but the author) or a list of non-empty names")
-            if len(set(names)) != len(names):
-                raise ValueError(f"reviewers lists a name more than once: {list(names)}")
+            from cvplatform.registry.identity import check_name, normalize_name
+
+            for n in names:
+                try:
+                    check_name(n, "registry.reviewers")
+                except Exception as exc:  # InvalidReviewerError -> a config error naming the key
+                    raise ValueError(str(exc)) from None
+            if len({normalize_name(n) for n in names}) != len(names):
+                raise ValueError(f"reviewers lists a name more than once (after Unicode normalisation): {list(names)}")
             object.__setattr__(self, "reviewers", names)
         if self.challenger_alias == self.champion_alias:
             raise ValueError(f"challenger_alias and champion_alias must differ, both are {self.champion_alias!r}")

@@ -1,6 +1,6 @@
 """``make demo``: one whole release cycle on the embedded defaults, then what it produced.
 
-1. ``dvc repro``: ingest -> validate -> train -> evaluate -> export (the same pipeline
+1. ``dvc repro``: ingest -> validate -> train -> export -> evaluate (the same pipeline
    definition users and Airflow run; unchanged stages are skipped on a second run);
 2. register the exported model in the MLflow registry (idempotent);
 3. approve it as a named reviewer (four-eyes: the reviewer is not the author);
@@ -144,8 +144,8 @@ def release(root: Path, reviewer: str, challenger_seed_offset: int = 1) -> list[
             lines.append(f"challenger: reusing {ch / 'artifacts'} (delete it to retrain)")
         else:
             lines += run_train(challenger, root=ch).lines()
-            lines += run_evaluate(challenger, root=ch).lines()[-4:]
             lines += run_export(challenger, root=ch).lines()[:1]
+            lines += run_evaluate(challenger, root=ch).lines()[-4:]  # the gates judge the exported artifact
         lines += _release(ch, challenger, reviewer, policy)
     lines += ["", *show(name, params=params, root=root).lines()]
     return lines

@@ -7,7 +7,6 @@ callbacks can import it cheaply.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -91,46 +90,165 @@ def prepare_run(project: str | Path, run_id: str, form: Mapping[str, Any], *, ke
     return ref
 
 
+def _num(v: Any, fmt: str = ".4f", unit: str = "") -> str:
+    return "n/a" if not isinstance(v, int | float) else f"{v:{fmt}}{unit}"
+
+
+def _vs(cand: float | None, champ: float | None, fmt: str, unit: str = "", lower_is_better: bool = True) -> str:
+    """``cand (champion champ, -12%)`` with a coloured marker when the candidate is worse by more than 10 %."""
+    text = _num(cand, fmt, unit)
+    if champ is None:
+        return text
+    text += f" (champion {_num(champ, fmt, unit)}"
+    if cand is not None and champ:
+        change = (cand - champ) / abs(champ)
+        worse = change > 0.10 if lower_is_better else change < -0.10
+        text += f", {change:+.0%}{' 🟠' if worse else ''}"
+    return text + ")"
+
+
+def _check_line(c: Mapping[str, Any]) -> str:
+    from cvplatform.evaluation.report import check_mark
+
+    ci = c.get("ci")
+    ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list | tuple) and len(ci) == 2 else ""
+    return (f"- {check_mark(str(c.get('status')), str(c.get('level')))} **{c.get('scenario')}/{c.get('name')}** "
+            f"({c.get('level')}): value {_num(c.get('value'))}{ci_text} vs threshold {_num(c.get('threshold'))}: "
+            f"{c.get('reason')}")
+
+
+def _gate_section(gate: Mapping[str, Any], weakest: int = 5) -> list[str]:
+    from cvplatform.evaluation.gates import GateCheck
+
+    checks = [c for c in gate.get("checks") or [] if isinstance(c, dict)]
+    if not checks:
+        return ["#### Release gates: 🔴 NO GATE REPORT", "- artifacts/evaluate/gate_report.json is missing: do not "
+                "approve; re-run `cvplatform evaluate`."]
+    failed = [c for c in checks if c.get("status") == "failed" and c.get("level") == "must_pass"]
+    warned = [c for c in checks if c.get("status") == "failed" and c.get("level") != "must_pass"]
+    head = "🟢 PASSED" if gate.get("passed") and not failed else "🔴 FAILED"
+    out = [f"#### Release gates: {head}: {len(failed)} must-pass check(s) failed, "
+           f"{'🟠 ' if warned else ''}{len(warned)} warning(s), {len(checks)} checks",
+           f"- suite `{gate.get('suite')}`; judged artifact sha256 `{str(gate.get('model_sha256'))[:16]}…`"]
+    if gate.get("champion_note"):
+        out.append(f"- champion: {gate.get('champion') or 'none'} ({gate.get('champion_note')})")
+    if failed:
+        out += ["", "**Failing must-pass checks**", *(_check_line(c) for c in failed[:12])]
+    if warned:
+        out += ["", f"**Warnings** ({len(warned)})", *(_check_line(c) for c in warned[:10])]
+        if len(warned) > 10:
+            out.append(f"- … {len(warned) - 10} more in the evaluation report")
+    fields = ("name", "scenario", "status", "level", "reason", "value", "threshold", "ci")
+    passed = [GateCheck(**{k: (tuple(c[k]) if k == "ci" and c.get(k) else c.get(k)) for k in fields})
+              for c in checks if c.get("status") == "passed"]
+    closest = sorted((p for p in passed if p.margin is not None and p.name not in ("images", "pass_rate")),
+                     key=lambda p: p.margin or 0.0)[:weakest]
+    if closest:
+        out += ["", "**Weakest passing checks** (closest to their threshold)",
+                *(_check_line(p.to_dict()) for p in closest)]
+    return out
+
+
 def approval_body(root: str | Path, registered: Mapping[str, Any]) -> str:
-    """Markdown shown to the reviewer in the Airflow approval task: gates, metrics, model card.
+    """Markdown shown to the reviewer in the Airflow approval task: what the decision rests on.
 
     ``registered`` is the ``register`` task's return value (model name, version, uri, ...).
+    The page gives the task and classes, the test-set size, the gate verdict with the failing,
+    warning and weakest checks and their values (coloured markers: Airflow renders Markdown,
+    not HTML), latency / size / cost against the champion, what changed since the champion
+    (data version, params, compatibility) and links to the MLflow model version, the
+    evaluation report and the model card (:func:`cvplatform.registry.review.review_facts`).
     """
+    from cvplatform.config import DEFAULT_PARAMS, Params, load_params
+    from cvplatform.registry.review import review_facts
+
     root = Path(root)
-    lines = [
-        f"### {registered.get('model_name')} version {registered.get('version')}",
-        f"- model: `{registered.get('model_uri')}` ({registered.get('precision')}, sha256 "
-        f"`{str(registered.get('artifact_sha256', ''))[:16]}…`)",
-        f"- author: `{registered.get('author')}` (you may not approve your own version)",
-        f"- data version (DVC md5): `{registered.get('data_hash')}`",
-    ]
-    gate_file = root / "artifacts/evaluate/gate_report.json"
-    if gate_file.is_file():
-        gate = json.loads(gate_file.read_text())
-        verdict = "PASSED" if gate.get("passed") else "FAILED"
-        lines += ["", f"#### Release gates: {verdict} (scenario pass rate {gate.get('pass_rate', 0):.0%})"]
-        champ = gate.get("champion_note") or (f"compared with champion {gate['champion']}" if gate.get("champion") else "")
-        if champ:
-            lines.append(f"- champion: {champ}")
-        bad = [c for c in gate.get("checks", []) if c.get("status") == "failed"]
-        for c in bad[:12]:
-            lines.append(f"- **{c.get('level')}** {c.get('scenario')}/{c.get('name')}: {c.get('reason')}")
-        if not bad:
-            lines.append("- every check passed")
-    metrics_file = root / "artifacts/evaluate/metrics.json"
-    if metrics_file.is_file():
-        m = json.loads(metrics_file.read_text())
-        clean = m.get("clean") if isinstance(m.get("clean"), dict) else {}
-        if clean:
-            lines.append(f"- clean accuracy {clean.get('accuracy', float('nan')):.4f}, "
-                         f"macro-F1 {clean.get('macro_f1', float('nan')):.4f}")
-    lines += ["", "#### Links"]
-    if registered.get("ui_url"):
-        lines.append(f"- MLflow model version: {registered['ui_url']}")
-    lines.append(f"- model card: `{root / 'artifacts/export/model_card.md'}`")
-    lines.append(f"- evaluation report: `{root / 'artifacts/evaluate/report.html'}`")
-    lines += ["", "Approve to start the canary deploy; Reject (or no answer before the timeout) ends the run."]
+    name, version = str(registered.get("model_name")), str(registered.get("version"))
+    params = load_params(root / DEFAULT_PARAMS) if (root / DEFAULT_PARAMS).is_file() else Params()
+    f = review_facts(name, version, params=params, root=root)
+    lines = [f"### {name} version {version}: approve it for a canary deploy?", ""]
+    lines += _overview(f, registered)
+    lines += ["", *_gate_section(f.gate)]
+    lines += ["", *_serving_section(f)]
+    lines += ["", *_changes_section(f)]
+    lines += ["", "#### Links", *_links_section(f, root)]
+    lines += ["", *(f"> note: {n}" for n in f.notes)] if f.notes else []
+    lines += ["", "Approve to start the canary deploy; Reject (or no answer before the timeout) ends the run. "
+              "You may not approve a version you registered or whose run you triggered (four-eyes)."]
     return "\n".join(lines)
+
+
+def _overview(f: Any, registered: Mapping[str, Any]) -> list[str]:
+    from cvplatform.registry.review import class_names
+
+    names = class_names(f)
+    shown = ", ".join(f"`{n}`" for n in names[:20]) + (f", … ({len(names)} in all)" if len(names) > 20 else "")
+    gate, m = f.gate, f.metrics
+    clean = m.get("clean") if isinstance(m.get("clean"), dict) else {}
+    per_class = (gate.get("policy") or {}).get("min_images_per_class")
+    sizes = [c.get("value") for c in gate.get("checks") or [] if c.get("name") == "min_images_per_class"]
+    task = (f.candidate.tags.get("model.task") if f.candidate else None) or "classification"
+    return [
+        f"- **task**: {task}; **{len(names)} classes**: {shown or 'unknown'}",
+        f"- **test set**: {gate.get('n_images', 'unknown')} images of split `{gate.get('split', 'test')}`"
+        + (f"; fewest per class {int(sizes[0])} (suite minimum {per_class})" if sizes and per_class else ""),
+        f"- **artifact**: `{registered.get('model_uri')}` ({registered.get('precision')}, sha256 "
+        f"`{str(registered.get('artifact_sha256', ''))[:16]}…`); author `{registered.get('author')}`",
+        f"- **clean accuracy** {_num(clean.get('accuracy'))} (95 % Wilson interval "
+        f"[{_num(clean.get('accuracy_low'), '.3f')}, {_num(clean.get('accuracy_high'), '.3f')}]), macro-F1 "
+        f"{_num(clean.get('macro_f1'))}, ECE {_num(clean.get('ece'))}",
+    ]
+
+
+def _serving_section(f: Any) -> list[str]:
+    from cvplatform.registry.review import accuracy
+
+    cand, champ = f.candidate, f.champion
+    if cand is None:
+        return ["#### Serving cost", "- registry facts unavailable"]
+
+    def pair(key: str) -> tuple[float | None, float | None]:
+        return cand.number(key), champ.number(key) if champ else None
+
+    title = f"#### Against the champion (v{champ.version})" if champ else "#### Serving cost (no champion yet)"
+    size = pair("artifact.size_bytes")
+    return [
+        title,
+        f"- clean accuracy (as registered): {_vs(accuracy(cand), accuracy(champ), '.4f', lower_is_better=False)}",
+        f"- latency p50, batch 1: {_vs(*pair('metrics.latency_p50_ms'), '.3f', ' ms')}",
+        f"- latency p95, batch 1: {_vs(*pair('metrics.latency_p95_ms'), '.3f', ' ms')}",
+        f"- size: {_vs(size[0] / 1024 if size[0] else None, size[1] / 1024 if size[1] else None, '.1f', ' KiB')}",
+        f"- cost per 1k images: {_vs(*pair('metrics.cost_per_1k_usd'), '.3g', ' USD')}",
+        "- latency and cost come from each version's own export benchmark (same hardware only if exported on "
+        "the same machine); the canary measures both on live traffic.",
+    ]
+
+
+def _changes_section(f: Any) -> list[str]:
+    out = ["#### What changed since the champion", *(f"- {c}" for c in f.changes)]
+    if f.params_diff:
+        out.append(f"- params ({len(f.params_diff)} changed):")
+        out += [f"  - `{k}`: `{a}` -> `{b}`" for k, a, b in f.params_diff[:25]]
+        if len(f.params_diff) > 25:
+            out.append(f"  - … {len(f.params_diff) - 25} more")
+    elif f.champion is not None:
+        out.append("- params: no difference in the logged params")
+    return out
+
+
+def _links_section(f: Any, root: Path) -> list[str]:
+    from cvplatform.registry.identity import is_tracking_server
+
+    links = f.links
+    out = [f"- [MLflow model version]({links['model_version']})"]
+    if "report" in links:
+        out += [f"- [evaluation report]({links['report']})", f"- [model card]({links['model_card']})",
+                f"- [gate report]({links['gate_report']})"]
+    if not is_tracking_server(f.tracking_uri):
+        out.append(f"- embedded store: these links open after `mlflow ui --backend-store-uri {f.tracking_uri}` "
+                   f"(files: `{root / 'artifacts/evaluate/report.html'}`, `{root / 'artifacts/evaluate/model_card.md'}`)")
+    out.append(f"- audit trail: `cvplatform registry verify {f.model} {f.version}`")
+    return out
 
 
 def mlflow_ui_url(tracking_uri: str, name: str, version: str) -> str | None:

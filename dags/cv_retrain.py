@@ -1,6 +1,6 @@
 """cv_retrain: one retraining cycle of cvplatform, as an Airflow 3 TaskFlow DAG.
 
-    prepare -> ingest -> validate -> train -> evaluate -> export -> register -> route
+    prepare -> ingest -> validate -> train -> export -> evaluate -> register -> route
             -> approval -> record_approval -> canary_deploy
 
 Thin wiring only: every task calls one cvplatform function.
@@ -11,8 +11,8 @@ Thin wiring only: every task calls one cvplatform function.
   (source images, params, configuration files, code) with the pipeline state of the newest
   registered version: when nothing changed, the run ends here, green, as "nothing new"
   (no training, no registry version, no approval request).
-* The data/model stages (ingest ... export) run ``dvc repro <stage>`` in that copy
-  (``cvplatform.pipeline``), sharing the project's DVC cache and remote; unchanged stages
+* The data/model stages (ingest ... evaluate; the gates judge the exported artifact that
+  ships) run ``dvc repro <stage>`` in that copy (``cvplatform.pipeline``), sharing the project's DVC cache and remote; unchanged stages
   are restored from the cache. Each stage's outputs are pushed to the DVC remote.
 * ``register`` calls the registry (idempotent). ``route`` asks for a review only for a
   version that is still pending: a version decided earlier is never asked about again.
@@ -157,27 +157,29 @@ def cv_retrain():
         return {**out, "mlflow_run_id": summary.get("run_id"), "best_metrics": summary.get("best_metrics")}
 
     @task
-    def evaluate(ref: dict) -> dict:
-        """Scenario suite + release gates; a failed must-pass gate stops the run before export."""
-        return _repro("evaluate", ref)
-
-    @task
     def export(ref: dict) -> dict:
-        """ONNX export with the parity gate, INT8 decision and benchmark."""
+        """ONNX export with the parity gate, INT8 decision and benchmark (evaluate judges the chosen file)."""
         import json
 
         out = _repro("export", ref)
         summary = json.loads((Path(ref["root"]) / "artifacts/export/summary.json").read_text())
         return {**out, "chosen": summary.get("chosen"), "sha256": summary.get("sha256")}
 
+    @task
+    def evaluate(ref: dict) -> dict:
+        """Scenario suite + release gates on the exported artifact; a failed must-pass gate stops the run."""
+        return _repro("evaluate", ref)
+
     @task(**SERVER_RETRIES)
-    def register(exported: dict) -> dict:
+    def register(evaluated: dict) -> dict:
         """New registry version with lineage tags (idempotent), alias `challenger`, status pending."""
         from cvplatform.orchestration import approval_body, mlflow_ui_url
         from cvplatform.registry import register_model
 
-        ws = _workspace(exported)
-        reg = register_model(ws.params(), root=ws.root)
+        ws = _workspace(evaluated)
+        dag_run = get_current_context().get("dag_run")
+        reg = register_model(ws.params(), root=ws.root,
+                             triggered_by=getattr(dag_run, "triggering_user_name", None))  # may not approve it
         ref = {
             "workspace": ws.to_ref(),
             "model_name": reg.model_name,
@@ -189,7 +191,7 @@ def cv_retrain():
             "artifact_sha256": reg.artifact_sha256,
             "author": reg.author,
             "status": reg.tags.get("approval.status", "pending"),
-            "data_hash": exported.get("data_hash"),
+            "data_hash": evaluated.get("data_hash"),
             "ui_url": mlflow_ui_url(reg.tracking_uri, reg.model_name, reg.version),
         }
         ref["approval_body"] = approval_body(ws.path, ref)
@@ -207,7 +209,7 @@ def cv_retrain():
             reg["model_name"], reg["version"], reg["status"])
         return []
 
-    registered = register(export(evaluate(train(validate(ingest(prepare()))))))
+    registered = register(evaluate(export(train(validate(ingest(prepare()))))))
     routed = route(registered)
 
     approval = HITLOperator(
@@ -241,8 +243,9 @@ def cv_retrain():
         name, version = reg["model_name"], reg["version"]
         ws = _workspace(reg["workspace"])
         if chosen == ["Approve"]:
-            try:
-                res = approve(name, version, reviewer, comment, params=ws.params(), root=ws.root)
+            try:  # the reviewer is the Airflow UI user who answered (identity source "airflow")
+                res = approve(name, version, None, comment, params=ws.params(), root=ws.root,
+                              airflow_user=reviewer)
                 log.info("%s", "\n".join(res.lines()))
             except AlreadyApprovedError as exc:  # a retried/cleared task: the decision is already recorded
                 log.info("already approved, nothing to record: %s", exc)
@@ -254,7 +257,8 @@ def cv_retrain():
             why = "no reviewer answered before the approval timeout (counts as a rejection)"
             who, text = TIMEOUT_REVIEWER, why
         try:
-            res = reject(name, version, who, text, params=ws.params(), root=ws.root)
+            res = reject(name, version, None if reviewer else who, text, params=ws.params(), root=ws.root,
+                         airflow_user=reviewer or None)
             log.info("%s", "\n".join(res.lines()))
         except AlreadyRejectedError as exc:
             log.info("already rejected, nothing to record: %s", exc)

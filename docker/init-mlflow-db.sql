@@ -1,1 +1,2 @@
 CREATE DATABASE mlflow OWNER airflow;
+CREATE DATABASE mlflow_auth OWNER airflow;

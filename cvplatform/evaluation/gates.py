@@ -11,7 +11,11 @@ Checks (each one a :class:`GateCheck` with name, scenario, value, threshold,
 confidence interval, status, level and a one-line reason):
 
 ``images``            the scenario has at least one image (an empty slice fails)
+``min_images_per_class``  (clean scenario, must-pass) every class has at least that many images:
+                      a split too small cannot support the floors, so the suite refuses to pass it
 ``min_accuracy``      accuracy >= floor
+``min_relative_accuracy``  accuracy >= floor x the clean scenario's accuracy (robustness relative
+                      to clean performance, e.g. 0.85: a mild corruption may cost at most 15 % of it)
 ``min_macro_f1``      macro-F1 >= floor
 ``max_ece``           expected calibration error <= bound
 ``critical_fpr:<c>``  false-positive rate of critical class ``c`` <= bound
@@ -19,7 +23,9 @@ confidence interval, status, level and a one-line reason):
                       same images: fails when the CI's lower bound is *below*
                       ``-max_drop`` (a lower bound exactly at ``-max_drop`` passes)
 ``champion``          suite-wide: "no champion to compare against" (status
-                      ``skipped``, or ``failed`` with ``require_champion``)
+                      ``skipped``, or ``failed`` with ``require_champion``); a champion whose
+                      classes / input differ is ``failed`` (warn, or must-pass with
+                      ``require_champion``): "not comparable" is never silent
 ``pass_rate``         share of must-pass scenarios (or of all scenarios, ``pass_rate_scope: all``)
                       passing >= ``min_pass_rate``; a scenario passes when no check at the
                       scenario's own level fails (``warn_only`` checks don't count)
@@ -41,7 +47,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from cvplatform.evaluation.metrics import ScenarioResult
 
 Level = Literal["must_pass", "warn"]
-ThresholdKey = Literal["min_accuracy", "min_macro_f1", "max_ece", "max_critical_fpr", "max_drop"]
+ThresholdKey = Literal["min_accuracy", "min_relative_accuracy", "min_macro_f1", "max_ece", "max_critical_fpr",
+                       "max_drop"]
 Status = Literal["passed", "failed", "skipped"]
 
 #: Float tolerance for threshold comparisons: a value equal to its threshold passes.
@@ -53,6 +60,8 @@ class ScenarioGate(StrictModel):
 
     level: Level = "warn"
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    min_relative_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    """Floor as a fraction of the clean scenario's accuracy."""
     min_macro_f1: float | None = Field(None, ge=0.0, le=1.0)
     max_ece: float | None = Field(None, ge=0.0, le=1.0)
     max_critical_fpr: float | None = Field(None, ge=0.0, le=1.0)
@@ -85,6 +94,10 @@ class GatePolicy(StrictModel):
     """Level of the pass-rate check."""
     require_champion: bool = False
     """True: the 'no champion' check fails instead of being skipped."""
+    clean_scenario: str | None = None
+    """The clean scenario: reference of ``min_relative_accuracy`` and of ``min_images_per_class``."""
+    min_images_per_class: int | None = Field(None, ge=1)
+    """Every class needs at least this many images in the clean scenario, else a must-pass failure."""
     n_bootstrap: int = Field(1000, ge=10)
     """Resamples of the paired bootstrap."""
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
@@ -115,6 +128,25 @@ class GateCheck:
     def blocking(self) -> bool:
         """A failed must-pass check (makes the report fail)."""
         return self.status == "failed" and self.level == "must_pass"
+
+    @property
+    def margin(self) -> float | None:
+        """How far a decided check is from its threshold, in the passing direction (negative = failing).
+
+        Floors (``min_*``, ``pass_rate``, ``images``) give ``value - threshold``; bounds (``max_*``,
+        ``critical_fpr:*``) give ``threshold - value``; the champion regression uses the lower CI
+        bound. None for skipped checks and checks without numbers.
+        """
+        if self.status == "skipped" or self.threshold is None:
+            return None
+        if self.name == "champion_regression":
+            lo = self.ci[0] if self.ci else self.value
+            return None if lo is None else lo - self.threshold
+        if self.value is None:
+            return None
+        if self.name.startswith(("max_", "critical_fpr")):
+            return self.threshold - self.value
+        return self.value - self.threshold
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -155,6 +187,19 @@ class GateReport:
     def for_scenario(self, name: str) -> list[GateCheck]:
         return [c for c in self.checks if c.scenario == name]
 
+    def weakest(self, n: int = 5) -> list[GateCheck]:
+        """The ``n`` passed threshold checks closest to failing (smallest margin), for reviewers.
+
+        Example:
+            >>> GateReport([GateCheck("min_accuracy", "fog_s1", "passed", "must_pass", "", 0.9, 0.85),
+            ...             GateCheck("min_accuracy", "clean", "passed", "must_pass", "", 0.99, 0.9)],
+            ...            1.0).weakest(1)[0].scenario
+            'fog_s1'
+        """
+        decided = [c for c in self.checks if c.status == "passed" and c.name not in ("images", "pass_rate")
+                   and c.margin is not None]
+        return sorted(decided, key=lambda c: (c.margin, c.scenario, c.name))[:n]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
@@ -184,6 +229,42 @@ def _bound_check(name: str, scenario: str, level: Level, value: float | None, bo
     ok = value <= bound + EPS
     reason = f"{label} {_fmt(value)} {'<=' if ok else '>'} bound {_fmt(bound)}"
     return GateCheck(name, scenario, "passed" if ok else "failed", level, reason, value, bound)
+
+
+def _relative_check(scenario: str, level: Level, res: ScenarioResult, ratio: float,
+                    clean: ScenarioResult | None, clean_name: str | None) -> GateCheck:
+    m = res.metrics
+    assert m is not None
+    if clean is None or clean.metrics is None:
+        return GateCheck("min_relative_accuracy", scenario, "failed", level,
+                         f"no clean result ({clean_name or 'no clean scenario'}) to judge the relative floor against",
+                         m.accuracy, None, m.accuracy_ci)
+    ref = clean.metrics.accuracy
+    floor = ratio * ref
+    ok = m.accuracy >= floor - EPS
+    share = (m.accuracy / ref) if ref > 0 else 0.0
+    reason = (f"accuracy {_fmt(m.accuracy)} is {share:.0%} of clean {_fmt(ref)} "
+              f"{'>=' if ok else '<'} floor {ratio:.0%} ({_fmt(floor)})")
+    return GateCheck("min_relative_accuracy", scenario, "passed" if ok else "failed", level, reason, m.accuracy,
+                     floor, m.accuracy_ci)
+
+
+def _sample_size_check(scenario: str, res: ScenarioResult, minimum: int) -> GateCheck:
+    m = res.metrics
+    assert m is not None
+    small = {c: n for c, n in m.support.items() if n < minimum}
+    fewest = min(m.support.values(), default=0)
+    if not small:
+        return GateCheck("min_images_per_class", scenario, "passed", "must_pass",
+                         f"every class has >= {minimum} images (fewest: {fewest})", float(fewest), float(minimum))
+    shown = ", ".join(f"{c!r}: {n}" for c, n in sorted(small.items(), key=lambda kv: kv[1])[:8])
+    return GateCheck(
+        "min_images_per_class", scenario, "failed", "must_pass",
+        f"{len(small)} class(es) have fewer than {minimum} images ({shown}): the split is too small to support the "
+        "suite's floors. Add labelled images (or a larger ingest.split.test share), do not shrink evaluate.max_images "
+        "below it, or lower min_images_per_class in the suite knowingly",
+        float(fewest), float(minimum),
+    )
 
 
 def _regression_check(
@@ -223,6 +304,7 @@ def check_gates(
     champion: Mapping[str, ScenarioResult] | None = None,
     *,
     champion_note: str | None = None,
+    champion_incompatible: str | None = None,
 ) -> GateReport:
     """Decide the release gates (pure: no I/O; deterministic).
 
@@ -233,6 +315,9 @@ def check_gates(
             when there is no champion (reported as a ``skipped`` check).
         champion_note: Why there is no champion (shown in that check's reason),
             e.g. "registered model 'cvplatform' does not exist".
+        champion_incompatible: Set when a champion exists but cannot be compared (other
+            classes / input contract): the ``champion`` check then fails (warn-level, or
+            must-pass with ``require_champion``) naming the differences.
 
     Returns:
         A :class:`GateReport`; ``report.passed`` is False when any must-pass check failed.
@@ -263,10 +348,16 @@ def check_gates(
         else:
             m = res.metrics
             own.append(GateCheck("images", name, "passed", lvl, f"{res.n} images", float(res.n), 1.0))
+            if name == policy.clean_scenario and policy.min_images_per_class is not None:
+                own.append(_sample_size_check(name, res, policy.min_images_per_class))
             if gate.min_accuracy is not None:
                 c = _floor_check("min_accuracy", name, gate.level_of("min_accuracy"), m.accuracy,
                                  gate.min_accuracy, "accuracy")
                 own.append(GateCheck(**{**asdict(c), "ci": m.accuracy_ci}))
+            if gate.min_relative_accuracy is not None:
+                clean = results.get(policy.clean_scenario) if policy.clean_scenario else None
+                own.append(_relative_check(name, gate.level_of("min_relative_accuracy"), res,
+                                           gate.min_relative_accuracy, clean, policy.clean_scenario))
             if gate.min_macro_f1 is not None:
                 c = _floor_check("min_macro_f1", name, gate.level_of("min_macro_f1"), m.macro_f1,
                                  gate.min_macro_f1, "macro-F1")
@@ -289,7 +380,13 @@ def check_gates(
         scenario_ok[name] = not any(c.status == "failed" and c.level == lvl for c in own)
 
     # champion presence (suite-wide), never silent
-    if champion is None:
+    if champion is None and champion_incompatible:
+        checks.append(GateCheck(
+            "champion", "*", "failed", "must_pass" if policy.require_champion else "warn",
+            f"champion not comparable: {champion_incompatible}; no regression check was run, and the version can "
+            "only replace the champion if its reviewer confirms the change (registry approve --confirm-incompatible)",
+        ))
+    elif champion is None:
         status: Status = "failed" if policy.require_champion else "skipped"
         wanted = [n for n, g in policy.scenarios.items() if g.max_drop is not None]
         checks.append(GateCheck(

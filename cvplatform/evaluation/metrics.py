@@ -1,11 +1,15 @@
-"""Classification metrics for one scenario, bootstrap confidence intervals and corruption error.
+"""Classification metrics for one scenario, confidence intervals and corruption error.
 
 Point estimates come from torchmetrics (accuracy, macro-F1, per-class precision
 and recall, specificity -> false-positive rate, confusion matrix, expected
-calibration error). The bootstrap resamples the *same* per-image outcomes with
-numpy (vectorised confusion counts), using the same macro-F1 convention as
-torchmetrics (a class absent from both targets and predictions is left out of the
-average), so a bootstrap distribution is centred on the reported point estimate.
+calibration error). Proportions (accuracy, per-class recall) get **Wilson score
+intervals** (:func:`wilson_interval`), which stay honest at 0 % and 100 %: 33 of 33
+correct gives [0.896, 1.000], not the [1.000, 1.000] a bootstrap of a perfect
+sample returns. Macro-F1, which is not a proportion, keeps the percentile
+bootstrap: it resamples the *same* per-image outcomes with numpy (vectorised
+confusion counts), using the same macro-F1 convention as torchmetrics (a class
+absent from both targets and predictions is left out of the average), so a
+bootstrap distribution is centred on the reported point estimate.
 
 Definitions
 -----------
@@ -23,18 +27,23 @@ ECE
     confidence exactly 1.0). :attr:`ScenarioMetrics.reliability` holds the bins,
     so ``sum(share * |accuracy - confidence|)`` over them equals the ECE.
 confidence intervals
-    percentile bootstrap (``n_bootstrap`` resamples of the images, with
-    replacement, seeded) at level ``confidence`` (default 95 %).
-mCE (:func:`corruption_error_summary`)
-    ``E_{c,s}`` = error (1 - accuracy) of corruption ``c`` at severity ``s``;
-    ``E_clean`` = clean error. **Relative corruption error**
-    ``CE_c = mean_s(E_{c,s}) / max(E_clean, 1 / N_clean)`` and
-    ``mCE = mean_c(CE_c)`` (severities averaged first, then corruptions, so each
-    corruption weighs the same). 1.0 = as good as clean; 3.0 = three times the
-    clean error. The floor ``1 / N_clean`` (one mistake) keeps it finite for a
-    model with no clean error (so a model that makes no mistake anywhere has mCE 0). Because no fixed baseline model exists (ImageNet-C
-    normalises by AlexNet), we also report the absolute
-    ``mean_degradation = mean_c mean_s (E_{c,s} - E_clean)`` (accuracy points lost).
+    accuracy and per-class recall: Wilson score interval at level ``confidence``
+    (default 95 %); macro-F1: percentile bootstrap (``n_bootstrap`` resamples of the
+    images, with replacement, seeded); champion comparison: paired bootstrap.
+corruption error (:func:`corruption_error_summary`)
+    ``E_{c,s}`` = error (1 - accuracy) of corruption ``c`` at severity ``s``.
+
+    * **mCE** as ImageNet-C defines it, with the **champion as the reference model**
+      (ImageNet-C uses AlexNet): ``CE_c = sum_s E_{c,s} / sum_s E^ref_{c,s}``,
+      ``mCE = mean_c CE_c``. 1.0 = as robust as the champion, below 1 = more robust.
+      Only reported when the champion was evaluated on the same images; each
+      ``E^ref_{c,s}`` is floored at ``1 / N`` (one mistake) so a perfect reference
+      keeps it finite.
+    * **error multiple vs clean** (``error_multiple_vs_clean``): the model's own
+      corruption error divided by its own clean error,
+      ``mean_c mean_s E_{c,s} / max(E_clean, 1 / N_clean)``. It needs no reference
+      model, but it is *not* mCE: 3.0 means "three times its clean error".
+    * ``mean_degradation = mean_c mean_s (E_{c,s} - E_clean)``: accuracy points lost.
 """
 
 from __future__ import annotations
@@ -58,7 +67,7 @@ class ScenarioMetrics:
 
     Attributes:
         n: number of images.
-        accuracy / accuracy_ci: point estimate and (low, high) bootstrap interval.
+        accuracy / accuracy_ci: point estimate and (low, high) Wilson score interval.
         macro_f1 / macro_f1_ci: point estimate and (low, high) bootstrap interval.
         precision / recall / support: per class name.
         critical_fpr: false-positive rate per configured critical class.
@@ -70,6 +79,7 @@ class ScenarioMetrics:
     n: int
     accuracy: float
     accuracy_ci: tuple[float, float]
+    """Wilson score interval."""
     macro_f1: float
     macro_f1_ci: tuple[float, float]
     precision: dict[str, float | None]
@@ -80,6 +90,8 @@ class ScenarioMetrics:
     reliability: list[dict[str, float]]
     confusion: list[list[int]]
     mean_confidence: float = 0.0
+    recall_ci: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    """Wilson interval of each class's recall (None for a class without images)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -148,6 +160,36 @@ def _bootstrap_indices(n: int, n_bootstrap: int, rng: np.random.Generator):
         b = min(per_chunk, n_bootstrap - done)
         yield rng.integers(0, n, size=(b, n))
         done += b
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n``: honest at 0 % and 100 %.
+
+    Args:
+        successes: Number of successes (e.g. correctly classified images).
+        n: Number of trials (images), > 0.
+        confidence: Two-sided level, e.g. 0.95.
+
+    Example:
+        >>> [round(v, 3) for v in wilson_interval(33, 33)]
+        [0.896, 1.0]
+        >>> [round(v, 3) for v in wilson_interval(0, 10)]
+        [0.0, 0.278]
+    """
+    from statistics import NormalDist
+
+    if n <= 0:
+        raise DataError("wilson_interval: no trials")
+    if not 0 <= successes <= n:
+        raise DataError(f"wilson_interval: {successes} successes out of {n} trials")
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)  # exact at the bounds (no float residue)
+    return lo, hi
 
 
 def _interval(dist: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -370,10 +412,13 @@ def compute_metrics(
 
     cis = bootstrap_ci(y, pred, c, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
     conf = p.max(axis=1)
+    diag = np.diagonal(cm)
+    recall_ci = {names[k]: (wilson_interval(int(diag[k]), int(support[k]), confidence) if support[k] > 0 else None)
+                 for k in range(c)}
     return ScenarioMetrics(
         n=n,
         accuracy=accuracy,
-        accuracy_ci=cis["accuracy"],
+        accuracy_ci=wilson_interval(int((pred == y).sum()), n, confidence),
         macro_f1=macro_f1,
         macro_f1_ci=cis["macro_f1"],
         precision=precision,
@@ -384,6 +429,7 @@ def compute_metrics(
         reliability=reliability_bins(conf, pred == y, n_bins),
         confusion=cm.astype(int).tolist(),
         mean_confidence=float(conf.mean()),
+        recall_ci=recall_ci,
     )
 
 
@@ -391,36 +437,54 @@ def corruption_error_summary(
     clean_error: float,
     corruption_errors: Mapping[tuple[str, int], float],
     n_clean: int,
+    reference_errors: Mapping[tuple[str, int], float] | None = None,
+    reference_name: str | None = None,
 ) -> dict[str, Any]:
-    """mCE and friends from clean and per-(corruption, severity) errors (see module docstring).
+    """mCE (against a reference model) and the reference-free summaries (see the module docstring).
 
     Args:
         clean_error: error (1 - accuracy) on the clean scenario.
         corruption_errors: ``{(corruption, severity): error}``.
-        n_clean: number of clean images (sets the ``1 / N`` floor of the clean error).
+        n_clean: number of clean images (sets the ``1 / N`` floors).
+        reference_errors: the reference model's (the champion's) errors on the same
+            scenarios; None = no mCE.
+        reference_name: what the reference is (e.g. ``models:/cvplatform@champion``).
 
     Returns:
-        ``{"mce", "mean_degradation", "mean_corruption_error", "per_corruption": {name: {"ce", "error"}}}``;
-        values are ``None`` when there are no corruption scenarios.
+        ``{"mce", "mce_reference", "error_multiple_vs_clean", "mean_degradation",
+        "mean_corruption_error", "per_corruption": {name: {"error", "error_multiple", "degradation", "ce"}}}``;
+        values are ``None`` when undefined (no corruption scenarios, no reference).
 
     Example:
-        >>> s = corruption_error_summary(0.1, {("fog", 1): 0.2, ("fog", 2): 0.4, ("jpeg", 1): 0.1}, 100)
-        >>> round(s["mce"], 6), round(s["mean_degradation"], 6)
-        (2.0, 0.1)
+        >>> s = corruption_error_summary(0.1, {("fog", 1): 0.2, ("fog", 2): 0.4, ("jpeg", 1): 0.1}, 100,
+        ...                              {("fog", 1): 0.3, ("fog", 2): 0.3, ("jpeg", 1): 0.2}, "champion")
+        >>> round(s["mce"], 6), round(s["error_multiple_vs_clean"], 6), round(s["mean_degradation"], 6)
+        (0.75, 2.0, 0.1)
     """
+    empty = {"mce": None, "mce_reference": None, "error_multiple_vs_clean": None, "mean_degradation": None,
+             "mean_corruption_error": None, "per_corruption": {}}
     if not corruption_errors:
-        return {"mce": None, "mean_degradation": None, "mean_corruption_error": None, "per_corruption": {}}
-    floor = max(float(clean_error), 1.0 / max(int(n_clean), 1))
-    by_name: dict[str, list[float]] = {}
-    for (name, _sev), err in sorted(corruption_errors.items()):
-        by_name.setdefault(name, []).append(float(err))
-    per = {}
-    for name, errs in by_name.items():
+        return empty
+    one = 1.0 / max(int(n_clean), 1)
+    floor = max(float(clean_error), one)
+    by_name: dict[str, list[tuple[int, float]]] = {}
+    for (name, sev), err in sorted(corruption_errors.items()):
+        by_name.setdefault(name, []).append((int(sev), float(err)))
+    per: dict[str, dict[str, Any]] = {}
+    for name, rows in by_name.items():
+        errs = [e for _, e in rows]
         mean_err = sum(errs) / len(errs)
-        per[name] = {"error": mean_err, "ce": mean_err / floor, "degradation": mean_err - float(clean_error)}
+        per[name] = {"error": mean_err, "error_multiple": mean_err / floor, "degradation": mean_err - float(clean_error),
+                     "ce": None}
+        if reference_errors is not None and all((name, sev) in reference_errors for sev, _ in rows):
+            ref = sum(max(float(reference_errors[(name, sev)]), one) for sev, _ in rows)
+            per[name]["ce"] = sum(errs) / ref
     k = len(per)
+    ces = [v["ce"] for v in per.values() if v["ce"] is not None]
     return {
-        "mce": sum(v["ce"] for v in per.values()) / k,
+        "mce": (sum(ces) / len(ces)) if reference_errors is not None and len(ces) == k else None,
+        "mce_reference": reference_name if reference_errors is not None and len(ces) == k else None,
+        "error_multiple_vs_clean": sum(v["error_multiple"] for v in per.values()) / k,
         "mean_degradation": sum(v["degradation"] for v in per.values()) / k,
         "mean_corruption_error": sum(v["error"] for v in per.values()) / k,
         "clean_error_floor": floor,
@@ -525,4 +589,5 @@ __all__ = [
     "paired_bootstrap_delta",
     "reliability_bins",
     "softmax",
+    "wilson_interval",
 ]

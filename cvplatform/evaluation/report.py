@@ -30,13 +30,29 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from cvplatform.evaluation.gates import GateReport
+    from cvplatform.evaluation.gates import GateCheck, GateReport
     from cvplatform.evaluation.metrics import ScenarioResult
     from cvplatform.evaluation.scenarios import Scenario
 
 log = logging.getLogger(__name__)
 
-_STATUS_COLOURS = {"passed": "#2e7d32", "failed": "#c62828", "warned": "#ef6c00", "empty": "#6a1b9a", "-": "#546e7a"}
+_STATUS_COLOURS = {"passed": "#2e7d32", "failed": "#c62828", "warned": "#ef6c00", "empty": "#6a1b9a", "-": "#546e7a",
+                   "unchecked": "#9e9e9e", "skipped": "#9e9e9e"}
+#: Coloured markers for Markdown (Airflow's approval page and GitHub render emoji in colour, not HTML).
+STATUS_MARKS = {"passed": "🟢", "failed": "🔴", "warned": "🟠", "empty": "🟣", "-": "⚪", "unchecked": "⚪",
+                "skipped": "⚪"}
+
+
+def check_mark(status: str, level: str) -> str:
+    """The coloured marker of a gate check: red for a failed must-pass, orange for a failed warning."""
+    if status == "failed":
+        return STATUS_MARKS["failed"] if level == "must_pass" else STATUS_MARKS["warned"]
+    return STATUS_MARKS.get(status, "⚪")
+
+
+def check_state(status: str, level: str) -> str:
+    """``failed`` / ``warned`` / ``passed`` / ``skipped``: a failed warn-level check is a warning."""
+    return "warned" if status == "failed" and level != "must_pass" else status
 
 
 @dataclass
@@ -75,7 +91,11 @@ class ReportContext:
 
 
 def scenario_status(name: str, gates: GateReport) -> str:
-    """``passed`` | ``failed`` (a must-pass check failed) | ``warned`` | ``empty`` | ``-`` (no checks)."""
+    """``passed`` | ``failed`` (a must-pass check failed) | ``warned`` | ``empty`` | ``unchecked`` | ``-``.
+
+    ``passed`` needs at least one decided threshold check that passed: a scenario whose only
+    check is "it has images" is ``unchecked`` (drawn grey), never green, whatever its accuracy.
+    """
     checks = gates.for_scenario(name)
     if any(c.name == "images" and c.status == "failed" for c in checks):
         return "empty" if not any(c.blocking for c in checks) else "failed"
@@ -83,7 +103,9 @@ def scenario_status(name: str, gates: GateReport) -> str:
         return "failed"
     if any(c.status == "failed" for c in checks):
         return "warned"
-    return "passed" if checks else "-"
+    if not checks:
+        return "-"
+    return "passed" if any(c.status == "passed" and c.name != "images" for c in checks) else "unchecked"
 
 
 # --------------------------------------------------------------------------- plot data (CSV)
@@ -168,7 +190,7 @@ def plot_scenarios(ctx: ReportContext, path: Path) -> Path:
         lo.append((m.accuracy - m.accuracy_ci[0]) if m else 0.0)
         hi.append((m.accuracy_ci[1] - m.accuracy) if m else 0.0)
         colours.append(_STATUS_COLOURS[scenario_status(sc.name, ctx.gates)])
-        floors.append(sc.gate.min_accuracy)
+        floors.append(_floor_of(sc, ctx))
     h = max(2.5, 0.22 * len(names) + 1.0)
     fig, ax = plt.subplots(figsize=(7.5, h))
     y = list(range(len(names)))
@@ -180,14 +202,21 @@ def plot_scenarios(ctx: ReportContext, path: Path) -> Path:
     ax.set_yticklabels(names, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.0)
-    ax.set_xlabel(f"accuracy ({int(round(ctx.confidence * 100))}% bootstrap CI; black tick = floor)")
-    ax.set_title("Accuracy per scenario (green passed, red failed, orange warning)", fontsize=9)
+    ax.set_xlabel(f"accuracy ({int(round(ctx.confidence * 100))}% Wilson interval; black tick = floor)")
+    ax.set_title("Accuracy per scenario (green passed, red failed, orange warning, grey not checked)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _floor_of(sc: Scenario, ctx: ReportContext) -> float | None:
+    """The accuracy floor drawn for a scenario: the higher of its absolute and relative floors."""
+    floors = [c.threshold for c in ctx.gates.for_scenario(sc.name)
+              if c.name in ("min_accuracy", "min_relative_accuracy") and c.threshold is not None]
+    return max(floors) if floors else None
 
 
 def plot_corruptions(ctx: ReportContext, path: Path) -> Path | None:
@@ -212,8 +241,8 @@ def plot_corruptions(ctx: ReportContext, path: Path) -> Path | None:
     ax.set_ylim(0, 1.02)
     ax.set_xticks([1, 2, 3, 4, 5])
     mce = ctx.corruption_summary.get("mce")
-    ax.set_title(f"Accuracy under corruption (mCE {mce:.2f})" if mce is not None else "Accuracy under corruption",
-                 fontsize=9)
+    ax.set_title(f"Accuracy under corruption (mCE vs champion {mce:.2f})" if mce is not None
+                 else "Accuracy under corruption", fontsize=9)
     ax.legend(fontsize=7, ncol=2, loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -347,9 +376,9 @@ def _corruption_matrix(ctx: ReportContext) -> tuple[list[str], list[list[str]]]:
         if sc.kind == "corruption" and r is not None and r.metrics is not None:
             table.setdefault(str(sc.corruption), {})[int(sc.severity or 0)] = r.metrics.accuracy
     per = ctx.corruption_summary.get("per_corruption", {})
-    rows = [[name, *(_f(sev.get(s)) for s in range(1, 6)), _f(per.get(name, {}).get("ce"), 2)]
-            for name, sev in table.items()]
-    return ["corruption", "s1", "s2", "s3", "s4", "s5", "CE (rel. to clean)"], rows
+    rows = [[name, *(_f(sev.get(s)) for s in range(1, 6)), _f(per.get(name, {}).get("ce"), 2),
+             _f(per.get(name, {}).get("error_multiple"), 2)] for name, sev in table.items()]
+    return ["corruption", "s1", "s2", "s3", "s4", "s5", "CE vs champion", "error ÷ clean error"], rows
 
 
 def _class_rows(ctx: ReportContext) -> list[list[str]]:
@@ -357,38 +386,83 @@ def _class_rows(ctx: ReportContext) -> list[list[str]]:
     if clean is None or clean.metrics is None:
         return []
     m = clean.metrics
-    return [[c, str(m.support[c]), _f(m.precision[c]), _f(m.recall[c]),
+    return [[c, str(m.support[c]), _f(m.precision[c]), _f(m.recall[c]), _ci(m.recall_ci.get(c)),
              _f(m.critical_fpr.get(c)) if c in m.critical_fpr else ""] for c in ctx.class_names]
+
+
+_CLASS_HEADER = ["class", "support", "precision", "recall", "recall CI (Wilson)", "FPR"]
+
+
+def corruption_lines(cs: Mapping[str, Any]) -> tuple[str, str]:
+    """Two honest one-liners about corruption error: mCE against the champion, and the reference-free multiple."""
+    if cs.get("mce") is not None:
+        mce = (f"mCE {_f(cs.get('mce'), 3)} (ImageNet-C definition with the champion {cs.get('mce_reference')} as "
+               "the reference model; < 1 = more robust than the champion)")
+    else:
+        mce = "mCE: not available (it needs a reference model: the champion, evaluated on the same images)"
+    own = (f"corruption error ÷ own clean error: {_f(cs.get('error_multiple_vs_clean'), 2)} (not mCE); mean "
+           f"accuracy drop under corruption: {_f(cs.get('mean_degradation'), 3)}")
+    return mce, own
+
+
+def ordered_checks(g: GateReport) -> list[GateCheck]:
+    """Checks for the report: failed must-pass, then warnings, then the others weakest first (passed images omitted)."""
+    def rank(c: GateCheck) -> tuple[int, float, str, str]:
+        group = 0 if c.blocking else 1 if c.status == "failed" else 3 if c.status == "skipped" else 2
+        m = c.margin
+        return group, (m if m is not None else float("inf")), c.scenario, c.name
+
+    return sorted((c for c in g.checks if c.status != "passed" or c.name != "images"), key=rank)
+
+
+def _check_row(c: GateCheck, marks: bool) -> list[str]:
+    state = check_state(c.status, c.level)
+    shown = f"{check_mark(c.status, c.level)} {state}" if marks else state
+    return [shown, c.level, c.scenario, c.name, _f(c.value, 4), _f(c.threshold, 4), _ci(c.ci), c.reason]
+
+
+_CHECK_HEADER = ["status", "level", "scenario", "check", "value", "threshold", "CI", "reason"]
+
+
+def verdict_text(g: GateReport, marks: bool = True) -> str:
+    """``🔴 FAILED: 2 must-pass check(s) failed, 3 warning(s)`` (markers optional)."""
+    head = ("🟢 PASSED" if g.passed else "🔴 FAILED") if marks else ("PASSED" if g.passed else "FAILED")
+    warn = f"{'🟠 ' if marks and g.warnings else ''}{len(g.warnings)} warning(s)"
+    return f"{head}: {len(g.failures)} must-pass check(s) failed, {warn}"
 
 
 def render_markdown(ctx: ReportContext, plots: Mapping[str, str]) -> str:
     """The Markdown report (plots referenced relative to the report)."""
     g = ctx.gates
     cs = ctx.corruption_summary
+    mce, own = corruption_lines(cs)
+    pct = int(round(ctx.confidence * 100))
     lines = [
         f"# Evaluation report: {ctx.model}",
         "",
-        f"**Verdict: {'PASSED' if g.passed else 'FAILED'}** — {len(g.failures)} must-pass check(s) failed, "
-        f"{len(g.warnings)} warning(s); scenario pass rate (KPI) "
+        f"**Verdict: {verdict_text(g)}**; scenario pass rate (KPI) "
         f"{_f(g.pass_rate) if g.pass_rate is not None else 'n/a'}.",
         "",
+        f"- model sha256: `{ctx.extra.get('model_sha256') or 'n/a'}`",
         f"- suite: `{ctx.suite}`; split: `{ctx.split}`; classes: {len(ctx.class_names)}; seed: {ctx.seed}",
         f"- champion: {ctx.champion or 'none'}{(' — ' + ctx.champion_note) if ctx.champion_note else ''}",
-        f"- mCE (mean corruption error relative to clean, 1.0 = no degradation): {_f(cs.get('mce'), 3)}; "
-        f"mean accuracy drop under corruption: {_f(cs.get('mean_degradation'), 3)}",
-        f"- intervals: {int(round(ctx.confidence * 100))}% percentile bootstrap",
+        f"- {mce}",
+        f"- {own}",
+        f"- intervals ({pct}%): accuracy and recall Wilson score; macro-F1 percentile bootstrap; "
+        "champion difference paired bootstrap",
         "",
         "## Gate checks",
         "",
-        *_md_table(["status", "level", "scenario", "check", "value", "threshold", "CI", "reason"],
-                   [[c.status, c.level, c.scenario, c.name, _f(c.value, 4), _f(c.threshold, 4), _ci(c.ci), c.reason]
-                    for c in g.checks if c.status != "passed" or c.name != "images"]),
+        "🔴 failed must-pass · 🟠 warning · 🟢 passed · ⚪ skipped; failures first, then the weakest passes.",
+        "",
+        *_md_table(_CHECK_HEADER, [_check_row(c, True) for c in ordered_checks(g)]),
         "",
         "## Scenarios",
         "",
         f"![accuracy per scenario]({plots.get('scenarios', '')})" if plots.get("scenarios") else "",
         "",
-        *_md_table(_SCENARIO_HEADER, _scenario_rows(ctx)),
+        *_md_table(_SCENARIO_HEADER, [[*r[:-1], f"{STATUS_MARKS.get(r[-1], '')} {r[-1]}"]
+                                      for r in _scenario_rows(ctx)]),
         "",
     ]
     header, rows = _corruption_matrix(ctx)
@@ -399,7 +473,7 @@ def render_markdown(ctx: ReportContext, plots: Mapping[str, str]) -> str:
         lines += [*_md_table(header, rows), ""]
     crow = _class_rows(ctx)
     if crow:
-        lines += ["## Per class (clean)", "", *_md_table(["class", "support", "precision", "recall", "FPR"], crow), ""]
+        lines += ["## Per class (clean)", "", *_md_table(_CLASS_HEADER, crow), ""]
     for key, title in (("confusion", "Confusion matrix (clean)"), ("reliability", "Reliability diagram (clean)")):
         if plots.get(key):
             lines += [f"## {title}", "", f"![{title}]({plots[key]})", ""]
@@ -413,14 +487,21 @@ def render_markdown(ctx: ReportContext, plots: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_ROW_BACKGROUND = {"failed": "#ffebee", "warned": "#fff3e0"}
+
+
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], status_col: int | None = None) -> str:
+    """A table; with ``status_col`` the status cell is coloured and failed / warned rows are shaded."""
     out = ["<table><thead><tr>", *(f"<th>{html.escape(h)}</th>" for h in header), "</tr></thead><tbody>"]
     for r in rows:
-        style = ""
+        style, row_style = "", ""
         if status_col is not None:
-            colour = _STATUS_COLOURS.get(r[status_col], "")
-            style = f' style="color:{colour}"' if colour else ""
-        out.append("<tr>" + "".join(
+            state = str(r[status_col])
+            colour = _STATUS_COLOURS.get(state, "")
+            style = f' style="color:{colour};font-weight:bold"' if colour else ""
+            if state in _ROW_BACKGROUND:
+                row_style = f' style="background:{_ROW_BACKGROUND[state]}"'
+        out.append(f"<tr{row_style}>" + "".join(
             f"<td{style if i == status_col else ''}>{html.escape(str(c))}</td>" for i, c in enumerate(r)) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
@@ -430,8 +511,9 @@ def render_html(ctx: ReportContext, plots: Mapping[str, str]) -> str:
     """The HTML report (self-contained page; images referenced relative to it)."""
     g = ctx.gates
     cs = ctx.corruption_summary
-    verdict = "PASSED" if g.passed else "FAILED"
     colour = _STATUS_COLOURS["passed" if g.passed else "failed"]
+    mce, own = corruption_lines(cs)
+    pct = int(round(ctx.confidence * 100))
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>Evaluation: {html.escape(ctx.model)}</title>",
@@ -439,21 +521,20 @@ def render_html(ctx: ReportContext, plots: Mapping[str, str]) -> str:
         "font-size:12px;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
         "th{background:#f3f3f3}img{max-width:100%}</style></head><body>",
         f"<h1>Evaluation report: {html.escape(ctx.model)}</h1>",
-        f"<p style='font-size:18px;color:{colour}'><b>Verdict: {verdict}</b> — {len(g.failures)} must-pass "
-        f"check(s) failed, {len(g.warnings)} warning(s); scenario pass rate (KPI) "
-        f"{_f(g.pass_rate) if g.pass_rate is not None else 'n/a'}</p>",
+        f"<p style='font-size:18px;color:{colour}'><b>Verdict: {html.escape(verdict_text(g, marks=False))}</b>"
+        f"; scenario pass rate (KPI) {_f(g.pass_rate) if g.pass_rate is not None else 'n/a'}</p>",
         "<ul>",
+        f"<li>model sha256: <code>{html.escape(str(ctx.extra.get('model_sha256') or 'n/a'))}</code></li>",
         f"<li>suite: <code>{html.escape(ctx.suite)}</code>; split: <code>{html.escape(ctx.split)}</code>; "
         f"classes: {len(ctx.class_names)}; seed: {ctx.seed}</li>",
         f"<li>champion: {html.escape(ctx.champion or 'none')}"
         f"{(' — ' + html.escape(ctx.champion_note)) if ctx.champion_note else ''}</li>",
-        f"<li>mCE (relative to clean; 1.0 = no degradation): {_f(cs.get('mce'))}; mean accuracy drop under "
-        f"corruption: {_f(cs.get('mean_degradation'))}</li>",
-        f"<li>intervals: {int(round(ctx.confidence * 100))}% percentile bootstrap</li></ul>",
+        f"<li>{html.escape(mce)}</li><li>{html.escape(own)}</li>",
+        f"<li>intervals ({pct}%): accuracy and recall Wilson score; macro-F1 percentile bootstrap; champion "
+        "difference paired bootstrap</li></ul>",
         "<h2>Gate checks</h2>",
-        _html_table(["status", "level", "scenario", "check", "value", "threshold", "CI", "reason"],
-                    [[c.status, c.level, c.scenario, c.name, _f(c.value, 4), _f(c.threshold, 4), _ci(c.ci), c.reason]
-                     for c in g.checks if c.status != "passed" or c.name != "images"], status_col=0),
+        "<p>Failed must-pass checks first (red), then warnings (orange), then the weakest passes.</p>",
+        _html_table(_CHECK_HEADER, [_check_row(c, False) for c in ordered_checks(g)], status_col=0),
         "<h2>Scenarios</h2>",
     ]
     if plots.get("scenarios"):
@@ -467,7 +548,7 @@ def render_html(ctx: ReportContext, plots: Mapping[str, str]) -> str:
         parts.append(_html_table(header, rows))
     crow = _class_rows(ctx)
     if crow:
-        parts += ["<h2>Per class (clean)</h2>", _html_table(["class", "support", "precision", "recall", "FPR"], crow)]
+        parts += ["<h2>Per class (clean)</h2>", _html_table(_CLASS_HEADER, crow)]
     for key, title in (("confusion", "Confusion matrix (clean)"), ("reliability", "Reliability diagram (clean)")):
         if plots.get(key):
             parts += [f"<h2>{title}</h2>", f"<img src='{html.escape(plots[key])}' alt='{title}'>"]
@@ -526,7 +607,13 @@ def write_report(ctx: ReportContext, out_dir: str | Path) -> dict[str, Path]:
 
 
 __all__ = [
+    "STATUS_MARKS",
     "GalleryItem",
+    "check_mark",
+    "check_state",
+    "corruption_lines",
+    "ordered_checks",
+    "verdict_text",
     "ReportContext",
     "gallery_montage",
     "plot_confusion",

@@ -4,8 +4,12 @@
 Airflow task):
 
 1. loads the suite (``evaluate.suite``) and the model (``--model`` or
-   ``evaluate.model``: ``*.ckpt``, ``*.onnx`` or ``models:/NAME@ALIAS``, all via
-   :func:`~cvplatform.evaluation.predictors.load_predictor`);
+   ``evaluate.model``, by default ``artifacts/export/model.onnx``: the artifact the
+   export stage chose, INT8 or fp32, i.e. exactly what is registered and served;
+   also ``*.ckpt`` or ``models:/NAME@ALIAS``, all via
+   :func:`~cvplatform.evaluation.predictors.load_predictor`), and hashes it: the gate
+   report records the judged file's sha256, and the registry refuses to register an
+   artifact whose sha256 differs;
 2. reads the ``evaluate.split`` rows of the manifest, decodes the images and
    resizes them to the model's input size (the preprocessing contract);
 3. builds every scenario (clean, corruptions seeded per image, metadata slices,
@@ -15,9 +19,10 @@ Airflow task):
    the *same* scenario images (paired comparison);
 5. decides the gates with the pure :func:`~cvplatform.evaluation.gates.check_gates`;
 6. writes ``artifacts/evaluate/`` (report.md/html, plots, metrics.json,
-   gate_report.json, summary.json) — always, also when a gate fails;
-7. logs the report and metrics to the training run in MLflow (when the evaluated
-   model is the training stage's checkpoint);
+   gate_report.json, summary.json, and model_card.md when the evaluated model is the
+   exported artifact) — always, also when a gate fails;
+7. logs the report, the model card and the metrics to the training run in MLflow (when
+   the evaluated model is that run's checkpoint or its exported artifact);
 8. raises :class:`~cvplatform.errors.GateFailed` (exit code 3) listing the failed
    must-pass checks.
 """
@@ -52,7 +57,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
 #: Files/folders this stage owns under artifacts/evaluate/ (removed before a run so nothing stale survives).
-OUTPUTS = ("report.md", "report.html", "plots", "metrics.json", "gate_report.json", "summary.json")
+OUTPUTS = ("report.md", "report.html", "plots", "metrics.json", "gate_report.json", "summary.json", "model_card.md")
 
 
 @dataclass
@@ -63,6 +68,8 @@ class EvaluateResult(StageResult):
 
     model: str
     """The evaluated model (path or models:/ URI)."""
+    model_sha256: str | None
+    """sha256 of the evaluated file (None for a models:/ URI whose bytes are not known)."""
     suite: str
     split: str
     passed: bool
@@ -74,6 +81,9 @@ class EvaluateResult(StageResult):
     """Per scenario: name, kind, level, n, accuracy (+ci), macro_f1 (+ci), ece, status."""
     pass_rate: float | None
     mce: float | None
+    """mCE with the champion as the reference model (None without a comparable champion)."""
+    error_multiple_vs_clean: float | None
+    """Mean corruption error divided by the model's own clean error (reference-free; not mCE)."""
     mean_degradation: float | None
     champion: str | None
     champion_note: str
@@ -110,8 +120,10 @@ class EvaluateResult(StageResult):
             out.append(f"  {s['name']:<22} {s['kind']:<10} {s['level']:<9} {s['n']:>5} {acc:>8} {ci:>15} "
                        f"{f1:>6} {ece:>6}  {s['status']}")
         if corr:
-            out.append(f"  corruptions (accuracy at severity 1..5; ! failed, ~ warning); mCE "
-                       f"{'—' if self.mce is None else f'{self.mce:.2f}'}:")
+            mce = "n/a (no champion to use as reference)" if self.mce is None else f"{self.mce:.2f}"
+            mult = "—" if self.error_multiple_vs_clean is None else f"{self.error_multiple_vs_clean:.2f}"
+            out.append(f"  corruptions (accuracy at severity 1..5; ! failed, ~ warning); mCE vs champion {mce}; "
+                       f"error ÷ clean error {mult}:")
             for name, accs in corr.items():
                 out.append(f"    {name:<16} " + " ".join(f"{a:>7}" for a in accs))
         out.append(f"  champion: {self.champion or 'none'}{(' — ' + self.champion_note) if self.champion_note else ''}")
@@ -119,6 +131,11 @@ class EvaluateResult(StageResult):
         out.append(f"  gates: {'PASSED' if self.passed else 'FAILED'} (scenario pass rate {rate}, "
                    f"{len(self.failures)} failed, {len(self.warnings)} warnings)")
         out.extend(f"    {line}" for line in self.failures)
+        out.extend(f"    {line}" for line in self.warnings[:10])
+        if len(self.warnings) > 10:
+            out.append(f"    ... {len(self.warnings) - 10} more warning(s) in the report")
+        if self.model_sha256:
+            out.append(f"  judged artifact sha256: {self.model_sha256}")
         if self.outputs.get("report_html"):
             out.append(f"  report: {self.outputs['report_html']}")
         return out
@@ -225,6 +242,82 @@ def _load_champion(uri: str, tracking_uri: str, root: Path) -> Predictor:
             f"champion {uri} exists but cannot be loaded: {exc} Fix or re-register the champion version, "
             "or set evaluate.compare_champion: false."
         ) from None
+
+
+def _champion(cfg: EvaluateParams, mlflow_uri: str, predictor: Predictor,
+              root: Path) -> tuple[Predictor | None, str | None, str, str | None]:
+    """``(champion, uri, note, incompatible)``: the champion predictor when comparable; else why not."""
+    if not cfg.compare_champion:
+        return None, None, "evaluate.compare_champion is false", None
+    uri, note = find_champion(cfg, mlflow_uri)
+    if uri is None:
+        return None, None, note, None
+    champion = _load_champion(uri, mlflow_uri, root)
+    diffs = []
+    if list(champion.class_names) != list(predictor.class_names):
+        diffs.append(f"champion classes {list(champion.class_names)} differ from the model's "
+                     f"{list(predictor.class_names)}")
+    if champion.contract.input_size != predictor.contract.input_size:
+        diffs.append(f"champion input size {list(champion.contract.input_size)} differs from the model's "
+                     f"{list(predictor.contract.input_size)}")
+    if not diffs:
+        return champion, uri, note, None
+    incompatible = f"{uri} ({note}): " + "; ".join(diffs)
+    log.warning("evaluate: champion not comparable: %s", incompatible)
+    return None, None, f"{note}; not comparable: " + "; ".join(diffs), incompatible
+
+
+def _model_sha256(ref: str, paths: ProjectPaths, predictor: Predictor) -> str | None:
+    """sha256 of the evaluated file (what the gate report vouches for); a registry loader may provide it."""
+    from cvplatform.utils.io import sha256_file
+
+    if ref.startswith("models:/"):
+        sha = getattr(predictor, "sha256", None)
+        return str(sha) if sha else None
+    return sha256_file(paths.resolve(ref))
+
+
+def _belongs_to_run(paths: ProjectPaths, train_summary: dict[str, Any], ref: str, sha: str | None) -> bool:
+    """The evaluated model is the training run's checkpoint, or the artifact exported from that checkpoint."""
+    if ref.startswith("models:/"):
+        return False
+    best = train_summary.get("best_checkpoint")
+    if best and Path(best).resolve() == paths.resolve(ref).resolve():
+        return True
+    export = _read_export_summary(paths)
+    run_id = train_summary.get("mlflow_run_id") or train_summary.get("run_id")
+    return bool(sha) and export.get("sha256") == sha and bool(run_id) and export.get("train_run_id") == run_id
+
+
+def _read_export_summary(paths: ProjectPaths) -> dict[str, Any]:
+    p = paths.artifacts("export") / "summary.json"
+    try:
+        data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        log.warning("evaluate: %s is unreadable", p)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_card(paths: ProjectPaths, params: Params, out_dir: Path, model_sha: str | None, manifest: pd.DataFrame,
+                manifest_path: Path, gate_doc: dict[str, Any], rows: list[dict[str, Any]],
+                summary: dict[str, Any]) -> Path | None:
+    """The model card of the exported artifact, once it has been judged (None when another model was evaluated)."""
+    from cvplatform.export.model_card import Evaluation, ModelCardInputs, write_model_card
+
+    export = _read_export_summary(paths)
+    if not model_sha or export.get("sha256") != model_sha:
+        return None
+    try:
+        rel = manifest_path.resolve().relative_to(paths.root).as_posix()
+    except ValueError:
+        rel = str(manifest_path)
+    evaluation = Evaluation(summary={**summary, "scenarios": rows}, gate_report=gate_doc)
+    return write_model_card(
+        ModelCardInputs(export=export, intended_use=params.export.intended_use, manifest=manifest,
+                        manifest_path=rel, evaluation=evaluation, lineage=export.get("lineage") or {}),
+        out_dir / "model_card.md",
+    )
 
 
 # --------------------------------------------------------------------------- scenario execution
@@ -417,6 +510,7 @@ def run_evaluate(
     ref = str(model) if model is not None else cfg.model
     log.info("evaluate: loading model %s", ref)
     predictor = load_predictor(ref, root=paths.root, tracking_uri=mlflow_uri)
+    model_sha = _model_sha256(ref, paths, predictor)
     class_names = list(predictor.class_names)
     bad_critical = [c for c in suite.critical_classes if c not in class_names]
     if bad_critical:
@@ -449,23 +543,7 @@ def run_evaluate(
 
     lap("load")
     # champion
-    champion_uri: str | None = None
-    champion_note = ""
-    champion: Predictor | None = None
-    if cfg.compare_champion:
-        champion_uri, champion_note = find_champion(cfg, mlflow_uri)
-        if champion_uri is not None:
-            champion = _load_champion(champion_uri, mlflow_uri, paths.root)
-            if list(champion.class_names) != class_names:
-                champion_note = (f"{champion_note}; not comparable: champion classes {list(champion.class_names)} "
-                                 f"differ from the model's {class_names}")
-                champion = None
-                champion_uri_shown = champion_uri
-                champion_uri = None
-                log.warning("evaluate: champion %s %s", champion_uri_shown, champion_note)
-    else:
-        champion_note = "evaluate.compare_champion is false"
-
+    champion, champion_uri, champion_note, incompatible = _champion(cfg, mlflow_uri, predictor, paths.root)
     lap("champion")
     # run the scenarios
     predictors: list[Predictor] = [predictor] + ([champion] if champion is not None else [])
@@ -494,14 +572,18 @@ def run_evaluate(
     lap("scenarios")
     policy = suite.policy(seed=seed, n_bootstrap=cfg.bootstrap_samples, confidence=cfg.confidence)
     gates: GateReport = check_gates(results, policy, champ_results if champion is not None else None,
-                                    champion_note=champion_note or None)
+                                    champion_note=champion_note or None, champion_incompatible=incompatible)
     gates = replace(gates, champion=champion_uri)
 
     clean_name = next(s.name for s in scenarios if s.kind == "clean")
     clean = results[clean_name]
     corr_errors = {(str(s.corruption), int(s.severity or 0)): results[s.name].metrics.error
                    for s in scenarios if s.kind == "corruption" and results[s.name].metrics is not None}
-    cs = corruption_error_summary(clean.metrics.error if clean.metrics else 1.0, corr_errors, clean.n)
+    ref_errors = {(str(s.corruption), int(s.severity or 0)): champ_results[s.name].metrics.error
+                  for s in scenarios if s.kind == "corruption" and s.name in champ_results
+                  and champ_results[s.name].metrics is not None} if champ_results else None
+    cs = corruption_error_summary(clean.metrics.error if clean.metrics else 1.0, corr_errors, clean.n,
+                                  ref_errors, champion_uri)
 
     lap("gates")
     # outputs (always written, also when the gates fail)
@@ -523,6 +605,7 @@ def run_evaluate(
         results=results, gates=gates, corruption_summary=cs, champion=champion_uri, champion_note=champion_note,
         champion_results=champ_results or None, galleries=galleries, gallery_images=gallery_images,
         critical_classes=suite.critical_classes, confidence=cfg.confidence, seed=seed,
+        extra={"model_sha256": model_sha},
     )
     written = write_report(ctx, out_dir)
 
@@ -555,6 +638,7 @@ def run_evaluate(
         "pass_rate": gates.pass_rate,
         "pass_rate_all": gates.extra.get("pass_rate_all"),
         "mce": cs.get("mce"),
+        "error_multiple_vs_clean": cs.get("error_multiple_vs_clean"),
         "mean_degradation": cs.get("mean_degradation"),
         "mean_corruption_error": cs.get("mean_corruption_error"),
     })
@@ -562,6 +646,10 @@ def run_evaluate(
     gate_doc = {
         **gates.to_dict(),
         "model": predictor.name,
+        "model_sha256": model_sha,
+        "split": cfg.split,
+        "n_images": len(data.ids),
+        "class_names": class_names,
         "suite": str(cfg.suite),
         "champion_note": champion_note,
         "policy": policy.model_dump(mode="json"),
@@ -569,20 +657,29 @@ def run_evaluate(
     }
     written["gate_report"] = write_json(out_dir / "gate_report.json", gate_doc)
 
+    card = _write_card(paths, params, out_dir, model_sha, manifest, manifest_path, gate_doc, rows, {
+        "model": predictor.name, "model_sha256": model_sha, "suite": str(cfg.suite), "split": cfg.split,
+        "passed": gates.passed, "champion": champion_uri, "champion_note": champion_note,
+        "n_images": len(data.ids), "pass_rate": gates.pass_rate, "mce": cs.get("mce"),
+        "error_multiple_vs_clean": cs.get("error_multiple_vs_clean"), "scenarios": rows,
+        "failures": [c.line() for c in gates.failures], "warnings": [c.line() for c in gates.warnings],
+    })
+    if card is not None:
+        written["model_card"] = card
+
     lap("report")
-    # mlflow: only when the evaluated model is the training stage's checkpoint
+    # mlflow: only when the evaluated model is the training run's checkpoint or its exported artifact
     run_id = train_summary.get("mlflow_run_id") or train_summary.get("run_id")
     mlflow_note = ""
     logged_run: str | None = None
-    best = train_summary.get("best_checkpoint")
-    is_train_model = bool(best) and not ref.startswith("models:/") and \
-        Path(best).resolve() == paths.resolve(ref).resolve()
+    is_train_model = _belongs_to_run(paths, train_summary, ref, model_sha)
     if not cfg.log_to_mlflow:
         mlflow_note = "evaluate.log_to_mlflow is false"
     elif not run_id:
         mlflow_note = "no training run id in artifacts/train/summary.json"
     elif not is_train_model:
-        mlflow_note = f"model {ref} is not the training run's checkpoint; not logged to run {run_id}"
+        mlflow_note = (f"model {ref} is neither the training run's checkpoint nor its exported artifact; not logged "
+                       f"to run {run_id}")
     else:
         mm: dict[str, float] = {}
         for sc in scenarios:
@@ -592,15 +689,17 @@ def run_evaluate(
                 mm[f"eval.{key}.accuracy"] = m.accuracy
                 mm[f"eval.{key}.macro_f1"] = m.macro_f1
                 mm[f"eval.{key}.ece"] = m.ece
-        for k in ("pass_rate", "mce", "mean_degradation"):
+        for k in ("pass_rate", "mce", "error_multiple_vs_clean", "mean_degradation"):
             v = metrics_json.get(k)
             if v is not None:
                 mm[f"eval.{k}"] = float(v)
         tags = {"eval.gates_passed": str(gates.passed).lower(), "eval.suite": str(cfg.suite),
-                "eval.failed_checks": str(len(gates.failures)), "eval.champion": champion_uri or "none"}
+                "eval.failed_checks": str(len(gates.failures)), "eval.champion": champion_uri or "none",
+                "eval.model_sha256": model_sha or "unknown"}
         try:
             _log_to_mlflow(str(run_id), run_uri, mm, tags,
-                           [written["report_md"], written["report_html"], written["metrics"], written["gate_report"]],
+                           [written["report_md"], written["report_html"], written["metrics"], written["gate_report"],
+                            *([written["model_card"]] if "model_card" in written else [])],
                            out_dir / "plots")
             logged_run = str(run_id)
         except Exception as exc:  # tracking is secondary: outputs on disk are the source of truth
@@ -610,11 +709,13 @@ def run_evaluate(
     lap("mlflow")
     duration = time.perf_counter() - t0
     result = EvaluateResult(
-        model=predictor.name, suite=str(cfg.suite), split=cfg.split, passed=gates.passed, n_images=len(data.ids),
-        class_names=class_names, scenarios=rows, pass_rate=gates.pass_rate, mce=cs.get("mce"),
+        model=predictor.name, model_sha256=model_sha, suite=str(cfg.suite), split=cfg.split, passed=gates.passed,
+        n_images=len(data.ids), class_names=class_names, scenarios=rows, pass_rate=gates.pass_rate,
+        mce=cs.get("mce"), error_multiple_vs_clean=cs.get("error_multiple_vs_clean"),
         mean_degradation=cs.get("mean_degradation"), champion=champion_uri, champion_note=champion_note,
         failures=[c.line() for c in gates.failures], warnings=[c.line() for c in gates.warnings],
-        outputs={k: str(v) for k, v in written.items() if k in ("report_md", "report_html", "metrics", "gate_report")},
+        outputs={k: str(v) for k, v in written.items()
+                 if k in ("report_md", "report_html", "metrics", "gate_report", "model_card")},
         mlflow_run_id=logged_run, mlflow_note=mlflow_note, predictions=predictions,
         duration_s=round(duration, 3), timings_s=timings, seed=seed,
     )

@@ -9,6 +9,7 @@ types raise :class:`~cvplatform.errors.ConfigError` naming the file and the key)
     pass_rate_scope: must_pass    # must_pass | all (warn scenarios count too)
     pass_rate_level: must_pass    # level of the pass-rate check
     require_champion: false       # true: "no champion" fails instead of being skipped
+    min_images_per_class: 15      # the clean split needs >= 15 images of every class, else a must-pass failure
     defaults:                     # thresholds for every scenario that does not set its own
       max_drop: 0.05              #   (a scenario's explicit `null` turns a default off)
     scenarios:
@@ -21,8 +22,9 @@ types raise :class:`~cvplatform.errors.ConfigError` naming the file and the key)
         warn_only: [max_ece]      # this check only warns although the scenario is must_pass
       - kind: corruption          # one scenario per severity: gaussian_noise_s1 .. _s5
         corruption: gaussian_noise
-        severities: [1, 2, 3, 4, 5]
-        min_accuracy: 0.5
+        severities: [1, 2]
+        level: must_pass
+        min_relative_accuracy: 0.85   # keep >= 85 % of the clean accuracy
       - name: dim_light           # metadata slice over manifest columns (ANDed conditions)
         kind: slice
         where:
@@ -33,10 +35,13 @@ types raise :class:`~cvplatform.errors.ConfigError` naming the file and the key)
         hashes_file: configs/scenarios/must_not_fail.txt
         level: must_pass          # min_accuracy defaults to 1.0: every listed image correct
 
-Thresholds per scenario: ``min_accuracy``, ``min_macro_f1`` (floors), ``max_ece``,
-``max_critical_fpr`` (bounds), ``max_drop`` (largest allowed accuracy drop vs the
-champion, judged on the lower bound of a paired-bootstrap interval). Every check
-has the scenario's ``level`` unless listed in ``warn_only``.
+Thresholds per scenario: ``min_accuracy``, ``min_macro_f1`` (floors),
+``min_relative_accuracy`` (a floor as a fraction of the clean scenario's accuracy),
+``max_ece``, ``max_critical_fpr`` (bounds), ``max_drop`` (largest allowed accuracy drop
+vs the champion, judged on the lower bound of a paired-bootstrap interval). Every check
+has the scenario's ``level`` unless listed in ``warn_only``. Suite-wide,
+``min_images_per_class`` makes the suite refuse (must-pass) a clean split with fewer
+images of some class than the floors can be judged on.
 
 Slice filters are a small safe syntax (``column``, ``op`` in ``==, !=, in, not in``,
 ``value``), never ``eval``; values are compared as strings (the manifest stores
@@ -67,7 +72,8 @@ Op = Literal["==", "!=", "in", "not in"]
 Scalar = str | int | float | bool
 _NAME = r"^[A-Za-z0-9_.-]+$"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_THRESHOLDS = ("min_accuracy", "min_macro_f1", "max_ece", "max_critical_fpr", "max_drop", "warn_only")
+_THRESHOLDS = ("min_accuracy", "min_relative_accuracy", "min_macro_f1", "max_ece", "max_critical_fpr", "max_drop",
+               "warn_only")
 _KIND_KEYS: dict[str, set[str]] = {
     "clean": set(),
     "corruption": {"corruption", "severities"},
@@ -106,6 +112,8 @@ class Thresholds(StrictModel):
     """``must_pass`` (a failed check fails the gate) or ``warn`` (reported only). Default: warn."""
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
     """Accuracy floor."""
+    min_relative_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    """Accuracy floor as a fraction of the clean scenario's accuracy (e.g. 0.85)."""
     min_macro_f1: float | None = Field(None, ge=0.0, le=1.0)
     """Macro-F1 floor."""
     max_ece: float | None = Field(None, ge=0.0, le=1.0)
@@ -224,6 +232,8 @@ class ScenarioSuite(StrictModel):
     """Level of the pass-rate check."""
     require_champion: bool = False
     """Fail (instead of skip) when there is no champion to compare against."""
+    min_images_per_class: int | None = Field(None, ge=1)
+    """The clean split needs at least this many images of every class (a must-pass check); None = no guard."""
     defaults: Thresholds = Thresholds()
     """Thresholds applied to every scenario that does not set the key itself."""
     scenarios: tuple[ScenarioSpec, ...] = ()
@@ -242,6 +252,12 @@ class ScenarioSuite(StrictModel):
             seen[s.name] = s.entry
         if not any(s.kind == "clean" for s in self.scenarios):
             raise ValueError("the suite needs a 'clean' scenario (kind: clean): corruption errors are relative to it")
+        if sum(s.kind == "clean" for s in self.scenarios) > 1:
+            raise ValueError("the suite has more than one 'clean' scenario; relative floors need exactly one")
+        for s in self.expand():
+            if s.kind == "clean" and s.gate.min_relative_accuracy is not None:
+                raise ValueError(f"scenario {s.name!r} (kind clean) sets min_relative_accuracy: it would be compared "
+                                 "with itself; use min_accuracy there")
         return self
 
     def _gate(self, spec: ScenarioSpec) -> ScenarioGate:
@@ -290,6 +306,8 @@ class ScenarioSuite(StrictModel):
             pass_rate_scope=self.pass_rate_scope,
             pass_rate_level=self.pass_rate_level,
             require_champion=self.require_champion,
+            clean_scenario=next(s.name for s in self.expand() if s.kind == "clean"),
+            min_images_per_class=self.min_images_per_class,
             n_bootstrap=n_bootstrap,
             confidence=confidence,
             seed=seed,

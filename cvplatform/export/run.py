@@ -17,17 +17,19 @@ What it does, in order:
    only if every must-pass scenario (and clean) drops at most ``max_drop``;
 5. copies the chosen file to ``model.onnx`` and runs it once more;
 6. **benchmark** (``export.benchmark``): PyTorch eager vs ORT fp32 vs ORT INT8;
-7. writes the model card, metrics and summary; logs to the training MLflow run.
+7. writes metrics and summary; logs to the training MLflow run. The model card is
+   written by the ``evaluate`` stage, which runs *after* export on the chosen
+   artifact (it needs the verdict of the gates on what ships).
 
 Reads: ``export.checkpoint`` (``artifacts/train/best.ckpt``), ``export.manifest``
 (and the images it lists), ``artifacts/train/summary.json`` (run id, data version),
 ``dvc.lock`` (data version fallback), the scenario suite (``export.int8.suite`` or
-``evaluate.suite``), ``artifacts/evaluate/{summary,gate_report}.json`` (model card).
+``evaluate.suite``) on which INT8 is compared with fp32.
 
 Writes ``artifacts/export/``: ``model_fp32.onnx``, ``model_int8.onnx`` (when INT8 is
 enabled), ``model.onnx`` (a copy of the chosen file), ``parity.json``, ``int8.json`` and
 ``benchmark.json`` (``{"enabled": false, ...}`` when disabled), ``metrics.json``,
-``model_card.md``, ``summary.json``. When the parity gate fails only ``model_fp32.onnx`` and
+``summary.json``. When the parity gate fails only ``model_fp32.onnx`` and
 ``parity.json`` are left: no ``model.onnx`` and no ``summary.json``, so nothing
 downstream can pick up an unverified model.
 """
@@ -62,7 +64,7 @@ MODEL_NAME = "model.onnx"
 #: Everything the stage writes under ``artifacts/export/`` (removed first on every run).
 OUTPUTS: tuple[str, ...] = (
     FP32_NAME, INT8_NAME, MODEL_NAME, "parity.json", "int8.json", "benchmark.json", "metrics.json",
-    "model_card.md", "summary.json",
+    "summary.json", "model_card.md",  # model_card.md: no longer written here (evaluate writes it); removed if stale
 )
 
 
@@ -114,6 +116,7 @@ class ExportResult(StageResult):
     lineage: dict[str, Any]
     """git commit, data hash (+source), params hashes, MLflow run and URI, checkpoint sha256."""
     model_card: str = ""
+    """Where the model card of this artifact will be (written by the evaluate stage, which runs next)."""
     outputs: dict[str, str] = field(default_factory=dict)
     mlflow_run_id: str | None = None
     """Run the outputs were logged to (None when not logged; see ``mlflow_note``)."""
@@ -160,7 +163,8 @@ class ExportResult(StageResult):
         else:
             out.append("  benchmark: disabled (export.benchmark.enabled: false)")
         if self.model_card:
-            out.append(f"  model card: {self.model_card}")
+            out.append(f"  model card: {self.model_card} (written by `cvplatform evaluate` once the gates judged "
+                       "this artifact)")
         out.append(f"  mlflow run: {self.mlflow_run_id or 'not logged'}"
                    + (f" ({self.mlflow_note})" if self.mlflow_note else ""))
         out.append(f"  time: {self.duration_s:.1f}s")
@@ -331,7 +335,6 @@ def run_export(
     from cvplatform.config import params_hash
     from cvplatform.data.manifest import read_manifest
     from cvplatform.evaluation.predictors import OnnxPredictor, TorchCheckpointPredictor
-    from cvplatform.export.model_card import ModelCardInputs, read_evaluation, write_model_card
     from cvplatform.export.onnx_export import export_onnx, read_metadata, version_metadata
     from cvplatform.export.parity import check_finite, raise_if_failed, run_parity
     from cvplatform.export.suite import load_images, select_split
@@ -530,16 +533,9 @@ def run_export(
         opset=int(cfg.opset), size_bytes=model_path.stat().st_size, checkpoint=_rel(paths, ckpt),
         checkpoint_sha256=ckpt_sha, fp32=fp32_info, int8=int8, metadata=read_metadata(model_path), lineage=lineage,
     )
-    card_path = out_dir / "model_card.md"
-    result.model_card = _rel(paths, card_path)
-    evaluation = read_evaluation(paths.artifacts("evaluate"), ckpt)
-    write_model_card(
-        ModelCardInputs(export=result.to_dict(), intended_use=cfg.intended_use, manifest=manifest,
-                        manifest_path=_rel(paths, manifest_path), evaluation=evaluation, lineage=lineage),
-        card_path,
-    )
-    outputs = {"model": model_path, "fp32": fp32_path, "parity": parity_path, "metrics": metrics_path,
-               "model_card": card_path}
+    # the model card needs the gates' verdict on this artifact: `cvplatform evaluate` writes it next
+    result.model_card = "artifacts/evaluate/model_card.md"
+    outputs = {"model": model_path, "fp32": fp32_path, "parity": parity_path, "metrics": metrics_path}
     outputs["int8_report"] = out_dir / "int8.json"
     outputs["benchmark"] = out_dir / "benchmark.json"
     if int8_path is not None:
@@ -567,7 +563,7 @@ def run_export(
         tags = {"export.chosen": chosen, "export.sha256": sha, "export.precision": chosen,
                 "export.artifact": result.artifact, "export.opset": str(cfg.opset),
                 "export.int8_rejected_reason": rejected_reason or "none"}
-        files = [card_path, out_dir / "benchmark.json", parity_path, out_dir / "int8.json", metrics_path,
+        files = [out_dir / "benchmark.json", parity_path, out_dir / "int8.json", metrics_path,
                  fp32_path, out_dir / INT8_NAME, model_path]
         try:
             _mlflow_log(str(train_run_id), tracking, mm, tags, files)

@@ -7,12 +7,15 @@ Public API (heavy libraries are imported only when a function is called)::
     approve("cvplatform", 4, reviewer="bob", comment="report reviewed")
     promote("cvplatform", 4)                           # champion -> v4 (previous champion remembered)
     rollback("cvplatform")                             # champion -> previous champion
+    verify_version("cvplatform", 4).ok                 # the signed audit trail verifies
     m = load_model("models:/cvplatform@champion")      # sha256-verified onnxruntime session + contract
 
 Modules: :mod:`~cvplatform.registry.client` (retrying MLflow client, tag names),
 :mod:`~cvplatform.registry.register`, :mod:`~cvplatform.registry.approvals`,
-:mod:`~cvplatform.registry.aliases`, :mod:`~cvplatform.registry.audit` (audit log,
-history, show), :mod:`~cvplatform.registry.loading`, :mod:`~cvplatform.registry.errors`.
+:mod:`~cvplatform.registry.aliases`, :mod:`~cvplatform.registry.audit` (signed audit trail,
+verify, history, show), :mod:`~cvplatform.registry.keys` (platform key),
+:mod:`~cvplatform.registry.identity` (who decides), :mod:`~cvplatform.registry.compat`
+(compatibility with the champion), :mod:`~cvplatform.registry.loading`, :mod:`~cvplatform.registry.errors`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ _EXPORTS: dict[str, str] = {
     "PromotionResult": "cvplatform.registry.aliases",
     "history": "cvplatform.registry.audit",
     "show": "cvplatform.registry.audit",
+    "verify_version": "cvplatform.registry.audit",
+    "record_event": "cvplatform.registry.audit",
     "AuditEvent": "cvplatform.registry.audit",
     "load_model": "cvplatform.registry.loading",
     "LoadedModel": "cvplatform.registry.loading",
@@ -44,7 +49,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from cvplatform.registry.aliases import PromotionResult, promote, rollback  # noqa: F401
     from cvplatform.registry.approvals import ApprovalResult, approve, reject  # noqa: F401
-    from cvplatform.registry.audit import AuditEvent, history, show  # noqa: F401
+    from cvplatform.registry.audit import AuditEvent, history, record_event, show, verify_version  # noqa: F401
     from cvplatform.registry.client import RegistryClient, RetryPolicy  # noqa: F401
     from cvplatform.registry.loading import LoadedModel, load_model  # noqa: F401
     from cvplatform.registry.register import RegisterResult, register_model  # noqa: F401

@@ -1,6 +1,11 @@
 """Promotion and rollback: moving the ``champion`` alias between approved versions.
 
-* :func:`promote` points ``champion`` at an **approved** version. It first records
+* :func:`promote` points ``champion`` at an **approved** version: approved according to
+  its *signed, verified* audit trail (:func:`cvplatform.registry.audit.verified_status`),
+  never the ``approval.status`` tag, which anyone with write access could edit. A version
+  whose task, class list or input contract differs from the current champion's is
+  promoted only when its signed approval confirmed exactly that change
+  (:mod:`cvplatform.registry.compat`). It first records
   the version that held ``champion`` before (tag ``champion.previous`` on the new
   champion, ``none`` if there was none) and an audit event ``promoted``, then moves
   the alias (the commit point). Promoting the current champion again changes nothing.
@@ -21,22 +26,30 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cvplatform.registry.approvals import check_managed, resolve_params
-from cvplatform.registry.audit import AuditEvent, new_event
+from cvplatform.registry.approvals import (
+    champion_facts,
+    check_managed,
+    require_intact,
+    resolve_params,
+    signed_facts,
+)
+from cvplatform.registry.audit import AuditEvent, TrailCheck, event_tags, new_event, verified_status
 from cvplatform.registry.client import (
     STATUS_APPROVED,
-    STATUS_PENDING,
     TAG_APPROVAL_STATUS,
     TAG_PREVIOUS_CHAMPION,
     RegistryClient,
-    current_user,
 )
+from cvplatform.registry.compat import differences
 from cvplatform.registry.errors import (
+    IncompatibleVersionError,
     NoChampionError,
     NoPreviousChampionError,
     NotApprovedError,
     UnknownVersionError,
 )
+from cvplatform.registry.identity import resolve_actor
+from cvplatform.registry.keys import load_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from cvplatform.config import Params
@@ -87,6 +100,73 @@ def _move_alias(c: RegistryClient, name: str, alias: str, version: str) -> None:
            lambda: c.mlflow.set_registered_model_alias(name, alias, version))
 
 
+def _require_approved(trail: TrailCheck, tags: dict[str, str], name: str, alias: str) -> None:
+    if trail.status == STATUS_APPROVED:
+        return
+    shown = tags.get(TAG_APPROVAL_STATUS)
+    edited = (f" (its {TAG_APPROVAL_STATUS} tag says {shown!r}, but no approval was recorded through the registry's "
+              "approve path: a tag set by hand does not count)") if shown == STATUS_APPROVED else ""
+    raise NotApprovedError(
+        f"cannot promote version {trail.version} of {name!r} to {alias!r}: its approval status is "
+        f"{trail.status!r}, not 'approved'{edited}. A reviewer other than its author must approve it first: "
+        f"`cvplatform registry approve {name} {trail.version} --comment TEXT` (on the embedded store also "
+        "--reviewer NAME)."
+    )
+
+
+def _require_compatible(c: RegistryClient, trail: TrailCheck, tags: dict[str, str], name: str, alias: str) -> None:
+    champ = champion_facts(c, name, alias)
+    if champ is None or champ[0] == trail.version:
+        return
+    diffs = differences(signed_facts(trail, tags)[3], champ[1])
+    if not diffs:
+        return
+    approval = trail.last("approved")
+    conf = (approval.details.get("confirmed_incompatible") if approval is not None else None) or {}
+    if conf.get("champion_facts") == champ[1].fingerprint():
+        return
+    why = ("its approval did not confirm this change" if not conf else
+           f"its approval confirmed the change from v{conf.get('champion_version')}, whose contract differs from "
+           f"the current champion v{champ[0]}")
+    raise IncompatibleVersionError(
+        f"cannot promote version {trail.version} of {name!r}: it is not a drop-in replacement for the champion "
+        f"v{champ[0]} ({'; '.join(diffs)}) and {why}. Register the version again and approve it with "
+        "--confirm-incompatible once every client of the service is ready for the change."
+    )
+
+
+def _promotable(c: RegistryClient, mv: Any, tags: dict[str, str], name: str, alias: str, *,
+                compatibility: bool = True) -> TrailCheck:
+    trail = verified_status(c, mv)
+    require_intact(trail, "promote")
+    _require_approved(trail, tags, name, alias)  # before the tag check: a hand-set status gets the clearer refusal
+    require_intact(trail, "promote", tags_too=True)
+    if compatibility:
+        _require_compatible(c, trail, tags, name, alias)
+    return trail
+
+
+def check_promotable(
+    name: str, version: str | int, *, params: Params | None = None, root: str | os.PathLike[str] | None = None,
+    client: RegistryClient | None = None,
+) -> TrailCheck:
+    """Raise unless :func:`promote` would accept ``version`` now (verified approval, intact trail, compatible
+    with the champion or confirmed); changes nothing. For callers that must refuse *before* acting, e.g. a
+    canary rollout that would otherwise send traffic to a version that can never be promoted.
+
+    Raises:
+        NotApprovedError / AuditIntegrityError / IncompatibleVersionError / UnmanagedVersionError.
+
+    Example:
+        >>> check_promotable("cvplatform", 3).status  # doctest: +SKIP
+        'approved'
+    """
+    cfg = resolve_params(params, root)
+    c = client or RegistryClient.from_params(cfg, root)
+    mv = c.version(name, version)
+    return _promotable(c, mv, check_managed(mv, "promote"), name, cfg.registry.champion_alias)
+
+
 def promote(
     name: str,
     version: str | int,
@@ -110,7 +190,11 @@ def promote(
 
     Raises:
         UnknownModelError / UnknownVersionError: no such model or version.
-        NotApprovedError: the version is pending or rejected.
+        NotApprovedError: the signed history holds no approval (pending, rejected, rolled back,
+            or only a hand-edited ``approval.status`` tag).
+        AuditIntegrityError: the version's audit trail does not verify.
+        IncompatibleVersionError: task / classes / input contract differ from the champion's and
+            the approval did not confirm it.
 
     Example:
         >>> from cvplatform import promote
@@ -120,24 +204,19 @@ def promote(
     cfg = resolve_params(params, root)
     alias = cfg.registry.champion_alias
     c = client or RegistryClient.from_params(cfg, root)
-    who = (actor or current_user()).strip()
+    who, ident = resolve_actor(c, actor)
     mv = c.version(name, version)
     v = str(mv.version)
     tags = check_managed(mv, "promote")
-    status = tags.get(TAG_APPROVAL_STATUS, STATUS_PENDING)
-    if status != STATUS_APPROVED:
-        raise NotApprovedError(
-            f"cannot promote version {v} of {name!r} to {alias!r}: its approval status is {status!r}, not "
-            f"'approved'. A reviewer other than its author must approve it first: `cvplatform registry approve "
-            f"{name} {v} --reviewer NAME --comment TEXT`."
-        )
+    trail = _promotable(c, mv, tags, name, alias, compatibility=False)
     current = c.version_by_alias(name, alias)
     previous = str(current.version) if current is not None else None
     if previous == v:
         return PromotionResult(name, alias, v, tags.get(TAG_PREVIOUS_CHAMPION), "unchanged", who, None, c.uri)
+    _require_compatible(c, trail, tags, name, alias)
     event = new_event(name, v, "promoted", who, comment, {"alias": alias, "previous": previous or NONE},
-                      existing=tags)
-    _write(c, name, v, [(TAG_PREVIOUS_CHAMPION, previous or NONE), (event.key, event.to_json())])
+                      existing=tags, key=load_key(c.uri, create=True), identity=ident)
+    _write(c, name, v, [(TAG_PREVIOUS_CHAMPION, previous or NONE), *event_tags(event)])
     _move_alias(c, name, alias, v)
     return PromotionResult(name, alias, v, previous, "promoted", who, event, c.uri)
 
@@ -167,7 +246,7 @@ def rollback(
     cfg = resolve_params(params, root)
     alias = cfg.registry.champion_alias
     c = client or RegistryClient.from_params(cfg, root)
-    who = (actor or current_user()).strip()
+    who, ident = resolve_actor(c, actor)
     current = c.version_by_alias(name, alias)
     if current is None:
         raise NoChampionError(
@@ -189,15 +268,18 @@ def rollback(
             "another approved version instead."
         ) from None
     tags = check_managed(target, "roll back to")
-    if tags.get(TAG_APPROVAL_STATUS) != STATUS_APPROVED:
+    trail = verified_status(c, target)
+    require_intact(trail, "roll back to", tags_too=True)
+    if trail.status != STATUS_APPROVED:
         raise NoPreviousChampionError(
-            f"cannot roll back {name}@{alias} (v{cur}) to v{prev}: v{prev} is "
-            f"{tags.get(TAG_APPROVAL_STATUS)!r}, not approved. Promote another approved version instead."
+            f"cannot roll back {name}@{alias} (v{cur}) to v{prev}: the signed history of v{prev} says "
+            f"{trail.status!r}, not approved. Promote another approved version instead."
         )
-    event = new_event(name, prev, "rolled_back", who, comment, {"alias": alias, "from": cur}, existing=tags)
-    _write(c, name, prev, [(event.key, event.to_json())])
+    event = new_event(name, prev, "rolled_back", who, comment, {"alias": alias, "from": cur}, existing=tags,
+                      key=load_key(c.uri, create=True), identity=ident)
+    _write(c, name, prev, event_tags(event))
     _move_alias(c, name, alias, prev)
     return PromotionResult(name, alias, prev, cur, "rolled_back", who, event, c.uri)
 
 
-__all__ = ["PromotionResult", "promote", "rollback"]
+__all__ = ["PromotionResult", "check_promotable", "promote", "rollback"]

@@ -90,6 +90,14 @@ TAG_ACCURACY = "metrics.clean_accuracy"
 TAG_MACRO_F1 = "metrics.clean_macro_f1"
 TAG_CLASS_NAMES = "model.class_names"
 TAG_INPUT_SIZE = "model.input_size"
+#: What the model predicts (``classification``): part of its compatibility with the champion.
+TAG_TASK = "model.task"
+#: The preprocessing contract without the class names (JSON): input size, mean, std, layout, ...
+TAG_CONTRACT = "model.contract"
+#: The Airflow user who triggered the run that registered the version (may not approve it).
+TAG_TRIGGERED_BY = "lineage.triggered_by"
+#: sha256 of the evaluation gate report the registration is based on.
+TAG_GATE_REPORT_SHA256 = "gates.report_sha256"
 TAG_APPROVAL_STATUS = "approval.status"
 TAG_APPROVAL_REVIEWER = "approval.reviewer"
 TAG_APPROVAL_TIME = "approval.time"

@@ -18,6 +18,10 @@ class RegistrationInputError(RegistryError):
     """An input of ``register`` (export / evaluation / training outputs) is missing or inconsistent."""
 
 
+class GateReportMismatchError(RegistrationInputError, GateFailed):
+    """The evaluation gate report judged another artifact than the one being registered (exit code 3)."""
+
+
 class UnknownModelError(RegistryError):
     """The registered model does not exist."""
 
@@ -31,11 +35,21 @@ class UnmanagedVersionError(RegistryError):
 
 
 class ApprovalError(RegistryError):
-    """An approval or rejection is not allowed."""
+    """An approval or rejection is not allowed (a refused rule: exit code 3)."""
+
+    exit_code = 3
 
 
 class InvalidReviewerError(ApprovalError):
-    """The reviewer name is empty."""
+    """The reviewer name is empty, or mixes scripts (a look-alike of another name)."""
+
+
+class IdentityError(ApprovalError):
+    """Who is deciding cannot be established (unauthenticated server, a --reviewer that is not the caller)."""
+
+
+class IncompatibleVersionError(ApprovalError):
+    """The version's task, classes or input contract differ from the champion's and nobody confirmed the change."""
 
 
 class FourEyesError(ApprovalError):
@@ -59,7 +73,9 @@ class AlreadyRejectedError(ApprovalError):
 
 
 class PromotionError(RegistryError):
-    """A promotion or rollback is not allowed."""
+    """A promotion or rollback is not allowed (a refused rule: exit code 3)."""
+
+    exit_code = 3
 
 
 class NotApprovedError(PromotionError):
@@ -74,6 +90,12 @@ class NoPreviousChampionError(PromotionError):
     """Rolling back when the champion has no previous champion to return to."""
 
 
+class AuditIntegrityError(RegistryError):
+    """A version's audit history is broken: an event was edited, reordered, inserted or deleted (exit code 3)."""
+
+    exit_code = 3
+
+
 class ArtifactIntegrityError(RegistryError):
     """A downloaded model artifact does not match the sha256 recorded at registration."""
 
@@ -83,8 +105,12 @@ __all__ = [
     "AlreadyRejectedError",
     "ApprovalError",
     "ArtifactIntegrityError",
+    "AuditIntegrityError",
     "FourEyesError",
+    "GateReportMismatchError",
     "GatesNotPassedError",
+    "IdentityError",
+    "IncompatibleVersionError",
     "InvalidReviewerError",
     "NoChampionError",
     "NoPreviousChampionError",

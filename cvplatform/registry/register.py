@@ -6,8 +6,10 @@ What it does, in order:
    are all fine): ``artifacts/export/summary.json`` and the ONNX file it names
    (sha256 must match; the preprocessing contract must be in its
    ``metadata_props`` and agree with the summary's class names),
-   ``artifacts/evaluate/gate_report.json`` (required), ``metrics.json``,
-   ``report.md`` / ``report.html`` and ``artifacts/export/model_card.md`` (attached
+   ``artifacts/evaluate/gate_report.json`` (required, and it must judge *this*
+   artifact: its ``model_sha256`` equals the ONNX file's sha256, else
+   :class:`GateReportMismatchError`, exit code 3), ``metrics.json``,
+   ``report.md`` / ``report.html`` and ``artifacts/evaluate/model_card.md`` (attached
    when present), ``artifacts/train/summary.json`` (its run id must match the
    export's). The training run must exist on the tracking server.
 2. **Idempotency.** A version of ``registry.model_name`` tagged with the same
@@ -22,8 +24,10 @@ What it does, in order:
 4. Creates the model version **with all its tags at once**: lineage (git commit,
    DVC data hash, params hash, Airflow run id, training run id), artifact sha256
    and precision, gate results (passed, must-pass failures, a short text),
-   headline metrics (clean accuracy and macro-F1), author, ``approval.status =
-   pending`` and a ``registered`` audit event. A lost response is recovered by a
+   headline metrics (clean accuracy and macro-F1), task and input contract, author
+   (the authenticated user on a tracking server), the Airflow user who triggered the
+   run, ``approval.status = pending`` and the signed ``registered`` audit event that
+   starts the version's hash chain (:mod:`cvplatform.registry.audit`). A lost response is recovered by a
    unique ``registration.id`` tag, so retries never duplicate a version.
 5. Loads the new version back through the registry (:func:`~cvplatform.registry.loading.load_model`:
    sha256 verified, onnxruntime session, contract); if that fails the version is
@@ -48,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cvplatform.errors import CVPlatformError, ModelError, RegistryError
-from cvplatform.registry.audit import new_event
+from cvplatform.registry.audit import event_tags, new_event
 from cvplatform.registry.client import (
     ONNX_FILE,
     STATE_COMPLETE,
@@ -59,7 +63,9 @@ from cvplatform.registry.client import (
     TAG_APPROVAL_STATUS,
     TAG_AUTHOR,
     TAG_CLASS_NAMES,
+    TAG_CONTRACT,
     TAG_DATA_HASH,
+    TAG_GATE_REPORT_SHA256,
     TAG_GATES_FAILED,
     TAG_GATES_PASSED,
     TAG_GATES_SUMMARY,
@@ -74,15 +80,19 @@ from cvplatform.registry.client import (
     TAG_REGISTRATION_STATE,
     TAG_REGISTRATION_TIME,
     TAG_SHA256,
+    TAG_TASK,
     TAG_TRAIN_RUN,
+    TAG_TRIGGERED_BY,
     RegistryClient,
-    current_user,
     is_already_exists,
     is_not_found,
     short_error,
     tag_filter,
 )
-from cvplatform.registry.errors import RegistrationInputError
+from cvplatform.registry.compat import DEFAULT_TASK, ModelFacts
+from cvplatform.registry.errors import GateReportMismatchError, RegistrationInputError
+from cvplatform.registry.identity import display_name, resolve_actor
+from cvplatform.registry.keys import load_key
 from cvplatform.stage import StageResult
 from cvplatform.utils.io import ProjectPaths, sha256_bytes, sha256_file
 
@@ -159,6 +169,7 @@ class RegistrationInputs:
     input_name: str
     output_name: str
     gate_report: dict[str, Any]
+    gate_report_sha256: str
     metrics: dict[str, Any]
     attachments: list[Path]
     export_summary: dict[str, Any]
@@ -202,6 +213,13 @@ def _onnx_facts(path: Path, where: str) -> tuple[PreprocessContract, str, str, i
                 for d in proto.graph.output[0].type.tensor_type.shape.dim]
     n_out = out_dims[1] if len(out_dims) == 2 else None
     return contract, inputs[0].name, proto.graph.output[0].name, n_out
+
+
+def model_facts(inputs: RegistrationInputs) -> ModelFacts:
+    """Task, class list and input contract of the artifact (what compatibility with the champion compares)."""
+    meta = {k: json.loads(v) for k, v in inputs.contract.to_metadata().items()}
+    meta.pop("class_names", None)
+    return ModelFacts(DEFAULT_TASK, tuple(inputs.class_names), meta)
 
 
 def read_inputs(paths: ProjectPaths) -> RegistrationInputs:
@@ -265,11 +283,18 @@ def read_inputs(paths: ProjectPaths) -> RegistrationInputs:
     gate = _read_json(gate_path, "evaluation gate report", "Run `cvplatform evaluate` first.")
     if "passed" not in gate:
         raise RegistrationInputError(f"{gate_path}: key 'passed' missing. Re-run `cvplatform evaluate`.")
+    judged = gate.get("model_sha256")
+    if judged != sha:
+        raise GateReportMismatchError(
+            f"{gate_path} judged a model with sha256 {judged or '(not recorded)'}, but the artifact to register, "
+            f"{onnx_path}, has sha256 {sha}: the gates were not run on what would ship. Re-run `cvplatform evaluate` "
+            "(it evaluates artifacts/export/model.onnx by default), then register again."
+        )
     metrics_path = eval_dir / "metrics.json"
     metrics = _read_json(metrics_path, "evaluation metrics", "") if metrics_path.is_file() else {}
 
     attachments = [p for p in (
-        exp_dir / "model_card.md", summary_path, gate_path, metrics_path,
+        eval_dir / "model_card.md", summary_path, gate_path, metrics_path,
         eval_dir / "report.md", eval_dir / "report.html",
         paths.root / "dvc.lock",  # the pipeline state it came from (cvplatform.registry.lineage)
     ) if p.is_file()]
@@ -277,7 +302,7 @@ def read_inputs(paths: ProjectPaths) -> RegistrationInputs:
         onnx_path=onnx_path, sha256=sha, precision=str(export.get("precision") or export.get("chosen") or "fp32"),
         train_run_id=str(train_run), data_hash=export.get("data_hash") or train.get("data_version"),
         class_names=names, contract=contract, input_name=in_name, output_name=out_name, gate_report=gate,
-        metrics=metrics, attachments=attachments, export_summary=export,
+        gate_report_sha256=sha256_file(gate_path), metrics=metrics, attachments=attachments, export_summary=export,
     )
 
 
@@ -307,13 +332,34 @@ def gate_facts(gate: dict[str, Any]) -> tuple[bool, int, int, str]:
     return passed, n_failed, n_warn, text
 
 
-def _headline(metrics: dict[str, Any]) -> dict[str, str]:
+#: Serving facts of the artifact (from the export benchmark), shown against the champion's on the approval page.
+TAG_LATENCY_P50 = "metrics.latency_p50_ms"
+TAG_LATENCY_P95 = "metrics.latency_p95_ms"
+TAG_COST = "metrics.cost_per_1k_usd"
+TAG_SIZE = "artifact.size_bytes"
+TAG_TEST_IMAGES = "metrics.test_images"
+
+
+def _headline(metrics: dict[str, Any], export: dict[str, Any] | None = None,
+              gate: dict[str, Any] | None = None) -> dict[str, str]:
     clean = metrics.get("clean") if isinstance(metrics.get("clean"), dict) else {}
     out = {}
     for tag, key in ((TAG_ACCURACY, "accuracy"), (TAG_MACRO_F1, "macro_f1")):
         v = clean.get(key)
         if isinstance(v, int | float):
             out[tag] = f"{float(v):.6f}"
+    export = export or {}
+    if isinstance(export.get("size_bytes"), int):
+        out[TAG_SIZE] = str(export["size_bytes"])
+    runtime = (((export.get("benchmark") or {}).get("runtimes") or {})
+               .get("ort_int8" if export.get("chosen") == "int8" else "ort_fp32") or {})
+    lat = runtime.get("latency_ms") or {}
+    for tag, v in ((TAG_LATENCY_P50, lat.get("p50")), (TAG_LATENCY_P95, lat.get("p95")),
+                   (TAG_COST, runtime.get("cost_per_1k_usd"))):
+        if isinstance(v, int | float):
+            out[tag] = f"{float(v):.6g}"
+    if isinstance((gate or {}).get("n_images"), int):
+        out[TAG_TEST_IMAGES] = str(gate["n_images"])  # type: ignore[index]
     return out
 
 
@@ -341,7 +387,10 @@ def lineage_tags(params: Params, paths: ProjectPaths, inputs: RegistrationInputs
         TAG_GATES_SUMMARY: text,
         TAG_CLASS_NAMES: json.dumps(list(inputs.class_names)),
         TAG_INPUT_SIZE: json.dumps(list(inputs.contract.input_size)),
-        **_headline(inputs.metrics),
+        TAG_TASK: model_facts(inputs).task,
+        TAG_CONTRACT: json.dumps(model_facts(inputs).contract, sort_keys=True),
+        TAG_GATE_REPORT_SHA256: inputs.gate_report_sha256,
+        **_headline(inputs.metrics, inputs.export_summary, inputs.gate_report),
     }
     airflow = airflow_run_id()
     if airflow:
@@ -363,6 +412,19 @@ def _signature(inputs: RegistrationInputs) -> Any:
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, h, w), inputs.input_name)]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(inputs.class_names)), inputs.output_name)]),
     )
+
+
+def _log_params(c: RegistryClient, run_id: str, params: Params) -> None:
+    """Every params.yaml value on the registration run (what the approval page diffs against the champion's)."""
+    from mlflow.entities import Param
+
+    from cvplatform.tracking import flatten_params
+
+    flat = flatten_params(params.model_dump(mode="json"))
+    items = [Param(k[:250], v[:6000]) for k, v in sorted(flat.items())]
+    for i in range(0, len(items), 100):
+        c.call("log params on the registration run",
+               lambda chunk=items[i : i + 100]: c.mlflow.log_batch(run_id, params=chunk))
 
 
 def _ensure_model(c: RegistryClient, name: str) -> None:
@@ -498,7 +560,8 @@ def _result(c: RegistryClient, params: Params, name: str, version: str, created:
 
 
 def register_model(
-    params: Params, *, root: str | os.PathLike[str] | None = None, client: RegistryClient | None = None
+    params: Params, *, root: str | os.PathLike[str] | None = None, client: RegistryClient | None = None,
+    triggered_by: str | None = None,
 ) -> RegisterResult:
     """Register the exported ONNX model as a new version of ``registry.model_name`` (idempotent).
 
@@ -506,12 +569,16 @@ def register_model(
         params: Validated params (``registry`` section; the whole params are hashed as lineage).
         root: Project root holding ``artifacts/`` (default: cwd).
         client: An existing :class:`RegistryClient` (default: one on the project's tracking URI).
+        triggered_by: The user who started the run that produced the artifact (the Airflow DAG
+            passes its triggering user); they may not approve the version (four-eyes).
 
     Returns:
         A :class:`RegisterResult` (also written to ``artifacts/register/summary.json``).
 
     Raises:
         RegistrationInputError: an input file is missing / inconsistent, or the training run is unknown.
+        GateReportMismatchError: the gate report judged another artifact (exit code 3).
+        AuditKeyError: no platform key to sign the audit trail (tracking server without one, exit code 2).
         RegistryUnavailableError: the tracking server stayed unreachable for the whole retry budget.
         RegistryError: MLflow refused an operation, or the stored model failed verification.
 
@@ -528,7 +595,8 @@ def register_model(
     inputs = read_inputs(paths)
     c = client or RegistryClient.from_params(params, paths.root)
     name = params.registry.model_name
-    author = current_user()
+    key = load_key(c.uri, create=True)
+    author, identity = resolve_actor(c)
     try:
         try:
             train_run = c.call(f"get training run {inputs.train_run_id}",
@@ -554,27 +622,34 @@ def register_model(
             return _result(c, params, name, v, False, inputs, author, notes, out_dir)
 
         base_tags = lineage_tags(params, paths, inputs, author)
+        if triggered_by and display_name(triggered_by):
+            base_tags[TAG_TRIGGERED_BY] = display_name(triggered_by)
         run = c.call("create the registration run", lambda: c.mlflow.create_run(
             train_run.info.experiment_id, run_name=f"register-{inputs.train_run_id[:8]}",
             tags={"mlflow.parentRunId": inputs.train_run_id, "cvplatform.stage": STAGE,
                   **{k: v for k, v in base_tags.items() if k != TAG_GATES_SUMMARY}}))
         run_id = run.info.run_id
         try:
+            _log_params(c, run_id, params)
             for f in inputs.attachments:
                 c.call(f"attach {f.name}", lambda f=f: c.mlflow.log_artifact(run_id, str(f), ATTACHMENT_DIR))
             model_id, model_uri = _log_model(c, run_id, train_run.info.experiment_id, inputs, base_tags)
             _check_stored_bytes(c, model_id, inputs)
 
-            event = new_event(name, "?", "registered", author, "",
-                              {"train_run_id": inputs.train_run_id, "sha256": inputs.sha256,
-                               "gates_passed": base_tags[TAG_GATES_PASSED], "run_id": run_id}, existing={})
+            reg_id = uuid.uuid4().hex
+            event = new_event(name, "?", "registered", author, "", {
+                "train_run_id": inputs.train_run_id, "sha256": inputs.sha256,
+                "gates_passed": base_tags[TAG_GATES_PASSED], "run_id": run_id,
+                "gate_report_sha256": inputs.gate_report_sha256, "facts": model_facts(inputs).to_dict(),
+                "triggered_by": base_tags.get(TAG_TRIGGERED_BY),
+            }, existing={TAG_REGISTRATION_ID: reg_id}, key=key, identity=identity)
             tags = {
                 **base_tags,
                 TAG_APPROVAL_STATUS: STATUS_PENDING,
-                TAG_REGISTRATION_ID: uuid.uuid4().hex,
+                TAG_REGISTRATION_ID: reg_id,
                 TAG_REGISTRATION_STATE: STATE_VERIFYING,
                 TAG_REGISTRATION_TIME: event.time,
-                event.key: event.to_json(),
+                **dict(event_tags(event)),
             }
             description = (f"Training run {inputs.train_run_id}; data {base_tags[TAG_DATA_HASH]}; "
                            f"{inputs.precision} ONNX sha256 {inputs.sha256}; gates {base_tags[TAG_GATES_SUMMARY]}")
@@ -597,4 +672,6 @@ def register_model(
         ) from exc
 
 
-__all__ = ["RegisterResult", "RegistrationInputs", "gate_facts", "lineage_tags", "read_inputs", "register_model"]
+__all__ = ["TAG_COST", "TAG_LATENCY_P50", "TAG_LATENCY_P95", "TAG_SIZE", "TAG_TEST_IMAGES",
+           "GateReportMismatchError", "RegisterResult", "RegistrationInputs", "gate_facts", "lineage_tags",
+           "model_facts", "read_inputs", "register_model"]

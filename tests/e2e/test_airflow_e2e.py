@@ -39,7 +39,7 @@ from tests.fixtures.repo import copy_repo, shrink_params
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 DAG = "cv_retrain"
-TASKS = ("prepare", "ingest", "validate", "train", "evaluate", "export", "register", "route", "approval",
+TASKS = ("prepare", "ingest", "validate", "train", "export", "evaluate", "register", "route", "approval",
          "record_approval", "canary_deploy")
 REVIEWER, OPERATOR, PIPELINE_USER = "alice", "admin", "pipeline-bot"
 COMMENT = "gate summary read in Airflow; approved for canary"
@@ -287,8 +287,10 @@ def test_rest_trigger_reviewer_approval_promotes_champion_and_serves_it(stack: S
     body = run.detail["body"]
     assert f"cvplatform version {version}" in run.detail["subject"]
     assert f"### cvplatform version {version}" in body
-    assert "#### Release gates: PASSED" in body and "clean accuracy" in body
-    assert f"author: `{PIPELINE_USER}`" in body and "report.html" in body
+    assert "#### Release gates: 🟢 PASSED" in body and "clean accuracy" in body
+    assert "**10 classes**: `0`, `1`" in body and "**test set**: 280 images" in body
+    assert f"author `{PIPELINE_USER}`" in body and "[evaluation report](" in body and "[model card](" in body
+    assert "latency p50, batch 1" in body and "#### What changed since the champion" in body
     assert run.detail["options"] == ["Approve", "Reject"] and run.detail["defaults"] == ["Reject"]
     assert {u["id"] for u in run.detail["assigned_users"]} == {"alice", "bob"}
     assert run.detail["response_received"] is False  # read before anybody answered
@@ -382,7 +384,7 @@ def test_grid_view_screenshot_shows_every_task(stack: Stack, retrain_run: Run, c
 
     # the approval task's "Required Actions" page: the gate summary the reviewer read, and who answered
     chromium.open(f"{url}/dags/{DAG}/runs/{retrain_run.run_id}/tasks/approval/required_actions")
-    text = chromium.wait_for_text(["Release gates: PASSED", f"cvplatform version {retrain_run.registered['version']}",
+    text = chromium.wait_for_text(["PASSED: 0 must-pass check(s) failed", f"cvplatform version {retrain_run.registered['version']}",
                                    REVIEWER], timeout_s=120)
     time.sleep(1.0)
     hitl_shot = chromium.screenshot(stack.project / "artifacts/test-screenshots/cv_retrain_approval.png")

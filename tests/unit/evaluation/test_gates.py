@@ -228,3 +228,98 @@ def test_report_lists_every_check_with_all_fields_and_is_deterministic():
     assert d["passed"] is True and d["n_failed_must_pass"] == 0
     assert check_gates(res, pol, champ).to_dict() == d
     assert all(isinstance(c.line(), str) and c.name in c.line() for c in rep.checks)
+
+
+# --------------------------------------------------------------------------- robustness, sample size, honesty
+def test_relative_floor_is_judged_against_clean_accuracy():
+    pol = GatePolicy(scenarios={"clean": ScenarioGate(level="must_pass", min_accuracy=0.5),
+                                "fog_s1": ScenarioGate(level="must_pass", min_relative_accuracy=0.85)},
+                     clean_scenario="clean", n_bootstrap=100)
+    clean = accuracy_result("clean", 100, 100)
+    ok = check_gates({"clean": clean, "fog_s1": accuracy_result("fog_s1", 100, 85, kind="corruption")}, pol)
+    c = by(ok, "fog_s1", "min_relative_accuracy")
+    assert ok.passed and c.status == "passed" and c.threshold == pytest.approx(0.85)
+    bad = check_gates({"clean": clean, "fog_s1": accuracy_result("fog_s1", 100, 84, kind="corruption")}, pol)
+    c = by(bad, "fog_s1", "min_relative_accuracy")
+    assert not bad.passed and c.blocking
+    assert "accuracy 0.8400 is 84% of clean 1.0000 < floor 85% (0.8500)" in c.reason
+    assert c.ci is not None and c.ci[0] < 0.84 < c.ci[1]  # the Wilson interval comes with it
+
+
+def test_the_split_must_hold_enough_images_of_every_class():
+    pol = GatePolicy(scenarios={"clean": ScenarioGate(level="must_pass", min_accuracy=0.5)},
+                     clean_scenario="clean", min_images_per_class=15, n_bootstrap=100)
+    enough = check_gates({"clean": accuracy_result("clean", 45, 45)}, pol)  # 15 per class
+    assert enough.passed and by(enough, "clean", "min_images_per_class").status == "passed"
+    small = check_gates({"clean": accuracy_result("clean", 42, 42)}, pol)  # 14 per class, 100 % accurate
+    c = by(small, "clean", "min_images_per_class")
+    assert not small.passed and c.blocking and "3 class(es) have fewer than 15 images" in c.reason
+    assert "'a': 14" in c.reason and "too small to support the suite's floors" in c.reason
+
+
+def test_a_champion_that_is_not_comparable_is_a_visible_failed_check():
+    pol = policy(clean=ScenarioGate(level="must_pass", min_accuracy=0.5, max_drop=0.02))
+    rep = check_gates({"clean": accuracy_result("clean", 30, 30)}, pol,
+                      champion_note="version 4", champion_incompatible="models:/m@champion: classes differ")
+    c = by(rep, "*", "champion")
+    assert c.status == "failed" and c.level == "warn" and "not comparable" in c.reason
+    assert rep.passed and c in rep.warnings  # orange, not silent, and not blocking unless require_champion
+    strict = check_gates({"clean": accuracy_result("clean", 30, 30)}, pol.model_copy(update={"require_champion": True}),
+                         champion_incompatible="classes differ")
+    assert not strict.passed
+
+
+def test_a_scenario_without_a_decided_threshold_is_never_drawn_green():
+    from cvplatform.evaluation.report import scenario_status
+
+    pol = policy(clean=ScenarioGate(level="must_pass", min_accuracy=0.5),
+                 contrast_s5=ScenarioGate(level="warn", max_drop=0.05))  # no champion: max_drop is not judged
+    rep = check_gates({"clean": accuracy_result("clean", 30, 30),
+                       "contrast_s5": accuracy_result("contrast_s5", 30, 4, kind="corruption")}, pol)
+    assert scenario_status("contrast_s5", rep) == "unchecked"
+    assert scenario_status("clean", rep) == "passed"
+    assert rep.weakest(1)[0].scenario == "clean"
+
+
+def _suite_results(suite, accuracy: dict[str, float], per_class: int = 28) -> dict[str, ScenarioResult]:
+    """Results for every scenario of ``suite``: 10 classes x ``per_class`` images, calibrated confidences."""
+    names = [str(i) for i in range(10)]
+    n = 10 * per_class
+    y = np.arange(n) % 10
+    out = {}
+    for sc in suite.expand():
+        acc = accuracy.get(sc.name, accuracy.get("*", 0.99))
+        k = int(round(acc * n))
+        pred = y.copy()
+        pred[k:] = (y[k:] + 1) % 10
+        p = np.full((n, 10), (1 - acc) / 9)
+        p[np.arange(n), pred] = acc  # confidence = accuracy: calibrated, ECE ~ 0
+        out[sc.name] = ScenarioResult.from_predictions(sc.name, sc.kind, [f"i{i:04d}" for i in range(n)], y, p,
+                                                       names, n_bootstrap=50, corruption=sc.corruption,
+                                                       severity=sc.severity)
+    return out
+
+
+def test_the_default_suite_fails_a_model_that_collapses_under_mild_contrast():
+    from pathlib import Path
+
+    from cvplatform.evaluation.scenarios import load_suite
+
+    suite = load_suite(Path(__file__).resolve().parents[3] / "configs" / "scenarios" / "default.yaml")
+    pol = suite.policy(n_bootstrap=50)
+    healthy = check_gates(_suite_results(suite, {"*": 0.99}), pol)
+    assert healthy.passed, [c.line() for c in healthy.failures]
+    assert by(healthy, "clean", "min_images_per_class").status == "passed"  # 28 per class, like digits
+    # high clean accuracy, collapse under contrast severity 1 (contrast x 0.4): must not pass
+    collapsed = check_gates(_suite_results(suite, {"*": 0.99, "contrast_s1": 0.30, "contrast_s5": 0.12}), pol)
+    assert not collapsed.passed
+    assert {(c.scenario, c.name) for c in collapsed.failures} >= {("contrast_s1", "min_relative_accuracy")}
+    assert by(collapsed, "contrast_s5", "min_relative_accuracy").status == "failed"  # severe: orange warning
+    assert by(collapsed, "contrast_s5", "min_relative_accuracy").level == "warn"
+    # a challenger a little worse than the champion under one mild corruption is a warning, not a block
+    # (many paired comparisons); on clean data the comparison blocks
+    assert pol.scenarios["fog_s1"].level_of("max_drop") == "warn"
+    assert pol.scenarios["clean"].level_of("max_drop") == "must_pass"
+    # and the suite refuses a split too small for its floors, whatever the accuracy
+    small = check_gates(_suite_results(suite, {"*": 1.0}, per_class=14), pol)
+    assert [c.name for c in small.failures if c.scenario == "clean"] == ["min_images_per_class"]

@@ -17,6 +17,7 @@ from cvplatform.evaluation.metrics import (
     paired_bootstrap_delta,
     reliability_bins,
     softmax,
+    wilson_interval,
 )
 
 NAMES = ["a", "b", "c"]
@@ -97,7 +98,9 @@ def test_bootstrap_ci_contains_estimate_is_seeded_and_narrows_with_data():
     m = compute_metrics(y, _onehot_probs(pred), NAMES, n_bootstrap=500, seed=5)
     assert ci["accuracy"][0] < acc < ci["accuracy"][1]
     assert ci["macro_f1"][0] < m.macro_f1 < ci["macro_f1"][1]
-    assert m.accuracy_ci == ci["accuracy"] and m.macro_f1_ci == ci["macro_f1"]
+    assert m.macro_f1_ci == ci["macro_f1"]  # macro-F1 keeps the bootstrap
+    assert m.accuracy_ci == wilson_interval(int((y == pred).sum()), 400)  # accuracy: Wilson score interval
+    assert m.accuracy_ci[0] < acc < m.accuracy_ci[1]
     assert bootstrap_ci(y, pred, 3, n_bootstrap=500, seed=5) == ci
     assert bootstrap_ci(y, pred, 3, n_bootstrap=500, seed=6) != ci
     small = bootstrap_ci(y[:40], pred[:40], 3, n_bootstrap=500, seed=5)
@@ -134,19 +137,44 @@ def test_paired_bootstrap():
 
 
 def test_corruption_error_summary_definition():
-    s = corruption_error_summary(
-        0.10, {("fog", 1): 0.20, ("fog", 2): 0.40, ("jpeg", 1): 0.10, ("jpeg", 3): 0.30}, n_clean=100
-    )
-    # fog: mean error 0.30 -> CE 3.0; jpeg: mean error 0.20 -> CE 2.0; mCE = 2.5
-    assert s["per_corruption"]["fog"]["ce"] == pytest.approx(3.0)
-    assert s["per_corruption"]["jpeg"]["ce"] == pytest.approx(2.0)
-    assert s["mce"] == pytest.approx(2.5)
+    errors = {("fog", 1): 0.20, ("fog", 2): 0.40, ("jpeg", 1): 0.10, ("jpeg", 3): 0.30}
+    s = corruption_error_summary(0.10, errors, n_clean=100)
+    # without a reference model there is no mCE: only the multiple of the model's own clean error
+    assert s["mce"] is None and s["mce_reference"] is None
+    # fog: mean error 0.30 -> 3.0x clean; jpeg: mean error 0.20 -> 2.0x; mean 2.5
+    assert s["per_corruption"]["fog"]["error_multiple"] == pytest.approx(3.0)
+    assert s["per_corruption"]["jpeg"]["error_multiple"] == pytest.approx(2.0)
+    assert s["error_multiple_vs_clean"] == pytest.approx(2.5)
     assert s["mean_degradation"] == pytest.approx(((0.30 - 0.10) + (0.20 - 0.10)) / 2)
     assert s["mean_corruption_error"] == pytest.approx(0.25)
-    perfect = corruption_error_summary(0.0, {("fog", 1): 0.05}, n_clean=20)
+    # ImageNet-C's mCE with the champion as the reference model: CE_c = sum_s E_cs / sum_s E^ref_cs
+    ref = {("fog", 1): 0.10, ("fog", 2): 0.20, ("jpeg", 1): 0.20, ("jpeg", 3): 0.20}
+    m = corruption_error_summary(0.10, errors, 100, ref, "models:/m@champion")
+    assert m["per_corruption"]["fog"]["ce"] == pytest.approx(0.60 / 0.30)
+    assert m["per_corruption"]["jpeg"]["ce"] == pytest.approx(0.40 / 0.40)
+    assert m["mce"] == pytest.approx(1.5) and m["mce_reference"] == "models:/m@champion"
+    perfect = corruption_error_summary(0.0, {("fog", 1): 0.05}, n_clean=20, reference_errors={("fog", 1): 0.0})
     assert perfect["clean_error_floor"] == pytest.approx(1 / 20)
-    assert perfect["mce"] == pytest.approx(1.0)
+    assert perfect["error_multiple_vs_clean"] == pytest.approx(1.0)
+    assert perfect["mce"] == pytest.approx(1.0)  # a perfect reference is floored at one mistake
     assert corruption_error_summary(0.1, {}, 10)["mce"] is None
+
+
+def test_wilson_intervals_stay_honest_at_0_and_100_percent():
+    # the example: a 100 %-accurate model on 33 images is not "[1.000, 1.000]"
+    lo, hi = wilson_interval(33, 33)
+    assert hi == 1.0 and 0.88 < lo < 0.91
+    lo, hi = wilson_interval(0, 33)
+    assert lo == 0.0 and 0.09 < hi < 0.12
+    y = np.arange(33) % 3
+    m = compute_metrics(y, _onehot_probs(y), NAMES, n_bootstrap=50)
+    assert m.accuracy == 1.0 and m.accuracy_ci[0] < 0.91 and m.accuracy_ci[1] == 1.0
+    assert all(ci is not None and ci[0] < 0.8 for ci in m.recall_ci.values())  # 11 images per class
+    # more images, narrower interval; higher confidence, wider interval
+    assert wilson_interval(330, 330)[0] > lo
+    assert wilson_interval(30, 33, 0.99)[0] < wilson_interval(30, 33, 0.95)[0]
+    with pytest.raises(DataError):
+        wilson_interval(1, 0)
 
 
 def test_scenario_result_and_errors():

@@ -69,11 +69,18 @@ def test_onnx_model_end_to_end_writes_every_output(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["clean"]["accuracy"] == 1.0 and metrics["gates_passed"] is True
     assert metrics["scenarios"]["reds"]["n"] == 2
-    assert metrics["mce"] == 0.0 and metrics["mean_degradation"] == 0.0  # no error under any corruption
+    assert metrics["error_multiple_vs_clean"] == 0.0 and metrics["mean_degradation"] == 0.0  # no error anywhere
+    assert metrics["mce"] is None  # mCE needs a reference model (the champion); there is none
     champion = [c for c in checks(root) if c["name"] == "champion"]
     assert champion[0]["status"] == "skipped" and "evaluate.compare_champion is false" in champion[0]["reason"]
+    from cvplatform.utils.io import sha256_file
+
+    gate = json.loads((out / "gate_report.json").read_text())
+    assert gate["model_sha256"] == sha256_file(root / "models" / "perfect.onnx") == r.model_sha256
+    assert gate["n_images"] == 6 and gate["class_names"] == ["red", "green", "blue"]
     md = (out / "report.md").read_text()
-    assert "**Verdict: PASSED**" in md and "![accuracy per scenario](plots/scenarios.png)" in md
+    assert "**Verdict: 🟢 PASSED" in md and "![accuracy per scenario](plots/scenarios.png)" in md
+    assert "mCE: not available" in md and "Wilson" in md
     assert "<img src='plots/reliability_clean.png'" in (out / "report.html").read_text()
     assert len((out / "plots/scenarios.csv").read_text().strip().splitlines()) == 1 + 5
     assert len((out / "plots/confusion.csv").read_text().strip().splitlines()) == 1 + 6
@@ -109,7 +116,11 @@ def test_failing_gate_writes_everything_then_raises(tmp_path):
     for rel in OUTPUTS:
         assert (out / rel).is_file(), rel
     assert json.loads((out / "summary.json").read_text())["passed"] is False
-    assert "**Verdict: FAILED**" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "**Verdict: 🔴 FAILED" in md
+    assert "| 🔴 failed | must_pass | clean | min_accuracy |" in md  # failed checks first, marked red
+    html_report = (out / "report.html").read_text()
+    assert "background:#ffebee" in html_report and "color:#c62828" in html_report
     # the gallery shows the most confident failures with thumbnails
     assert (out / "plots/gallery/clean.png").is_file()
     assert "Worst failures" in (out / "report.md").read_text()
@@ -263,17 +274,28 @@ def test_trained_checkpoint_end_to_end_logs_to_the_training_run(tmp_path):
 
     lenient = {**SUITE, "scenarios": [{**SUITE["scenarios"][0], "min_accuracy": 0.0, "min_macro_f1": 0.0,
                                        "max_ece": None}, *SUITE["scenarios"][1:3]]}
-    root = make_project(tmp_path, lenient, ["train.epochs=2"], per_class=12)
+    from cvplatform.export.run import run_export
+
+    root = make_project(tmp_path, lenient, ["train.epochs=2", "export.int8.enabled=false",
+                                            "export.benchmark.enabled=false"], per_class=12)
     train = run_train(load_params(root / "params.yaml"), root=root)
-    r = evaluate(root, None)  # default model: evaluate.model = artifacts/train/best.ckpt
-    assert r.passed and r.model.endswith("best.ckpt")
-    assert r.mlflow_run_id == train.run_id
+    exported = run_export(load_params(root / "params.yaml"), root=root)
+    r = evaluate(root, None)  # default model: evaluate.model = artifacts/export/model.onnx, the artifact that ships
+    assert r.passed and r.model.endswith("artifacts/export/model.onnx")
+    assert r.model_sha256 == exported.sha256  # the gates judged exactly the exported bytes
+    assert r.mlflow_run_id == train.run_id  # the exported artifact of the training run: logged to that run
     client = MlflowClient(train.tracking_uri)
     run = client.get_run(train.run_id)
     assert run.data.metrics["eval.clean.accuracy"] == pytest.approx(r.scenarios[0]["accuracy"])
-    assert run.data.tags["eval.gates_passed"] == "true"
+    assert run.data.tags["eval.gates_passed"] == "true" and run.data.tags["eval.model_sha256"] == exported.sha256
     logged = {a.path for a in client.list_artifacts(train.run_id, "evaluate")}
-    assert {"evaluate/report.md", "evaluate/report.html", "evaluate/metrics.json", "evaluate/plots"} <= logged
+    assert {"evaluate/report.md", "evaluate/report.html", "evaluate/metrics.json", "evaluate/plots",
+            "evaluate/model_card.md"} <= logged
+    card = (root / "artifacts/evaluate/model_card.md").read_text()
+    assert exported.sha256 in card and "gates **PASSED**" in card
+
+    ckpt = evaluate(root, "artifacts/train/best.ckpt")  # the checkpoint is still the training run's own model
+    assert ckpt.mlflow_run_id == train.run_id and not (root / "artifacts/evaluate/model_card.md").exists()
 
     # the checkpoint predictor preprocesses exactly like training's eval pipeline
     pred = TorchCheckpointPredictor(root / "artifacts/train/best.ckpt")
@@ -285,7 +307,8 @@ def test_trained_checkpoint_end_to_end_logs_to_the_training_run(tmp_path):
 
     # an explicitly given other model is evaluated but not logged to the training run
     r2 = evaluate(root, "models/perfect.onnx")
-    assert r2.mlflow_run_id is None and "is not the training run's checkpoint" in r2.mlflow_note
+    assert r2.mlflow_run_id is None and "neither the training run's checkpoint nor its exported artifact" in \
+        r2.mlflow_note
 
 
 def test_cli_exit_codes(tmp_path, monkeypatch):

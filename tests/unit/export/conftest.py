@@ -1,8 +1,9 @@
-"""Fixtures for the export tests: a tiny project trained (1 epoch) and evaluated once per session.
+"""Fixtures for the export tests: a tiny project trained (1 epoch) once per session.
 
 Every test that needs its own outputs works on a copy (:func:`project`); the
 shared trained project is never exported into, except by the ``exported``
-fixture (one real ``run_export`` whose outputs several tests inspect).
+fixture (one real ``run_export``, then ``run_evaluate`` on the exported artifact as the
+pipeline does, whose outputs several tests inspect).
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ EXPORT_OVERRIDES: tuple[str, ...] = (
 
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny 3-class project with a 1-epoch small_cnn checkpoint and an evaluate run."""
-    from cvplatform.evaluation.run import run_evaluate
+    """A tiny 3-class project with a 1-epoch small_cnn checkpoint."""
     from cvplatform.train import run_train
 
     root = make_tiny_project(tmp_path_factory.mktemp("export") / "project", per_class=10, size=16,
@@ -52,16 +52,19 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "configs" / "scenarios" / "export_test.yaml").write_text(SUITE, encoding="utf-8")
     params = load(root)
     run_train(params, root=root)
-    run_evaluate(params, root=root)
     return root
 
 
 @pytest.fixture(scope="session")
 def exported(trained_project: Path):
-    """One real export of the trained project (INT8 accepted: max_drop 1.0); returns (root, result)."""
+    """One real export of the trained project (INT8 accepted: max_drop 1.0), then the evaluation of the exported
+    artifact (it writes the model card); returns (root, export result)."""
+    from cvplatform.evaluation.run import run_evaluate
     from cvplatform.export.run import run_export
 
-    return trained_project, run_export(load(trained_project), root=trained_project)
+    result = run_export(load(trained_project), root=trained_project)
+    run_evaluate(load(trained_project), root=trained_project)
+    return trained_project, result
 
 
 @pytest.fixture

@@ -27,8 +27,9 @@ def test_export_writes_the_registry_contract_and_the_shipped_file_runs(exported)
     root, result = exported
     out = root / "artifacts" / "export"
     for name in ("model_fp32.onnx", "model_int8.onnx", "model.onnx", "parity.json", "int8.json", "benchmark.json",
-                 "metrics.json", "model_card.md", "summary.json"):
+                 "metrics.json", "summary.json"):
         assert (out / name).is_file(), name
+    assert not (out / "model_card.md").exists()  # evaluate writes the card once the gates judged this artifact
     s = _summary(root)
     assert set(s) >= CONTRACT_KEYS
     assert s["artifact"] == "artifacts/export/model.onnx"
@@ -86,7 +87,7 @@ def test_model_card_has_every_section_and_the_evaluation(exported):
     from cvplatform.export.model_card import SECTIONS
 
     root, result = exported
-    card = (root / "artifacts" / "export" / "model_card.md").read_text()
+    card = (root / "artifacts" / "evaluate" / "model_card.md").read_text()
     for section in SECTIONS:
         assert f"\n## {section}\n" in card, section
     assert result.sha256 in card and result.data_hash in card and result.train_run_id in card
@@ -96,7 +97,8 @@ def test_model_card_has_every_section_and_the_evaluation(exported):
     assert "accuracy CI" in card and "[" in card  # per-scenario CIs
     limitations = card.split("## Known limitations")[1].split("\n## ")[0]
     assert "`dark_s5`" in limitations  # the warn-level scenario the 1-epoch model fails
-    assert "describes model" not in card  # the evaluation is of the exported checkpoint
+    assert "describes model" not in card  # the evaluation is of the exported artifact
+    assert f"Judged artifact sha256 `{result.sha256}`" in card
     assert "| `blue` | 6 | 2 | 2 | 10 |" in card  # counts per class and split
     assert "cost_per_1k = latency_s * threads / 3600" in card
 
@@ -127,8 +129,9 @@ def test_outputs_are_logged_to_the_training_run(exported):
     assert result.mlflow_run_id == train["run_id"]
     client = MlflowClient(tracking_uri=train["tracking_uri"])
     names = {Path(a.path).name for a in client.list_artifacts(result.mlflow_run_id, "export")}
-    assert {"model_card.md", "benchmark.json", "parity.json", "model.onnx", "model_fp32.onnx",
-            "model_int8.onnx"} <= names
+    assert {"benchmark.json", "parity.json", "model.onnx", "model_fp32.onnx", "model_int8.onnx"} <= names
+    evaluated = {Path(a.path).name for a in client.list_artifacts(result.mlflow_run_id, "evaluate")}
+    assert "model_card.md" in evaluated  # logged by evaluate, which judged this very artifact
     run = client.get_run(result.mlflow_run_id)
     assert run.data.tags["export.sha256"] == result.sha256
     assert run.data.metrics["export.parity.top1_agreement"] == 1.0
@@ -148,7 +151,10 @@ def test_int8_rejected_ships_fp32_and_says_why(project):
     assert "rejected" in "\n".join(result.lines())
     batch, _ = run_onnx_file(out / "model.onnx", split_images(project)[0])
     assert np.isfinite(batch).all()
-    card = (out / "model_card.md").read_text()
+    from cvplatform.evaluation.run import run_evaluate
+
+    run_evaluate(load(project), root=project)  # the pipeline's next stage writes the card
+    card = (project / "artifacts" / "evaluate" / "model_card.md").read_text()
     assert "INT8 was not shipped" in card
 
 

@@ -44,8 +44,9 @@ def onnx_model_bytes(seed: int = 0, classes: tuple[str, ...] = CLASSES, size: in
     return proto.SerializeToString()
 
 
-def gate_report(passed: bool = True) -> dict:
-    """A gate report in the format of ``GateReport.to_dict()`` (cvplatform.evaluation.gates)."""
+def gate_report(passed: bool = True, model_sha256: str | None = None) -> dict:
+    """A gate report in the format of ``GateReport.to_dict()`` (cvplatform.evaluation.gates) for the model
+    with ``model_sha256`` (the registry refuses a report about another artifact)."""
     clean = {"name": "min_accuracy", "scenario": "clean", "status": "passed" if passed else "failed",
              "level": "must_pass", "reason": "accuracy 0.9 >= floor 0.8" if passed else "accuracy 0.5 < floor 0.8",
              "value": 0.9 if passed else 0.5, "threshold": 0.8, "ci": None, "passed": passed}
@@ -55,7 +56,9 @@ def gate_report(passed: bool = True) -> dict:
             "reason": "...", "value": 1.0 if passed else 0.0, "threshold": 1.0, "ci": None, "passed": passed}
     return {"passed": passed, "pass_rate": 1.0 if passed else 0.0, "champion": None,
             "n_failed_must_pass": 0 if passed else 2, "n_warnings": 1, "checks": [clean, noise, rate],
-            "model": "artifacts/train/best.ckpt", "suite": "configs/scenarios/default.yaml"}
+            "model": "artifacts/export/model.onnx", "model_sha256": model_sha256, "split": "test", "n_images": 40,
+            "class_names": list(CLASSES), "policy": {"min_images_per_class": 15},
+            "suite": "configs/scenarios/default.yaml"}
 
 
 @dataclass
@@ -68,7 +71,7 @@ class Project:
 
 def write_export(root: Path, model: bytes, train_run_id: str, *, precision: str = "fp32",
                  classes: tuple[str, ...] = CLASSES) -> str:
-    """Write artifacts/export/{model.onnx, summary.json, model_card.md}; returns the sha256."""
+    """Write artifacts/export/{model.onnx, summary.json}; returns the sha256."""
     from cvplatform.utils.io import sha256_bytes, write_json
 
     out = root / "artifacts" / "export"
@@ -78,23 +81,28 @@ def write_export(root: Path, model: bytes, train_run_id: str, *, precision: str 
     write_json(out / "summary.json", {
         "chosen": precision, "artifact": "artifacts/export/model.onnx", "sha256": sha, "precision": precision,
         "train_run_id": train_run_id, "data_hash": "d41d8cd98f00b204e9800998ecf8427e",
-        "class_names": list(classes), "benchmark": {"ort_fp32": {"p50_ms": 0.1}}, "parity": {"passed": True},
+        "class_names": list(classes), "parity": {"passed": True}, "size_bytes": len(model),
+        "benchmark": {"runtimes": {"ort_fp32": {"latency_ms": {"p50": 0.1, "p95": 0.2, "p99": 0.3},
+                                                "throughput_ips": 9000.0, "cost_per_1k_usd": 1.25e-06}}},
     })
-    (out / "model_card.md").write_text("# Model card\n\nA tiny test model.\n", encoding="utf-8")
     return sha
 
 
-def write_evaluation(root: Path, *, passed: bool = True) -> None:
-    """Write artifacts/evaluate/{gate_report.json, metrics.json, report.md, report.html}."""
-    from cvplatform.utils.io import write_json
+def write_evaluation(root: Path, *, passed: bool = True, model_sha256: str | None = None) -> None:
+    """Write artifacts/evaluate/{gate_report.json, metrics.json, report.md, report.html, model_card.md} judging the
+    exported model (``model_sha256``, default: the sha256 of artifacts/export/model.onnx)."""
+    from cvplatform.utils.io import sha256_file, write_json
 
     out = root / "artifacts" / "evaluate"
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "gate_report.json", gate_report(passed))
+    if model_sha256 is None:
+        model_sha256 = sha256_file(root / "artifacts" / "export" / "model.onnx")
+    write_json(out / "gate_report.json", gate_report(passed, model_sha256))
     write_json(out / "metrics.json", {"clean": {"accuracy": 0.9125, "macro_f1": 0.9, "ece": 0.05},
                                       "gates_passed": passed})
     (out / "report.md").write_text("# Evaluation report\n", encoding="utf-8")
     (out / "report.html").write_text("<html><body>report</body></html>\n", encoding="utf-8")
+    (out / "model_card.md").write_text("# Model card\n\nA tiny test model.\n", encoding="utf-8")
 
 
 def start_train_run(root: Path, experiment: str = "cvplatform") -> str:
@@ -129,7 +137,9 @@ def new_training(project: Project, model: bytes | None = None) -> Project:
     run_id = start_train_run(project.root)
     write_json(project.root / "artifacts" / "train" / "summary.json", {"run_id": run_id})
     data = model if model is not None else project.onnx_path.read_bytes()
+    passed = read_json(project.root / "artifacts" / "evaluate" / "gate_report.json")["passed"]
     sha = write_export(project.root, data, run_id)
+    write_evaluation(project.root, passed=passed)  # the gates judged the new artifact
     return Project(project.root, run_id, sha, project.onnx_path)
 
 

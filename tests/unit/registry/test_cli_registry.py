@@ -23,7 +23,7 @@ def _run(*args: str):
 def test_registry_help_lists_every_subcommand():
     res = runner.invoke(app, ["registry", "--help"])
     assert res.exit_code == 0
-    for cmd in ("register", "approve", "reject", "promote", "rollback", "history", "show"):
+    for cmd in ("register", "approve", "reject", "promote", "rollback", "history", "verify", "show"):
         assert cmd in res.output
         sub = _run(cmd, "--help")
         assert sub.exit_code == 0 and "--params" in sub.output, (cmd, sub.output)
@@ -36,10 +36,10 @@ def test_full_review_cycle_through_the_cli(in_project, monkeypatch):
     assert (in_project.root / "artifacts" / "register" / "summary.json").is_file()
 
     res = _run("approve", "cvplatform", "1", "--reviewer", "alice", "--comment", "mine")
-    assert res.exit_code == 1 and "four-eyes" in res.output.lower()
+    assert res.exit_code == 3 and "four-eyes" in res.output.lower()  # a refused rule exits 3 (README)
 
     res = _run("promote", "cvplatform", "1")
-    assert res.exit_code == 1 and "not 'approved'" in res.output
+    assert res.exit_code == 3 and "not 'approved'" in res.output
 
     res = _run("approve", "cvplatform", "1", "--reviewer", "bob", "--comment", "looks good")
     assert res.exit_code == 0, res.output
@@ -49,7 +49,10 @@ def test_full_review_cycle_through_the_cli(in_project, monkeypatch):
     assert res.exit_code == 0 and "promoted to v1" in res.output
 
     res = _run("rollback", "cvplatform")
-    assert res.exit_code == 1 and "nothing to return to" in res.output
+    assert res.exit_code == 3 and "nothing to return to" in res.output
+
+    res = _run("verify", "cvplatform", "1")
+    assert res.exit_code == 0 and "audit trail intact; 3 event(s)" in res.output
 
     res = _run("show", "cvplatform")
     assert res.exit_code == 0 and "champion -> v1" in res.output and "approval approved by bob" in res.output
@@ -80,4 +83,4 @@ def test_set_overrides_reach_the_registry(in_project):
     res = _run("register", "--set", "registry.model_name=other")
     assert res.exit_code == 0 and "models:/other/1" in res.output
     res = _run("approve", "other", "1", "--reviewer", "bob", "--comment", "ok", "--set", "registry.reviewers=[carol]")
-    assert res.exit_code == 1 and "not in registry.reviewers" in res.output
+    assert res.exit_code == 3 and "not in registry.reviewers" in res.output

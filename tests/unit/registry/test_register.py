@@ -49,8 +49,9 @@ def test_register_creates_a_tagged_version_with_challenger_alias(project, params
     assert float(tags["metrics.clean_accuracy"]) == pytest.approx(0.9125)
     assert json.loads(tags["model.class_names"]) == ["cat", "dog"]
     assert tags["registration.state"] == "complete"
-    events = [k for k in tags if k.startswith("audit.")]
+    events = [k for k in tags if k.startswith("audit.") and k != "audit.head"]
     assert len(events) == 1 and json.loads(tags[events[0]])["action"] == "registered"
+    assert tags["audit.head"] == f"1:{json.loads(tags[events[0]])['mac']}"
     assert sorted(mv.aliases) == ["challenger"]
 
     summary = read_json(project.root / "artifacts" / "register" / "summary.json")
@@ -97,9 +98,10 @@ def test_a_new_training_run_makes_a_new_version_and_moves_challenger(registered,
 
 
 def test_same_run_with_a_different_artifact_is_a_new_version(registered, project, params, other_model_bytes, client):
-    from tests.unit.registry.project import write_export
+    from tests.unit.registry.project import write_evaluation, write_export
 
     write_export(project.root, other_model_bytes, project.train_run_id, precision="int8")
+    write_evaluation(project.root)  # the gates judged the new artifact
     res = register_model(params, root=project.root)
     assert res.version == "2" and res.precision == "int8"
     assert client.version("cvplatform", 2).tags["artifact.precision"] == "int8"
@@ -198,6 +200,7 @@ def test_unreachable_tracking_server_fails_with_the_uri(project, make_params, mo
         port = s.getsockname()[1]
     uri = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("CVPLATFORM_AUDIT_KEY", "k" * 40)  # a server needs a configured platform key
     params = make_params("registry.retry.attempts=2", "registry.retry.backoff_s=0.01")
     with pytest.raises(RegistryUnavailableError) as info:
         register_model(params, root=project.root)
@@ -218,3 +221,19 @@ def test_git_commit_is_the_one_recorded_at_export(project, params, client):
     write_json(summary_path, {**summary, "lineage": {"git_commit": "0badc0de" * 5}})
     register_model(params, root=project.root)
     assert client.version("cvplatform", 1).tags["lineage.git_commit"] == "0badc0de" * 5
+
+
+def test_an_artifact_the_gates_did_not_judge_is_refused(project, params, other_model_bytes, client, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cvplatform.cli import app
+    from cvplatform.registry.errors import GateReportMismatchError
+    from tests.unit.registry.project import write_export
+
+    write_export(project.root, other_model_bytes, project.train_run_id)  # model.onnx replaced after evaluate
+    with pytest.raises(GateReportMismatchError, match="the gates were not run on what would ship"):
+        register_model(params, root=project.root)
+    assert client.mlflow.search_registered_models() == [] or client.versions("cvplatform") == []
+    monkeypatch.chdir(project.root)
+    res = CliRunner().invoke(app, ["registry", "register"])
+    assert res.exit_code == 3 and "judged a model with sha256" in res.output
