@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
 #: Files/folders this stage owns under artifacts/evaluate/ (removed before a run so nothing stale survives).
-OUTPUTS = ("report.md", "report.html", "plots", "metrics.json", "gate_report.json", "summary.json", "model_card.md")
+OUTPUTS = ("report.md", "report.html", "plots", "metrics.json", "scenarios.json", "gate_report.json", "summary.json",
+           "model_card.md")
 
 
 @dataclass
@@ -242,6 +243,21 @@ def _load_champion(uri: str, tracking_uri: str, root: Path) -> Predictor:
             f"champion {uri} exists but cannot be loaded: {exc} Fix or re-register the champion version, "
             "or set evaluate.compare_champion: false."
         ) from None
+
+
+def _headline_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """What ``dvc metrics show`` prints for evaluate: clean accuracy, macro-F1 and ECE, and the mean
+    accuracy over the corruption scenarios (every scenario's numbers are in ``scenarios.json``)."""
+    out: dict[str, float] = {}
+    clean = next((r for r in rows if r["kind"] == "clean"), None)
+    if clean is not None:
+        for key, short in (("accuracy", "accuracy"), ("macro_f1", "f1"), ("ece", "ece")):
+            if isinstance(clean.get(key), int | float):
+                out[short] = round(float(clean[key]), 6)
+    corrupted = [float(r["accuracy"]) for r in rows if r["kind"] == "corruption" and r.get("accuracy") is not None]
+    if corrupted:
+        out["corrupt_acc"] = round(sum(corrupted) / len(corrupted), 6)
+    return out
 
 
 def _champion(cfg: EvaluateParams, mlflow_uri: str, predictor: Predictor,
@@ -642,7 +658,8 @@ def run_evaluate(
         "mean_degradation": cs.get("mean_degradation"),
         "mean_corruption_error": cs.get("mean_corruption_error"),
     })
-    written["metrics"] = write_json(out_dir / "metrics.json", metrics_json)
+    written["scenarios"] = write_json(out_dir / "scenarios.json", metrics_json)
+    written["metrics"] = write_json(out_dir / "metrics.json", _headline_metrics(rows))
     gate_doc = {
         **gates.to_dict(),
         "model": predictor.name,
@@ -698,7 +715,8 @@ def run_evaluate(
                 "eval.model_sha256": model_sha or "unknown"}
         try:
             _log_to_mlflow(str(run_id), run_uri, mm, tags,
-                           [written["report_md"], written["report_html"], written["metrics"], written["gate_report"],
+                           [written["report_md"], written["report_html"], written["metrics"], written["scenarios"],
+                            written["gate_report"],
                             *([written["model_card"]] if "model_card" in written else [])],
                            out_dir / "plots")
             logged_run = str(run_id)

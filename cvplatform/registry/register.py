@@ -290,7 +290,7 @@ def read_inputs(paths: ProjectPaths) -> RegistrationInputs:
             f"{onnx_path}, has sha256 {sha}: the gates were not run on what would ship. Re-run `cvplatform evaluate` "
             "(it evaluates artifacts/export/model.onnx by default), then register again."
         )
-    metrics_path = eval_dir / "metrics.json"
+    metrics_path = eval_dir / "scenarios.json"  # every scenario's metrics (metrics.json holds the headline)
     metrics = _read_json(metrics_path, "evaluation metrics", "") if metrics_path.is_file() else {}
 
     attachments = [p for p in (

@@ -161,7 +161,7 @@ def review_facts(
     c = client or RegistryClient.from_params(cfg, root)
     base = Path(root or os.getcwd())
     gate = _json_file(base / "artifacts/evaluate/gate_report.json")
-    metrics = _json_file(base / "artifacts/evaluate/metrics.json")
+    metrics = _json_file(base / "artifacts/evaluate/scenarios.json")
     notes: list[str] = []
     cand = champ = None
     try:

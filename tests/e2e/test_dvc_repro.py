@@ -87,6 +87,9 @@ def test_dvc_repro_noop_partial_rerun_and_push_pull(repo_copy: Path):
     assert values["artifacts/ingest/metrics.json"] == {"images": 1797, "quarantined": 0}
     assert set(values["artifacts/train/metrics.json"]) == {"accuracy", "f1", "loss"}
     assert set(values["artifacts/export/metrics.json"]) == {"size_mb", "latency_ms"}
+    assert set(values["artifacts/evaluate/metrics.json"]) == {"accuracy", "f1", "ece", "corrupt_acc"}
+    table = _run([DVC, "metrics", "show"], repo_copy).stdout
+    assert max(len(line) for line in table.splitlines()) <= 130, table  # fits a terminal
     for numbers in values.values():  # only numbers a user compares: no paths, hashes or nested tables
         assert all(isinstance(x, int | float) and not isinstance(x, bool) for x in numbers.values()), numbers
 

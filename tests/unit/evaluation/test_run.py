@@ -32,7 +32,7 @@ SUITE = {
          "min_accuracy": 0.9},
     ],
 }
-OUTPUTS = ("report.md", "report.html", "metrics.json", "gate_report.json", "summary.json",
+OUTPUTS = ("report.md", "report.html", "metrics.json", "scenarios.json", "gate_report.json", "summary.json",
            "plots/scenarios.png", "plots/corruptions.png", "plots/confusion_clean.png", "plots/reliability_clean.png",
            "plots/scenarios.csv", "plots/corruptions.csv", "plots/reliability.csv", "plots/confusion.csv")
 
@@ -66,7 +66,9 @@ def test_onnx_model_end_to_end_writes_every_output(tmp_path):
     out = root / "artifacts" / "evaluate"
     for rel in OUTPUTS:
         assert (out / rel).is_file(), rel
-    metrics = json.loads((out / "metrics.json").read_text())
+    headline = json.loads((out / "metrics.json").read_text())  # what `dvc metrics show` prints: numbers only
+    assert headline == {"accuracy": 1.0, "f1": 1.0, "ece": pytest.approx(headline["ece"]), "corrupt_acc": 1.0}
+    metrics = json.loads((out / "scenarios.json").read_text())
     assert metrics["clean"]["accuracy"] == 1.0 and metrics["gates_passed"] is True
     assert metrics["scenarios"]["reds"]["n"] == 2
     assert metrics["error_multiple_vs_clean"] == 0.0 and metrics["mean_degradation"] == 0.0  # no error anywhere

@@ -89,7 +89,7 @@ def write_export(root: Path, model: bytes, train_run_id: str, *, precision: str 
 
 
 def write_evaluation(root: Path, *, passed: bool = True, model_sha256: str | None = None) -> None:
-    """Write artifacts/evaluate/{gate_report.json, metrics.json, report.md, report.html, model_card.md} judging the
+    """Write artifacts/evaluate/{gate_report.json, metrics.json, scenarios.json, report.md, report.html, model_card.md} judging the
     exported model (``model_sha256``, default: the sha256 of artifacts/export/model.onnx)."""
     from cvplatform.utils.io import sha256_file, write_json
 
@@ -98,8 +98,9 @@ def write_evaluation(root: Path, *, passed: bool = True, model_sha256: str | Non
     if model_sha256 is None:
         model_sha256 = sha256_file(root / "artifacts" / "export" / "model.onnx")
     write_json(out / "gate_report.json", gate_report(passed, model_sha256))
-    write_json(out / "metrics.json", {"clean": {"accuracy": 0.9125, "macro_f1": 0.9, "ece": 0.05},
-                                      "gates_passed": passed})
+    write_json(out / "scenarios.json", {"clean": {"accuracy": 0.9125, "macro_f1": 0.9, "ece": 0.05},
+                                        "gates_passed": passed})
+    write_json(out / "metrics.json", {"accuracy": 0.9125, "f1": 0.9, "ece": 0.05})
     (out / "report.md").write_text("# Evaluation report\n", encoding="utf-8")
     (out / "report.html").write_text("<html><body>report</body></html>\n", encoding="utf-8")
     (out / "model_card.md").write_text("# Model card\n\nA tiny test model.\n", encoding="utf-8")

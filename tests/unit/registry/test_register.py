@@ -66,7 +66,7 @@ def test_model_run_is_a_child_of_the_training_run_and_holds_the_attachments(regi
     assert run.info.experiment_id == train.info.experiment_id
     attached = {a.path for a in client.list_artifacts(registered.run_id, "registration")}
     assert {"registration/model_card.md", "registration/gate_report.json", "registration/report.md",
-            "registration/report.html", "registration/metrics.json"} <= attached
+            "registration/report.html", "registration/scenarios.json"} <= attached
 
 
 def test_logged_model_has_the_onnx_flavour_and_a_signature(registered, project, client):
