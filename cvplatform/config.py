@@ -313,6 +313,8 @@ class TrainParams(StrictModel):
     """Train batches per epoch (int) or fraction (float); None = all (smoke tests)."""
     limit_val_batches: int | float | None = None
     """Validation batches per epoch (int) or fraction (float); None = all."""
+    calibrate: bool = True
+    """Fit a temperature on the validation split after training (calibrated confidences; same predictions)."""
     run_test: bool = False
     """Also evaluate the best checkpoint on the test split (the evaluate stage does this properly)."""
     experiment: str = Field("cvplatform", min_length=1)

@@ -127,6 +127,39 @@ class TrainResult(StageResult):
 
 
 # --------------------------------------------------------------------------- helpers
+def _calibrate(best_path: Path, loaded: Any, dm: Any) -> float | None:
+    """Fit the temperature of the best checkpoint on the validation split and record it there."""
+    import numpy as np
+    import torch
+
+    from cvplatform.models.calibration import fit_temperature
+    from cvplatform.models.checkpoint import set_temperature
+
+    logits, labels = [], []
+    with torch.inference_mode():
+        for x, y in dm.val_dataloader():
+            logits.append(loaded.model(x).float().cpu().numpy())
+            labels.append(np.asarray(y))
+    if not logits:
+        log.warning("train: no validation images, the model is not calibrated")
+        return None
+    z, y = np.concatenate(logits), np.concatenate(labels)
+    t = fit_temperature(z, y)
+    set_temperature(best_path, t)
+    log.info("train: calibrated on %d validation images: temperature %.3f (top-1 confidence %.3f -> %.3f, "
+             "accuracy %.3f)", len(y), t, _mean_confidence(z), _mean_confidence(z / t),
+             float(np.mean(z.argmax(axis=1) == y)))
+    return t
+
+
+def _mean_confidence(logits: Any) -> float:
+    import numpy as np
+
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    return float(p.max(axis=1).mean())
+
+
 def _interactive() -> bool:
     """stderr is a terminal (Lightning's progress bar is drawn only there; logs get one line per epoch)."""
     import sys
@@ -584,6 +617,9 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
     from cvplatform.models.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(best_path)  # run every artifact you produce: it must load back
+    temperature = _calibrate(best_path, loaded, dm) if tp.calibrate else None
+    if temperature is not None:
+        loaded = load_checkpoint(best_path)
     best_rec = next((r for r in history if int(r["epoch"]) == loaded.epoch), None) or _best_from_history(
         history, tp.monitor, tp.mode
     ) or {}
@@ -600,7 +636,8 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
 
     curves_png = plot_curves(history, out / "plots" / "curves.png")
 
-    run.log_metrics_once({f"best_{k}": v for k, v in best_metrics.items()} | {"best_epoch": float(loaded.epoch)})
+    run.log_metrics_once({f"best_{k}": v for k, v in best_metrics.items()} | {"best_epoch": float(loaded.epoch)}
+                         | ({"calibration_temperature": temperature} if temperature is not None else {}))
     run.set_tags({"best_checkpoint": str(best_path), "class_names": ",".join(class_names)})
     for path, where in (
         (best_path, "checkpoints"),
@@ -641,7 +678,7 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
         curves_path=str(curves_csv),
         duration_s=round(time.perf_counter() - t0, 3),
         world_size=trainer.world_size,
-        extra={"data_version_source": dv.source, "params_hash": phash},
+        extra={"data_version_source": dv.source, "params_hash": phash, "temperature": temperature},
     )
     result.write_summary(out)
     log.info("train: done in %.1fs; best epoch %d %s", result.duration_s, result.best_epoch, best_metrics)

@@ -80,6 +80,8 @@ class LoadedModel:
     """All training hyper-parameters stored in the checkpoint."""
     format_version: int = 1
     """Checkpoint metadata layout version."""
+    temperature: float = 1.0
+    """Calibration temperature the logits are divided by (already part of ``model``)."""
 
     def eval_pipeline(self) -> A.Compose:
         """The albumentations eval pipeline (recipe eval steps + resize + normalise + tensor).
@@ -124,6 +126,7 @@ class LoadedModel:
             "global_step": self.global_step,
             "metrics": self.metrics,
             "format_version": self.format_version,
+            "temperature": self.temperature,
             "path": str(self.path),
         }
 
@@ -207,8 +210,13 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"{p}: weights do not fit architecture {hp['arch']!r} {hp['arch_kwargs']}: {detail}. "
             "The checkpoint is inconsistent; retrain with `cvplatform train`."
         ) from None
-    model.to(map_location).eval()
     meta = ckpt.get("cvplatform") or {}
+    temperature = float(meta.get("temperature", 1.0))
+    if temperature != 1.0:  # calibrated by `cvplatform train` (cvplatform.models.calibration)
+        from cvplatform.models.calibration import temperature_scaled
+
+        model = temperature_scaled(model, temperature)
+    model.to(map_location).eval()
     h, w = pre.get("input_size", [0, 0])
     return LoadedModel(
         model=model,
@@ -227,7 +235,26 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         metrics=dict(meta.get("metrics", {})),
         hyper_parameters=dict(hp),
         format_version=int(meta.get("format_version", 1)),
+        temperature=temperature,
     )
 
 
-__all__ = ["LoadedModel", "load_checkpoint", "read_checkpoint"]
+def set_temperature(path: str | os.PathLike[str], temperature: float) -> None:
+    """Record a calibration temperature in a checkpoint (atomically): loaders then divide the logits by it.
+
+    Example:
+        >>> set_temperature("artifacts/train/best.ckpt", 1.42)  # doctest: +SKIP
+        >>> load_checkpoint("artifacts/train/best.ckpt").temperature  # doctest: +SKIP
+        1.42
+    """
+    import torch
+
+    p = Path(path)
+    ckpt = read_checkpoint(p)
+    ckpt.setdefault("cvplatform", {})["temperature"] = float(temperature)
+    tmp = p.with_name(p.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, p)
+
+
+__all__ = ["LoadedModel", "load_checkpoint", "read_checkpoint", "set_temperature"]

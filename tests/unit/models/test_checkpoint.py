@@ -111,3 +111,20 @@ def test_weights_that_do_not_fit_the_architecture(tmp_path, ckpt_path):
     torch.save(ckpt, p)
     with pytest.raises(ModelError, match="do not fit"):
         load_checkpoint(p)
+
+
+def test_a_calibration_temperature_scales_the_loaded_network_without_changing_predictions(ckpt_path, tmp_path):
+    import shutil
+
+    from cvplatform.models.checkpoint import set_temperature
+
+    src, x, expected = ckpt_path
+    calibrated_path = tmp_path / "calibrated.ckpt"
+    shutil.copy(src, calibrated_path)
+    set_temperature(calibrated_path, 2.5)
+    plain, scaled = load_checkpoint(src), load_checkpoint(calibrated_path)
+    assert scaled.temperature == 2.5 and plain.temperature == 1.0
+    with torch.inference_mode():
+        a, b = plain.model(x), scaled.model(x)
+    assert torch.allclose(a, expected, atol=1e-6) and torch.allclose(a / 2.5, b, atol=1e-6)
+    assert torch.equal(a.argmax(1), b.argmax(1))  # same predictions, softer confidences
