@@ -7,12 +7,14 @@ Public API (heavy libraries are imported only when a function is called)::
     approve("cvplatform", 4, reviewer="bob", comment="report reviewed")
     promote("cvplatform", 4)                           # champion -> v4 (previous champion remembered)
     rollback("cvplatform")                             # champion -> previous champion
+    mark_rolled_back("cvplatform", 5, "agreement ...")  # a canary rolled v5 back: status, alias, history
     m = load_model("models:/cvplatform@champion")      # sha256-verified onnxruntime session + contract
 
 Modules: :mod:`~cvplatform.registry.client` (retrying MLflow client, tag names),
 :mod:`~cvplatform.registry.register`, :mod:`~cvplatform.registry.approvals`,
 :mod:`~cvplatform.registry.aliases`, :mod:`~cvplatform.registry.audit` (audit log,
-history, show), :mod:`~cvplatform.registry.loading`, :mod:`~cvplatform.registry.errors`.
+history, show), :mod:`~cvplatform.registry.rollout` (what a canary rollback records),
+:mod:`~cvplatform.registry.loading`, :mod:`~cvplatform.registry.errors`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ _EXPORTS: dict[str, str] = {
     "history": "cvplatform.registry.audit",
     "show": "cvplatform.registry.audit",
     "AuditEvent": "cvplatform.registry.audit",
+    "mark_rolled_back": "cvplatform.registry.rollout",
+    "RolledBackVersion": "cvplatform.registry.rollout",
     "load_model": "cvplatform.registry.loading",
     "LoadedModel": "cvplatform.registry.loading",
     "RegistryClient": "cvplatform.registry.client",
@@ -48,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cvplatform.registry.client import RegistryClient, RetryPolicy  # noqa: F401
     from cvplatform.registry.loading import LoadedModel, load_model  # noqa: F401
     from cvplatform.registry.register import RegisterResult, register_model  # noqa: F401
+    from cvplatform.registry.rollout import RolledBackVersion, mark_rolled_back  # noqa: F401
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
