@@ -358,14 +358,15 @@ async def predict_core(
         else:
             x_other = tensor if tensor is not None else prepared.get(_contract_key(other))
             task = asyncio.create_task(_shadow(state, other, "canary" if other is canary else "champion",
-                                               images, x_other, labels, top, request_id))
+                                               images, x_other, labels, top, request_id, conf))
             state.shadow_tasks.add(task)
             task.add_done_callback(state.shadow_tasks.discard)
     return Outcome(request_id, handle, variant, probs, fallback)
 
 
 async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images: list[np.ndarray] | None,
-                  x: np.ndarray | None, labels: list[str] | None, answered: list[str], request_id: str) -> None:
+                  x: np.ndarray | None, labels: list[str] | None, answered: list[str], request_id: str,
+                  answered_conf: list[float] | None = None) -> None:
     """Score a mirrored request with ``handle`` (``x``: its input when already prepared) and record agreement."""
     import numpy as np
 
@@ -385,7 +386,7 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
     names = handle.model.class_names
     top = [names[i] for i in np.argmax(probs, axis=1)]
     conf = [float(v) for v in probs.max(axis=1)]
-    state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id)
+    state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id, answered_conf)
     _log_requests(state, images, handle, "shadow", request_id, top, conf)
     for a, b in zip(answered, top, strict=False):
         state.metrics.shadow.labels("agree" if a == b else "disagree").inc()

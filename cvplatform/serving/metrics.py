@@ -20,8 +20,9 @@ cvplatform_canary_share                    gauge      -
 =========================================  =========  =============================================
 
 :class:`StatsBook` keeps what the canary controller compares (request and error
-counts, latency percentiles, confidence histograms and samples, accuracy on
-labelled requests, shadow agreement) since the last reset, as plain JSON.
+counts, latency percentiles, onnxruntime compute time per image, confidence
+histograms and samples, accuracy on labelled requests, shadow agreement overall and
+by the champion's confidence) since the last reset, as plain JSON.
 """
 
 from __future__ import annotations
@@ -177,12 +178,14 @@ class VariantStats:
     hist: list[int] = field(default_factory=list)
     latency_ms: collections.deque = field(default_factory=collections.deque)
     request_latency_ms: collections.deque = field(default_factory=collections.deque)
+    compute_ms_per_image: collections.deque = field(default_factory=collections.deque)
     confidences: collections.deque = field(default_factory=collections.deque)
 
     def __post_init__(self) -> None:
         self.hist = [0] * self.bins
         self.latency_ms = collections.deque(maxlen=self.window)
         self.request_latency_ms = collections.deque(maxlen=self.window)
+        self.compute_ms_per_image = collections.deque(maxlen=self.window)
         self.confidences = collections.deque(maxlen=self.window)
 
     def add_predictions(self, top1: Iterable[str], confidences: Iterable[float], labels: Sequence[str] | None) -> None:
@@ -218,6 +221,7 @@ class VariantStats:
             "classes": dict(sorted(self.classes.items())),
             "latency_ms": summarize(list(self.latency_ms)),
             "request_latency_ms": summarize(list(self.request_latency_ms)),
+            "compute_ms_per_image": summarize(list(self.compute_ms_per_image)),
             "confidence_hist": {
                 "edges": [round(i / self.bins, 6) for i in range(self.bins + 1)],
                 "counts": list(self.hist),
@@ -252,6 +256,8 @@ class StatsBook:
             self.variants = {v: VariantStats(self.window, self.bins) for v in ("champion", "canary")}
             self.pairs = 0
             self.agree = 0
+            self.pairs_by_conf = [0] * self.bins
+            self.agree_by_conf = [0] * self.bins
             self.shadow_failed = 0
             self.shadow_skipped = 0
             self.disagreements: collections.deque = collections.deque(maxlen=max(1, self.disagreements_kept))
@@ -310,21 +316,45 @@ class StatsBook:
         inference_ms: float,
         answered_top1: Sequence[str],
         request_id: str,
+        answered_confidences: Sequence[float] | None = None,
     ) -> None:
-        """``variant`` scored a mirrored request; compare with what the answering variant said."""
+        """``variant`` scored a mirrored request; compare with what the answering variant said.
+
+        Each pair is also counted in the bin of the *champion's* confidence (its own when the
+        champion shadows, ``answered_confidences`` when it answered), so the canary analysis can
+        judge agreement separately where the champion is sure and where it is not.
+        """
         with self._lock:
             vs = self._variant(variant, version)
             vs.shadow_scored += 1
             vs.latency_ms.append(round(float(inference_ms), 4))
             vs.add_predictions(top1, confidences, labels)
+            champion_conf = list(confidences) if variant == "champion" else list(answered_confidences or [])
             for i, (a, b) in enumerate(zip(answered_top1, top1, strict=False)):
                 self.pairs += 1
-                if a == b:
+                same = a == b
+                if same:
                     self.agree += 1
                 else:
                     self.disagreements.append(
                         {"request_id": request_id, "image": i, "answered": a, variant: b, "shadow_variant": variant}
                     )
+                if i < len(champion_conf):
+                    c = float(champion_conf[i])
+                    k = min(self.bins - 1, max(0, int(c * self.bins))) if math.isfinite(c) else 0
+                    self.pairs_by_conf[k] += 1
+                    self.agree_by_conf[k] += int(same)
+
+    def record_compute(self, variant: str, version: str, rows: int, ms: float) -> None:
+        """One onnxruntime call of ``variant``: ``rows`` images in ``ms`` milliseconds (queue wait excluded).
+
+        Kept as milliseconds per image, one sample per call: what the canary's latency check compares
+        (the model's own cost, free of the event-loop and queueing noise both variants share).
+        """
+        with self._lock:
+            vs = self._variant(variant, version)
+            if rows > 0:
+                vs.compute_ms_per_image.append(round(float(ms) / rows, 5))
 
     def record_shadow_skipped(self) -> None:
         with self._lock:
@@ -341,6 +371,11 @@ class StatsBook:
                     "pairs": self.pairs,
                     "agree": self.agree,
                     "agreement": (self.agree / self.pairs) if self.pairs else None,
+                    "by_champion_confidence": {
+                        "edges": [round(i / self.bins, 6) for i in range(self.bins + 1)],
+                        "pairs": list(self.pairs_by_conf),
+                        "agree": list(self.agree_by_conf),
+                    },
                     "failed": self.shadow_failed,
                     "skipped": self.shadow_skipped,
                     "recent_disagreements": list(self.disagreements),

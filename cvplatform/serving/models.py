@@ -579,6 +579,14 @@ class ModelManager:
     def ready(self) -> bool:
         return self.champion is not None
 
+    def variant_of(self, model: LoadedModel) -> str | None:
+        """The slot (``champion`` / ``canary``) holding ``model`` now, or None (swapped out)."""
+        for variant in ("champion", "canary"):
+            h = self.slots[variant]
+            if h is not None and h.model is model:
+                return variant
+        return None
+
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         """Load what the aliases point at, then start polling (when configured)."""
@@ -619,6 +627,9 @@ class ModelManager:
 
         def hook(rows: int, seconds: float) -> None:
             hist.observe(rows)
+            variant = self.variant_of(model)
+            if variant is not None:
+                self.stats.record_compute(variant, model.version, rows, seconds * 1000.0)
 
         return hook
 
