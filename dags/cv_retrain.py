@@ -13,8 +13,13 @@ Thin wiring only (DESIGN.md, principle 2):
   the same version). ``approval`` is a human-in-the-loop task in the Airflow UI whose
   answer ``record_approval`` records through the registry's own approve/reject rules
   (four-eyes included); a rejection or a timeout ends the run without deploying.
-* ``canary_deploy`` (final) rolls the approved version out behind a live server on
-  loopback and promotes it or rolls it back.
+* ``canary_deploy`` (final) canaries the approved version on the serving deployment
+  named by ``deploy.server`` (or ``$CVPLATFORM_DEPLOY_SERVER``), a long-running
+  ``cvplatform serve``, judged on the traffic it receives; it promotes the version or
+  rolls it back. Only when no server is configured (``deploy.server: null``, the
+  embedded default) does it start a private loopback ``cvplatform serve`` process with
+  replayed held-out traffic instead. A rollback ends the task with one line saying
+  ``ROLLED BACK: ...`` and why (see docs/runbooks/rolled-back-canary.md).
 
 Tasks return small references only (paths, hashes, run ids, versions). Nothing
 heavy is imported at parse time: each task imports what it needs in its body.
@@ -229,18 +234,25 @@ def cv_retrain():
 
     @task(**SERVER_RETRIES)
     def canary_deploy(reg: dict) -> dict:
-        """Final task: canary the approved version on a live server; promote or roll back."""
-        from airflow.sdk.exceptions import AirflowFailException
+        """Final task: canary the approved version on the configured serving deployment; promote or roll back."""
+        import logging
 
-        from cvplatform.deploy.canary import run_canary_local
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-        result = run_canary_local(_params(), reg["version"], root=PROJECT_ROOT)
-        if result.decision != "promote":  # a decision, not a transient error: fail without retrying
-            raise AirflowFailException(
-                f"canary of {reg['model_name']} version {reg['version']} was rolled back: "
-                + "; ".join(result.reasons) + ". The champion is unchanged; see docs/runbooks/rolled-back-canary.md"
-            )
-        return {"model_name": reg["model_name"], "version": reg["version"], "decision": result.decision}
+        from cvplatform.deploy.canary import DECISION_PROMOTE, DECISION_ROLLBACK, run_deploy
+
+        result = run_deploy(_params(), reg["version"], root=PROJECT_ROOT)
+        outcome = {"model_name": reg["model_name"], "version": reg["version"], "decision": result.decision,
+                   "server": result.server, "traffic": result.traffic, "served_version": result.served_version,
+                   "summary": result.one_line()}
+        get_current_context()["ti"].xcom_push(key="outcome", value=outcome)
+        if result.decision == DECISION_PROMOTE:
+            logging.getLogger("cv_retrain.canary_deploy").info("%s", result.one_line())
+            return outcome
+        message = f"{result.one_line()}. See docs/runbooks/rolled-back-canary.md"
+        if result.decision == DECISION_ROLLBACK:  # a decision, not a transient error: fail without retrying
+            raise AirflowFailException(message)
+        raise AirflowException(message)  # inconclusive (too little traffic): retried with backoff
 
     recorded = record_approval(approval.output, registered)
     registered >> approval

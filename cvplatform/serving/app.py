@@ -802,7 +802,7 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
         """Stop the canary (share 0, unloaded, alias removed) and tag the reason on its version."""
         _admin(request)
         req = await _admin_body(request, AbortRequest)
-        return await manager.abort_canary(req.reason, req.version)
+        return await manager.abort_canary(req.reason, req.version, status=req.status)
 
     @app.post("/admin/promote", tags=["admin"])
     async def admin_promote(request: Request) -> dict[str, Any]:

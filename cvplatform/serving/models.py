@@ -774,10 +774,12 @@ class ModelManager:
                                                    shadow_share=shadow_share))
             return self.status()
 
-    async def abort_canary(self, reason: str, version: str | None = None) -> dict[str, Any]:
+    async def abort_canary(self, reason: str, version: str | None = None, *, status: str = "rolled_back"
+                           ) -> dict[str, Any]:
         """Stop the canary: share 0, shadow off, unloaded, alias removed, ``reason`` tagged on its version.
 
-        ``version`` names the version to tag when no canary is loaded (e.g. it failed to load).
+        ``version`` names the version to tag when no canary is loaded (e.g. it failed to load);
+        ``status`` is its ``deploy.status`` (``rolled_back``, or ``aborted`` when there is no verdict).
         """
         async with self._lock:
             handle = self.canary
@@ -795,7 +797,7 @@ class ModelManager:
                 except Exception as exc:
                     notes.append(f"alias not removed: {exc}")
                 if version is not None:
-                    tags = {TAG_DEPLOY_STATUS: "rolled_back", TAG_DEPLOY_REASON: reason[:5000],
+                    tags = {TAG_DEPLOY_STATUS: status, TAG_DEPLOY_REASON: reason[:5000],
                             TAG_DEPLOY_TIME: _utc_now()}
                     try:
                         await asyncio.to_thread(self.source.tag_version, version, tags)
