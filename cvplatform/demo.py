@@ -218,7 +218,8 @@ def release(root: Path, reviewer: str, challenger_seed_offset: int = 1) -> list[
         lines += ["", f"serving: `cvplatform serve` (pid {srv.proc.pid}) at {srv.url}, following the registry "
                       "aliases: the service the canary drives"]
         if _champion(params, root) is None:  # first release: no champion to compare with, promoted directly
-            lines += run_canary(params, first, server=srv.url, root=root, token=srv.token, policy=policy).lines()
+            lines += run_canary(params, first, server=srv.url, root=root, token=srv.token, policy=policy,
+                                traffic="replay").lines()
         _wait_ready(srv)
         lines += _answer(srv.url, root, params, "serving")
         lines += ["", f"--- release 2: a challenger retrained with seed {seed}, canaried against the champion ---"]

@@ -242,13 +242,12 @@ def cv_retrain():
         from cvplatform.deploy.canary import DECISION_PROMOTE, DECISION_ROLLBACK, run_deploy
 
         result = run_deploy(_params(), reg["version"], root=PROJECT_ROOT)
-        outcome = {"model_name": reg["model_name"], "version": reg["version"], "decision": result.decision,
-                   "server": result.server, "traffic": result.traffic, "served_version": result.served_version,
-                   "summary": result.one_line()}
-        get_current_context()["ti"].xcom_push(key="outcome", value=outcome)
+        logging.getLogger("cv_retrain.canary_deploy").info("%s", "\n".join(result.lines()))
         if result.decision == DECISION_PROMOTE:
-            logging.getLogger("cv_retrain.canary_deploy").info("%s", result.one_line())
-            return outcome
+            return {"model_name": reg["model_name"], "version": reg["version"], "decision": result.decision,
+                    "server": result.server, "traffic": result.traffic, "served_version": result.served_version,
+                    "summary": result.one_line()}
+        # one line an operator reads in the grid: "ROLLED BACK: <model> v<N> on <server> (...): <first reason>; ..."
         message = f"{result.one_line()}. See docs/runbooks/rolled-back-canary.md"
         if result.decision == DECISION_ROLLBACK:  # a decision, not a transient error: fail without retrying
             raise AirflowFailException(message)
