@@ -206,6 +206,25 @@ def test_an_unapproved_version_is_refused_before_any_traffic(project, live):
     assert status["canary"]["loaded"] is False and status["traffic"]["canary_share"] == 0.0
 
 
+def test_too_little_traffic_is_inconclusive_and_the_version_stays_approved(project, live):
+    """A step that cannot reach its minimum requests before the timeout: aborted without a verdict."""
+    from cvplatform.registry import history
+
+    root, versions = project
+    srv, _ = live
+    policy = load_canary_policy(REPO / "configs" / "deploy" / "canary.yaml", (
+        *POLICY_OVERRIDES, "steps=[{traffic: 0.25, min_requests: 100000, bake_s: 0}]", "step_timeout_s=3"))
+    res = run_canary(load_params(root / "params.yaml"), versions["good"], server=srv.url, root=root,
+                     token=srv.token, policy=policy)
+    assert res.decision == "inconclusive" and res.failed_checks == ["min_requests"], res.lines()
+    assert res.one_line().startswith("INCONCLUSIVE") and res.registry is None
+    assert get_alias(root, MODEL, "champion") == versions["champion"] and get_alias(root, MODEL, "canary") is None
+    tags = version_tags(root, MODEL, versions["good"])
+    assert tags["approval.status"] == "approved" and tags["deploy.status"] == "aborted"
+    assert not [e for e in history(MODEL, params=load_params(root / "params.yaml"), root=root).events
+                if e.version == versions["good"] and e.action == "canary_rolled_back"]
+
+
 def test_first_deployment_without_a_champion_is_promoted_directly(project):
     root, versions = project
     overrides = [f"registry.model_name={FIRST}", f"serve.registered_model={FIRST}"]
