@@ -336,11 +336,10 @@ def _step_metrics(index: int, traffic: float, stats: dict[str, Any], analysis: S
         for k in ("error_rate", "accuracy"):
             if isinstance(s.get(k), int | float):
                 out[f"{v}_{k}"] = float(s[k])
-        for key, name in (("latency_ms", "latency"), ("compute_ms_per_image", "compute_per_image")):
-            for q in ("p50", "p95"):
-                value = (s.get(key) or {}).get(q)
-                if isinstance(value, int | float):
-                    out[f"{v}_{name}_{q}_ms"] = float(value)
+        for q in ("p50", "p95"):
+            value = (s.get("latency_ms") or {}).get(q)
+            if isinstance(value, int | float):
+                out[f"{v}_latency_{q}_ms"] = float(value)
     for c in analysis.checks:
         if c.value is not None:
             out[f"check_{c.name}"] = float(c.value)

@@ -313,7 +313,7 @@ async def predict_core(
 
     fallback = False
     try:
-        probs, ms = await handle.prepare_and_infer(lambda: prepare_for(handle))
+        probs, ms, timing = await handle.prepare_and_infer(lambda: prepare_for(handle))
     except ServingError:  # bad input found while decoding: a 4xx, not a model failure
         raise
     except Exception as exc:
@@ -325,7 +325,7 @@ async def predict_core(
         log.warning("canary v%s failed (champion answers): %s", handle.version, exc)
         handle, variant, fallback = champion, "champion", True
         try:
-            probs, ms = await champion.prepare_and_infer(lambda: prepare_for(champion))
+            probs, ms, timing = await champion.prepare_and_infer(lambda: prepare_for(champion))
         except ServingError:
             raise
         except Exception as exc2:
@@ -337,7 +337,8 @@ async def predict_core(
     top = [names[i] for i in np.argmax(probs, axis=1)]
     conf = [float(v) for v in probs.max(axis=1)]
     request_ms = (time.perf_counter() - t_start) * 1000.0 if t_start is not None else None
-    state.stats.record_answer(variant, handle.version, top, conf, labels, ms, request_ms, fallback=fallback)
+    state.stats.record_answer(variant, handle.version, top, conf, labels, ms, request_ms, fallback=fallback,
+                              compute_ms=timing.ms_per_row, batch_rows=timing.rows)
     m = state.metrics
     m.inference_latency.labels(handle.model.name, handle.version, variant).observe(ms / 1000.0)
     for cls, n in collections.Counter(top).items():
@@ -374,7 +375,7 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
         return x if x is not None else await _prepare(images or [], handle)
 
     try:
-        probs, ms = await handle.prepare_and_infer(prepare)
+        probs, ms, timing = await handle.prepare_and_infer(prepare)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -386,7 +387,8 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
     names = handle.model.class_names
     top = [names[i] for i in np.argmax(probs, axis=1)]
     conf = [float(v) for v in probs.max(axis=1)]
-    state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id, answered_conf)
+    state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id, answered_conf,
+                              compute_ms=timing.ms_per_row, batch_rows=timing.rows)
     _log_requests(state, images, handle, "shadow", request_id, top, conf)
     for a, b in zip(answered, top, strict=False):
         state.metrics.shadow.labels("agree" if a == b else "disagree").inc()

@@ -44,11 +44,21 @@ BatchHook = Callable[[int, float], None]
 """Called after each batch with ``(rows, seconds)`` (metrics)."""
 
 
+@dataclass(frozen=True)
+class BatchTime:
+    """The model call a request ran in: its time per row in ms and its rows (the batch size)."""
+
+    ms_per_row: float
+    rows: int
+
+
 @dataclass
 class _Item:
     x: np.ndarray
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    timing: BatchTime | None = None
+    """Set on delivery: the model time of the batch this item ran in (queue wait excluded)."""
 
     @property
     def rows(self) -> int:
@@ -171,6 +181,14 @@ class MicroBatcher:
         Raises:
             Exception: whatever ``fn`` raised for the batch this item ran in.
         """
+        return (await self.submit_timed(x, announced=announced))[0]
+
+    async def submit_timed(self, x: np.ndarray, *, announced: bool = False) -> tuple[np.ndarray, BatchTime]:
+        """:meth:`submit`, also returning the :class:`BatchTime` of the call ``x`` ran in.
+
+        The time is the ``fn`` call alone (no queue wait) divided by the batch's rows: what one image
+        cost the model at that batch size, comparable between models at the same batch size.
+        """
         loop = asyncio.get_running_loop()
         with self._cond:
             if announced:
@@ -181,9 +199,13 @@ class MicroBatcher:
                 self._pending.append(item)
         if not queued:
             # closed (model swapped out) or never started: run on our own, never drop a request
-            return await loop.run_in_executor(None, self.fn, x)
+            t0 = time.perf_counter()
+            y = await loop.run_in_executor(None, self.fn, x)
+            rows = max(1, int(x.shape[0]))
+            return y, BatchTime((time.perf_counter() - t0) * 1000.0 / rows, rows)
         self._schedule_kick()
-        return await item.future
+        y = await item.future
+        return y, item.timing if item.timing is not None else BatchTime(0.0, item.rows)
 
     def _schedule_kick(self) -> None:
         """Wake a batch thread at the end of this loop turn (once), after every submit of the turn."""
@@ -285,7 +307,9 @@ class MicroBatcher:
             except Exception:  # metrics must never break inference
                 log.exception("batcher %s: on_batch hook failed", self.name)
         start = 0
+        timing = BatchTime(seconds * 1000.0 / rows, rows) if rows else None
         for it in live:
+            it.timing = timing
             if not it.future.done():
                 if y is None:
                     it.future.set_exception(exc if exc is not None else RuntimeError("batch failed"))
@@ -294,4 +318,4 @@ class MicroBatcher:
             start += it.rows
 
 
-__all__ = ["BatchFn", "BatchHook", "MicroBatcher"]
+__all__ = ["BatchFn", "BatchHook", "BatchTime", "MicroBatcher"]

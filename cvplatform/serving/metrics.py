@@ -178,14 +178,18 @@ class VariantStats:
     hist: list[int] = field(default_factory=list)
     latency_ms: collections.deque = field(default_factory=collections.deque)
     request_latency_ms: collections.deque = field(default_factory=collections.deque)
-    compute_ms_per_image: collections.deque = field(default_factory=collections.deque)
+    compute: dict = field(default_factory=dict)
+    """Model compute time per image (ms) by (role, batch size): role ``answered`` for the requests this
+    variant answered, ``shadowed`` for the mirrored ones it scored. Kept apart because answering (first,
+    often after an idle gap) and shadowing (right after), and batches of different sizes, are timed
+    under different conditions on the same machine; the canary compares like with like."""
     confidences: collections.deque = field(default_factory=collections.deque)
 
     def __post_init__(self) -> None:
         self.hist = [0] * self.bins
         self.latency_ms = collections.deque(maxlen=self.window)
         self.request_latency_ms = collections.deque(maxlen=self.window)
-        self.compute_ms_per_image = collections.deque(maxlen=self.window)
+        self.compute = {}
         self.confidences = collections.deque(maxlen=self.window)
 
     def add_predictions(self, top1: Iterable[str], confidences: Iterable[float], labels: Sequence[str] | None) -> None:
@@ -200,6 +204,16 @@ class VariantStats:
         if labels is not None and len(labels) == len(top1):
             self.labelled += len(top1)
             self.correct += sum(1 for p, y in zip(top1, labels, strict=True) if p == y)
+
+    def add_compute(self, role: str, batch_rows: int, ms: float | None) -> None:
+        """One compute-time sample (per image, ms) of a request in ``role`` run in a batch of ``batch_rows``."""
+        if ms is None or not math.isfinite(ms) or ms <= 0:
+            return
+        key = (role, max(1, int(batch_rows)))
+        dq = self.compute.get(key)
+        if dq is None:
+            dq = self.compute[key] = collections.deque(maxlen=self.window)
+        dq.append(round(float(ms), 5))
 
     def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
         attempts = self.requests + self.shadow_scored
@@ -221,7 +235,10 @@ class VariantStats:
             "classes": dict(sorted(self.classes.items())),
             "latency_ms": summarize(list(self.latency_ms)),
             "request_latency_ms": summarize(list(self.request_latency_ms)),
-            "compute_ms_per_image": summarize(list(self.compute_ms_per_image)),
+            "compute_ms_per_image": {
+                role: {str(rows): summarize(list(dq)) for (r, rows), dq in sorted(self.compute.items()) if r == role}
+                for role in ("answered", "shadowed")
+            },
             "confidence_hist": {
                 "edges": [round(i / self.bins, 6) for i in range(self.bins + 1)],
                 "counts": list(self.hist),
@@ -281,8 +298,14 @@ class StatsBook:
         request_ms: float | None,
         *,
         fallback: bool = False,
+        compute_ms: float | None = None,
+        batch_rows: int = 1,
     ) -> None:
-        """A request answered by ``variant`` (``fallback``: after the canary failed)."""
+        """A request answered by ``variant`` (``fallback``: after the canary failed).
+
+        ``compute_ms``: the model's compute time per image of the call this request ran in (queue wait
+        excluded); ``batch_rows``: that call's batch size.
+        """
         with self._lock:
             vs = self._variant(variant, version)
             if fallback:
@@ -290,6 +313,7 @@ class StatsBook:
             else:
                 vs.requests += 1
             vs.latency_ms.append(round(float(inference_ms), 4))
+            vs.add_compute("answered", batch_rows, compute_ms)
             if request_ms is not None:
                 vs.request_latency_ms.append(round(float(request_ms), 4))
             vs.add_predictions(top1, confidences, labels)
@@ -317,6 +341,8 @@ class StatsBook:
         answered_top1: Sequence[str],
         request_id: str,
         answered_confidences: Sequence[float] | None = None,
+        compute_ms: float | None = None,
+        batch_rows: int = 1,
     ) -> None:
         """``variant`` scored a mirrored request; compare with what the answering variant said.
 
@@ -328,6 +354,7 @@ class StatsBook:
             vs = self._variant(variant, version)
             vs.shadow_scored += 1
             vs.latency_ms.append(round(float(inference_ms), 4))
+            vs.add_compute("shadowed", batch_rows, compute_ms)
             vs.add_predictions(top1, confidences, labels)
             champion_conf = list(confidences) if variant == "champion" else list(answered_confidences or [])
             for i, (a, b) in enumerate(zip(answered_top1, top1, strict=False)):
@@ -344,17 +371,6 @@ class StatsBook:
                     k = min(self.bins - 1, max(0, int(c * self.bins))) if math.isfinite(c) else 0
                     self.pairs_by_conf[k] += 1
                     self.agree_by_conf[k] += int(same)
-
-    def record_compute(self, variant: str, version: str, rows: int, ms: float) -> None:
-        """One onnxruntime call of ``variant``: ``rows`` images in ``ms`` milliseconds (queue wait excluded).
-
-        Kept as milliseconds per image, one sample per call: what the canary's latency check compares
-        (the model's own cost, free of the event-loop and queueing noise both variants share).
-        """
-        with self._lock:
-            vs = self._variant(variant, version)
-            if rows > 0:
-                vs.compute_ms_per_image.append(round(float(ms) / rows, 5))
 
     def record_shadow_skipped(self) -> None:
         with self._lock:

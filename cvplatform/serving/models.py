@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cvplatform.errors import CVPlatformError, ModelError, RegistryError
 from cvplatform.preprocess import PreprocessContract
-from cvplatform.serving.batching import MicroBatcher
+from cvplatform.serving.batching import BatchTime, MicroBatcher
 from cvplatform.serving.routing import TrafficState
 from cvplatform.serving.schemas import ServingConfig
 
@@ -518,15 +518,23 @@ class ModelHandle:
         probs = await self.batcher.submit(x, announced=announced)
         return probs, (time.perf_counter() - t0) * 1000.0
 
-    async def prepare_and_infer(self, prepare: Callable[[], Awaitable[np.ndarray]]) -> tuple[np.ndarray, float]:
-        """Announce the request to the batcher, run ``prepare()`` (decode/preprocess), then :meth:`infer`."""
+    async def prepare_and_infer(self, prepare: Callable[[], Awaitable[np.ndarray]]
+                                ) -> tuple[np.ndarray, float, BatchTime]:
+        """Announce the request to the batcher, run ``prepare()`` (decode/preprocess), then infer.
+
+        Returns:
+            Probabilities, the model latency in ms (queue wait + run) and the :class:`BatchTime` of the
+            model call it ran in (time per image and batch size; what the canary's latency check compares).
+        """
         self.batcher.announce()
         try:
             x = await prepare()
         except BaseException:
             self.batcher.withdraw()
             raise
-        return await self.infer(x, announced=True)
+        t0 = time.perf_counter()
+        probs, timing = await self.batcher.submit_timed(x, announced=True)
+        return probs, (time.perf_counter() - t0) * 1000.0, timing
 
 
 class ModelManager:
@@ -579,14 +587,6 @@ class ModelManager:
     def ready(self) -> bool:
         return self.champion is not None
 
-    def variant_of(self, model: LoadedModel) -> str | None:
-        """The slot (``champion`` / ``canary``) holding ``model`` now, or None (swapped out)."""
-        for variant in ("champion", "canary"):
-            h = self.slots[variant]
-            if h is not None and h.model is model:
-                return variant
-        return None
-
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         """Load what the aliases point at, then start polling (when configured)."""
@@ -627,9 +627,6 @@ class ModelManager:
 
         def hook(rows: int, seconds: float) -> None:
             hist.observe(rows)
-            variant = self.variant_of(model)
-            if variant is not None:
-                self.stats.record_compute(variant, model.version, rows, seconds * 1000.0)
 
         return hook
 

@@ -147,7 +147,8 @@ def test_a_3x_slower_canary_is_rolled_back_for_latency(project, live):
     res = _run(project, live, "slow")
     assert res.decision == "rollback"
     assert res.failed_checks == ["latency_ratio"], res.lines()
-    assert _check_value(res, "latency_ratio") > 2.0, res.lines()  # ~3x the champion's compute per image
+    # 3x the champion's work per image; the per-call overhead both pay keeps the served ratio nearer 2x
+    assert _check_value(res, "latency_ratio") > test_policy().thresholds.max_latency_ratio, res.lines()
     assert _check(res, "agreement") == "pass"  # same predictions, just slower
 
 
@@ -251,9 +252,13 @@ def test_good_canary_is_promoted_end_to_end(project):
                            rate=40)
     assert res.decision == "promote", res.lines()
     assert [s["analysis"]["passed"] for s in res.steps] == [True, True, True]
-    # an equal-cost canary passes a latency check that judged it (not skipped, not pinned by a floor)
-    ratios = [c["value"] for s in res.steps for c in s["analysis"]["checks"] if c["name"] == "latency_ratio"]
-    assert len(ratios) == 3 and all(r is not None and 0.5 < r < 1.5 and r != 1.0 for r in ratios), ratios
+    # an equal-cost canary passes a latency check that judged it (not skipped, not pinned by a floor) where both
+    # variants have like-for-like samples (25 %, 50 %); at 100 % only the canary answers, so it is skipped there
+    latency = [next(c for c in s["analysis"]["checks"] if c["name"] == "latency_ratio") for s in res.steps]
+    judged = [c for c in latency if c["status"] != "skip"]
+    assert judged and all(c["status"] == "pass" for c in judged), latency
+    assert all(0.5 < c["value"] < 1.5 and c["value"] != 1.0 for c in judged), latency
+    assert latency[-1]["status"] == "skip" and "100 %" in latency[-1]["detail"]
     assert res.traffic == "replay" and res.served_version == versions["good"]  # the loopback server now serves it
     assert get_alias(root, MODEL, "champion") == versions["good"]
     assert res.previous_champion == versions["champion"]

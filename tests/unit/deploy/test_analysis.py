@@ -31,11 +31,14 @@ TH = AnalysisThresholds(min_shadow_pairs=10, min_latency_samples=5, min_labelled
 
 
 def variant(requests=100, failures=0, shadow=100, compute=0.2, hist=(0, 0, 0, 0, 0, 0, 0, 5, 25, 70),
-            labelled=100, correct=95, samples=None):
+            labelled=100, correct=95, samples=None, shadow_compute=None):
+    shadow_compute = compute if shadow_compute is None else shadow_compute
     return {
         "requests": requests, "attempts": requests + shadow, "failures": failures, "shadow_scored": shadow,
         "latency_ms": {"count": requests + shadow, "p50": 3.0, "p95": 9.0},
-        "compute_ms_per_image": {"count": requests + shadow, "p50": compute, "p95": compute * 2},
+        "compute_ms_per_image": {
+            "answered": {"1": {"count": requests, "p50": compute, "p95": compute * 2}},
+            "shadowed": {"1": {"count": shadow, "p50": shadow_compute, "p95": shadow_compute * 2}}},
         "confidence_hist": {"edges": [i / 10 for i in range(11)], "counts": list(hist)},
         "confidence_samples": samples if samples is not None else [0.95] * 50,
         "labelled": labelled, "correct": correct,
@@ -107,9 +110,36 @@ def test_a_3x_slower_canary_fails_on_latency_an_equal_one_passes_and_the_floor_a
     assert check_latency(noisy, variant(), TH).status == "pass"
 
 
+def test_latency_compares_answered_with_answered_and_shadowed_with_shadowed_never_mixed():
+    # the answering call is timed slower on an idle machine: that must not look like a slower canary
+    canary = variant(compute=0.3, shadow_compute=0.2)
+    champion = variant(compute=0.3, shadow_compute=0.2)
+    c = check_latency(canary, champion, TH)
+    assert c.status == "pass" and c.value == pytest.approx(1.0) and "answered" in c.detail
+    # at 100 %: the canary only answers, the champion only shadows -> no like-for-like samples: skipped
+    full = check_latency(variant(requests=200, shadow=0, compute=0.3), variant(requests=0, shadow=200), TH)
+    assert full.status == "skip" and "100 %" in full.detail
+    # not enough answered samples on one side: the shadowed ones are compared
+    few = check_latency(variant(requests=2, shadow=100, shadow_compute=0.6), variant(requests=100, shadow=100), TH)
+    assert few.status == "fail" and "shadowed" in few.detail and few.value == pytest.approx(3.0)
+
+
+def test_latency_compares_the_same_batch_size():
+    # identical models: batches of 2 cost less per image than batches of 1; the canary (10 %) answers alone
+    canary = {"compute_ms_per_image": {"answered": {"1": {"count": 30, "p50": 0.16}}}}
+    champion = {"compute_ms_per_image": {"answered": {"1": {"count": 40, "p50": 0.16},
+                                                      "2": {"count": 900, "p50": 0.11}}}}
+    c = check_latency(canary, champion, TH)
+    assert c.status == "pass" and c.value == pytest.approx(1.0) and "batches of 1" in c.detail
+    # nothing shared: skipped, and the detail lists what was seen
+    lonely = {"compute_ms_per_image": {"answered": {"4": {"count": 30, "p50": 0.1}}}}
+    c = check_latency(lonely, champion, TH)
+    assert c.status == "skip" and "answered x4: canary 30" in c.detail
+
+
 def test_a_server_without_compute_times_is_not_judged_on_latency_and_says_so():
     old = variant()
-    del old["compute_ms_per_image"]
+    del old["compute_ms_per_image"]  # an older server
     c = check_latency(old, {k: v for k, v in variant().items() if k != "compute_ms_per_image"}, TH)
     assert c.status == "skip" and "compute_ms_per_image" in c.detail
 

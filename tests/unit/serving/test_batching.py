@@ -240,3 +240,31 @@ def test_the_next_batch_starts_without_waiting_for_the_event_loop():
     assert fn.sizes == [1, 2]  # the two queued requests shared the second batch
     assert starts[1] < unblocked  # ... which ran while the loop was still blocked
     assert [float(o[0, 0]) for o in outs] == [0.0, 2.0, 4.0]
+
+
+def test_submit_timed_returns_the_batch_model_time_per_row():
+    calls: list[float] = []
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        time.sleep(0.01)
+        calls.append((time.perf_counter() - t0) * 1000.0)
+        return x * 2
+
+    async def main():
+        b = MicroBatcher(fn, max_batch_size=8, max_wait_ms=200, name="t")
+        await b.start()
+        outs = await asyncio.gather(*(b.submit_timed(np.full((1, 1), i, np.float32)) for i in range(4)))
+        await b.close()
+        late = await b.submit_timed(np.ones((2, 1), np.float32))  # after close: runs on its own, still timed
+        return outs, late
+
+    outs, late = run(main())
+    assert len(calls) == 2  # one batch of 4 rows, one late call of 2 rows
+    timings = {t for _, t in outs}
+    assert len(timings) == 1  # every item of a batch gets the batch's timing
+    (t,) = timings
+    assert t.rows == 4
+    assert calls[0] / 4 <= t.ms_per_row <= calls[0]  # the call's time split over its 4 rows
+    assert [float(o[0, 0]) for o, _ in outs] == [0.0, 2.0, 4.0, 6.0]
+    assert late[1].rows == 2 and late[1].ms_per_row >= calls[1] / 2 > 0

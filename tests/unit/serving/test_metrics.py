@@ -53,14 +53,18 @@ def test_agreement_is_also_counted_by_the_champions_confidence():
     assert sum(book.snapshot()["shadow"]["by_champion_confidence"]["pairs"]) == 0
 
 
-def test_compute_time_is_kept_per_image_and_per_variant():
+def test_compute_time_is_kept_per_variant_role_and_batch_size():
     book = StatsBook(window=100, bins=10)
-    book.record_compute("champion", "1", 4, 2.0)  # 4 images in 2 ms
-    book.record_compute("canary", "2", 1, 1.5)
-    book.record_compute("canary", "2", 0, 9.0)  # an empty call is not a sample
+    book.record_answer("champion", "1", ["a"], [0.9], None, 2.0, 3.0, compute_ms=0.5, batch_rows=1)
+    book.record_answer("champion", "1", ["a"], [0.9], None, 2.0, 3.0, compute_ms=0.3, batch_rows=2)
+    book.record_shadow("canary", "2", ["a"], [0.9], None, 1.0, ["a"], "r", [0.9], compute_ms=0.25, batch_rows=1)
+    book.record_answer("canary", "2", ["a"], [0.9], None, 2.0, 3.0)  # no compute time: not a sample
     snap = book.snapshot()["variants"]
-    assert snap["champion"]["compute_ms_per_image"]["p50"] == 0.5
-    assert snap["canary"]["compute_ms_per_image"]["count"] == 1 and snap["canary"]["version"] == "2"
+    assert snap["champion"]["compute_ms_per_image"]["answered"]["1"]["p50"] == 0.5
+    assert snap["champion"]["compute_ms_per_image"]["answered"]["2"]["p50"] == 0.3
+    assert snap["champion"]["compute_ms_per_image"]["shadowed"] == {}
+    assert snap["canary"]["compute_ms_per_image"] == {
+        "answered": {}, "shadowed": {"1": {"count": 1, "mean": 0.25, "p50": 0.25, "p95": 0.25, "p99": 0.25}}}
 
 
 def test_a_new_version_in_a_slot_starts_fresh_and_reset_clears_everything():
