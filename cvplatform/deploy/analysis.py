@@ -18,9 +18,10 @@ Checks (names are stable; the controller reports them as rollback reasons):
     ``max(canary, floor) / max(champion, floor)`` <= ``max_latency_ratio``, on the
     ``latency_percentile`` (default the median) of each variant's onnxruntime compute time per
     image (the run of the batch a request was in, divided by its rows; queue wait excluded),
-    compared like for like: the same role (answered or shadowed requests) and the same batch size.
-    That measures what the canary model costs, not the event-loop, queueing and batching
-    conditions that differ between the roles. The floor (default 0.05 ms, a quarter of the
+    compared like for like: the same role (answered or shadowed requests), the same batch size and
+    the same contention (alone, or overlapping another model call). That measures what the canary
+    model costs, not the event-loop, queueing, batching and contention conditions that differ
+    between the roles and traffic shares. The floor (default 0.05 ms, a quarter of the
     default model's ~0.2 ms) keeps tens of microseconds of timer noise from deciding and lies below
     the default model's own scale, so the check judges it
     (see ``docs/adr/0005-canary-agreement-and-latency.md``).
@@ -318,32 +319,28 @@ def check_error_rate(canary: Mapping[str, Any], champion: Mapping[str, Any], th:
                  f"allowed {th.max_error_rate:.2%} and at most +{th.max_error_rate_increase:.2%} over the champion")
 
 
-def _compute_groups(variant: Mapping[str, Any]) -> dict[tuple[str, str], Mapping[str, Any]]:
-    """``{(role, batch size): summary}`` of a variant's ``compute_ms_per_image``."""
-    out: dict[tuple[str, str], Mapping[str, Any]] = {}
-    by_role = variant.get("compute_ms_per_image")
-    if isinstance(by_role, Mapping):
-        for role, by_rows in by_role.items():
-            if isinstance(by_rows, Mapping):
-                out.update({(str(role), str(rows)): summary for rows, summary in by_rows.items()
-                            if isinstance(summary, Mapping)})
-    return out
+def _compute_groups(variant: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """``{group: summary}`` of a variant's ``compute_ms_per_image`` (groups like ``answered/x1/alone``)."""
+    groups = variant.get("compute_ms_per_image")
+    if not isinstance(groups, Mapping):
+        return {}
+    return {str(k): v for k, v in groups.items() if isinstance(v, Mapping)}
 
 
 def check_latency(canary: Mapping[str, Any], champion: Mapping[str, Any], th: AnalysisThresholds) -> Check:
     """Ratio of the variants' compute time per image (each floored at ``latency_floor_ms``) within bounds.
 
-    Compares ``compute_ms_per_image[role][batch size][latency_percentile]`` like for like: the same
-    role (requests *answered*, or *shadowed*) and the same batch size, choosing the group with the
-    most samples on both sides. Answering (first, often after an idle gap) and shadowing (right after)
-    are timed under different conditions, and a bigger batch costs less per image: mixing them moves
-    the ratio of two identical models by up to ~30 % on a lightly loaded machine. At a 100 % step only
-    the canary answers and only the champion shadows, so the check is skipped there (the earlier steps
-    judge it).
+    Compares ``compute_ms_per_image[group][latency_percentile]`` like for like: within one group of
+    the same role (requests *answered*, or *shadowed*), the same batch size, and the same contention
+    (the call ran *alone*, or *overlapped* another model call), choosing the group with the most
+    samples on both sides. Answering (first, often after an idle gap) and shadowing (right after),
+    bigger batches, and calls sharing the cores with another change wall times by tens of percent
+    with the same model. At a 100 % step only the canary answers and only the champion shadows, so
+    there is no shared group and the check is skipped there (the earlier steps judge it).
 
     Example:
-        >>> fast = {"compute_ms_per_image": {"answered": {"1": {"count": 50, "p50": 0.2}}}}
-        >>> slow = {"compute_ms_per_image": {"answered": {"1": {"count": 50, "p50": 0.6}}}}
+        >>> fast = {"compute_ms_per_image": {"answered/x1/alone": {"count": 50, "p50": 0.2}}}
+        >>> slow = {"compute_ms_per_image": {"answered/x1/alone": {"count": 50, "p50": 0.6}}}
         >>> c = check_latency(slow, fast, AnalysisThresholds())
         >>> c.status, round(c.value, 1)
         ('fail', 3.0)
@@ -355,27 +352,27 @@ def check_latency(canary: Mapping[str, Any], champion: Mapping[str, Any], th: An
                      "the server does not report compute_ms_per_image (an older cvplatform serve): latency not judged")
     cg, hg = _compute_groups(canary), _compute_groups(champion)
 
-    def count(groups: Mapping[tuple[str, str], Mapping[str, Any]], key: tuple[str, str]) -> int:
+    def count(groups: Mapping[str, Mapping[str, Any]], key: str) -> int:
         return int(_num(groups.get(key) or {}, "count") or 0)
 
     shared = [k for k in cg if k in hg and count(cg, k) >= th.min_latency_samples
               and count(hg, k) >= th.min_latency_samples
               and _num(cg[k], q) is not None and _num(hg[k], q) is not None]
     if not shared:
-        seen = ", ".join(f"{role} x{rows}: canary {count(cg, (role, rows))} / champion {count(hg, (role, rows))}"
-                         for role, rows in sorted(set(cg) | set(hg))) or "none"
+        seen = ", ".join(f"{k}: canary {count(cg, k)} / champion {count(hg, k)}" for k in sorted(set(cg) | set(hg)))
         return Check(name, "skip", None, th.max_latency_ratio,
-                     f"too few like-for-like compute samples (same role and batch size, {th.min_latency_samples} on "
-                     f"each side; seen {seen}); at 100 % traffic only the canary answers, so earlier steps judge it")
-    role, rows = max(shared, key=lambda k: (min(count(cg, k), count(hg, k)), k[0] == "answered"))
-    c_ms, h_ms = float(_num(cg[(role, rows)], q) or 0.0), float(_num(hg[(role, rows)], q) or 0.0)
+                     f"too few like-for-like compute samples (same role, batch size and contention; "
+                     f"{th.min_latency_samples} on each side; seen {seen or 'none'}); at 100 % traffic only the "
+                     "canary answers, so earlier steps judge it")
+    group = max(shared, key=lambda k: (min(count(cg, k), count(hg, k)), k.startswith("answered/"), k))
+    c_ms, h_ms = float(_num(cg[group], q) or 0.0), float(_num(hg[group], q) or 0.0)
     floor = th.latency_floor_ms
     ratio = max(c_ms, floor) / max(h_ms, floor) if max(h_ms, floor) > 0 else 1.0
     ok = ratio <= th.max_latency_ratio
     return Check(name, "pass" if ok else "fail", ratio, th.max_latency_ratio,
-                 f"{q} model compute per image ({role} requests, batches of {rows}) canary {c_ms:.3f} ms "
-                 f"({count(cg, (role, rows))}) vs champion {h_ms:.3f} ms ({count(hg, (role, rows))}) "
-                 f"(floor {floor:g} ms): ratio {ratio:.2f}, allowed {th.max_latency_ratio:g}")
+                 f"{q} model compute per image ({group}) canary {c_ms:.3f} ms ({count(cg, group)}) vs champion "
+                 f"{h_ms:.3f} ms ({count(hg, group)}) (floor {floor:g} ms): ratio {ratio:.2f}, "
+                 f"allowed {th.max_latency_ratio:g}")
 
 
 def agreement_groups(shadow: Mapping[str, Any], confidence: float) -> tuple[tuple[int, int], tuple[int, int]] | None:

@@ -262,6 +262,7 @@ def _check_approved(params: Any, root: Path, model: str, version: str) -> None:
     try:
         from cvplatform.registry.client import TAG_APPROVAL_STATUS, RegistryClient
         from cvplatform.registry.errors import UnknownModelError, UnknownVersionError
+        from cvplatform.registry.rollout import STATUS_ROLLED_BACK, TAG_DEPLOY_REASON
     except ImportError:  # pragma: no cover - registry package absent
         return
     try:
@@ -273,8 +274,8 @@ def _check_approved(params: Any, root: Path, model: str, version: str) -> None:
                     model, version, exc)
         return
     status = tags.get(TAG_APPROVAL_STATUS)
-    if status == "rolled_back":
-        why = tags.get("deploy.rollback_reason") or "see its history"
+    if status == STATUS_ROLLED_BACK:
+        why = tags.get(TAG_DEPLOY_REASON) or "see its history"
         raise DeployError(
             f"{model} v{version} was rolled back by an earlier canary ({why}); it is neither promoted nor canaried "
             f"again without a new decision. See `cvplatform registry history {model}` and "

@@ -338,7 +338,7 @@ async def predict_core(
     conf = [float(v) for v in probs.max(axis=1)]
     request_ms = (time.perf_counter() - t_start) * 1000.0 if t_start is not None else None
     state.stats.record_answer(variant, handle.version, top, conf, labels, ms, request_ms, fallback=fallback,
-                              compute_ms=timing.ms_per_row, batch_rows=timing.rows)
+                              compute_ms=timing.ms_per_row, batch_rows=timing.rows, overlapped=timing.overlapped)
     m = state.metrics
     m.inference_latency.labels(handle.model.name, handle.version, variant).observe(ms / 1000.0)
     for cls, n in collections.Counter(top).items():
@@ -388,7 +388,7 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
     top = [names[i] for i in np.argmax(probs, axis=1)]
     conf = [float(v) for v in probs.max(axis=1)]
     state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id, answered_conf,
-                              compute_ms=timing.ms_per_row, batch_rows=timing.rows)
+                              compute_ms=timing.ms_per_row, batch_rows=timing.rows, overlapped=timing.overlapped)
     _log_requests(state, images, handle, "shadow", request_id, top, conf)
     for a, b in zip(answered, top, strict=False):
         state.metrics.shadow.labels("agree" if a == b else "disagree").inc()

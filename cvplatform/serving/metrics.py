@@ -179,10 +179,11 @@ class VariantStats:
     latency_ms: collections.deque = field(default_factory=collections.deque)
     request_latency_ms: collections.deque = field(default_factory=collections.deque)
     compute: dict = field(default_factory=dict)
-    """Model compute time per image (ms) by (role, batch size): role ``answered`` for the requests this
-    variant answered, ``shadowed`` for the mirrored ones it scored. Kept apart because answering (first,
-    often after an idle gap) and shadowing (right after), and batches of different sizes, are timed
-    under different conditions on the same machine; the canary compares like with like."""
+    """Model compute time per image (ms) by group ``answered|shadowed`` x batch size x ``alone|overlapped``:
+    whether this variant answered the request or scored it as a mirror, the batch size of the call, and
+    whether another model call ran at the same time. Answering (first, often after an idle gap) and
+    shadowing (right after), bigger batches, and calls sharing the cores with another are timed under
+    different conditions on the same machine, so the canary compares a group only with the same group."""
     confidences: collections.deque = field(default_factory=collections.deque)
 
     def __post_init__(self) -> None:
@@ -205,11 +206,14 @@ class VariantStats:
             self.labelled += len(top1)
             self.correct += sum(1 for p, y in zip(top1, labels, strict=True) if p == y)
 
-    def add_compute(self, role: str, batch_rows: int, ms: float | None) -> None:
-        """One compute-time sample (per image, ms) of a request in ``role`` run in a batch of ``batch_rows``."""
+    def add_compute(self, role: str, batch_rows: int, ms: float | None, overlapped: bool = False) -> None:
+        """One compute-time sample (per image, ms) of a request in ``role`` run in a batch of ``batch_rows``.
+
+        Kept under the group key ``"<role>/x<batch_rows>/<alone|overlapped>"``, e.g. ``answered/x1/alone``.
+        """
         if ms is None or not math.isfinite(ms) or ms <= 0:
             return
-        key = (role, max(1, int(batch_rows)))
+        key = f"{role}/x{max(1, int(batch_rows))}/{'overlapped' if overlapped else 'alone'}"
         dq = self.compute.get(key)
         if dq is None:
             dq = self.compute[key] = collections.deque(maxlen=self.window)
@@ -235,10 +239,7 @@ class VariantStats:
             "classes": dict(sorted(self.classes.items())),
             "latency_ms": summarize(list(self.latency_ms)),
             "request_latency_ms": summarize(list(self.request_latency_ms)),
-            "compute_ms_per_image": {
-                role: {str(rows): summarize(list(dq)) for (r, rows), dq in sorted(self.compute.items()) if r == role}
-                for role in ("answered", "shadowed")
-            },
+            "compute_ms_per_image": {key: summarize(list(dq)) for key, dq in sorted(self.compute.items())},
             "confidence_hist": {
                 "edges": [round(i / self.bins, 6) for i in range(self.bins + 1)],
                 "counts": list(self.hist),
@@ -300,11 +301,12 @@ class StatsBook:
         fallback: bool = False,
         compute_ms: float | None = None,
         batch_rows: int = 1,
+        overlapped: bool = False,
     ) -> None:
         """A request answered by ``variant`` (``fallback``: after the canary failed).
 
         ``compute_ms``: the model's compute time per image of the call this request ran in (queue wait
-        excluded); ``batch_rows``: that call's batch size.
+        excluded); ``batch_rows``: that call's batch size; ``overlapped``: another model call ran meanwhile.
         """
         with self._lock:
             vs = self._variant(variant, version)
@@ -313,7 +315,7 @@ class StatsBook:
             else:
                 vs.requests += 1
             vs.latency_ms.append(round(float(inference_ms), 4))
-            vs.add_compute("answered", batch_rows, compute_ms)
+            vs.add_compute("answered", batch_rows, compute_ms, overlapped)
             if request_ms is not None:
                 vs.request_latency_ms.append(round(float(request_ms), 4))
             vs.add_predictions(top1, confidences, labels)
@@ -343,6 +345,7 @@ class StatsBook:
         answered_confidences: Sequence[float] | None = None,
         compute_ms: float | None = None,
         batch_rows: int = 1,
+        overlapped: bool = False,
     ) -> None:
         """``variant`` scored a mirrored request; compare with what the answering variant said.
 
@@ -354,7 +357,7 @@ class StatsBook:
             vs = self._variant(variant, version)
             vs.shadow_scored += 1
             vs.latency_ms.append(round(float(inference_ms), 4))
-            vs.add_compute("shadowed", batch_rows, compute_ms)
+            vs.add_compute("shadowed", batch_rows, compute_ms, overlapped)
             vs.add_predictions(top1, confidences, labels)
             champion_conf = list(confidences) if variant == "champion" else list(answered_confidences or [])
             for i, (a, b) in enumerate(zip(answered_top1, top1, strict=False)):

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cvplatform.errors import CVPlatformError, ModelError, RegistryError
 from cvplatform.preprocess import PreprocessContract
-from cvplatform.serving.batching import BatchTime, MicroBatcher
+from cvplatform.serving.batching import BatchTime, CallTracker, MicroBatcher
 from cvplatform.serving.routing import TrafficState
 from cvplatform.serving.schemas import ServingConfig
 
@@ -566,6 +566,8 @@ class ModelManager:
         self._seen: dict[str, str | None] = {"champion": None, "canary": None}
         self._failed: dict[str, str | None] = {"champion": None, "canary": None}
         self._lock = asyncio.Lock()
+        self.calls = CallTracker()
+        """Shared by every model's batcher: which calls overlapped another (the canary's latency compare)."""
         self._poller: asyncio.Task | None = None
         self._closing: set[asyncio.Task] = set()
         self.last_refresh: float | None = None
@@ -644,7 +646,7 @@ class ModelManager:
         b = self.config.batching
         batcher = MicroBatcher(
             model.predict_proba, max_batch_size=b.max_batch_size, max_wait_ms=b.max_wait_ms, workers=b.workers,
-            name=f"{model.name}-v{model.version}", on_batch=self._on_batch(model),
+            name=f"{model.name}-v{model.version}", on_batch=self._on_batch(model), tracker=self.calls,
         )
         await batcher.start()
         return ModelHandle(model, batcher)

@@ -37,8 +37,8 @@ def variant(requests=100, failures=0, shadow=100, compute=0.2, hist=(0, 0, 0, 0,
         "requests": requests, "attempts": requests + shadow, "failures": failures, "shadow_scored": shadow,
         "latency_ms": {"count": requests + shadow, "p50": 3.0, "p95": 9.0},
         "compute_ms_per_image": {
-            "answered": {"1": {"count": requests, "p50": compute, "p95": compute * 2}},
-            "shadowed": {"1": {"count": shadow, "p50": shadow_compute, "p95": shadow_compute * 2}}},
+            "answered/x1/alone": {"count": requests, "p50": compute, "p95": compute * 2},
+            "shadowed/x1/alone": {"count": shadow, "p50": shadow_compute, "p95": shadow_compute * 2}},
         "confidence_hist": {"edges": [i / 10 for i in range(11)], "counts": list(hist)},
         "confidence_samples": samples if samples is not None else [0.95] * 50,
         "labelled": labelled, "correct": correct,
@@ -124,17 +124,19 @@ def test_latency_compares_answered_with_answered_and_shadowed_with_shadowed_neve
     assert few.status == "fail" and "shadowed" in few.detail and few.value == pytest.approx(3.0)
 
 
-def test_latency_compares_the_same_batch_size():
-    # identical models: batches of 2 cost less per image than batches of 1; the canary (10 %) answers alone
-    canary = {"compute_ms_per_image": {"answered": {"1": {"count": 30, "p50": 0.16}}}}
-    champion = {"compute_ms_per_image": {"answered": {"1": {"count": 40, "p50": 0.16},
-                                                      "2": {"count": 900, "p50": 0.11}}}}
+def test_latency_compares_the_same_batch_size_and_contention():
+    # identical models: batches of 2 cost less per image, and calls sharing the cores take longer
+    canary = {"compute_ms_per_image": {"answered/x1/alone": {"count": 30, "p50": 0.16},
+                                       "answered/x1/overlapped": {"count": 12, "p50": 0.30}}}
+    champion = {"compute_ms_per_image": {"answered/x1/alone": {"count": 40, "p50": 0.16},
+                                         "answered/x2/alone": {"count": 900, "p50": 0.11},
+                                         "answered/x1/overlapped": {"count": 800, "p50": 0.15}}}
     c = check_latency(canary, champion, TH)
-    assert c.status == "pass" and c.value == pytest.approx(1.0) and "batches of 1" in c.detail
+    assert c.status == "pass" and c.value == pytest.approx(1.0) and "answered/x1/alone" in c.detail
     # nothing shared: skipped, and the detail lists what was seen
-    lonely = {"compute_ms_per_image": {"answered": {"4": {"count": 30, "p50": 0.1}}}}
+    lonely = {"compute_ms_per_image": {"answered/x4/alone": {"count": 30, "p50": 0.1}}}
     c = check_latency(lonely, champion, TH)
-    assert c.status == "skip" and "answered x4: canary 30" in c.detail
+    assert c.status == "skip" and "answered/x4/alone: canary 30 / champion 0" in c.detail
 
 
 def test_a_server_without_compute_times_is_not_judged_on_latency_and_says_so():

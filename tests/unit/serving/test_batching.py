@@ -268,3 +268,34 @@ def test_submit_timed_returns_the_batch_model_time_per_row():
     assert calls[0] / 4 <= t.ms_per_row <= calls[0]  # the call's time split over its 4 rows
     assert [float(o[0, 0]) for o, _ in outs] == [0.0, 2.0, 4.0, 6.0]
     assert late[1].rows == 2 and late[1].ms_per_row >= calls[1] / 2 > 0
+
+
+def test_calls_that_share_the_machine_are_marked_overlapped():
+    from cvplatform.serving.batching import CallTracker
+
+    tracker = CallTracker()
+    gate = threading.Event()
+
+    def slow(x: np.ndarray) -> np.ndarray:
+        gate.wait(5)
+        return x
+
+    async def main():
+        a = MicroBatcher(slow, max_batch_size=1, max_wait_ms=0, name="a", tracker=tracker)
+        b = MicroBatcher(lambda x: x, max_batch_size=1, max_wait_ms=0, name="b", tracker=tracker)
+        await a.start()
+        await b.start()
+        alone = await b.submit_timed(np.zeros((1, 1), np.float32))  # nothing else running
+        pending = asyncio.create_task(a.submit_timed(np.zeros((1, 1), np.float32)))
+        while tracker._in_flight == 0:  # a's call has begun
+            await asyncio.sleep(0.001)
+        during = await b.submit_timed(np.zeros((1, 1), np.float32))  # runs while a's call is in flight
+        gate.set()
+        long = await pending
+        await a.close()
+        await b.close()
+        return alone[1], during[1], long[1]
+
+    alone, during, long = run(main())
+    assert not alone.overlapped
+    assert during.overlapped and long.overlapped  # both saw the other

@@ -53,18 +53,20 @@ def test_agreement_is_also_counted_by_the_champions_confidence():
     assert sum(book.snapshot()["shadow"]["by_champion_confidence"]["pairs"]) == 0
 
 
-def test_compute_time_is_kept_per_variant_role_and_batch_size():
+def test_compute_time_is_kept_per_variant_role_batch_size_and_contention():
     book = StatsBook(window=100, bins=10)
     book.record_answer("champion", "1", ["a"], [0.9], None, 2.0, 3.0, compute_ms=0.5, batch_rows=1)
     book.record_answer("champion", "1", ["a"], [0.9], None, 2.0, 3.0, compute_ms=0.3, batch_rows=2)
+    book.record_answer("champion", "1", ["a"], [0.9], None, 2.0, 3.0, compute_ms=0.9, batch_rows=1,
+                       overlapped=True)
     book.record_shadow("canary", "2", ["a"], [0.9], None, 1.0, ["a"], "r", [0.9], compute_ms=0.25, batch_rows=1)
     book.record_answer("canary", "2", ["a"], [0.9], None, 2.0, 3.0)  # no compute time: not a sample
     snap = book.snapshot()["variants"]
-    assert snap["champion"]["compute_ms_per_image"]["answered"]["1"]["p50"] == 0.5
-    assert snap["champion"]["compute_ms_per_image"]["answered"]["2"]["p50"] == 0.3
-    assert snap["champion"]["compute_ms_per_image"]["shadowed"] == {}
+    champion = snap["champion"]["compute_ms_per_image"]
+    assert sorted(champion) == ["answered/x1/alone", "answered/x1/overlapped", "answered/x2/alone"]
+    assert champion["answered/x1/alone"]["p50"] == 0.5 and champion["answered/x1/overlapped"]["p50"] == 0.9
     assert snap["canary"]["compute_ms_per_image"] == {
-        "answered": {}, "shadowed": {"1": {"count": 1, "mean": 0.25, "p50": 0.25, "p95": 0.25, "p99": 0.25}}}
+        "shadowed/x1/alone": {"count": 1, "mean": 0.25, "p50": 0.25, "p95": 0.25, "p99": 0.25}}
 
 
 def test_a_new_version_in_a_slot_starts_fresh_and_reset_clears_everything():
