@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "serve": "cvplatform.serving.app",
     "run_canary": "cvplatform.deploy.canary",
     "run_canary_local": "cvplatform.deploy.canary",
+    "run_deploy": "cvplatform.deploy.canary",
     "CanaryResult": "cvplatform.deploy.canary",
     "run_monitor": "cvplatform.monitoring.run",
     "MonitorResult": "cvplatform.monitoring.run",
@@ -57,7 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from cvplatform.config import Params, load_config, load_params  # noqa: F401
     from cvplatform.data.ingest import IngestResult, run_ingest  # noqa: F401
     from cvplatform.data.validate import ValidateResult, run_validate  # noqa: F401
-    from cvplatform.deploy.canary import CanaryResult, run_canary, run_canary_local  # noqa: F401
+    from cvplatform.deploy.canary import CanaryResult, run_canary, run_canary_local, run_deploy  # noqa: F401
     from cvplatform.errors import CVPlatformError  # noqa: F401
     from cvplatform.evaluation.run import EvaluateResult, run_evaluate  # noqa: F401
     from cvplatform.export.run import ExportResult, run_export  # noqa: F401

@@ -411,32 +411,36 @@ app.add_typer(deploy_app, name="deploy")
 def deploy_canary(
     version: Annotated[str, typer.Option("--version", help="Registry version to roll out.")],
     server: Annotated[
-        str | None, typer.Option("--server", help="Running server's base URL (default deploy.server).")
+        str | None,
+        typer.Option("--server", help="The serving deployment's base URL (default $CVPLATFORM_DEPLOY_SERVER, "
+                                      "then deploy.server; none = the loopback canary)."),
     ] = None,
     local: Annotated[
         bool,
-        typer.Option("--local", help="Start a server and a traffic replay on loopback for the rollout (demo)."),
+        typer.Option("--local", help="Loopback canary: a private `cvplatform serve` process plus replayed "
+                                     "held-out traffic (deploy.local), even when a server is configured."),
     ] = False,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Canary-deploy a version: 10% -> 50% -> 100% with analysis; promote, or roll back (exit 3)."""
+    """Canary-deploy a version on the serving deployment: 10% -> 50% -> 100% with analysis; promote, or roll
+    back (exit 3). Too little traffic to judge: inconclusive (exit 1, the version stays approved)."""
     _setup_logging(verbose)
 
     def go():
+        from cvplatform.deploy.canary import run_deploy
+
         cfg = _params(params, set_)
-        if local:
-            from cvplatform.deploy.canary import run_canary_local
-
-            return run_canary_local(cfg, version, params_file=str(params), overrides=list(set_ or []))
-        from cvplatform.deploy.canary import run_canary
-
-        return run_canary(cfg, version, server=server)
+        return run_deploy(cfg, version, server=server, local=local, params_file=str(params),
+                          overrides=list(set_ or []))
 
     result = _run(go)
-    if getattr(result, "decision", None) == "rollback":
+    decision = getattr(result, "decision", None)
+    if decision == "rollback":
         raise typer.Exit(code=3)
+    if decision == "inconclusive":
+        raise typer.Exit(code=1)
 
 
 @app.command()

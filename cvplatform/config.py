@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cvplatform.errors import ConfigError
 
@@ -541,7 +541,8 @@ class ServeParams(StrictModel):
 
 
 class DeployLocalParams(StrictModel):
-    """Traffic replayed by ``cvplatform deploy canary --local`` / ``run_canary_local`` (demo, Airflow)."""
+    """The loopback canary used when no server is configured (``deploy.server: null``) or with ``--local``:
+    a private ``cvplatform serve`` process plus this replay of held-out images as its traffic."""
 
     manifest: str = "data/processed/manifest.parquet"
     """Manifest whose held-out images are replayed."""
@@ -556,20 +557,44 @@ class DeployLocalParams(StrictModel):
 
 
 class DeployParams(StrictModel):
-    """``cvplatform deploy canary``: the canary policy and the server it drives.
+    """``cvplatform deploy canary`` / the DAG's ``canary_deploy``: the canary policy and the server it drives.
 
     Example:
         >>> DeployParams().policy
         'configs/deploy/canary.yaml'
+        >>> DeployParams(server="http://serving:8080/").server
+        'http://serving:8080'
     """
 
     policy: str = "configs/deploy/canary.yaml"
     """Canary policy: steps, bake times, minimum requests, analysis thresholds."""
-    server: str = Field("http://127.0.0.1:8080", min_length=1)
-    """Base URL of the running inference server whose admin API the controller drives."""
+    server: str | None = None
+    """Base URL of the long-running inference service (``cvplatform serve``, following the registry aliases)
+    whose admin API the canary drives, judged on the traffic it receives. None = no service: the canary runs
+    on a private loopback ``cvplatform serve`` process with replayed traffic (``local``). The environment
+    variable ``CVPLATFORM_DEPLOY_SERVER`` wins over this key."""
     experiment: str = Field("deploy", min_length=1)
     """MLflow experiment of the canary runs."""
     local: DeployLocalParams = DeployLocalParams()
+
+    @field_validator("server")
+    @classmethod
+    def _server_url(cls, value: str | None) -> str | None:
+        return None if value is None else deploy_server_url(value)
+
+
+def deploy_server_url(value: str) -> str:
+    """``value`` as a server base URL (no trailing slash); ValueError unless it is ``http(s)://HOST...``.
+
+    Example:
+        >>> deploy_server_url("http://serving:8080/")
+        'http://serving:8080'
+    """
+    url = value.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")) or not url.split("://", 1)[1]:
+        raise ValueError(f"expected an http(s) URL such as http://serving:8080 (or null for the loopback canary), "
+                         f"got {value!r}")
+    return url
 
 
 # --------------------------------------------------------------------------- monitor

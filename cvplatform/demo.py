@@ -1,12 +1,20 @@
-"""``make demo``: one whole release cycle on the embedded defaults, then what it produced.
+"""``make demo``: one whole release cycle on the embedded defaults, the way production runs it.
 
 1. ``dvc repro``: ingest -> validate -> train -> export -> evaluate (the same pipeline
    definition users and Airflow run; unchanged stages are skipped on a second run);
-2. register the exported model in the MLflow registry (idempotent);
-3. approve it as a named reviewer (four-eyes: the reviewer is not the author);
-4. canary-deploy it behind a live HTTP server on 127.0.0.1 with replayed held-out
-   traffic (the quick policy ``configs/deploy/canary-demo.yaml``), which promotes it;
-5. print the key numbers of each step.
+2. register the exported model in the MLflow registry (idempotent) and approve it as a
+   named reviewer (four-eyes: the reviewer is not the author);
+3. start the serving deployment: a long-running ``cvplatform serve`` process on 127.0.0.1
+   that follows the registry aliases; the first version becomes its champion through the
+   canary controller (no champion yet: promoted directly);
+4. retrain a challenger (another seed), evaluate it against the champion, register and
+   approve it;
+5. start a separate traffic client process (``python -m cvplatform.serving.replay``: held-out
+   digits, 20 % of them corrupted) calling that server, and canary the challenger onto the
+   server with the production analysis thresholds (``configs/deploy/canary-demo.yaml``:
+   only bake times and request minimums are shorter than ``canary.yaml``);
+6. call the server to show which version answers: the new champion after a promotion, the
+   old one after a rollback; stop the client and the server; print the key numbers.
 
 Run with ``python -m cvplatform.demo [--root DIR] [--reviewer NAME]``.
 """
@@ -17,12 +25,14 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
 from cvplatform.pipeline import dvc_env, dvc_executable
+from cvplatform.serving.local import LocalProcessError
 
 
 def _summary(root: Path, stage: str) -> dict | None:
@@ -62,25 +72,42 @@ def report(root: Path) -> list[str]:
         lines.append(f"export   : shipped {ex.get('chosen')} ({ex.get('artifact')}); {lat}")
         if ex.get("int8_rejected_reason"):
             lines.append(f"           INT8 rejected: {ex['int8_rejected_reason']}")
+    dep = _summary(root, "deploy")
+    if dep:
+        lines.append(f"deploy   : canary v{dep.get('version')} -> {dep.get('decision')} on {dep.get('server')} "
+                     f"({dep.get('traffic')} traffic); the server then answered with v{dep.get('served_version')}")
     return lines
 
 
-def _release(root: Path, params, reviewer: str, policy, *, deploy: bool = True) -> list[str]:
-    """Register the stage outputs under ``root``, approve them, canary-deploy; return report lines."""
-    from cvplatform.deploy.canary import run_canary_local
-    from cvplatform.registry import approve, register_model
+def _register_and_approve(root: Path, params, reviewer: str) -> tuple[str, bool, list[str]]:
+    """Register the stage outputs under ``root`` and approve them; return (version, rolled back?, report lines)."""
+    from cvplatform.registry import approve, register_model, show
     from cvplatform.registry.errors import AlreadyApprovedError
 
     reg = register_model(params, root=root)
     lines = ["", *reg.lines()]
+    status = {v.version: v for v in show(reg.model_name, params=params, root=root).versions}[reg.version].approval
+    if status == "rolled_back":
+        lines.append(f"approve: v{reg.version} was rolled back by an earlier demo's canary; it stays rolled back "
+                     "(delete artifacts/demo-challenger to train a new challenger)")
+        return reg.version, True, lines
     try:
-        lines += approve(reg.model_name, reg.version, reviewer, "approved by make demo", params=params, root=root).lines()
+        lines += approve(reg.model_name, reg.version, reviewer, "approved by make demo", params=params,
+                         root=root).lines()
     except AlreadyApprovedError as exc:
         lines.append(f"approve: {exc}")
-    if not deploy:
-        return lines + [f"deploy: a champion already serves; v{reg.version} is not re-deployed"]
-    canary = run_canary_local(params, reg.version, root=root, policy=policy)
-    return lines + ["", *canary.lines()]
+    return reg.version, False, lines
+
+
+def _answer(url: str, root: Path, params, when: str) -> list[str]:
+    """Call the server with one held-out image and say which version answered."""
+    from cvplatform.serving.replay import load_items, predict_once
+
+    item = load_items(params.deploy.local.manifest, split="test", root=root, limit=1)[0]
+    body = predict_once(url, item.data)
+    top = (body.get("predictions") or [{}])[0]
+    return [f"{when}: {url}/v1/predict answers with v{body.get('version')} ({body.get('variant')}): "
+            f"class {top.get('class')!r} at {top.get('confidence', 0):.2f} (true label {item.label!r})"]
 
 
 def _champion(params, root: Path) -> str | None:
@@ -118,36 +145,95 @@ def challenger_root(root: Path) -> Path:
     return ch
 
 
+def _train_challenger(root: Path, params, seed: int) -> tuple[Path, object, list[str]]:
+    """Train, evaluate (against the champion) and export a challenger in a side project sharing the store."""
+    from cvplatform import run_evaluate, run_export, run_train
+    from cvplatform.config import load_params
+
+    ch = challenger_root(root)
+    challenger = load_params(root / "params.yaml", [f"train.seed={seed}", "train.progress_bar=false"])
+    if (ch / "artifacts/export/summary.json").is_file():  # built by an earlier demo: reuse, no new version
+        return ch, challenger, [f"challenger: reusing {ch / 'artifacts'} (delete it to retrain)"]
+    lines = run_train(challenger, root=ch).lines()
+    lines += run_export(challenger, root=ch).lines()[:1]
+    lines += run_evaluate(challenger, root=ch).lines()[-4:]  # the gates judge the exported artifact
+    return ch, challenger, lines
+
+
+def _wait_ready(srv, timeout_s: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{srv.url}/v2/health/ready", timeout=10).status_code != 200:
+        if time.monotonic() > deadline:
+            raise LocalProcessError(f"{srv.url} has no champion loaded after {timeout_s:g} s. Its log:\n"
+                                    f"{srv.log_text()}")
+        time.sleep(0.5)
+
+
+def _canary_with_traffic(srv, root: Path, params, policy, challenger: str) -> list[str]:
+    """A separate client process sends traffic to the server while the challenger is canaried onto it."""
+    from cvplatform.deploy.canary import run_canary
+    from cvplatform.serving.local import ReplayProcess
+
+    local = params.deploy.local
+    lines: list[str] = []
+    with ReplayProcess(srv.url, root=root, manifest=local.manifest, split=local.split, corrupt=local.corrupt,
+                       concurrency=local.concurrency, rate=local.rate) as client:
+        lines.append(f"traffic: a separate client process (`python -m cvplatform.serving.replay`, pid "
+                     f"{client.proc.pid}) sends held-out {local.split} images, {local.corrupt:.0%} also corrupted")
+        time.sleep(2)
+        lines += _answer(srv.url, root, params, "before the canary")
+        res = run_canary(params, challenger, server=srv.url, root=root, token=srv.token, policy=policy,
+                         traffic="replay")
+        lines += ["", *res.lines(), ""]
+        lines += _answer(srv.url, root, params, "after the canary")
+        expected = challenger if res.promoted else res.champion_before
+        why = "the new champion" if res.promoted else f"the old champion: the challenger was {res.decision}"
+        lines.append(f"expected v{expected} ({why})")
+    rep = client.report or {}
+    lines.append(f"traffic: {rep.get('sent', 0)} requests, {rep.get('failures', 0)} failed; answered by "
+                 f"version {rep.get('by_version', {})}")
+    return lines
+
+
 def release(root: Path, reviewer: str, challenger_seed_offset: int = 1) -> list[str]:
-    """The demo's release cycle: v1 from ``dvc repro`` becomes champion, then a retrained
-    challenger (another seed, trained through the library like a notebook would) is
-    evaluated against it, registered, approved and canary-deployed with live traffic."""
+    """The demo's release cycle on one long-running server: v1 from ``dvc repro`` becomes its champion, then a
+    retrained challenger (another seed, trained through the library like a notebook would) is evaluated
+    against it, registered, approved and canaried onto that server while a separate client sends traffic."""
     from cvplatform.config import load_params
     from cvplatform.deploy.analysis import load_canary_policy
+    from cvplatform.deploy.canary import run_canary
     from cvplatform.registry import show
+    from cvplatform.serving.local import LocalServer
     from cvplatform.tracking import tracking_uri
 
     params = load_params(root / "params.yaml")
     policy = load_canary_policy(root / "configs/deploy/canary-demo.yaml")
-    name = params.registry.model_name
-    lines = ["", "--- release 1: the model dvc repro just built (first deploy: no champion to compare with) ---"]
-    lines += _release(root, params, reviewer, policy, deploy=_champion(params, root) is None)
-
+    lines = ["", "--- release 1: the model dvc repro just built ---"]
+    first, _, more = _register_and_approve(root, params, reviewer)
+    lines += more
     seed = (params.train.seed if params.train.seed is not None else params.project.seed) + challenger_seed_offset
-    lines += ["", f"--- release 2: a challenger retrained with seed {seed}, canaried against the champion ---"]
-    from cvplatform import run_evaluate, run_export, run_train
-
-    ch = challenger_root(root)
-    challenger = load_params(root / "params.yaml", [f"train.seed={seed}", "train.progress_bar=false"])
-    with _tracking_at(tracking_uri(root)):  # same MLflow store and registry as the main project
-        if (ch / "artifacts/export/summary.json").is_file():  # built by an earlier demo: reuse, no new version
-            lines.append(f"challenger: reusing {ch / 'artifacts'} (delete it to retrain)")
+    with LocalServer(root, wait_ready=False) as srv:
+        lines += ["", f"serving: `cvplatform serve` (pid {srv.proc.pid}) at {srv.url}, following the registry "
+                      "aliases: the service the canary drives"]
+        if _champion(params, root) is None:  # first release: no champion to compare with, promoted directly
+            lines += run_canary(params, first, server=srv.url, root=root, token=srv.token, policy=policy,
+                                traffic="replay").lines()
+        _wait_ready(srv)
+        lines += _answer(srv.url, root, params, "serving")
+        lines += ["", f"--- release 2: a challenger retrained with seed {seed}, canaried against the champion ---"]
+        with _tracking_at(tracking_uri(root)):  # same MLflow store and registry as the main project
+            ch, challenger, more = _train_challenger(root, params, seed)
+            lines += more
+            version, rolled_back, more = _register_and_approve(ch, challenger, reviewer)
+            lines += more
+        if rolled_back:
+            lines += _answer(srv.url, root, params, "no canary (the challenger was rolled back before)")
         else:
-            lines += run_train(challenger, root=ch).lines()
-            lines += run_export(challenger, root=ch).lines()[:1]
-            lines += run_evaluate(challenger, root=ch).lines()[-4:]  # the gates judge the exported artifact
-        lines += _release(ch, challenger, reviewer, policy)
-    lines += ["", *show(name, params=params, root=root).lines()]
+            lines += _canary_with_traffic(srv, root, params, policy, version)
+    lines += ["serving: traffic client and server stopped", "",
+              *show(params.registry.model_name, params=params, root=root).lines()]
     return lines
 
 

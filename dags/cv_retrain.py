@@ -12,14 +12,20 @@ Thin wiring only: every task calls one cvplatform function.
   registered version: when nothing changed, the run ends here, green, as "nothing new"
   (no training, no registry version, no approval request).
 * The data/model stages (ingest ... evaluate; the gates judge the exported artifact that
-  ships) run ``dvc repro <stage>`` in that copy (``cvplatform.pipeline``), sharing the project's DVC cache and remote; unchanged stages
-  are restored from the cache. Each stage's outputs are pushed to the DVC remote.
+  ships) run ``dvc repro <stage>`` in that copy (``cvplatform.pipeline``), sharing the
+  project's DVC cache and remote; unchanged stages are restored from the cache. Each stage's outputs are pushed to the DVC remote.
 * ``register`` calls the registry (idempotent). ``route`` asks for a review only for a
   version that is still pending: a version decided earlier is never asked about again.
   ``approval`` is a human-in-the-loop task in the Airflow UI whose answer
   ``record_approval`` records through the registry's own approve/reject rules (four-eyes
   included); a rejection or a timeout ends the run without deploying.
-* ``canary_deploy`` (final) rolls the approved version out and promotes it or rolls it back.
+* ``canary_deploy`` (final) canaries the approved version on the serving deployment
+  named by ``deploy.server`` (or ``$CVPLATFORM_DEPLOY_SERVER``), a long-running
+  ``cvplatform serve``, judged on the traffic it receives; it promotes the version or
+  rolls it back. Only when no server is configured (``deploy.server: null``, the
+  embedded default) does it start a private loopback ``cvplatform serve`` process with
+  replayed held-out traffic instead. A rollback ends the task with one line saying
+  ``ROLLED BACK: ...`` and why (see docs/runbooks/rolled-back-canary.md).
 
 Tasks return small references only (paths, run ids, versions). Nothing heavy is imported
 at parse time: each task imports what it needs in its body. The project is
@@ -267,19 +273,25 @@ def cv_retrain():
 
     @task(**SERVER_RETRIES)
     def canary_deploy(reg: dict) -> dict:
-        """Final task: canary the approved version on a live server; promote or roll back."""
-        from airflow.sdk.exceptions import AirflowFailException
+        """Final task: canary the approved version on the configured serving deployment; promote or roll back."""
+        import logging
 
-        from cvplatform.deploy.canary import run_canary_local
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+        from cvplatform.deploy.canary import DECISION_PROMOTE, DECISION_ROLLBACK, run_deploy
 
         ws = _workspace(reg["workspace"])
-        result = run_canary_local(ws.params(), reg["version"], root=ws.root)
-        if result.decision != "promote":  # a decision, not a transient error: fail without retrying
-            raise AirflowFailException(
-                f"canary of {reg['model_name']} version {reg['version']} was rolled back: "
-                + "; ".join(result.reasons) + ". The champion is unchanged; see docs/runbooks/rolled-back-canary.md"
-            )
-        return {"model_name": reg["model_name"], "version": reg["version"], "decision": result.decision}
+        result = run_deploy(ws.params(), reg["version"], root=ws.root)
+        logging.getLogger("cv_retrain.canary_deploy").info("%s", "\n".join(result.lines()))
+        if result.decision == DECISION_PROMOTE:
+            return {"model_name": reg["model_name"], "version": reg["version"], "decision": result.decision,
+                    "server": result.server, "traffic": result.traffic, "served_version": result.served_version,
+                    "summary": result.one_line()}
+        # one line an operator reads in the grid: "ROLLED BACK: <model> v<N> on <server> (...): <first reason>; ..."
+        message = f"{result.one_line()}. See docs/runbooks/rolled-back-canary.md"
+        if result.decision == DECISION_ROLLBACK:  # a decision, not a transient error: fail without retrying
+            raise AirflowFailException(message)
+        raise AirflowException(message)  # inconclusive (too little traffic): retried with backoff
 
     recorded = record_approval(approval.output, registered)
     routed >> approval

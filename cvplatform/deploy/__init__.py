@@ -4,7 +4,7 @@
 Example::
 
     from cvplatform.config import load_params
-    from cvplatform.deploy.canary import run_canary
-    result = run_canary(load_params("params.yaml"), 4, server="http://127.0.0.1:8080")
-    result.decision, result.reasons
+    from cvplatform.deploy.canary import run_deploy
+    result = run_deploy(load_params("params.yaml"), 4)   # deploy.server, or loopback when it is null
+    result.decision, result.reasons, result.served_version
 """

@@ -8,6 +8,7 @@ Public API (heavy libraries are imported only when a function is called)::
     promote("cvplatform", 4)                           # champion -> v4 (previous champion remembered)
     rollback("cvplatform")                             # champion -> previous champion
     verify_version("cvplatform", 4).ok                 # the signed audit trail verifies
+    mark_rolled_back("cvplatform", 5, "agreement ...")  # a canary rolled v5 back: status, alias, history
     m = load_model("models:/cvplatform@champion")      # sha256-verified onnxruntime session + contract
 
 Modules: :mod:`~cvplatform.registry.client` (retrying MLflow client, tag names),
@@ -15,7 +16,8 @@ Modules: :mod:`~cvplatform.registry.client` (retrying MLflow client, tag names),
 :mod:`~cvplatform.registry.aliases`, :mod:`~cvplatform.registry.audit` (signed audit trail,
 verify, history, show), :mod:`~cvplatform.registry.keys` (platform key),
 :mod:`~cvplatform.registry.identity` (who decides), :mod:`~cvplatform.registry.compat`
-(compatibility with the champion), :mod:`~cvplatform.registry.loading`, :mod:`~cvplatform.registry.errors`.
+(compatibility with the champion), :mod:`~cvplatform.registry.rollout` (what a canary rollback records),
+:mod:`~cvplatform.registry.loading`, :mod:`~cvplatform.registry.errors`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "verify_version": "cvplatform.registry.audit",
     "record_event": "cvplatform.registry.audit",
     "AuditEvent": "cvplatform.registry.audit",
+    "mark_rolled_back": "cvplatform.registry.rollout",
+    "RolledBackVersion": "cvplatform.registry.rollout",
     "load_model": "cvplatform.registry.loading",
     "LoadedModel": "cvplatform.registry.loading",
     "RegistryClient": "cvplatform.registry.client",
@@ -53,6 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cvplatform.registry.client import RegistryClient, RetryPolicy  # noqa: F401
     from cvplatform.registry.loading import LoadedModel, load_model  # noqa: F401
     from cvplatform.registry.register import RegisterResult, register_model  # noqa: F401
+    from cvplatform.registry.rollout import RolledBackVersion, mark_rolled_back  # noqa: F401
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

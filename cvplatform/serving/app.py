@@ -352,7 +352,7 @@ async def predict_core(
 
     fallback = False
     try:
-        probs, ms = await handle.prepare_and_infer(lambda: prepare_for(handle))
+        probs, ms, timing = await handle.prepare_and_infer(lambda: prepare_for(handle))
     except ServingError:  # bad input found while decoding: a 4xx, not a model failure
         raise
     except Exception as exc:
@@ -365,7 +365,7 @@ async def predict_core(
         log.warning("canary v%s failed (champion answers): %s", handle.version, exc)
         handle, variant, fallback = champion, "champion", True
         try:
-            probs, ms = await champion.prepare_and_infer(lambda: prepare_for(champion))
+            probs, ms, timing = await champion.prepare_and_infer(lambda: prepare_for(champion))
         except ServingError:
             raise
         except Exception as exc2:
@@ -379,7 +379,8 @@ async def predict_core(
     top = [names[i] for i in np.argmax(probs, axis=1)]
     conf = [float(v) for v in probs.max(axis=1)]
     request_ms = (time.perf_counter() - t_start) * 1000.0 if t_start is not None else None
-    state.stats.record_answer(variant, handle.version, top, conf, labels, ms, request_ms, fallback=fallback)
+    state.stats.record_answer(variant, handle.version, top, conf, labels, ms, request_ms, fallback=fallback,
+                              compute_ms=timing.ms_per_row, batch_rows=timing.rows, overlapped=timing.overlapped)
     m = state.metrics
     m.inference_latency.labels(handle.model.name, handle.version, variant).observe(ms / 1000.0)
     for cls, n in collections.Counter(top).items():
@@ -400,7 +401,7 @@ async def predict_core(
         else:
             x_other = tensor if tensor is not None else prepared.get(_contract_key(other))
             task = asyncio.create_task(_shadow(state, other, "canary" if other is canary else "champion",
-                                               images, x_other, labels, top, request_id, hold))
+                                               images, x_other, labels, top, request_id, conf, hold))
             state.shadow_tasks.add(task)
             task.add_done_callback(state.shadow_tasks.discard)
             if hold is not None and images is not None:  # the shadow keeps the decoded images alive
@@ -411,7 +412,7 @@ async def predict_core(
 
 async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images: list[np.ndarray] | None,
                   x: np.ndarray | None, labels: list[str] | None, answered: list[str], request_id: str,
-                  hold: BudgetHold | None = None) -> None:
+                  answered_conf: list[float] | None = None, hold: BudgetHold | None = None) -> None:
     """Score a mirrored request with ``handle`` (``x``: its input when already prepared) and record agreement."""
     import numpy as np
 
@@ -419,7 +420,7 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
         return x if x is not None else await _prepare(images or [], handle)
 
     try:
-        probs, ms = await handle.prepare_and_infer(prepare)
+        probs, ms, timing = await handle.prepare_and_infer(prepare)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -431,7 +432,8 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
     names = handle.model.class_names
     top = [names[i] for i in np.argmax(probs, axis=1)]
     conf = [float(v) for v in probs.max(axis=1)]
-    state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id)
+    state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id, answered_conf,
+                              compute_ms=timing.ms_per_row, batch_rows=timing.rows, overlapped=timing.overlapped)
     _log_requests(state, images, handle, "shadow", request_id, top, conf, hold)
     for a, b in zip(answered, top, strict=False):
         state.metrics.shadow.labels("agree" if a == b else "disagree").inc()
@@ -974,7 +976,7 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
         """Stop the canary (share 0, unloaded, alias removed) and tag the reason on its version."""
         _admin(request)
         req = await _admin_body(request, AbortRequest)
-        return await manager.abort_canary(req.reason, req.version)
+        return await manager.abort_canary(req.reason, req.version, status=req.status)
 
     @app.post("/admin/promote", tags=["admin"])
     async def admin_promote(request: Request) -> dict[str, Any]:

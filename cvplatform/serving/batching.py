@@ -44,11 +44,60 @@ BatchHook = Callable[[int, float], None]
 """Called after each batch with ``(rows, seconds)`` (metrics)."""
 
 
+@dataclass(frozen=True)
+class BatchTime:
+    """The model call a request ran in: its time per row in ms, its rows (the batch size), and whether
+    another model call (of any batcher sharing the same :class:`CallTracker`) overlapped it."""
+
+    ms_per_row: float
+    rows: int
+    overlapped: bool = False
+
+
+class CallTracker:
+    """Counts model calls in flight across the batchers that share it (a server's champion and canary).
+
+    A call that began while another was running, or during which another began, *overlapped*: on
+    shared cores its wall time includes the other call's contention, so it is only compared with
+    other overlapped calls.
+
+    Example:
+        >>> t = CallTracker()
+        >>> a = t.begin(); b = t.begin()
+        >>> t.end(b), t.end(a)
+        (True, True)
+        >>> t.end(t.begin())
+        False
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._started = 0
+
+    def begin(self) -> tuple[int, int]:
+        """Mark a call as started; return the token :meth:`end` needs."""
+        with self._lock:
+            token = (self._in_flight, self._started + 1)
+            self._in_flight += 1
+            self._started += 1
+            return token
+
+    def end(self, token: tuple[int, int]) -> bool:
+        """Mark the call of ``token`` as ended; return whether another call overlapped it."""
+        others_at_start, started = token
+        with self._lock:
+            self._in_flight -= 1
+            return others_at_start > 0 or self._started != started
+
+
 @dataclass
 class _Item:
     x: np.ndarray
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    timing: BatchTime | None = None
+    """Set on delivery: the model time of the batch this item ran in (queue wait excluded)."""
 
     @property
     def rows(self) -> int:
@@ -65,6 +114,7 @@ class MicroBatcher:
         workers: calls of ``fn`` in flight at once (one batch thread each).
         name: shown in thread names and logs.
         on_batch: optional hook called on the event loop with ``(rows, seconds)`` after each batch.
+        tracker: shared with the other batchers of a server, so each call knows whether another overlapped it.
 
     Example:
         >>> import asyncio, numpy as np
@@ -87,6 +137,7 @@ class MicroBatcher:
         workers: int = 1,
         name: str = "model",
         on_batch: BatchHook | None = None,
+        tracker: CallTracker | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError(f"batching.max_batch_size must be >= 1, got {max_batch_size}")
@@ -100,6 +151,7 @@ class MicroBatcher:
         self.workers = int(workers)
         self.name = name
         self.on_batch = on_batch
+        self.tracker = tracker or CallTracker()
         self.batches = 0
         """Batches run so far."""
         self.rows = 0
@@ -171,6 +223,14 @@ class MicroBatcher:
         Raises:
             Exception: whatever ``fn`` raised for the batch this item ran in.
         """
+        return (await self.submit_timed(x, announced=announced))[0]
+
+    async def submit_timed(self, x: np.ndarray, *, announced: bool = False) -> tuple[np.ndarray, BatchTime]:
+        """:meth:`submit`, also returning the :class:`BatchTime` of the call ``x`` ran in.
+
+        The time is the ``fn`` call alone (no queue wait) divided by the batch's rows: what one image
+        cost the model at that batch size, comparable between models at the same batch size.
+        """
         loop = asyncio.get_running_loop()
         with self._cond:
             if announced:
@@ -181,9 +241,17 @@ class MicroBatcher:
                 self._pending.append(item)
         if not queued:
             # closed (model swapped out) or never started: run on our own, never drop a request
-            return await loop.run_in_executor(None, self.fn, x)
+            token = self.tracker.begin()
+            t0 = time.perf_counter()
+            try:
+                y = await loop.run_in_executor(None, self.fn, x)
+            finally:
+                overlapped = self.tracker.end(token)
+            rows = max(1, int(x.shape[0]))
+            return y, BatchTime((time.perf_counter() - t0) * 1000.0 / rows, rows, overlapped)
         self._schedule_kick()
-        return await item.future
+        y = await item.future
+        return y, item.timing if item.timing is not None else BatchTime(0.0, item.rows)
 
     def _schedule_kick(self) -> None:
         """Wake a batch thread at the end of this loop turn (once), after every submit of the turn."""
@@ -248,13 +316,16 @@ class MicroBatcher:
         if not live:
             return
         x = live[0].x if len(live) == 1 else np.concatenate([it.x for it in live], axis=0)
+        token = self.tracker.begin()
         t0 = time.perf_counter()
         try:
             y = self.fn(x)
         except Exception as exc:  # the model failed: every caller in this batch gets the error
+            self.tracker.end(token)
             self._deliver_soon(live, None, exc, 0, 0.0)
             return
         seconds = time.perf_counter() - t0
+        overlapped = self.tracker.end(token)
         if getattr(y, "shape", None) is None or y.shape[0] != x.shape[0]:
             from cvplatform.errors import ModelError
 
@@ -266,18 +337,18 @@ class MicroBatcher:
             return
         self.batches += 1
         self.rows += int(x.shape[0])
-        self._deliver_soon(live, y, None, int(x.shape[0]), seconds)
+        self._deliver_soon(live, y, None, int(x.shape[0]), seconds, overlapped)
 
     def _deliver_soon(self, live: list[_Item], y: np.ndarray | None, exc: BaseException | None, rows: int,
-                      seconds: float) -> None:
+                      seconds: float, overlapped: bool = False) -> None:
         assert self._loop is not None
         try:
-            self._loop.call_soon_threadsafe(self._deliver, live, y, exc, rows, seconds)
+            self._loop.call_soon_threadsafe(self._deliver, live, y, exc, rows, seconds, overlapped)
         except RuntimeError:  # the event loop is gone (shutdown): nobody is waiting any more
             log.debug("batcher %s: event loop closed, %d result(s) dropped", self.name, len(live))
 
     def _deliver(self, live: list[_Item], y: np.ndarray | None, exc: BaseException | None, rows: int,
-                 seconds: float) -> None:
+                 seconds: float, overlapped: bool = False) -> None:
         """On the event loop: the metrics hook, then every caller's rows (or the batch's error)."""
         if y is not None and self.on_batch is not None:
             try:
@@ -285,7 +356,9 @@ class MicroBatcher:
             except Exception:  # metrics must never break inference
                 log.exception("batcher %s: on_batch hook failed", self.name)
         start = 0
+        timing = BatchTime(seconds * 1000.0 / rows, rows, overlapped) if rows else None
         for it in live:
+            it.timing = timing
             if not it.future.done():
                 if y is None:
                     it.future.set_exception(exc if exc is not None else RuntimeError("batch failed"))
@@ -294,4 +367,4 @@ class MicroBatcher:
             start += it.rows
 
 
-__all__ = ["BatchFn", "BatchHook", "MicroBatcher"]
+__all__ = ["BatchFn", "BatchHook", "BatchTime", "CallTracker", "MicroBatcher"]

@@ -23,8 +23,9 @@ cvplatform_canary_share                    gauge      -
 =========================================  =========  =============================================
 
 :class:`StatsBook` keeps what the canary controller compares (request and error
-counts, latency percentiles, confidence histograms and samples, accuracy on
-labelled requests, shadow agreement) since the last reset, as plain JSON.
+counts, latency percentiles, onnxruntime compute time per image, confidence
+histograms and samples, accuracy on labelled requests, shadow agreement overall and
+by the champion's confidence) since the last reset, as plain JSON.
 """
 
 from __future__ import annotations
@@ -188,12 +189,19 @@ class VariantStats:
     hist: list[int] = field(default_factory=list)
     latency_ms: collections.deque = field(default_factory=collections.deque)
     request_latency_ms: collections.deque = field(default_factory=collections.deque)
+    compute: dict = field(default_factory=dict)
+    """Model compute time per image (ms) by group ``answered|shadowed`` x batch size x ``alone|overlapped``:
+    whether this variant answered the request or scored it as a mirror, the batch size of the call, and
+    whether another model call ran at the same time. Answering (first, often after an idle gap) and
+    shadowing (right after), bigger batches, and calls sharing the cores with another are timed under
+    different conditions on the same machine, so the canary compares a group only with the same group."""
     confidences: collections.deque = field(default_factory=collections.deque)
 
     def __post_init__(self) -> None:
         self.hist = [0] * self.bins
         self.latency_ms = collections.deque(maxlen=self.window)
         self.request_latency_ms = collections.deque(maxlen=self.window)
+        self.compute = {}
         self.confidences = collections.deque(maxlen=self.window)
 
     def add_predictions(self, top1: Iterable[str], confidences: Iterable[float], labels: Sequence[str] | None) -> None:
@@ -208,6 +216,19 @@ class VariantStats:
         if labels is not None and len(labels) == len(top1):
             self.labelled += len(top1)
             self.correct += sum(1 for p, y in zip(top1, labels, strict=True) if p == y)
+
+    def add_compute(self, role: str, batch_rows: int, ms: float | None, overlapped: bool = False) -> None:
+        """One compute-time sample (per image, ms) of a request in ``role`` run in a batch of ``batch_rows``.
+
+        Kept under the group key ``"<role>/x<batch_rows>/<alone|overlapped>"``, e.g. ``answered/x1/alone``.
+        """
+        if ms is None or not math.isfinite(ms) or ms <= 0:
+            return
+        key = f"{role}/x{max(1, int(batch_rows))}/{'overlapped' if overlapped else 'alone'}"
+        dq = self.compute.get(key)
+        if dq is None:
+            dq = self.compute[key] = collections.deque(maxlen=self.window)
+        dq.append(round(float(ms), 5))
 
     def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
         attempts = self.requests + self.shadow_scored
@@ -229,6 +250,7 @@ class VariantStats:
             "classes": dict(sorted(self.classes.items())),
             "latency_ms": summarize(list(self.latency_ms)),
             "request_latency_ms": summarize(list(self.request_latency_ms)),
+            "compute_ms_per_image": {key: summarize(list(dq)) for key, dq in sorted(self.compute.items())},
             "confidence_hist": {
                 "edges": [round(i / self.bins, 6) for i in range(self.bins + 1)],
                 "counts": list(self.hist),
@@ -263,6 +285,8 @@ class StatsBook:
             self.variants = {v: VariantStats(self.window, self.bins) for v in ("champion", "canary")}
             self.pairs = 0
             self.agree = 0
+            self.pairs_by_conf = [0] * self.bins
+            self.agree_by_conf = [0] * self.bins
             self.shadow_failed = 0
             self.shadow_skipped = 0
             self.disagreements: collections.deque = collections.deque(maxlen=max(1, self.disagreements_kept))
@@ -286,8 +310,15 @@ class StatsBook:
         request_ms: float | None,
         *,
         fallback: bool = False,
+        compute_ms: float | None = None,
+        batch_rows: int = 1,
+        overlapped: bool = False,
     ) -> None:
-        """A request answered by ``variant`` (``fallback``: after the canary failed)."""
+        """A request answered by ``variant`` (``fallback``: after the canary failed).
+
+        ``compute_ms``: the model's compute time per image of the call this request ran in (queue wait
+        excluded); ``batch_rows``: that call's batch size; ``overlapped``: another model call ran meanwhile.
+        """
         with self._lock:
             vs = self._variant(variant, version)
             if fallback:
@@ -295,6 +326,7 @@ class StatsBook:
             else:
                 vs.requests += 1
             vs.latency_ms.append(round(float(inference_ms), 4))
+            vs.add_compute("answered", batch_rows, compute_ms, overlapped)
             if request_ms is not None:
                 vs.request_latency_ms.append(round(float(request_ms), 4))
             vs.add_predictions(top1, confidences, labels)
@@ -321,21 +353,38 @@ class StatsBook:
         inference_ms: float,
         answered_top1: Sequence[str],
         request_id: str,
+        answered_confidences: Sequence[float] | None = None,
+        compute_ms: float | None = None,
+        batch_rows: int = 1,
+        overlapped: bool = False,
     ) -> None:
-        """``variant`` scored a mirrored request; compare with what the answering variant said."""
+        """``variant`` scored a mirrored request; compare with what the answering variant said.
+
+        Each pair is also counted in the bin of the *champion's* confidence (its own when the
+        champion shadows, ``answered_confidences`` when it answered), so the canary analysis can
+        judge agreement separately where the champion is sure and where it is not.
+        """
         with self._lock:
             vs = self._variant(variant, version)
             vs.shadow_scored += 1
             vs.latency_ms.append(round(float(inference_ms), 4))
+            vs.add_compute("shadowed", batch_rows, compute_ms, overlapped)
             vs.add_predictions(top1, confidences, labels)
+            champion_conf = list(confidences) if variant == "champion" else list(answered_confidences or [])
             for i, (a, b) in enumerate(zip(answered_top1, top1, strict=False)):
                 self.pairs += 1
-                if a == b:
+                same = a == b
+                if same:
                     self.agree += 1
                 else:
                     self.disagreements.append(
                         {"request_id": request_id, "image": i, "answered": a, variant: b, "shadow_variant": variant}
                     )
+                if i < len(champion_conf):
+                    c = float(champion_conf[i])
+                    k = min(self.bins - 1, max(0, int(c * self.bins))) if math.isfinite(c) else 0
+                    self.pairs_by_conf[k] += 1
+                    self.agree_by_conf[k] += int(same)
 
     def record_shadow_skipped(self) -> None:
         with self._lock:
@@ -352,6 +401,11 @@ class StatsBook:
                     "pairs": self.pairs,
                     "agree": self.agree,
                     "agreement": (self.agree / self.pairs) if self.pairs else None,
+                    "by_champion_confidence": {
+                        "edges": [round(i / self.bins, 6) for i in range(self.bins + 1)],
+                        "pairs": list(self.pairs_by_conf),
+                        "agree": list(self.agree_by_conf),
+                    },
                     "failed": self.shadow_failed,
                     "skipped": self.shadow_skipped,
                     "recent_disagreements": list(self.disagreements),

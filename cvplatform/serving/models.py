@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cvplatform.errors import CVPlatformError, ModelError, RegistryError
 from cvplatform.preprocess import PreprocessContract
-from cvplatform.serving.batching import MicroBatcher
+from cvplatform.serving.batching import BatchTime, CallTracker, MicroBatcher
 from cvplatform.serving.routing import TrafficState
 from cvplatform.serving.schemas import ServingConfig
 
@@ -518,15 +518,23 @@ class ModelHandle:
         probs = await self.batcher.submit(x, announced=announced)
         return probs, (time.perf_counter() - t0) * 1000.0
 
-    async def prepare_and_infer(self, prepare: Callable[[], Awaitable[np.ndarray]]) -> tuple[np.ndarray, float]:
-        """Announce the request to the batcher, run ``prepare()`` (decode/preprocess), then :meth:`infer`."""
+    async def prepare_and_infer(self, prepare: Callable[[], Awaitable[np.ndarray]]
+                                ) -> tuple[np.ndarray, float, BatchTime]:
+        """Announce the request to the batcher, run ``prepare()`` (decode/preprocess), then infer.
+
+        Returns:
+            Probabilities, the model latency in ms (queue wait + run) and the :class:`BatchTime` of the
+            model call it ran in (time per image and batch size; what the canary's latency check compares).
+        """
         self.batcher.announce()
         try:
             x = await prepare()
         except BaseException:
             self.batcher.withdraw()
             raise
-        return await self.infer(x, announced=True)
+        t0 = time.perf_counter()
+        probs, timing = await self.batcher.submit_timed(x, announced=True)
+        return probs, (time.perf_counter() - t0) * 1000.0, timing
 
 
 class ModelManager:
@@ -558,6 +566,8 @@ class ModelManager:
         self._seen: dict[str, str | None] = {"champion": None, "canary": None}
         self._failed: dict[str, str | None] = {"champion": None, "canary": None}
         self._lock = asyncio.Lock()
+        self.calls = CallTracker()
+        """Shared by every model's batcher: which calls overlapped another (the canary's latency compare)."""
         self._poller: asyncio.Task | None = None
         self._closing: set[asyncio.Task] = set()
         self.last_refresh: float | None = None
@@ -636,7 +646,7 @@ class ModelManager:
         b = self.config.batching
         batcher = MicroBatcher(
             model.predict_proba, max_batch_size=b.max_batch_size, max_wait_ms=b.max_wait_ms, workers=b.workers,
-            name=f"{model.name}-v{model.version}", on_batch=self._on_batch(model),
+            name=f"{model.name}-v{model.version}", on_batch=self._on_batch(model), tracker=self.calls,
         )
         await batcher.start()
         return ModelHandle(model, batcher)
@@ -763,10 +773,12 @@ class ModelManager:
                                                    shadow_share=shadow_share))
             return self.status()
 
-    async def abort_canary(self, reason: str, version: str | None = None) -> dict[str, Any]:
+    async def abort_canary(self, reason: str, version: str | None = None, *, status: str = "rolled_back"
+                           ) -> dict[str, Any]:
         """Stop the canary: share 0, shadow off, unloaded, alias removed, ``reason`` tagged on its version.
 
-        ``version`` names the version to tag when no canary is loaded (e.g. it failed to load).
+        ``version`` names the version to tag when no canary is loaded (e.g. it failed to load);
+        ``status`` is its ``deploy.status`` (``rolled_back``, or ``aborted`` when there is no verdict).
         """
         async with self._lock:
             handle = self.canary
@@ -784,7 +796,7 @@ class ModelManager:
                 except Exception as exc:
                     notes.append(f"alias not removed: {exc}")
                 if version is not None:
-                    tags = {TAG_DEPLOY_STATUS: "rolled_back", TAG_DEPLOY_REASON: reason[:5000],
+                    tags = {TAG_DEPLOY_STATUS: status, TAG_DEPLOY_REASON: reason[:5000],
                             TAG_DEPLOY_TIME: _utc_now()}
                     try:
                         await asyncio.to_thread(self.source.tag_version, version, tags)

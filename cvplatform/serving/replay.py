@@ -302,6 +302,34 @@ def replay(
     return rec.finish(time.perf_counter() - t0, list(items))
 
 
+def predict_once(url: str, data: bytes, *, timeout_s: float = 30.0, headers: dict[str, str] | None = None
+                 ) -> dict[str, Any]:
+    """Send one encoded image to ``url``/v1/predict; return the JSON answer (``version``, ``variant``, ...).
+
+    Raises:
+        ServingError: the server answered with an error status or not with JSON.
+        OSError / httpx.HTTPError: the server cannot be reached.
+
+    Example:
+        >>> predict_once("http://127.0.0.1:8080", open("a.png", "rb").read())["version"]  # doctest: +SKIP
+        '3'
+    """
+    import httpx
+
+    from cvplatform.serving.models import ServingError
+
+    resp = httpx.post(url.rstrip("/") + "/v1/predict", files=[("files", ("image.png", data, "image/png"))],
+                      headers=headers or {}, timeout=timeout_s)
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if resp.status_code != 200 or not isinstance(body, dict):
+        raise ServingError(resp.status_code, "predict_failed",
+                           f"{url}/v1/predict answered {resp.status_code}: {resp.text[:300]}")
+    return body
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point (``python -m cvplatform.serving.replay``); exit code 0 when no request failed.
 
@@ -362,4 +390,4 @@ if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
 
 
-__all__ = ["DEFAULT_CORRUPTIONS", "ReplayItem", "ReplayReport", "load_items", "main", "replay"]
+__all__ = ["DEFAULT_CORRUPTIONS", "ReplayItem", "ReplayReport", "load_items", "main", "predict_once", "replay"]

@@ -367,6 +367,8 @@ class AbortRequest(BaseModel):
     reason: str = Field("aborted by operator", min_length=1, max_length=5000)
     version: str | None = None
     """Version to tag when no canary is loaded (e.g. one that failed to load); None = the loaded canary."""
+    status: Literal["rolled_back", "aborted"] = "rolled_back"
+    """``deploy.status`` tagged on the version: rolled_back (judged) | aborted (no verdict, e.g. too little traffic)."""
 
     @model_validator(mode="before")
     @classmethod

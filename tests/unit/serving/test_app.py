@@ -123,6 +123,16 @@ def test_shadow_mode_scores_the_canary_without_letting_it_answer(client, registr
     stats = client.get("/admin/stats", headers=ADMIN).json()
     assert stats["shadow"]["agreement"] == 0.0 and len(stats["shadow"]["recent_disagreements"]) == 12
     assert stats["variants"]["canary"]["shadow_scored"] == 12 and stats["variants"]["canary"]["requests"] == 0
+    # every pair is binned by the champion's confidence (the champion answered: its answer's confidence)
+    by = stats["shadow"]["by_champion_confidence"]
+    assert sum(by["pairs"]) == 12 and sum(by["agree"]) == 0
+    # the model's own compute time per image, per variant (what the canary's latency check compares)
+    champion = stats["variants"]["champion"]["compute_ms_per_image"]
+    canary = stats["variants"]["canary"]["compute_ms_per_image"]
+    assert sum(g["count"] for k, g in champion.items() if k.startswith("answered/")) == 12, champion
+    assert all(g["p50"] > 0 for g in champion.values())
+    assert sum(g["count"] for k, g in canary.items() if k.startswith("shadowed/")) == 12, canary
+    assert not [k for k in canary if k.startswith("answered/")]
 
 
 def test_admin_promote_and_rollback_go_through_the_registry(client, registry):

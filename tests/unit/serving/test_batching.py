@@ -240,3 +240,62 @@ def test_the_next_batch_starts_without_waiting_for_the_event_loop():
     assert fn.sizes == [1, 2]  # the two queued requests shared the second batch
     assert starts[1] < unblocked  # ... which ran while the loop was still blocked
     assert [float(o[0, 0]) for o in outs] == [0.0, 2.0, 4.0]
+
+
+def test_submit_timed_returns_the_batch_model_time_per_row():
+    calls: list[float] = []
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        time.sleep(0.01)
+        calls.append((time.perf_counter() - t0) * 1000.0)
+        return x * 2
+
+    async def main():
+        b = MicroBatcher(fn, max_batch_size=8, max_wait_ms=200, name="t")
+        await b.start()
+        outs = await asyncio.gather(*(b.submit_timed(np.full((1, 1), i, np.float32)) for i in range(4)))
+        await b.close()
+        late = await b.submit_timed(np.ones((2, 1), np.float32))  # after close: runs on its own, still timed
+        return outs, late
+
+    outs, late = run(main())
+    assert len(calls) == 2  # one batch of 4 rows, one late call of 2 rows
+    timings = {t for _, t in outs}
+    assert len(timings) == 1  # every item of a batch gets the batch's timing
+    (t,) = timings
+    assert t.rows == 4
+    assert calls[0] / 4 <= t.ms_per_row <= calls[0]  # the call's time split over its 4 rows
+    assert [float(o[0, 0]) for o, _ in outs] == [0.0, 2.0, 4.0, 6.0]
+    assert late[1].rows == 2 and late[1].ms_per_row >= calls[1] / 2 > 0
+
+
+def test_calls_that_share_the_machine_are_marked_overlapped():
+    from cvplatform.serving.batching import CallTracker
+
+    tracker = CallTracker()
+    gate = threading.Event()
+
+    def slow(x: np.ndarray) -> np.ndarray:
+        gate.wait(5)
+        return x
+
+    async def main():
+        a = MicroBatcher(slow, max_batch_size=1, max_wait_ms=0, name="a", tracker=tracker)
+        b = MicroBatcher(lambda x: x, max_batch_size=1, max_wait_ms=0, name="b", tracker=tracker)
+        await a.start()
+        await b.start()
+        alone = await b.submit_timed(np.zeros((1, 1), np.float32))  # nothing else running
+        pending = asyncio.create_task(a.submit_timed(np.zeros((1, 1), np.float32)))
+        while tracker._in_flight == 0:  # a's call has begun
+            await asyncio.sleep(0.001)
+        during = await b.submit_timed(np.zeros((1, 1), np.float32))  # runs while a's call is in flight
+        gate.set()
+        long = await pending
+        await a.close()
+        await b.close()
+        return alone[1], during[1], long[1]
+
+    alone, during, long = run(main())
+    assert not alone.overlapped
+    assert during.overlapped and long.overlapped  # both saw the other

@@ -37,6 +37,38 @@ def test_stats_book_counts_errors_latency_confidence_accuracy_and_agreement():
     assert len(ca["confidence_samples"]) == 3 and "confidence_samples" not in book.snapshot(False)["variants"]["canary"]
 
 
+def test_agreement_is_also_counted_by_the_champions_confidence():
+    book = StatsBook(window=100, bins=10)
+    # the champion answered (its confidence comes with the answer), the canary shadowed
+    book.record_shadow("canary", "2", ["a", "c"], [0.5, 0.5], None, 1.0, ["a", "b"], "r1", [0.95, 0.35])
+    # the canary answered, the champion shadowed (its own confidence counts)
+    book.record_shadow("champion", "1", ["b"], [0.82], None, 1.0, ["b"], "r2", [0.2])
+    by = book.snapshot()["shadow"]["by_champion_confidence"]
+    assert by["edges"][0] == 0.0 and by["edges"][-1] == 1.0 and len(by["pairs"]) == 10
+    assert by["pairs"][9] == 1 and by["agree"][9] == 1  # 0.95: agreed
+    assert by["pairs"][3] == 1 and by["agree"][3] == 0  # 0.35: disagreed
+    assert by["pairs"][8] == 1 and by["agree"][8] == 1  # 0.82 (the champion's own), not the canary's 0.2
+    assert sum(by["pairs"]) == book.snapshot()["shadow"]["pairs"] == 3
+    book.reset()
+    assert sum(book.snapshot()["shadow"]["by_champion_confidence"]["pairs"]) == 0
+
+
+def test_compute_time_is_kept_per_variant_role_batch_size_and_contention():
+    book = StatsBook(window=100, bins=10)
+    book.record_answer("champion", "1", ["a"], [0.9], None, 2.0, 3.0, compute_ms=0.5, batch_rows=1)
+    book.record_answer("champion", "1", ["a"], [0.9], None, 2.0, 3.0, compute_ms=0.3, batch_rows=2)
+    book.record_answer("champion", "1", ["a"], [0.9], None, 2.0, 3.0, compute_ms=0.9, batch_rows=1,
+                       overlapped=True)
+    book.record_shadow("canary", "2", ["a"], [0.9], None, 1.0, ["a"], "r", [0.9], compute_ms=0.25, batch_rows=1)
+    book.record_answer("canary", "2", ["a"], [0.9], None, 2.0, 3.0)  # no compute time: not a sample
+    snap = book.snapshot()["variants"]
+    champion = snap["champion"]["compute_ms_per_image"]
+    assert sorted(champion) == ["answered/x1/alone", "answered/x1/overlapped", "answered/x2/alone"]
+    assert champion["answered/x1/alone"]["p50"] == 0.5 and champion["answered/x1/overlapped"]["p50"] == 0.9
+    assert snap["canary"]["compute_ms_per_image"] == {
+        "shadowed/x1/alone": {"count": 1, "mean": 0.25, "p50": 0.25, "p95": 0.25, "p99": 0.25}}
+
+
 def test_a_new_version_in_a_slot_starts_fresh_and_reset_clears_everything():
     book = StatsBook(window=10, bins=4)
     book.record_answer("canary", "2", ["a"], [0.9], None, 1.0, None)
