@@ -42,11 +42,11 @@ def test_overrides_go_to_the_copy_only_and_runs_are_isolated(project):
 
 
 def test_local_changes_are_carried_and_recorded(project):
-    (project / "configs/augment/default.yaml").write_text(
-        (project / "configs/augment/default.yaml").read_text().replace("p: 0.7", "p: 0.5"))
+    recipe = project / "configs/augment/default.yaml"
+    recipe.write_text(recipe.read_text() + "# an uncommitted edit\n")
     (project / "configs/scenarios/extra.yaml").write_text("# untracked, not ignored\n")
     ws = prepare_workspace(project, "scheduled__1")
-    assert "p: 0.5" in (ws.path / "configs/augment/default.yaml").read_text()
+    assert (ws.path / "configs/augment/default.yaml").read_text().endswith("# an uncommitted edit\n")
     assert (ws.path / "configs/scenarios/extra.yaml").is_file()
     assert {"configs/augment/default.yaml", "configs/scenarios/extra.yaml"} <= set(ws.local_changes)
     record = json.loads((ws.path / ".git" / "cvplatform-run.json").read_text())
