@@ -64,7 +64,7 @@ def service(project):
     from cvplatform.serving.local import LocalServer, ReplayProcess
 
     root, _ = project
-    srv = LocalServer(root, token="task-test-admin-token")
+    srv = LocalServer(root, token="task-test-admin-token-0123456789abcdef")
     srv.start()
     client = ReplayProcess(srv.url, root=root, split="test", corrupt=0.5, concurrency=2, rate=80)
     client.start()
@@ -87,6 +87,14 @@ def _canary_task(project, service, monkeypatch):
     return bag.dags["cv_retrain"].task_dict["canary_deploy"].python_callable
 
 
+def _reg(root, version: str) -> dict:
+    """What the DAG's `register` task hands on: the version and the run's working copy (here the project)."""
+    from cvplatform.workspace import RunWorkspace
+
+    ws = RunWorkspace(root=str(root), project=str(root), run_id="manual__canary-task-test", revision="")
+    return {"model_name": MODEL, "version": version, "workspace": ws.to_ref()}
+
+
 def _answering_version(url: str, root) -> str:
     from cvplatform.serving.replay import load_items, predict_once
 
@@ -101,7 +109,7 @@ def test_the_dag_canary_moves_traffic_on_the_running_server_which_then_serves_th
     srv, client = service
     assert _answering_version(srv.url, root) == versions["champion"]
     task = _canary_task(project, service, monkeypatch)
-    out = task({"model_name": MODEL, "version": versions["good"]})
+    out = task(_reg(root, versions["good"]))
     assert out["decision"] == "promote" and out["traffic"] == "live" and out["server"] == srv.url
     assert out["served_version"] == versions["good"] and out["summary"].startswith("PROMOTED")
     summary = json.loads((root / "artifacts/deploy/summary.json").read_text())
@@ -129,7 +137,7 @@ def test_the_dag_canary_of_a_bad_version_ends_in_one_line_and_the_registry_says_
     set_alias(root, MODEL, "challenger", bad)  # what registration leaves
     task = _canary_task(project, service, monkeypatch)
     with pytest.raises(AirflowFailException) as info:
-        task({"model_name": MODEL, "version": bad})
+        task(_reg(root, bad))
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"ROLLED BACK: {MODEL} v{bad} on {srv.url} (live traffic)")
     assert f"champion v{champion} unchanged" in message and "rolled-back-canary.md" in message
