@@ -276,7 +276,7 @@ class TrainParams(StrictModel):
     model: TrainModelParams = TrainModelParams()
     num_classes: int | None = Field(None, ge=2)
     """Expected number of classes; None = derived from the manifest (checked when set)."""
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(16, ge=1)
     """Maximum number of epochs."""
     batch_size: int = Field(64, ge=1)
     """Training batch size (per device)."""
@@ -291,7 +291,7 @@ class TrainParams(StrictModel):
     """Validation metric for best-checkpoint selection and early stopping."""
     mode: Literal["max", "min"] = "max"
     """Whether the monitored metric should be maximised or minimised."""
-    patience: int | None = Field(3, ge=1)
+    patience: int | None = Field(None, ge=1)
     """Epochs without improvement before stopping early; None = never stop early."""
     min_delta: float = Field(0.0, ge=0.0)
     """Smallest change of the monitored metric that counts as an improvement."""
