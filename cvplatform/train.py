@@ -627,8 +627,8 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
     best_metrics.update(test_metrics)
     stopped_early = bool(early is not None and early.stopped_epoch > 0)
     # `dvc metrics show`: the numbers a user compares, validation split of the best epoch
-    # (the epoch, the monitor and the test metrics are in summary.json)
-    metrics = {short: round(best_metrics[k], 6) for k, short in
+    # (the epoch, the monitor, the test metrics and full precision are in summary.json)
+    metrics = {short: round(best_metrics[k], 4) for k, short in
                (("val_acc", "accuracy"), ("val_f1", "f1"), ("val_loss", "loss")) if k in best_metrics}
     metrics_path = write_json(out / "metrics.json", metrics)
     curves_csv = _write_curves(history, out / "plots" / "curves.csv")

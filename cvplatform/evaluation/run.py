@@ -247,16 +247,17 @@ def _load_champion(uri: str, tracking_uri: str, root: Path) -> Predictor:
 
 def _headline_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     """What ``dvc metrics show`` prints for evaluate: clean accuracy, macro-F1 and ECE, and the mean
-    accuracy over the corruption scenarios (every scenario's numbers are in ``scenarios.json``)."""
+    accuracy over the corruption scenarios, to four decimals so the table fits a terminal (every
+    scenario's full-precision numbers are in ``scenarios.json``)."""
     out: dict[str, float] = {}
     clean = next((r for r in rows if r["kind"] == "clean"), None)
     if clean is not None:
         for key, short in (("accuracy", "accuracy"), ("macro_f1", "f1"), ("ece", "ece")):
             if isinstance(clean.get(key), int | float):
-                out[short] = round(float(clean[key]), 6)
+                out[short] = round(float(clean[key]), 4)
     corrupted = [float(r["accuracy"]) for r in rows if r["kind"] == "corruption" and r.get("accuracy") is not None]
     if corrupted:
-        out["corrupt_acc"] = round(sum(corrupted) / len(corrupted), 6)
+        out["corrupt_acc"] = round(sum(corrupted) / len(corrupted), 4)
     return out
 
 

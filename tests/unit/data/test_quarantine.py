@@ -119,14 +119,16 @@ def test_dvc_push_never_sends_quarantined_originals_unless_opted_in(tmp_path):
 
     def set_params(**quarantine: object) -> None:
         data = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-        data["ingest"].update({"source": f"folder:{src}", "workers": 1})
+        data["ingest"].update({"source": str(src), "workers": 1})  # params.yaml names a folder by its path
         data["ingest"]["quarantine"].update(quarantine)
         params_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
+    # this test's own remote, not the user's embedded default (~/.cache/cvplatform/dvc-remote)
+    remote = tmp_path / "remote"
+    run_dvc(["remote", "modify", "--local", "local", "url", str(remote)], repo)
     set_params()
     assert "ingest" in repro("ingest", repo).ran_stages
     push(repo, ["ingest"])
-    remote = repo / ".dvc-remote"
     blobs = _remote_blobs(remote)
     assert bad not in blobs  # the original (EXIF + GPS) never reaches the remote
     report = (repo / "data/quarantine/report.csv").read_bytes()
