@@ -2,7 +2,7 @@
 
     compute_drift -> should_retrain (short-circuit) -> trigger_retrain (cv_retrain)
 
-Thin wiring only (DESIGN.md, principle 2):
+Thin wiring only (``docs/architecture.md``, principle 2):
 
 * ``compute_drift`` calls :func:`cvplatform.monitoring.run.run_monitor` in the project:
   the inference server's request log of the last window against the training

@@ -571,20 +571,12 @@ class ScenarioResult:
         return cls(name, kind, ids, y, p, metrics, note, corruption, severity)
 
 
-def finite_or_none(v: float | None) -> float | None:
-    """``None`` for NaN/inf (JSON-safe)."""
-    if v is None or not math.isfinite(v):
-        return None
-    return float(v)
-
-
 __all__ = [
     "ScenarioMetrics",
     "ScenarioResult",
     "bootstrap_ci",
     "compute_metrics",
     "corruption_error_summary",
-    "finite_or_none",
     "macro_f1_from_confusion",
     "paired_bootstrap_delta",
     "reliability_bins",

@@ -17,8 +17,9 @@
   fails), and an optional absolute floor ``min_mean_confidence``.
 
 :func:`check_drift` applies a :class:`DriftPolicy` (``configs/monitor/drift.yaml``)
-and returns a :class:`DriftReport`; it decides, the caller acts (DESIGN.md,
-principle 4). A check *fails* only when its value is strictly beyond its threshold.
+and returns a :class:`DriftReport`; it decides, the caller acts
+(``docs/architecture.md``, principle 4). A check *fails* only when its value is
+strictly beyond its threshold.
 Fewer than ``min_samples`` requests in the window never count as drift: every check
 is then reported as skipped.
 """

@@ -573,18 +573,6 @@ def tag_filter(key: str, value: str) -> str:
     return f"tags.`{key}` = '{_quote(value)}'"
 
 
-def parse_version_tag_json(raw: str | None) -> Any:
-    """``json.loads`` for tags holding JSON; None for a missing or malformed value."""
-    import json
-
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except (TypeError, ValueError):
-        return None
-
-
 __all__ = [
     "ENV_USER",
     "ONNX_FILE",
