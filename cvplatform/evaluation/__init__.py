@@ -5,6 +5,7 @@
 * :mod:`~cvplatform.evaluation.metrics` — accuracy, macro-F1, per-class, ECE, bootstrap CIs, mCE
 * :mod:`~cvplatform.evaluation.gates` — the pure :func:`check_gates` -> :class:`GateReport`
 * :mod:`~cvplatform.evaluation.predictors` — ``.ckpt`` / ``.onnx`` / ``models:/`` behind one interface
+* :mod:`~cvplatform.evaluation.suite_runner` — :func:`run_suite`: models on a suite's scenarios (same pixels)
 * :mod:`~cvplatform.evaluation.report` — Markdown/HTML report, plots, plot data
 * :mod:`~cvplatform.evaluation.run` — :func:`run_evaluate`
 
@@ -32,6 +33,9 @@ _EXPORTS: dict[str, str] = {
     "compute_metrics": "cvplatform.evaluation.metrics",
     "CORRUPTIONS": "cvplatform.evaluation.corruptions",
     "apply_corruption": "cvplatform.evaluation.corruptions",
+    "run_suite": "cvplatform.evaluation.suite_runner",
+    "load_images": "cvplatform.evaluation.suite_runner",
+    "select_split": "cvplatform.evaluation.suite_runner",
     "Predictor": "cvplatform.evaluation.predictors",
     "OnnxPredictor": "cvplatform.evaluation.predictors",
     "TorchCheckpointPredictor": "cvplatform.evaluation.predictors",

@@ -39,19 +39,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from cvplatform.errors import ConfigError, DataError, GateFailed, ModelError, RegistryError
+from cvplatform.errors import ConfigError, GateFailed, ModelError, RegistryError
 from cvplatform.stage import StageResult
 from cvplatform.utils.io import ProjectPaths, write_json
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
     import pandas as pd
 
     from cvplatform.config import EvaluateParams, Params
     from cvplatform.evaluation.gates import GateReport
     from cvplatform.evaluation.metrics import ScenarioResult
     from cvplatform.evaluation.predictors import Predictor
-    from cvplatform.evaluation.scenarios import Scenario
+    from cvplatform.evaluation.suite_runner import BuiltScenario
 
 log = logging.getLogger(__name__)
 
@@ -140,58 +139,6 @@ class EvaluateResult(StageResult):
         if self.outputs.get("report_html"):
             out.append(f"  report: {self.outputs['report_html']}")
         return out
-
-
-# --------------------------------------------------------------------------- data
-@dataclass
-class _EvalImages:
-    ids: list[str]
-    labels: list[str]
-    y: np.ndarray
-    images: np.ndarray
-    """(N, H, W, 3) uint8 at the challenger's input size."""
-    rows: pd.DataFrame
-
-
-def _decode(path: Path) -> np.ndarray:
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(
-            f"{path}: image listed in the manifest is missing or unreadable. Run `dvc pull` or re-run "
-            "`cvplatform ingest` so data/raw matches the manifest."
-        )
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def _load_images(rows: pd.DataFrame, root: Path, predictor: Predictor, what: str) -> _EvalImages:
-    import numpy as np
-
-    from cvplatform.preprocess import resize_to_contract
-
-    names = list(predictor.class_names)
-    index = {c: i for i, c in enumerate(names)}
-    labels = [str(v) for v in rows["label"].tolist()]
-    unknown = sorted({lbl for lbl in labels if lbl not in index})
-    if unknown:
-        raise DataError(
-            f"{what}: label(s) {unknown} are not classes of the model {predictor.name} ({names}). "
-            "Evaluate a model trained on this label set, or re-train."
-        )
-    contract = predictor.contract
-    h, w = contract.input_size
-    images = np.empty((len(rows), h, w, 3), dtype=np.uint8)
-    for i, rel in enumerate(rows["path"].tolist()):
-        p = Path(str(rel))
-        images[i] = resize_to_contract([_decode(p if p.is_absolute() else root / p)], contract)[0]
-    return _EvalImages(
-        ids=[str(v) for v in rows["sha256"].tolist()],
-        labels=labels,
-        y=np.asarray([index[lbl] for lbl in labels], dtype=np.int64),
-        images=images,
-        rows=rows.reset_index(drop=True),
-    )
 
 
 def _scenario_seed(seed: int, name: str) -> int:
@@ -337,79 +284,8 @@ def _write_card(paths: ProjectPaths, params: Params, out_dir: Path, model_sha: s
     )
 
 
-# --------------------------------------------------------------------------- scenario execution
-@dataclass
-class _Built:
-    scenario: Scenario
-    ids: list[str]
-    y: np.ndarray
-    labels: list[str]
-    base: np.ndarray
-    """Indices into the source images (clean split or curated set)."""
-    source: _EvalImages
-    note: str = ""
-
-
-def _build_scenarios(
-    suite_path: Path, scenarios: list[Scenario], data: _EvalImages,
-    manifest: pd.DataFrame, root: Path, predictor: Predictor,
-) -> list[_Built]:
-    import numpy as np
-
-    from cvplatform.evaluation.scenarios import read_hashes, select_curated, select_slice
-
-    built = []
-    for sc in scenarios:
-        if sc.kind in ("clean", "corruption"):
-            idx = np.arange(len(data.ids))
-            built.append(_Built(sc, data.ids, data.y, data.labels, idx, data))
-        elif sc.kind == "slice":
-            sub = select_slice(data.rows, sc, str(suite_path))
-            idx = sub.index.to_numpy()
-            note = "slice matched no image of the split" if len(idx) == 0 else ""
-            built.append(_Built(sc, [data.ids[i] for i in idx], data.y[idx], [data.labels[i] for i in idx],
-                                idx, data, note))
-        elif sc.kind == "curated":
-            hpath = Path(sc.hashes_file or "")
-            hpath = hpath if hpath.is_absolute() else root / hpath
-            hashes = read_hashes(hpath, scenario=sc.name)
-            rows = select_curated(manifest, hashes, sc, hpath)
-            cur = _load_images(rows, root, predictor, f"{hpath} (scenario {sc.name!r})")
-            idx = np.arange(len(cur.ids))
-            note = "curated list is empty" if len(idx) == 0 else ""
-            built.append(_Built(sc, cur.ids, cur.y, cur.labels, idx, cur, note))
-    return built
-
-
-def _scenario_pixels(b: _Built, seed: int, subset: np.ndarray | None = None) -> np.ndarray:
-    """The uint8 pixels of scenario ``b`` (optionally only rows ``subset`` of it)."""
-    from cvplatform.evaluation.corruptions import apply_corruption
-
-    rows = b.base if subset is None else b.base[subset]
-    imgs = b.source.images[rows]
-    if b.scenario.kind == "corruption":
-        ids = [b.source.ids[i] for i in rows]
-        imgs = apply_corruption(imgs, ids, str(b.scenario.corruption), int(b.scenario.severity or 0), seed,
-                                where=f"scenario {b.scenario.name!r}")
-    return imgs
-
-
-def _predict(predictors: list[Predictor], b: _Built, seed: int, batch_size: int) -> list[np.ndarray]:
-    """Logits of every predictor on scenario ``b`` (pixels generated once per chunk, shared)."""
-    import numpy as np
-
-    n = len(b.ids)
-    outs = [np.empty((n, len(p.class_names)), dtype=np.float32) for p in predictors]
-    chunk = max(batch_size, 1)
-    for s in range(0, n, chunk):
-        sel = np.arange(s, min(n, s + chunk))
-        pix = _scenario_pixels(b, seed, sel)
-        for out, p in zip(outs, predictors, strict=True):
-            out[sel] = p.predict_logits(pix, batch_size=batch_size)
-    return outs
-
-
-def _gallery(b: _Built, res: ScenarioResult, class_names: list[str], k: int, seed: int):
+# --------------------------------------------------------------------------- report helpers
+def _gallery(b: BuiltScenario, res: ScenarioResult, class_names: list[str], k: int, seed: int):
     import numpy as np
 
     from cvplatform.evaluation.report import GalleryItem
@@ -421,7 +297,7 @@ def _gallery(b: _Built, res: ScenarioResult, class_names: list[str], k: int, see
         return [], None
     conf = res.confidence[wrong]
     order = wrong[np.lexsort((np.array([res.image_ids[i] for i in wrong]), -conf))][:k]
-    pix = _scenario_pixels(b, seed, order)
+    pix = b.pixels(seed, order)
     items = []
     for i in order:
         row = b.source.rows.iloc[int(b.base[i])]
@@ -500,7 +376,6 @@ def run_evaluate(
     from cvplatform.utils.logs import quiet_libraries
 
     quiet_libraries()  # no third-party INFO floods in task logs and notebooks
-    import numpy as np
 
     from cvplatform.data.manifest import read_manifest
     from cvplatform.evaluation.gates import check_gates
@@ -508,6 +383,7 @@ def run_evaluate(
     from cvplatform.evaluation.predictors import load_predictor
     from cvplatform.evaluation.report import ReportContext, scenario_status, write_report
     from cvplatform.evaluation.scenarios import load_suite
+    from cvplatform.evaluation.suite_runner import load_images, run_suite, select_split
     from cvplatform.tracking import tracking_uri as default_tracking_uri
 
     t0 = time.perf_counter()
@@ -538,16 +414,8 @@ def run_evaluate(
 
     manifest_path = paths.resolve(cfg.manifest)
     manifest = read_manifest(manifest_path)
-    split_rows = manifest[manifest["split"] == cfg.split].sort_values("sha256", kind="mergesort")
-    if cfg.max_images is not None:
-        split_rows = split_rows.head(cfg.max_images)
-    if split_rows.empty:
-        raise DataError(
-            f"{manifest_path}: split {cfg.split!r} has no images (splits present: "
-            f"{sorted(manifest['split'].unique().tolist())}). Set evaluate.split or re-run ingest."
-        )
-    data = _load_images(split_rows, paths.root, predictor, f"{manifest_path} (split {cfg.split!r})")
-    built = _build_scenarios(suite_path, scenarios, data, manifest, paths.root, predictor)
+    split_rows = select_split(manifest, cfg.split, cfg.max_images, source=str(manifest_path), key="evaluate.split")
+    data = load_images(split_rows, paths.root, predictor, f"{manifest_path} (split {cfg.split!r})")
 
     timings: dict[str, float] = {}
     mark = t0
@@ -567,12 +435,11 @@ def run_evaluate(
     results: dict[str, ScenarioResult] = {}
     champ_results: dict[str, ScenarioResult] = {}
     predictions = 0
-    from cvplatform.utils.logs import track
-
-    for b in track(built, "evaluate", unit="scenarios", logger=log):
-        sc = b.scenario
-        logits = _predict(predictors, b, seed, cfg.batch_size) if b.ids else [
-            np.empty((0, len(class_names)), np.float32) for _ in predictors]
+    runs = run_suite(predictors, data, suite_path=suite_path, scenarios=scenarios, manifest=manifest,
+                     root=paths.root, seed=seed, batch_size=cfg.batch_size, progress=STAGE)
+    built = [r.built for r in runs]
+    for run in runs:
+        b, sc, logits = run.built, run.scenario, run.logits
         predictions += len(b.ids)
         common = {
             "critical_classes": suite.critical_classes, "n_bootstrap": cfg.bootstrap_samples,

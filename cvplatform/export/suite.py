@@ -1,15 +1,11 @@
-"""Running models on manifest images and on the evaluation scenario suite, for the export stage.
+"""Comparing two models on the evaluation scenario suite, for the export stage.
 
-This is a thin adapter over :mod:`cvplatform.evaluation.run`: images are decoded
-and resized exactly as the ``evaluate`` stage does, and scenarios (clean,
+A thin adapter over the public :mod:`cvplatform.evaluation.suite_runner`: images are
+decoded and resized exactly as the ``evaluate`` stage does, and scenarios (clean,
 corruptions seeded per image, metadata slices, curated lists) are built and
-predicted with the same functions, so the fp32 and INT8 models are judged by the
-same code (and on the same pixels) as any evaluated model.
-
-The evaluation module has no public "run a suite for these predictors" function
-yet, so :func:`compare_on_suite` calls its private ``_load_images``,
-``_build_scenarios`` and ``_predict`` (by keyword); the export tests exercise this
-path, so a signature change there fails loudly here.
+predicted by :func:`~cvplatform.evaluation.suite_runner.run_suite`, so the fp32 and
+INT8 models are judged by the same code (and on the same pixels) as any evaluated
+model. ``select_split`` and ``load_images`` are re-exported from there.
 """
 
 from __future__ import annotations
@@ -19,52 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvplatform.errors import DataError, ModelError
+from cvplatform.errors import ModelError
+from cvplatform.evaluation.suite_runner import load_images, run_suite, select_split
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
 
     from cvplatform.evaluation.predictors import Predictor
-
-
-def select_split(manifest: pd.DataFrame, split: str, max_images: int | None, *, source: str, key: str) -> pd.DataFrame:
-    """Rows of ``split`` sorted by sha256 (deterministic), at most ``max_images``.
-
-    Raises:
-        DataError: the split has no rows (naming the manifest, the split and the params key to change).
-
-    Example:
-        >>> rows = select_split(manifest, "test", 100, source="manifest.parquet", key="export.parity")  # doctest: +SKIP
-    """
-    rows = manifest[manifest["split"] == split].sort_values("sha256", kind="mergesort")
-    if max_images is not None:
-        rows = rows.head(int(max_images))
-    if rows.empty:
-        present = sorted(str(s) for s in manifest["split"].unique().tolist())
-        raise DataError(
-            f"{source}: split {split!r} has no images (splits present: {present}); {key} needs it. "
-            f"Re-run `cvplatform ingest` so the {split!r} split gets images, or change {key}."
-        )
-    return rows
-
-
-def load_images(rows: pd.DataFrame, root: str | os.PathLike[str], predictor: Predictor, what: str) -> Any:
-    """Decode manifest rows as RGB uint8 resized to ``predictor``'s input size (as ``evaluate`` does).
-
-    Returns the evaluation module's image set: ``.ids`` (sha256), ``.labels``,
-    ``.y`` (class indices), ``.images`` (``(N, H, W, 3)`` uint8), ``.rows``.
-
-    Raises:
-        DataError: a listed image is missing/unreadable, or a label is not a class of the model.
-
-    Example:
-        >>> data = load_images(rows, ".", predictor, "manifest.parquet (split 'test')")  # doctest: +SKIP
-        >>> data.images.shape  # doctest: +SKIP
-        (54, 32, 32, 3)
-    """
-    from cvplatform.evaluation.run import _load_images
-
-    return _load_images(rows, Path(root), predictor, what)
 
 
 @dataclass(frozen=True)
@@ -134,7 +90,6 @@ def compare_on_suite(
     import numpy as np
 
     from cvplatform.data.manifest import read_manifest
-    from cvplatform.evaluation.run import _build_scenarios, _predict
     from cvplatform.evaluation.scenarios import load_suite
 
     if list(reference.class_names) != list(candidate.class_names) or \
@@ -151,19 +106,18 @@ def compare_on_suite(
     manifest = read_manifest(manifest_path)
     rows = select_split(manifest, split, max_images, source=str(manifest_path), key="evaluate.split")
     data = load_images(rows, root, reference, f"{manifest_path} (split {split!r})")
-    # private helpers of the evaluate stage, called by keyword (see the module docstring)
-    built = _build_scenarios(suite_path=suite_path, scenarios=scenarios, data=data, manifest=manifest,
-                             root=root, predictor=reference)
+    runs = run_suite([reference, candidate], data, suite_path=suite_path, scenarios=scenarios, manifest=manifest,
+                     root=root, seed=seed, batch_size=batch_size)
     out = []
-    for b in built:
-        sc = b.scenario
+    for run in runs:
+        sc = run.scenario
         judged = sc.gate.level == "must_pass" or sc.kind == "clean"
-        n = len(b.ids)
+        n = len(run.built.ids)
         if n == 0:
             out.append(ScenarioComparison(sc.name, sc.kind, sc.gate.level, 0, None, None, None, None, judged))
             continue
-        ref_logits, cand_logits = _predict(predictors=[reference, candidate], b=b, seed=seed, batch_size=batch_size)
-        y = np.asarray(b.y)
+        ref_logits, cand_logits = run.logits
+        y = np.asarray(run.built.y)
         ref_pred, cand_pred = ref_logits.argmax(1), cand_logits.argmax(1)
         ref_acc = float((ref_pred == y).mean())
         cand_acc = float((cand_pred == y).mean())

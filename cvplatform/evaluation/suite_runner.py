@@ -1,0 +1,287 @@
+"""Running models on a scenario suite: the public entry point every stage uses.
+
+The ``evaluate`` stage and the ``export`` stage (fp32 vs INT8 on the suite) both
+judge models through these functions, so every model is judged by the same code
+on the same pixels:
+
+1. :func:`select_split` picks a manifest split deterministically (sorted by sha256);
+2. :func:`load_images` decodes those rows as RGB uint8, resized to the model's
+   input size (the preprocessing contract);
+3. :func:`run_suite` builds every scenario of a suite (clean, corruptions seeded
+   per image, metadata slices, curated lists) and returns the logits of every
+   given predictor on it; the pixels of a scenario are generated once and shared
+   by all predictors (paired comparisons see identical inputs).
+
+Example:
+    >>> from cvplatform.evaluation.suite_runner import load_images, run_suite, select_split
+    >>> rows = select_split(manifest, "test", None, source="manifest.parquet", key="evaluate.split")  # doctest: +SKIP
+    >>> data = load_images(rows, ".", model, "manifest.parquet (split 'test')")  # doctest: +SKIP
+    >>> runs = run_suite([model, champion], data, suite_path=suite_path, scenarios=suite.expand(),
+    ...                  manifest=manifest, root=".", seed=42)  # doctest: +SKIP
+    >>> runs[0].scenario.name, runs[0].logits[0].shape  # doctest: +SKIP
+    ('clean', (54, 3))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cvplatform.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pandas as pd
+
+    from cvplatform.evaluation.predictors import Predictor
+    from cvplatform.evaluation.scenarios import Scenario
+
+
+@dataclass
+class EvalImages:
+    """Decoded manifest rows at a model's input size."""
+
+    ids: list[str]
+    """sha256 of each image (the manifest's identity)."""
+    labels: list[str]
+    y: np.ndarray
+    """Class indices of ``labels`` in the model's class order."""
+    images: np.ndarray
+    """(N, H, W, 3) uint8 at the model's input size."""
+    rows: pd.DataFrame
+    """The manifest rows, index reset to 0..N-1."""
+
+
+@dataclass
+class BuiltScenario:
+    """One expanded scenario with the images it runs on."""
+
+    scenario: Scenario
+    ids: list[str]
+    y: np.ndarray
+    labels: list[str]
+    base: np.ndarray
+    """Indices into ``source`` (the clean split or a curated set)."""
+    source: EvalImages
+    note: str = ""
+    """Why a scenario is empty (a slice that matched nothing, an empty curated list)."""
+
+    def pixels(self, seed: int, subset: np.ndarray | None = None) -> np.ndarray:
+        """The uint8 pixels of this scenario (optionally only rows ``subset``); corruptions seeded per image."""
+        from cvplatform.evaluation.corruptions import apply_corruption
+
+        rows = self.base if subset is None else self.base[subset]
+        imgs = self.source.images[rows]
+        if self.scenario.kind == "corruption":
+            ids = [self.source.ids[i] for i in rows]
+            imgs = apply_corruption(imgs, ids, str(self.scenario.corruption), int(self.scenario.severity or 0), seed,
+                                    where=f"scenario {self.scenario.name!r}")
+        return imgs
+
+
+@dataclass
+class ScenarioRun:
+    """The logits of every predictor on one scenario (same order as the predictors given to :func:`run_suite`)."""
+
+    built: BuiltScenario
+    logits: list[np.ndarray]
+
+    @property
+    def scenario(self) -> Scenario:
+        return self.built.scenario
+
+
+def select_split(manifest: pd.DataFrame, split: str, max_images: int | None, *, source: str, key: str) -> pd.DataFrame:
+    """Rows of ``split`` sorted by sha256 (deterministic), at most ``max_images``.
+
+    Raises:
+        DataError: the split has no rows (naming the manifest, the split and the params key to change).
+
+    Example:
+        >>> rows = select_split(manifest, "test", 100, source="manifest.parquet", key="export.parity")  # doctest: +SKIP
+    """
+    rows = manifest[manifest["split"] == split].sort_values("sha256", kind="mergesort")
+    if max_images is not None:
+        rows = rows.head(int(max_images))
+    if rows.empty:
+        present = sorted(str(s) for s in manifest["split"].unique().tolist())
+        raise DataError(
+            f"{source}: split {split!r} has no images (splits present: {present}); {key} needs it. "
+            f"Re-run `cvplatform ingest` so the {split!r} split gets images, or change {key}."
+        )
+    return rows
+
+
+def _decode(path: Path) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(
+            f"{path}: image listed in the manifest is missing or unreadable. Run `dvc pull` or re-run "
+            "`cvplatform ingest` so data/raw matches the manifest."
+        )
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def load_images(rows: pd.DataFrame, root: str | os.PathLike[str], predictor: Predictor, what: str) -> EvalImages:
+    """Decode manifest rows as RGB uint8 resized to ``predictor``'s input size.
+
+    Args:
+        rows: Manifest rows (``path``, ``label``, ``sha256``); relative paths are under ``root``.
+        root: Project root.
+        predictor: The model whose classes and preprocessing contract apply.
+        what: How to name these rows in errors (e.g. ``"manifest.parquet (split 'test')"``).
+
+    Raises:
+        DataError: a listed image is missing/unreadable, or a label is not a class of the model.
+
+    Example:
+        >>> data = load_images(rows, ".", predictor, "manifest.parquet (split 'test')")  # doctest: +SKIP
+        >>> data.images.shape  # doctest: +SKIP
+        (54, 32, 32, 3)
+    """
+    import numpy as np
+
+    from cvplatform.preprocess import resize_to_contract
+
+    root = Path(root)
+    names = list(predictor.class_names)
+    index = {c: i for i, c in enumerate(names)}
+    labels = [str(v) for v in rows["label"].tolist()]
+    unknown = sorted({lbl for lbl in labels if lbl not in index})
+    if unknown:
+        raise DataError(
+            f"{what}: label(s) {unknown} are not classes of the model {predictor.name} ({names}). "
+            "Evaluate a model trained on this label set, or re-train."
+        )
+    contract = predictor.contract
+    h, w = contract.input_size
+    images = np.empty((len(rows), h, w, 3), dtype=np.uint8)
+    for i, rel in enumerate(rows["path"].tolist()):
+        p = Path(str(rel))
+        images[i] = resize_to_contract([_decode(p if p.is_absolute() else root / p)], contract)[0]
+    return EvalImages(
+        ids=[str(v) for v in rows["sha256"].tolist()],
+        labels=labels,
+        y=np.asarray([index[lbl] for lbl in labels], dtype=np.int64),
+        images=images,
+        rows=rows.reset_index(drop=True),
+    )
+
+
+def build_scenarios(
+    suite_path: str | os.PathLike[str], scenarios: Iterable[Scenario], data: EvalImages,
+    manifest: pd.DataFrame, root: str | os.PathLike[str], predictor: Predictor,
+) -> list[BuiltScenario]:
+    """Attach images to every scenario: the split for clean/corruption, its rows for a slice, a curated list's.
+
+    Raises:
+        ConfigError: a slice on a missing column, a bad curated list. DataError: curated images missing.
+    """
+    import numpy as np
+
+    from cvplatform.evaluation.scenarios import read_hashes, select_curated, select_slice
+
+    root = Path(root)
+    built = []
+    for sc in scenarios:
+        if sc.kind in ("clean", "corruption"):
+            idx = np.arange(len(data.ids))
+            built.append(BuiltScenario(sc, data.ids, data.y, data.labels, idx, data))
+        elif sc.kind == "slice":
+            sub = select_slice(data.rows, sc, str(suite_path))
+            idx = sub.index.to_numpy()
+            note = "slice matched no image of the split" if len(idx) == 0 else ""
+            built.append(BuiltScenario(sc, [data.ids[i] for i in idx], data.y[idx], [data.labels[i] for i in idx],
+                                       idx, data, note))
+        elif sc.kind == "curated":
+            hpath = Path(sc.hashes_file or "")
+            hpath = hpath if hpath.is_absolute() else root / hpath
+            hashes = read_hashes(hpath, scenario=sc.name)
+            rows = select_curated(manifest, hashes, sc, hpath)
+            cur = load_images(rows, root, predictor, f"{hpath} (scenario {sc.name!r})")
+            idx = np.arange(len(cur.ids))
+            note = "curated list is empty" if len(idx) == 0 else ""
+            built.append(BuiltScenario(sc, cur.ids, cur.y, cur.labels, idx, cur, note))
+    return built
+
+
+def predict_scenario(predictors: Sequence[Predictor], b: BuiltScenario, seed: int, batch_size: int) -> list[np.ndarray]:
+    """Logits of every predictor on scenario ``b`` (pixels generated once per chunk and shared)."""
+    import numpy as np
+
+    n = len(b.ids)
+    outs = [np.empty((n, len(p.class_names)), dtype=np.float32) for p in predictors]
+    chunk = max(batch_size, 1)
+    for s in range(0, n, chunk):
+        sel = np.arange(s, min(n, s + chunk))
+        pix = b.pixels(seed, sel)
+        for out, p in zip(outs, predictors, strict=True):
+            out[sel] = p.predict_logits(pix, batch_size=batch_size)
+    return outs
+
+
+def run_suite(
+    predictors: Sequence[Predictor],
+    data: EvalImages,
+    *,
+    suite_path: str | os.PathLike[str],
+    scenarios: Sequence[Scenario],
+    manifest: pd.DataFrame,
+    root: str | os.PathLike[str],
+    seed: int,
+    batch_size: int = 256,
+    progress: str | None = None,
+) -> list[ScenarioRun]:
+    """Run every predictor on every scenario of a suite, on identical pixels.
+
+    Args:
+        predictors: The models to run (e.g. ``[candidate, champion]``); all must share classes and input size
+            with ``predictors[0]``, whose contract ``data`` was loaded for.
+        data: The evaluated split (:func:`load_images`).
+        suite_path: The suite file (named in errors; curated lists relative to ``root``).
+        scenarios: ``load_suite(suite_path).expand()``.
+        manifest: The whole manifest (curated lists may reach beyond the split).
+        root: Project root.
+        seed: ``project.seed`` (corruptions are seeded by it and the image id).
+        batch_size: Images per predictor call.
+        progress: A stage name to log progress under (``None``: silent).
+
+    Returns:
+        One :class:`ScenarioRun` per scenario, in suite order; an empty scenario has ``(0, C)`` logits.
+
+    Raises:
+        ConfigError: invalid slice or curated list. DataError: missing images, unknown labels.
+    """
+    import logging
+
+    import numpy as np
+
+    from cvplatform.utils.logs import track
+
+    built = build_scenarios(suite_path, scenarios, data, manifest, root, predictors[0])
+    items = track(built, progress, unit="scenarios", logger=logging.getLogger(__name__)) if progress else built
+    runs = []
+    for b in items:
+        if b.ids:
+            logits = predict_scenario(predictors, b, seed, batch_size)
+        else:
+            logits = [np.empty((0, len(p.class_names)), np.float32) for p in predictors]
+        runs.append(ScenarioRun(b, logits))
+    return runs
+
+
+__all__ = [
+    "BuiltScenario",
+    "EvalImages",
+    "ScenarioRun",
+    "build_scenarios",
+    "load_images",
+    "predict_scenario",
+    "run_suite",
+    "select_split",
+]
