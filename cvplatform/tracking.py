@@ -1,10 +1,11 @@
 """MLflow tracking helpers: where runs go, what lineage they carry, how epochs are logged.
 
-* **Where.** The tracking URI is ``$MLFLOW_TRACKING_URI`` when set (e.g. an MLflow
-  tracking server ``http://mlflow:5000`` or ``postgresql://...``); otherwise the
-  embedded default ``sqlite:///<root>/mlflow.db`` with artifacts under
-  ``<root>/mlartifacts`` (set as the experiment's artifact location when
-  cvplatform creates it). Same code either way; only the environment changes.
+* **Where.** :mod:`cvplatform.mlflow_store` resolves it (re-exported here): the
+  tracking URI is ``$MLFLOW_TRACKING_URI`` when set (e.g. an MLflow tracking server
+  ``http://mlflow:5000`` or ``postgresql://...``); otherwise the embedded default
+  ``sqlite:///<root>/mlflow.db`` with artifacts under ``<root>/mlartifacts`` (set as
+  the experiment's artifact location when cvplatform creates it). Same code either
+  way; only the environment changes.
 * **Lineage** (tags on every training run): git commit, data version (the DVC
   md5 of the manifest: from ``dvc.lock`` when it records the manifest and is
   current, else computed the way DVC does: md5 of the file bytes), params hash,
@@ -33,59 +34,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cvplatform.errors import ConfigError, RegistryError
+from cvplatform.mlflow_store import (  # noqa: F401  (where runs go: re-exported, defined once there)
+    ENV_STORE_ROOT,
+    ENV_TRACKING_URI,
+    MlflowStore,
+    default_artifact_location,
+    store_root,
+    tracking_uri,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
-ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 ENV_AIRFLOW_RUN_ID = "AIRFLOW_CTX_DAG_RUN_ID"
-ENV_STORE_ROOT = "CVPLATFORM_STORE_ROOT"
-"""The project whose embedded store (``mlflow.db``, ``mlartifacts/``) a run's working copy uses."""
 ENV_RUN_OVERRIDES = "CVPLATFORM_RUN_OVERRIDES"
 """JSON list of the ``key.path=value`` overrides a run's working copy applied (recorded as lineage)."""
 
 
 # --------------------------------------------------------------------------- where
-def tracking_uri(root: str | os.PathLike[str]) -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db``.
-
-    Example:
-        >>> import os; os.environ.pop("MLFLOW_TRACKING_URI", None)  # doctest: +SKIP
-        >>> tracking_uri("/srv/project")  # doctest: +SKIP
-        'sqlite:////srv/project/mlflow.db'
-    """
-    env = os.environ.get(ENV_TRACKING_URI, "").strip()
-    if env:
-        return env
-    return f"sqlite:///{store_root(root) / 'mlflow.db'}"
-
-
-def store_root(root: str | os.PathLike[str]) -> Path:
-    """Where the embedded store lives: ``$CVPLATFORM_STORE_ROOT`` (set in an Airflow run's working
-    copy: the project it was made from) or else ``root`` itself."""
-    env = os.environ.get(ENV_STORE_ROOT, "").strip()
-    return Path(env or root).resolve()
-
-
-def default_artifact_location(root: str | os.PathLike[str]) -> str | None:
-    """``file://<store root>/mlartifacts`` for the embedded default; None when a server decides."""
-    if os.environ.get(ENV_TRACKING_URI, "").strip():
-        return None
-    return (store_root(root) / "mlartifacts").as_uri()
-
-
 def get_client(root: str | os.PathLike[str]) -> tuple[MlflowClient, str]:
-    """An ``MlflowClient`` on :func:`tracking_uri` (and that URI).
+    """An ``MlflowClient`` on :func:`tracking_uri` (and that URI), built by :class:`MlflowStore`.
 
     Example:
         >>> client, uri = get_client(".")  # doctest: +SKIP
     """
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking_uri(root)
-    return MlflowClient(tracking_uri=uri), uri
+    store = MlflowStore.at(root)
+    return store.client(), store.tracking_uri
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:

@@ -292,8 +292,11 @@ class _Tracker:
     """MLflow logging that never stops a rollout (failures are logged and remembered)."""
 
     def __init__(self, root: Path, experiment: str, run_name: str, tags: dict[str, str]) -> None:
+        import uuid
+
         self.run = None
         self.error: str | None = None
+        self._key = uuid.uuid4().hex  # warn_once per rollout
         try:
             from cvplatform.tracking import TrackingRun
 
@@ -311,8 +314,11 @@ class _Tracker:
             return
         try:
             fn()
-        except Exception as exc:
-            log.warning("deploy: MLflow logging failed (%s)", exc)
+        except Exception as exc:  # once per rollout: a dead server would otherwise warn at every step
+            from cvplatform.mlflow_store import warn_once
+
+            warn_once(log, f"deploy:{self._key}:mlflow", "deploy: MLflow logging failed (%s); further failures of "
+                      "this rollout's logging are not repeated", exc)
 
     def step(self, index: int, metrics: dict[str, float]) -> None:
         self._safe(lambda: self.run.log_epoch(index, metrics))

@@ -241,33 +241,17 @@ class OnnxPredictor(_BasePredictor):
 def mlflow_uris(tracking_uri: str | None) -> Iterator[None]:
     """Temporarily point MLflow's tracking and registry URIs at ``tracking_uri`` (None = leave as is).
 
-    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` (and the registry
-    URI likewise); both the module state and the environment are restored on exit, so
-    the caller's configuration (and :func:`cvplatform.tracking.tracking_uri`) is untouched.
+    :meth:`cvplatform.mlflow_store.MlflowStore.active` does it through MLflow's public API;
+    the caller's configuration (and :func:`cvplatform.tracking.tracking_uri`) is untouched
+    afterwards.
     """
     if tracking_uri is None:
         yield
         return
-    import mlflow
-    import mlflow.tracking._model_registry.utils as registry_utils
-    import mlflow.tracking._tracking_service.utils as tracking_utils
+    from cvplatform.mlflow_store import MlflowStore
 
-    env_keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved_env = {k: os.environ.get(k) for k in env_keys}
-    prev_t = getattr(tracking_utils, "_tracking_uri", None)
-    prev_r = getattr(registry_utils, "_registry_uri", None)
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    try:
+    with MlflowStore(tracking_uri, tracking_uri).active():
         yield
-    finally:
-        mlflow.set_tracking_uri(prev_t)
-        registry_utils._registry_uri = prev_r
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def load_registered_onnx(model_uri: str, *, tracking_uri: str | None = None,

@@ -1,6 +1,10 @@
 """A retrying MLflow client for the registry, and the tag names every registry module shares.
 
-:class:`RegistryClient` wraps :class:`mlflow.tracking.MlflowClient`. Every call to
+:class:`RegistryClient` wraps the ``MlflowClient`` of a
+:class:`~cvplatform.mlflow_store.MlflowStore` (the one MLflow adapter: retries go
+through its tenacity-based :meth:`~cvplatform.mlflow_store.MlflowStore.call`;
+``is_transient``, ``short_error`` and ``RetryPolicy`` live there and are re-exported
+here). Every call to
 the tracking server goes through :meth:`RegistryClient.call`, which retries
 *transient* failures with exponential backoff and, once the budget is spent,
 raises :class:`~cvplatform.registry.errors.RegistryUnavailableError` naming the
@@ -27,7 +31,8 @@ The previous values are restored afterwards.
 **Process-wide settings.** MLflow reads the HTTP settings from environment
 variables and some of its code paths (``mlflow.onnx.log_model``, the SQL registry
 resolving ``models:/<model_id>``) use the global tracking URI, so each call sets
-both for its duration and restores them exactly (:meth:`RegistryClient.fluent`).
+both for its duration through MLflow's public API and restores the caller's state
+(:meth:`RegistryClient.fluent`).
 Do not run registry calls for *different* tracking URIs concurrently in threads
 of one process.
 
@@ -43,15 +48,20 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cvplatform.errors import RegistryError
+from cvplatform.mlflow_store import (
+    MlflowStore,
+    RetriesExhausted,
+    RetryPolicy,
+    is_transient,
+    short_error,
+)
 from cvplatform.registry.errors import (
     RegistryUnavailableError,
     UnknownModelError,
@@ -62,14 +72,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from mlflow.entities.model_registry import ModelVersion, RegisteredModel
     from mlflow.tracking import MlflowClient
 
-    from cvplatform.config import Params, RegistryParams, RegistryRetryParams
+    from cvplatform.config import Params, RegistryParams
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ENV_USER = "CVPLATFORM_USER"
-ENV_HTTP_MAX_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
-ENV_HTTP_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
 
 # --------------------------------------------------------------------------- tag names
 #: Who registered the version (``$CVPLATFORM_USER`` or the OS user).
@@ -116,13 +124,6 @@ STATE_COMPLETE = "complete"
 #: File name of the ONNX graph inside an MLflow ONNX-flavour model.
 ONNX_FILE = "model.onnx"
 
-_TRANSIENT_CODES = frozenset(
-    {"TEMPORARILY_UNAVAILABLE", "DEADLINE_EXCEEDED", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"}
-)
-_TRANSIENT_STATUS = frozenset({408, 429})
-_HTTP_CODE_IN_MESSAGE = re.compile(r"failed with error code (\d{3})")
-
-
 def current_user() -> str:
     """Who is acting: ``$CVPLATFORM_USER`` if set, else the OS user (``"unknown"`` if none).
 
@@ -147,126 +148,7 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-# --------------------------------------------------------------------------- retry policy
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How many times a registry call is tried and how long to wait in between.
-
-    Example:
-        >>> RetryPolicy(attempts=4, backoff_s=0.5, backoff_factor=2, max_backoff_s=1.5).delays()
-        [0.5, 1.0, 1.5]
-    """
-
-    attempts: int = 5
-    backoff_s: float = 0.5
-    backoff_factor: float = 2.0
-    max_backoff_s: float = 8.0
-    request_timeout_s: int = 30
-    http_max_retries: int = 0
-
-    @classmethod
-    def from_params(cls, retry: RegistryRetryParams) -> RetryPolicy:
-        """Build from ``params.registry.retry``."""
-        return cls(
-            attempts=retry.attempts,
-            backoff_s=retry.backoff_s,
-            backoff_factor=retry.backoff_factor,
-            max_backoff_s=retry.max_backoff_s,
-            request_timeout_s=retry.request_timeout_s,
-            http_max_retries=retry.http_max_retries,
-        )
-
-    def delays(self) -> list[float]:
-        """The waits before the 2nd, 3rd, ... try (``attempts - 1`` values)."""
-        out, d = [], float(self.backoff_s)
-        for _ in range(max(self.attempts - 1, 0)):
-            out.append(min(d, self.max_backoff_s))
-            d *= self.backoff_factor
-        return out
-
-    @property
-    def max_wait_s(self) -> float:
-        """Total time spent waiting between tries when every try fails."""
-        return float(sum(self.delays()))
-
-
 # --------------------------------------------------------------------------- classification
-def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    stack = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        stack.extend(x for x in (e.__cause__, e.__context__) if x is not None)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True when ``exc`` is worth retrying (the server may answer a moment later).
-
-    Example:
-        >>> import requests
-        >>> is_transient(requests.exceptions.ConnectionError("refused"))
-        True
-        >>> from mlflow.exceptions import MlflowException
-        >>> from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
-        >>> is_transient(MlflowException("no such version", error_code=RESOURCE_DOES_NOT_EXIST))
-        False
-    """
-    import requests
-    import urllib3.exceptions
-    from mlflow.exceptions import MlflowException, RestException
-
-    if isinstance(exc, MlflowException):
-        code = str(exc.error_code)
-        if code in _TRANSIENT_CODES:
-            return True
-        status = exc.get_http_status_code()
-        if isinstance(exc, RestException):  # the server answered: its status decides
-            return status >= 500 or status in _TRANSIENT_STATUS
-        m = _HTTP_CODE_IN_MESSAGE.search(str(exc.message))
-        if m:  # a non-JSON error page (e.g. a proxy's 502)
-            s = int(m.group(1))
-            return s >= 500 or s in _TRANSIENT_STATUS
-        if 400 <= status < 500:
-            return False
-    for e in _exception_chain(exc):
-        if isinstance(e, requests.exceptions.HTTPError) and e.response is not None:
-            s = e.response.status_code
-            if s >= 500 or s in _TRANSIENT_STATUS:
-                return True
-            continue
-        if isinstance(
-            e,
-            requests.exceptions.ConnectionError
-            | requests.exceptions.Timeout
-            | requests.exceptions.RetryError
-            | requests.exceptions.ChunkedEncodingError
-            | urllib3.exceptions.MaxRetryError
-            | urllib3.exceptions.NewConnectionError
-            | urllib3.exceptions.ProtocolError
-            | urllib3.exceptions.TimeoutError
-            | ConnectionError
-            | TimeoutError,
-        ):
-            return True
-        if type(e).__name__ == "OperationalError" and type(e).__module__.startswith("sqlalchemy"):
-            return True
-        if isinstance(e, MlflowException) and str(e.error_code) in _TRANSIENT_CODES:
-            return True
-    return False
-
-
-def short_error(exc: BaseException, limit: int = 300) -> str:
-    """``Type: message`` on one line, shortened to ``limit`` characters."""
-    text = " ".join(str(getattr(exc, "message", None) or exc).split())
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {text}"
-
-
 def _is_mlflow_error(exc: BaseException) -> bool:
     from mlflow.exceptions import MlflowException
 
@@ -285,20 +167,6 @@ def is_already_exists(exc: BaseException) -> bool:
     from mlflow.exceptions import MlflowException
 
     return isinstance(exc, MlflowException) and str(exc.error_code) in {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}
-
-
-@contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # --------------------------------------------------------------------------- client
@@ -326,6 +194,7 @@ class RegistryClient:
     ) -> None:
         self.uri = tracking_uri
         self.retry = retry or RetryPolicy()
+        self.store = MlflowStore(tracking_uri, tracking_uri, self.retry)
         self._sleep = sleep
         self._client: MlflowClient | None = None
 
@@ -361,50 +230,22 @@ class RegistryClient:
     def mlflow(self) -> MlflowClient:
         """The underlying ``MlflowClient`` (no retries: prefer the wrapped methods)."""
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self._client = self.store.client()
         return self._client
 
-    @contextmanager
-    def http_settings(self) -> Iterator[None]:
+    def http_settings(self) -> AbstractContextManager[None]:
         """Set MLflow's per-request retries and timeout to the policy's for the duration."""
-        with _env({
-            ENV_HTTP_MAX_RETRIES: str(self.retry.http_max_retries),
-            ENV_HTTP_TIMEOUT: str(self.retry.request_timeout_s),
-        }):
-            yield
+        return self.store.http_settings()
 
-    @contextmanager
-    def fluent(self) -> Iterator[None]:
+    def fluent(self) -> AbstractContextManager[None]:
         """Point MLflow's global tracking/registry URIs at this client's URI for the duration.
 
         Needed by MLflow code that does not take a URI: ``mlflow.onnx.log_model``, and the
-        SQL registry store resolving a ``models:/<model_id>`` source. The previous state
-        (module globals *and* the ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI``
-        variables, which ``mlflow.set_tracking_uri`` also sets) is restored exactly, so
-        :func:`cvplatform.tracking.tracking_uri` is unaffected afterwards.
+        SQL registry store resolving a ``models:/<model_id>`` source. See
+        :meth:`cvplatform.mlflow_store.MlflowStore.active` (public MLflow API only; the
+        caller's URIs are unchanged afterwards).
         """
-        import mlflow
-        from mlflow.tracking._model_registry import utils as registry_utils
-        from mlflow.tracking._tracking_service import utils as tracking_utils
-
-        env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-        prev_t = getattr(tracking_utils, "_tracking_uri", None)
-        prev_r = getattr(registry_utils, "_registry_uri", None)
-        if prev_t != self.uri:
-            mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
-        try:
-            yield
-        finally:
-            tracking_utils._tracking_uri = prev_t
-            registry_utils._registry_uri = prev_r
-            for k, v in env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        return self.store.active()
 
     def call(self, what: str, fn: Callable[[], T], *, recover: Callable[[], T | None] | None = None) -> T:
         """Run ``fn()``, retrying transient failures with exponential backoff.
@@ -426,45 +267,24 @@ class RegistryClient:
         Example:
             >>> client.call("list models", lambda: client.mlflow.search_registered_models())  # doctest: +SKIP
         """
-        delays = self.retry.delays()
-        attempts = len(delays) + 1
-        t0 = time.monotonic()
-        last: BaseException | None = None
-        for attempt in range(1, attempts + 1):
-            try:
-                with self.http_settings(), self.fluent():
-                    if attempt > 1 and recover is not None:
-                        done = recover()
-                        if done is not None:
-                            log.info("registry: %s had succeeded before the connection failed", what)
-                            return done
-                    return fn()
-            except Exception as exc:
-                if isinstance(exc, RegistryError):
-                    raise
-                if not is_transient(exc):
-                    if _is_mlflow_error(exc) and not (is_not_found(exc) or is_already_exists(exc)):
-                        raise RegistryError(
-                            f"MLflow at {self.uri} refused to {what}: {short_error(exc)}. Check the model name / "
-                            "version / alias, and that this user may write to the registry."
-                        ) from exc
-                    raise  # "does not exist" / "already exists": the caller turns it into a specific error
-                last = exc
-                if attempt == attempts:
-                    break
-                delay = delays[attempt - 1]
-                log.warning("registry: %s failed (try %d/%d, %s); retrying in %.1fs",
-                            what, attempt, attempts, short_error(exc, 160), delay)
-                self._sleep(delay)
-        elapsed = time.monotonic() - t0
-        assert last is not None
-        raise RegistryUnavailableError(
-            f"cannot reach the MLflow tracking server at {self.uri}: {what} failed {attempts} time(s) over "
-            f"{elapsed:.1f}s (last error: {short_error(last)}). Check that the server is running and reachable "
-            f"(e.g. `curl {self.uri.rstrip('/')}/health` for an HTTP server), that MLFLOW_TRACKING_URI points at "
-            "it, and that its database is up; registry.retry.attempts / backoff_s in params.yaml set how long "
-            "cvplatform keeps trying."
-        ) from last
+        try:
+            return self.store.call(what, fn, recover=recover, sleep=self._sleep, fluent=True)
+        except RetriesExhausted as exc:
+            raise RegistryUnavailableError(
+                f"cannot reach the MLflow tracking server at {self.uri}: {exc}. Check that the server is running "
+                f"and reachable (e.g. `curl {self.uri.rstrip('/')}/health` for an HTTP server), that "
+                "MLFLOW_TRACKING_URI points at it, and that its database is up; registry.retry.attempts / "
+                "backoff_s in params.yaml set how long cvplatform keeps trying."
+            ) from exc.last
+        except RegistryError:
+            raise
+        except Exception as exc:
+            if _is_mlflow_error(exc) and not (is_not_found(exc) or is_already_exists(exc)):
+                raise RegistryError(
+                    f"MLflow at {self.uri} refused to {what}: {short_error(exc)}. Check the model name / "
+                    "version / alias, and that this user may write to the registry."
+                ) from exc
+            raise  # "does not exist" / "already exists": the caller turns it into a specific error
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
