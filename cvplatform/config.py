@@ -38,6 +38,8 @@ class StrictModel(BaseModel):
 class ProjectParams(StrictModel):
     seed: int = 42
     """Global seed for generators, splits and training."""
+    manifest: str = "data/processed/manifest.parquet"
+    """The manifest ingest writes and every later stage reads (relative to the project root)."""
 
 
 # --------------------------------------------------------------------------- ingest
@@ -269,8 +271,6 @@ class LossParams(StrictModel):
 
 
 class TrainParams(StrictModel):
-    manifest: str = "data/processed/manifest.parquet"
-    """Manifest to train from (relative to the project root)."""
     augment: str = "configs/augment/default.yaml"
     """Augmentation recipe (configs/augment/*.yaml)."""
     model: TrainModelParams = TrainModelParams()
@@ -340,8 +340,6 @@ class EvaluateParams(StrictModel):
     """Scenario suite (configs/scenarios/*.yaml): scenarios and gate thresholds."""
     model: str = "artifacts/export/model.onnx"
     """Model evaluated when none is given: the exported artifact (what ships), a .ckpt, an .onnx or models:/NAME@ALIAS."""
-    manifest: str = "data/processed/manifest.parquet"
-    """Manifest to evaluate from (relative to the project root)."""
     split: Literal["train", "val", "test"] = "test"
     """Manifest split the clean, corruption and slice scenarios use."""
     max_images: int | None = Field(None, ge=1)
@@ -355,11 +353,7 @@ class EvaluateParams(StrictModel):
     calibration_bins: int = Field(15, ge=2, le=100)
     """Bins of the expected calibration error and the reliability diagram."""
     compare_champion: bool = True
-    """Compare with models:/<registered_model>@<champion_alias> when it exists."""
-    registered_model: str = Field("cvplatform", min_length=1)
-    """MLflow registered model name holding the champion."""
-    champion_alias: str = Field("champion", min_length=1)
-    """Registry alias of the model in production."""
+    """Compare with models:/<registry.model_name>@<registry.champion_alias> when it exists."""
     gallery_size: int = Field(8, ge=0, le=64)
     """Worst failures (most confident wrong predictions) shown per scenario in the report."""
     log_to_mlflow: bool = True
@@ -423,8 +417,6 @@ class ExportParams(StrictModel):
 
     checkpoint: str = "artifacts/train/best.ckpt"
     """Training checkpoint to export (relative to the project root)."""
-    manifest: str = "data/processed/manifest.parquet"
-    """Manifest: test split for parity, calibration split, class names and counts for the model card."""
     opset: int = Field(17, ge=13, le=21)
     """ONNX opset of the exported graph."""
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
@@ -489,13 +481,13 @@ class RegistryParams(StrictModel):
     """
 
     model_name: str = Field("cvplatform", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\- ]*$")
-    """Registered model that ``cvplatform registry register`` adds versions to (keep equal to evaluate.registered_model)."""
+    """The registered model: ``register`` adds versions to it, ``evaluate`` compares with its champion, ``serve`` serves it."""
     reviewers: tuple[str, ...] | None = None
     """Who may approve or reject versions; None = anyone except the version's author (four-eyes always applies)."""
     challenger_alias: str = Field("challenger", min_length=1, pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
     """Alias set on a newly registered version whose gates passed."""
     champion_alias: str = Field("champion", min_length=1, pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
-    """Alias of the production version, moved by promote / rollback (keep equal to evaluate.champion_alias)."""
+    """Alias of the production version: moved by promote / rollback, the champion ``evaluate`` compares with."""
     trusted_services: tuple[str, ...] = ()
     """Tracking-server accounts allowed to record a decision made by an Airflow UI user (the pipeline workers)."""
     retry: RegistryRetryParams = RegistryRetryParams()
@@ -536,16 +528,12 @@ class ServeParams(StrictModel):
     """TCP port."""
     config: str = "configs/deploy/serving.yaml"
     """Serving configuration: batching, limits, traffic split, admin token, statistics."""
-    registered_model: str | None = None
-    """Registered model to serve; None = registry.model_name."""
 
 
 class DeployLocalParams(StrictModel):
     """The loopback canary used when no server is configured (``deploy.server: null``) or with ``--local``:
     a private ``cvplatform serve`` process plus this replay of held-out images as its traffic."""
 
-    manifest: str = "data/processed/manifest.parquet"
-    """Manifest whose held-out images are replayed."""
     split: Literal["train", "val", "test"] = "test"
     """Split replayed."""
     corrupt: float = Field(0.2, ge=0.0, le=1.0)
@@ -614,8 +602,6 @@ class MonitorParams(StrictModel):
     """Folder of the inference server's request log (requests-<UTC time>.jsonl files)."""
     log_max_bytes: int = Field(10_000_000, ge=1024)
     """The server starts a new request-log file when the current one would exceed this size (bytes)."""
-    manifest: str = "data/processed/manifest.parquet"
-    """Manifest whose train split (images and labels) is the drift reference."""
     reference_max_images: int | None = Field(5000, ge=1)
     """Measure at most N train images for the reference (the first N by sha256); None = all."""
     window_hours: float | None = Field(None, gt=0)
@@ -809,6 +795,46 @@ def load_config(path: str | os.PathLike[str], model: type[M]) -> M:
     return load_model(model, read_yaml(path), str(path))
 
 
+#: Keys that moved: one key per fact. An old key in params.yaml (or --set) is a configuration error naming its
+#: replacement, never silently ignored.
+RETIRED_KEYS: dict[str, str] = {
+    "train.manifest": "project.manifest",
+    "evaluate.manifest": "project.manifest",
+    "export.manifest": "project.manifest",
+    "deploy.local.manifest": "project.manifest",
+    "monitor.manifest": "project.manifest",
+    "evaluate.registered_model": "registry.model_name",
+    "serve.registered_model": "registry.model_name",
+    "evaluate.champion_alias": "registry.champion_alias",
+}
+
+
+def check_retired_keys(data: Mapping[str, Any], source: str) -> None:
+    """Raise ConfigError (exit 2) naming every retired key in ``data`` and the key that replaced it.
+
+    Example:
+        >>> check_retired_keys({"evaluate": {"registered_model": "x"}}, "params.yaml")
+        Traceback (most recent call last):
+        ...
+        cvplatform.errors.ConfigError: params.yaml: evaluate.registered_model was replaced by registry.model_name ...
+    """
+    found = []
+    for old, new in RETIRED_KEYS.items():
+        node: Any = data
+        for part in old.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, Mapping) else _MISSING
+        if node is not _MISSING:
+            found.append(f"{old} was replaced by {new}")
+    if found:
+        raise ConfigError(
+            f"{source}: " + "; ".join(found) + " (one key per setting). Move the value to the new key and delete "
+            "the old one (see params.yaml in the cvplatform repository for every key)."
+        )
+
+
+_MISSING = object()
+
+
 def load_params(
     path: str | os.PathLike[str] = DEFAULT_PARAMS,
     overrides: Iterable[str] = (),
@@ -829,6 +855,7 @@ def load_params(
     if overrides:
         data = apply_overrides(data, overrides, source)
         source = f"{path} (with --set {' '.join(overrides)})"
+    check_retired_keys(data, source)
     return load_model(Params, data, source)
 
 
@@ -929,8 +956,10 @@ __all__ = [
     "SchedulerParams",
     "LossParams",
     "ValidateParams",
+    "RETIRED_KEYS",
     "apply_overrides",
     "check_params",
+    "check_retired_keys",
     "load_config",
     "load_model",
     "load_params",

@@ -103,7 +103,7 @@ def _answer(url: str, root: Path, params, when: str) -> list[str]:
     """Call the server with one held-out image and say which version answered."""
     from cvplatform.serving.replay import load_items, predict_once
 
-    item = load_items(params.deploy.local.manifest, split="test", root=root, limit=1)[0]
+    item = load_items(params.project.manifest, split="test", root=root, limit=1)[0]
     body = predict_once(url, item.data)
     top = (body.get("predictions") or [{}])[0]
     return [f"{when}: {url}/v1/predict answers with v{body.get('version')} ({body.get('variant')}): "
@@ -178,7 +178,7 @@ def _canary_with_traffic(srv, root: Path, params, policy, challenger: str) -> li
 
     local = params.deploy.local
     lines: list[str] = []
-    with ReplayProcess(srv.url, root=root, manifest=local.manifest, split=local.split, corrupt=local.corrupt,
+    with ReplayProcess(srv.url, root=root, manifest=params.project.manifest, split=local.split, corrupt=local.corrupt,
                        concurrency=local.concurrency, rate=local.rate) as client:
         lines.append(f"traffic: a separate client process (`python -m cvplatform.serving.replay`, pid "
                      f"{client.proc.pid}) sends held-out {local.split} images, {local.corrupt:.0%} also corrupted")

@@ -394,7 +394,7 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
     accel = str(tp.accelerator).lower()
     pin = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
     dm = ManifestDataModule(
-        tp.manifest, recipe, root=paths.root, batch_size=tp.batch_size, eval_batch_size=tp.eval_batch_size,
+        params.project.manifest, recipe, root=paths.root, batch_size=tp.batch_size, eval_batch_size=tp.eval_batch_size,
         num_workers=tp.num_workers, seed=seed, pin_memory=pin, recipe_source=str(recipe_path),
     )
     dm.setup()

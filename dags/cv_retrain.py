@@ -84,6 +84,7 @@ def _workspace(ref: dict):
 
 def _repro(stage: str, ref: dict) -> dict:
     """dvc repro <stage> in the run's working copy, then push its outputs; returns what ran."""
+    from cvplatform.config import load_params
     from cvplatform.pipeline import push, repro
     from cvplatform.tracking import data_version
 
@@ -91,7 +92,7 @@ def _repro(stage: str, ref: dict) -> dict:
     run = repro(stage, ws.root, env=ws.env())
     if ORCH.get("push_to_remote", True):
         push(ws.root, [stage], env=ws.env())
-    manifest = ws.path / "data/processed/manifest.parquet"
+    manifest = ws.path / load_params(ws.path / "params.yaml").project.manifest  # the copy's, overrides applied
     return {
         **ref,
         "stage": stage,

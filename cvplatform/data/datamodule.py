@@ -1,6 +1,6 @@
 """The Lightning data module: manifest rows -> augmented, normalised tensor batches.
 
-* Rows come from the manifest (``train.manifest``) and its ``split`` column;
+* Rows come from the manifest (``project.manifest``) and its ``split`` column;
   image paths are relative to the project root. Nothing re-scans folders.
 * Class names and their order are fixed by the manifest: the sorted unique
   labels. Index ``i`` of the model output is ``class_names[i]``; the list is saved

@@ -622,7 +622,7 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
 
     _reset_dir(paths.raw)
     store, pruned = _prepare_quarantine(params, paths)
-    paths.manifest.unlink(missing_ok=True)
+    paths.resolve(params.project.manifest).unlink(missing_ok=True)
     incoming = paths.raw / _INCOMING
     incoming.mkdir()
     artifacts = paths.artifacts("ingest")
@@ -732,7 +732,7 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
             f"See {report} for the reason of each file."
         )
     df = pd.DataFrame(rows)
-    manifest = write_manifest(df, paths.manifest)
+    manifest = write_manifest(df, paths.resolve(params.project.manifest))
     result.manifest = rel(manifest)
     result.manifest_sha256 = sha256_file(manifest)
     result.write_summary(artifacts)

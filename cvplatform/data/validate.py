@@ -550,7 +550,7 @@ def run_validate(params: Params, *, root: str | Path | None = None) -> ValidateR
     paths = ProjectPaths.at(root)
     out_dir = paths.artifacts("validate")
     suite_file = paths.resolve(params.validate_params.suite)
-    manifest_file = paths.manifest
+    manifest_file = paths.resolve(params.project.manifest)
     try:
         suite_cfg = load_config(suite_file, ManifestSuiteConfig)
         # no `required` here: missing columns are reported by the suite (summary + Data Docs)

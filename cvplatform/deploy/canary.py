@@ -435,7 +435,8 @@ def _check_model(params: Any, model: str, url: str, version: str) -> None:
     if expected and model != expected:
         raise DeployError(
             f"the server at {url} serves registered model {model!r}, but version {version} belongs to {expected!r} "
-            "(registry.model_name). Point deploy.server at the service of that model, or fix serve.registered_model."
+            "(registry.model_name). Point deploy.server at the service of that model, or fix the server's "
+            "models.registered_model in its serving config."
         )
 
 
@@ -758,7 +759,8 @@ def run_canary_local(
 
     paths = ProjectPaths.at(root)
     local = getattr(getattr(params, "deploy", None), "local", None)
-    manifest = manifest or (local.manifest if local is not None else "data/processed/manifest.parquet")
+    project = getattr(params, "project", None)
+    manifest = manifest or (project.manifest if project is not None else "data/processed/manifest.parquet")
     split = split or (local.split if local is not None else "test")
     corrupt = corrupt if corrupt is not None else (local.corrupt if local is not None else 0.2)
     concurrency = concurrency or (local.concurrency if local is not None else 2)

@@ -15,7 +15,7 @@ Airflow task):
 3. builds every scenario (clean, corruptions seeded per image, metadata slices,
    curated lists), predicts, computes metrics with bootstrap intervals;
 4. when ``evaluate.compare_champion`` is set and
-   ``models:/<registered_model>@<champion_alias>`` exists, runs the champion on
+   ``models:/<registry.model_name>@<registry.champion_alias>`` exists, runs the champion on
    the *same* scenario images (paired comparison);
 5. decides the gates with the pure :func:`~cvplatform.evaluation.gates.check_gates`;
 6. writes ``artifacts/evaluate/`` (report.md/html, plots, metrics.json,
@@ -46,7 +46,7 @@ from cvplatform.utils.io import ProjectPaths, write_json
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from cvplatform.config import EvaluateParams, Params
+    from cvplatform.config import EvaluateParams, Params, RegistryParams
     from cvplatform.evaluation.gates import GateReport
     from cvplatform.evaluation.metrics import ScenarioResult
     from cvplatform.evaluation.predictors import Predictor
@@ -146,31 +146,32 @@ def _scenario_seed(seed: int, name: str) -> int:
 
 
 # --------------------------------------------------------------------------- champion
-def find_champion(cfg: EvaluateParams, tracking_uri: str) -> tuple[str | None, str]:
+def find_champion(registry: RegistryParams, tracking_uri: str) -> tuple[str | None, str]:
     """Resolve ``models:/<registered_model>@<champion_alias>``; ``(None, why)`` when it does not exist.
 
     Raises:
         RegistryError: the registry cannot be reached (naming the URI).
 
     Example:
-        >>> find_champion(params.evaluate, "sqlite:///mlflow.db")  # doctest: +SKIP
+        >>> find_champion(params.registry, "sqlite:///mlflow.db")  # doctest: +SKIP
         ('models:/cvplatform@champion', 'version 3')
     """
     from mlflow.exceptions import MlflowException
 
     from cvplatform.mlflow_store import MlflowStore
 
-    uri = f"models:/{cfg.registered_model}@{cfg.champion_alias}"
+    name, alias = registry.model_name, registry.champion_alias
+    uri = f"models:/{name}@{alias}"
     client = MlflowStore(tracking_uri, tracking_uri).client()
     try:
-        mv = client.get_model_version_by_alias(cfg.registered_model, cfg.champion_alias)
+        mv = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         code = getattr(exc, "error_code", "")
         text = str(exc)
         if code == "RESOURCE_DOES_NOT_EXIST" and "Registered Model" in text:
-            return None, f"registered model {cfg.registered_model!r} does not exist in {tracking_uri}"
+            return None, f"registered model {name!r} does not exist in {tracking_uri}"
         if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and "not found" in text.lower():
-            return None, f"registered model {cfg.registered_model!r} has no alias {cfg.champion_alias!r}"
+            return None, f"registered model {name!r} has no alias {alias!r}"
         raise RegistryError(f"cannot look up {uri} in {tracking_uri}: {text}") from exc
     except Exception as exc:
         raise RegistryError(
@@ -209,12 +210,12 @@ def _headline_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def _champion(cfg: EvaluateParams, mlflow_uri: str, predictor: Predictor,
+def _champion(cfg: EvaluateParams, registry: RegistryParams, mlflow_uri: str, predictor: Predictor,
               root: Path) -> tuple[Predictor | None, str | None, str, str | None]:
     """``(champion, uri, note, incompatible)``: the champion predictor when comparable; else why not."""
     if not cfg.compare_champion:
         return None, None, "evaluate.compare_champion is false", None
-    uri, note = find_champion(cfg, mlflow_uri)
+    uri, note = find_champion(registry, mlflow_uri)
     if uri is None:
         return None, None, note, None
     champion = _load_champion(uri, mlflow_uri, root)
@@ -420,7 +421,7 @@ def run_evaluate(
             f"({class_names}). Fix critical_classes in the suite."
         )
 
-    manifest_path = paths.resolve(cfg.manifest)
+    manifest_path = paths.resolve(params.project.manifest)
     manifest = read_manifest(manifest_path)
     split_rows = select_split(manifest, cfg.split, cfg.max_images, source=str(manifest_path), key="evaluate.split")
     data = load_images(split_rows, paths.root, predictor, f"{manifest_path} (split {cfg.split!r})")
@@ -436,7 +437,7 @@ def run_evaluate(
 
     lap("load")
     # champion
-    champion, champion_uri, champion_note, incompatible = _champion(cfg, mlflow_uri, predictor, paths.root)
+    champion, champion_uri, champion_note, incompatible = _champion(cfg, params.registry, mlflow_uri, predictor, paths.root)
     lap("champion")
     # run the scenarios
     predictors: list[Predictor] = [predictor] + ([champion] if champion is not None else [])

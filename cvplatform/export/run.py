@@ -21,7 +21,7 @@ What it does, in order:
    written by the ``evaluate`` stage, which runs *after* export on the chosen
    artifact (it needs the verdict of the gates on what ships).
 
-Reads: ``export.checkpoint`` (``artifacts/train/best.ckpt``), ``export.manifest``
+Reads: ``export.checkpoint`` (``artifacts/train/best.ckpt``), ``project.manifest``
 (and the images it lists), ``artifacts/train/summary.json`` (run id, data version),
 ``dvc.lock`` (data version fallback), the scenario suite (``export.int8.suite`` or
 ``evaluate.suite``) on which INT8 is compared with fp32.
@@ -212,7 +212,7 @@ def check_checkpoint_matches(loaded: LoadedModel, params: Params, manifest: pd.D
         raise ModelError(
             f"{where}: checkpoint has {len(names)} classes {names} but the manifest {manifest_path} has "
             f"{len(labels)} labels {labels} ({'; '.join(detail)}). Re-train on this manifest (`cvplatform train`) "
-            "or export with the manifest the checkpoint was trained on (export.manifest)."
+            "or export with the manifest the checkpoint was trained on (project.manifest)."
         )
     if params.train.num_classes is not None and params.train.num_classes != loaded.num_classes:
         raise ModelError(
@@ -354,7 +354,7 @@ def run_export(
     cfg = params.export
     out_dir = paths.artifacts(STAGE)
     ckpt = paths.resolve(checkpoint if checkpoint is not None else cfg.checkpoint)
-    manifest_path = paths.resolve(cfg.manifest)
+    manifest_path = paths.resolve(params.project.manifest)
 
     # ---------------------------------------------------------------- inputs, checked before anything is written
     manifest = read_manifest(manifest_path)

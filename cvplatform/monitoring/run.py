@@ -262,7 +262,7 @@ def run_monitor(
         hours = (end - start).total_seconds() / 3600.0
     baseline_start = start - timedelta(hours=policy.prediction.baseline_hours)
 
-    reference, cached = get_reference(cfg.manifest, paths.root, split="train",
+    reference, cached = get_reference(params.project.manifest, paths.root, split="train",
                                       max_images=cfg.reference_max_images)
 
     log_dir = paths.resolve(cfg.log_dir)

@@ -656,9 +656,6 @@ def register_model(
             mv = _create_version(c, name, model_uri, model_id, run_id, tags, description)
             log.info("register: created version %s of %r", mv.version, name)
             notes = _finish(c, params, name, mv, delete_on_failure=True)
-            if params.evaluate.registered_model != name:
-                notes.append(f"evaluate.registered_model is {params.evaluate.registered_model!r}, not {name!r}: "
-                             "evaluation will not compare against this model's champion")
             c.call("finish the registration run", lambda: c.mlflow.set_terminated(run_id, "FINISHED"))
         except BaseException:
             with contextlib.suppress(Exception):  # best effort: the original error is what matters

@@ -40,7 +40,7 @@ def project(tmp_path_factory):
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     root = make_tiny_project(tmp_path_factory.mktemp("canary_task"), per_class=15, size=16,
-                             overrides=[f"registry.model_name={MODEL}", f"serve.registered_model={MODEL}",
+                             overrides=[f"registry.model_name={MODEL}",
                                         "deploy.policy=configs/deploy/canary-task.yaml"])
     policy = apply_overrides(read_yaml(root / "configs/deploy/canary.yaml"), [
         STEPS, "poll_interval_s=0.4", "step_timeout_s=60", "thresholds.min_shadow_pairs=12",

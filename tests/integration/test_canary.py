@@ -62,7 +62,7 @@ def project(tmp_path_factory):
     mp.delenv("CVPLATFORM_ADMIN_TOKEN", raising=False)
     mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     root = make_tiny_project(tmp_path_factory.mktemp("canary"), per_class=15, size=16,
-                             overrides=[f"registry.model_name={MODEL}", f"serve.registered_model={MODEL}"])
+                             overrides=[f"registry.model_name={MODEL}"])
     serving = root / "configs" / "deploy" / "serving.yaml"
     cfg = apply_overrides(read_yaml(serving), ["models.intra_op_threads=1", "models.poll_interval_s=0"], "serving")
     serving.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
@@ -227,7 +227,7 @@ def test_too_little_traffic_is_inconclusive_and_the_version_stays_approved(proje
 
 def test_first_deployment_without_a_champion_is_promoted_directly(project):
     root, versions = project
-    overrides = [f"registry.model_name={FIRST}", f"serve.registered_model={FIRST}"]
+    overrides = [f"registry.model_name={FIRST}"]
     res = run_canary_local(load_params(root / "params.yaml", overrides), versions["first"], root=root,
                            overrides=overrides, policy=test_policy())
     assert res.decision == "promote" and res.steps == [] and "no champion" in res.reasons[0]

@@ -39,7 +39,7 @@ def project(tmp_path_factory):
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     mp.delenv("CVPLATFORM_ADMIN_TOKEN", raising=False)
     root = make_tiny_project(tmp_path_factory.mktemp("serving"), per_class=10, size=20,
-                             overrides=[f"registry.model_name={MODEL}", f"serve.registered_model={MODEL}"])
+                             overrides=[f"registry.model_name={MODEL}"])
     serving = root / "configs" / "deploy" / "serving.yaml"
     overrides = [f"limits.{k}={v}" for k, v in LIMITS.items()] + [
         "models.poll_interval_s=0.5", "models.intra_op_threads=1", "batching.max_wait_ms=10",

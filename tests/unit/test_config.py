@@ -110,3 +110,46 @@ def test_params_hash_is_stable_and_sensitive():
     b = load_params(REPO / "params.yaml")
     c = load_params(REPO / "params.yaml", ["ingest.workers=1"])
     assert params_hash(a) == params_hash(b) != params_hash(c)
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("train.manifest", "project.manifest"), ("evaluate.manifest", "project.manifest"),
+    ("export.manifest", "project.manifest"), ("deploy.local.manifest", "project.manifest"),
+    ("monitor.manifest", "project.manifest"), ("evaluate.registered_model", "registry.model_name"),
+    ("serve.registered_model", "registry.model_name"), ("evaluate.champion_alias", "registry.champion_alias"),
+])
+def test_a_retired_key_names_its_replacement(tmp_path, old, new):
+    """One key per fact: an old key in a user's params.yaml is an error naming the key that replaced it."""
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    node = data
+    *parents, leaf = old.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = "x"
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=rf"{f}: {old} was replaced by {new}\b.*Move the value to the new key"):
+        load_params(f)
+    with pytest.raises(ConfigError, match=rf"{old} was replaced by {new}"):
+        load_params(REPO / "params.yaml", [f"{old}=x"])
+
+
+def test_one_key_per_fact_in_the_repository_params():
+    """The manifest path, the registered model and the champion alias each appear once in params.yaml."""
+    text = (REPO / "params.yaml").read_text()
+    keys = [line.split(":")[0].strip() for line in text.splitlines() if ":" in line and not line.strip().startswith("#")]
+    assert keys.count("manifest") == 1 and keys.count("model_name") == 1 and keys.count("champion_alias") == 1
+    assert "registered_model" not in keys
+    p = load_params(REPO / "params.yaml")
+    assert p.project.manifest == "data/processed/manifest.parquet"
+
+
+def test_cli_exits_2_on_a_retired_key(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cvplatform.cli import app
+
+    monkeypatch.chdir(REPO)
+    res = CliRunner().invoke(app, ["config", "--set", "evaluate.registered_model=other"])
+    assert res.exit_code == 2
+    assert "evaluate.registered_model was replaced by registry.model_name" in res.output

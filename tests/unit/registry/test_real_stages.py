@@ -4,8 +4,8 @@ The gates judge the artifact that export chose, and the registry refuses any oth
 sha256 is the one in the gate report.
 
 Also checks the other side of the contract: evaluation finds the promoted
-version as ``models:/cvplatform@champion`` (evaluate.registered_model and
-registry.model_name share their default).
+version as ``models:/cvplatform@champion`` (both read registry.model_name and
+registry.champion_alias).
 """
 
 from __future__ import annotations
