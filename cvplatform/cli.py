@@ -175,6 +175,32 @@ def evaluate(
     _run(go)
 
 
+@app.command("champion-ref")
+def champion_ref(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write the registry champion's version and sha256 to artifacts/champion.json when it changed (a dependency
+    of `evaluate` in dvc.yaml: a promotion or rollback re-runs evaluate; the same champion keeps `dvc repro` a no-op)."""
+    _setup_logging(verbose)
+
+    def go():
+        import json
+
+        from cvplatform.evaluation.champion import describe, write_champion_ref
+
+        path, changed = write_champion_ref(_params(params, set_))
+
+        class _Summary:
+            def lines(self) -> list[str]:
+                return [describe(json.loads(path.read_text())), f"  {path}: {'updated' if changed else 'unchanged'}"]
+
+        return _Summary()
+
+    _run(go)
+
+
 @app.command()
 def export(
     checkpoint: Annotated[

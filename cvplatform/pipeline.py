@@ -86,8 +86,31 @@ def run_dvc(args: list[str], root: str | os.PathLike[str], *, tail_lines: int = 
 
 def repro(stage: str, root: str | os.PathLike[str], *, force: bool = False,
           env: dict[str, str] | None = None) -> DvcRun:
-    """``dvc repro <stage>``: run the stage if its deps/params changed (and stale upstream stages)."""
+    """``dvc repro <stage>``: run the stage if its deps/params changed (and stale upstream stages).
+
+    Before ``evaluate`` (or ``champion``), ``cvplatform champion-ref`` refreshes
+    ``artifacts/champion.json`` (in ``root``, with ``env``), so a promotion or rollback since the
+    last run re-runs ``evaluate`` while the same champion leaves it up to date.
+    """
+    if stage in ("evaluate", "champion"):
+        refresh_champion_ref(root, env=env)
     return run_dvc(["repro", stage, *(["--force", "--single-item"] if force else [])], root, env=env)
+
+
+def refresh_champion_ref(root: str | os.PathLike[str], *, env: dict[str, str] | None = None) -> None:
+    """Run ``cvplatform champion-ref`` in ``root`` (rewrites artifacts/champion.json only when the champion changed).
+
+    Raises:
+        PipelineError: the command failed (e.g. the registry is unreachable), with its output.
+    """
+    exe = Path(sys.executable).parent / "cvplatform"
+    cmd = [str(exe) if exe.exists() else "cvplatform", "champion-ref"]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=dvc_env(env))
+    for line in (proc.stdout + proc.stderr).splitlines():
+        log.info("champion-ref| %s", line)
+    if proc.returncode != 0:
+        raise PipelineError(f"`cvplatform champion-ref` failed in {root} (exit {proc.returncode}):\n"
+                            f"{proc.stdout}{proc.stderr}")
 
 
 def push(root: str | os.PathLike[str], targets: Iterable[str] = (), *, env: dict[str, str] | None = None) -> DvcRun:
