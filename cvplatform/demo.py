@@ -36,7 +36,16 @@ from cvplatform.serving.local import LocalProcessError
 
 
 def _summary(root: Path, stage: str) -> dict | None:
+    """A stage's summary.json (through its typed :mod:`cvplatform.artifacts` model when it has one), or None."""
+    from cvplatform import artifacts
+
+    models = {"ingest": artifacts.IngestSummary, "validate": artifacts.ValidateSummary,
+              "train": artifacts.TrainSummary, "export": artifacts.ExportSummary,
+              "evaluate": artifacts.EvaluateSummary}
     f = root / "artifacts" / stage / "summary.json"
+    if stage in models:
+        found = models[stage].read_if_present(f)
+        return found.to_dict() if found is not None else None
     return json.loads(f.read_text()) if f.exists() else None
 
 

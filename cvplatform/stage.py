@@ -19,6 +19,8 @@ class StageResult:
     """Base result. Subclasses are dataclasses with JSON-friendly fields."""
 
     stage: ClassVar[str] = "stage"
+    summary_model: ClassVar[str | None] = None
+    """Name of the :mod:`cvplatform.artifacts` model the summary is written through (typed, versioned)."""
     summary_path: Path | None = field(default=None, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
@@ -36,7 +38,14 @@ class StageResult:
         return [f"{self.stage}: done"]
 
     def write_summary(self, artifacts_dir: Path) -> Path:
-        self.summary_path = write_json(Path(artifacts_dir) / "summary.json", self.to_dict())
+        """Write ``summary.json`` (through its :mod:`cvplatform.artifacts` model when the stage has one)."""
+        path = Path(artifacts_dir) / "summary.json"
+        if self.summary_model:
+            from cvplatform import artifacts
+
+            self.summary_path = getattr(artifacts, self.summary_model).model_validate(self.to_dict()).write(path)
+        else:
+            self.summary_path = write_json(path, self.to_dict())
         return self.summary_path
 
 

@@ -75,6 +75,7 @@ class TrainResult(StageResult):
     """What ``run_train`` returns (and writes to ``artifacts/train/summary.json``)."""
 
     stage: ClassVar[str] = "train"
+    summary_model: ClassVar[str | None] = "TrainSummary"
 
     run_id: str | None
     """MLflow run id (None on non-zero DDP ranks)."""

@@ -157,20 +157,20 @@ def cv_retrain():
     @task
     def train(ref: dict) -> dict:
         """Lightning training tracked in MLflow (the Airflow run id and the overrides are tagged on the run)."""
-        import json
+        from cvplatform.artifacts import TrainSummary
 
         out = _repro("train", ref)
-        summary = json.loads((Path(ref["root"]) / "artifacts/train/summary.json").read_text())
-        return {**out, "mlflow_run_id": summary.get("run_id"), "best_metrics": summary.get("best_metrics")}
+        summary = TrainSummary.read(TrainSummary.at(ref["root"]))
+        return {**out, "mlflow_run_id": summary.run_id, "best_metrics": summary.best_metrics}
 
     @task
     def export(ref: dict) -> dict:
         """ONNX export with the parity gate, INT8 decision and benchmark (evaluate judges the chosen file)."""
-        import json
+        from cvplatform.artifacts import ExportSummary
 
         out = _repro("export", ref)
-        summary = json.loads((Path(ref["root"]) / "artifacts/export/summary.json").read_text())
-        return {**out, "chosen": summary.get("chosen"), "sha256": summary.get("sha256")}
+        summary = ExportSummary.read(ExportSummary.at(ref["root"]))
+        return {**out, "chosen": summary.chosen, "sha256": summary.sha256}
 
     @task
     def evaluate(ref: dict) -> dict:

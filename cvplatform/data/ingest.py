@@ -507,6 +507,7 @@ class IngestResult(StageResult):
     """What ``run_ingest`` did. Paths are relative to the project root (posix)."""
 
     stage: ClassVar[str] = "ingest"
+    summary_model: ClassVar[str | None] = "IngestSummary"
     source: str
     seen: int
     accepted: int

@@ -105,6 +105,7 @@ class ValidateResult(StageResult):
     """
 
     stage: ClassVar[str] = "validate"
+    summary_model: ClassVar[str | None] = "ValidateSummary"
 
     success: bool
     rows: int

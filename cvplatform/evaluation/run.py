@@ -30,7 +30,6 @@ Airflow task):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -65,6 +64,7 @@ class EvaluateResult(StageResult):
     """What ``run_evaluate`` returns (and writes to ``artifacts/evaluate/summary.json``)."""
 
     stage: ClassVar[str] = STAGE
+    summary_model: ClassVar[str | None] = "EvaluateSummary"
 
     model: str
     """The evaluated model (path or models:/ URI)."""
@@ -256,13 +256,15 @@ def _belongs_to_run(paths: ProjectPaths, train_summary: dict[str, Any], ref: str
 
 
 def _read_export_summary(paths: ProjectPaths) -> dict[str, Any]:
-    p = paths.artifacts("export") / "summary.json"
+    """``artifacts/export/summary.json`` as a dict ({} when missing; a warning and {} when invalid)."""
+    from cvplatform.artifacts import ArtifactError, ExportSummary
+
     try:
-        data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        log.warning("evaluate: %s is unreadable", p)
+        summary = ExportSummary.read_if_present(ExportSummary.at(paths.root))
+    except ArtifactError as exc:
+        log.warning("evaluate: %s", exc)
         return {}
-    return data if isinstance(data, dict) else {}
+    return summary.to_dict() if summary is not None else {}
 
 
 def _write_card(paths: ProjectPaths, params: Params, out_dir: Path, model_sha: str | None, manifest: pd.DataFrame,
@@ -310,14 +312,15 @@ def _gallery(b: BuiltScenario, res: ScenarioResult, class_names: list[str], k: i
 
 # --------------------------------------------------------------------------- mlflow
 def _train_run(paths: ProjectPaths) -> dict[str, Any]:
-    p = paths.artifacts("train") / "summary.json"
-    if not p.is_file():
-        return {}
+    """``artifacts/train/summary.json`` as a dict ({} when missing; a warning and {} when invalid)."""
+    from cvplatform.artifacts import ArtifactError, TrainSummary
+
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        log.warning("%s is unreadable; evaluation results are not logged to MLflow", p)
+        summary = TrainSummary.read_if_present(TrainSummary.at(paths.root))
+    except ArtifactError as exc:
+        log.warning("%s; evaluation results are not logged to MLflow", exc)
         return {}
+    return summary.to_dict() if summary is not None else {}
 
 
 def _log_to_mlflow(run_id: str, tracking_uri: str, metrics: dict[str, float], tags: dict[str, str],
@@ -386,6 +389,7 @@ def run_evaluate(
 
     quiet_libraries()  # no third-party INFO floods in task logs and notebooks
 
+    from cvplatform.artifacts import GateReportFile
     from cvplatform.data.manifest import read_manifest
     from cvplatform.evaluation.gates import check_gates
     from cvplatform.evaluation.metrics import ScenarioResult, corruption_error_summary, softmax
@@ -549,7 +553,7 @@ def run_evaluate(
         "policy": policy.model_dump(mode="json"),
         "corruption_summary": cs,
     }
-    written["gate_report"] = write_json(out_dir / "gate_report.json", gate_doc)
+    written["gate_report"] = GateReportFile.model_validate(gate_doc).write(out_dir / "gate_report.json")
 
     card = _write_card(paths, params, out_dir, model_sha, manifest, manifest_path, gate_doc, rows, {
         "model": predictor.name, "model_sha256": model_sha, "suite": str(cfg.suite), "split": cfg.split,

@@ -62,15 +62,19 @@ def read_evaluation(evaluate_dir: str | os.PathLike[str], checkpoint: str | os.P
         >>> ev.summary["passed"]  # doctest: +SKIP
         True
     """
+    from cvplatform.artifacts import ArtifactError, EvaluateSummary, GateReportFile
+
     d = Path(evaluate_dir)
     out = Evaluation()
-    for name, attr in (("summary.json", "summary"), ("gate_report.json", "gate_report")):
-        p = d / name
-        if p.is_file():
-            try:
-                setattr(out, attr, json.loads(p.read_text(encoding="utf-8")))
-            except (OSError, json.JSONDecodeError) as exc:
-                out.note = f"{p} is unreadable ({exc}); re-run `cvplatform evaluate`"
+    for name, attr, model in (("summary.json", "summary", EvaluateSummary),
+                              ("gate_report.json", "gate_report", GateReportFile)):
+        try:
+            found = model.read_if_present(d / name)
+        except ArtifactError as exc:
+            out.note = str(exc)
+            continue
+        if found is not None:
+            setattr(out, attr, found.to_dict())
     if out.summary is None and not out.note:
         out.note = f"no evaluation found ({d / 'summary.json'} is missing): run `cvplatform evaluate` before export"
     elif out.summary is not None and checkpoint is not None:

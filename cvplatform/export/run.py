@@ -78,6 +78,7 @@ class ExportResult(StageResult):
     """
 
     stage: ClassVar[str] = STAGE
+    summary_model: ClassVar[str | None] = "ExportSummary"
 
     chosen: str
     """``fp32`` or ``int8``: which file ``model.onnx`` is."""
@@ -172,15 +173,16 @@ class ExportResult(StageResult):
 
 
 # --------------------------------------------------------------------------- helpers
-def _read_json(p: Path) -> dict[str, Any]:
-    if not p.is_file():
-        return {}
+def _read_train_summary(root: Path) -> dict[str, Any]:
+    """``artifacts/train/summary.json`` as a dict ({} when missing; a warning and {} when invalid)."""
+    from cvplatform.artifacts import ArtifactError, TrainSummary
+
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        log.warning("export: %s is unreadable; lineage from it is not available", p)
+        summary = TrainSummary.read_if_present(TrainSummary.at(root))
+    except ArtifactError as exc:
+        log.warning("export: %s; lineage from it is not available", exc)
         return {}
-    return data if isinstance(data, dict) else {}
+    return summary.to_dict() if summary is not None else {}
 
 
 def check_checkpoint_matches(loaded: LoadedModel, params: Params, manifest: pd.DataFrame, manifest_path: Path) -> None:
@@ -382,7 +384,7 @@ def run_export(
         (out_dir / name).unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- lineage
-    train_summary = _read_json(paths.artifacts("train") / "summary.json")
+    train_summary = _read_train_summary(paths.root)
     if train_summary and not _is_training_checkpoint(paths, train_summary, ckpt):
         log.warning("export: %s is not the checkpoint recorded in artifacts/train/summary.json (%s); its training "
                     "run id and data version are unknown and nothing is logged to that run",

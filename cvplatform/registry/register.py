@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from cvplatform.artifacts import ArtifactError, ExportSummary, GateReportFile, StageArtifact, TrainSummary
 from cvplatform.errors import CVPlatformError, ModelError, RegistryError
 from cvplatform.registry.audit import event_tags, new_event
 from cvplatform.registry.client import (
@@ -175,6 +176,14 @@ class RegistrationInputs:
     export_summary: dict[str, Any]
 
 
+def _read_artifact(model: type[StageArtifact], path: Path) -> dict[str, Any]:
+    """A stage artifact through its typed model, as a dict; its errors become RegistrationInputError."""
+    try:
+        return model.read(path).to_dict()
+    except ArtifactError as exc:
+        raise RegistrationInputError(str(exc)) from None
+
+
 def _read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
     if not path.is_file():
         raise RegistrationInputError(f"{path}: {what} not found. {fix}")
@@ -236,7 +245,7 @@ def read_inputs(paths: ProjectPaths) -> RegistrationInputs:
     """
     exp_dir, eval_dir, train_dir = paths.artifacts("export"), paths.artifacts("evaluate"), paths.artifacts("train")
     summary_path = exp_dir / "summary.json"
-    export = _read_json(summary_path, "export summary", "Run `cvplatform export` first.")
+    export = _read_artifact(ExportSummary, summary_path)
     missing = [k for k in ("artifact", "sha256") if not export.get(k)]
     if missing:
         raise RegistrationInputError(f"{summary_path}: key(s) {missing} missing. Re-run `cvplatform export`.")
@@ -264,8 +273,7 @@ def read_inputs(paths: ProjectPaths) -> RegistrationInputs:
         )
 
     train_summary_path = train_dir / "summary.json"
-    train = _read_json(train_summary_path, "training summary", "Run `cvplatform train` first.") \
-        if train_summary_path.is_file() else {}
+    train = _read_artifact(TrainSummary, train_summary_path) if train_summary_path.is_file() else {}
     train_run = export.get("train_run_id") or train.get("mlflow_run_id") or train.get("run_id")
     if not train_run:
         raise RegistrationInputError(
@@ -280,9 +288,7 @@ def read_inputs(paths: ProjectPaths) -> RegistrationInputs:
         )
 
     gate_path = eval_dir / "gate_report.json"
-    gate = _read_json(gate_path, "evaluation gate report", "Run `cvplatform evaluate` first.")
-    if "passed" not in gate:
-        raise RegistrationInputError(f"{gate_path}: key 'passed' missing. Re-run `cvplatform evaluate`.")
+    gate = _read_artifact(GateReportFile, gate_path)
     judged = gate.get("model_sha256")
     if judged != sha:
         raise GateReportMismatchError(

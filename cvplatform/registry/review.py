@@ -89,6 +89,17 @@ def _json_file(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _gate_report(root: Path, notes: list[str]) -> dict[str, Any]:
+    """The evaluation gate report through its typed model ({} and a note when missing or invalid)."""
+    from cvplatform.artifacts import ArtifactError, GateReportFile
+
+    try:
+        return GateReportFile.read(GateReportFile.at(root)).to_dict()
+    except ArtifactError as exc:
+        notes.append(f"no gate facts: {exc}")
+        return {}
+
+
 def _side(c: RegistryClient, name: str, version: str) -> Side:
     mv = c.version(name, version)
     side = Side(str(mv.version), dict(mv.tags or {}), mv.run_id)
@@ -160,9 +171,9 @@ def review_facts(
     cfg = resolve_params(params, root)
     c = client or RegistryClient.from_params(cfg, root)
     base = Path(root or os.getcwd())
-    gate = _json_file(base / "artifacts/evaluate/gate_report.json")
-    metrics = _json_file(base / "artifacts/evaluate/scenarios.json")
     notes: list[str] = []
+    gate = _gate_report(base, notes)
+    metrics = _json_file(base / "artifacts/evaluate/scenarios.json")
     cand = champ = None
     try:
         cand = _side(c, name, str(version))
