@@ -354,6 +354,331 @@ def _mlflow_key(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in name)
 
 
+# --------------------------------------------------------------------------- the stage's steps
+class _Laps:
+    """Wall time of each named step since the previous one (``timings_s`` of the result)."""
+
+    def __init__(self) -> None:
+        self.start = self.mark = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self.mark, 4)
+        self.mark = now
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+@dataclass
+class _Inputs:
+    """Everything ``evaluate`` judges: the suite, the model, the images, where MLflow is."""
+
+    suite_path: Path
+    suite: Any
+    scenarios: list[Any]
+    ref: str
+    predictor: Predictor
+    model_sha: str | None
+    class_names: list[str]
+    manifest_path: Path
+    manifest: pd.DataFrame
+    data: Any
+    train_summary: dict[str, Any]
+    mlflow_uri: str
+    """The registry (models:/ refs, champion) follows the current configuration."""
+    run_uri: str
+    """The training run is logged to wherever it was created."""
+    root: Path
+
+
+def _load_inputs(params: Params, paths: ProjectPaths, model: str | os.PathLike[str] | None) -> _Inputs:
+    """Load the suite, the model under test (hashed) and the evaluated split's images.
+
+    Raises:
+        ConfigError: bad suite, or critical classes the model does not have.
+        DataError: missing manifest/images, empty split. ModelError: the model cannot be loaded.
+    """
+    from cvplatform.data.manifest import read_manifest
+    from cvplatform.evaluation.predictors import load_predictor
+    from cvplatform.evaluation.scenarios import load_suite
+    from cvplatform.evaluation.suite_runner import load_images, select_split
+    from cvplatform.tracking import tracking_uri as default_tracking_uri
+
+    cfg = params.evaluate
+    suite_path = paths.resolve(cfg.suite)
+    suite = load_suite(suite_path)
+    train_summary = _train_run(paths)
+    mlflow_uri = default_tracking_uri(paths.root)
+    ref = str(model) if model is not None else cfg.model
+    log.info("evaluate: loading model %s", ref)
+    predictor = load_predictor(ref, root=paths.root, tracking_uri=mlflow_uri)
+    class_names = list(predictor.class_names)
+    bad_critical = [c for c in suite.critical_classes if c not in class_names]
+    if bad_critical:
+        raise ConfigError(
+            f"{suite_path}: critical_classes {bad_critical} are not classes of the model {predictor.name} "
+            f"({class_names}). Fix critical_classes in the suite."
+        )
+    manifest_path = paths.resolve(params.project.manifest)
+    manifest = read_manifest(manifest_path)
+    split_rows = select_split(manifest, cfg.split, cfg.max_images, source=str(manifest_path), key="evaluate.split")
+    data = load_images(split_rows, paths.root, predictor, f"{manifest_path} (split {cfg.split!r})")
+    return _Inputs(suite_path, suite, suite.expand(), ref, predictor, _model_sha256(ref, paths, predictor),
+                   class_names, manifest_path, manifest, data, train_summary, mlflow_uri,
+                   str(train_summary.get("tracking_uri") or mlflow_uri), paths.root)
+
+
+@dataclass
+class _Judged:
+    """Per-scenario results of the model (and of the champion, on the same pixels)."""
+
+    results: dict[str, ScenarioResult]
+    champ_results: dict[str, ScenarioResult]
+    built: list[BuiltScenario]
+    predictions: int
+
+
+def _run_scenarios(inp: _Inputs, cfg: EvaluateParams, seed: int, champion: Predictor | None) -> _Judged:
+    """Predict every scenario with the model (and the champion) and compute its metrics."""
+    from cvplatform.evaluation.metrics import ScenarioResult, softmax
+    from cvplatform.evaluation.suite_runner import run_suite
+
+    predictors: list[Predictor] = [inp.predictor] + ([champion] if champion is not None else [])
+    runs = run_suite(predictors, inp.data, suite_path=inp.suite_path, scenarios=inp.scenarios,
+                     manifest=inp.manifest, root=inp.root,
+                     seed=seed, batch_size=cfg.batch_size, progress=STAGE)
+    judged = _Judged({}, {}, [r.built for r in runs], 0)
+    for run in runs:
+        b, sc, logits = run.built, run.scenario, run.logits
+        judged.predictions += len(b.ids)
+        common = {
+            "critical_classes": inp.suite.critical_classes, "n_bootstrap": cfg.bootstrap_samples,
+            "confidence": cfg.confidence, "seed": _scenario_seed(seed, sc.name), "n_bins": cfg.calibration_bins,
+            "note": b.note, "corruption": sc.corruption, "severity": sc.severity,
+        }
+        judged.results[sc.name] = ScenarioResult.from_predictions(
+            sc.name, sc.kind, b.ids, b.y, softmax(logits[0]) if b.ids else logits[0], inp.class_names, **common)
+        if champion is not None:
+            judged.champ_results[sc.name] = ScenarioResult.from_predictions(
+                sc.name, sc.kind, b.ids, b.y, softmax(logits[1]) if b.ids else logits[1], inp.class_names,
+                **common)
+        log.debug("evaluate: %s done (%d images)", sc.name, len(b.ids))
+    return judged
+
+
+@dataclass
+class _Decision:
+    """The gates' verdict and the corruption summary."""
+
+    gates: GateReport
+    policy: Any
+    corruption_summary: dict[str, Any]
+
+
+def _decide(inp: _Inputs, judged: _Judged, cfg: EvaluateParams, seed: int, champion: _Champion) -> _Decision:
+    """Decide the gates (pure :func:`check_gates`) and summarise the corruption errors (mCE & co.)."""
+    from cvplatform.evaluation.gates import check_gates
+    from cvplatform.evaluation.metrics import corruption_error_summary
+
+    results, champ_results = judged.results, judged.champ_results
+    policy = inp.suite.policy(seed=seed, n_bootstrap=cfg.bootstrap_samples, confidence=cfg.confidence)
+    gates = check_gates(results, policy, champ_results if champion.predictor is not None else None,
+                        champion_note=champion.note or None, champion_incompatible=champion.incompatible)
+    gates = replace(gates, champion=champion.uri)
+    corruptions = [s for s in inp.scenarios if s.kind == "corruption"]
+    clean = results[next(s.name for s in inp.scenarios if s.kind == "clean")]
+    corr_errors = {(str(s.corruption), int(s.severity or 0)): results[s.name].metrics.error
+                   for s in corruptions if results[s.name].metrics is not None}
+    ref_errors = {(str(s.corruption), int(s.severity or 0)): champ_results[s.name].metrics.error
+                  for s in corruptions if s.name in champ_results
+                  and champ_results[s.name].metrics is not None} if champ_results else None
+    cs = corruption_error_summary(clean.metrics.error if clean.metrics else 1.0, corr_errors, clean.n,
+                                  ref_errors, champion.uri)
+    return _Decision(gates, policy, cs)
+
+
+@dataclass
+class _Champion:
+    """The champion compared with (``predictor`` None when there is none or it is not comparable)."""
+
+    predictor: Predictor | None
+    uri: str | None
+    note: str
+    incompatible: str | None
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    """Remove this stage's outputs so nothing stale survives a run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:
+        target = out_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def _write_report(inp: _Inputs, judged: _Judged, dec: _Decision, champion: _Champion, cfg: EvaluateParams,
+                  seed: int, out_dir: Path) -> dict[str, Path]:
+    """The HTML/Markdown report with its plots and galleries of the worst failures."""
+    from cvplatform.evaluation.report import ReportContext, write_report
+
+    galleries, gallery_images = {}, {}
+    for b in judged.built:
+        items, pix = _gallery(b, judged.results[b.scenario.name], inp.class_names, cfg.gallery_size, seed)
+        if items:
+            galleries[b.scenario.name] = items
+            gallery_images[b.scenario.name] = pix
+    ctx = ReportContext(
+        model=inp.predictor.name, suite=str(cfg.suite), split=cfg.split, class_names=inp.class_names,
+        scenarios=inp.scenarios, results=judged.results, gates=dec.gates, corruption_summary=dec.corruption_summary,
+        champion=champion.uri, champion_note=champion.note, champion_results=judged.champ_results or None,
+        galleries=galleries, gallery_images=gallery_images, critical_classes=inp.suite.critical_classes,
+        confidence=cfg.confidence, seed=seed, extra={"model_sha256": inp.model_sha},
+    )
+    return write_report(ctx, out_dir)
+
+
+def _scenario_rows(inp: _Inputs, judged: _Judged, gates: GateReport) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per scenario (summary, model card) and the per-scenario part of scenarios.json."""
+    from cvplatform.evaluation.report import scenario_status
+
+    rows, per_scenario = [], {}
+    for sc in inp.scenarios:
+        r = judged.results[sc.name]
+        m = r.metrics
+        status = scenario_status(sc.name, gates)
+        rows.append({
+            "name": sc.name, "kind": sc.kind, "level": sc.gate.level, "n": r.n, "status": status,
+            "corruption": sc.corruption, "severity": sc.severity,
+            "accuracy": m.accuracy if m else None, "accuracy_ci": list(m.accuracy_ci) if m else None,
+            "macro_f1": m.macro_f1 if m else None, "macro_f1_ci": list(m.macro_f1_ci) if m else None,
+            "ece": m.ece if m else None, "critical_fpr": dict(m.critical_fpr) if m else {},
+        })
+        per_scenario[sc.name] = {
+            "n": r.n, "accuracy": m.accuracy if m else None, "macro_f1": m.macro_f1 if m else None,
+            "ece": m.ece if m else None, "passed": status in ("passed", "warned", "-"),
+        }
+    return rows, per_scenario
+
+
+def _scenarios_json(inp: _Inputs, judged: _Judged, dec: _Decision, per_scenario: dict[str, Any]) -> dict[str, Any]:
+    """``scenarios.json``: every scenario's metrics plus the clean and corruption headline."""
+    clean = judged.results[next(s.name for s in inp.scenarios if s.kind == "clean")].metrics
+    cs, gates = dec.corruption_summary, dec.gates
+    return {
+        "scenarios": per_scenario,
+        "clean": {
+            "accuracy": clean.accuracy if clean else None,
+            "accuracy_low": clean.accuracy_ci[0] if clean else None,
+            "accuracy_high": clean.accuracy_ci[1] if clean else None,
+            "macro_f1": clean.macro_f1 if clean else None,
+            "ece": clean.ece if clean else None,
+        },
+        "gates_passed": gates.passed,
+        "pass_rate": gates.pass_rate,
+        "pass_rate_all": gates.extra.get("pass_rate_all"),
+        "mce": cs.get("mce"),
+        "error_multiple_vs_clean": cs.get("error_multiple_vs_clean"),
+        "mean_degradation": cs.get("mean_degradation"),
+        "mean_corruption_error": cs.get("mean_corruption_error"),
+    }
+
+
+@dataclass
+class _Written:
+    files: dict[str, Path]
+    rows: list[dict[str, Any]]
+    metrics_json: dict[str, Any]
+
+
+def _write_outputs(params: Params, paths: ProjectPaths, inp: _Inputs, judged: _Judged, dec: _Decision,
+                   champion: _Champion, seed: int, out_dir: Path) -> _Written:
+    """Write the report, scenarios.json, metrics.json, gate_report.json and (for the export) the model card."""
+    from cvplatform.artifacts import GateReportFile
+
+    cfg = params.evaluate
+    gates, cs = dec.gates, dec.corruption_summary
+    _clear_outputs(out_dir)
+    written = _write_report(inp, judged, dec, champion, cfg, seed, out_dir)
+    rows, per_scenario = _scenario_rows(inp, judged, gates)
+    metrics_json = _scenarios_json(inp, judged, dec, per_scenario)
+    written["scenarios"] = write_json(out_dir / "scenarios.json", metrics_json)
+    written["metrics"] = write_json(out_dir / "metrics.json", _headline_metrics(rows))
+    gate_doc = {
+        **gates.to_dict(), "model": inp.predictor.name, "model_sha256": inp.model_sha, "split": cfg.split,
+        "n_images": len(inp.data.ids), "class_names": inp.class_names, "suite": str(cfg.suite),
+        "champion_note": champion.note, "policy": dec.policy.model_dump(mode="json"), "corruption_summary": cs,
+    }
+    written["gate_report"] = GateReportFile.model_validate(gate_doc).write(out_dir / "gate_report.json")
+    card = _write_card(paths, params, out_dir, inp.model_sha, inp.manifest, inp.manifest_path, gate_doc, rows, {
+        "model": inp.predictor.name, "model_sha256": inp.model_sha, "suite": str(cfg.suite), "split": cfg.split,
+        "passed": gates.passed, "champion": champion.uri, "champion_note": champion.note,
+        "n_images": len(inp.data.ids), "pass_rate": gates.pass_rate, "mce": cs.get("mce"),
+        "error_multiple_vs_clean": cs.get("error_multiple_vs_clean"), "scenarios": rows,
+        "failures": [c.line() for c in gates.failures], "warnings": [c.line() for c in gates.warnings],
+    })
+    if card is not None:
+        written["model_card"] = card
+    return _Written(written, rows, metrics_json)
+
+
+def _log_evaluation(paths: ProjectPaths, inp: _Inputs, judged: _Judged, dec: _Decision, champion: _Champion,
+                    cfg: EvaluateParams, out: _Written, out_dir: Path) -> tuple[str | None, str]:
+    """Log metrics, tags, report and model card to the training run; ``(run id logged to, note why not)``.
+
+    Only when the evaluated model is that run's checkpoint or its exported artifact; a logging failure is a
+    note, never an error (the outputs on disk are the source of truth).
+    """
+    run_id = inp.train_summary.get("mlflow_run_id") or inp.train_summary.get("run_id")
+    if not cfg.log_to_mlflow:
+        return None, "evaluate.log_to_mlflow is false"
+    if not run_id:
+        return None, "no training run id in artifacts/train/summary.json"
+    if not _belongs_to_run(paths, inp.train_summary, inp.ref, inp.model_sha):
+        return None, (f"model {inp.ref} is neither the training run's checkpoint nor its exported artifact; not "
+                      f"logged to run {run_id}")
+    mm: dict[str, float] = {}
+    for sc in inp.scenarios:
+        m = judged.results[sc.name].metrics
+        if m is not None:
+            key = _mlflow_key(sc.name)
+            mm.update({f"eval.{key}.accuracy": m.accuracy, f"eval.{key}.macro_f1": m.macro_f1,
+                       f"eval.{key}.ece": m.ece})
+    for k in ("pass_rate", "mce", "error_multiple_vs_clean", "mean_degradation"):
+        v = out.metrics_json.get(k)
+        if v is not None:
+            mm[f"eval.{k}"] = float(v)
+    gates = dec.gates
+    tags = {"eval.gates_passed": str(gates.passed).lower(), "eval.suite": str(cfg.suite),
+            "eval.failed_checks": str(len(gates.failures)), "eval.champion": champion.uri or "none",
+            "eval.model_sha256": inp.model_sha or "unknown"}
+    w = out.files
+    files = [w["report_md"], w["report_html"], w["metrics"], w["scenarios"], w["gate_report"],
+             *([w["model_card"]] if "model_card" in w else [])]
+    try:
+        _log_to_mlflow(str(run_id), inp.run_uri, mm, tags, files, out_dir / "plots")
+    except Exception as exc:  # tracking is secondary: outputs on disk are the source of truth
+        note = f"logging to MLflow run {run_id} failed: {type(exc).__name__}: {exc}"
+        log.warning("evaluate: %s", note)
+        return None, note
+    return str(run_id), ""
+
+
+def _gate_failure(result: EvaluateResult, gates: GateReport, report_html: Path) -> GateFailed:
+    """The GateFailed listing the failed must-pass checks (``.result`` carries the result)."""
+    lines = "\n".join(f"  {c.line()}" for c in gates.failures)
+    exc = GateFailed(
+        f"evaluation gates failed for {result.model} ({len(gates.failures)} must-pass check(s)):\n{lines}\n"
+        f"Report: {report_html} (summary: {result.summary_path})"
+    )
+    exc.result = result  # type: ignore[attr-defined]
+    return exc
+
+
 # --------------------------------------------------------------------------- the stage
 def run_evaluate(
     params: Params,
@@ -364,10 +689,10 @@ def run_evaluate(
     """Evaluate a model on the scenario suite, decide the release gates and write the report.
 
     Args:
-        params: Loaded params (uses ``evaluate.*`` and ``project.seed``).
+        params: Loaded params (uses ``evaluate.*``, ``registry.*`` and ``project.*``).
         root: Project root (default: cwd).
         model: ``*.ckpt``, ``*.onnx`` or ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``;
-            default ``evaluate.model`` (``artifacts/train/best.ckpt``).
+            default ``evaluate.model`` (``artifacts/export/model.onnx``).
 
     Returns:
         :class:`EvaluateResult` (also written to ``artifacts/evaluate/summary.json``).
@@ -388,247 +713,40 @@ def run_evaluate(
     from cvplatform.utils.logs import quiet_libraries
 
     quiet_libraries()  # no third-party INFO floods in task logs and notebooks
-
-    from cvplatform.artifacts import GateReportFile
-    from cvplatform.data.manifest import read_manifest
-    from cvplatform.evaluation.gates import check_gates
-    from cvplatform.evaluation.metrics import ScenarioResult, corruption_error_summary, softmax
-    from cvplatform.evaluation.predictors import load_predictor
-    from cvplatform.evaluation.report import ReportContext, scenario_status, write_report
-    from cvplatform.evaluation.scenarios import load_suite
-    from cvplatform.evaluation.suite_runner import load_images, run_suite, select_split
-    from cvplatform.tracking import tracking_uri as default_tracking_uri
-
-    t0 = time.perf_counter()
+    clock = _Laps()
     paths = ProjectPaths.at(root)
     cfg = params.evaluate
     seed = int(params.project.seed)
     out_dir = paths.artifacts(STAGE)
-    suite_path = paths.resolve(cfg.suite)
-    suite = load_suite(suite_path)
-    scenarios = suite.expand()
-    train_summary = _train_run(paths)
-    # the registry (models:/ refs, champion) follows the current configuration; the training run is
-    # logged to wherever it was created
-    mlflow_uri = default_tracking_uri(paths.root)
-    run_uri = str(train_summary.get("tracking_uri") or mlflow_uri)
-
-    ref = str(model) if model is not None else cfg.model
-    log.info("evaluate: loading model %s", ref)
-    predictor = load_predictor(ref, root=paths.root, tracking_uri=mlflow_uri)
-    model_sha = _model_sha256(ref, paths, predictor)
-    class_names = list(predictor.class_names)
-    bad_critical = [c for c in suite.critical_classes if c not in class_names]
-    if bad_critical:
-        raise ConfigError(
-            f"{suite_path}: critical_classes {bad_critical} are not classes of the model {predictor.name} "
-            f"({class_names}). Fix critical_classes in the suite."
-        )
-
-    manifest_path = paths.resolve(params.project.manifest)
-    manifest = read_manifest(manifest_path)
-    split_rows = select_split(manifest, cfg.split, cfg.max_images, source=str(manifest_path), key="evaluate.split")
-    data = load_images(split_rows, paths.root, predictor, f"{manifest_path} (split {cfg.split!r})")
-
-    timings: dict[str, float] = {}
-    mark = t0
-
-    def lap(name: str) -> None:
-        nonlocal mark
-        now = time.perf_counter()
-        timings[name] = round(now - mark, 4)
-        mark = now
-
-    lap("load")
-    # champion
-    champion, champion_uri, champion_note, incompatible = _champion(cfg, params.registry, mlflow_uri, predictor, paths.root)
-    lap("champion")
-    # run the scenarios
-    predictors: list[Predictor] = [predictor] + ([champion] if champion is not None else [])
-    results: dict[str, ScenarioResult] = {}
-    champ_results: dict[str, ScenarioResult] = {}
-    predictions = 0
-    runs = run_suite(predictors, data, suite_path=suite_path, scenarios=scenarios, manifest=manifest,
-                     root=paths.root, seed=seed, batch_size=cfg.batch_size, progress=STAGE)
-    built = [r.built for r in runs]
-    for run in runs:
-        b, sc, logits = run.built, run.scenario, run.logits
-        predictions += len(b.ids)
-        common = {
-            "critical_classes": suite.critical_classes, "n_bootstrap": cfg.bootstrap_samples,
-            "confidence": cfg.confidence, "seed": _scenario_seed(seed, sc.name), "n_bins": cfg.calibration_bins,
-            "note": b.note, "corruption": sc.corruption, "severity": sc.severity,
-        }
-        results[sc.name] = ScenarioResult.from_predictions(
-            sc.name, sc.kind, b.ids, b.y, softmax(logits[0]) if b.ids else logits[0], class_names, **common)
-        if champion is not None:
-            champ_results[sc.name] = ScenarioResult.from_predictions(
-                sc.name, sc.kind, b.ids, b.y, softmax(logits[1]) if b.ids else logits[1], class_names, **common)
-        log.debug("evaluate: %s done (%d images)", sc.name, len(b.ids))
-
-    lap("scenarios")
-    policy = suite.policy(seed=seed, n_bootstrap=cfg.bootstrap_samples, confidence=cfg.confidence)
-    gates: GateReport = check_gates(results, policy, champ_results if champion is not None else None,
-                                    champion_note=champion_note or None, champion_incompatible=incompatible)
-    gates = replace(gates, champion=champion_uri)
-
-    clean_name = next(s.name for s in scenarios if s.kind == "clean")
-    clean = results[clean_name]
-    corr_errors = {(str(s.corruption), int(s.severity or 0)): results[s.name].metrics.error
-                   for s in scenarios if s.kind == "corruption" and results[s.name].metrics is not None}
-    ref_errors = {(str(s.corruption), int(s.severity or 0)): champ_results[s.name].metrics.error
-                  for s in scenarios if s.kind == "corruption" and s.name in champ_results
-                  and champ_results[s.name].metrics is not None} if champ_results else None
-    cs = corruption_error_summary(clean.metrics.error if clean.metrics else 1.0, corr_errors, clean.n,
-                                  ref_errors, champion_uri)
-
-    lap("gates")
-    # outputs (always written, also when the gates fail)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUTS:
-        target = out_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    galleries, gallery_images = {}, {}
-    for b in built:
-        items, pix = _gallery(b, results[b.scenario.name], class_names, cfg.gallery_size, seed)
-        if items:
-            galleries[b.scenario.name] = items
-            gallery_images[b.scenario.name] = pix
-    ctx = ReportContext(
-        model=predictor.name, suite=str(cfg.suite), split=cfg.split, class_names=class_names, scenarios=scenarios,
-        results=results, gates=gates, corruption_summary=cs, champion=champion_uri, champion_note=champion_note,
-        champion_results=champ_results or None, galleries=galleries, gallery_images=gallery_images,
-        critical_classes=suite.critical_classes, confidence=cfg.confidence, seed=seed,
-        extra={"model_sha256": model_sha},
-    )
-    written = write_report(ctx, out_dir)
-
-    rows = []
-    metrics_json: dict[str, Any] = {"scenarios": {}}
-    for sc in scenarios:
-        r = results[sc.name]
-        m = r.metrics
-        status = scenario_status(sc.name, gates)
-        rows.append({
-            "name": sc.name, "kind": sc.kind, "level": sc.gate.level, "n": r.n, "status": status,
-            "corruption": sc.corruption, "severity": sc.severity,
-            "accuracy": m.accuracy if m else None, "accuracy_ci": list(m.accuracy_ci) if m else None,
-            "macro_f1": m.macro_f1 if m else None, "macro_f1_ci": list(m.macro_f1_ci) if m else None,
-            "ece": m.ece if m else None, "critical_fpr": dict(m.critical_fpr) if m else {},
-        })
-        metrics_json["scenarios"][sc.name] = {
-            "n": r.n, "accuracy": m.accuracy if m else None, "macro_f1": m.macro_f1 if m else None,
-            "ece": m.ece if m else None, "passed": status in ("passed", "warned", "-"),
-        }
-    metrics_json.update({
-        "clean": {
-            "accuracy": clean.metrics.accuracy if clean.metrics else None,
-            "accuracy_low": clean.metrics.accuracy_ci[0] if clean.metrics else None,
-            "accuracy_high": clean.metrics.accuracy_ci[1] if clean.metrics else None,
-            "macro_f1": clean.metrics.macro_f1 if clean.metrics else None,
-            "ece": clean.metrics.ece if clean.metrics else None,
-        },
-        "gates_passed": gates.passed,
-        "pass_rate": gates.pass_rate,
-        "pass_rate_all": gates.extra.get("pass_rate_all"),
-        "mce": cs.get("mce"),
-        "error_multiple_vs_clean": cs.get("error_multiple_vs_clean"),
-        "mean_degradation": cs.get("mean_degradation"),
-        "mean_corruption_error": cs.get("mean_corruption_error"),
-    })
-    written["scenarios"] = write_json(out_dir / "scenarios.json", metrics_json)
-    written["metrics"] = write_json(out_dir / "metrics.json", _headline_metrics(rows))
-    gate_doc = {
-        **gates.to_dict(),
-        "model": predictor.name,
-        "model_sha256": model_sha,
-        "split": cfg.split,
-        "n_images": len(data.ids),
-        "class_names": class_names,
-        "suite": str(cfg.suite),
-        "champion_note": champion_note,
-        "policy": policy.model_dump(mode="json"),
-        "corruption_summary": cs,
-    }
-    written["gate_report"] = GateReportFile.model_validate(gate_doc).write(out_dir / "gate_report.json")
-
-    card = _write_card(paths, params, out_dir, model_sha, manifest, manifest_path, gate_doc, rows, {
-        "model": predictor.name, "model_sha256": model_sha, "suite": str(cfg.suite), "split": cfg.split,
-        "passed": gates.passed, "champion": champion_uri, "champion_note": champion_note,
-        "n_images": len(data.ids), "pass_rate": gates.pass_rate, "mce": cs.get("mce"),
-        "error_multiple_vs_clean": cs.get("error_multiple_vs_clean"), "scenarios": rows,
-        "failures": [c.line() for c in gates.failures], "warnings": [c.line() for c in gates.warnings],
-    })
-    if card is not None:
-        written["model_card"] = card
-
-    lap("report")
-    # mlflow: only when the evaluated model is the training run's checkpoint or its exported artifact
-    run_id = train_summary.get("mlflow_run_id") or train_summary.get("run_id")
-    mlflow_note = ""
-    logged_run: str | None = None
-    is_train_model = _belongs_to_run(paths, train_summary, ref, model_sha)
-    if not cfg.log_to_mlflow:
-        mlflow_note = "evaluate.log_to_mlflow is false"
-    elif not run_id:
-        mlflow_note = "no training run id in artifacts/train/summary.json"
-    elif not is_train_model:
-        mlflow_note = (f"model {ref} is neither the training run's checkpoint nor its exported artifact; not logged "
-                       f"to run {run_id}")
-    else:
-        mm: dict[str, float] = {}
-        for sc in scenarios:
-            m = results[sc.name].metrics
-            if m is not None:
-                key = _mlflow_key(sc.name)
-                mm[f"eval.{key}.accuracy"] = m.accuracy
-                mm[f"eval.{key}.macro_f1"] = m.macro_f1
-                mm[f"eval.{key}.ece"] = m.ece
-        for k in ("pass_rate", "mce", "error_multiple_vs_clean", "mean_degradation"):
-            v = metrics_json.get(k)
-            if v is not None:
-                mm[f"eval.{k}"] = float(v)
-        tags = {"eval.gates_passed": str(gates.passed).lower(), "eval.suite": str(cfg.suite),
-                "eval.failed_checks": str(len(gates.failures)), "eval.champion": champion_uri or "none",
-                "eval.model_sha256": model_sha or "unknown"}
-        try:
-            _log_to_mlflow(str(run_id), run_uri, mm, tags,
-                           [written["report_md"], written["report_html"], written["metrics"], written["scenarios"],
-                            written["gate_report"],
-                            *([written["model_card"]] if "model_card" in written else [])],
-                           out_dir / "plots")
-            logged_run = str(run_id)
-        except Exception as exc:  # tracking is secondary: outputs on disk are the source of truth
-            mlflow_note = f"logging to MLflow run {run_id} failed: {type(exc).__name__}: {exc}"
-            log.warning("evaluate: %s", mlflow_note)
-
-    lap("mlflow")
-    duration = time.perf_counter() - t0
+    inp = _load_inputs(params, paths, model)
+    clock.lap("load")
+    champion = _Champion(*_champion(cfg, params.registry, inp.mlflow_uri, inp.predictor, paths.root))
+    clock.lap("champion")
+    judged = _run_scenarios(inp, cfg, seed, champion.predictor)
+    clock.lap("scenarios")
+    dec = _decide(inp, judged, cfg, seed, champion)
+    clock.lap("gates")
+    out = _write_outputs(params, paths, inp, judged, dec, champion, seed, out_dir)
+    clock.lap("report")
+    logged_run, mlflow_note = _log_evaluation(paths, inp, judged, dec, champion, cfg, out, out_dir)
+    clock.lap("mlflow")
+    gates, cs, duration = dec.gates, dec.corruption_summary, clock.total
     result = EvaluateResult(
-        model=predictor.name, model_sha256=model_sha, suite=str(cfg.suite), split=cfg.split, passed=gates.passed,
-        n_images=len(data.ids), class_names=class_names, scenarios=rows, pass_rate=gates.pass_rate,
-        mce=cs.get("mce"), error_multiple_vs_clean=cs.get("error_multiple_vs_clean"),
-        mean_degradation=cs.get("mean_degradation"), champion=champion_uri, champion_note=champion_note,
+        model=inp.predictor.name, model_sha256=inp.model_sha, suite=str(cfg.suite), split=cfg.split,
+        passed=gates.passed, n_images=len(inp.data.ids), class_names=inp.class_names, scenarios=out.rows,
+        pass_rate=gates.pass_rate, mce=cs.get("mce"), error_multiple_vs_clean=cs.get("error_multiple_vs_clean"),
+        mean_degradation=cs.get("mean_degradation"), champion=champion.uri, champion_note=champion.note,
         failures=[c.line() for c in gates.failures], warnings=[c.line() for c in gates.warnings],
-        outputs={k: str(v) for k, v in written.items()
+        outputs={k: str(v) for k, v in out.files.items()
                  if k in ("report_md", "report_html", "metrics", "gate_report", "model_card")},
-        mlflow_run_id=logged_run, mlflow_note=mlflow_note, predictions=predictions,
-        duration_s=round(duration, 3), timings_s=timings, seed=seed,
+        mlflow_run_id=logged_run, mlflow_note=mlflow_note, predictions=judged.predictions,
+        duration_s=round(duration, 3), timings_s=clock.timings, seed=seed,
     )
     result.write_summary(out_dir)
-    log.info("evaluate: %d scenarios, %d predictions in %.1fs; gates %s", len(scenarios), predictions, duration,
-             "passed" if gates.passed else "FAILED")
+    log.info("evaluate: %d scenarios, %d predictions in %.1fs; gates %s", len(inp.scenarios), judged.predictions,
+             duration, "passed" if gates.passed else "FAILED")
     if not gates.passed:
-        lines = "\n".join(f"  {c.line()}" for c in gates.failures)
-        exc = GateFailed(
-            f"evaluation gates failed for {predictor.name} ({len(gates.failures)} must-pass check(s)):\n{lines}\n"
-            f"Report: {written['report_html']} (summary: {result.summary_path})"
-        )
-        exc.result = result  # type: ignore[attr-defined]
-        raise exc
+        raise _gate_failure(result, gates, out.files["report_html"])
     return result
 
 

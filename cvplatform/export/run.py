@@ -52,7 +52,7 @@ from cvplatform.utils.io import ProjectPaths, sha256_file, write_json
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from cvplatform.config import Params
+    from cvplatform.config import ExportParams, Params
     from cvplatform.models.checkpoint import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -306,6 +306,312 @@ def _mlflow_log(run_id: str, tracking_uri: str, metrics: dict[str, float], tags:
     store.call(f"log the export to MLflow run {run_id}", log_all)
 
 
+# --------------------------------------------------------------------------- the stage's steps
+@dataclass
+class _Inputs:
+    """What the export reads, checked before anything is written."""
+
+    ckpt: Path
+    manifest_path: Path
+    manifest: pd.DataFrame
+    torch_pred: Any
+    """The checkpoint as a predictor (``TorchCheckpointPredictor``: ``.loaded``, ``.contract``)."""
+    test_rows: pd.DataFrame
+    cal_rows: pd.DataFrame | None
+
+
+def _read_inputs(params: Params, paths: ProjectPaths, checkpoint: str | os.PathLike[str] | None) -> _Inputs:
+    """Load the manifest and the checkpoint, check they agree, select the parity and calibration rows.
+
+    Raises:
+        ModelError: missing/corrupt checkpoint, architecture or classes that disagree with params/manifest.
+        DataError: missing manifest, an empty test split, an empty calibration split.
+    """
+    from cvplatform.data.manifest import read_manifest
+    from cvplatform.evaluation.predictors import TorchCheckpointPredictor
+    from cvplatform.export.suite import select_split
+
+    cfg = params.export
+    ckpt = paths.resolve(checkpoint if checkpoint is not None else cfg.checkpoint)
+    manifest_path = paths.resolve(params.project.manifest)
+    manifest = read_manifest(manifest_path)
+    log.info("export: loading %s", ckpt)
+    torch_pred = TorchCheckpointPredictor(ckpt)  # ModelError: missing/corrupt, or eval steps beyond resize+normalise
+    check_checkpoint_matches(torch_pred.loaded, params, manifest, manifest_path)
+    test_rows = select_split(manifest, "test", cfg.parity.max_images, source=str(manifest_path), key="export.parity")
+    cal_rows = None
+    if cfg.int8.enabled:
+        split = cfg.int8.calibration_split
+        cal_rows = manifest[manifest["split"] == split].sort_values("sha256", kind="mergesort")
+        cal_rows = cal_rows.head(cfg.int8.calibration_images)
+        if cal_rows.empty:
+            raise DataError(
+                f"{manifest_path}: the INT8 calibration split {split!r} (export.int8.calibration_split) has no "
+                f"images (splits present: {sorted(str(s) for s in manifest['split'].unique())}). Re-run "
+                "`cvplatform ingest` so it gets images, set export.int8.calibration_split to a split that has "
+                "images, or set export.int8.enabled: false."
+            )
+    return _Inputs(ckpt, manifest_path, manifest, torch_pred, test_rows, cal_rows)
+
+
+@dataclass
+class _Lineage:
+    """Where the checkpoint came from: its training run and data version."""
+
+    train_summary: dict[str, Any]
+    train_run_id: str | None
+    data_hash: str
+    data_hash_source: str | None
+    ckpt_sha: str
+
+
+def _read_lineage(paths: ProjectPaths, inp: _Inputs) -> _Lineage:
+    """The training run and data version of the checkpoint (from the training summary when it is that run's)."""
+    from cvplatform.tracking import data_version
+
+    train_summary = _read_train_summary(paths.root)
+    if train_summary and not _is_training_checkpoint(paths, train_summary, inp.ckpt):
+        log.warning("export: %s is not the checkpoint recorded in artifacts/train/summary.json (%s); its training "
+                    "run id and data version are unknown and nothing is logged to that run",
+                    inp.ckpt, train_summary.get("best_checkpoint"))
+        train_summary = {}
+    train_run_id = train_summary.get("mlflow_run_id") or train_summary.get("run_id")
+    data_hash = train_summary.get("data_version")
+    data_hash_source = "artifacts/train/summary.json" if data_hash else None
+    if not data_hash:
+        dv = data_version(inp.manifest_path, paths.root)
+        data_hash, data_hash_source = dv.md5, dv.source
+    return _Lineage(train_summary, train_run_id, data_hash, data_hash_source, sha256_file(inp.ckpt))
+
+
+def _export_fp32(inp: _Inputs, lin: _Lineage, cfg: ExportParams, out_dir: Path) -> tuple[Path, Any]:
+    """Export the fp32 ONNX model and load it back with its own metadata; ``(path, OnnxPredictor)``."""
+    from cvplatform.evaluation.predictors import OnnxPredictor
+    from cvplatform.export.onnx_export import export_onnx, version_metadata
+
+    loaded, contract = inp.torch_pred.loaded, inp.torch_pred.contract
+    version = version_metadata(
+        arch=loaded.arch, arch_kwargs=loaded.arch_kwargs, train_run_id=lin.train_run_id, data_hash=lin.data_hash,
+        checkpoint_sha256=lin.ckpt_sha, checkpoint_epoch=loaded.epoch, precision="fp32", opset=cfg.opset,
+    )
+    fp32_path = export_onnx(loaded, out_dir / FP32_NAME, contract, extra_metadata=version, opset=cfg.opset,
+                            exporter=cfg.exporter)
+    fp32_pred = OnnxPredictor(fp32_path)  # run what we export: load it back with its own metadata
+    if fp32_pred.contract != contract:
+        raise ModelError(
+            f"{fp32_path}: the preprocessing contract read back from the ONNX metadata ({fp32_pred.contract}) "
+            f"differs from the checkpoint's ({contract}). This is a bug in the export; please report it."
+        )
+    return fp32_path, fp32_pred
+
+
+@dataclass
+class _Parity:
+    test: Any
+    """The test split's images (``load_images``)."""
+    test_paths: list[str]
+    report: Any
+    doc: dict[str, Any]
+    path: Path
+
+
+def _parity_gate(paths: ProjectPaths, inp: _Inputs, cfg: ExportParams, fp32_path: Path, fp32_pred: Any,
+                 out_dir: Path) -> _Parity:
+    """Compare the fp32 ONNX model with the checkpoint on the test split; write parity.json.
+
+    Raises:
+        GateFailed: the ONNX model does not reproduce the checkpoint.
+    """
+    from cvplatform.export.parity import raise_if_failed, run_parity
+    from cvplatform.export.suite import load_images
+
+    test = load_images(inp.test_rows, paths.root, inp.torch_pred, f"{inp.manifest_path} (split 'test')")
+    test_paths = [str(v) for v in test.rows["path"].tolist()]
+    parity = run_parity(
+        inp.torch_pred, fp32_pred, test.images, ids=test.ids, paths=test_paths, labels=test.labels,
+        atol=cfg.parity.atol, min_agreement=cfg.parity.min_agreement, worst=cfg.parity.worst,
+        batch_size=cfg.batch_size, split="test",
+    )
+    parity.reference = f"{_rel(paths, inp.ckpt)} (PyTorch)"
+    parity.candidate = f"{_rel(paths, fp32_path)} (onnxruntime)"
+    doc = parity.to_dict()
+    path = write_json(out_dir / "parity.json", doc)
+    log.info("export: parity %s", parity.line())
+    raise_if_failed(parity, report_path=str(path))
+    return _Parity(test, test_paths, parity, doc, path)
+
+
+@dataclass
+class _Int8:
+    report: dict[str, Any]
+    """``int8.json``."""
+    path: Path | None = None
+    accepted: bool = False
+    rejected_reason: str | None = "INT8 disabled (export.int8.enabled: false)"
+
+
+def _try_int8(params: Params, paths: ProjectPaths, inp: _Inputs, par: _Parity, fp32_path: Path, fp32_pred: Any,
+              out_dir: Path) -> _Int8:
+    """Quantize to INT8 and accept it only when no judged scenario of the suite drops too much; write int8.json.
+
+    A broken INT8 model is rejected (fp32 ships), never an error: INT8 is an optimisation.
+    """
+    cfg = params.export
+    out = _Int8({"enabled": bool(cfg.int8.enabled)})
+    if cfg.int8.enabled:
+        _quantize_and_decide(params, paths, inp, par, fp32_path, fp32_pred, out_dir, out)
+    write_json(out_dir / "int8.json", out.report)  # always written (DVC outs are unconditional)
+    return out
+
+
+def _quantize_and_decide(params: Params, paths: ProjectPaths, inp: _Inputs, par: _Parity, fp32_path: Path,
+                         fp32_pred: Any, out_dir: Path, out: _Int8) -> None:
+    """Fill ``out``: the quantized file, its parity with the checkpoint, the suite comparison and the decision."""
+    from cvplatform.evaluation.predictors import OnnxPredictor
+    from cvplatform.export.parity import run_parity
+    from cvplatform.export.quantize import decide_int8, quantize_int8
+    from cvplatform.export.suite import compare_on_suite, load_images
+    from cvplatform.preprocess import preprocess
+
+    cfg, int8 = params.export, out.report
+    assert inp.cal_rows is not None
+    cal = load_images(inp.cal_rows, paths.root, inp.torch_pred,
+                      f"{inp.manifest_path} (calibration split {cfg.int8.calibration_split!r})")
+    suite_ref = cfg.int8.suite or params.evaluate.suite
+    int8.update({
+        "calibration_split": cfg.int8.calibration_split, "calibration_images": len(cal.ids),
+        "suite": suite_ref, "split": params.evaluate.split, "per_channel": cfg.int8.per_channel,
+    })
+    problem: str | None = None
+    try:
+        info = quantize_int8(fp32_path, out_dir / INT8_NAME, preprocess(cal.images, inp.torch_pred.contract),
+                             per_channel=cfg.int8.per_channel, pre_process=cfg.int8.pre_process)
+        out.path = info.path
+        int8.update({"pre_processed": info.pre_processed, "note": info.note, **_file_info(paths, info.path)})
+        int8_pred = OnnxPredictor(info.path)
+        test = par.test
+        vs_torch = run_parity(
+            inp.torch_pred, int8_pred, test.images, ids=test.ids, paths=par.test_paths, labels=test.labels,
+            atol=float(cfg.parity.atol), min_agreement=0.0, worst=cfg.parity.worst, batch_size=cfg.batch_size,
+        )
+        int8["vs_torch"] = {"n": vs_torch.n, "max_abs_diff": vs_torch.max_abs_diff,
+                            "top1_agreement": vs_torch.top1_agreement, "disagreements": vs_torch.disagreements}
+    except ModelError as exc:  # INT8 is an optimisation: a broken INT8 model is rejected, fp32 ships
+        problem = str(exc)
+        log.warning("export: INT8 rejected: %s", problem)
+    if problem is None:
+        comps = compare_on_suite(
+            fp32_pred, int8_pred, suite_path=paths.resolve(suite_ref), manifest_path=inp.manifest_path,
+            split=params.evaluate.split, root=paths.root, seed=int(params.project.seed),
+            batch_size=cfg.batch_size, max_images=cfg.int8.max_images,
+        )
+        decision = decide_int8(comps, cfg.int8.max_drop)
+        int8["decision"] = decision.to_dict()
+        out.accepted, out.rejected_reason = decision.accepted, decision.reason
+    else:
+        int8["decision"] = {"accepted": False, "reason": problem, "max_drop": cfg.int8.max_drop,
+                            "worst_scenario": None, "worst_drop": None, "scenarios": []}
+        out.accepted, out.rejected_reason = False, f"INT8 model unusable: {problem}"
+    int8["accepted"] = out.accepted
+    log.info("export: INT8 %s", "accepted" if out.accepted else f"rejected: {out.rejected_reason}")
+
+
+def _ship(inp: _Inputs, par: _Parity, q: _Int8, cfg: ExportParams, fp32_path: Path,
+          out_dir: Path) -> tuple[str, Path]:
+    """Copy the chosen file to model.onnx and check it loads and runs on its own metadata; ``(chosen, path)``."""
+    from cvplatform.evaluation.predictors import OnnxPredictor
+    from cvplatform.export.parity import check_finite
+
+    chosen = "int8" if q.accepted and q.path is not None else "fp32"
+    if chosen == "fp32" and not cfg.int8.enabled:
+        q.rejected_reason = "INT8 disabled (export.int8.enabled: false)"
+    if chosen == "int8":
+        q.rejected_reason = None
+    model_path = out_dir / MODEL_NAME
+    _copy_atomic(q.path if chosen == "int8" and q.path is not None else fp32_path, model_path)
+    final = OnnxPredictor(model_path)  # the shipped file must load and run on its own metadata
+    probe = final.predict_logits(par.test.images[: min(len(par.test.ids), 8)], batch_size=cfg.batch_size)
+    check_finite(probe, None, candidate_name=str(model_path), reference_name="", paths=par.test_paths)
+    if final.contract != inp.torch_pred.contract:
+        raise ModelError(f"{model_path}: preprocessing contract differs from the checkpoint's after copying; "
+                         "this is a bug in the export, please report it.")
+    return chosen, model_path
+
+
+def _benchmark(params: Params, inp: _Inputs, fp32_path: Path, q: _Int8, out_dir: Path) -> dict[str, Any] | None:
+    """Latency, throughput and cost of PyTorch and the ONNX runtimes; writes benchmark.json (None when off)."""
+    cfg = params.export
+    bench: dict[str, Any] | None = None
+    if cfg.benchmark.enabled:
+        from cvplatform.export.benchmark import ORT_FP32, ORT_INT8, benchmark_runtimes
+
+        b = cfg.benchmark
+        onnx_models: dict[str, Path] = {ORT_FP32: fp32_path}
+        if q.path is not None and q.path.is_file():
+            onnx_models[ORT_INT8] = q.path
+        report = benchmark_runtimes(
+            inp.torch_pred.loaded.model, onnx_models, inp.torch_pred.contract.input_size, threads=b.threads,
+            batch_size=b.batch_size, iterations=b.iterations, warmup=b.warmup, providers=cfg.providers,
+            price_per_core_hour=b.price_per_core_hour, seed=int(params.project.seed),
+        )
+        bench = report.to_dict()
+    write_json(out_dir / "benchmark.json", bench if bench is not None else
+               {"enabled": False, "reason": "export.benchmark.enabled is false"})
+    return bench
+
+
+def _lineage_doc(params: Params, paths: ProjectPaths, inp: _Inputs, lin: _Lineage, tracking: str) -> dict[str, Any]:
+    """The lineage recorded in the summary and the model card."""
+    from cvplatform.config import params_hash
+    from cvplatform.tracking import airflow_run_id
+    from cvplatform.utils.io import git_commit
+
+    return {
+        "git_commit": git_commit(paths.root),
+        "data_hash": lin.data_hash,
+        "data_hash_source": lin.data_hash_source,
+        "params_hash": params_hash(params),
+        "train_params_hash": (lin.train_summary.get("extra") or {}).get("params_hash"),
+        "train_run_id": lin.train_run_id,
+        "tracking_uri": tracking if lin.train_run_id else None,
+        "checkpoint": _rel(paths, inp.ckpt),
+        "checkpoint_sha256": lin.ckpt_sha,
+        "airflow_run_id": airflow_run_id(),
+    }
+
+
+def _log_export(result: ExportResult, cfg: ExportParams, lin: _Lineage, par: _Parity, tracking: str,
+                files: list[Path]) -> None:
+    """Log the export's metrics, tags and files to the training run (a failure is a note, never an error)."""
+    if not cfg.log_to_mlflow:
+        result.mlflow_note = "export.log_to_mlflow is false"
+        return
+    if not lin.train_run_id:
+        result.mlflow_note = "no training run id in artifacts/train/summary.json"
+        return
+    mm: dict[str, float] = {
+        "export.parity.max_abs_diff": par.report.max_abs_diff,
+        "export.parity.top1_agreement": par.report.top1_agreement,
+        "export.int8.accepted": float(result.chosen == "int8"),
+        "export.size_bytes": float(result.size_bytes),
+    }
+    for name, r in ((result.benchmark or {}).get("runtimes") or {}).items():
+        mm[f"export.{name}.latency_p50_ms"] = r["latency_ms"]["p50"]
+        mm[f"export.{name}.latency_p95_ms"] = r["latency_ms"]["p95"]
+        mm[f"export.{name}.latency_p99_ms"] = r["latency_ms"]["p99"]
+        mm[f"export.{name}.throughput_ips"] = r["throughput_ips"]
+        mm[f"export.{name}.cost_per_1k_usd"] = r["cost_per_1k_usd"]
+    tags = {"export.chosen": result.chosen, "export.sha256": result.sha256, "export.precision": result.chosen,
+            "export.artifact": result.artifact, "export.opset": str(cfg.opset),
+            "export.int8_rejected_reason": result.int8_rejected_reason or "none"}
+    try:
+        _mlflow_log(str(lin.train_run_id), tracking, mm, tags, files)
+        result.mlflow_run_id = str(lin.train_run_id)
+    except Exception as exc:  # tracking is secondary: the files on disk are the source of truth
+        result.mlflow_note = f"logging to MLflow run {lin.train_run_id} failed: {type(exc).__name__}: {exc}"
+        log.warning("export: %s", result.mlflow_note)
+
+
 # --------------------------------------------------------------------------- the stage
 def run_export(
     params: Params,
@@ -313,11 +619,11 @@ def run_export(
     root: str | os.PathLike[str] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
 ) -> ExportResult:
-    """Export the trained checkpoint to ONNX, gate it on parity, try INT8, benchmark, write the model card.
+    """Export the trained checkpoint to ONNX, gate it on parity, try INT8, benchmark.
 
     Args:
         params: Loaded params (``export.*``; also ``train.model.arch``, ``train.num_classes``,
-            ``evaluate.suite``, ``evaluate.split`` and ``project.seed``).
+            ``evaluate.suite``, ``evaluate.split``, ``project.seed`` and ``project.manifest``).
         root: Project root (default: cwd).
         checkpoint: Checkpoint to export; default ``export.checkpoint`` (``artifacts/train/best.ckpt``).
 
@@ -341,246 +647,48 @@ def run_export(
     from cvplatform.utils.logs import quiet_libraries
 
     quiet_libraries()  # no third-party INFO floods in task logs and notebooks
-    from cvplatform.config import params_hash
-    from cvplatform.data.manifest import read_manifest
-    from cvplatform.evaluation.predictors import OnnxPredictor, TorchCheckpointPredictor
-    from cvplatform.export.onnx_export import export_onnx, read_metadata, version_metadata
-    from cvplatform.export.parity import check_finite, raise_if_failed, run_parity
-    from cvplatform.export.suite import load_images, select_split
-    from cvplatform.tracking import airflow_run_id, data_version
+    from cvplatform.export.onnx_export import read_metadata
     from cvplatform.tracking import tracking_uri as default_tracking_uri
-    from cvplatform.utils.io import git_commit
 
     t0 = time.perf_counter()
     paths = ProjectPaths.at(root)
     cfg = params.export
     out_dir = paths.artifacts(STAGE)
-    ckpt = paths.resolve(checkpoint if checkpoint is not None else cfg.checkpoint)
-    manifest_path = paths.resolve(params.project.manifest)
-
-    # ---------------------------------------------------------------- inputs, checked before anything is written
-    manifest = read_manifest(manifest_path)
-    log.info("export: loading %s", ckpt)
-    torch_pred = TorchCheckpointPredictor(ckpt)  # ModelError: missing/corrupt, or eval steps beyond resize+normalise
-    loaded = torch_pred.loaded
-    contract = torch_pred.contract
-    check_checkpoint_matches(loaded, params, manifest, manifest_path)
-    test_rows = select_split(manifest, "test", cfg.parity.max_images, source=str(manifest_path), key="export.parity")
-    cal_rows = None
-    if cfg.int8.enabled:
-        split = cfg.int8.calibration_split
-        cal_rows = manifest[manifest["split"] == split].sort_values("sha256", kind="mergesort")
-        cal_rows = cal_rows.head(cfg.int8.calibration_images)
-        if cal_rows.empty:
-            raise DataError(
-                f"{manifest_path}: the INT8 calibration split {split!r} (export.int8.calibration_split) has no "
-                f"images (splits present: {sorted(str(s) for s in manifest['split'].unique())}). Re-run "
-                "`cvplatform ingest` so it gets images, set export.int8.calibration_split to a split that has "
-                "images, or set export.int8.enabled: false."
-            )
-
+    inp = _read_inputs(params, paths, checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS:
         (out_dir / name).unlink(missing_ok=True)
-
-    # ---------------------------------------------------------------- lineage
-    train_summary = _read_train_summary(paths.root)
-    if train_summary and not _is_training_checkpoint(paths, train_summary, ckpt):
-        log.warning("export: %s is not the checkpoint recorded in artifacts/train/summary.json (%s); its training "
-                    "run id and data version are unknown and nothing is logged to that run",
-                    ckpt, train_summary.get("best_checkpoint"))
-        train_summary = {}
-    train_run_id = train_summary.get("mlflow_run_id") or train_summary.get("run_id")
-    data_hash = train_summary.get("data_version")
-    data_hash_source = "artifacts/train/summary.json" if data_hash else None
-    if not data_hash:
-        dv = data_version(manifest_path, paths.root)
-        data_hash, data_hash_source = dv.md5, dv.source
-    ckpt_sha = sha256_file(ckpt)
-
-    # ---------------------------------------------------------------- fp32 export
-    version = version_metadata(
-        arch=loaded.arch, arch_kwargs=loaded.arch_kwargs, train_run_id=train_run_id, data_hash=data_hash,
-        checkpoint_sha256=ckpt_sha, checkpoint_epoch=loaded.epoch, precision="fp32", opset=cfg.opset,
-    )
-    fp32_path = export_onnx(loaded, out_dir / FP32_NAME, contract, extra_metadata=version, opset=cfg.opset,
-                            exporter=cfg.exporter)
-    fp32_pred = OnnxPredictor(fp32_path)  # run what we export: load it back with its own metadata
-    if fp32_pred.contract != contract:
-        raise ModelError(
-            f"{fp32_path}: the preprocessing contract read back from the ONNX metadata ({fp32_pred.contract}) "
-            f"differs from the checkpoint's ({contract}). This is a bug in the export; please report it."
-        )
-
-    # ---------------------------------------------------------------- parity gate (test split)
-    test = load_images(test_rows, paths.root, torch_pred, f"{manifest_path} (split 'test')")
-    test_paths = [str(v) for v in test.rows["path"].tolist()]
-    parity = run_parity(
-        torch_pred, fp32_pred, test.images, ids=test.ids, paths=test_paths, labels=test.labels,
-        atol=cfg.parity.atol, min_agreement=cfg.parity.min_agreement, worst=cfg.parity.worst,
-        batch_size=cfg.batch_size, split="test",
-    )
-    parity.reference = f"{_rel(paths, ckpt)} (PyTorch)"
-    parity.candidate = f"{_rel(paths, fp32_path)} (onnxruntime)"
-    parity_doc = parity.to_dict()
-    parity_path = write_json(out_dir / "parity.json", parity_doc)
-    log.info("export: parity %s", parity.line())
-    raise_if_failed(parity, report_path=str(parity_path))
-
-    # ---------------------------------------------------------------- INT8
-    int8: dict[str, Any] = {"enabled": bool(cfg.int8.enabled)}
-    int8_path: Path | None = None
-    decision_accepted = False
-    rejected_reason: str | None = "INT8 disabled (export.int8.enabled: false)"
-    if cfg.int8.enabled:
-        from cvplatform.export.quantize import decide_int8, quantize_int8
-        from cvplatform.export.suite import compare_on_suite
-        from cvplatform.preprocess import preprocess
-
-        assert cal_rows is not None
-        cal = load_images(cal_rows, paths.root, torch_pred,
-                          f"{manifest_path} (calibration split {cfg.int8.calibration_split!r})")
-        suite_ref = cfg.int8.suite or params.evaluate.suite
-        int8.update({
-            "calibration_split": cfg.int8.calibration_split, "calibration_images": len(cal.ids),
-            "suite": suite_ref, "split": params.evaluate.split, "per_channel": cfg.int8.per_channel,
-        })
-        problem: str | None = None
-        try:
-            info = quantize_int8(fp32_path, out_dir / INT8_NAME, preprocess(cal.images, contract),
-                                 per_channel=cfg.int8.per_channel, pre_process=cfg.int8.pre_process)
-            int8_path = info.path
-            int8.update({"pre_processed": info.pre_processed, "note": info.note, **_file_info(paths, int8_path)})
-            int8_pred = OnnxPredictor(int8_path)
-            vs_torch = run_parity(
-                torch_pred, int8_pred, test.images, ids=test.ids, paths=test_paths, labels=test.labels,
-                atol=float(cfg.parity.atol), min_agreement=0.0, worst=cfg.parity.worst, batch_size=cfg.batch_size,
-            )
-            int8["vs_torch"] = {"n": vs_torch.n, "max_abs_diff": vs_torch.max_abs_diff,
-                                "top1_agreement": vs_torch.top1_agreement, "disagreements": vs_torch.disagreements}
-        except ModelError as exc:  # INT8 is an optimisation: a broken INT8 model is rejected, fp32 ships
-            problem = str(exc)
-            log.warning("export: INT8 rejected: %s", problem)
-        if problem is None:
-            comps = compare_on_suite(
-                fp32_pred, int8_pred, suite_path=paths.resolve(suite_ref), manifest_path=manifest_path,
-                split=params.evaluate.split, root=paths.root, seed=int(params.project.seed),
-                batch_size=cfg.batch_size, max_images=cfg.int8.max_images,
-            )
-            decision = decide_int8(comps, cfg.int8.max_drop)
-            int8["decision"] = decision.to_dict()
-            decision_accepted = decision.accepted
-            rejected_reason = decision.reason
-        else:
-            int8["decision"] = {"accepted": False, "reason": problem, "max_drop": cfg.int8.max_drop,
-                                "worst_scenario": None, "worst_drop": None, "scenarios": []}
-            rejected_reason = f"INT8 model unusable: {problem}"
-        int8["accepted"] = decision_accepted
-        log.info("export: INT8 %s", "accepted" if decision_accepted else f"rejected: {rejected_reason}")
-    # always written (DVC outs are unconditional); {"enabled": false} when disabled
-    write_json(out_dir / "int8.json", int8)
-
-    # ---------------------------------------------------------------- the shipped file
-    chosen = "int8" if decision_accepted and int8_path is not None else "fp32"
-    if chosen == "fp32" and not cfg.int8.enabled:
-        rejected_reason = "INT8 disabled (export.int8.enabled: false)"
-    if chosen == "int8":
-        rejected_reason = None
-    model_path = out_dir / MODEL_NAME
-    _copy_atomic(int8_path if chosen == "int8" else fp32_path, model_path)
-    final = OnnxPredictor(model_path)  # the shipped file must load and run on its own metadata
-    probe = final.predict_logits(test.images[: min(len(test.ids), 8)], batch_size=cfg.batch_size)
-    check_finite(probe, None, candidate_name=str(model_path), reference_name="", paths=test_paths)
-    if final.contract != contract:
-        raise ModelError(f"{model_path}: preprocessing contract differs from the checkpoint's after copying; "
-                         "this is a bug in the export, please report it.")
-    sha = sha256_file(model_path)
+    lin = _read_lineage(paths, inp)
+    fp32_path, fp32_pred = _export_fp32(inp, lin, cfg, out_dir)
+    par = _parity_gate(paths, inp, cfg, fp32_path, fp32_pred, out_dir)
+    q = _try_int8(params, paths, inp, par, fp32_path, fp32_pred, out_dir)
+    chosen, model_path = _ship(inp, par, q, cfg, fp32_path, out_dir)
     fp32_info = _file_info(paths, fp32_path)
-
-    # ---------------------------------------------------------------- benchmark
-    bench: dict[str, Any] | None = None
-    if cfg.benchmark.enabled:
-        from cvplatform.export.benchmark import ORT_FP32, ORT_INT8, benchmark_runtimes
-
-        b = cfg.benchmark
-        onnx_models: dict[str, Path] = {ORT_FP32: fp32_path}
-        if int8_path is not None and int8_path.is_file():
-            onnx_models[ORT_INT8] = int8_path
-        report = benchmark_runtimes(
-            loaded.model, onnx_models, contract.input_size, threads=b.threads, batch_size=b.batch_size,
-            iterations=b.iterations, warmup=b.warmup, providers=cfg.providers,
-            price_per_core_hour=b.price_per_core_hour, seed=int(params.project.seed),
-        )
-        bench = report.to_dict()
-    write_json(out_dir / "benchmark.json", bench if bench is not None else
-               {"enabled": False, "reason": "export.benchmark.enabled is false"})
-
+    bench = _benchmark(params, inp, fp32_path, q, out_dir)
     sizes = {"fp32": fp32_info["size_bytes"], "shipped": model_path.stat().st_size}
-    if int8.get("size_bytes") is not None:
-        sizes["int8"] = int8["size_bytes"]
+    if q.report.get("size_bytes") is not None:
+        sizes["int8"] = q.report["size_bytes"]
     metrics_path = write_json(out_dir / "metrics.json", _metrics(bench, chosen, sizes))
-
-    # ---------------------------------------------------------------- result, model card
-    tracking = str(train_summary.get("tracking_uri") or default_tracking_uri(paths.root))
-    lineage = {
-        "git_commit": git_commit(paths.root),
-        "data_hash": data_hash,
-        "data_hash_source": data_hash_source,
-        "params_hash": params_hash(params),
-        "train_params_hash": (train_summary.get("extra") or {}).get("params_hash"),
-        "train_run_id": train_run_id,
-        "tracking_uri": tracking if train_run_id else None,
-        "checkpoint": _rel(paths, ckpt),
-        "checkpoint_sha256": ckpt_sha,
-        "airflow_run_id": airflow_run_id(),
-    }
+    tracking = str(lin.train_summary.get("tracking_uri") or default_tracking_uri(paths.root))
+    loaded, contract = inp.torch_pred.loaded, inp.torch_pred.contract
     result = ExportResult(
-        chosen=chosen, artifact=_rel(paths, model_path), sha256=sha, precision=chosen,
-        int8_rejected_reason=rejected_reason, parity=parity_doc, benchmark=bench, train_run_id=train_run_id,
-        data_hash=data_hash, class_names=list(contract.class_names), arch=loaded.arch,
+        chosen=chosen, artifact=_rel(paths, model_path), sha256=sha256_file(model_path), precision=chosen,
+        int8_rejected_reason=q.rejected_reason, parity=par.doc, benchmark=bench, train_run_id=lin.train_run_id,
+        data_hash=lin.data_hash, class_names=list(contract.class_names), arch=loaded.arch,
         arch_kwargs=dict(loaded.arch_kwargs), contract={k: json.loads(v) for k, v in contract.to_metadata().items()},
-        opset=int(cfg.opset), size_bytes=model_path.stat().st_size, checkpoint=_rel(paths, ckpt),
-        checkpoint_sha256=ckpt_sha, fp32=fp32_info, int8=int8, metadata=read_metadata(model_path), lineage=lineage,
+        opset=int(cfg.opset), size_bytes=model_path.stat().st_size, checkpoint=_rel(paths, inp.ckpt),
+        checkpoint_sha256=lin.ckpt_sha, fp32=fp32_info, int8=q.report, metadata=read_metadata(model_path),
+        lineage=_lineage_doc(params, paths, inp, lin, tracking),
     )
     # the model card needs the gates' verdict on this artifact: `cvplatform evaluate` writes it next
     result.model_card = "artifacts/evaluate/model_card.md"
-    outputs = {"model": model_path, "fp32": fp32_path, "parity": parity_path, "metrics": metrics_path}
-    outputs["int8_report"] = out_dir / "int8.json"
-    outputs["benchmark"] = out_dir / "benchmark.json"
-    if int8_path is not None:
-        outputs["int8"] = int8_path
+    outputs = {"model": model_path, "fp32": fp32_path, "parity": par.path, "metrics": metrics_path,
+               "int8_report": out_dir / "int8.json", "benchmark": out_dir / "benchmark.json"}
+    if q.path is not None:
+        outputs["int8"] = q.path
     result.outputs = {k: _rel(paths, v) for k, v in outputs.items()}
-
-    # ---------------------------------------------------------------- MLflow (the training run)
-    if not cfg.log_to_mlflow:
-        result.mlflow_note = "export.log_to_mlflow is false"
-    elif not train_run_id:
-        result.mlflow_note = "no training run id in artifacts/train/summary.json"
-    else:
-        mm: dict[str, float] = {
-            "export.parity.max_abs_diff": parity.max_abs_diff,
-            "export.parity.top1_agreement": parity.top1_agreement,
-            "export.int8.accepted": float(chosen == "int8"),
-            "export.size_bytes": float(result.size_bytes),
-        }
-        for name, r in ((bench or {}).get("runtimes") or {}).items():
-            mm[f"export.{name}.latency_p50_ms"] = r["latency_ms"]["p50"]
-            mm[f"export.{name}.latency_p95_ms"] = r["latency_ms"]["p95"]
-            mm[f"export.{name}.latency_p99_ms"] = r["latency_ms"]["p99"]
-            mm[f"export.{name}.throughput_ips"] = r["throughput_ips"]
-            mm[f"export.{name}.cost_per_1k_usd"] = r["cost_per_1k_usd"]
-        tags = {"export.chosen": chosen, "export.sha256": sha, "export.precision": chosen,
-                "export.artifact": result.artifact, "export.opset": str(cfg.opset),
-                "export.int8_rejected_reason": rejected_reason or "none"}
-        files = [out_dir / "benchmark.json", parity_path, out_dir / "int8.json", metrics_path,
-                 fp32_path, out_dir / INT8_NAME, model_path]
-        try:
-            _mlflow_log(str(train_run_id), tracking, mm, tags, files)
-            result.mlflow_run_id = str(train_run_id)
-        except Exception as exc:  # tracking is secondary: the files on disk are the source of truth
-            result.mlflow_note = f"logging to MLflow run {train_run_id} failed: {type(exc).__name__}: {exc}"
-            log.warning("export: %s", result.mlflow_note)
-
+    _log_export(result, cfg, lin, par, tracking, [out_dir / "benchmark.json", par.path, out_dir / "int8.json",
+                                                 metrics_path, fp32_path, out_dir / INT8_NAME, model_path])
     result.duration_s = round(time.perf_counter() - t0, 3)
     result.write_summary(out_dir)
     log.info("export: shipped %s (%s) in %.1fs", model_path, chosen, result.duration_s)
