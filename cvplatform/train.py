@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from cvplatform.config import Params, params_hash
+from cvplatform.config import Params, TrainParams, params_hash
 from cvplatform.errors import ConfigError, CVPlatformError, ModelError
 from cvplatform.stage import StageResult
 from cvplatform.utils.io import ProjectPaths, write_json
@@ -343,11 +343,361 @@ def _best_from_history(history: list[dict[str, Any]], monitor: str, mode: str) -
 
 
 # --------------------------------------------------------------------------- the stage
+# --------------------------------------------------------------------------- the stage's steps
+@dataclass
+class _Data:
+    """The checked training inputs: the data module, its classes and the resolved model/recipe settings."""
+
+    dm: Any
+    """The :class:`~cvplatform.data.datamodule.ManifestDataModule` (set up)."""
+    class_names: list[str]
+    class_weights: list[float] | None
+    recipe: Any
+    recipe_path: Path
+    arch_kwargs: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _prepare_data(params: Params, paths: ProjectPaths, seed: int) -> _Data:
+    """Resolve the architecture and recipe (cheap checks first), set up the data module, check the classes.
+
+    Raises:
+        ConfigError: bad recipe, a class count or class weights that do not match the manifest, an empty test
+            split with ``train.run_test``. ModelError: unknown architecture or arguments. DataError: bad manifest.
+    """
+    import torch
+
+    from cvplatform.data.augment import load_recipe, resolve_recipe_path
+    from cvplatform.data.datamodule import ManifestDataModule
+    from cvplatform.models import resolve_model_kwargs
+
+    tp = params.train
+    arch_kwargs = resolve_model_kwargs(tp.model.arch, **dict(tp.model.kwargs))
+    recipe_path = resolve_recipe_path(tp.augment, paths.root)
+    recipe = load_recipe(recipe_path)
+    accel = str(tp.accelerator).lower()
+    pin = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
+    dm = ManifestDataModule(
+        params.project.manifest, recipe, root=paths.root, batch_size=tp.batch_size,
+        eval_batch_size=tp.eval_batch_size, num_workers=tp.num_workers, seed=seed, pin_memory=pin,
+        recipe_source=str(recipe_path),
+    )
+    dm.setup()
+    class_names = list(dm.class_names)
+    num_classes = len(class_names)
+    if tp.num_classes is not None and tp.num_classes != num_classes:
+        raise ConfigError(
+            f"train.num_classes is {tp.num_classes} but the manifest {dm.manifest_path} has {num_classes} "
+            f"classes {class_names}. Set train.num_classes: {num_classes} (or null to derive it from the manifest)."
+        )
+    if tp.run_test and dm.counts.test == 0:
+        raise ConfigError(
+            f"train.run_test is true but the test split of {dm.manifest_path} is empty. "
+            "Set train.run_test: false or add test images."
+        )
+    return _Data(dm, class_names, _class_weights(tp, dm, class_names), recipe, recipe_path, arch_kwargs)
+
+
+def _class_weights(tp: TrainParams, dm: Any, class_names: list[str]) -> list[float] | None:
+    """``train.loss.class_weights`` resolved: None, balanced from the train split, or the explicit list (checked)."""
+    cw = tp.loss.class_weights
+    if cw == "none":
+        return None
+    if cw == "balanced":
+        return dm.balanced_class_weights()
+    if len(cw) != len(class_names):
+        raise ConfigError(
+            f"train.loss.class_weights lists {len(cw)} weights but the manifest has {len(class_names)} classes "
+            f"{class_names}; give one weight per class in that (sorted) order, or use 'balanced'."
+        )
+    return [float(w) for w in cw]
+
+
+def _resume_state(out: Path, tp: TrainParams, class_names: list[str]) -> dict[str, Any]:
+    """What an interrupted run left (state.json, the last checkpoint's run id), checked against params.
+
+    Raises:
+        ModelError: no last checkpoint, or one trained with another architecture or classes.
+    """
+    from cvplatform.models.checkpoint import read_checkpoint
+
+    last_ckpt = out / f"{LAST_NAME}.ckpt"
+    if not last_ckpt.is_file():
+        raise ModelError(
+            f"{last_ckpt}: nothing to resume (no last checkpoint). Run `cvplatform train` without --resume."
+        )
+    ck = read_checkpoint(last_ckpt)
+    hp = ck.get("hyper_parameters") or {}
+    if hp.get("arch") != tp.model.arch or list(hp.get("class_names", [])) != class_names:
+        raise ModelError(
+            f"{last_ckpt}: was trained with arch {hp.get('arch')!r} on classes {hp.get('class_names')}, "
+            f"but params/manifest now say {tp.model.arch!r} on {class_names}. Train from scratch without --resume."
+        )
+    prior_state = _read_state(out)
+    if not prior_state.get("run_id"):
+        rec_state = (ck.get("callbacks") or {}).get("cvplatform.EpochRecorder") or {}
+        prior_state["run_id"] = rec_state.get("run_id")
+    return prior_state
+
+
+@dataclass
+class _Tracking:
+    """The MLflow run (rank 0 only; None elsewhere), the run's state file content and the lineage."""
+
+    run: Any
+    state: dict[str, Any]
+    data_version: Any
+    samples: dict[str, int]
+    params_hash: str
+
+
+def _run_params(tp: TrainParams, data: _Data, seed: int, dv: Any) -> dict[str, str]:
+    """The MLflow params of the run (flattened ``train`` section plus data facts)."""
+    from cvplatform.tracking import flatten_params
+
+    counts = data.dm.counts
+    return {
+        **flatten_params({"train": tp.model_dump(mode="json")}),
+        "seed": str(seed),
+        "data.version": dv.md5,
+        "data.num_classes": str(data.num_classes),
+        "data.train": str(counts.train),
+        "data.val": str(counts.val),
+        "data.test": str(counts.test),
+        "model.arch_kwargs": str(data.arch_kwargs),
+    }
+
+
+def _open_run(params: Params, paths: ProjectPaths, out: Path, data: _Data, seed: int, dv: Any, phash: str,
+              prior_state: dict[str, Any] | None) -> Any:
+    """Start the MLflow run with its lineage tags and params, or re-open the interrupted one (``prior_state``)."""
+    from cvplatform.tracking import TrackingRun, airflow_run_id, environment_info, run_overrides
+    from cvplatform.utils.io import git_commit
+
+    tp = params.train
+    run_params = _run_params(tp, data, seed, dv)
+    if prior_state is not None:
+        run_id = prior_state.get("run_id")
+        if not run_id:
+            raise ModelError(
+                f"{out / 'state.json'}: no MLflow run id to continue (file missing and none in "
+                f"{out / f'{LAST_NAME}.ckpt'}). Train from scratch without --resume."
+            )
+        run = TrackingRun.resume(paths.root, str(run_id))
+        run.check_params(run_params, "params.yaml")
+        run.mark_running()
+        return run
+    _clean_outputs(out)
+    commit = git_commit(paths.root)
+    tags = {
+        "stage": "train", "git_commit": commit, "mlflow.source.git.commit": commit, "data_version": dv.md5,
+        "data_version_source": dv.source, "manifest": str(data.dm.manifest_path), "params_hash": phash,
+        "model_arch": tp.model.arch, "airflow_run_id": airflow_run_id(), "run_overrides": json.dumps(run_overrides()),
+        **environment_info(),
+    }
+    run = TrackingRun.start(paths.root, tp.experiment, tp.run_name or f"train-{tp.model.arch}-seed{seed}", tags)
+    run.log_params(run_params)
+    return run
+
+
+def _start_tracking(params: Params, paths: ProjectPaths, out: Path, data: _Data, seed: int, resume: bool,
+                    prior_state: dict[str, Any], is_zero: bool) -> _Tracking:
+    """On rank 0: open the MLflow run, write state.json and params.resolved.yaml. Elsewhere: only the lineage."""
+    import yaml
+
+    from cvplatform.tracking import data_version
+
+    tp = params.train
+    dv = data_version(data.dm.manifest_path, paths.root)
+    counts = data.dm.counts
+    tracking = _Tracking(None, {}, dv, {"train": counts.train, "val": counts.val, "test": counts.test},
+                         params_hash(tp))
+    if not is_zero:
+        return tracking
+    out.mkdir(parents=True, exist_ok=True)
+    run = _open_run(params, paths, out, data, seed, dv, tracking.params_hash, prior_state if resume else None)
+    tracking.run = run
+    tracking.state = {
+        "run_id": run.run_id, "experiment_id": run.experiment_id, "tracking_uri": run.tracking_uri,
+        "params_hash": tracking.params_hash, "status": "running", "max_epochs": tp.epochs,
+        "epochs_completed": int(prior_state.get("epochs_completed", 0)) if resume else 0, "resumed": bool(resume),
+    }
+    write_json(out / "state.json", tracking.state)
+    (out / "params.resolved.yaml").write_text(
+        yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False), encoding="utf-8"
+    )
+    return tracking
+
+
+def _build_module(tp: TrainParams, data: _Data) -> Any:
+    """The LightningModule of the configured architecture, loss and optimisation."""
+    from cvplatform.models.lightning import ClassifierModule
+
+    return ClassifierModule(
+        arch=tp.model.arch, arch_kwargs=data.arch_kwargs, num_classes=data.num_classes,
+        class_names=data.class_names, preprocess=data.recipe.to_metadata(),
+        optimizer=tp.optimizer.model_dump(mode="json"), scheduler=tp.scheduler.model_dump(mode="json"),
+        label_smoothing=tp.loss.label_smoothing, class_weights=data.class_weights, max_epochs=tp.epochs,
+    )
+
+
+@dataclass
+class _Fit:
+    trainer: Any
+    checkpoint: Any
+    """The ModelCheckpoint callback (``best_model_path``)."""
+    early: Any
+    """The EarlyStopping callback, or None."""
+    recorder: Any
+    """The epoch recorder (``history``)."""
+
+
+def _build_trainer(tp: TrainParams, out: Path, seed: int, tracking: _Tracking, is_zero: bool) -> _Fit:
+    """The Lightning trainer with its callbacks (epoch seeds, the epoch recorder, checkpoints, early stopping).
+
+    Raises:
+        ConfigError: Lightning rejects accelerator / devices / strategy / precision.
+    """
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+    from cvplatform.data.datamodule import EpochSeedCallback
+
+    ckpt_cb = ModelCheckpoint(
+        dirpath=out, filename=BEST_NAME, monitor=tp.monitor, mode=tp.mode, save_top_k=1, save_last=True,
+        save_on_train_epoch_end=True, enable_version_counter=False, auto_insert_metric_name=False,
+    )
+    recorder = _epoch_recorder_cls()(tracking.run, out, tracking.state)
+    callbacks: list[pl.Callback] = [EpochSeedCallback(seed), recorder, ckpt_cb]
+    early = None
+    if tp.patience is not None:
+        early = EarlyStopping(monitor=tp.monitor, mode=tp.mode, patience=tp.patience, min_delta=tp.min_delta,
+                              check_on_train_epoch_end=True)
+        callbacks.append(early)
+    trainer_kwargs: dict[str, Any] = {
+        "max_epochs": tp.epochs, "accelerator": tp.accelerator, "devices": tp.devices, "strategy": tp.strategy,
+        "num_nodes": tp.num_nodes, "precision": tp.precision, "deterministic": tp.deterministic, "logger": False,
+        "callbacks": callbacks,
+        "enable_progress_bar": tp.progress_bar and _interactive(),  # bars garble non-terminal logs
+        "enable_model_summary": is_zero, "default_root_dir": str(out), "num_sanity_val_steps": 0,
+        "plugins": [_atomic_checkpoint_io()],
+    }
+    if tp.limit_train_batches is not None:
+        trainer_kwargs["limit_train_batches"] = tp.limit_train_batches
+    if tp.limit_val_batches is not None:
+        trainer_kwargs["limit_val_batches"] = tp.limit_val_batches
+    try:
+        trainer = pl.Trainer(**trainer_kwargs)
+    except Exception as exc:  # MisconfigurationException & co: a bad accelerator/devices/strategy value
+        raise ConfigError(
+            f"train.accelerator/devices/strategy/precision rejected by Lightning: {exc}. "
+            "Fix these keys in params.yaml (e.g. accelerator: cpu, devices: 1, strategy: auto)."
+        ) from None
+    return _Fit(trainer, ckpt_cb, early, recorder)
+
+
+def _fit(fit: _Fit, module: Any, data: _Data, tp: TrainParams, out: Path, tracking: _Tracking,
+         resume: bool) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Train (and test the best checkpoint with ``train.run_test``); ``(history, test metrics)``.
+
+    On any failure the MLflow run is marked FAILED (KILLED on Ctrl-C) and state.json says so.
+    """
+    last_ckpt = out / f"{LAST_NAME}.ckpt"
+    try:
+        with warnings.catch_warnings():
+            for msg in (".*does not have many workers.*", ".*smaller than the logging interval.*",
+                        ".*Checkpoint directory .* exists and is not empty.*"):
+                warnings.filterwarnings("ignore", message=msg)
+            fit.trainer.fit(module, datamodule=data.dm, ckpt_path=str(last_ckpt) if resume else None,
+                            weights_only=True)
+            history = list(fit.recorder.history)  # (trainer.test below restores callback states from best.ckpt)
+            test_metrics: dict[str, float] = {}
+            if tp.run_test:
+                res = fit.trainer.test(module, datamodule=data.dm, ckpt_path=fit.checkpoint.best_model_path or None,
+                                       weights_only=True, verbose=False)
+                test_metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
+    except BaseException as exc:
+        if tracking.run is not None:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            with contextlib.suppress(Exception):  # never hide the training error behind a tracking one
+                tracking.run.finish(status)
+            tracking.state.update(status=status.lower())
+            write_json(out / "state.json", tracking.state)
+        raise
+    return history, test_metrics
+
+
+def _other_rank_result(tp: TrainParams, data: _Data, tracking: _Tracking, seed: int, resume: bool,
+                       trainer: Any) -> TrainResult:
+    """What a non-zero rank returns (rank 0 writes every output)."""
+    return TrainResult(
+        run_id=None, experiment_id=None, tracking_uri=None, best_checkpoint=None, last_checkpoint=None,
+        best_epoch=-1, epochs_completed=int(trainer.current_epoch), max_epochs=tp.epochs, stopped_early=False,
+        resumed=resume, monitor=tp.monitor, best_score=None, best_metrics={}, arch=tp.model.arch,
+        arch_kwargs=data.arch_kwargs, num_classes=data.num_classes, class_names=data.class_names,
+        data_version=tracking.data_version.md5, samples=tracking.samples, seed=seed, rank=trainer.global_rank,
+        world_size=trainer.world_size,
+    )
+
+
+@dataclass
+class _Best:
+    path: Path
+    loaded: Any
+    """The best checkpoint loaded back (``LoadedModel``)."""
+    metrics: dict[str, float]
+    temperature: float | None
+
+
+def _best_checkpoint(fit: _Fit, data: _Data, tp: TrainParams, out: Path, history: list[dict[str, Any]],
+                     test_metrics: dict[str, float]) -> _Best:
+    """Load the best checkpoint back (calibrated with ``train.calibrate``) and collect its metrics."""
+    from cvplatform.models.checkpoint import load_checkpoint
+
+    best_path = Path(fit.checkpoint.best_model_path) if fit.checkpoint.best_model_path else out / f"{BEST_NAME}.ckpt"
+    loaded = load_checkpoint(best_path)  # run every artifact you produce: it must load back
+    temperature = _calibrate(best_path, loaded, data.dm) if tp.calibrate else None
+    if temperature is not None:
+        loaded = load_checkpoint(best_path)
+    best_rec = next((r for r in history if int(r["epoch"]) == loaded.epoch), None) or _best_from_history(
+        history, tp.monitor, tp.mode
+    ) or {}
+    best_metrics = {k: float(v) for k, v in best_rec.items() if k.startswith("val_") and v is not None}
+    best_metrics.update(test_metrics)
+    return _Best(best_path, loaded, best_metrics, temperature)
+
+
+def _write_and_log(run: Any, best: _Best, data: _Data, out: Path,
+                   history: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """Write metrics.json and the curves, log them with the best checkpoint to the run; ``(metrics, curves csv)``."""
+    from cvplatform.tracking import plot_curves
+
+    # `dvc metrics show`: the numbers a user compares, validation split of the best epoch
+    # (the epoch, the monitor, the test metrics and full precision are in summary.json)
+    metrics = {short: round(best.metrics[k], 4) for k, short in
+               (("val_acc", "accuracy"), ("val_f1", "f1"), ("val_loss", "loss")) if k in best.metrics}
+    metrics_path = write_json(out / "metrics.json", metrics)
+    curves_csv = _write_curves(history, out / "plots" / "curves.csv")
+    curves_png = plot_curves(history, out / "plots" / "curves.png")
+    run.log_metrics_once({f"best_{k}": v for k, v in best.metrics.items()} | {"best_epoch": float(best.loaded.epoch)}
+                         | ({"calibration_temperature": best.temperature} if best.temperature is not None else {}))
+    run.set_tags({"best_checkpoint": str(best.path), "class_names": ",".join(data.class_names)})
+    for path, where in ((best.path, "checkpoints"), (curves_png, "plots"), (curves_csv, "plots"),
+                        (metrics_path, None), (data.recipe_path, "config"), (out / "params.resolved.yaml", "config")):
+        if Path(path).is_file():
+            run.log_artifact(path, where)
+    return metrics_path, curves_csv
+
+
+# --------------------------------------------------------------------------- the stage
 def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, resume: bool = False) -> TrainResult:
     """Train a classifier on the manifest's train split, validating on val.
 
     Args:
-        params: Loaded ``params.yaml`` (the ``train`` section and ``project.seed``).
+        params: Loaded ``params.yaml`` (the ``train`` section, ``project.seed`` and ``project.manifest``).
         root: Project root (default: cwd); manifest, recipe and artifacts resolve against it.
         resume: Continue from ``artifacts/train/last.ckpt`` and the same MLflow run.
 
@@ -370,319 +720,47 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
     from cvplatform.utils.logs import quiet_libraries
 
     quiet_libraries()  # no third-party INFO floods in task logs and notebooks
+    import pytorch_lightning as pl
+
     t0 = time.perf_counter()
     paths = ProjectPaths.at(root)
     out = paths.artifacts("train")
     tp = params.train
     seed = int(tp.seed if tp.seed is not None else params.project.seed)
     is_zero = _env_is_global_zero()
-
-    # ---------------------------------------------------------------- validate (cheap first)
-    from cvplatform.models import resolve_model_kwargs
-
-    arch_kwargs = resolve_model_kwargs(tp.model.arch, **dict(tp.model.kwargs))
-    from cvplatform.data.augment import load_recipe, resolve_recipe_path
-
-    recipe_path = resolve_recipe_path(tp.augment, paths.root)
-    recipe = load_recipe(recipe_path)
-
-    import pytorch_lightning as pl
-    import torch
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-
-    from cvplatform.data.datamodule import EpochSeedCallback, ManifestDataModule
-
-    accel = str(tp.accelerator).lower()
-    pin = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
-    dm = ManifestDataModule(
-        params.project.manifest, recipe, root=paths.root, batch_size=tp.batch_size, eval_batch_size=tp.eval_batch_size,
-        num_workers=tp.num_workers, seed=seed, pin_memory=pin, recipe_source=str(recipe_path),
-    )
-    dm.setup()
-    class_names = list(dm.class_names)
-    num_classes = len(class_names)
-    if tp.num_classes is not None and tp.num_classes != num_classes:
-        raise ConfigError(
-            f"train.num_classes is {tp.num_classes} but the manifest {dm.manifest_path} has {num_classes} "
-            f"classes {class_names}. Set train.num_classes: {num_classes} (or null to derive it from the manifest)."
-        )
-    cw = tp.loss.class_weights
-    class_weights: list[float] | None
-    if cw == "none":
-        class_weights = None
-    elif cw == "balanced":
-        class_weights = dm.balanced_class_weights()
-    else:
-        if len(cw) != num_classes:
-            raise ConfigError(
-                f"train.loss.class_weights lists {len(cw)} weights but the manifest has {num_classes} classes "
-                f"{class_names}; give one weight per class in that (sorted) order, or use 'balanced'."
-            )
-        class_weights = [float(w) for w in cw]
-    if tp.run_test and dm.counts.test == 0:
-        raise ConfigError(
-            f"train.run_test is true but the test split of {dm.manifest_path} is empty. "
-            "Set train.run_test: false or add test images."
-        )
-
-    last_ckpt = out / f"{LAST_NAME}.ckpt"
-    prior_state: dict[str, Any] = {}
-    if resume:
-        from cvplatform.models.checkpoint import read_checkpoint
-
-        if not last_ckpt.is_file():
-            raise ModelError(
-                f"{last_ckpt}: nothing to resume (no last checkpoint). Run `cvplatform train` without --resume."
-            )
-        ck = read_checkpoint(last_ckpt)
-        hp = ck.get("hyper_parameters") or {}
-        if hp.get("arch") != tp.model.arch or list(hp.get("class_names", [])) != class_names:
-            raise ModelError(
-                f"{last_ckpt}: was trained with arch {hp.get('arch')!r} on classes {hp.get('class_names')}, "
-                f"but params/manifest now say {tp.model.arch!r} on {class_names}. Train from scratch without --resume."
-            )
-        prior_state = _read_state(out)
-        if not prior_state.get("run_id"):
-            rec_state = (ck.get("callbacks") or {}).get("cvplatform.EpochRecorder") or {}
-            prior_state["run_id"] = rec_state.get("run_id")
-        del ck
-
-    # ---------------------------------------------------------------- tracking (rank 0 only)
-    from cvplatform.tracking import (
-        TrackingRun,
-        airflow_run_id,
-        data_version,
-        environment_info,
-        flatten_params,
-        run_overrides,
-    )
-    from cvplatform.utils.io import git_commit
-
-    dv = data_version(dm.manifest_path, paths.root)
-    counts = dm.counts
-    samples = {"train": counts.train, "val": counts.val, "test": counts.test}
-    train_dump = tp.model_dump(mode="json")
-    run_params = {
-        **flatten_params({"train": train_dump}),
-        "seed": str(seed),
-        "data.version": dv.md5,
-        "data.num_classes": str(num_classes),
-        "data.train": str(counts.train),
-        "data.val": str(counts.val),
-        "data.test": str(counts.test),
-        "model.arch_kwargs": str(arch_kwargs),
-    }
-    phash = params_hash(tp)
-    run: TrackingRun | None = None
-    state: dict[str, Any] = {}
-    if is_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        if resume:
-            run_id = prior_state.get("run_id")
-            if not run_id:
-                raise ModelError(
-                    f"{out / 'state.json'}: no MLflow run id to continue (file missing and none in {last_ckpt}). "
-                    "Train from scratch without --resume."
-                )
-            run = TrackingRun.resume(paths.root, str(run_id))
-            run.check_params(run_params, "params.yaml")
-            run.mark_running()
-        else:
-            _clean_outputs(out)
-            commit = git_commit(paths.root)
-            tags = {
-                "stage": "train",
-                "git_commit": commit,
-                "mlflow.source.git.commit": commit,
-                "data_version": dv.md5,
-                "data_version_source": dv.source,
-                "manifest": str(dm.manifest_path),
-                "params_hash": phash,
-                "model_arch": tp.model.arch,
-                "airflow_run_id": airflow_run_id(),
-                "run_overrides": json.dumps(run_overrides()),
-                **environment_info(),
-            }
-            run_name = tp.run_name or f"train-{tp.model.arch}-seed{seed}"
-            run = TrackingRun.start(paths.root, tp.experiment, run_name, tags)
-            run.log_params(run_params)
-        state = {
-            "run_id": run.run_id,
-            "experiment_id": run.experiment_id,
-            "tracking_uri": run.tracking_uri,
-            "params_hash": phash,
-            "status": "running",
-            "max_epochs": tp.epochs,
-            "epochs_completed": int(prior_state.get("epochs_completed", 0)) if resume else 0,
-            "resumed": bool(resume),
-        }
-        write_json(out / "state.json", state)
-        import yaml
-
-        (out / "params.resolved.yaml").write_text(
-            yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False), encoding="utf-8"
-        )
-
-    # ---------------------------------------------------------------- model + trainer
+    data = _prepare_data(params, paths, seed)
+    prior_state = _resume_state(out, tp, data.class_names) if resume else {}
+    tracking = _start_tracking(params, paths, out, data, seed, resume, prior_state, is_zero)
     pl.seed_everything(seed, workers=True)
-    from cvplatform.models.lightning import ClassifierModule
-
-    module = ClassifierModule(
-        arch=tp.model.arch,
-        arch_kwargs=arch_kwargs,
-        num_classes=num_classes,
-        class_names=class_names,
-        preprocess=recipe.to_metadata(),
-        optimizer=tp.optimizer.model_dump(mode="json"),
-        scheduler=tp.scheduler.model_dump(mode="json"),
-        label_smoothing=tp.loss.label_smoothing,
-        class_weights=class_weights,
-        max_epochs=tp.epochs,
-    )
-    ckpt_cb = ModelCheckpoint(
-        dirpath=out, filename=BEST_NAME, monitor=tp.monitor, mode=tp.mode, save_top_k=1, save_last=True,
-        save_on_train_epoch_end=True, enable_version_counter=False, auto_insert_metric_name=False,
-    )
-    recorder = _epoch_recorder_cls()(run, out, state)
-    callbacks: list[pl.Callback] = [EpochSeedCallback(seed), recorder, ckpt_cb]
-    early: EarlyStopping | None = None
-    if tp.patience is not None:
-        early = EarlyStopping(
-            monitor=tp.monitor, mode=tp.mode, patience=tp.patience, min_delta=tp.min_delta,
-            check_on_train_epoch_end=True,
-        )
-        callbacks.append(early)
-    trainer_kwargs: dict[str, Any] = {
-        "max_epochs": tp.epochs,
-        "accelerator": tp.accelerator,
-        "devices": tp.devices,
-        "strategy": tp.strategy,
-        "num_nodes": tp.num_nodes,
-        "precision": tp.precision,
-        "deterministic": tp.deterministic,
-        "logger": False,
-        "callbacks": callbacks,
-        "enable_progress_bar": tp.progress_bar and _interactive(),  # bars garble non-terminal logs
-        "enable_model_summary": is_zero,
-        "default_root_dir": str(out),
-        "num_sanity_val_steps": 0,
-        "plugins": [_atomic_checkpoint_io()],
-    }
-    if tp.limit_train_batches is not None:
-        trainer_kwargs["limit_train_batches"] = tp.limit_train_batches
-    if tp.limit_val_batches is not None:
-        trainer_kwargs["limit_val_batches"] = tp.limit_val_batches
-    try:
-        trainer = pl.Trainer(**trainer_kwargs)
-    except Exception as exc:  # MisconfigurationException & co: a bad accelerator/devices/strategy value
-        raise ConfigError(
-            f"train.accelerator/devices/strategy/precision rejected by Lightning: {exc}. "
-            "Fix these keys in params.yaml (e.g. accelerator: cpu, devices: 1, strategy: auto)."
-        ) from None
-
-    try:
-        with warnings.catch_warnings():
-            for msg in (".*does not have many workers.*", ".*smaller than the logging interval.*",
-                        ".*Checkpoint directory .* exists and is not empty.*"):
-                warnings.filterwarnings("ignore", message=msg)
-            trainer.fit(
-                module, datamodule=dm, ckpt_path=str(last_ckpt) if resume else None, weights_only=True
-            )
-            history = list(recorder.history)  # (trainer.test below restores callback states from best.ckpt)
-            test_metrics: dict[str, float] = {}
-            if tp.run_test:
-                res = trainer.test(module, datamodule=dm, ckpt_path=ckpt_cb.best_model_path or None,
-                                   weights_only=True, verbose=False)
-                test_metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
-    except BaseException as exc:
-        if run is not None:
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            with contextlib.suppress(Exception):  # never hide the training error behind a tracking one
-                run.finish(status)
-            state.update(status=status.lower())
-            write_json(out / "state.json", state)
-        raise
-
-    if not trainer.is_global_zero:
-        return TrainResult(
-            run_id=None, experiment_id=None, tracking_uri=None, best_checkpoint=None, last_checkpoint=None,
-            best_epoch=-1, epochs_completed=int(trainer.current_epoch), max_epochs=tp.epochs, stopped_early=False,
-            resumed=resume, monitor=tp.monitor, best_score=None, best_metrics={}, arch=tp.model.arch,
-            arch_kwargs=arch_kwargs, num_classes=num_classes, class_names=class_names, data_version=dv.md5,
-            samples=samples, seed=seed, rank=trainer.global_rank, world_size=trainer.world_size,
-        )
+    module = _build_module(tp, data)
+    fit = _build_trainer(tp, out, seed, tracking, is_zero)
+    history, test_metrics = _fit(fit, module, data, tp, out, tracking, resume)
+    if not fit.trainer.is_global_zero:
+        return _other_rank_result(tp, data, tracking, seed, resume, fit.trainer)
+    run = tracking.run
     assert run is not None
-
-    # ---------------------------------------------------------------- outputs (rank 0)
-    best_path = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else out / f"{BEST_NAME}.ckpt"
-    from cvplatform.models.checkpoint import load_checkpoint
-
-    loaded = load_checkpoint(best_path)  # run every artifact you produce: it must load back
-    temperature = _calibrate(best_path, loaded, dm) if tp.calibrate else None
-    if temperature is not None:
-        loaded = load_checkpoint(best_path)
-    best_rec = next((r for r in history if int(r["epoch"]) == loaded.epoch), None) or _best_from_history(
-        history, tp.monitor, tp.mode
-    ) or {}
-    best_metrics = {k: float(v) for k, v in best_rec.items() if k.startswith("val_") and v is not None}
-    best_metrics.update(test_metrics)
-    stopped_early = bool(early is not None and early.stopped_epoch > 0)
-    # `dvc metrics show`: the numbers a user compares, validation split of the best epoch
-    # (the epoch, the monitor, the test metrics and full precision are in summary.json)
-    metrics = {short: round(best_metrics[k], 4) for k, short in
-               (("val_acc", "accuracy"), ("val_f1", "f1"), ("val_loss", "loss")) if k in best_metrics}
-    metrics_path = write_json(out / "metrics.json", metrics)
-    curves_csv = _write_curves(history, out / "plots" / "curves.csv")
-    from cvplatform.tracking import plot_curves
-
-    curves_png = plot_curves(history, out / "plots" / "curves.png")
-
-    run.log_metrics_once({f"best_{k}": v for k, v in best_metrics.items()} | {"best_epoch": float(loaded.epoch)}
-                         | ({"calibration_temperature": temperature} if temperature is not None else {}))
-    run.set_tags({"best_checkpoint": str(best_path), "class_names": ",".join(class_names)})
-    for path, where in (
-        (best_path, "checkpoints"),
-        (curves_png, "plots"),
-        (curves_csv, "plots"),
-        (metrics_path, None),
-        (recipe_path, "config"),
-        (out / "params.resolved.yaml", "config"),
-    ):
-        if Path(path).is_file():
-            run.log_artifact(path, where)
+    best = _best_checkpoint(fit, data, tp, out, history, test_metrics)
+    metrics_path, curves_csv = _write_and_log(run, best, data, out, history)
     run.finish("FINISHED")
-    state.update(status="finished", epochs_completed=len(history), best_epoch=int(loaded.epoch))
-    write_json(out / "state.json", state)
-
+    tracking.state.update(status="finished", epochs_completed=len(history), best_epoch=int(best.loaded.epoch))
+    write_json(out / "state.json", tracking.state)
+    last_ckpt = out / f"{LAST_NAME}.ckpt"
+    dv = tracking.data_version
     result = TrainResult(
-        run_id=run.run_id,
-        experiment_id=run.experiment_id,
-        tracking_uri=run.tracking_uri,
-        best_checkpoint=str(best_path),
-        last_checkpoint=str(last_ckpt) if last_ckpt.is_file() else None,
-        best_epoch=int(loaded.epoch),
-        epochs_completed=len(history),
-        max_epochs=tp.epochs,
-        stopped_early=stopped_early,
-        resumed=resume,
-        monitor=tp.monitor,
-        best_score=best_metrics.get(tp.monitor),
-        best_metrics=best_metrics,
-        arch=tp.model.arch,
-        arch_kwargs=arch_kwargs,
-        num_classes=num_classes,
-        class_names=class_names,
-        data_version=dv.md5,
-        samples=samples,
-        seed=seed,
-        metrics_path=str(metrics_path),
-        curves_path=str(curves_csv),
-        duration_s=round(time.perf_counter() - t0, 3),
-        world_size=trainer.world_size,
-        extra={"data_version_source": dv.source, "params_hash": phash, "temperature": temperature},
+        run_id=run.run_id, experiment_id=run.experiment_id, tracking_uri=run.tracking_uri,
+        best_checkpoint=str(best.path), last_checkpoint=str(last_ckpt) if last_ckpt.is_file() else None,
+        best_epoch=int(best.loaded.epoch), epochs_completed=len(history), max_epochs=tp.epochs,
+        stopped_early=bool(fit.early is not None and fit.early.stopped_epoch > 0), resumed=resume,
+        monitor=tp.monitor, best_score=best.metrics.get(tp.monitor), best_metrics=best.metrics, arch=tp.model.arch,
+        arch_kwargs=data.arch_kwargs, num_classes=data.num_classes, class_names=data.class_names,
+        data_version=dv.md5, samples=tracking.samples, seed=seed, metrics_path=str(metrics_path),
+        curves_path=str(curves_csv), duration_s=round(time.perf_counter() - t0, 3),
+        world_size=fit.trainer.world_size,
+        extra={"data_version_source": dv.source, "params_hash": tracking.params_hash,
+               "temperature": best.temperature},
     )
     result.write_summary(out)
-    log.info("train: done in %.1fs; best epoch %d %s", result.duration_s, result.best_epoch, best_metrics)
+    log.info("train: done in %.1fs; best epoch %d %s", result.duration_s, result.best_epoch, best.metrics)
     return result
 
 
