@@ -76,7 +76,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cvplatform.data.manifest import write_manifest
 from cvplatform.data.sources import SourceItem, open_source
@@ -580,6 +580,86 @@ def _write_csv(path: Path, header: tuple[str, ...], rows: list[tuple[str, ...]])
     return path
 
 
+def _group_by_content(items: list[SourceItem], outcomes: dict[int, DecodeOutcome],
+                      ) -> tuple[list[tuple[int, str, str]], dict[str, list[int]]]:
+    """Split the listed files into rejected ones ``(index, reason, detail)`` and accepted ones by content sha256."""
+    rejected: list[tuple[int, str, str]] = []
+    by_sha: dict[str, list[int]] = defaultdict(list)
+    for i, it in enumerate(items):
+        if it.reason is not None:
+            rejected.append((i, it.reason, it.detail))
+            continue
+        o = outcomes[i]
+        if o.reason is not None:
+            rejected.append((i, o.reason, o.detail))
+        else:
+            by_sha[str(o.sha256)].append(i)
+    return rejected, by_sha
+
+
+@dataclass
+class _Placed:
+    rows: list[dict[str, object]]
+    """Manifest rows of the accepted images."""
+    duplicates: list[tuple[str, ...]]
+    """``(file, duplicate_of, sha256, label)`` of the copies that were dropped."""
+    faces: int
+    """Faces blurred in the accepted images."""
+
+
+def _place_images(items: list[SourceItem], outcomes: dict[int, DecodeOutcome], by_sha: dict[str, list[int]],
+                  listing: Any, paths: ProjectPaths, incoming: Path, ip: Any,
+                  rejected: list[tuple[int, str, str]]) -> _Placed:
+    """Move each distinct image to ``data/raw/<label>/<sha256>.png`` and make its manifest row.
+
+    The first copy (by source order) of an image is kept, the others are duplicates; an image whose copies
+    carry different labels is rejected (``label_conflict``, appended to ``rejected``).
+    """
+    placed = _Placed([], [], 0)
+    for sha in sorted(by_sha):
+        idxs = sorted(by_sha[sha], key=lambda i: items[i].sort_key)
+        png = incoming / f"{sha}.png"
+        labels = sorted({str(items[i].label) for i in idxs})
+        if len(labels) > 1:
+            for i in idxs:
+                others = [items[j].origin for j in idxs if j != i]
+                shown = ", ".join(others[:5]) + (f" (+{len(others) - 5} more)" if len(others) > 5 else "")
+                rejected.append((i, "label_conflict",
+                                 f"same image (sha256 {sha[:12]}) labelled {labels}; other copies: {shown}"))
+            png.unlink()
+            continue
+        keep = items[idxs[0]]
+        label = str(keep.label)
+        dest = paths.raw / label_dirname(label) / f"{sha}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(png, dest)
+        o = outcomes[idxs[0]]
+        placed.faces += o.faces
+        row: dict[str, object] = {
+            "path": dest.relative_to(paths.root).as_posix(), "sha256": sha, "label": label, "width": o.width,
+            "height": o.height, "channels": 3, "format": o.format, "source": listing.spec.spec,
+            "origin": keep.origin, "split": assign_split(sha, label, ip.split),
+        }
+        meta = dict(keep.metadata)
+        for col in listing.metadata_columns:
+            row[col] = meta.get(col)
+        placed.rows.append(row)
+        placed.duplicates.extend((items[j].origin, keep.origin, sha, label) for j in idxs[1:])
+    return placed
+
+
+def _quarantine_rows(items: list[SourceItem], rejected: list[tuple[int, str, str]], store: Path,
+                     paths: ProjectPaths, keep: bool) -> list[tuple[str, ...]]:
+    """The quarantine report's rows (sorted), keeping each rejected original when retention allows."""
+    report_rows: list[tuple[str, ...]] = []
+    for i, reason, detail in rejected:
+        it = items[i]
+        sha, stored, note = _keep_original(it, reason, store, paths.root, keep)
+        report_rows.append((it.origin, reason, detail + note, it.label or "", sha, stored))
+    report_rows.sort()
+    return report_rows
+
+
 def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResult:
     """Ingest ``params.ingest.source`` into ``data/raw``, ``data/quarantine`` and the manifest.
 
@@ -636,66 +716,13 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
     tasks = [(i, str(it.local_path)) for i, it in enumerate(items) if it.reason is None and it.local_path]
     outcomes = _decode_all(tasks, opts, ip.workers)
 
-    rejected: list[tuple[int, str, str]] = []
-    by_sha: dict[str, list[int]] = defaultdict(list)
-    for i, it in enumerate(items):
-        if it.reason is not None:
-            rejected.append((i, it.reason, it.detail))
-            continue
-        o = outcomes[i]
-        if o.reason is not None:
-            rejected.append((i, o.reason, o.detail))
-        else:
-            by_sha[str(o.sha256)].append(i)
-
-    rows: list[dict[str, object]] = []
-    dup_rows: list[tuple[str, ...]] = []
-    faces = 0
-    for sha in sorted(by_sha):
-        idxs = sorted(by_sha[sha], key=lambda i: items[i].sort_key)
-        png = incoming / f"{sha}.png"
-        labels = sorted({str(items[i].label) for i in idxs})
-        if len(labels) > 1:
-            for i in idxs:
-                others = [items[j].origin for j in idxs if j != i]
-                shown = ", ".join(others[:5]) + (f" (+{len(others) - 5} more)" if len(others) > 5 else "")
-                rejected.append((i, "label_conflict",
-                                 f"same image (sha256 {sha[:12]}) labelled {labels}; other copies: {shown}"))
-            png.unlink()
-            continue
-        keep = items[idxs[0]]
-        label = str(keep.label)
-        dest = paths.raw / label_dirname(label) / f"{sha}.png"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(png, dest)
-        o = outcomes[idxs[0]]
-        faces += o.faces
-        row: dict[str, object] = {
-            "path": dest.relative_to(paths.root).as_posix(),
-            "sha256": sha,
-            "label": label,
-            "width": o.width,
-            "height": o.height,
-            "channels": 3,
-            "format": o.format,
-            "source": spec,
-            "origin": keep.origin,
-            "split": assign_split(sha, label, ip.split),
-        }
-        meta = dict(keep.metadata)
-        for col in listing.metadata_columns:
-            row[col] = meta.get(col)
-        rows.append(row)
-        dup_rows.extend((items[j].origin, keep.origin, sha, label) for j in idxs[1:])
+    rejected, by_sha = _group_by_content(items, outcomes)
+    placed = _place_images(items, outcomes, by_sha, listing, paths, incoming, ip, rejected)
+    rows, dup_rows, faces = placed.rows, placed.duplicates, placed.faces
     shutil.rmtree(incoming)
 
-    report_rows: list[tuple[str, ...]] = []
     keep = ip.quarantine.retention_days != 0
-    for i, reason, detail in rejected:
-        it = items[i]
-        sha, stored, note = _keep_original(it, reason, store, paths.root, keep)
-        report_rows.append((it.origin, reason, detail + note, it.label or "", sha, stored))
-    report_rows.sort()
+    report_rows = _quarantine_rows(items, rejected, store, paths, keep)
     report = _write_csv(paths.quarantine / REPORT_FILE, REPORT_COLUMNS, report_rows)
     dup_report = _write_csv(artifacts / "duplicates.csv", ("file", "duplicate_of", "sha256", "label"), sorted(dup_rows))
 

@@ -340,6 +340,166 @@ def _traffic(df: pd.DataFrame | None, variants: Sequence[str]) -> pd.DataFrame |
     return df
 
 
+class _Checks:
+    """The checks of one drift pass: each is judged (value > threshold fails) or skipped with the reason."""
+
+    def __init__(self) -> None:
+        self.items: list[DriftCheck] = []
+
+    def skip(self, name: str, kind: Any, metric: str, threshold: float | None, why: str, n: int = 0) -> None:
+        self.items.append(DriftCheck(name, kind, metric, None, threshold, "skipped", f"{name}: skipped, {why}", n))
+
+    def judge(self, name: str, kind: Any, metric: str, value: float, threshold: float | None, n: int,
+              fail_text: str, pass_text: str) -> None:
+        if threshold is None:
+            return
+        if not math.isfinite(value):
+            self.skip(name, kind, metric, threshold, f"{metric} could not be computed", n)
+            return
+        failed = value > threshold
+        self.items.append(DriftCheck(name, kind, metric, float(value), float(threshold),
+                                     "failed" if failed else "passed", fail_text if failed else pass_text, n))
+
+
+@dataclass
+class _Window:
+    """The window's traffic (and the baseline's) with the facts every check needs."""
+
+    cur: pd.DataFrame | None
+    base: pd.DataFrame | None
+    n_cur: int
+    min_n: int
+
+    @property
+    def insufficient(self) -> bool:
+        return self.n_cur < self.min_n
+
+    @property
+    def too_few(self) -> str:
+        return (f"{self.n_cur} served image(s) in the window < min_samples {self.min_n} "
+                "(tiny traffic never counts as drift)")
+
+
+def _input_checks(reference: ReferenceLike, w: _Window, policy: DriftPolicy,
+                  checks: _Checks) -> dict[str, dict[str, float | int | None]]:
+    """PSI and KS of every input statistic against the training reference; returns the per-statistic summary."""
+    import numpy as np
+
+    statistics: dict[str, dict[str, float | int | None]] = {}
+    for stat in STAT_NAMES:
+        th: StatThresholds = getattr(policy.inputs, stat)
+        ref_vals = np.asarray(reference.stats.get(stat, []), dtype=np.float64)
+        ref_vals = ref_vals[np.isfinite(ref_vals)]
+        cur_vals = np.asarray([] if w.cur is None or stat not in w.cur.columns else w.cur[stat], dtype=np.float64)
+        cur_vals = cur_vals[np.isfinite(cur_vals)]
+        row: dict[str, float | int | None] = {
+            "reference_mean": float(ref_vals.mean()) if ref_vals.size else None,
+            "current_mean": float(cur_vals.mean()) if cur_vals.size else None,
+            "n_reference": int(ref_vals.size), "n_current": int(cur_vals.size), "psi": None, "ks": None,
+        }
+        statistics[stat] = row
+        wanted = [(m, t) for m, t in (("psi", th.psi), ("ks", th.ks)) if t is not None]
+        if ref_vals.size < 2:
+            for m, t in wanted:
+                checks.skip(f"{stat}.{m}", "input", m, t, f"the reference has {ref_vals.size} value(s) of {stat}")
+            continue
+        if w.insufficient or cur_vals.size < w.min_n:
+            why = w.too_few if w.insufficient else (
+                f"{cur_vals.size} logged image(s) with {stat} < min_samples {w.min_n} "
+                "(requests sent as tensors carry no input statistics)")
+            for m, t in wanted:
+                checks.skip(f"{stat}.{m}", "input", m, t, why, int(cur_vals.size))
+            continue
+        p = psi(ref_vals, cur_vals, policy.bins)
+        k = ks_statistic(ref_vals, cur_vals)
+        row["psi"], row["ks"] = p, k
+        shift = (f"mean {_fmt(row['current_mean'])} vs {_fmt(row['reference_mean'])} in training, "
+                 f"{cur_vals.size} images")
+        for m, value, t in (("psi", p, th.psi), ("ks", k, th.ks)):
+            label = "PSI" if m == "psi" else "KS"
+            checks.judge(f"{stat}.{m}", "input", m, value, t, int(cur_vals.size),
+                         f"{stat} {label} {_fmt(value)} > {_fmt(t)}: input drift ({shift})",
+                         f"{stat} {label} {_fmt(value)} <= {_fmt(t)}")
+    return statistics
+
+
+def _prediction_check(ref_counts: dict[str, int], predicted_counts: dict[str, int], w: _Window,
+                      pt: Any, checks: _Checks) -> None:
+    """PSI of the predicted classes against the training labels."""
+    if pt.psi is None:
+        return
+    n_pred = sum(predicted_counts.values())
+    if not ref_counts:
+        checks.skip("predicted_class.psi", "prediction", "psi", pt.psi, "the reference has no training labels")
+    elif w.insufficient or n_pred < w.min_n:
+        checks.skip("predicted_class.psi", "prediction", "psi", pt.psi,
+                    w.too_few if w.insufficient else f"{n_pred} predictions < min_samples {w.min_n}", n_pred)
+    else:
+        value = label_psi(ref_counts, predicted_counts)
+        ref_share = label_distribution(ref_counts)
+        cur_share = label_distribution(predicted_counts)
+        top = max(cur_share, key=lambda c: (cur_share[c] - ref_share.get(c, 0.0), c))
+        checks.judge("predicted_class.psi", "prediction", "psi", value, pt.psi, n_pred,
+                     f"predicted-class PSI {_fmt(value)} > {_fmt(pt.psi)}: prediction drift "
+                     f"({top!r} is {cur_share[top]:.0%} of predictions vs {ref_share.get(top, 0.0):.0%} of "
+                     "training labels)",
+                     f"predicted-class PSI {_fmt(value)} <= {_fmt(pt.psi)}")
+
+
+def _confidence_drop_check(w: _Window, pt: Any, checks: _Checks) -> tuple[str | None, float | None]:
+    """Mean confidence of the busiest model version against its own baseline; ``(model version, baseline mean)``."""
+    name, limit = "confidence.drop", pt.max_confidence_drop
+    if limit is None:
+        return None, None
+    if w.insufficient:
+        checks.skip(name, "prediction", "confidence_drop", limit, w.too_few, w.n_cur)
+        return None, None
+    cur, base, min_n = w.cur, w.base, w.min_n
+    assert cur is not None
+    mv = cur.groupby(["model", "version"], dropna=True).size()
+    if mv.empty:
+        checks.skip(name, "prediction", "confidence_drop", limit, "no model version logged")
+        return None, None
+    (model, version) = mv.sort_values(ascending=False, kind="mergesort").index[0]
+    model_version = f"{model}:{version}"
+    mine = cur[(cur["model"] == model) & (cur["version"] == version)]["confidence"].dropna()
+    theirs = None if base is None or base.empty else \
+        base[(base["model"] == model) & (base["version"] == version)]["confidence"].dropna()
+    if len(mine) < min_n:
+        checks.skip(name, "prediction", "confidence_drop", limit,
+                    f"{len(mine)} prediction(s) by {model_version} < min_samples {min_n}", len(mine))
+        return model_version, None
+    if theirs is None or len(theirs) < min_n:
+        checks.skip(name, "prediction", "confidence_drop", limit,
+                    f"{0 if theirs is None else len(theirs)} baseline prediction(s) by {model_version} in the "
+                    f"{pt.baseline_hours:g} h before the window < min_samples {min_n}", len(mine))
+        return model_version, None
+    m_now, m_base = float(mine.mean()), float(theirs.mean())
+    drop = m_base - m_now
+    checks.judge(name, "prediction", "confidence_drop", drop, limit, len(mine),
+                 f"mean confidence of {model_version} fell by {_fmt(drop)} > {_fmt(limit)} "
+                 f"({_fmt(m_now)} in the window vs {_fmt(m_base)} in the baseline)",
+                 f"mean confidence of {model_version} changed by {_fmt(-drop)} (allowed drop {_fmt(limit)})")
+    return model_version, m_base
+
+
+def _confidence_floor_check(w: _Window, mean_conf: float | None, pt: Any, checks: _Checks) -> None:
+    """The window's mean confidence against ``min_mean_confidence``."""
+    if pt.min_mean_confidence is None:
+        return
+    name = "confidence.mean"
+    if w.insufficient or mean_conf is None:
+        checks.skip(name, "prediction", "mean_confidence", pt.min_mean_confidence, w.too_few, w.n_cur)
+        return
+    # "value > threshold fails" for every check: compare the shortfall below the floor with 0
+    failed = pt.min_mean_confidence - mean_conf > 0
+    checks.items.append(DriftCheck(
+        name, "prediction", "mean_confidence", mean_conf, pt.min_mean_confidence, "failed" if failed else "passed",
+        (f"mean confidence {_fmt(mean_conf)} < min_mean_confidence {_fmt(pt.min_mean_confidence)}"
+         if failed else f"mean confidence {_fmt(mean_conf)} >= {_fmt(pt.min_mean_confidence)}"),
+        w.n_cur))
+
+
 def check_drift(
     reference: ReferenceLike,
     current: pd.DataFrame,
@@ -364,152 +524,29 @@ def check_drift(
         >>> report.drifted, report.reasons  # doctest: +SKIP
         (True, ['brightness PSI 3.2 > 0.25: ...'])
     """
-    import numpy as np
-
     policy = policy or DriftPolicy()
     cur = _traffic(current, policy.variants)
-    base = _traffic(baseline, policy.variants)
-    n_cur = 0 if cur is None else len(cur)
-    n_ref = max((len(v) for v in reference.stats.values()), default=0)
-    min_n = policy.min_samples
-    insufficient = n_cur < min_n
-    checks: list[DriftCheck] = []
-    statistics: dict[str, dict[str, float | int | None]] = {}
-
-    def skip(name: str, kind: Any, metric: str, threshold: float | None, why: str, n: int = 0) -> None:
-        checks.append(DriftCheck(name, kind, metric, None, threshold, "skipped", f"{name}: skipped, {why}", n))
-
-    def judge(name: str, kind: Any, metric: str, value: float, threshold: float | None, n: int,
-              fail_text: str, pass_text: str) -> None:
-        if threshold is None:
-            return
-        if not math.isfinite(value):
-            skip(name, kind, metric, threshold, f"{metric} could not be computed", n)
-            return
-        failed = value > threshold
-        checks.append(DriftCheck(name, kind, metric, float(value), float(threshold),
-                                 "failed" if failed else "passed", fail_text if failed else pass_text, n))
-
-    too_few = f"{n_cur} served image(s) in the window < min_samples {min_n} (tiny traffic never counts as drift)"
-
-    # ---------------------------------------------------------------- inputs
-    for stat in STAT_NAMES:
-        th: StatThresholds = getattr(policy.inputs, stat)
-        ref_vals = np.asarray(reference.stats.get(stat, []), dtype=np.float64)
-        ref_vals = ref_vals[np.isfinite(ref_vals)]
-        cur_vals = np.asarray([] if cur is None or stat not in cur.columns else cur[stat], dtype=np.float64)
-        cur_vals = cur_vals[np.isfinite(cur_vals)]
-        row: dict[str, float | int | None] = {
-            "reference_mean": float(ref_vals.mean()) if ref_vals.size else None,
-            "current_mean": float(cur_vals.mean()) if cur_vals.size else None,
-            "n_reference": int(ref_vals.size), "n_current": int(cur_vals.size), "psi": None, "ks": None,
-        }
-        statistics[stat] = row
-        wanted = [(m, t) for m, t in (("psi", th.psi), ("ks", th.ks)) if t is not None]
-        if ref_vals.size < 2:
-            for m, t in wanted:
-                skip(f"{stat}.{m}", "input", m, t, f"the reference has {ref_vals.size} value(s) of {stat}")
-            continue
-        if insufficient or cur_vals.size < min_n:
-            why = too_few if insufficient else (
-                f"{cur_vals.size} logged image(s) with {stat} < min_samples {min_n} "
-                "(requests sent as tensors carry no input statistics)")
-            for m, t in wanted:
-                skip(f"{stat}.{m}", "input", m, t, why, int(cur_vals.size))
-            continue
-        p = psi(ref_vals, cur_vals, policy.bins)
-        k = ks_statistic(ref_vals, cur_vals)
-        row["psi"], row["ks"] = p, k
-        shift = (f"mean {_fmt(row['current_mean'])} vs {_fmt(row['reference_mean'])} in training, "
-                 f"{cur_vals.size} images")
-        for m, value, t in (("psi", p, th.psi), ("ks", k, th.ks)):
-            label = "PSI" if m == "psi" else "KS"
-            judge(f"{stat}.{m}", "input", m, value, t, int(cur_vals.size),
-                  f"{stat} {label} {_fmt(value)} > {_fmt(t)}: input drift ({shift})",
-                  f"{stat} {label} {_fmt(value)} <= {_fmt(t)}")
-
-    # ---------------------------------------------------------------- predictions
+    w = _Window(cur, _traffic(baseline, policy.variants), 0 if cur is None else len(cur), policy.min_samples)
+    checks = _Checks()
+    statistics = _input_checks(reference, w, policy, checks)
     pt = policy.prediction
     ref_counts = {str(k): int(v) for k, v in reference.label_counts.items()}
     predicted_counts: dict[str, int] = {}
     if cur is not None and "predicted" in cur.columns:
         predicted_counts = {str(k): int(v) for k, v in cur["predicted"].dropna().value_counts().items()}
-    n_pred = sum(predicted_counts.values())
-    if pt.psi is not None:
-        if not ref_counts:
-            skip("predicted_class.psi", "prediction", "psi", pt.psi, "the reference has no training labels")
-        elif insufficient or n_pred < min_n:
-            skip("predicted_class.psi", "prediction", "psi", pt.psi,
-                 too_few if insufficient else f"{n_pred} predictions < min_samples {min_n}", n_pred)
-        else:
-            value = label_psi(ref_counts, predicted_counts)
-            ref_share = label_distribution(ref_counts)
-            cur_share = label_distribution(predicted_counts)
-            top = max(cur_share, key=lambda c: (cur_share[c] - ref_share.get(c, 0.0), c))
-            judge("predicted_class.psi", "prediction", "psi", value, pt.psi, n_pred,
-                  f"predicted-class PSI {_fmt(value)} > {_fmt(pt.psi)}: prediction drift "
-                  f"({top!r} is {cur_share[top]:.0%} of predictions vs {ref_share.get(top, 0.0):.0%} of training labels)",
-                  f"predicted-class PSI {_fmt(value)} <= {_fmt(pt.psi)}")
-
+    _prediction_check(ref_counts, predicted_counts, w, pt, checks)
     mean_conf: float | None = None
-    base_conf: float | None = None
-    model_version: str | None = None
-    if cur is not None and n_cur and "confidence" in cur.columns:
+    if cur is not None and w.n_cur and "confidence" in cur.columns:
         conf = cur["confidence"].astype("float64")
         mean_conf = float(conf.mean()) if conf.notna().any() else None
-    if pt.max_confidence_drop is not None:
-        name = "confidence.drop"
-        if insufficient:
-            skip(name, "prediction", "confidence_drop", pt.max_confidence_drop, too_few, n_cur)
-        else:
-            assert cur is not None
-            mv = cur.groupby(["model", "version"], dropna=True).size()
-            if mv.empty:
-                skip(name, "prediction", "confidence_drop", pt.max_confidence_drop, "no model version logged")
-            else:
-                (model, version) = mv.sort_values(ascending=False, kind="mergesort").index[0]
-                model_version = f"{model}:{version}"
-                mine = cur[(cur["model"] == model) & (cur["version"] == version)]["confidence"].dropna()
-                theirs = None if base is None or base.empty else \
-                    base[(base["model"] == model) & (base["version"] == version)]["confidence"].dropna()
-                if len(mine) < min_n:
-                    skip(name, "prediction", "confidence_drop", pt.max_confidence_drop,
-                         f"{len(mine)} prediction(s) by {model_version} < min_samples {min_n}", len(mine))
-                elif theirs is None or len(theirs) < min_n:
-                    skip(name, "prediction", "confidence_drop", pt.max_confidence_drop,
-                         f"{0 if theirs is None else len(theirs)} baseline prediction(s) by {model_version} in the "
-                         f"{pt.baseline_hours:g} h before the window < min_samples {min_n}", len(mine))
-                else:
-                    m_now, m_base = float(mine.mean()), float(theirs.mean())
-                    base_conf = m_base
-                    drop = m_base - m_now
-                    judge(name, "prediction", "confidence_drop", drop, pt.max_confidence_drop, len(mine),
-                          f"mean confidence of {model_version} fell by {_fmt(drop)} > {_fmt(pt.max_confidence_drop)} "
-                          f"({_fmt(m_now)} in the window vs {_fmt(m_base)} in the baseline)",
-                          f"mean confidence of {model_version} changed by {_fmt(-drop)} "
-                          f"(allowed drop {_fmt(pt.max_confidence_drop)})")
-    if pt.min_mean_confidence is not None:
-        name = "confidence.mean"
-        if insufficient or mean_conf is None:
-            skip(name, "prediction", "mean_confidence", pt.min_mean_confidence, too_few, n_cur)
-        else:
-            # "value > threshold fails" for every check: compare the shortfall below the floor with 0
-            short = pt.min_mean_confidence - mean_conf
-            failed = short > 0
-            checks.append(DriftCheck(
-                name, "prediction", "mean_confidence", mean_conf, pt.min_mean_confidence,
-                "failed" if failed else "passed",
-                (f"mean confidence {_fmt(mean_conf)} < min_mean_confidence {_fmt(pt.min_mean_confidence)}"
-                 if failed else f"mean confidence {_fmt(mean_conf)} >= {_fmt(pt.min_mean_confidence)}"),
-                n_cur))
-
-    drifted = any(c.status == "failed" for c in checks)
+    model_version, base_conf = _confidence_drop_check(w, pt, checks)
+    _confidence_floor_check(w, mean_conf, pt, checks)
     return DriftReport(
-        drifted=drifted,
-        checks=checks,
-        n_current=n_cur,
-        n_reference=n_ref,
-        insufficient=insufficient,
+        drifted=any(c.status == "failed" for c in checks.items),
+        checks=checks.items,
+        n_current=w.n_cur,
+        n_reference=max((len(v) for v in reference.stats.values()), default=0),
+        insufficient=w.insufficient,
         statistics=statistics,
         reference_labels=label_distribution(ref_counts) if ref_counts else {},
         predicted=label_distribution(predicted_counts) if predicted_counts else {},
