@@ -660,6 +660,21 @@ def _quarantine_rows(items: list[SourceItem], rejected: list[tuple[int, str, str
     return report_rows
 
 
+def _reset_outputs(params: Params, paths: ProjectPaths) -> tuple[Path, int, Path, Path]:
+    """Empty data/raw, prune the quarantine, remove the manifest and metrics.json.
+
+    Returns ``(quarantine store, originals pruned, incoming folder, artifacts/ingest)``.
+    """
+    _reset_dir(paths.raw)
+    store, pruned = _prepare_quarantine(params, paths)
+    paths.resolve(params.project.manifest).unlink(missing_ok=True)
+    incoming = paths.raw / _INCOMING
+    incoming.mkdir()
+    artifacts = paths.artifacts("ingest")
+    (artifacts / "metrics.json").unlink(missing_ok=True)  # only a run that accepts images writes it
+    return store, pruned, incoming, artifacts
+
+
 def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResult:
     """Ingest ``params.ingest.source`` into ``data/raw``, ``data/quarantine`` and the manifest.
 
@@ -701,14 +716,7 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
         )
     log.info("ingest: %d file(s) from %s (root %s)", len(items), spec, listing.root)
 
-    _reset_dir(paths.raw)
-    store, pruned = _prepare_quarantine(params, paths)
-    paths.resolve(params.project.manifest).unlink(missing_ok=True)
-    incoming = paths.raw / _INCOMING
-    incoming.mkdir()
-    artifacts = paths.artifacts("ingest")
-    (artifacts / "metrics.json").unlink(missing_ok=True)  # only a run that accepts images writes it
-
+    store, pruned, incoming, artifacts = _reset_outputs(params, paths)
     opts = DecodeOptions(
         max_pixels=ip.max_pixels, min_side=ip.min_side, redact=ip.privacy.redact_faces,
         min_face_size=ip.privacy.min_face_size, incoming=str(incoming),
@@ -726,30 +734,17 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
     report = _write_csv(paths.quarantine / REPORT_FILE, REPORT_COLUMNS, report_rows)
     dup_report = _write_csv(artifacts / "duplicates.csv", ("file", "duplicate_of", "sha256", "label"), sorted(dup_rows))
 
-    by_reason = dict(sorted(Counter(r[1] for r in report_rows).items()))
-    by_label = dict(sorted(Counter(str(r["label"]) for r in rows).items()))
-    by_split = {s: sum(1 for r in rows if r["split"] == s) for s in SPLIT_NAMES}
-
     def rel(p: Path) -> str:
         return p.relative_to(paths.root).as_posix()
 
+    by_reason = dict(sorted(Counter(r[1] for r in report_rows).items()))
     result = IngestResult(
-        source=spec,
-        seen=len(items),
-        accepted=len(rows),
-        quarantined=len(report_rows),
-        duplicates=len(dup_rows),
-        by_reason=by_reason,
-        by_label=by_label,
-        by_split=by_split,
-        redacted_faces=faces,
-        metadata_columns=list(listing.metadata_columns),
-        raw_dir=rel(paths.raw),
-        quarantine_dir=rel(paths.quarantine),
-        originals_dir=rel(store) if keep else "",
-        originals_pruned=pruned,
-        report=rel(report),
-        duplicates_report=rel(dup_report),
+        source=spec, seen=len(items), accepted=len(rows), quarantined=len(report_rows), duplicates=len(dup_rows),
+        by_reason=by_reason, by_label=dict(sorted(Counter(str(r["label"]) for r in rows).items())),
+        by_split={s: sum(1 for r in rows if r["split"] == s) for s in SPLIT_NAMES}, redacted_faces=faces,
+        metadata_columns=list(listing.metadata_columns), raw_dir=rel(paths.raw),
+        quarantine_dir=rel(paths.quarantine), originals_dir=rel(store) if keep else "", originals_pruned=pruned,
+        report=rel(report), duplicates_report=rel(dup_report),
     )
     if not result.balanced:  # pragma: no cover - an invariant; failing loudly beats a silent loss
         raise DataError(f"ingest counts do not balance: {result.to_dict()}; this is a bug, please report it")

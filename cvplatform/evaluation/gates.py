@@ -298,6 +298,96 @@ def _regression_check(
                      delta, -gate.max_drop, (lo, hi))
 
 
+def _scenario_checks(name: str, gate: ScenarioGate, results: Mapping[str, ScenarioResult], policy: GatePolicy,
+                     champion: Mapping[str, ScenarioResult] | None) -> list[GateCheck]:
+    """Every check of one scenario: images, floors, bounds, critical false-positive rates, regression."""
+    res = results.get(name)
+    lvl = gate.level
+    if res is None:
+        return [GateCheck("images", name, "failed", lvl, "scenario was not evaluated (no result)")]
+    if res.metrics is None or res.n == 0:
+        return [GateCheck("images", name, "failed", lvl,
+                          f"scenario has no images{(' (' + res.note + ')') if res.note else ''}; "
+                          "nothing was checked", 0.0, 1.0)]
+    m = res.metrics
+    own = [GateCheck("images", name, "passed", lvl, f"{res.n} images", float(res.n), 1.0)]
+    if name == policy.clean_scenario and policy.min_images_per_class is not None:
+        own.append(_sample_size_check(name, res, policy.min_images_per_class))
+    if gate.min_accuracy is not None:
+        c = _floor_check("min_accuracy", name, gate.level_of("min_accuracy"), m.accuracy,
+                         gate.min_accuracy, "accuracy")
+        own.append(GateCheck(**{**asdict(c), "ci": m.accuracy_ci}))
+    if gate.min_relative_accuracy is not None:
+        clean = results.get(policy.clean_scenario) if policy.clean_scenario else None
+        own.append(_relative_check(name, gate.level_of("min_relative_accuracy"), res,
+                                   gate.min_relative_accuracy, clean, policy.clean_scenario))
+    if gate.min_macro_f1 is not None:
+        c = _floor_check("min_macro_f1", name, gate.level_of("min_macro_f1"), m.macro_f1,
+                         gate.min_macro_f1, "macro-F1")
+        own.append(GateCheck(**{**asdict(c), "ci": m.macro_f1_ci}))
+    if gate.max_ece is not None:
+        own.append(_bound_check("max_ece", name, gate.level_of("max_ece"), m.ece, gate.max_ece, "ECE"))
+    if gate.max_critical_fpr is not None:
+        flvl = gate.level_of("max_critical_fpr")
+        if not policy.critical_classes:
+            own.append(GateCheck("critical_fpr", name, "skipped", flvl,
+                                 "max_critical_fpr set but the suite lists no critical_classes",
+                                 None, gate.max_critical_fpr))
+        for cls in policy.critical_classes:
+            own.append(_bound_check(f"critical_fpr:{cls}", name, flvl, m.critical_fpr.get(cls),
+                                    gate.max_critical_fpr, f"false-positive rate of '{cls}'"))
+    if gate.max_drop is not None and champion is not None:
+        own.append(_regression_check(name, gate, res, champion.get(name), policy))
+    return own
+
+
+def _champion_check(policy: GatePolicy, champion: Mapping[str, ScenarioResult] | None, champion_note: str | None,
+                    champion_incompatible: str | None) -> GateCheck | None:
+    """The suite-wide champion presence check (never silent); None when a champion was compared."""
+    if champion is None and champion_incompatible:
+        return GateCheck(
+            "champion", "*", "failed", "must_pass" if policy.require_champion else "warn",
+            f"champion not comparable: {champion_incompatible}; no regression check was run, and the version can "
+            "only replace the champion if its reviewer confirms the change (registry approve --confirm-incompatible)",
+        )
+    if champion is None:
+        status: Status = "failed" if policy.require_champion else "skipped"
+        wanted = [n for n, g in policy.scenarios.items() if g.max_drop is not None]
+        return GateCheck(
+            "champion", "*", status, "must_pass" if policy.require_champion else "warn",
+            "no champion to compare against"
+            + (f" ({champion_note})" if champion_note else "")
+            + (f"; regression checks on {len(wanted)} scenario(s) not run" if wanted else "")
+            + ("; require_champion is set" if policy.require_champion else ""),
+        )
+    return None
+
+
+def _pass_rate_check(policy: GatePolicy, scenario_ok: dict[str, bool]) -> tuple[float | None, GateCheck]:
+    """The suite-wide KPI: share of (must-pass, or all) scenarios that pass; ``(pass rate, check)``."""
+    if policy.pass_rate_scope == "must_pass":
+        must = [n for n, g in policy.scenarios.items() if g.level == "must_pass"]
+        scope = "must-pass scenarios"
+    else:
+        must = list(policy.scenarios)
+        scope = "scenarios"
+    if not must:
+        return None, GateCheck("pass_rate", "*", "skipped", policy.pass_rate_level,
+                               f"no {scope} in the suite", None, policy.min_pass_rate)
+    pass_rate = sum(scenario_ok[n] for n in must) / len(must)
+    ok = pass_rate >= policy.min_pass_rate - EPS
+    failing = [n for n in must if not scenario_ok[n]]
+    if len(failing) > 8:
+        failing = [*failing[:8], f"... ({len(failing) - 8} more)"]
+    reason = (
+        f"{sum(scenario_ok[n] for n in must)}/{len(must)} {scope} pass ({pass_rate:.1%}) "
+        f"{'>=' if ok else '<'} KPI {policy.min_pass_rate:.1%}"
+        + (f"; failing: {', '.join(failing)}" if failing else "")
+    )
+    return pass_rate, GateCheck("pass_rate", "*", "passed" if ok else "failed", policy.pass_rate_level,
+                                reason, pass_rate, policy.min_pass_rate)
+
+
 def check_gates(
     results: Mapping[str, ScenarioResult],
     policy: GatePolicy,
@@ -336,90 +426,15 @@ def check_gates(
     checks: list[GateCheck] = []
     scenario_ok: dict[str, bool] = {}
     for name, gate in policy.scenarios.items():
-        res = results.get(name)
-        lvl = gate.level
-        own: list[GateCheck] = []
-        if res is None:
-            own.append(GateCheck("images", name, "failed", lvl, "scenario was not evaluated (no result)"))
-        elif res.metrics is None or res.n == 0:
-            own.append(GateCheck("images", name, "failed", lvl,
-                                 f"scenario has no images{(' (' + res.note + ')') if res.note else ''}; "
-                                 "nothing was checked", 0.0, 1.0))
-        else:
-            m = res.metrics
-            own.append(GateCheck("images", name, "passed", lvl, f"{res.n} images", float(res.n), 1.0))
-            if name == policy.clean_scenario and policy.min_images_per_class is not None:
-                own.append(_sample_size_check(name, res, policy.min_images_per_class))
-            if gate.min_accuracy is not None:
-                c = _floor_check("min_accuracy", name, gate.level_of("min_accuracy"), m.accuracy,
-                                 gate.min_accuracy, "accuracy")
-                own.append(GateCheck(**{**asdict(c), "ci": m.accuracy_ci}))
-            if gate.min_relative_accuracy is not None:
-                clean = results.get(policy.clean_scenario) if policy.clean_scenario else None
-                own.append(_relative_check(name, gate.level_of("min_relative_accuracy"), res,
-                                           gate.min_relative_accuracy, clean, policy.clean_scenario))
-            if gate.min_macro_f1 is not None:
-                c = _floor_check("min_macro_f1", name, gate.level_of("min_macro_f1"), m.macro_f1,
-                                 gate.min_macro_f1, "macro-F1")
-                own.append(GateCheck(**{**asdict(c), "ci": m.macro_f1_ci}))
-            if gate.max_ece is not None:
-                own.append(_bound_check("max_ece", name, gate.level_of("max_ece"), m.ece, gate.max_ece, "ECE"))
-            if gate.max_critical_fpr is not None:
-                flvl = gate.level_of("max_critical_fpr")
-                if not policy.critical_classes:
-                    own.append(GateCheck("critical_fpr", name, "skipped", flvl,
-                                         "max_critical_fpr set but the suite lists no critical_classes",
-                                         None, gate.max_critical_fpr))
-                for cls in policy.critical_classes:
-                    own.append(_bound_check(f"critical_fpr:{cls}", name, flvl, m.critical_fpr.get(cls),
-                                            gate.max_critical_fpr, f"false-positive rate of '{cls}'"))
-            if gate.max_drop is not None and champion is not None:
-                own.append(_regression_check(name, gate, res, champion.get(name), policy))
+        own = _scenario_checks(name, gate, results, policy, champion)
         checks.extend(own)
         # a scenario passes when none of its checks at the scenario's own level fails (warn_only ones don't count)
-        scenario_ok[name] = not any(c.status == "failed" and c.level == lvl for c in own)
-
-    # champion presence (suite-wide), never silent
-    if champion is None and champion_incompatible:
-        checks.append(GateCheck(
-            "champion", "*", "failed", "must_pass" if policy.require_champion else "warn",
-            f"champion not comparable: {champion_incompatible}; no regression check was run, and the version can "
-            "only replace the champion if its reviewer confirms the change (registry approve --confirm-incompatible)",
-        ))
-    elif champion is None:
-        status: Status = "failed" if policy.require_champion else "skipped"
-        wanted = [n for n, g in policy.scenarios.items() if g.max_drop is not None]
-        checks.append(GateCheck(
-            "champion", "*", status, "must_pass" if policy.require_champion else "warn",
-            "no champion to compare against"
-            + (f" ({champion_note})" if champion_note else "")
-            + (f"; regression checks on {len(wanted)} scenario(s) not run" if wanted else "")
-            + ("; require_champion is set" if policy.require_champion else ""),
-        ))
-
-    if policy.pass_rate_scope == "must_pass":
-        must = [n for n, g in policy.scenarios.items() if g.level == "must_pass"]
-        scope = "must-pass scenarios"
-    else:
-        must = list(policy.scenarios)
-        scope = "scenarios"
-    pass_rate: float | None = None
-    if must:
-        pass_rate = sum(scenario_ok[n] for n in must) / len(must)
-        ok = pass_rate >= policy.min_pass_rate - EPS
-        failing = [n for n in must if not scenario_ok[n]]
-        if len(failing) > 8:
-            failing = [*failing[:8], f"... ({len(failing) - 8} more)"]
-        reason = (
-            f"{sum(scenario_ok[n] for n in must)}/{len(must)} {scope} pass ({pass_rate:.1%}) "
-            f"{'>=' if ok else '<'} KPI {policy.min_pass_rate:.1%}"
-            + (f"; failing: {', '.join(failing)}" if failing else "")
-        )
-        checks.append(GateCheck("pass_rate", "*", "passed" if ok else "failed", policy.pass_rate_level,
-                                reason, pass_rate, policy.min_pass_rate))
-    else:
-        checks.append(GateCheck("pass_rate", "*", "skipped", policy.pass_rate_level,
-                                f"no {scope} in the suite", None, policy.min_pass_rate))
+        scenario_ok[name] = not any(c.status == "failed" and c.level == gate.level for c in own)
+    champ = _champion_check(policy, champion, champion_note, champion_incompatible)
+    if champ is not None:
+        checks.append(champ)
+    pass_rate, rate_check = _pass_rate_check(policy, scenario_ok)
+    checks.append(rate_check)
     all_rate = (sum(scenario_ok.values()) / len(scenario_ok)) if scenario_ok else None
     return GateReport(checks=checks, pass_rate=pass_rate, extra={"pass_rate_all": all_rate})
 

@@ -328,6 +328,30 @@ def reliability_bins(
 
 
 # --------------------------------------------------------------------------- scenario metrics
+def _checked_inputs(y_true: np.ndarray, probs: np.ndarray, names: list[str],
+                    critical_classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (int64) and probabilities (float64) checked against each other and the classes.
+
+    Raises:
+        DataError: no images, shape mismatch, or an unknown critical class.
+    """
+    import numpy as np
+
+    c = len(names)
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    if y.ndim != 1 or p.ndim != 2 or p.shape[0] != y.shape[0] or p.shape[1] != c:
+        raise DataError(
+            f"compute_metrics: labels {y.shape} and probabilities {p.shape} do not match {c} classes"
+        )
+    if y.shape[0] == 0:
+        raise DataError("compute_metrics: no images")
+    unknown = [k for k in critical_classes if k not in names]
+    if unknown:
+        raise DataError(f"critical classes {unknown} are not model classes {names}")
+    return y, p
+
+
 def compute_metrics(
     y_true: np.ndarray,
     probs: np.ndarray,
@@ -375,17 +399,7 @@ def compute_metrics(
 
     names = list(class_names)
     c = len(names)
-    y = np.asarray(y_true, dtype=np.int64)
-    p = np.asarray(probs, dtype=np.float64)
-    if y.ndim != 1 or p.ndim != 2 or p.shape[0] != y.shape[0] or p.shape[1] != c:
-        raise DataError(
-            f"compute_metrics: labels {y.shape} and probabilities {p.shape} do not match {c} classes"
-        )
-    if y.shape[0] == 0:
-        raise DataError("compute_metrics: no images")
-    unknown = [k for k in critical_classes if k not in names]
-    if unknown:
-        raise DataError(f"critical classes {unknown} are not model classes {names}")
+    y, p = _checked_inputs(y_true, probs, names, critical_classes)
     pred = p.argmax(axis=1)
     t_target = torch.from_numpy(y)
     t_pred = torch.from_numpy(pred)

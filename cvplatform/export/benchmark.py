@@ -318,33 +318,41 @@ def benchmark_runtimes(
 
             torch.set_num_threads(prev_threads)
     for name in runners1:
-        lat = latency_stats(s1[name])
-        blat = latency_stats(sb[name])
-        total1_s = sum(s1[name]) / 1e9
-        totalb_s = sum(sb[name]) / 1e9
-        tput = batch_size * 1000.0 / blat["p50"] if blat["p50"] > 0 else float("inf")
-        report.runtimes[name] = RuntimeStats(
-            name=name, latency_ms=lat, batch_latency_ms=blat,
-            throughput_batch1_ips=1000.0 / lat["p50"] if lat["p50"] > 0 else float("inf"),
-            throughput_ips=tput,
-            throughput_batch1_mean_ips=len(s1[name]) / total1_s if total1_s > 0 else float("inf"),
-            throughput_mean_ips=batch_size * len(sb[name]) / totalb_s if totalb_s > 0 else float("inf"),
-            cost_per_1k_usd=cost_per_1k(lat["p50"] / 1000.0, threads, price_per_core_hour),
-            cost_per_1k_batched_usd=cost_per_1k(1.0 / tput, threads, price_per_core_hour),
-            provider=used[name],
-        )
-    rt = report.runtimes
-
-    def ratio(a: str, b: str, attr: str) -> None:
-        if a in rt and b in rt and getattr(rt[b], attr) > 0:
-            key = {"throughput_batch1_ips": "batch1", "throughput_ips": "batched"}[attr]
-            label = {(ORT_FP32, TORCH): "ort_fp32_vs_torch", (ORT_INT8, ORT_FP32): "int8_vs_fp32"}[(a, b)]
-            report.speedups[f"{label}_{key}"] = getattr(rt[a], attr) / getattr(rt[b], attr)
-
-    for a, b in ((ORT_FP32, TORCH), (ORT_INT8, ORT_FP32)):
-        ratio(a, b, "throughput_batch1_ips")
-        ratio(a, b, "throughput_ips")
+        report.runtimes[name] = _runtime_stats(name, s1[name], sb[name], batch_size, threads, price_per_core_hour,
+                                               used[name])
+    report.speedups.update(_speedups(report.runtimes))
     return report
+
+
+def _runtime_stats(name: str, s1: list[int], sb: list[int], batch_size: int, threads: int,
+                   price_per_core_hour: float, provider: str) -> RuntimeStats:
+    """Latency percentiles, throughput and cost of one runtime from its batch-1 and batched timings (ns)."""
+    lat = latency_stats(s1)
+    blat = latency_stats(sb)
+    total1_s = sum(s1) / 1e9
+    totalb_s = sum(sb) / 1e9
+    tput = batch_size * 1000.0 / blat["p50"] if blat["p50"] > 0 else float("inf")
+    return RuntimeStats(
+        name=name, latency_ms=lat, batch_latency_ms=blat,
+        throughput_batch1_ips=1000.0 / lat["p50"] if lat["p50"] > 0 else float("inf"),
+        throughput_ips=tput,
+        throughput_batch1_mean_ips=len(s1) / total1_s if total1_s > 0 else float("inf"),
+        throughput_mean_ips=batch_size * len(sb) / totalb_s if totalb_s > 0 else float("inf"),
+        cost_per_1k_usd=cost_per_1k(lat["p50"] / 1000.0, threads, price_per_core_hour),
+        cost_per_1k_batched_usd=cost_per_1k(1.0 / tput, threads, price_per_core_hour),
+        provider=provider,
+    )
+
+
+def _speedups(rt: Mapping[str, RuntimeStats]) -> dict[str, float]:
+    """Throughput ratios: ONNX fp32 vs PyTorch and INT8 vs fp32, at batch 1 and batched."""
+    out: dict[str, float] = {}
+    for a, b in ((ORT_FP32, TORCH), (ORT_INT8, ORT_FP32)):
+        for attr, key in (("throughput_batch1_ips", "batch1"), ("throughput_ips", "batched")):
+            if a in rt and b in rt and getattr(rt[b], attr) > 0:
+                label = {(ORT_FP32, TORCH): "ort_fp32_vs_torch", (ORT_INT8, ORT_FP32): "int8_vs_fp32"}[(a, b)]
+                out[f"{label}_{key}"] = getattr(rt[a], attr) / getattr(rt[b], attr)
+    return out
 
 
 __all__ = [

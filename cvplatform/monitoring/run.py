@@ -205,6 +205,25 @@ def _log_mlflow(result: MonitorResult, report: Any, policy: Any, params: Any, ro
     return run.run_id
 
 
+def _window(since: datetime | str | None, until: datetime | str | None,
+            default_hours: float) -> tuple[datetime, datetime, float]:
+    """``(start, end, hours)`` of the monitored window (UTC); default: the ``default_hours`` before now.
+
+    Raises:
+        ConfigError: ``since`` is not before ``until``.
+    """
+    from cvplatform.errors import ConfigError
+
+    end = _utc(until) or datetime.now(UTC)
+    start = _utc(since)
+    if start is None:
+        return end - timedelta(hours=default_hours), end, default_hours
+    if start >= end:
+        raise ConfigError(f"monitor: since {start.isoformat()} is not before until {end.isoformat()}; "
+                          "pass an earlier --since.")
+    return start, end, (end - start).total_seconds() / 3600.0
+
+
 def run_monitor(
     params: Any,
     *,
@@ -236,7 +255,6 @@ def run_monitor(
         (False, 'no drift: 15 check(s) passed on 2400 served image(s)')
     """
     from cvplatform.config import load_config
-    from cvplatform.errors import ConfigError
     from cvplatform.monitoring.drift import DriftPolicy, check_drift
     from cvplatform.monitoring.inference_log import log_files, read_log
     from cvplatform.monitoring.reference import get_reference
@@ -250,16 +268,7 @@ def run_monitor(
     policy_path = paths.resolve(cfg.policy)
     policy = load_config(policy_path, DriftPolicy)
 
-    end = _utc(until) or datetime.now(UTC)
-    start = _utc(since)
-    hours = float(cfg.window_hours or policy.window_hours)
-    if start is None:
-        start = end - timedelta(hours=hours)
-    elif start >= end:
-        raise ConfigError(f"monitor: since {start.isoformat()} is not before until {end.isoformat()}; "
-                          "pass an earlier --since.")
-    else:
-        hours = (end - start).total_seconds() / 3600.0
+    start, end, hours = _window(since, until, float(cfg.window_hours or policy.window_hours))
     baseline_start = start - timedelta(hours=policy.prediction.baseline_hours)
 
     reference, cached = get_reference(params.project.manifest, paths.root, split="train",
@@ -279,30 +288,16 @@ def run_monitor(
     traffic = {str(k): int(v) for k, v in current["variant"].value_counts().items()} if len(current) else {}
     report_path = out_dir / "report.md"
     result = MonitorResult(
-        drifted=report.drifted,
-        reason=report.reason,
-        reasons=report.reasons,
-        insufficient=report.insufficient,
+        drifted=report.drifted, reason=report.reason, reasons=report.reasons, insufficient=report.insufficient,
         window_start=start.isoformat(timespec="seconds").replace("+00:00", "Z"),
         window_end=end.isoformat(timespec="seconds").replace("+00:00", "Z"),
-        window_hours=round(hours, 6),
-        n_logged=int(len(current)),
-        n_served=report.n_current,
-        traffic=traffic,
-        n_reference=reference.n_images,
-        reference_data_hash=reference.data_hash,
-        reference_cached=cached,
-        checks=[c.to_dict() for c in report.checks],
-        statistics=report.statistics,
-        reference_labels=report.reference_labels,
-        predicted=report.predicted,
-        mean_confidence=report.mean_confidence,
-        baseline_confidence=report.baseline_confidence,
-        model_version=report.model_version,
-        policy=str(cfg.policy),
-        log_dir=str(log_dir),
-        report=str(report_path),
-        airflow_run_id=airflow_run_id(),
+        window_hours=round(hours, 6), n_logged=int(len(current)), n_served=report.n_current, traffic=traffic,
+        n_reference=reference.n_images, reference_data_hash=reference.data_hash, reference_cached=cached,
+        checks=[c.to_dict() for c in report.checks], statistics=report.statistics,
+        reference_labels=report.reference_labels, predicted=report.predicted,
+        mean_confidence=report.mean_confidence, baseline_confidence=report.baseline_confidence,
+        model_version=report.model_version, policy=str(cfg.policy), log_dir=str(log_dir),
+        report=str(report_path), airflow_run_id=airflow_run_id(),
     )
     report_path.write_text(render_report(result), encoding="utf-8")
     result.write_summary(out_dir)

@@ -565,6 +565,53 @@ def _result(c: RegistryClient, params: Params, name: str, version: str, created:
     return result
 
 
+def _register_new_version(c: RegistryClient, params: Params, name: str, inputs: RegistrationInputs, train_run: Any,
+                          base_tags: dict[str, str], author: str, key: Any, identity: Any) -> tuple[Any, list[str]]:
+    """Create the version in a registration run under the training run: attachments, the ONNX model (stored
+    bytes verified), the signed ``registered`` audit event; then aliases and checks (:func:`_finish`).
+
+    Returns ``(model version, notes)``; the registration run ends FINISHED, or FAILED on any error.
+    """
+    run = c.call("create the registration run", lambda: c.mlflow.create_run(
+        train_run.info.experiment_id, run_name=f"register-{inputs.train_run_id[:8]}",
+        tags={"mlflow.parentRunId": inputs.train_run_id, "cvplatform.stage": STAGE,
+              **{k: v for k, v in base_tags.items() if k != TAG_GATES_SUMMARY}}))
+    run_id = run.info.run_id
+    try:
+        _log_params(c, run_id, params)
+        for f in inputs.attachments:
+            c.call(f"attach {f.name}", lambda f=f: c.mlflow.log_artifact(run_id, str(f), ATTACHMENT_DIR))
+        model_id, model_uri = _log_model(c, run_id, train_run.info.experiment_id, inputs, base_tags)
+        _check_stored_bytes(c, model_id, inputs)
+
+        reg_id = uuid.uuid4().hex
+        event = new_event(name, "?", "registered", author, "", {
+            "train_run_id": inputs.train_run_id, "sha256": inputs.sha256,
+            "gates_passed": base_tags[TAG_GATES_PASSED], "run_id": run_id,
+            "gate_report_sha256": inputs.gate_report_sha256, "facts": model_facts(inputs).to_dict(),
+            "triggered_by": base_tags.get(TAG_TRIGGERED_BY),
+        }, existing={TAG_REGISTRATION_ID: reg_id}, key=key, identity=identity)
+        tags = {
+            **base_tags,
+            TAG_APPROVAL_STATUS: STATUS_PENDING,
+            TAG_REGISTRATION_ID: reg_id,
+            TAG_REGISTRATION_STATE: STATE_VERIFYING,
+            TAG_REGISTRATION_TIME: event.time,
+            **dict(event_tags(event)),
+        }
+        description = (f"Training run {inputs.train_run_id}; data {base_tags[TAG_DATA_HASH]}; "
+                       f"{inputs.precision} ONNX sha256 {inputs.sha256}; gates {base_tags[TAG_GATES_SUMMARY]}")
+        mv = _create_version(c, name, model_uri, model_id, run_id, tags, description)
+        log.info("register: created version %s of %r", mv.version, name)
+        notes = _finish(c, params, name, mv, delete_on_failure=True)
+        c.call("finish the registration run", lambda: c.mlflow.set_terminated(run_id, "FINISHED"))
+    except BaseException:
+        with contextlib.suppress(Exception):  # best effort: the original error is what matters
+            c.mlflow.set_terminated(run_id, "FAILED")
+        raise
+    return mv, notes
+
+
 def register_model(
     params: Params, *, root: str | os.PathLike[str] | None = None, client: RegistryClient | None = None,
     triggered_by: str | None = None,
@@ -630,43 +677,7 @@ def register_model(
         base_tags = lineage_tags(params, paths, inputs, author)
         if triggered_by and display_name(triggered_by):
             base_tags[TAG_TRIGGERED_BY] = display_name(triggered_by)
-        run = c.call("create the registration run", lambda: c.mlflow.create_run(
-            train_run.info.experiment_id, run_name=f"register-{inputs.train_run_id[:8]}",
-            tags={"mlflow.parentRunId": inputs.train_run_id, "cvplatform.stage": STAGE,
-                  **{k: v for k, v in base_tags.items() if k != TAG_GATES_SUMMARY}}))
-        run_id = run.info.run_id
-        try:
-            _log_params(c, run_id, params)
-            for f in inputs.attachments:
-                c.call(f"attach {f.name}", lambda f=f: c.mlflow.log_artifact(run_id, str(f), ATTACHMENT_DIR))
-            model_id, model_uri = _log_model(c, run_id, train_run.info.experiment_id, inputs, base_tags)
-            _check_stored_bytes(c, model_id, inputs)
-
-            reg_id = uuid.uuid4().hex
-            event = new_event(name, "?", "registered", author, "", {
-                "train_run_id": inputs.train_run_id, "sha256": inputs.sha256,
-                "gates_passed": base_tags[TAG_GATES_PASSED], "run_id": run_id,
-                "gate_report_sha256": inputs.gate_report_sha256, "facts": model_facts(inputs).to_dict(),
-                "triggered_by": base_tags.get(TAG_TRIGGERED_BY),
-            }, existing={TAG_REGISTRATION_ID: reg_id}, key=key, identity=identity)
-            tags = {
-                **base_tags,
-                TAG_APPROVAL_STATUS: STATUS_PENDING,
-                TAG_REGISTRATION_ID: reg_id,
-                TAG_REGISTRATION_STATE: STATE_VERIFYING,
-                TAG_REGISTRATION_TIME: event.time,
-                **dict(event_tags(event)),
-            }
-            description = (f"Training run {inputs.train_run_id}; data {base_tags[TAG_DATA_HASH]}; "
-                           f"{inputs.precision} ONNX sha256 {inputs.sha256}; gates {base_tags[TAG_GATES_SUMMARY]}")
-            mv = _create_version(c, name, model_uri, model_id, run_id, tags, description)
-            log.info("register: created version %s of %r", mv.version, name)
-            notes = _finish(c, params, name, mv, delete_on_failure=True)
-            c.call("finish the registration run", lambda: c.mlflow.set_terminated(run_id, "FINISHED"))
-        except BaseException:
-            with contextlib.suppress(Exception):  # best effort: the original error is what matters
-                c.mlflow.set_terminated(run_id, "FAILED")
-            raise
+        mv, notes = _register_new_version(c, params, name, inputs, train_run, base_tags, author, key, identity)
         return _result(c, params, name, str(mv.version), True, inputs, author, notes, out_dir)
     except MlflowException as exc:
         raise RegistryError(
