@@ -205,7 +205,8 @@ class GateReportFile(StageArtifact):
     PRODUCER: ClassVar[str] = "cvplatform evaluate"
     WHAT: ClassVar[str] = "evaluation gate report"
 
-    passed: bool
+    passed: bool | None = None
+    """The verdict (always written by ``evaluate``; ``register`` refuses a report without it)."""
     model_sha256: str | None = None
     checks: list[dict[str, Any]] = []
 

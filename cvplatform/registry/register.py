@@ -289,6 +289,8 @@ def read_inputs(paths: ProjectPaths) -> RegistrationInputs:
 
     gate_path = eval_dir / "gate_report.json"
     gate = _read_artifact(GateReportFile, gate_path)
+    if gate.get("passed") is None:
+        raise RegistrationInputError(f"{gate_path}: key 'passed' missing. Re-run `cvplatform evaluate`.")
     judged = gate.get("model_sha256")
     if judged != sha:
         raise GateReportMismatchError(
