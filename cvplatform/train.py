@@ -524,9 +524,9 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
 
     # ---------------------------------------------------------------- model + trainer
     pl.seed_everything(seed, workers=True)
-    from cvplatform.models.lightning import ClassifierModule
+    from cvplatform.tasks import get_task
 
-    module = ClassifierModule(
+    module = get_task(params.project.task).build_module(
         arch=tp.model.arch,
         arch_kwargs=arch_kwargs,
         num_classes=num_classes,
