@@ -390,12 +390,14 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
     from cvplatform.data.datamodule import EpochSeedCallback, ManifestDataModule
+    from cvplatform.tasks import get_task
 
     accel = str(tp.accelerator).lower()
     pin = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
     dm = ManifestDataModule(
         tp.manifest, recipe, root=paths.root, batch_size=tp.batch_size, eval_batch_size=tp.eval_batch_size,
         num_workers=tp.num_workers, seed=seed, pin_memory=pin, recipe_source=str(recipe_path),
+        task=get_task(params.project.task),
     )
     dm.setup()
     class_names = list(dm.class_names)
@@ -524,8 +526,6 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
 
     # ---------------------------------------------------------------- model + trainer
     pl.seed_everything(seed, workers=True)
-    from cvplatform.tasks import get_task
-
     module = get_task(params.project.task).build_module(
         arch=tp.model.arch,
         arch_kwargs=arch_kwargs,
