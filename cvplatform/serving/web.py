@@ -153,7 +153,7 @@ def json_response(body: dict[str, Any], headers: dict[str, str] | None = None, s
 
 
 def header_value(text: str) -> str:
-    """``text`` as a valid HTTP header value: percent-encoded when it has control or non-Latin-1 characters.
+    r"""``text`` as a valid HTTP header value: percent-encoded when it has control or non-Latin-1 characters.
 
     A request id can come from a JSON body (OIP ``id``), where any character is allowed; echoing it
     raw in a response header would break the response.
