@@ -58,20 +58,22 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as an RGB uint8 HxWx3 array (DataError if unreadable).
 
+    Decoded by :func:`cvplatform.imageio.read_image`, the decoder evaluation and serving use.
+
     Example:
         >>> img = read_rgb("data/raw/3/abc.png")  # doctest: +SKIP
         >>> img.shape, img.dtype  # doctest: +SKIP
         ((32, 32, 3), dtype('uint8'))
     """
-    import cv2
+    from cvplatform.imageio import ImageDecodeError, read_image
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
+    try:
+        return read_image(path)
+    except ImageDecodeError as exc:
         raise DataError(
-            f"{path}: cannot read image (missing or corrupt). Re-run `cvplatform ingest` so the manifest "
-            "and data/raw agree."
-        )
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+            f"{path}: cannot read image (missing or corrupt: {exc.detail}). Re-run `cvplatform ingest` so the "
+            "manifest and data/raw agree."
+        ) from None
 
 
 class ManifestDataset(Dataset):
