@@ -60,13 +60,14 @@ from cvplatform.serving.web import (
     header_value,
     install_error_handlers,
 )
+from cvplatform.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- the app
 def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str | None = None,
-               request_log: Any = None) -> FastAPI:
+               request_log: Any = None, task: Task | None = None) -> FastAPI:
     """Build the inference service for ``source`` with ``config``.
 
     Args:
@@ -77,6 +78,8 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
             None and unset = admin API disabled (403).
         request_log: an :class:`~cvplatform.monitoring.inference_log.InferenceLogger` that gets one record
             per served image (input statistics + prediction) for drift monitoring; None = no log.
+        task: the project's task (``get_task(params.project.task)``; default classification): it decodes
+            the model's outputs into responses, OIP outputs, statistics, metrics and log records.
 
     Example:
         >>> from cvplatform.serving.models import FileSource
@@ -85,7 +88,7 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
     """
     metrics = ServingMetrics()
     stats = StatsBook(config.stats.window, config.stats.confidence_bins, config.stats.disagreements_kept)
-    manager = ModelManager(source, config, metrics, stats)
+    manager = ModelManager(source, config, metrics, stats, task=task)
     token = (admin_token or None) if admin_token is not None else config.admin_token()
     check_admin_token(token, "the admin_token argument" if admin_token else config.admin_token_source())
     log_queue = None
@@ -192,7 +195,9 @@ def build_app(
         from cvplatform.monitoring.inference_log import InferenceLogger
 
         request_log = InferenceLogger.from_params(params, paths.root)
-    return create_app(config, src, admin_token=admin_token, request_log=request_log)
+    project = getattr(params, "project", None)
+    task = get_task(getattr(project, "task", None))
+    return create_app(config, src, admin_token=admin_token, request_log=request_log, task=task)
 
 
 def serve(

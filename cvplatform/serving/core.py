@@ -7,6 +7,11 @@
 * :func:`predict_core` routes a request to a variant, decodes and preprocesses its images after
   routing (charging the decode memory first), runs it with the canary -> champion fallback,
   records statistics and metrics, and starts the shadow scoring.
+
+Nothing here knows what the model predicts: the model's raw outputs are decoded by the project's
+task (:attr:`ServerState.task`, from ``project.task``): ``task.decode_top`` gives each image's class
+and confidence for the statistics, the per-class counters, the inference log and the shadow
+agreement; the routes shape responses with ``task.decode`` / ``task.response`` and ``task.tensor_outputs``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
     from cvplatform.serving.batching import BatchTime
+    from cvplatform.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,11 @@ class ServerState:
     @property
     def model_name(self) -> str:
         return self.manager.source.model_name
+
+    @property
+    def task(self) -> Task:
+        """The project's task (held by the model manager)."""
+        return self.manager.task
 
     def served(self, name: str, version: str | None = None) -> ModelHandle:
         """The handle serving ``name`` (``version``: pinned to the champion or canary), or a 404 / 503."""
@@ -101,8 +112,14 @@ class Outcome:
     request_id: str
     handle: ModelHandle
     variant: str
-    probs: np.ndarray
+    outputs: dict[str, np.ndarray]
+    """The model's raw outputs by the task's ``output_names`` (classification: ``{"logits": (N, C)}``)."""
     fallback: bool = False
+    classes: list[str] = field(default_factory=list)
+    """Each image's class as the task decodes it (``task.decode_top``)."""
+    confidences: list[float] = field(default_factory=list)
+    task: Task | None = None
+    """The task that decoded :attr:`outputs` (the routes shape the response with it)."""
 
     @property
     def model(self) -> str:
@@ -226,8 +243,8 @@ async def _answer(state: ServerState, handle: ModelHandle, variant: str, champio
                   request_id: str, pinned: bool) -> tuple[ModelHandle, str, bool, np.ndarray, float, BatchTime]:
     """Run ``handle``; when an unpinned canary fails, the champion answers (``fallback``)."""
     try:
-        probs, ms, timing = await handle.prepare_and_infer(lambda: inputs.prepare_for(handle))
-        return handle, variant, False, probs, ms, timing
+        raw, ms, timing = await handle.prepare_and_infer(lambda: inputs.prepare_for(handle))
+        return handle, variant, False, raw, ms, timing
     except ServingError:  # bad input found while decoding: a 4xx, not a model failure
         raise
     except Exception as exc:
@@ -238,20 +255,24 @@ async def _answer(state: ServerState, handle: ModelHandle, variant: str, champio
         state.metrics.model_errors.labels(handle.model.name, handle.version, variant, "answer").inc()
         log.warning("canary v%s failed (champion answers): %s", handle.version, exc)
     try:
-        probs, ms, timing = await champion.prepare_and_infer(lambda: inputs.prepare_for(champion))
+        raw, ms, timing = await champion.prepare_and_infer(lambda: inputs.prepare_for(champion))
     except ServingError:
         raise
     except Exception as exc2:
         _model_failed(state, champion, "champion", request_id, exc2)
         raise _model_error(champion, request_id) from None
-    return champion, "champion", True, probs, ms, timing
+    return champion, "champion", True, raw, ms, timing
 
 
-def _top(handle: ModelHandle, probs: np.ndarray) -> tuple[list[str], list[float]]:
-    import numpy as np
+def _outputs(state: ServerState, raw: np.ndarray) -> dict[str, np.ndarray]:
+    """The batcher's model output keyed as the task names it (one output per model in serving)."""
+    return {state.task.output_names[0]: raw}
 
-    names = handle.model.class_names
-    return [names[i] for i in np.argmax(probs, axis=1)], [float(v) for v in probs.max(axis=1)]
+
+def _top(state: ServerState, handle: ModelHandle, outputs: dict[str, np.ndarray]) -> tuple[list[str], list[float]]:
+    """Each image's class and confidence, decoded by the task in one vectorised call."""
+    classes, conf = state.task.decode_top(outputs, handle.model.class_names)
+    return classes.tolist(), conf.tolist()
 
 
 def _count_answer(state: ServerState, handle: ModelHandle, variant: str, top: list[str], conf: list[float],
@@ -309,9 +330,10 @@ async def predict_core(
     variant, handle = _route(state, champion, canary, key, pinned_version, tensor)
     assert champion is not None
     inputs = RequestInputs(state, images, tensor, blobs, hold)
-    handle, variant, fallback, probs, ms, timing = await _answer(state, handle, variant, champion, inputs,
-                                                                 request_id, pinned_version is not None)
-    top, conf = _top(handle, probs)
+    handle, variant, fallback, raw, ms, timing = await _answer(state, handle, variant, champion, inputs,
+                                                               request_id, pinned_version is not None)
+    outputs = _outputs(state, raw)
+    top, conf = _top(state, handle, outputs)
     request_ms = (time.perf_counter() - t_start) * 1000.0 if t_start is not None else None
     state.stats.record_answer(variant, handle.version, top, conf, labels, ms, request_ms, fallback=fallback,
                               compute_ms=timing.ms_per_row, batch_rows=timing.rows, overlapped=timing.overlapped)
@@ -325,7 +347,7 @@ async def predict_core(
     if mirror and other is not None:
         _start_shadow(state, other, "canary" if other is canary else "champion", inputs, labels, top, conf,
                       request_id)
-    return Outcome(request_id, handle, variant, probs, fallback)
+    return Outcome(request_id, handle, variant, outputs, fallback, top, conf, state.task)
 
 
 async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images: list[np.ndarray] | None,
@@ -337,7 +359,7 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
         return x if x is not None else await _prepare(images or [], handle)
 
     try:
-        probs, ms, timing = await handle.prepare_and_infer(prepare)
+        raw, ms, timing = await handle.prepare_and_infer(prepare)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -346,7 +368,7 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
         state.metrics.model_errors.labels(handle.model.name, handle.version, variant, "shadow").inc()
         state.metrics.shadow.labels("error").inc()
         return
-    top, conf = _top(handle, probs)
+    top, conf = _top(state, handle, _outputs(state, raw))
     state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id, answered_conf,
                               compute_ms=timing.ms_per_row, batch_rows=timing.rows, overlapped=timing.overlapped)
     _log_requests(state, images, handle, "shadow", request_id, top, conf, hold)

@@ -38,6 +38,7 @@ from cvplatform.runtime import RuntimeModel, open_model, select_providers, sessi
 from cvplatform.serving.batching import BatchTime, CallTracker, MicroBatcher
 from cvplatform.serving.routing import TrafficState
 from cvplatform.serving.schemas import ServingConfig
+from cvplatform.tasks import Task, get_task
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -337,7 +338,8 @@ class ModelHandle:
         return self.model.version
 
     async def infer(self, x: np.ndarray, *, announced: bool = False) -> tuple[np.ndarray, float]:
-        """Probabilities for a preprocessed batch and the model latency in ms (queue wait + run)."""
+        """The model's raw output (:meth:`RuntimeModel.forward`, e.g. logits) for a preprocessed batch and
+        the model latency in ms (queue wait + run); the task decodes it."""
         t0 = time.perf_counter()
         probs = await self.batcher.submit(x, announced=announced)
         return probs, (time.perf_counter() - t0) * 1000.0
@@ -347,7 +349,7 @@ class ModelHandle:
         """Announce the request to the batcher, run ``prepare()`` (decode/preprocess), then infer.
 
         Returns:
-            Probabilities, the model latency in ms (queue wait + run) and the :class:`BatchTime` of the
+            The raw output (e.g. logits; the task decodes it), the model latency in ms (queue wait + run) and the :class:`BatchTime` of the
             model call it ran in (time per image and batch size; what the canary's latency check compares).
         """
         self.batcher.announce()
@@ -373,10 +375,14 @@ class ModelManager:
         config: the serving configuration.
         metrics: Prometheus metrics (model info gauge, batch sizes).
         stats: per-variant statistics.
+        task: the project's task (``get_task(params.project.task)``; default classification): it
+            names the model's outputs and decodes them for responses, statistics and metrics.
     """
 
-    def __init__(self, source: ModelSource, config: ServingConfig, metrics: ServingMetrics, stats: StatsBook) -> None:
+    def __init__(self, source: ModelSource, config: ServingConfig, metrics: ServingMetrics, stats: StatsBook,
+                 task: Task | None = None) -> None:
         self.source = source
+        self.task = task if task is not None else get_task()
         self.config = config
         self.metrics = metrics
         self.stats = stats
@@ -469,7 +475,7 @@ class ModelManager:
         model = await asyncio.to_thread(work)
         b = self.config.batching
         batcher = MicroBatcher(
-            model.predict_proba, max_batch_size=b.max_batch_size, max_wait_ms=b.max_wait_ms, workers=b.workers,
+            model.forward, max_batch_size=b.max_batch_size, max_wait_ms=b.max_wait_ms, workers=b.workers,
             name=f"{model.name}-v{model.version}", on_batch=self._on_batch(model), tracker=self.calls,
         )
         await batcher.start()

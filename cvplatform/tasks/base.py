@@ -167,6 +167,35 @@ class Task(ABC):
         predicted class and confidence for classification, box count and mean score for detection,
         class-area shares for segmentation."""
 
+    @abstractmethod
+    def decode_top(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw outputs of ``N`` images -> ``(classes, confidences)``: two length-``N`` arrays (class
+        names as ``str``, confidences as ``float64``), computed vectorised (serving calls it on every
+        request for its statistics, per-class Prometheus counters, the inference log and the shadow
+        agreement).
+
+        One headline class per image: classification returns the top-1 class and its softmax
+        probability; detection returns the class of the highest-scoring box and that score (class
+        ``""`` and confidence ``0.0`` for an image without boxes); segmentation returns the class
+        covering the most pixels and the mean per-pixel probability of the predicted classes.
+        """
+
+    @abstractmethod
+    def tensor_output_specs(self, class_names: Sequence[str]) -> list[dict[str, Any]]:
+        """The Open Inference Protocol v2 outputs the server offers, in their default order, as
+        ``{"name", "datatype", "shape"}`` with ``-1`` for the batch axis (model metadata). Classification:
+        ``probabilities`` FP32 ``[-1, C]`` and ``label`` BYTES ``[-1]``; detection: ``boxes`` FP32
+        ``[-1, K, 4]``, ``scores`` FP32 ``[-1, K]``, ``labels`` BYTES ``[-1, K]``, ``num_detections``
+        INT32 ``[-1]``; segmentation: ``mask`` INT32 ``[-1, H, W]`` and ``areas`` FP32 ``[-1, C]``."""
+
+    @abstractmethod
+    def tensor_outputs(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str],
+                       wanted: Sequence[str]) -> list[dict[str, Any]]:
+        """The OIP v2 ``outputs`` of an inference response for raw outputs of ``N`` images: one
+        ``{"name", "datatype", "shape", "data"}`` per name in ``wanted`` (names of
+        :meth:`tensor_output_specs`), ``data`` flattened row-major (a numpy array or a list)."""
+
     # ------------------------------------------------------------------ review
     @abstractmethod
     def summary_lines(self, scenarios: Mapping[str, Any], class_names: Sequence[str]) -> list[str]:

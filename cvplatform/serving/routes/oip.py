@@ -6,6 +6,7 @@ The health endpoints (``/v2/health/live|ready``) are in :mod:`.ops`.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -27,9 +28,9 @@ from cvplatform.serving.web import (
     read_body,
     request_ids,
 )
+from cvplatform.tasks import Task, get_task
 
 router = APIRouter()
-OUTPUTS = ("probabilities", "label")
 
 
 @router.get("/v2", tags=["oip"])
@@ -54,10 +55,7 @@ def _metadata(state: ServerState, handle: ModelHandle) -> dict[str, Any]:
             {"name": m.input_name, "datatype": "FP32", "shape": [-1, 3, h, w]},
             {"name": "image", "datatype": "BYTES", "shape": [-1]},
         ],
-        "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, m.contract.num_classes]},
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-        ],
+        "outputs": state.task.tensor_output_specs(m.class_names),
         "parameters": {
             "version": m.version,
             "class_names": list(m.class_names),
@@ -129,27 +127,19 @@ def _inputs(req: OipInferRequest, blob: bytes, handle: ModelHandle, max_images: 
                        "(preprocessed tensor) or BYTES (encoded images).")
 
 
-def _wanted_outputs(req: OipInferRequest) -> list[str]:
-    wanted = [o.name for o in (req.outputs or [])] or list(OUTPUTS)
-    unknown = [w for w in wanted if w not in OUTPUTS]
+def _wanted_outputs(req: OipInferRequest, task: Task, class_names: Sequence[str]) -> list[str]:
+    """The outputs the request asks for (default: all the task offers), or a 400 naming the valid ones."""
+    offered = [o["name"] for o in task.tensor_output_specs(class_names)]
+    wanted = [o.name for o in (req.outputs or [])] or offered
+    unknown = [w for w in wanted if w not in offered]
     if unknown:
-        raise ServingError(400, "unknown_output", f"outputs {unknown} do not exist; choose from "
-                                                  "['probabilities', 'label'].")
+        raise ServingError(400, "unknown_output", f"outputs {unknown} do not exist; choose from {offered}.")
     return wanted
 
 
 def _infer_response(out: Outcome, req: OipInferRequest, wanted: list[str]) -> dict[str, Any]:
-    import numpy as np
-
-    names = out.handle.model.class_names
-    outputs = []
-    for w in wanted:
-        if w == "probabilities":
-            outputs.append({"name": "probabilities", "datatype": "FP32", "shape": list(out.probs.shape),
-                            "data": np.asarray(out.probs, np.float64).ravel()})
-        else:
-            outputs.append({"name": "label", "datatype": "BYTES", "shape": [out.probs.shape[0]],
-                            "data": [names[int(i)] for i in out.probs.argmax(axis=1)]})
+    task = out.task or get_task()
+    outputs = task.tensor_outputs(out.outputs, out.handle.model.class_names, wanted)
     return {"model_name": out.model, "model_version": out.version, "id": req.id or out.request_id,
             "parameters": {"variant": out.variant, "fallback": out.fallback}, "outputs": outputs}
 
@@ -163,7 +153,7 @@ async def _infer(request: Request, state: ServerState, name: str, version: str |
         handle = state.served(name, version)
         req, blob = await _read_infer_request(request, hold)
         tensor, blobs, n = _inputs(req, blob, handle, state.config.limits.max_images)
-        wanted = _wanted_outputs(req)
+        wanted = _wanted_outputs(req, state.task, handle.model.class_names)
         rid, session = request_ids(request, state, req.id)
         labels = labels_from_header(request, state, n)
         out = await predict_core(state, request_id=rid, session_id=session, labels=labels, blobs=blobs,

@@ -23,6 +23,7 @@ from cvplatform.serving.web import (
     read_body,
     request_ids,
 )
+from cvplatform.tasks import get_task
 
 router = APIRouter()
 
@@ -54,19 +55,12 @@ async def images_from_request(request: Request, hold: BudgetHold, limits: Limits
 
 
 def predict_response(out: Outcome) -> dict[str, Any]:
-    """The ``/v1/predict`` answer: one prediction per image, with every class's probability."""
+    """The ``/v1/predict`` answer: per image, the task's response item (classification: class, confidence
+    and every class's probability) plus the model, version and variant that answered."""
+    task = out.task or get_task()
     names = out.handle.model.class_names
-    preds = []
-    for row in out.probs:
-        i = int(row.argmax())
-        preds.append({
-            "class": names[i],
-            "confidence": float(row[i]),
-            "probabilities": {n: float(p) for n, p in zip(names, row, strict=True)},
-            "model": out.model,
-            "version": out.version,
-            "variant": out.variant,
-        })
+    served = {"model": out.model, "version": out.version, "variant": out.variant}
+    preds = [{**task.response(pred, names), **served} for pred in task.decode(out.outputs, names)]
     return {"request_id": out.request_id, "model": out.model, "version": out.version, "variant": out.variant,
             "fallback": out.fallback, "predictions": preds}
 

@@ -8,7 +8,9 @@ What the stages ask of it (see :class:`cvplatform.tasks.base.Task`):
 * contract: ONNX output ``logits``; ``C == len(class_names)``; output index ``i`` is ``class_names[i]``;
 * agreement (parity, INT8, canary shadow): share of images with the same top-1 class;
 * evaluation: accuracy, macro-F1, ECE with bootstrap intervals (:func:`cvplatform.evaluation.metrics.compute_metrics`);
-* serving: ``{"class", "confidence", "probabilities"}`` per image; monitoring: predicted class and confidence.
+* serving: ``{"class", "confidence", "probabilities"}`` per image (``decode_top`` for the statistics and
+  counters); OIP v2 outputs ``probabilities`` ``[N, C]`` and ``label`` ``[N]``; monitoring: predicted
+  class and confidence.
 """
 
 from __future__ import annotations
@@ -127,6 +129,40 @@ class ClassificationTask(Task):
 
     def prediction_signal(self, prediction: Mapping[str, Any]) -> dict[str, float]:
         return {"class_index": float(prediction["index"]), "confidence": float(prediction["confidence"])}
+
+    def decode_top(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-1 class names and their softmax probabilities, one vectorised pass over the batch.
+
+        Example:
+            >>> classes, conf = ClassificationTask().decode_top({"logits": np.array([[0.0, 2.0], [1.0, 1.0]])}, ["a", "b"])
+            >>> classes.tolist(), conf.round(3).tolist()
+            (['b', 'a'], [0.881, 0.5])
+        """
+        self.check_outputs(outputs, class_names)
+        probs = softmax(outputs["logits"])
+        top = probs.argmax(axis=1)
+        return np.asarray(class_names, dtype=object)[top], probs[np.arange(len(top)), top]
+
+    def tensor_output_specs(self, class_names: Sequence[str]) -> list[dict[str, Any]]:
+        return [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(class_names)]},
+                {"name": "label", "datatype": "BYTES", "shape": [-1]}]
+
+    def tensor_outputs(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str],
+                       wanted: Sequence[str]) -> list[dict[str, Any]]:
+        self.check_outputs(outputs, class_names)
+        probs = softmax(outputs["logits"])
+        out: list[dict[str, Any]] = []
+        for w in wanted:
+            if w == "probabilities":
+                out.append({"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape),
+                            "data": probs.ravel()})
+            elif w == "label":
+                labels = np.asarray(class_names, dtype=object)[probs.argmax(axis=1)]
+                out.append({"name": "label", "datatype": "BYTES", "shape": [probs.shape[0]], "data": labels.tolist()})
+            else:
+                raise ModelError(f"classification has no output {w!r}; choose from ['probabilities', 'label'].")
+        return out
 
     # ------------------------------------------------------------------ review
     def summary_lines(self, scenarios: Mapping[str, Any], class_names: Sequence[str]) -> list[str]:
