@@ -169,9 +169,10 @@ def raw_throughput(model_path: Path, size: int, batch: int, duration: float, thr
     import numpy as np
     import onnxruntime as ort
 
-    from cvplatform.serving.models import session_options
+    from cvplatform.runtime import session_options
 
-    sess = ort.InferenceSession(str(model_path), sess_options=session_options(threads, allow_spinning),
+    sess = ort.InferenceSession(str(model_path),
+                                sess_options=session_options(intra_op_threads=threads, allow_spinning=allow_spinning),
                                 providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
     for _ in range(3):

@@ -112,7 +112,7 @@ def run_pairs(root: Path, params, epochs: int, workers: int) -> tuple[list[dict]
     import torch
 
     from cvplatform.data.datamodule import EpochSeedCallback
-    from cvplatform.models.lightning import ClassifierModule
+    from cvplatform.tasks.classification.module import ClassifierModule
 
     tp = params.train
     pl.seed_everything(params.project.seed, workers=True, verbose=False)

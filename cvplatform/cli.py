@@ -519,6 +519,15 @@ def show_config(
     typer.echo("# valid: params.yaml and " + "; ".join(checked))
 
 
+@app.command("tasks")
+def list_tasks() -> None:
+    """List the tasks `project.task` can select (built-in, installed plugins)."""
+    from cvplatform.tasks import get_task, known_tasks
+
+    for name in known_tasks():
+        typer.echo(f"{name:16s} {get_task(name).description}")
+
+
 def main() -> None:  # console-script entry point
     app()
 

@@ -40,6 +40,17 @@ class ProjectParams(StrictModel):
     """Global seed for generators, splits and training."""
     manifest: str = "data/processed/manifest.parquet"
     """The manifest ingest writes and every later stage reads (relative to the project root)."""
+    task: str = "classification"
+    """What the models predict: a task from :mod:`cvplatform.tasks` (``cvplatform tasks`` lists them)."""
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from cvplatform.tasks import is_known, known_tasks
+
+        if not is_known(v):
+            raise ValueError(f"unknown task {v!r}; known tasks: {', '.join(known_tasks())}")
+        return v
 
 
 # --------------------------------------------------------------------------- ingest
@@ -287,10 +298,11 @@ class TrainParams(StrictModel):
     optimizer: OptimizerParams = OptimizerParams()
     scheduler: SchedulerParams = SchedulerParams()
     loss: LossParams = LossParams()
-    monitor: Literal["val_acc", "val_f1", "val_loss"] = "val_acc"
-    """Validation metric for best-checkpoint selection and early stopping."""
+    monitor: str = "val_acc"
+    """Validation metric for best-checkpoint selection and early stopping (one the task logs:
+    classification val_acc | val_f1 | val_loss)."""
     mode: Literal["max", "min"] = "max"
-    """Whether the monitored metric should be maximised or minimised."""
+    """Whether the monitored metric should be maximised or minimised (the task's direction)."""
     patience: int | None = Field(None, ge=1)
     """Epochs without improvement before stopping early; None = never stop early."""
     min_delta: float = Field(0.0, ge=0.0)
@@ -324,12 +336,6 @@ class TrainParams(StrictModel):
     progress_bar: bool = True
     """Show Lightning's progress bar."""
 
-    @model_validator(mode="after")
-    def _monitor_mode(self) -> TrainParams:
-        want = "min" if self.monitor == "val_loss" else "max"
-        if self.mode != want:
-            raise ValueError(f"monitor {self.monitor} must be {want}imised: set mode: {want}")
-        return self
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -649,6 +655,21 @@ class Params(StrictModel):
     orchestration: OrchestrationParams = OrchestrationParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _monitor_fits_task(self) -> Params:
+        """``train.monitor`` must be a metric the task logs, with its direction in ``train.mode``."""
+        from cvplatform.tasks import get_task
+
+        spec = get_task(self.project.task).monitor
+        tp = self.train
+        if tp.monitor not in spec.metrics:
+            raise ValueError(f"train.monitor {tp.monitor!r} is not a metric the {self.project.task} task logs; "
+                             f"use one of {', '.join(spec.metrics)}")
+        want = spec.mode(tp.monitor)
+        if tp.mode != want:
+            raise ValueError(f"train.monitor {tp.monitor} must be {want}imised: set train.mode: {want}")
+        return self
 
     @property
     def validate_params(self) -> ValidateParams:

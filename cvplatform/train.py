@@ -373,6 +373,7 @@ def _prepare_data(params: Params, paths: ProjectPaths, seed: int) -> _Data:
     from cvplatform.data.augment import load_recipe, resolve_recipe_path
     from cvplatform.data.datamodule import ManifestDataModule
     from cvplatform.models import resolve_model_kwargs
+    from cvplatform.tasks import get_task
 
     tp = params.train
     arch_kwargs = resolve_model_kwargs(tp.model.arch, **dict(tp.model.kwargs))
@@ -383,7 +384,7 @@ def _prepare_data(params: Params, paths: ProjectPaths, seed: int) -> _Data:
     dm = ManifestDataModule(
         params.project.manifest, recipe, root=paths.root, batch_size=tp.batch_size,
         eval_batch_size=tp.eval_batch_size, num_workers=tp.num_workers, seed=seed, pin_memory=pin,
-        recipe_source=str(recipe_path),
+        recipe_source=str(recipe_path), task=get_task(params.project.task),
     )
     dm.setup()
     class_names = list(dm.class_names)
@@ -532,11 +533,12 @@ def _start_tracking(params: Params, paths: ProjectPaths, out: Path, data: _Data,
     return tracking
 
 
-def _build_module(tp: TrainParams, data: _Data) -> Any:
-    """The LightningModule of the configured architecture, loss and optimisation."""
-    from cvplatform.models.lightning import ClassifierModule
+def _build_module(params: Params, data: _Data) -> Any:
+    """The LightningModule of the project's task with the configured architecture, loss and optimisation."""
+    from cvplatform.tasks import get_task
 
-    return ClassifierModule(
+    tp = params.train
+    return get_task(params.project.task).build_module(
         arch=tp.model.arch, arch_kwargs=data.arch_kwargs, num_classes=data.num_classes,
         class_names=data.class_names, preprocess=data.recipe.to_metadata(),
         optimizer=tp.optimizer.model_dump(mode="json"), scheduler=tp.scheduler.model_dump(mode="json"),
@@ -732,7 +734,7 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
     prior_state = _resume_state(out, tp, data.class_names) if resume else {}
     tracking = _start_tracking(params, paths, out, data, seed, resume, prior_state, is_zero)
     pl.seed_everything(seed, workers=True)
-    module = _build_module(tp, data)
+    module = _build_module(params, data)
     fit = _build_trainer(tp, out, seed, tracking, is_zero)
     history, test_metrics = _fit(fit, module, data, tp, out, tracking, resume)
     if not fit.trainer.is_global_zero:

@@ -40,6 +40,8 @@ from cvplatform.errors import DataError
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
+    from cvplatform.tasks.base import Task
+
 log = logging.getLogger(__name__)
 
 
@@ -56,26 +58,29 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as an RGB uint8 HxWx3 array (DataError if unreadable).
 
+    Decoded by :func:`cvplatform.imageio.read_image`, the decoder evaluation and serving use.
+
     Example:
         >>> img = read_rgb("data/raw/3/abc.png")  # doctest: +SKIP
         >>> img.shape, img.dtype  # doctest: +SKIP
         ((32, 32, 3), dtype('uint8'))
     """
-    import cv2
+    from cvplatform.imageio import ImageDecodeError, read_image
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
+    try:
+        return read_image(path)
+    except ImageDecodeError as exc:
         raise DataError(
-            f"{path}: cannot read image (missing or corrupt). Re-run `cvplatform ingest` so the manifest "
-            "and data/raw agree."
-        )
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+            f"{path}: cannot read image (missing or corrupt: {exc.detail}). Re-run `cvplatform ingest` so the "
+            "manifest and data/raw agree."
+        ) from None
 
 
 class ManifestDataset(Dataset):
-    """Images + integer labels of one split, transformed by an albumentations pipeline.
+    """Images + their task targets of one split, transformed by an albumentations pipeline.
 
-    ``__getitem__`` returns ``(image CHW float32 tensor, label int)``. With
+    ``__getitem__`` returns ``(image CHW float32 tensor, target)``; the target is what the task's
+    ``target_of`` gave (a class index for classification). With
     ``seeded=True`` the pipeline is re-seeded per sample from
     ``(seed, epoch, index)``; set :attr:`epoch` before each epoch.
     """
@@ -83,14 +88,14 @@ class ManifestDataset(Dataset):
     def __init__(
         self,
         paths: Sequence[str],
-        labels: Sequence[int],
+        targets: Sequence[Any],
         transform: Any,
         *,
         seed: int = 0,
         seeded: bool = True,
     ) -> None:
         self.paths = list(paths)
-        self.labels = [int(x) for x in labels]
+        self.targets = list(targets)
         self.transform = transform
         self.seed = int(seed)
         self.seeded = seeded
@@ -99,11 +104,11 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         image = read_rgb(self.paths[index])
         if self.seeded:
             self.transform.set_random_seed(sample_seed(self.seed, self.epoch, index))
-        return self.transform(image=image)["image"], self.labels[index]
+        return self.transform(image=image)["image"], self.targets[index]
 
 
 Sized = Any  # anything with __len__ (the sampler's data source)
@@ -161,6 +166,8 @@ class ManifestDataModule(pl.LightningDataModule):
         seed: Base seed of shuffling and augmentation.
         pin_memory: Pin host memory (useful with CUDA).
         recipe_source: Recipe file name, for error messages.
+        task: The project's task (:func:`cvplatform.tasks.get_task`; default classification): it
+            turns a manifest row into a training target and collates batches.
 
     Example:
         >>> from cvplatform.data.augment import load_recipe
@@ -184,8 +191,12 @@ class ManifestDataModule(pl.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         recipe_source: str = "<recipe>",
+        task: Task | None = None,
     ) -> None:
         super().__init__()
+        from cvplatform.tasks import get_task
+
+        self.task = task or get_task()
         self.root = Path(root or os.getcwd()).resolve()
         m = Path(manifest)
         self.manifest_path = m if m.is_absolute() else self.root / m
@@ -252,7 +263,6 @@ class ManifestDataModule(pl.LightningDataModule):
         df = self._load()
         self.class_names = sorted(df["label"].unique().tolist())
         index = {c: i for i, c in enumerate(self.class_names)}
-        df = df.assign(target=df["label"].map(index).astype("int64"))
         self._frame = df
         train_tf = build_pipeline(self.recipe, "train", seed=self.seed, source=self.recipe_source)
         eval_tf = build_pipeline(self.recipe, "eval", seed=self.seed, source=self.recipe_source)
@@ -260,7 +270,7 @@ class ManifestDataModule(pl.LightningDataModule):
             part = df[df["split"] == split]
             self.datasets[split] = ManifestDataset(
                 part["abs_path"].tolist(),
-                part["target"].tolist(),
+                [self.task.target_of(row, index) for row in part.to_dict("records")],
                 train_tf if split == "train" else eval_tf,
                 seed=self.seed,
                 seeded=split == "train",
@@ -351,6 +361,7 @@ class ManifestDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
+            collate_fn=self.task.collate,
             # a trailing batch of one sample breaks BatchNorm in training; drop only that case
             drop_last=train and len(ds) > batch_size and len(ds) % batch_size == 1,
             **kwargs,

@@ -155,20 +155,20 @@ def contract_from_checkpoint(loaded: Any) -> PreprocessContract:
 # --------------------------------------------------------------------------- onnx
 def session_options() -> Any:
     """onnxruntime session options of evaluation: quiet, ``$CVPLATFORM_ORT_THREADS`` intra-op threads (0 = default)."""
-    import onnxruntime as ort
+    from cvplatform.runtime import session_options as runtime_session_options
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = int(os.environ.get("CVPLATFORM_ORT_THREADS", "0") or 0)
-    return opts
+    return runtime_session_options(intra_op_threads=int(os.environ.get("CVPLATFORM_ORT_THREADS", "0") or 0))
 
 
 class OnnxPredictor(_BasePredictor):
     """An ONNX model run with onnxruntime (CPU); contract from its ``metadata_props``.
 
+    A thin predictor over the library's one runtime model (:class:`cvplatform.runtime.RuntimeModel`).
+
     Args:
-        model: path of a ``.onnx`` file, the serialized model bytes, or an open
-            ``onnxruntime.InferenceSession`` (e.g. from the registry's verified loader).
+        model: path of a ``.onnx`` file, the serialized model bytes, an open
+            ``onnxruntime.InferenceSession``, or a :class:`~cvplatform.runtime.RuntimeModel`
+            (e.g. from the registry's sha256-verified loader).
         name: identity shown in reports and errors (default: the path).
 
     Raises:
@@ -182,58 +182,21 @@ class OnnxPredictor(_BasePredictor):
     """
 
     def __init__(self, model: str | os.PathLike[str] | bytes | Any, *, name: str | None = None) -> None:
-        import onnxruntime as ort
+        from cvplatform.runtime import RuntimeModel, open_model
 
-        if isinstance(model, ort.InferenceSession):
-            self.name = name or "<onnx session>"
-            self.session = model
+        if isinstance(model, RuntimeModel):
+            self.runtime = model
         else:
-            if isinstance(model, bytes | bytearray):
-                self.name = name or "<onnx bytes>"
-                source: Any = bytes(model)
-            else:
-                p = Path(model)
-                self.name = name or str(p)
-                if not p.is_file():
-                    raise ModelError(f"{p}: ONNX model not found. Run `cvplatform export` or pass the right path.")
-                source = str(p)
-            try:
-                self.session = ort.InferenceSession(source, sess_options=session_options(),
-                                                    providers=["CPUExecutionProvider"])
-            except Exception as exc:
-                detail = " ".join(str(exc).split())[:300]
-                raise ModelError(f"{self.name}: onnxruntime cannot load the model ({detail}).") from None
-        meta = dict(self.session.get_modelmeta().custom_metadata_map or {})
-        self.contract = PreprocessContract.from_metadata(meta, source=f"{self.name} (ONNX metadata_props)")
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise ModelError(f"{self.name}: expected one input (NCHW image batch), found {[i.name for i in inputs]}")
-        self.input_name = inputs[0].name
-        shape = list(inputs[0].shape)
-        h, w = self.contract.input_size
-        if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (3, h, w), strict=True)):
-            raise ModelError(
-                f"{self.name}: input {self.input_name!r} has shape {shape}, but the contract says NCHW "
-                f"(N, 3, {h}, {w}). Re-export the model or fix its metadata."
-            )
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
-        self.output_name = self.session.get_outputs()[0].name
+            self.runtime = open_model(model, name=name, options=session_options())
+        self.name = name or self.runtime.name
+        self.contract = self.runtime.contract
+        self.session = self.runtime.session
+        self.input_name = self.runtime.input_name
+        self.output_name = self.runtime.output_name
+        self.fixed_batch = self.runtime.fixed_batch
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
-        import numpy as np
-
-        if self.fixed_batch is None or x.shape[0] == self.fixed_batch:
-            return self.session.run([self.output_name], {self.input_name: x})[0]
-        # static batch dimension: run one fixed-size chunk at a time (pad the last one)
-        outs = []
-        b = self.fixed_batch
-        for s in range(0, x.shape[0], b):
-            chunk = x[s : s + b]
-            k = chunk.shape[0]
-            if k < b:
-                chunk = np.concatenate([chunk, np.zeros((b - k, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(self.session.run([self.output_name], {self.input_name: chunk})[0][:k])
-        return np.concatenate(outs)
+        return self.runtime.run(x)
 
 
 # --------------------------------------------------------------------------- registry
@@ -274,7 +237,7 @@ def load_registered_onnx(model_uri: str, *, tracking_uri: str | None = None,
     from cvplatform.registry.loading import load_model
 
     loaded = load_model(model_uri, root=root, tracking_uri=tracking_uri, sess_options=session_options())
-    return OnnxPredictor(loaded.session, name=model_uri)
+    return OnnxPredictor(loaded, name=model_uri)
 
 
 def load_predictor(ref: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None,

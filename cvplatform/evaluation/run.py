@@ -147,7 +147,7 @@ def _scenario_seed(seed: int, name: str) -> int:
 
 # --------------------------------------------------------------------------- champion
 def find_champion(registry: RegistryParams, tracking_uri: str) -> tuple[str | None, str]:
-    """Resolve ``models:/<registered_model>@<champion_alias>``; ``(None, why)`` when it does not exist.
+    """Resolve ``models:/<registry.model_name>@<registry.champion_alias>``; ``(None, why)`` when it does not exist.
 
     Raises:
         RegistryError: the registry cannot be reached (naming the URI).

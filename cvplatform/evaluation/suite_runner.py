@@ -116,15 +116,15 @@ def select_split(manifest: pd.DataFrame, split: str, max_images: int | None, *, 
 
 
 def _decode(path: Path) -> np.ndarray:
-    import cv2
+    from cvplatform.imageio import ImageDecodeError, read_image  # the decoder training and serving use
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
+    try:
+        return read_image(path)
+    except ImageDecodeError as exc:
         raise DataError(
-            f"{path}: image listed in the manifest is missing or unreadable. Run `dvc pull` or re-run "
-            "`cvplatform ingest` so data/raw matches the manifest."
-        )
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+            f"{path}: image listed in the manifest is missing or unreadable ({exc.detail}). Run `dvc pull` or "
+            "re-run `cvplatform ingest` so data/raw matches the manifest."
+        ) from None
 
 
 def load_images(rows: pd.DataFrame, root: str | os.PathLike[str], predictor: Predictor, what: str) -> EvalImages:

@@ -84,43 +84,33 @@ def latency_stats(samples_ns: Sequence[int]) -> dict[str, float]:
 def select_providers(requested: Sequence[str]) -> list[str]:
     """The requested onnxruntime providers that are installed, in order (CPU appended as a fallback).
 
+    :func:`cvplatform.runtime.select_providers`, warning about the skipped ones.
+
     Example:
         >>> select_providers(["TensorrtExecutionProvider", "CPUExecutionProvider"])  # doctest: +SKIP
         ['CPUExecutionProvider']
     """
-    import onnxruntime as ort
+    from cvplatform.runtime import select_providers as runtime_select_providers
 
-    available = set(ort.get_available_providers())
-    chosen = [p for p in requested if p in available]
-    skipped = [p for p in requested if p not in available]
-    if skipped:
-        log.warning("export: onnxruntime providers %s are not available here (available: %s); skipped",
-                    skipped, sorted(available))
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen
+    return runtime_select_providers(requested, warn="export")
 
 
 def ort_session(model: str | os.PathLike[str] | bytes, providers: Sequence[str], threads: int) -> ort.InferenceSession:
     """An InferenceSession with ``threads`` intra-op threads, sequential execution, all graph optimisations.
 
+    Opened by :func:`cvplatform.runtime.open_session` with :func:`cvplatform.runtime.session_options`.
+
     Example:
         >>> s = ort_session("artifacts/export/model.onnx", ["CPUExecutionProvider"], 1)  # doctest: +SKIP
     """
-    import onnxruntime as ort
+    from cvplatform.runtime import open_session, session_options
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    source: Any = bytes(model) if isinstance(model, bytes | bytearray) else str(model)
+    opts = session_options(intra_op_threads=int(threads), inter_op_threads=1, sequential=True, optimize_all=True)
+    name = "<bytes>" if isinstance(model, bytes | bytearray) else str(model)
     try:
-        return ort.InferenceSession(source, sess_options=opts, providers=list(providers))
-    except Exception as exc:
-        name = "<bytes>" if isinstance(model, bytes | bytearray) else str(model)
-        raise ModelError(f"{name}: onnxruntime cannot load the model for benchmarking ({exc}).") from None
+        return open_session(model, name=name, providers=providers, options=opts)
+    except ModelError as exc:
+        raise ModelError(f"{exc} (for benchmarking)") from None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ hyper-parameter is a primitive. What a checkpoint holds (all plain data):
 ``state_dict``
     network weights, keys prefixed ``model.`` (the LightningModule attribute).
 ``hyper_parameters``
-    the :class:`~cvplatform.models.lightning.ClassifierModule` arguments:
+    the :class:`~cvplatform.tasks.classification.module.ClassifierModule` arguments:
     ``arch``, ``arch_kwargs``, ``num_classes``, ``class_names``, ``preprocess``,
     ``optimizer``, ``scheduler``, ``label_smoothing``, ``class_weights``, ``max_epochs``.
 ``cvplatform``

@@ -125,7 +125,7 @@ def image_stats(image: np.ndarray, *, max_side: int | None = MAX_SIDE) -> dict[s
 
 
 def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode an image file to ``uint8`` RGB (EXIF orientation applied), as the server does.
+    """Decode an image file to ``uint8`` RGB with :func:`cvplatform.imageio.read_image`, as the server does.
 
     Raises:
         DataError: the file is missing or not a decodable image.
@@ -134,19 +134,16 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
         >>> read_rgb("data/raw/0/00000.png").shape  # doctest: +SKIP
         (32, 32, 3)
     """
-    import numpy as np
-    from PIL import Image, ImageOps
+    from cvplatform.imageio import ImageDecodeError, read_image
 
     p = Path(path)
     try:
-        with Image.open(p) as img:
-            img = ImageOps.exif_transpose(img)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"{p}: image not found. Re-run `cvplatform ingest` (or `dvc pull`) to restore data/raw.") \
-            from None
-    except Exception as exc:
-        raise DataError(f"{p}: cannot decode image ({type(exc).__name__}: {exc}).") from exc
+        return read_image(p)
+    except ImageDecodeError as exc:
+        if exc.reason == "unreadable" and not p.exists():
+            raise DataError(f"{p}: image not found. Re-run `cvplatform ingest` (or `dvc pull`) to restore "
+                            "data/raw.") from None
+        raise DataError(f"{p}: cannot decode image ({exc.detail}).") from None
 
 
 def stats_of_files(paths: Iterable[str | os.PathLike[str]], *, max_side: int | None = MAX_SIDE) -> list[dict]:

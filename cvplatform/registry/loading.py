@@ -3,8 +3,9 @@
 :func:`load_model` resolves ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``,
 downloads the version's ``model.onnx`` from the artifact store, checks its sha256
 against the version's ``artifact.sha256`` tag (written at registration from the
-export stage's hash), and only then opens it in onnxruntime and reads its
-preprocessing contract from the ONNX ``metadata_props``.
+export stage's hash), and only then opens the verified bytes as a
+:class:`cvplatform.runtime.RuntimeModel` (onnxruntime session + the preprocessing contract from
+the ONNX ``metadata_props``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvplatform.errors import ModelError, RegistryError
+from cvplatform.errors import RegistryError
 from cvplatform.registry.client import (
     ONNX_FILE,
     TAG_APPROVAL_STATUS,
@@ -25,13 +26,11 @@ from cvplatform.registry.client import (
     RegistryClient,
 )
 from cvplatform.registry.errors import ArtifactIntegrityError, UnknownVersionError, UnmanagedVersionError
+from cvplatform.runtime import CPU, RuntimeModel, open_model, session_options
 from cvplatform.utils.io import sha256_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
-    import onnxruntime
-
     from cvplatform.config import Params
-    from cvplatform.preprocess import PreprocessContract
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))/?$")
 
@@ -91,29 +90,9 @@ class VersionInfo:
         return f"models:/{self.name}/{self.version}"
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """A verified registry model, ready for inference.
-
-    Attributes:
-        session: onnxruntime session on the verified bytes.
-        contract: How to preprocess images for it (and the class names).
-        info: Which version it is, its aliases, sha256 and tags.
-
-    Example:
-        >>> m = load_model("models:/cvplatform@champion")  # doctest: +SKIP
-        >>> from cvplatform.preprocess import preprocess  # doctest: +SKIP
-        >>> logits = m.session.run(None, {m.input_name: preprocess(images, m.contract)})[0]  # doctest: +SKIP
-    """
-
-    session: onnxruntime.InferenceSession
-    contract: PreprocessContract
-    info: VersionInfo
-    input_name: str
-    output_name: str
-
-    def __iter__(self) -> Any:  # allows `session, contract, info = load_model(...)`
-        return iter((self.session, self.contract, self.info))
+LoadedModel = RuntimeModel
+"""What :func:`load_model` returns: the one runtime model of the library, with ``info`` (a
+:class:`VersionInfo`) set; ``session, contract, info = load_model(...)`` unpacks it."""
 
 
 def _resolve(client: RegistryClient, ref: ModelRef) -> Any:
@@ -171,10 +150,11 @@ def load_model(
         tracking_uri: Tracking URI (default: ``$MLFLOW_TRACKING_URI`` or the embedded store of ``root``).
         client: An existing :class:`RegistryClient` (overrides the three above).
         providers: onnxruntime execution providers, preferred first (default ``["CPUExecutionProvider"]``).
-        sess_options: an ``onnxruntime.SessionOptions`` (threads, spinning, ...); default: quiet logging.
+        sess_options: an ``onnxruntime.SessionOptions`` (threads, spinning, ...); default
+            :func:`cvplatform.runtime.session_options`.
 
     Returns:
-        A :class:`LoadedModel`: onnxruntime session, preprocessing contract, version info.
+        A :class:`~cvplatform.runtime.RuntimeModel` with ``info`` (a :class:`VersionInfo`) set.
 
     Raises:
         UnknownModelError / UnknownVersionError: no such model, version or alias.
@@ -188,10 +168,6 @@ def load_model(
         >>> m.info.version, m.contract.class_names  # doctest: +SKIP
         ('3', ('circle', 'square', 'triangle'))
     """
-    import onnxruntime as ort
-
-    from cvplatform.preprocess import PreprocessContract
-
     ref = parse_model_uri(model_uri)
     c = client or RegistryClient.from_params(params, root, tracking_uri=tracking_uri)
     mv = _resolve(c, ref)
@@ -214,27 +190,16 @@ def load_model(
             "the store is corrupt). Do not serve it: re-register the exported model "
             "(`cvplatform registry register`) or roll back to a verified version."
         )
-    where = f"{ref.uri} (version {version})"
-    opts = sess_options
-    if opts is None:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(data, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))
-    except Exception as exc:
-        raise ModelError(f"{where}: onnxruntime cannot load the verified model ({' '.join(str(exc).split())[:300]})."
-                         ) from None
-    meta = dict(session.get_modelmeta().custom_metadata_map or {})
-    contract = PreprocessContract.from_metadata(meta, source=f"{where} (ONNX metadata_props)")
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1 or not outputs:
-        raise ModelError(f"{where}: expected one image input and one logits output, found inputs "
-                         f"{[i.name for i in inputs]} and outputs {[o.name for o in outputs]}.")
     info = VersionInfo(
         name=ref.name, version=version, aliases=tuple(sorted(mv.aliases or [])), sha256=actual,
         approval=tags.get(TAG_APPROVAL_STATUS), run_id=mv.run_id, source=str(mv.source), tags=tags,
     )
-    return LoadedModel(session, contract, info, inputs[0].name, outputs[0].name)
+    # only the verified bytes are opened (never the file in the store)
+    model = open_model(data, name=ref.name, version=version, uri=f"{ref.uri} (version {version})", sha256=actual,
+                       info=info, providers=list(providers or [CPU]),
+                       options=sess_options if sess_options is not None else session_options())
+    model.uri = info.uri
+    return model
 
 
 __all__ = ["LoadedModel", "ModelRef", "VersionInfo", "download_onnx", "load_model", "parse_model_uri"]

@@ -3,10 +3,14 @@
 Modules (import them directly; this package imports nothing heavy):
 
 * :mod:`~cvplatform.serving.app` -- the FastAPI app (:func:`~cvplatform.serving.app.create_app`,
-  :func:`~cvplatform.serving.app.serve`): ``/v1/predict``, Open Inference Protocol v2, ``/metrics``,
-  the token-protected ``/admin`` API;
-* :mod:`~cvplatform.serving.models` -- model sources (registry aliases, a local file), loading,
-  atomic swaps and reloads;
+  :func:`~cvplatform.serving.app.serve`), wiring the routers of :mod:`~cvplatform.serving.routes`:
+  ``/v1/predict``, Open Inference Protocol v2, health and ``/metrics``, the token-protected ``/admin`` API;
+* :mod:`~cvplatform.serving.core` -- the server state every route shares (over the model manager)
+  and the prediction core (routing, canary fallback, statistics, shadowing);
+* :mod:`~cvplatform.serving.web` -- HTTP plumbing: body limit, body reading, the JSON error shape;
+* :mod:`~cvplatform.serving.openapi` -- the documented request bodies and error shape;
+* :mod:`~cvplatform.serving.models` -- model sources (registry aliases, a local file), loading
+  (:class:`cvplatform.runtime.RuntimeModel`), atomic swaps and reloads (``ModelManager``);
 * :mod:`~cvplatform.serving.batching` -- dynamic micro-batching;
 * :mod:`~cvplatform.serving.routing` -- deterministic, sticky traffic split and shadow sampling;
 * :mod:`~cvplatform.serving.metrics` -- Prometheus metrics and per-variant statistics;

@@ -61,11 +61,10 @@ def peak_bytes_per_pixel(image: OpenedImage) -> int:
         >>> peak_bytes_per_pixel(open_image(buf.getvalue(), LimitsConfig()))
         25
     """
-    header = image.header
-    mode = str(getattr(header, "mode", "") or "")
-    if image.fmt == "WEBP":
+    mode = image.mode
+    if image.format == "WEBP":
         return _PEAK_WEBP
-    if mode in _ALPHA_MODES or "transparency" in (getattr(header, "info", None) or {}):
+    if mode in _ALPHA_MODES or image.has_transparency:
         return _PEAK_ALPHA
     if mode.startswith("I;16"):
         return _PEAK_16BIT

@@ -1,7 +1,7 @@
 """Request bodies to images and tensors, with every failure a 4xx :class:`ServingError`.
 
-Images are decoded with Pillow under the same rules as ingest
-(:mod:`cvplatform.data.ingest`): the size is read from the header and checked
+Images are decoded by :mod:`cvplatform.imageio`, the decoder training and evaluation use, under
+the same rules as ingest (:mod:`cvplatform.data.ingest`): the size is read from the header and checked
 against ``limits.max_pixels`` *before* any pixel is decoded (decompression-bomb
 guard), the file is verified and fully decoded (truncated files are refused),
 EXIF orientation is applied, transparency is composited on white and 16-bit
@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from cvplatform.imageio import ImageDecodeError, ImageHeader, read_header
 from cvplatform.serving.models import ServingError
 from cvplatform.serving.schemas import LimitsConfig
 
@@ -37,57 +37,45 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 # --------------------------------------------------------------------------- images
-class OpenedImage:
+# ImageDecodeError.reason -> (HTTP status, error code) of the server's answer.
+_DECODE_ERRORS = {
+    "empty": (400, "empty_image"),
+    "unrecognised": (400, "invalid_image"),
+    "corrupt": (400, "invalid_image"),
+    "too_large": (413, "image_too_large"),
+    "unsupported_mode": (415, "unsupported_image_mode"),
+}
+
+
+def _serving_error(exc: ImageDecodeError, where: str) -> ServingError:
+    status, code = _DECODE_ERRORS.get(exc.reason, (400, "invalid_image"))
+    detail = exc.detail
+    if exc.reason == "empty":
+        detail = "zero bytes. Send the encoded image file (PNG, JPEG, ...)"
+    return ServingError(status, code, f"{where}: {detail}" + ("" if detail.endswith(".") else "."))
+
+
+class OpenedImage(ImageHeader):
     """An image file whose header passed the limits; :meth:`decode` reads the pixels.
 
     Opening reads only the header (format, size), so a request's pixel count is known before any
     pixel is decoded: the server decodes small requests on the event loop and large ones in a
-    worker thread (``batching.inline_decode_max_pixels``).
+    worker thread (``batching.inline_decode_max_pixels``). Decoding is the shared
+    :meth:`cvplatform.imageio.ImageHeader.decode` (the decoder training and evaluation use).
     """
 
-    __slots__ = ("data", "fmt", "header", "where")
-
-    def __init__(self, data: bytes, header: Any, fmt: str, where: str) -> None:
-        self.data = data
-        self.header = header
-        self.fmt = fmt
-        self.where = where
+    __slots__ = ()
 
     @property
-    def pixels(self) -> int:
-        w, h = self.header.size
-        return int(w) * int(h)
+    def fmt(self) -> str:
+        return self.format
 
     def decode(self) -> np.ndarray:
         """Verify and decode the file into an HxWx3 uint8 RGB array, or raise a 4xx ServingError."""
-        import warnings
-
-        from PIL import Image, ImageOps
-
-        where, fmt = self.where, self.fmt
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            try:
-                self.header.verify()
-                img = Image.open(io.BytesIO(self.data))
-                img.load()
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise ServingError(413, "image_too_large", f"{where}: {exc}") from None
-            except Exception as exc:
-                raise ServingError(400, "invalid_image",
-                                   f"{where}: {fmt} file is truncated or corrupt ({type(exc).__name__}: {exc}).") from None
         try:
-            img = ImageOps.exif_transpose(img)
-        except Exception as exc:
-            raise ServingError(400, "invalid_image", f"{where}: invalid EXIF orientation ({exc}).") from None
-        from cvplatform.data.ingest import Rejected, to_rgb_array  # the ingest normalisation rules
-
-        try:
-            return to_rgb_array(img)
-        except Rejected as exc:
-            raise ServingError(415, "unsupported_image_mode", f"{where}: {exc.detail}.") from None
-        except Exception as exc:
-            raise ServingError(415, "unsupported_image_mode", f"{where}: cannot convert to RGB ({exc}).") from None
+            return super().decode()
+        except ImageDecodeError as exc:
+            raise _serving_error(exc, self.where) from None
 
 
 def open_image(data: bytes, limits: LimitsConfig, *, where: str = "image") -> OpenedImage:
@@ -103,36 +91,23 @@ def open_image(data: bytes, limits: LimitsConfig, *, where: str = "image") -> Op
         >>> open_image(buf.getvalue(), LimitsConfig()).pixels
         12
     """
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise ServingError(400, "empty_image", f"{where}: zero bytes. Send the encoded image file (PNG, JPEG, ...).")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            header = Image.open(io.BytesIO(data))  # header only
-        except UnidentifiedImageError:
-            raise ServingError(400, "invalid_image", f"{where}: not a recognised image file "
-                                                     f"({len(data)} bytes).") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ServingError(413, "image_too_large", f"{where}: {exc}") from None
-        except Exception as exc:
-            raise ServingError(400, "invalid_image", f"{where}: unreadable image header "
-                                                     f"({type(exc).__name__}: {exc}).") from None
-    fmt = header.format or "unknown"
+    try:
+        header = read_header(data, where=where)
+    except ImageDecodeError as exc:
+        raise _serving_error(exc, where) from None
+    image: OpenedImage = OpenedImage.of(header)
+    fmt = image.format
     if fmt not in limits.formats:
         raise ServingError(415, "unsupported_image_format",
                            f"{where}: format {fmt} is not accepted; send one of {', '.join(limits.formats)}.")
-    w, h = header.size
+    w, h = image.size
     if w * h > limits.max_pixels:
         raise ServingError(413, "image_too_large",
                            f"{where}: {w}x{h} = {w * h} pixels exceeds limits.max_pixels = {limits.max_pixels}.")
     if min(w, h) < limits.min_side:
         raise ServingError(400, "image_too_small",
                            f"{where}: {w}x{h} has a side below limits.min_side = {limits.min_side}.")
-    return OpenedImage(data, header, fmt, where)
+    return image
 
 
 def open_images(blobs: Sequence[bytes], limits: LimitsConfig) -> list[OpenedImage]:

@@ -1,7 +1,7 @@
 """Which models the server runs: resolution from registry aliases, loading, atomic swaps, reloads.
 
-* A **model source** turns a version into a ready :class:`LoadedModel` (an
-  onnxruntime session plus the :class:`~cvplatform.preprocess.PreprocessContract`
+* A **model source** turns a version into a ready :class:`~cvplatform.runtime.RuntimeModel` (the
+  library's one runtime model: an onnxruntime session plus the :class:`~cvplatform.preprocess.PreprocessContract`
   from the model's own ONNX metadata) and manages aliases.
   :class:`RegistrySource` uses the MLflow registry (``models:/NAME/VERSION``;
   ``cvplatform.registry.load_model`` verifies the artifact's sha256 against the
@@ -29,15 +29,16 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cvplatform.errors import CVPlatformError, ModelError, RegistryError
-from cvplatform.preprocess import PreprocessContract
+from cvplatform.runtime import RuntimeModel, open_model, select_providers, session_options, softmax
 from cvplatform.serving.batching import BatchTime, CallTracker, MicroBatcher
 from cvplatform.serving.routing import TrafficState
 from cvplatform.serving.schemas import ServingConfig
+from cvplatform.tasks import Task, get_task
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -68,172 +69,6 @@ class ServingError(CVPlatformError):
 
 
 # --------------------------------------------------------------------------- loaded model
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (numerically stable), returned as float64.
-
-    Example:
-        >>> import numpy as np
-        >>> softmax(np.array([[0.0, 0.0]], np.float32)).tolist()
-        [[0.5, 0.5]]
-    """
-    import numpy as np
-
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def session_options(intra_op_threads: int = 0, allow_spinning: bool = True) -> Any:
-    """onnxruntime ``SessionOptions`` for serving (quiet logs, ``intra_op_threads`` when > 0).
-
-    ``allow_spinning=False`` stops idle intra-op threads from busy-waiting (they would compete with
-    the server's own threads for CPU between batches).
-
-    Example:
-        >>> session_options(2).intra_op_num_threads
-        2
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if intra_op_threads > 0:
-        opts.intra_op_num_threads = int(intra_op_threads)
-    if not allow_spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
-
-
-def available_providers(wanted: tuple[str, ...] | list[str]) -> list[str]:
-    """``wanted`` filtered to what onnxruntime offers here (CPU as the last resort).
-
-    Example:
-        >>> available_providers(["NoSuchExecutionProvider"])
-        ['CPUExecutionProvider']
-    """
-    import onnxruntime as ort
-
-    have = set(ort.get_available_providers())
-    chosen = [p for p in wanted if p in have]
-    return chosen or ["CPUExecutionProvider"]
-
-
-@dataclass
-class LoadedModel:
-    """A ready onnxruntime session with its preprocessing contract and identity.
-
-    Attributes:
-        name: registered model name (or the file name for :class:`FileSource`).
-        version: registry version (or ``"local"``).
-        uri: where it came from (``models:/NAME/VERSION`` or a path).
-        session: the onnxruntime ``InferenceSession``.
-        contract: preprocessing and class names, from the model's ONNX metadata.
-        sha256: sha256 of the ONNX file when known.
-    """
-
-    name: str
-    version: str
-    uri: str
-    session: Any
-    contract: PreprocessContract
-    sha256: str | None = None
-    loaded_at: float = field(default_factory=time.time)
-    input_name: str = ""
-    output_name: str = ""
-    input_shape: list[Any] = field(default_factory=list)
-    output_shape: list[Any] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        inputs = self.session.get_inputs()
-        outputs = self.session.get_outputs()
-        where = f"{self.uri}"
-        if len(inputs) != 1:
-            raise ModelError(f"{where}: expected one input (an NCHW image batch), found {[i.name for i in inputs]}.")
-        if not outputs:
-            raise ModelError(f"{where}: the model has no outputs.")
-        self.input_name = inputs[0].name
-        self.output_name = outputs[0].name
-        self.input_shape = list(inputs[0].shape)
-        self.output_shape = list(outputs[0].shape)
-        h, w = self.contract.input_size
-        shape = self.input_shape
-        if len(shape) != 4 or any(
-            isinstance(d, int) and d != want for d, want in zip(shape[1:], (3, h, w), strict=True)
-        ):
-            raise ModelError(
-                f"{where}: input {self.input_name!r} has shape {shape}, but the contract says NCHW (N, 3, {h}, {w}). "
-                "Re-export the model or fix its metadata."
-            )
-        if isinstance(shape[0], int) and shape[0] > 0:
-            raise ModelError(
-                f"{where}: input {self.input_name!r} has a fixed batch size {shape[0]}; the server batches "
-                "requests and needs a dynamic batch axis. Re-export with a dynamic batch dimension."
-            )
-        out = self.output_shape
-        c = self.contract.num_classes
-        if len(out) != 2 or (isinstance(out[1], int) and out[1] != c):
-            raise ModelError(
-                f"{where}: output {self.output_name!r} has shape {out}, expected (N, {c}) logits for the classes "
-                f"{list(self.contract.class_names)} in the model metadata."
-            )
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.contract.class_names
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Run the session on a preprocessed ``(N, 3, H, W)`` float32 batch; return ``(N, C)`` logits.
-
-        Raises:
-            ModelError: the model failed, or returned the wrong shape or non-finite values.
-        """
-        import numpy as np
-
-        try:
-            y = self.session.run([self.output_name], {self.input_name: x})[0]
-        except Exception as exc:
-            detail = " ".join(str(exc).split())[:300]
-            raise ModelError(f"{self.name} v{self.version}: onnxruntime failed ({type(exc).__name__}: {detail})") from None
-        y = np.asarray(y)
-        c = self.contract.num_classes
-        if y.shape != (x.shape[0], c):
-            raise ModelError(
-                f"{self.name} v{self.version}: returned shape {tuple(y.shape)} for a batch of {x.shape[0]}, expected "
-                f"({x.shape[0]}, {c}) for classes {list(self.class_names)}."
-            )
-        if not np.isfinite(y).all():
-            raise ModelError(f"{self.name} v{self.version}: returned non-finite logits (NaN/inf).")
-        return y
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """``forward`` + softmax: ``(N, C)`` float64 probabilities."""
-        return softmax(self.forward(x))
-
-    def warmup(self) -> None:
-        """Run one black image through the full path (preprocess + model); raise ModelError if it fails."""
-        import numpy as np
-
-        from cvplatform.preprocess import preprocess
-
-        h, w = self.contract.input_size
-        self.predict_proba(preprocess(np.zeros((1, h, w, 3), np.uint8), self.contract))
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "uri": self.uri,
-            "sha256": self.sha256,
-            "loaded_at": self.loaded_at,
-            "input": {"name": self.input_name, "shape": self.input_shape},
-            "output": {"name": self.output_name, "shape": self.output_shape},
-            "class_names": list(self.class_names),
-            "input_size": list(self.contract.input_size),
-            "providers": list(self.session.get_providers()),
-        }
-
-
 def load_onnx(
     model: str | os.PathLike[str] | bytes,
     *,
@@ -244,7 +79,7 @@ def load_onnx(
     providers: tuple[str, ...] | list[str] = ("CPUExecutionProvider",),
     intra_op_threads: int = 0,
     allow_spinning: bool = True,
-) -> LoadedModel:
+) -> RuntimeModel:
     """Open an ONNX model (path or bytes) for serving; the contract comes from its ``metadata_props``.
 
     Raises:
@@ -256,23 +91,12 @@ def load_onnx(
         >>> m.contract.input_size  # doctest: +SKIP
         (32, 32)
     """
-    import onnxruntime as ort
-
     where = uri or (str(model) if not isinstance(model, bytes | bytearray) else f"{name} v{version}")
-    source: Any = bytes(model) if isinstance(model, bytes | bytearray) else str(model)
-    if isinstance(source, str) and not Path(source).is_file():
-        raise ModelError(f"{source}: ONNX model not found. Run `cvplatform export` or pass the right path.")
-    try:
-        session = ort.InferenceSession(
-            source, sess_options=session_options(intra_op_threads, allow_spinning),
-            providers=available_providers(providers),
-        )
-    except Exception as exc:
-        detail = " ".join(str(exc).split())[:300]
-        raise ModelError(f"{where}: onnxruntime cannot load the model ({detail}).") from None
-    meta = dict(session.get_modelmeta().custom_metadata_map or {})
-    contract = PreprocessContract.from_metadata(meta, source=f"{where} (ONNX metadata_props)")
-    return LoadedModel(name=name, version=str(version), uri=where, session=session, contract=contract, sha256=sha256)
+    m = open_model(model, name=name, version=str(version), uri=where, sha256=sha256,
+                   providers=select_providers(providers),
+                   options=session_options(intra_op_threads=intra_op_threads, allow_spinning=allow_spinning))
+    m.check_batchable()
+    return m
 
 
 # --------------------------------------------------------------------------- model sources
@@ -286,7 +110,7 @@ class ModelSource(Protocol):
         """The version ``alias`` points at, or None when the alias is not set."""
         ...
 
-    def load(self, version: str) -> LoadedModel:
+    def load(self, version: str) -> RuntimeModel:
         """Load ``version`` (verified), or raise a CVPlatformError saying why not."""
         ...
 
@@ -329,7 +153,7 @@ class FileSource:
     def resolve(self, alias: str) -> str | None:
         return "local" if alias == self.champion_alias else None
 
-    def load(self, version: str) -> LoadedModel:
+    def load(self, version: str) -> RuntimeModel:
         if version != "local":
             raise ServingError(404, "unknown_version", f"{self.path} is served as version 'local', not {version!r}.")
         from cvplatform.utils.io import sha256_file
@@ -460,7 +284,7 @@ class RegistrySource:
             self.client.set_model_version_tag(self.model_name, str(version), k, str(v))
 
     # ---------------------------------------------------------------- load
-    def load(self, version: str) -> LoadedModel:
+    def load(self, version: str) -> RuntimeModel:
         """Download ``version``, verify its sha256 and open it with the serving session options.
 
         Raises:
@@ -470,10 +294,11 @@ class RegistrySource:
         from cvplatform.registry import load_model
 
         uri = f"models:/{self.model_name}/{version}"
-        res = load_model(uri, client=self.client, providers=available_providers(self.providers),
-                         sess_options=session_options(self.intra_op_threads, self.allow_spinning))
-        return LoadedModel(name=self.model_name, version=str(version), uri=uri, session=res.session,
-                           contract=res.contract, sha256=res.info.sha256)
+        m = load_model(uri, client=self.client, providers=select_providers(self.providers),
+                       sess_options=session_options(intra_op_threads=self.intra_op_threads,
+                                                    allow_spinning=self.allow_spinning))
+        m.check_batchable()
+        return m
 
     # ---------------------------------------------------------------- promote / rollback
     def promote(self, version: str, reason: str) -> dict[str, Any]:
@@ -505,7 +330,7 @@ class RegistrySource:
 class ModelHandle:
     """A loaded model with its micro-batcher (what a variant slot holds)."""
 
-    model: LoadedModel
+    model: RuntimeModel
     batcher: MicroBatcher
 
     @property
@@ -513,7 +338,8 @@ class ModelHandle:
         return self.model.version
 
     async def infer(self, x: np.ndarray, *, announced: bool = False) -> tuple[np.ndarray, float]:
-        """Probabilities for a preprocessed batch and the model latency in ms (queue wait + run)."""
+        """The model's raw output (:meth:`RuntimeModel.forward`, e.g. logits) for a preprocessed batch and
+        the model latency in ms (queue wait + run); the task decodes it."""
         t0 = time.perf_counter()
         probs = await self.batcher.submit(x, announced=announced)
         return probs, (time.perf_counter() - t0) * 1000.0
@@ -523,7 +349,7 @@ class ModelHandle:
         """Announce the request to the batcher, run ``prepare()`` (decode/preprocess), then infer.
 
         Returns:
-            Probabilities, the model latency in ms (queue wait + run) and the :class:`BatchTime` of the
+            The raw output (e.g. logits; the task decodes it), the model latency in ms (queue wait + run) and the :class:`BatchTime` of the
             model call it ran in (time per image and batch size; what the canary's latency check compares).
         """
         self.batcher.announce()
@@ -549,10 +375,14 @@ class ModelManager:
         config: the serving configuration.
         metrics: Prometheus metrics (model info gauge, batch sizes).
         stats: per-variant statistics.
+        task: the project's task (``get_task(params.project.task)``; default classification): it
+            names the model's outputs and decodes them for responses, statistics and metrics.
     """
 
-    def __init__(self, source: ModelSource, config: ServingConfig, metrics: ServingMetrics, stats: StatsBook) -> None:
+    def __init__(self, source: ModelSource, config: ServingConfig, metrics: ServingMetrics, stats: StatsBook,
+                 task: Task | None = None) -> None:
         self.source = source
+        self.task = task if task is not None else get_task()
         self.config = config
         self.metrics = metrics
         self.stats = stats
@@ -624,7 +454,7 @@ class ModelManager:
                 log.warning("alias poll failed (keeping the loaded models): %s", exc)
 
     # ---------------------------------------------------------------- loading and swapping
-    def _on_batch(self, model: LoadedModel) -> Callable[[int, float], None]:
+    def _on_batch(self, model: RuntimeModel) -> Callable[[int, float], None]:
         hist = self.metrics.batch_size.labels(model.name, model.version)
 
         def hook(rows: int, seconds: float) -> None:
@@ -633,7 +463,7 @@ class ModelManager:
         return hook
 
     async def _load_handle(self, version: str) -> ModelHandle:
-        def work() -> LoadedModel:
+        def work() -> RuntimeModel:
             model = self.source.load(version)
             if self.config.models.warmup:
                 try:
@@ -645,7 +475,7 @@ class ModelManager:
         model = await asyncio.to_thread(work)
         b = self.config.batching
         batcher = MicroBatcher(
-            model.predict_proba, max_batch_size=b.max_batch_size, max_wait_ms=b.max_wait_ms, workers=b.workers,
+            model.forward, max_batch_size=b.max_batch_size, max_wait_ms=b.max_wait_ms, workers=b.workers,
             name=f"{model.name}-v{model.version}", on_batch=self._on_batch(model), tracker=self.calls,
         )
         await batcher.start()
@@ -895,7 +725,6 @@ def _utc_now() -> str:
 
 __all__ = [
     "FileSource",
-    "LoadedModel",
     "ModelHandle",
     "ModelManager",
     "ModelSource",

@@ -99,7 +99,6 @@ def load_items(
         >>> items[0].label  # doctest: +SKIP
         '0'
     """
-    import numpy as np
 
     from cvplatform.data.manifest import read_manifest
 
@@ -127,20 +126,18 @@ def load_items(
         if corrupt > 0 and unit_hash(str(r.sha256), f"corrupt:{seed}") < corrupt:
             to_corrupt.append((str(r.sha256), str(r.label), data))
     if to_corrupt:
-        import cv2
-
+        from cvplatform.data.ingest import encode_png
         from cvplatform.evaluation.corruptions import apply_corruption
+        from cvplatform.imageio import ImageDecodeError, decode_bytes
 
         for sha, label, data in to_corrupt:
             name = corruptions[int(unit_hash(sha, f"which:{seed}") * len(corruptions))]
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            if img is None:
+            try:
+                rgb = decode_bytes(data, where=sha)  # the decoder training, evaluation and the server use
+            except ImageDecodeError:
                 continue
-            rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
             out = apply_corruption(rgb[None], [sha], name, severity, seed)[0]
-            ok, png = cv2.imencode(".png", cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
-            if ok:
-                items.append(ReplayItem(f"{sha}:{name}", png.tobytes(), label, name))
+            items.append(ReplayItem(f"{sha}:{name}", encode_png(out), label, name))
     return items
 
 
@@ -193,6 +190,20 @@ class _Recorder:
             r.items = len(items)
             r.corrupted_items = sum(1 for it in items if it.corruption)
             return r
+
+
+def _post_image(client: Any, item: ReplayItem, headers: dict[str, str]) -> tuple[int | None, Any, str | None]:
+    """POST one image to ``/v1/predict``: ``(status, JSON body or text, transport error)``."""
+    import httpx
+
+    try:
+        resp = client.post("/v1/predict", files=[("files", ("image.png", item.data, "image/png"))], headers=headers)
+    except httpx.HTTPError as exc:
+        return None, None, f"{type(exc).__name__}: {exc}"
+    try:
+        return resp.status_code, resp.json(), None
+    except ValueError:
+        return resp.status_code, resp.text[:300], None
 
 
 def replay(
@@ -271,19 +282,7 @@ def replay(
                 if send_labels:
                     headers["X-True-Label"] = item.label
                 t = time.perf_counter()
-                status: int | None = None
-                body: Any = None
-                error = None
-                try:
-                    resp = client.post("/v1/predict", files=[("files", ("image.png", item.data, "image/png"))],
-                                       headers=headers)
-                    status = resp.status_code
-                    try:
-                        body = resp.json()
-                    except ValueError:
-                        body = resp.text[:300]
-                except httpx.HTTPError as exc:
-                    error = f"{type(exc).__name__}: {exc}"
+                status, body, error = _post_image(client, item, headers)
                 rec.add(status, (time.perf_counter() - t) * 1000.0, body, error, item.label)
                 if per_worker_interval:
                     next_t += per_worker_interval

@@ -264,29 +264,6 @@ class PredictRequest(BaseModel):
     instances: list[Instance | str] = Field(min_length=1)
 
 
-class Prediction(BaseModel):
-    """The answer for one image."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    class_: str = Field(alias="class")
-    confidence: float
-    probabilities: dict[str, float]
-    model: str
-    version: str
-    variant: Variant
-
-
-class PredictResponse(BaseModel):
-    """The answer for one request (all images went to the same variant)."""
-
-    request_id: str
-    model: str
-    version: str
-    variant: Variant
-    predictions: list[Prediction]
-
-
 # --------------------------------------------------------------------------- API: Open Inference Protocol v2
 class OipTensor(BaseModel):
     """An OIP v2 input tensor (JSON ``data`` flat or nested, row-major)."""
@@ -414,8 +391,6 @@ __all__ = [
     "OipInferRequest",
     "OipTensor",
     "PredictRequest",
-    "PredictResponse",
-    "Prediction",
     "PromoteRequest",
     "RollbackRequest",
     "ServingConfig",

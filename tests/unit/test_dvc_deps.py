@@ -2,7 +2,8 @@
 
 A stage's code is ``cvplatform/cli.py`` (``cmd: cvplatform <stage>``), the package ``__init__`` files on the
 way, and every ``cvplatform`` module its entry module imports, transitively (imports inside functions too,
-since the stage calls them; ``TYPE_CHECKING`` blocks and package ``__init__`` lazy maps excluded). Two edges
+since the stage calls them; ``TYPE_CHECKING`` blocks excluded; lazy-export maps of ``__init__`` files are strings,
+not imports). A module calling ``get_task(`` also runs the built-in task modules (loaded by name). Two edges
 of ``cvplatform/config.py`` are not followed, named in ``NOT_RUN_BY_STAGES`` with the reason.
 """
 
@@ -27,6 +28,15 @@ STAGES = {
 #: (module file, function) whose imports no stage runs: `cvplatform config` checks every configuration file,
 #: and the reviewer-name check only validates registry.reviewers (it cannot change a stage's outputs).
 NOT_RUN_BY_STAGES = {("cvplatform/config.py", "check_params"), ("cvplatform/config.py", "_clean_reviewers")}
+
+
+def _loaded_by_name(path: Path) -> list[str]:
+    """Modules a file loads by name: a module calling ``get_task(`` runs the built-in tasks' modules."""
+    from cvplatform.tasks import BUILTIN_TASKS
+
+    if "get_task(" not in path.read_text(encoding="utf-8") or path.parent.name == "tasks":
+        return []
+    return [target.partition(":")[0] for target in BUILTIN_TASKS.values()]
 
 
 def _file(module: str) -> Path | None:
@@ -70,7 +80,8 @@ def code_of(module: str) -> set[str]:
         files.add(f.relative_to(REPO).as_posix())
         parts = m.split(".")
         stack.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-        if f.name != "__init__.py" and m != "cvplatform.cli":  # lazy maps / per-command imports: not followed
+        stack.extend(_loaded_by_name(f))
+        if m != "cvplatform.cli":  # its commands import their stage lazily: only this stage's is followed
             stack.extend(_imports(f))
     return files
 

@@ -39,7 +39,7 @@ def test_classes_sorted_counts_and_batches(project):
     assert y.dtype == torch.int64 and set(y.tolist()) <= {0, 1, 2}
     # labels follow the sorted class names: every "apple" row maps to index 0
     ds = dm.datasets["val"]
-    for path, target in zip(ds.paths, ds.labels, strict=True):
+    for path, target in zip(ds.paths, ds.targets, strict=True):
         assert dm.class_names[target] in path
     assert sum(len(b[1]) for b in dm.val_dataloader()) == 6
 

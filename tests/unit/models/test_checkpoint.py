@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cvplatform.errors import ModelError
 from cvplatform.models.checkpoint import load_checkpoint
-from cvplatform.models.lightning import ClassifierModule
+from cvplatform.tasks.classification.module import ClassifierModule
 
 PRE = {"input_size": [16, 16], "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3], "eval": [],
        "resize_interpolation": "bilinear", "max_pixel_value": 255.0, "color": "RGB", "layout": "CHW"}

@@ -284,12 +284,12 @@ def test_decode_memory_is_charged_before_decoding(tmp_path):
 def test_an_unexpected_failure_does_not_echo_internal_text(tmp_path, monkeypatch):
     from fastapi.testclient import TestClient
 
-    import cvplatform.serving.app as app_module
+    import cvplatform.serving.routes.predict as predict_module
 
     def broken(out):
         raise RuntimeError("secret internal state /etc/passwd")
 
-    monkeypatch.setattr(app_module, "_predict_response", broken)
+    monkeypatch.setattr(predict_module, "predict_response", broken)
     with TestClient(_file_app(tmp_path), raise_server_exceptions=False) as c:
         r = c.post("/v1/predict", content=encode_png(colour_image(0)), headers={"Content-Type": "image/png"})
     assert r.status_code == 500 and r.json()["error"] == "internal_error"
@@ -340,3 +340,44 @@ def test_the_openapi_schema_documents_request_bodies_and_the_error_shape(tmp_pat
     assert canary["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/CanaryRequest")
     assert predict["responses"]["4XX"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
     assert {"OipTensor", "PredictRequest", "Instance"} <= set(doc["components"]["schemas"])
+
+
+OPENAPI_OPERATIONS = {
+    ("/", "get", "index__get"),
+    ("/admin/canary", "post", "admin_canary_admin_canary_post"),
+    ("/admin/canary/abort", "post", "admin_abort_admin_canary_abort_post"),
+    ("/admin/promote", "post", "admin_promote_admin_promote_post"),
+    ("/admin/reload", "post", "admin_reload_admin_reload_post"),
+    ("/admin/rollback", "post", "admin_rollback_admin_rollback_post"),
+    ("/admin/stats", "get", "admin_stats_admin_stats_get"),
+    ("/admin/stats/reset", "post", "admin_stats_reset_admin_stats_reset_post"),
+    ("/admin/status", "get", "admin_status_admin_status_get"),
+    ("/admin/traffic", "post", "admin_traffic_admin_traffic_post"),
+    ("/metrics", "get", "prometheus_metrics_get"),
+    ("/v1/predict", "post", "predict_v1_predict_post"),
+    ("/v2", "get", "server_metadata_v2_get"),
+    ("/v2/health/live", "get", "live_v2_health_live_get"),
+    ("/v2/health/ready", "get", "ready_v2_health_ready_get"),
+    ("/v2/models/{name}", "get", "model_metadata_v2_models__name__get"),
+    ("/v2/models/{name}/infer", "post", "infer_v2_models__name__infer_post"),
+    ("/v2/models/{name}/ready", "get", "model_ready_v2_models__name__ready_get"),
+    ("/v2/models/{name}/versions/{version}", "get", "model_version_metadata_v2_models__name__versions__version__get"),
+    ("/v2/models/{name}/versions/{version}/infer", "post",
+     "infer_version_v2_models__name__versions__version__infer_post"),
+    ("/v2/models/{name}/versions/{version}/ready", "get",
+     "model_version_ready_v2_models__name__versions__version__ready_get"),
+}
+
+
+def test_the_routers_keep_every_path_operation_and_parameter(tmp_path):
+    """The API split into routers: the same paths, methods and operation ids, and no dependency leaks a parameter."""
+    doc = _file_app(tmp_path).openapi()
+    ops = {(p, m, op["operationId"]) for p, methods in doc["paths"].items() for m, op in methods.items()}
+    assert ops == OPENAPI_OPERATIONS
+    params = {(p, m): sorted(x["name"] for x in op.get("parameters", []))
+              for p, methods in doc["paths"].items() for m, op in methods.items()}
+    routing = ["X-Request-ID", "X-Session-ID", "X-True-Label"]
+    assert params[("/v1/predict", "post")] == routing
+    assert params[("/v2/models/{name}/versions/{version}/infer", "post")] == sorted(["name", "version", *routing])
+    assert params[("/admin/stats", "get")] == ["samples"]
+    assert params[("/admin/status", "get")] == [] and params[("/metrics", "get")] == []

@@ -84,7 +84,7 @@ def test_the_decode_estimate_is_an_upper_bound_of_the_measured_peak_rss(tmp_path
     code = textwrap.dedent("""
         import sys
         from pathlib import Path
-        from cvplatform.serving.app import _decode_and_preprocess
+        from cvplatform.serving.core import _decode_and_preprocess
         from cvplatform.serving.inputs import open_images
         from cvplatform.serving.schemas import LimitsConfig
         from cvplatform.preprocess import PreprocessContract

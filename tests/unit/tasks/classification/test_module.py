@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from cvplatform.errors import ModelError
-from cvplatform.models.lightning import ClassifierModule
+from cvplatform.tasks.classification.module import ClassifierModule
 
 PRE = {"input_size": [16, 16], "mean": [0.5] * 3, "std": [0.5] * 3, "eval": []}
 

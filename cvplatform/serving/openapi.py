@@ -1,0 +1,88 @@
+"""The OpenAPI document of the inference service: request bodies, routing headers, admin auth, error shape.
+
+The handlers read their bodies themselves (to bound memory and answer every bad body with a 4xx),
+so FastAPI cannot infer these; clients, ``/docs`` and the schema fuzz test need them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from cvplatform.serving.schemas import (
+    AbortRequest,
+    CanaryRequest,
+    ErrorResponse,
+    OipInferRequest,
+    PredictRequest,
+    PromoteRequest,
+    RollbackRequest,
+    ServingConfig,
+    TrafficRequest,
+)
+
+_BINARY = {"type": "string", "format": "binary"}
+_ADMIN_BODIES: dict[str, type] = {
+    "/admin/canary": CanaryRequest, "/admin/traffic": TrafficRequest, "/admin/canary/abort": AbortRequest,
+    "/admin/promote": PromoteRequest, "/admin/rollback": RollbackRequest,
+}
+
+
+def _schema_ref(components: dict[str, Any], model: type) -> dict[str, str]:
+    """Put ``model``'s JSON schema (and its nested models) into ``components``; return its ``$ref``."""
+    js = model.model_json_schema(ref_template="#/components/schemas/{model}")  # type: ignore[attr-defined]
+    components.update(js.pop("$defs", {}))
+    components[model.__name__] = js
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def document_requests(app: FastAPI, config: ServingConfig) -> None:
+    """Describe the request bodies, headers, admin auth and error shape in ``/openapi.json``.
+
+    The handlers read their bodies themselves (to bound memory and answer every bad body with a
+    4xx), so FastAPI cannot infer these; clients, ``/docs`` and the schema fuzz test need them.
+    """
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = base()
+        comps = schema.setdefault("components", {})
+        models = comps.setdefault("schemas", {})
+        error = {"description": "refused: a stable error code and what to do",
+                 "content": {"application/json": {"schema": _schema_ref(models, ErrorResponse)}}}
+        comps.setdefault("securitySchemes", {})["adminToken"] = {"type": "http", "scheme": "bearer"}
+        t = config.traffic
+        routing = [{"name": h, "in": "header", "required": False, "schema": {"type": "string"}}
+                   for h in (t.request_id_header, t.session_header, t.label_header)]
+        image_body = {"required": True, "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+                "files": {"type": "array", "items": _BINARY}}}},
+            "application/json": {"schema": _schema_ref(models, PredictRequest)},
+            "image/png": {"schema": _BINARY}, "image/jpeg": {"schema": _BINARY},
+            "application/octet-stream": {"schema": _BINARY},
+        }}
+        infer_body = {"required": True, "content": {"application/json": {"schema": _schema_ref(models, OipInferRequest)}}}
+        for path, ops in schema.get("paths", {}).items():
+            for method, op in ops.items():
+                op.setdefault("responses", {})["4XX"] = error
+                if path == "/v1/predict" and method == "post":
+                    op["requestBody"] = image_body
+                    op.setdefault("parameters", []).extend(routing)
+                elif path.endswith("/infer") and method == "post":
+                    op["requestBody"] = infer_body
+                    op.setdefault("parameters", []).extend(routing)
+                if path.startswith("/admin"):
+                    op["security"] = [{"adminToken": []}]
+                    if path in _ADMIN_BODIES and method == "post":
+                        op["requestBody"] = {"required": False, "content": {
+                            "application/json": {"schema": _schema_ref(models, _ADMIN_BODIES[path])}}}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+__all__ = ["document_requests"]

@@ -1,0 +1,209 @@
+"""The ``Task`` interface: everything that differs between computer-vision tasks, in one place.
+
+A stage (ingest, validate, train, evaluate, export, register, serve, canary, monitor) is written
+once; where it needs to know *what the model predicts*, it asks the project's task
+(``project.task`` in ``params.yaml``, looked up with :func:`cvplatform.tasks.get_task`).
+
+The interface is designed for three consumers (docs/adr/0010-task-seam.md maps each method):
+
+* **classification**: one label per image; output ``logits (N, C)``;
+* **object detection**: a variable-length list of boxes per image; outputs after NMS
+  (``boxes``, ``scores``, ``labels`` and a per-image count);
+* **semantic segmentation**: a dense per-pixel class map; output ``logits (N, C, H, W)``.
+
+Methods are grouped by the stage that calls them. Everything a method returns is plain data
+(numpy arrays, dicts of primitives, pydantic models) so stages can log, store and compare it
+without knowing the task. A task is a stateless object: build one per process with
+:func:`cvplatform.tasks.get_task`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One number a task reports for a scenario, and how a gate may threshold it.
+
+    ``name`` is the key in ``scenarios.json`` and the gate threshold suffix (``min_<name>`` when
+    ``higher_is_better``, else ``max_<name>``); ``headline`` puts it into ``metrics.json``
+    (``dvc metrics show``) under ``short``.
+    """
+
+    name: str
+    higher_is_better: bool = True
+    headline: bool = False
+    short: str | None = None
+    description: str = ""
+
+    @property
+    def gate_key(self) -> str:
+        return f"{'min' if self.higher_is_better else 'max'}_{self.name}"
+
+
+@dataclass(frozen=True)
+class MonitorSpec:
+    """The validation metrics a run may select its best checkpoint on, and their direction."""
+
+    metrics: Mapping[str, str]  # name -> "max" | "min"
+    default: str
+
+    def mode(self, name: str) -> str:
+        return self.metrics[name]
+
+
+@dataclass
+class Agreement:
+    """How far two models' outputs on the same images agree (parity, INT8, canary shadow)."""
+
+    n: int
+    agree: int
+    max_abs_diff: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.agree / self.n if self.n else 1.0
+
+
+class Task(ABC):
+    """What a computer-vision task contributes to every stage (see the module docstring).
+
+    Subclasses set :attr:`name` and implement every abstract method; the registry in
+    :mod:`cvplatform.tasks` maps ``project.task`` to the class.
+    """
+
+    #: The value of ``project.task`` that selects this task.
+    name: ClassVar[str]
+    #: One line for ``cvplatform tasks`` and error messages.
+    description: ClassVar[str] = ""
+
+    # ------------------------------------------------------------------ data (ingest, validate, datamodule)
+    @property
+    @abstractmethod
+    def target_kind(self) -> str:
+        """How targets are stored beside the manifest: ``label`` (a manifest column), ``boxes``
+        (an annotation table, one row per box), ``mask`` (a mask image per image)."""
+
+    @abstractmethod
+    def albumentations_targets(self) -> dict[str, Any]:
+        """Keyword arguments for ``albumentations.Compose`` beyond the image: ``{}`` for
+        classification, ``{"bbox_params": BboxParams(...)}`` for detection, ``{"additional_targets": ...}``
+        or nothing for segmentation (``mask`` is native)."""
+
+    @abstractmethod
+    def target_of(self, row: Mapping[str, Any], class_index: Mapping[str, int]) -> Any:
+        """The training target of one manifest row (an int class index, a box array, a mask path)."""
+
+    def collate(self, batch: Sequence[tuple[Any, Any]]) -> tuple[Any, Any]:
+        """Stack a list of ``(image, target)``; the default suits fixed-size targets."""
+        import torch
+        from torch.utils.data import default_collate
+
+        images = torch.stack([b[0] for b in batch])
+        return images, default_collate([b[1] for b in batch])
+
+    # ------------------------------------------------------------------ training
+    @abstractmethod
+    def build_module(self, **kwargs: Any) -> Any:
+        """The LightningModule: head on the architecture, loss, torchmetrics, logged metric names."""
+
+    @property
+    @abstractmethod
+    def monitor(self) -> MonitorSpec:
+        """The validation metrics ``train.monitor`` may name, with their direction."""
+
+    # ------------------------------------------------------------------ contract, export, runtime
+    @property
+    @abstractmethod
+    def output_names(self) -> tuple[str, ...]:
+        """Names of the ONNX graph outputs (the serving and evaluation contract)."""
+
+    @abstractmethod
+    def check_outputs(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]) -> None:
+        """Raise a clear error when raw outputs do not fit the contract (e.g. ``C != len(class_names)``)."""
+
+    @abstractmethod
+    def decode(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]) -> list[dict[str, Any]]:
+        """Raw model outputs of ``N`` images -> ``N`` typed predictions (plain dicts; detection's
+        are variable-length lists of boxes)."""
+
+    @abstractmethod
+    def agreement(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> Agreement:
+        """How two models' raw outputs on the same images agree: ONNX vs PyTorch parity, INT8 vs
+        FP32 and the canary's shadow comparison all use this (top-1 for classification, matched
+        boxes at IoU 0.5 for detection, pixel agreement for segmentation)."""
+
+    # ------------------------------------------------------------------ evaluation and gates
+    @property
+    @abstractmethod
+    def metrics(self) -> tuple[MetricSpec, ...]:
+        """The per-scenario numbers, their gate keys and which are headline metrics."""
+
+    @abstractmethod
+    def score(self, outputs: Mapping[str, np.ndarray], targets: Any, class_names: Sequence[str],
+              **options: Any) -> dict[str, Any]:
+        """Every metric of :attr:`metrics` for one scenario (with its resampling intervals)."""
+
+    @property
+    @abstractmethod
+    def int8_metric(self) -> str:
+        """The :attr:`metrics` name on which an INT8 model must stay within tolerance of FP32."""
+
+    # ------------------------------------------------------------------ serving, canary, monitoring
+    @abstractmethod
+    def response(self, prediction: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
+        """One image's JSON response body item (its schema appears in OpenAPI)."""
+
+    @abstractmethod
+    def prediction_signal(self, prediction: Mapping[str, Any]) -> dict[str, float]:
+        """Per-prediction numbers that drift monitoring and canary statistics aggregate: the
+        predicted class and confidence for classification, box count and mean score for detection,
+        class-area shares for segmentation."""
+
+    @abstractmethod
+    def decode_top(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw outputs of ``N`` images -> ``(classes, confidences)``: two length-``N`` arrays (class
+        names as ``str``, confidences as ``float64``), computed vectorised (serving calls it on every
+        request for its statistics, per-class Prometheus counters, the inference log and the shadow
+        agreement).
+
+        One headline class per image: classification returns the top-1 class and its softmax
+        probability; detection returns the class of the highest-scoring box and that score (class
+        ``""`` and confidence ``0.0`` for an image without boxes); segmentation returns the class
+        covering the most pixels and the mean per-pixel probability of the predicted classes.
+        """
+
+    @abstractmethod
+    def tensor_output_specs(self, class_names: Sequence[str]) -> list[dict[str, Any]]:
+        """The Open Inference Protocol v2 outputs the server offers, in their default order, as
+        ``{"name", "datatype", "shape"}`` with ``-1`` for the batch axis (model metadata). Classification:
+        ``probabilities`` FP32 ``[-1, C]`` and ``label`` BYTES ``[-1]``; detection: ``boxes`` FP32
+        ``[-1, K, 4]``, ``scores`` FP32 ``[-1, K]``, ``labels`` BYTES ``[-1, K]``, ``num_detections``
+        INT32 ``[-1]``; segmentation: ``mask`` INT32 ``[-1, H, W]`` and ``areas`` FP32 ``[-1, C]``."""
+
+    @abstractmethod
+    def tensor_outputs(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str],
+                       wanted: Sequence[str]) -> list[dict[str, Any]]:
+        """The OIP v2 ``outputs`` of an inference response for raw outputs of ``N`` images: one
+        ``{"name", "datatype", "shape", "data"}`` per name in ``wanted`` (names of
+        :meth:`tensor_output_specs`), ``data`` flattened row-major (a numpy array or a list)."""
+
+    # ------------------------------------------------------------------ review
+    @abstractmethod
+    def summary_lines(self, scenarios: Mapping[str, Any], class_names: Sequence[str]) -> list[str]:
+        """Markdown lines for the approval page and the model card that describe what the model
+        does and how well (task, classes, the headline numbers of the clean scenario)."""
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+
+__all__ = ["Agreement", "MetricSpec", "MonitorSpec", "Task"]

@@ -1,0 +1,180 @@
+"""Image classification: one label per image, a ``logits (N, C)`` output, softmax confidences.
+
+What the stages ask of it (see :class:`cvplatform.tasks.base.Task`):
+
+* targets: the manifest's ``label`` column, stored as ``data/raw/<label>/<sha256>.png``;
+* training: :class:`~cvplatform.tasks.classification.module.ClassifierModule` (cross-entropy,
+  accuracy and macro-F1 from torchmetrics), monitored on ``val_acc`` by default;
+* contract: ONNX output ``logits``; ``C == len(class_names)``; output index ``i`` is ``class_names[i]``;
+* agreement (parity, INT8, canary shadow): share of images with the same top-1 class;
+* evaluation: accuracy, macro-F1, ECE with bootstrap intervals (:func:`cvplatform.evaluation.metrics.compute_metrics`);
+* serving: ``{"class", "confidence", "probabilities"}`` per image (``decode_top`` for the statistics and
+  counters); OIP v2 outputs ``probabilities`` ``[N, C]`` and ``label`` ``[N]``; monitoring: predicted
+  class and confidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cvplatform.errors import ModelError
+from cvplatform.tasks.base import Agreement, MetricSpec, MonitorSpec, Task
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (numerically stable).
+
+    Example:
+        >>> softmax(np.array([[0.0, 0.0]], np.float32)).tolist()
+        [[0.5, 0.5]]
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class ClassificationTask(Task):
+    """One label per image (see the module docstring)."""
+
+    name: ClassVar[str] = "classification"
+    description: ClassVar[str] = "one label per image (softmax over class logits)"
+
+    # ------------------------------------------------------------------ data
+    @property
+    def target_kind(self) -> str:
+        return "label"
+
+    def albumentations_targets(self) -> dict[str, Any]:
+        return {}
+
+    def target_of(self, row: Mapping[str, Any], class_index: Mapping[str, int]) -> int:
+        label = str(row["label"])
+        if label not in class_index:
+            raise ModelError(f"label {label!r} of {row.get('path', '?')} is not one of the classes {list(class_index)}.")
+        return int(class_index[label])
+
+    # ------------------------------------------------------------------ training
+    def build_module(self, **kwargs: Any) -> Any:
+        from cvplatform.tasks.classification.module import ClassifierModule
+
+        return ClassifierModule(**kwargs)
+
+    @property
+    def monitor(self) -> MonitorSpec:
+        return MonitorSpec({"val_acc": "max", "val_f1": "max", "val_loss": "min"}, default="val_acc")
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("logits",)
+
+    def check_outputs(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]) -> None:
+        logits = outputs.get("logits")
+        if logits is None:
+            raise ModelError(f"the model has no 'logits' output (outputs: {sorted(outputs)}); a classification "
+                             "model must return logits (N, C).")
+        shape = tuple(np.shape(logits))
+        if len(shape) != 2 or shape[1] != len(class_names):
+            raise ModelError(f"logits of shape {shape} do not fit {len(class_names)} class names {list(class_names)}: "
+                             "a classification model returns (N, C) with C = the number of classes.")
+
+    def decode(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]) -> list[dict[str, Any]]:
+        self.check_outputs(outputs, class_names)
+        probs = softmax(outputs["logits"])
+        top = probs.argmax(axis=1)
+        return [{"index": int(i), "class": class_names[int(i)], "confidence": float(row[i]), "probs": row}
+                for i, row in zip(top, probs, strict=True)]
+
+    def agreement(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> Agreement:
+        ref = np.asarray(reference["logits"], dtype=np.float64)
+        cand = np.asarray(candidate["logits"], dtype=np.float64)
+        if ref.shape != cand.shape:
+            raise ModelError(f"cannot compare outputs of shapes {ref.shape} and {cand.shape}.")
+        same = ref.argmax(axis=1) == cand.argmax(axis=1)
+        diff = float(np.max(np.abs(ref - cand))) if ref.size else 0.0
+        return Agreement(n=int(len(ref)), agree=int(same.sum()), max_abs_diff=diff,
+                         detail={"disagree_rows": np.flatnonzero(~same).tolist()})
+
+    # ------------------------------------------------------------------ evaluation
+    @property
+    def metrics(self) -> tuple[MetricSpec, ...]:
+        return (
+            MetricSpec("accuracy", headline=True, short="accuracy", description="share of images with the right class"),
+            MetricSpec("macro_f1", headline=True, short="f1", description="unweighted mean of per-class F1"),
+            MetricSpec("ece", higher_is_better=False, headline=True, short="ece",
+                       description="expected calibration error of the softmax confidence"),
+        )
+
+    def score(self, outputs: Mapping[str, np.ndarray], targets: Any, class_names: Sequence[str],
+              **options: Any) -> dict[str, Any]:
+        from cvplatform.evaluation.metrics import compute_metrics
+
+        self.check_outputs(outputs, class_names)
+        m = compute_metrics(np.asarray(targets, dtype=np.int64), softmax(outputs["logits"]), class_names, **options)
+        return {"accuracy": m.accuracy, "accuracy_ci": list(m.accuracy_ci), "macro_f1": m.macro_f1,
+                "macro_f1_ci": list(m.macro_f1_ci), "ece": m.ece, "n": m.n}
+
+    @property
+    def int8_metric(self) -> str:
+        return "accuracy"
+
+    # ------------------------------------------------------------------ serving, monitoring
+    def response(self, prediction: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
+        return {"class": prediction["class"], "confidence": float(prediction["confidence"]),
+                "probabilities": {n: float(p) for n, p in zip(class_names, prediction["probs"], strict=True)}}
+
+    def prediction_signal(self, prediction: Mapping[str, Any]) -> dict[str, float]:
+        return {"class_index": float(prediction["index"]), "confidence": float(prediction["confidence"])}
+
+    def decode_top(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-1 class names and their softmax probabilities, one vectorised pass over the batch.
+
+        Example:
+            >>> classes, conf = ClassificationTask().decode_top({"logits": np.array([[0.0, 2.0], [1.0, 1.0]])}, ["a", "b"])
+            >>> classes.tolist(), conf.round(3).tolist()
+            (['b', 'a'], [0.881, 0.5])
+        """
+        self.check_outputs(outputs, class_names)
+        probs = softmax(outputs["logits"])
+        top = probs.argmax(axis=1)
+        return np.asarray(class_names, dtype=object)[top], probs[np.arange(len(top)), top]
+
+    def tensor_output_specs(self, class_names: Sequence[str]) -> list[dict[str, Any]]:
+        return [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(class_names)]},
+                {"name": "label", "datatype": "BYTES", "shape": [-1]}]
+
+    def tensor_outputs(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str],
+                       wanted: Sequence[str]) -> list[dict[str, Any]]:
+        self.check_outputs(outputs, class_names)
+        probs = softmax(outputs["logits"])
+        out: list[dict[str, Any]] = []
+        for w in wanted:
+            if w == "probabilities":
+                out.append({"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape),
+                            "data": probs.ravel()})
+            elif w == "label":
+                labels = np.asarray(class_names, dtype=object)[probs.argmax(axis=1)]
+                out.append({"name": "label", "datatype": "BYTES", "shape": [probs.shape[0]], "data": labels.tolist()})
+            else:
+                raise ModelError(f"classification has no output {w!r}; choose from ['probabilities', 'label'].")
+        return out
+
+    # ------------------------------------------------------------------ review
+    def summary_lines(self, scenarios: Mapping[str, Any], class_names: Sequence[str]) -> list[str]:
+        names = ", ".join(f"`{c}`" for c in class_names)
+        lines = [f"- **task**: {self.name}; **{len(class_names)} classes**: {names}"]
+        clean = scenarios.get("clean") or {}
+        if clean:
+            def num(k: str) -> str:
+                v = clean.get(k)
+                return "—" if v is None else f"{float(v):.4f}"
+            lines.append(f"- **clean**: accuracy {num('accuracy')}, macro-F1 {num('macro_f1')}, ECE {num('ece')}")
+        return lines
+
+
+__all__ = ["ClassificationTask", "softmax"]
