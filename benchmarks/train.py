@@ -52,8 +52,8 @@ def _datamodule(root: Path, params, workers: int):
     from cvplatform.data.datamodule import ManifestDataModule
 
     tp = params.train
-    dm = ManifestDataModule(tp.manifest, load_recipe(REPO / tp.augment), root=root, batch_size=tp.batch_size,
-                            num_workers=workers, seed=params.project.seed)
+    dm = ManifestDataModule(params.project.manifest, load_recipe(REPO / tp.augment), root=root,
+                            batch_size=tp.batch_size, num_workers=workers, seed=params.project.seed)
     dm.setup()
     return dm
 
