@@ -14,7 +14,7 @@ from cvplatform.data.augment import AugmentRecipe, build_pipeline
 from cvplatform.data.datamodule import ManifestDataset, read_rgb
 from cvplatform.errors import DataError
 from cvplatform.evaluation.predictors import _BasePredictor
-from cvplatform.evaluation.run import _load_images
+from cvplatform.evaluation.suite_runner import load_images
 from cvplatform.imageio import ImageDecodeError, decode_bytes, read_header, read_image
 from cvplatform.preprocess import PreprocessContract, preprocess
 from cvplatform.serving.inputs import open_images
@@ -91,7 +91,7 @@ def test_training_evaluation_and_serving_see_the_same_image(tmp_path: Path, name
     # evaluation: the manifest rows -> images at the contract size -> what a predictor feeds its model
     probe = _InputProbe()
     rows = pd.DataFrame({"path": [path.name], "label": ["a"], "sha256": ["x"]})
-    evaluated = _load_images(rows, tmp_path, probe, "test")
+    evaluated = load_images(rows, tmp_path, probe, "test")
     probe.predict_logits(evaluated.images)
     eval_x = probe.inputs[0]
 
