@@ -435,8 +435,8 @@ def _check_model(params: Any, model: str, url: str, version: str) -> None:
     if expected and model != expected:
         raise DeployError(
             f"the server at {url} serves registered model {model!r}, but version {version} belongs to {expected!r} "
-            "(registry.model_name). Point deploy.server at the service of that model, or fix the server's "
-            "models.registered_model in its serving config."
+            "(registry.model_name). Point deploy.server at the service of that model, or start that server "
+            "with the same registry.model_name."
         )
 
 

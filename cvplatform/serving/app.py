@@ -126,24 +126,15 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
 
 
 # --------------------------------------------------------------------------- building from params
-def registered_model_name(params: Any, config: ServingConfig | None = None) -> str:
-    """The registered model to serve: serving config, then ``serve.registered_model``, then
-    ``registry.model_name``, then ``evaluate.registered_model``.
+def registered_model_name(params: Any) -> str:
+    """The registered model to serve: ``registry.model_name`` of the params.
 
     Example:
         >>> from cvplatform.config import Params
         >>> registered_model_name(Params())
         'cvplatform'
     """
-    if config is not None and config.models.registered_model:
-        return config.models.registered_model
-    serve = getattr(params, "serve", None)
-    if serve is not None and getattr(serve, "registered_model", None):
-        return str(serve.registered_model)
-    registry = getattr(params, "registry", None)
-    if registry is not None and getattr(registry, "model_name", None):
-        return str(registry.model_name)
-    return str(params.evaluate.registered_model)
+    return str(params.registry.model_name)
 
 
 def build_app(
@@ -182,13 +173,13 @@ def build_app(
             raise ConfigError(f"--model {paths.resolve(model)}: no such file. Pass an exported ONNX model "
                               "(`cvplatform export` writes artifacts/export/model.onnx), or leave --model out "
                               "to serve the registry's champion alias.")
-        src = FileSource(paths.resolve(model), model_name=registered_model_name(params, config),
+        src = FileSource(paths.resolve(model), model_name=registered_model_name(params),
                          providers=m.providers, intra_op_threads=m.intra_op_threads,
-                         allow_spinning=m.allow_spinning, champion_alias=m.champion_alias)
+                         allow_spinning=m.allow_spinning, champion_alias=params.registry.champion_alias)
     else:
-        src = RegistrySource(registered_model_name(params, config), root=paths.root, params=params,
+        src = RegistrySource(registered_model_name(params), root=paths.root, params=params,
                              providers=m.providers, intra_op_threads=m.intra_op_threads,
-                             allow_spinning=m.allow_spinning, champion_alias=m.champion_alias)
+                             allow_spinning=m.allow_spinning, champion_alias=params.registry.champion_alias)
     request_log = None
     mon = getattr(params, "monitor", None)
     if mon is not None and mon.log_requests:

@@ -105,6 +105,7 @@ class ModelSource(Protocol):
 
     model_name: str
     supports_aliases: bool
+    champion_alias: str
 
     def resolve(self, alias: str) -> str | None:
         """The version ``alias`` points at, or None when the alias is not set."""
@@ -311,8 +312,8 @@ class RegistrySource:
         if now != str(version):
             raise RegistryError(
                 f"promotion of {self.model_name} v{version} moved alias {res.alias!r}, but this server follows "
-                f"{self.champion_alias!r} (it points at {now}); make serving.yaml models.champion_alias and "
-                "params registry.champion_alias agree."
+                f"{self.champion_alias!r} (it points at {now}); set params registry.champion_alias to the "
+                "alias the registry uses."
             )
         return {"champion_version": now, "previous_champion": res.previous}
 
@@ -414,7 +415,7 @@ class ModelManager:
 
     @property
     def alias(self) -> dict[str, str]:
-        return {"champion": self.config.models.champion_alias, "canary": self.config.models.canary_alias}
+        return {"champion": self.source.champion_alias, "canary": self.config.models.canary_alias}
 
     def ready(self) -> bool:
         return self.champion is not None

@@ -40,10 +40,18 @@ Variant = Literal["champion", "canary"]
 class ModelsConfig(StrictModel):
     """Which registered model is served and how its versions are found and run."""
 
-    registered_model: str | None = None
-    """MLflow registered model name; None = ``serve.registered_model`` / ``registry.model_name`` from params."""
-    champion_alias: str = Field("champion", min_length=1)
-    """Registry alias of the version answering most traffic."""
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = {"registered_model": "registry.model_name", "champion_alias": "registry.champion_alias"}
+            found = [f"models.{k} was replaced by {v} in params.yaml" for k, v in moved.items() if k in data]
+            if found:
+                raise ValueError("; ".join(found) + " (one key per setting): move the value there and delete it here")
+        return data
+
+    # the registered model and its champion alias are params.yaml's registry.model_name and
+    # registry.champion_alias (one key per setting)
     canary_alias: str = Field("canary", min_length=1)
     """Registry alias of the version receiving a traffic share (set by the admin API)."""
     poll_interval_s: float = Field(30.0, ge=0.0)

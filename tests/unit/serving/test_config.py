@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 def test_the_real_serving_config_loads():
     cfg = load_serving_config(REPO / "configs" / "deploy" / "serving.yaml")
-    assert cfg.batching.max_batch_size >= 1 and cfg.models.champion_alias == "champion"
+    assert cfg.batching.max_batch_size >= 1 and cfg.models.canary_alias == "canary"
     assert cfg.traffic.canary_share == 0.0 and cfg.admin.token_env == "CVPLATFORM_ADMIN_TOKEN"
     assert load_serving_config(None) == ServingConfig()
 
@@ -47,7 +47,8 @@ def test_serve_and_deploy_params():
     params = load_params(REPO / "params.yaml")
     assert params.serve.config == "configs/deploy/serving.yaml" and params.deploy.policy.endswith("canary.yaml")
     assert registered_model_name(params) == params.registry.model_name
-    assert registered_model_name(params, ServingConfig.model_validate({"models": {"registered_model": "x"}})) == "x"
+    with pytest.raises(ValueError, match="registry.model_name"):  # one key per setting: params.yaml's
+        ServingConfig.model_validate({"models": {"registered_model": "x"}})
     with pytest.raises(ConfigError, match="serve.port"):
         load_params(REPO / "params.yaml", ["serve.port=70000"])
 
