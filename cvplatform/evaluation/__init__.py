@@ -2,12 +2,15 @@
 
 * :mod:`~cvplatform.evaluation.scenarios` — suite files (clean, corruptions, metadata slices, curated lists)
 * :mod:`~cvplatform.evaluation.corruptions` — deterministic corruptions, severities 1..5
-* :mod:`~cvplatform.evaluation.metrics` — accuracy, macro-F1, per-class, ECE, bootstrap CIs, mCE
 * :mod:`~cvplatform.evaluation.gates` — the pure :func:`check_gates` -> :class:`GateReport`
 * :mod:`~cvplatform.evaluation.predictors` — ``.ckpt`` / ``.onnx`` / ``models:/`` behind one interface
 * :mod:`~cvplatform.evaluation.suite_runner` — :func:`run_suite`: models on a suite's scenarios (same pixels)
 * :mod:`~cvplatform.evaluation.report` — Markdown/HTML report, plots, plot data
 * :mod:`~cvplatform.evaluation.run` — :func:`run_evaluate`
+
+Each scenario's result and metrics come from the project's task
+(:meth:`cvplatform.tasks.base.Task.evaluate_scenario`); classification's accuracy, macro-F1,
+per-class, ECE, bootstrap CIs and mCE live in :mod:`cvplatform.tasks.classification.metrics`.
 
 Names are imported lazily, so ``import cvplatform.evaluation`` stays light.
 """
@@ -28,9 +31,6 @@ _EXPORTS: dict[str, str] = {
     "ScenarioSuite": "cvplatform.evaluation.scenarios",
     "Scenario": "cvplatform.evaluation.scenarios",
     "load_suite": "cvplatform.evaluation.scenarios",
-    "ScenarioResult": "cvplatform.evaluation.metrics",
-    "ScenarioMetrics": "cvplatform.evaluation.metrics",
-    "compute_metrics": "cvplatform.evaluation.metrics",
     "CORRUPTIONS": "cvplatform.evaluation.corruptions",
     "apply_corruption": "cvplatform.evaluation.corruptions",
     "run_suite": "cvplatform.evaluation.suite_runner",

@@ -44,7 +44,7 @@ from pydantic import Field
 from cvplatform.config import StrictModel
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cvplatform.evaluation.metrics import ScenarioResult
+    from cvplatform.tasks.classification.metrics import ScenarioResult
 
 Level = Literal["must_pass", "warn"]
 ThresholdKey = Literal["min_accuracy", "min_relative_accuracy", "min_macro_f1", "max_ece", "max_critical_fpr",
@@ -270,7 +270,7 @@ def _sample_size_check(scenario: str, res: ScenarioResult, minimum: int) -> Gate
 def _regression_check(
     scenario: str, gate: ScenarioGate, res: ScenarioResult, champ: ScenarioResult | None, policy: GatePolicy
 ) -> GateCheck:
-    from cvplatform.evaluation.metrics import paired_bootstrap_delta
+    from cvplatform.tasks.classification.metrics import paired_bootstrap_delta
 
     assert gate.max_drop is not None
     lvl = gate.level_of("max_drop")
@@ -414,7 +414,7 @@ def check_gates(
 
     Example:
         >>> import numpy as np
-        >>> from cvplatform.evaluation.metrics import ScenarioResult
+        >>> from cvplatform.tasks.classification.metrics import ScenarioResult
         >>> res = ScenarioResult.from_predictions(
         ...     "clean", "clean", ["a", "b", "c"], np.array([0, 1, 1]), np.eye(2)[[0, 1, 0]], ["x", "y"],
         ...     n_bootstrap=20)

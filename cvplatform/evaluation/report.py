@@ -31,8 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
     from cvplatform.evaluation.gates import GateCheck, GateReport
-    from cvplatform.evaluation.metrics import ScenarioResult
     from cvplatform.evaluation.scenarios import Scenario
+    from cvplatform.tasks.classification.metrics import ScenarioResult
 
 log = logging.getLogger(__name__)
 

@@ -47,9 +47,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from cvplatform.config import EvaluateParams, Params, RegistryParams
     from cvplatform.evaluation.gates import GateReport
-    from cvplatform.evaluation.metrics import ScenarioResult
     from cvplatform.evaluation.predictors import Predictor
     from cvplatform.evaluation.suite_runner import BuiltScenario
+    from cvplatform.tasks.base import Task
+    from cvplatform.tasks.classification.metrics import ScenarioResult
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +393,8 @@ class _Inputs:
     run_uri: str
     """The training run is logged to wherever it was created."""
     root: Path
+    task: Task
+    """The project's task (``project.task``): it turns each scenario's outputs into its result and metrics."""
 
 
 def _load_inputs(params: Params, paths: ProjectPaths, model: str | os.PathLike[str] | None) -> _Inputs:
@@ -405,6 +408,7 @@ def _load_inputs(params: Params, paths: ProjectPaths, model: str | os.PathLike[s
     from cvplatform.evaluation.predictors import load_predictor
     from cvplatform.evaluation.scenarios import load_suite
     from cvplatform.evaluation.suite_runner import load_images, select_split
+    from cvplatform.tasks import get_task
     from cvplatform.tracking import tracking_uri as default_tracking_uri
 
     cfg = params.evaluate
@@ -428,7 +432,7 @@ def _load_inputs(params: Params, paths: ProjectPaths, model: str | os.PathLike[s
     data = load_images(split_rows, paths.root, predictor, f"{manifest_path} (split {cfg.split!r})")
     return _Inputs(suite_path, suite, suite.expand(), ref, predictor, _model_sha256(ref, paths, predictor),
                    class_names, manifest_path, manifest, data, train_summary, mlflow_uri,
-                   str(train_summary.get("tracking_uri") or mlflow_uri), paths.root)
+                   str(train_summary.get("tracking_uri") or mlflow_uri), paths.root, get_task(params.project.task))
 
 
 @dataclass
@@ -443,7 +447,6 @@ class _Judged:
 
 def _run_scenarios(inp: _Inputs, cfg: EvaluateParams, seed: int, champion: Predictor | None) -> _Judged:
     """Predict every scenario with the model (and the champion) and compute its metrics."""
-    from cvplatform.evaluation.metrics import ScenarioResult, softmax
     from cvplatform.evaluation.suite_runner import run_suite
 
     predictors: list[Predictor] = [inp.predictor] + ([champion] if champion is not None else [])
@@ -451,6 +454,7 @@ def _run_scenarios(inp: _Inputs, cfg: EvaluateParams, seed: int, champion: Predi
                      manifest=inp.manifest, root=inp.root,
                      seed=seed, batch_size=cfg.batch_size, progress=STAGE)
     judged = _Judged({}, {}, [r.built for r in runs], 0)
+    (output,) = inp.task.output_names  # the suite runner returns each predictor's single output
     for run in runs:
         b, sc, logits = run.built, run.scenario, run.logits
         judged.predictions += len(b.ids)
@@ -459,12 +463,11 @@ def _run_scenarios(inp: _Inputs, cfg: EvaluateParams, seed: int, champion: Predi
             "confidence": cfg.confidence, "seed": _scenario_seed(seed, sc.name), "n_bins": cfg.calibration_bins,
             "note": b.note, "corruption": sc.corruption, "severity": sc.severity,
         }
-        judged.results[sc.name] = ScenarioResult.from_predictions(
-            sc.name, sc.kind, b.ids, b.y, softmax(logits[0]) if b.ids else logits[0], inp.class_names, **common)
+        judged.results[sc.name] = inp.task.evaluate_scenario(
+            sc.name, sc.kind, b.ids, b.y, {output: logits[0]}, inp.class_names, **common)
         if champion is not None:
-            judged.champ_results[sc.name] = ScenarioResult.from_predictions(
-                sc.name, sc.kind, b.ids, b.y, softmax(logits[1]) if b.ids else logits[1], inp.class_names,
-                **common)
+            judged.champ_results[sc.name] = inp.task.evaluate_scenario(
+                sc.name, sc.kind, b.ids, b.y, {output: logits[1]}, inp.class_names, **common)
         log.debug("evaluate: %s done (%d images)", sc.name, len(b.ids))
     return judged
 
@@ -481,7 +484,7 @@ class _Decision:
 def _decide(inp: _Inputs, judged: _Judged, cfg: EvaluateParams, seed: int, champion: _Champion) -> _Decision:
     """Decide the gates (pure :func:`check_gates`) and summarise the corruption errors (mCE & co.)."""
     from cvplatform.evaluation.gates import check_gates
-    from cvplatform.evaluation.metrics import corruption_error_summary
+    from cvplatform.tasks.classification.metrics import corruption_error_summary
 
     results, champ_results = judged.results, judged.champ_results
     policy = inp.suite.policy(seed=seed, n_bootstrap=cfg.bootstrap_samples, confidence=cfg.confidence)

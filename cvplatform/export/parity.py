@@ -6,8 +6,9 @@ are compared image by image:
 
 * ``max_abs_diff`` — the largest ``|reference - candidate|`` over all images and
   classes must be ``<= atol`` (``export.parity.atol``, 1e-4 for fp32);
-* ``top1_agreement`` — the share of images whose arg-max class is the same must be
-  ``>= min_agreement`` (``export.parity.min_agreement``, 0.999).
+* ``top1_agreement`` — the share of images on which the project's task says the two
+  outputs agree (:meth:`~cvplatform.tasks.base.Task.agreement`; the same top-1 class for
+  classification) must be ``>= min_agreement`` (``export.parity.min_agreement``, 0.999).
 
 Non-finite logits (NaN/Inf) are not a parity question but a broken model: they
 raise :class:`~cvplatform.errors.ModelError` saying whether the checkpoint itself
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
     from cvplatform.evaluation.predictors import Predictor
+    from cvplatform.tasks.base import Task
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,13 @@ def compare_logits(
     reference_name: str = "reference",
     candidate_name: str = "candidate",
     split: str = "test",
+    task: Task | None = None,
 ) -> ParityReport:
     """Compare two ``(N, C)`` logit arrays of the same images (pure).
+
+    Whether two images agree is the task's question (:meth:`~cvplatform.tasks.base.Task.agreement`:
+    the same top-1 class for classification), and the classes reported for the worst images are
+    its :meth:`~cvplatform.tasks.base.Task.decode_top`; the absolute differences are plain numerics.
 
     Args:
         reference: Logits of the reference (PyTorch checkpoint).
@@ -105,9 +112,11 @@ def compare_logits(
         atol: Largest allowed absolute difference.
         min_agreement: Smallest allowed share of identical top-1 classes.
         worst: How many images to list in :attr:`ParityReport.worst`.
+        task: The project's task (``project.task``); default classification.
 
     Raises:
         DataError: no images, or arrays of different shapes.
+        ModelError: the outputs do not fit the task's contract (e.g. ``C != len(class_names)``).
 
     Example:
         >>> import numpy as np
@@ -119,9 +128,12 @@ def compare_logits(
     """
     import numpy as np
 
+    from cvplatform.tasks import get_task
+
+    task = task or get_task()
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
-    if ref.shape != cand.shape or ref.ndim != 2:
+    if ref.shape != cand.shape or ref.ndim < 1:
         raise DataError(
             f"parity: {reference_name} logits {ref.shape} and {candidate_name} logits {cand.shape} differ in "
             "shape; both models must have the same classes."
@@ -129,32 +141,37 @@ def compare_logits(
     n = ref.shape[0]
     if n == 0:
         raise DataError(f"parity: no {split} images to compare. Add images to the {split} split (re-run ingest).")
+    (output,) = task.output_names  # one graph output (the exported contract)
+    ref_out, cand_out = {output: ref}, {output: cand}
+    names = list(class_names)
+    task.check_outputs(ref_out, names)
     diff = np.abs(ref - cand)
-    per_image = diff.max(axis=1)
-    ref_top = ref.argmax(axis=1)
-    cand_top = cand.argmax(axis=1)
-    agree = ref_top == cand_top
-    agreement = float(agree.mean())
+    per_image = diff.reshape(n, -1).max(axis=1)
+    agreed = task.agreement(ref_out, cand_out)
+    agree = np.ones(n, dtype=bool)
+    agree[agreed.detail.get("disagree_rows", [])] = False
+    agreement = agreed.rate
+    disagreements = agreed.n - agreed.agree
     max_diff = float(per_image.max())
     reasons = []
     if not max_diff <= atol:
         reasons.append(f"max absolute logit difference {max_diff:.3e} > export.parity.atol {atol:.1e}")
     if agreement < min_agreement:
         reasons.append(
-            f"top-1 agreement {agreement:.4f} ({int((~agree).sum())} of {n} images differ) < "
+            f"top-1 agreement {agreement:.4f} ({disagreements} of {n} images differ) < "
             f"export.parity.min_agreement {min_agreement}"
         )
     # disagreeing images first, then by difference (ties broken by sha256: deterministic)
     order = sorted(range(n), key=lambda i: (bool(agree[i]), -float(per_image[i]), str(ids[i])))[: max(0, worst)]
-    names = list(class_names)
+    ref_top, _ = task.decode_top({output: ref[order]}, names)
+    cand_top, _ = task.decode_top({output: cand[order]}, names)
     worst_items = [
-        ParityImage(str(paths[i]), str(ids[i]), str(labels[i]), float(per_image[i]),
-                    names[int(ref_top[i])], names[int(cand_top[i])])
-        for i in order
+        ParityImage(str(paths[i]), str(ids[i]), str(labels[i]), float(per_image[i]), str(r), str(c))
+        for i, r, c in zip(order, ref_top, cand_top, strict=True)
     ]
     return ParityReport(
         reference=reference_name, candidate=candidate_name, split=split, n=int(n), max_abs_diff=max_diff,
-        mean_abs_diff=float(diff.mean()), top1_agreement=agreement, disagreements=int((~agree).sum()),
+        mean_abs_diff=float(diff.mean()), top1_agreement=agreement, disagreements=disagreements,
         atol=float(atol), min_agreement=float(min_agreement), passed=not reasons, reasons=reasons,
         worst=worst_items,
     )
@@ -214,6 +231,7 @@ def run_parity(
     worst: int = 5,
     batch_size: int = 256,
     split: str = "test",
+    task: Task | None = None,
 ) -> ParityReport:
     """Run both predictors on the same uint8 RGB images and compare their logits.
 
@@ -245,7 +263,7 @@ def run_parity(
     return compare_logits(
         ref, cand, ids=ids, paths=paths, labels=labels, class_names=reference.class_names, atol=atol,
         min_agreement=min_agreement, worst=worst, reference_name=reference.name, candidate_name=candidate.name,
-        split=split,
+        split=split, task=task,
     )
 
 

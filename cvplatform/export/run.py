@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from cvplatform.config import ExportParams, Params
     from cvplatform.models.checkpoint import LoadedModel
+    from cvplatform.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +319,8 @@ class _Inputs:
     """The checkpoint as a predictor (``TorchCheckpointPredictor``: ``.loaded``, ``.contract``)."""
     test_rows: pd.DataFrame
     cal_rows: pd.DataFrame | None
+    task: Task
+    """The project's task (``project.task``): parity agreement and the INT8 metric are its questions."""
 
 
 def _read_inputs(params: Params, paths: ProjectPaths, checkpoint: str | os.PathLike[str] | None) -> _Inputs:
@@ -330,6 +333,7 @@ def _read_inputs(params: Params, paths: ProjectPaths, checkpoint: str | os.PathL
     from cvplatform.data.manifest import read_manifest
     from cvplatform.evaluation.predictors import TorchCheckpointPredictor
     from cvplatform.export.suite import select_split
+    from cvplatform.tasks import get_task
 
     cfg = params.export
     ckpt = paths.resolve(checkpoint if checkpoint is not None else cfg.checkpoint)
@@ -351,7 +355,7 @@ def _read_inputs(params: Params, paths: ProjectPaths, checkpoint: str | os.PathL
                 "`cvplatform ingest` so it gets images, set export.int8.calibration_split to a split that has "
                 "images, or set export.int8.enabled: false."
             )
-    return _Inputs(ckpt, manifest_path, manifest, torch_pred, test_rows, cal_rows)
+    return _Inputs(ckpt, manifest_path, manifest, torch_pred, test_rows, cal_rows, get_task(params.project.task))
 
 
 @dataclass
@@ -430,7 +434,7 @@ def _parity_gate(paths: ProjectPaths, inp: _Inputs, cfg: ExportParams, fp32_path
     parity = run_parity(
         inp.torch_pred, fp32_pred, test.images, ids=test.ids, paths=test_paths, labels=test.labels,
         atol=cfg.parity.atol, min_agreement=cfg.parity.min_agreement, worst=cfg.parity.worst,
-        batch_size=cfg.batch_size, split="test",
+        batch_size=cfg.batch_size, split="test", task=inp.task,
     )
     parity.reference = f"{_rel(paths, inp.ckpt)} (PyTorch)"
     parity.candidate = f"{_rel(paths, fp32_path)} (onnxruntime)"
@@ -493,6 +497,7 @@ def _quantize_and_decide(params: Params, paths: ProjectPaths, inp: _Inputs, par:
         vs_torch = run_parity(
             inp.torch_pred, int8_pred, test.images, ids=test.ids, paths=par.test_paths, labels=test.labels,
             atol=float(cfg.parity.atol), min_agreement=0.0, worst=cfg.parity.worst, batch_size=cfg.batch_size,
+            task=inp.task,
         )
         int8["vs_torch"] = {"n": vs_torch.n, "max_abs_diff": vs_torch.max_abs_diff,
                             "top1_agreement": vs_torch.top1_agreement, "disagreements": vs_torch.disagreements}
@@ -503,7 +508,7 @@ def _quantize_and_decide(params: Params, paths: ProjectPaths, inp: _Inputs, par:
         comps = compare_on_suite(
             fp32_pred, int8_pred, suite_path=paths.resolve(suite_ref), manifest_path=inp.manifest_path,
             split=params.evaluate.split, root=paths.root, seed=int(params.project.seed),
-            batch_size=cfg.batch_size, max_images=cfg.int8.max_images,
+            batch_size=cfg.batch_size, max_images=cfg.int8.max_images, task=inp.task,
         )
         decision = decide_int8(comps, cfg.int8.max_drop)
         int8["decision"] = decision.to_dict()

@@ -21,11 +21,13 @@ from cvplatform.evaluation.suite_runner import load_images, run_suite, select_sp
 if TYPE_CHECKING:  # pragma: no cover
 
     from cvplatform.evaluation.predictors import Predictor
+    from cvplatform.tasks.base import Task
 
 
 @dataclass(frozen=True)
 class ScenarioComparison:
-    """Accuracy of a reference and a candidate model on one scenario (same images, same pixels)."""
+    """The INT8 metric (``task.int8_metric``; accuracy for classification) of a reference and a candidate
+    model on one scenario (same images, same pixels); the field names keep the classification wording."""
 
     name: str
     kind: str
@@ -37,7 +39,7 @@ class ScenarioComparison:
     drop: float | None
     """``reference_accuracy - candidate_accuracy`` (positive = the candidate is worse)."""
     agreement: float | None
-    """Share of images with the same top-1 class in both models."""
+    """``task.agreement(...).rate``: share of images with the same top-1 class in both models (classification)."""
     judged: bool
     """True for must-pass scenarios and the clean scenario (these decide INT8 acceptance)."""
 
@@ -56,8 +58,9 @@ def compare_on_suite(
     seed: int,
     batch_size: int = 256,
     max_images: int | None = None,
+    task: Task | None = None,
 ) -> list[ScenarioComparison]:
-    """Run both models on every scenario of a suite and compare their accuracies.
+    """Run both models on every scenario of a suite and compare them on the task's INT8 metric.
 
     Scenarios are built and predicted by the evaluation module (same images,
     corruptions seeded by ``seed`` and the image id, so the reference's numbers
@@ -72,6 +75,9 @@ def compare_on_suite(
         root: Project root (image paths are relative to it).
         seed: ``project.seed`` (corruption seeds).
         max_images: At most N images of the split (first N by sha256).
+        task: The project's task (``project.task``; default classification): its ``int8_score``
+            (accuracy for classification) is each model's number, its ``agreement`` the share of
+            images on which the two models agree.
 
     Returns:
         One :class:`ScenarioComparison` per expanded scenario, in suite order.
@@ -91,6 +97,9 @@ def compare_on_suite(
 
     from cvplatform.data.manifest import read_manifest
     from cvplatform.evaluation.scenarios import load_suite
+    from cvplatform.tasks import get_task
+
+    task = task or get_task()
 
     if list(reference.class_names) != list(candidate.class_names) or \
             reference.contract.input_size != candidate.contract.input_size:
@@ -108,6 +117,8 @@ def compare_on_suite(
     data = load_images(rows, root, reference, f"{manifest_path} (split {split!r})")
     runs = run_suite([reference, candidate], data, suite_path=suite_path, scenarios=scenarios, manifest=manifest,
                      root=root, seed=seed, batch_size=batch_size)
+    (name,) = task.output_names  # the suite runner returns the model's single output per predictor
+    class_names = list(reference.class_names)
     out = []
     for run in runs:
         sc = run.scenario
@@ -116,14 +127,13 @@ def compare_on_suite(
         if n == 0:
             out.append(ScenarioComparison(sc.name, sc.kind, sc.gate.level, 0, None, None, None, None, judged))
             continue
-        ref_logits, cand_logits = run.logits
+        ref_out, cand_out = ({name: arr} for arr in run.logits)
         y = np.asarray(run.built.y)
-        ref_pred, cand_pred = ref_logits.argmax(1), cand_logits.argmax(1)
-        ref_acc = float((ref_pred == y).mean())
-        cand_acc = float((cand_pred == y).mean())
+        ref_acc = task.int8_score(ref_out, y, class_names)
+        cand_acc = task.int8_score(cand_out, y, class_names)
         out.append(ScenarioComparison(
             sc.name, sc.kind, sc.gate.level, n, ref_acc, cand_acc, ref_acc - cand_acc,
-            float((ref_pred == cand_pred).mean()), judged,
+            task.agreement(ref_out, cand_out).rate, judged,
         ))
     return out
 

@@ -156,6 +156,33 @@ class Task(ABC):
     def int8_metric(self) -> str:
         """The :attr:`metrics` name on which an INT8 model must stay within tolerance of FP32."""
 
+    def int8_score(self, outputs: Mapping[str, np.ndarray], targets: Any, class_names: Sequence[str]) -> float:
+        """The point estimate of :attr:`int8_metric` on one scenario (no resampling intervals).
+
+        Export's INT8 acceptance calls it for the FP32 and the INT8 model on every judged scenario
+        and compares the two numbers. The default takes ``score(...)[int8_metric]``; a task overrides
+        it when the point estimate is much cheaper than :meth:`score` with its intervals.
+        Classification returns the accuracy (share of images whose top-1 class is the label);
+        detection returns mAP50 over the scenario's images (boxes matched at IoU 0.5 per class);
+        segmentation returns the mIoU of the predicted class maps against the masks.
+        """
+        return float(self.score(outputs, targets, class_names)[self.int8_metric])
+
+    @abstractmethod
+    def evaluate_scenario(self, name: str, kind: str, image_ids: Sequence[str], targets: Any,
+                          outputs: Mapping[str, np.ndarray], class_names: Sequence[str], **options: Any) -> Any:
+        """One scenario's result for the evaluation gates and report: the per-image outcomes (kept so
+        a champion can be compared image by image) plus every metric of :attr:`metrics` with its
+        intervals; ``options`` are the suite's (critical classes, bootstrap samples, confidence,
+        seed, calibration bins, note, corruption, severity).
+
+        Classification returns a :class:`~cvplatform.tasks.classification.metrics.ScenarioResult`
+        (softmax probabilities, top-1 predictions, accuracy/macro-F1/ECE). Detection returns the
+        per-image matched boxes and mAP/mAP50 with image-bootstrap intervals; segmentation the
+        per-image confusion counts and mIoU. An empty scenario (no images) yields a result whose
+        metrics are ``None``.
+        """
+
     # ------------------------------------------------------------------ serving, canary, monitoring
     @abstractmethod
     def response(self, prediction: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:

@@ -7,7 +7,9 @@ What the stages ask of it (see :class:`cvplatform.tasks.base.Task`):
   accuracy and macro-F1 from torchmetrics), monitored on ``val_acc`` by default;
 * contract: ONNX output ``logits``; ``C == len(class_names)``; output index ``i`` is ``class_names[i]``;
 * agreement (parity, INT8, canary shadow): share of images with the same top-1 class;
-* evaluation: accuracy, macro-F1, ECE with bootstrap intervals (:func:`cvplatform.evaluation.metrics.compute_metrics`);
+* evaluation: accuracy, macro-F1, ECE with bootstrap intervals (:mod:`cvplatform.tasks.classification.metrics`;
+  ``evaluate_scenario`` builds the :class:`~cvplatform.tasks.classification.metrics.ScenarioResult` the gates read);
+* INT8 acceptance: ``int8_score`` = accuracy (share of images whose top-1 class is the label);
 * serving: ``{"class", "confidence", "probabilities"}`` per image (``decode_top`` for the statistics and
   counters); OIP v2 outputs ``probabilities`` ``[N, C]`` and ``label`` ``[N]``; monitoring: predicted
   class and confidence.
@@ -111,7 +113,7 @@ class ClassificationTask(Task):
 
     def score(self, outputs: Mapping[str, np.ndarray], targets: Any, class_names: Sequence[str],
               **options: Any) -> dict[str, Any]:
-        from cvplatform.evaluation.metrics import compute_metrics
+        from cvplatform.tasks.classification.metrics import compute_metrics
 
         self.check_outputs(outputs, class_names)
         m = compute_metrics(np.asarray(targets, dtype=np.int64), softmax(outputs["logits"]), class_names, **options)
@@ -121,6 +123,29 @@ class ClassificationTask(Task):
     @property
     def int8_metric(self) -> str:
         return "accuracy"
+
+    def int8_score(self, outputs: Mapping[str, np.ndarray], targets: Any, class_names: Sequence[str]) -> float:
+        """Accuracy: the share of images whose top-1 class is the label (no intervals).
+
+        Example:
+            >>> ClassificationTask().int8_score({"logits": np.array([[2.0, 0.0], [2.0, 0.0]])}, [0, 1], ["a", "b"])
+            0.5
+        """
+        self.check_outputs(outputs, class_names)
+        pred = np.asarray(outputs["logits"]).argmax(axis=1)
+        return float((pred == np.asarray(targets)).mean())
+
+    def evaluate_scenario(self, name: str, kind: str, image_ids: Sequence[str], targets: Any,
+                          outputs: Mapping[str, np.ndarray], class_names: Sequence[str], **options: Any) -> Any:
+        """A :class:`~cvplatform.tasks.classification.metrics.ScenarioResult` from the scenario's logits
+        (softmax probabilities; an empty scenario keeps its empty array and gets ``metrics=None``)."""
+        from cvplatform.tasks.classification.metrics import ScenarioResult
+
+        logits = outputs["logits"]
+        if len(image_ids):
+            self.check_outputs(outputs, class_names)
+        probs = softmax(logits) if len(image_ids) else logits
+        return ScenarioResult.from_predictions(name, kind, image_ids, targets, probs, class_names, **options)
 
     # ------------------------------------------------------------------ serving, monitoring
     def response(self, prediction: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:

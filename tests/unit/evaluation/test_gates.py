@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cvplatform.evaluation.gates import GatePolicy, ScenarioGate, check_gates
-from cvplatform.evaluation.metrics import ScenarioResult, paired_bootstrap_delta
+from cvplatform.tasks.classification.metrics import ScenarioResult, paired_bootstrap_delta
 
 NAMES = ["a", "b", "c"]
 

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from cvplatform.config import load_params
 from cvplatform.errors import ConfigError, DataError, GateFailed, ModelError
-from cvplatform.evaluation.metrics import softmax
 from cvplatform.evaluation.run import run_evaluate
+from cvplatform.tasks.classification import softmax
 from tests.fixtures.tiny_dataset import make_tiny_project
 
 from .conftest import colour_model, contract, export_onnx, register_onnx

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cvplatform.errors import DataError
-from cvplatform.evaluation.metrics import (
+from cvplatform.tasks.classification.metrics import (
     ScenarioResult,
     bootstrap_ci,
     compute_metrics,
@@ -111,7 +111,7 @@ def test_bootstrap_ci_contains_estimate_is_seeded_and_narrows_with_data():
 
 
 def test_bootstrap_chunks_do_not_change_the_result(monkeypatch):
-    import cvplatform.evaluation.metrics as metrics
+    import cvplatform.tasks.classification.metrics as metrics
 
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 100)

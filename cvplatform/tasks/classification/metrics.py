@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cvplatform.errors import DataError
+from cvplatform.tasks.classification import softmax  # the one softmax of classification (re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -101,22 +102,6 @@ class ScenarioMetrics:
 
 
 # --------------------------------------------------------------------------- helpers (numpy)
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (stable).
-
-    Example:
-        >>> import numpy as np
-        >>> softmax(np.zeros((1, 4))).tolist()
-        [[0.25, 0.25, 0.25, 0.25]]
-    """
-    import numpy as np
-
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _confusions(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, idx: np.ndarray) -> np.ndarray:
     """Confusion matrices for each row of ``idx`` (B, n) -> (B, C, C) counts."""
     import numpy as np
