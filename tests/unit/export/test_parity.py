@@ -43,6 +43,35 @@ def test_atol_and_agreement_criteria_fail_separately_and_worst_is_named():
     assert "data/raw/3.png" in str(e.value) and f"{3:064x}"[:12] in str(e.value) and "parity.json" in str(e.value)
 
 
+def test_agreement_and_worst_classes_are_the_tasks():
+    """compare_logits asks the task: a task that counts only class 'a' as agreement decides the gate."""
+    from cvplatform.tasks.base import Agreement
+    from cvplatform.tasks.classification import ClassificationTask
+
+    class StrictTask(ClassificationTask):
+        def agreement(self, reference, candidate):
+            both_a = (reference["logits"].argmax(1) == 0) & (candidate["logits"].argmax(1) == 0)
+            return Agreement(n=len(both_a), agree=int(both_a.sum()),
+                             detail={"disagree_rows": np.flatnonzero(~both_a).tolist()})
+
+        def decode_top(self, outputs, class_names):
+            classes, conf = super().decode_top(outputs, class_names)
+            return np.asarray([f"top:{c}" for c in classes], dtype=object), conf
+
+    ref = np.eye(3, dtype=np.float32)
+    default = _cmp(ref, ref)
+    strict = _cmp(ref, ref, task=StrictTask())
+    assert default.passed and default.top1_agreement == 1.0
+    assert not strict.passed and strict.disagreements == 2 and strict.top1_agreement == pytest.approx(1 / 3)
+    assert [w.path for w in strict.worst[:2]] == ["data/raw/1.png", "data/raw/2.png"]  # disagreeing first
+    assert strict.worst[0].reference_top1 == "top:b" and strict.worst[0].candidate_top1 == "top:b"
+
+
+def test_outputs_that_do_not_fit_the_classes_are_a_model_error():
+    with pytest.raises(ModelError, match="do not fit 2 class names"):
+        _cmp(np.zeros((2, 3)), np.zeros((2, 3)), class_names=["a", "b"])
+
+
 def test_bad_shapes_and_empty_input():
     with pytest.raises(DataError, match="differ in shape"):
         _cmp(np.zeros((2, 3)), np.zeros((2, 2)))

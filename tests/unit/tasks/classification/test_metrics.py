@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cvplatform.errors import DataError
+from cvplatform.errors import DataError, ModelError
 from cvplatform.tasks.classification.metrics import (
     ScenarioResult,
     bootstrap_ci,
@@ -205,3 +205,25 @@ def test_softmax_rows_sum_to_one_and_are_stable():
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
     assert p[0, 0] == pytest.approx(1.0)
     assert list(reliability_bins(np.array([0.5]), np.array([1]), 2)[0].values())[:2] == [0.5, 1.0]
+
+
+def test_the_task_builds_the_scenario_result_from_logits_and_its_int8_score_is_the_accuracy():
+    from cvplatform.tasks.classification import ClassificationTask
+
+    task = ClassificationTask()
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(40, 3)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    ids = [f"{i:064x}" for i in range(40)]
+    got = task.evaluate_scenario("clean", "clean", ids, y, {"logits": logits}, ["a", "b", "c"], n_bootstrap=50, seed=1)
+    want = ScenarioResult.from_predictions("clean", "clean", ids, y, softmax(logits), ["a", "b", "c"],
+                                           n_bootstrap=50, seed=1)
+    assert np.array_equal(got.probs, want.probs) and got.metrics == want.metrics
+    # the exact share of correct images (torchmetrics' accuracy in metrics.json is float32-rounded)
+    assert task.int8_score({"logits": logits}, y, ["a", "b", "c"]) == float(got.correct.mean()) == 16 / 40
+    assert got.metrics.accuracy == pytest.approx(16 / 40)
+    empty = task.evaluate_scenario("slice", "slice", [], np.zeros(0, np.int64), {"logits": np.zeros((0, 3))},
+                                   ["a", "b", "c"])
+    assert empty.metrics is None and empty.n == 0
+    with pytest.raises(ModelError, match="do not fit"):
+        task.evaluate_scenario("clean", "clean", ids, y, {"logits": logits[:, :2]}, ["a", "b", "c"])
