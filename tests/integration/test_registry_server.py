@@ -346,7 +346,7 @@ PATIENT = ("registry.retry.attempts=20", "registry.retry.backoff_s=0.5", "regist
 
 
 def _retried(caplog) -> bool:
-    return any("retrying in" in r.getMessage() for r in caplog.records if r.name == "cvplatform.registry.client")
+    return any("retrying in" in r.getMessage() for r in caplog.records if r.name == "cvplatform.mlflow_store")
 
 
 def test_register_survives_a_server_restart(server, tmp_path, model_bytes, caplog):
