@@ -392,6 +392,36 @@ def _nothing() -> Iterator[None]:
     yield
 
 
+def log_to_run(tracking: str, run_id: str, what: str, *, metrics: dict[str, float], tags: dict[str, str],
+               files: list[Path], artifact_path: str, dirs: dict[str, Path] | None = None) -> None:
+    """Add a stage's metrics (those the run lacks), tags and files to an existing run (e.g. the training run
+    that evaluate and export report into); retried as a whole, which is idempotent.
+
+    ``dirs`` maps an artifact path to a folder logged whole (e.g. ``{"evaluate/plots": plots_dir}``).
+    """
+    from mlflow.entities import Metric, RunTag
+
+    store = MlflowStore(tracking)
+    client = store.client()
+
+    def log_all() -> None:
+        have = client.get_run(run_id).data.metrics
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, 0) for k, v in metrics.items()
+                 if v is not None and not (k in have and have[k] == float(v))]
+        for i in range(0, len(items), 500):
+            client.log_batch(run_id, metrics=items[i : i + 500])
+        client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])  # MLflow's tag limit
+        for f in files:
+            if f.is_file():
+                client.log_artifact(run_id, str(f), artifact_path=artifact_path)
+        for path, folder in (dirs or {}).items():
+            if folder.is_dir():
+                client.log_artifacts(run_id, str(folder), artifact_path=path)
+
+    store.call(what, log_all)
+
+
 __all__ = [
     "ENV_REGISTRY_URI",
     "ENV_STORE_ROOT",
@@ -401,6 +431,7 @@ __all__ = [
     "RetryPolicy",
     "default_artifact_location",
     "is_transient",
+    "log_to_run",
     "registry_uri",
     "short_error",
     "store_root",

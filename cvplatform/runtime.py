@@ -114,19 +114,16 @@ def open_session(model: str | os.PathLike[str] | bytes, *, name: str, providers:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (numerically stable), returned as float64.
+    """Row-wise softmax in float64: classification's (:func:`cvplatform.tasks.classification.softmax`).
 
     Example:
         >>> import numpy as np
         >>> softmax(np.array([[0.0, 0.0]], np.float32)).tolist()
         [[0.5, 0.5]]
     """
-    import numpy as np
+    from cvplatform.tasks.classification import softmax as classification_softmax
 
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return classification_softmax(logits)
 
 
 @dataclass

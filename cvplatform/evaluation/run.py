@@ -327,28 +327,10 @@ def _train_run(paths: ProjectPaths) -> dict[str, Any]:
 def _log_to_mlflow(run_id: str, tracking_uri: str, metrics: dict[str, float], tags: dict[str, str],
                    files: list[Path], plots_dir: Path) -> None:
     """Log metrics (those the run lacks), tags and files to the training run; retried as a whole (idempotent)."""
-    from mlflow.entities import Metric, RunTag
+    from cvplatform.mlflow_store import log_to_run
 
-    from cvplatform.mlflow_store import MlflowStore
-
-    store = MlflowStore(tracking_uri)
-    client = store.client()
-
-    def log_all() -> None:
-        have = client.get_run(run_id).data.metrics
-        ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, 0) for k, v in metrics.items()
-                 if v is not None and not (k in have and have[k] == float(v))]
-        for i in range(0, len(items), 500):
-            client.log_batch(run_id, metrics=items[i : i + 500])
-        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        for f in files:
-            if f.is_file():
-                client.log_artifact(run_id, str(f), artifact_path="evaluate")
-        if plots_dir.is_dir():
-            client.log_artifacts(run_id, str(plots_dir), artifact_path="evaluate/plots")
-
-    store.call(f"log the evaluation to MLflow run {run_id}", log_all)
+    log_to_run(tracking_uri, run_id, f"log the evaluation to MLflow run {run_id}", metrics=metrics, tags=tags,
+               files=files, artifact_path="evaluate", dirs={"evaluate/plots": plots_dir})
 
 
 def _mlflow_key(name: str) -> str:

@@ -285,26 +285,10 @@ def _metrics(bench: dict[str, Any] | None, chosen: str, sizes: dict[str, int]) -
 def _mlflow_log(run_id: str, tracking_uri: str, metrics: dict[str, float], tags: dict[str, str],
                 files: list[Path]) -> None:
     """Log metrics (those the run lacks), tags and files to the training run; retried as a whole (idempotent)."""
-    from mlflow.entities import Metric, RunTag
+    from cvplatform.mlflow_store import log_to_run
 
-    from cvplatform.mlflow_store import MlflowStore
-
-    store = MlflowStore(tracking_uri)
-    client = store.client()
-
-    def log_all() -> None:
-        have = client.get_run(run_id).data.metrics
-        ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, 0) for k, v in metrics.items()
-                 if v is not None and not (k in have and have[k] == float(v))]
-        for i in range(0, len(items), 500):
-            client.log_batch(run_id, metrics=items[i : i + 500])
-        client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
-        for f in files:
-            if f.is_file():
-                client.log_artifact(run_id, str(f), artifact_path=STAGE)
-
-    store.call(f"log the export to MLflow run {run_id}", log_all)
+    log_to_run(tracking_uri, run_id, f"log the export to MLflow run {run_id}", metrics=metrics, tags=tags,
+               files=files, artifact_path=STAGE)
 
 
 # --------------------------------------------------------------------------- the stage's steps
