@@ -47,16 +47,36 @@ def _respond_once(dag_id: str, task_id: str, option: str | None, user: str | Non
     return True
 
 
-def respond_in_background(dag_id: str, option: str | None, *, user: str | None = None, comment: str = "",
-                          task_id: str = "approval", timeout_s: float = 900) -> threading.Thread:
-    """Start a thread that answers the HITL task as soon as it waits (option None = time out)."""
-    def loop():
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if _respond_once(dag_id, task_id, option, user, comment):
-                return
-            time.sleep(0.5)
+class Responder(threading.Thread):
+    """Answers the HITL task once, as soon as it waits; ``stop()`` ends it when the run needed no answer.
 
-    t = threading.Thread(target=loop, name="hitl-responder", daemon=True)
-    t.start()
-    return t
+    A responder must not outlive its run: one left looping after a run that skipped its approval would
+    answer the *next* run's approval (with its own option), which made a later "Approve" a timeout.
+    """
+
+    def __init__(self, dag_id: str, option: str | None, user: str | None, comment: str, task_id: str,
+                 timeout_s: float) -> None:
+        super().__init__(name="hitl-responder", daemon=True)
+        self._args = (dag_id, task_id, option, user, comment)
+        self._deadline = time.monotonic() + timeout_s
+        self._stop_event = threading.Event()
+        self.answered = False
+
+    def run(self) -> None:
+        while time.monotonic() < self._deadline and not self._stop_event.is_set():
+            if _respond_once(*self._args):
+                self.answered = True
+                return
+            self._stop_event.wait(0.5)
+
+    def stop(self, timeout: float = 10) -> None:
+        self._stop_event.set()
+        self.join(timeout=timeout)
+
+
+def respond_in_background(dag_id: str, option: str | None, *, user: str | None = None, comment: str = "",
+                          task_id: str = "approval", timeout_s: float = 900) -> Responder:
+    """Start a thread that answers the HITL task as soon as it waits (option None = time out)."""
+    responder = Responder(dag_id, option, user, comment, task_id, timeout_s)
+    responder.start()
+    return responder

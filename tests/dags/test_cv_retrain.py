@@ -137,7 +137,7 @@ def _run(project: Path, monkeypatch, conf: dict, answer: str | None, *, reviewer
     dag = _dagbag().dags["cv_retrain"]
     responder = respond_in_background("cv_retrain", answer, user=reviewer, comment=comment)
     run = dag.test(run_conf=conf)
-    responder.join(timeout=5)
+    responder.stop()  # never left running into the next run, where it would answer that run's approval
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     return run, states
 
