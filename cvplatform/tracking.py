@@ -38,6 +38,7 @@ from cvplatform.mlflow_store import (  # noqa: F401  (where runs go: re-exported
     ENV_STORE_ROOT,
     ENV_TRACKING_URI,
     MlflowStore,
+    RetryPolicy,
     default_artifact_location,
     store_root,
     tracking_uri,
@@ -49,6 +50,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 ENV_AIRFLOW_RUN_ID = "AIRFLOW_CTX_DAG_RUN_ID"
+START_TOKEN_TAG = "cvplatform.start_token"
+"""Random tag of each started run: a retried start finds the run its lost attempt created."""
 ENV_RUN_OVERRIDES = "CVPLATFORM_RUN_OVERRIDES"
 """JSON list of the ``key.path=value`` overrides a run's working copy applied (recorded as lineage)."""
 
@@ -64,13 +67,17 @@ def get_client(root: str | os.PathLike[str]) -> tuple[MlflowClient, str]:
     return store.client(), store.tracking_uri
 
 
-def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None,
+                      store: MlflowStore | None = None) -> str:
     """Return the id of experiment ``name``, creating it (with ``artifact_location``) if absent.
+
+    With ``store``, transient failures (a tracking server restarting) are retried with its waits.
 
     Raises:
         RegistryError: the tracking backend cannot be reached or the experiment is deleted.
     """
-    try:
+
+    def lookup() -> Any:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             try:
@@ -85,6 +92,9 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
                 "the MLflow UI, or set train.experiment to another name."
             )
         return exp.experiment_id
+
+    try:
+        return store.call(f"open experiment {name!r}", lookup) if store is not None else lookup()
     except RegistryError:
         raise
     except Exception as exc:
@@ -218,12 +228,25 @@ def run_overrides() -> list[str]:
 # --------------------------------------------------------------------------- runs
 @dataclass
 class TrackingRun:
-    """One MLflow run used by a stage (thin wrapper over ``MlflowClient``)."""
+    """One MLflow run used by a stage: a thin wrapper over ``MlflowClient`` whose every call goes
+    through :meth:`MlflowStore.call`, so a tracking server that restarts or times out for a few
+    seconds mid-training is retried (transient errors only, with the store's waits) instead of
+    failing the stage.
+
+    Creating a run is the one call that is not idempotent: each start carries a random
+    ``cvplatform.start_token`` tag, and a retried start first looks for a run with that tag (the
+    attempt whose answer was lost) instead of creating a second run.
+    """
 
     client: MlflowClient
     run_id: str
     experiment_id: str
     tracking_uri: str
+    store: MlflowStore | None = None
+
+    def _call(self, what: str, fn: Any, recover: Any = None) -> Any:
+        store = self.store or MlflowStore(self.tracking_uri)
+        return store.call(f"{what} (run {self.run_id[:8]})", fn, recover=recover)
 
     @classmethod
     def start(
@@ -232,56 +255,71 @@ class TrackingRun:
         experiment: str,
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> TrackingRun:
-        """Create a new run in ``experiment`` (created if needed) on :func:`tracking_uri`.
+        """Create a new run in ``experiment`` (created if needed) on :func:`tracking_uri`; ``retry``
+        (default :class:`RetryPolicy`'s) is the budget of every call the run makes.
 
         Example:
             >>> run = TrackingRun.start(".", "cvplatform", "train-small_cnn")  # doctest: +SKIP
         """
-        client, uri = get_client(root)
-        exp_id = ensure_experiment(client, experiment, default_artifact_location(root))
+        import uuid
+
+        store = MlflowStore.at(root, retry)
+        client = store.client()
+        exp_id = ensure_experiment(client, experiment, default_artifact_location(root), store)
+        token = uuid.uuid4().hex
         all_tags = {k: str(v) for k, v in (tags or {}).items() if v is not None}
-        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
-        log.info("mlflow: started run %s in experiment %r (%s)", run.info.run_id, experiment, uri)
-        return cls(client, run.info.run_id, exp_id, uri)
+        all_tags[START_TOKEN_TAG] = token
+
+        def created_already() -> Any:
+            found = client.search_runs([exp_id], filter_string=f"tags.`{START_TOKEN_TAG}` = '{token}'", max_results=1)
+            return found[0] if found else None
+
+        run = store.call(f"create a run in experiment {experiment!r}",
+                         lambda: client.create_run(exp_id, run_name=run_name, tags=all_tags), recover=created_already)
+        log.info("mlflow: started run %s in experiment %r (%s)", run.info.run_id, experiment, store.tracking_uri)
+        return cls(client, run.info.run_id, exp_id, store.tracking_uri, store)
 
     @classmethod
-    def resume(cls, root: str | os.PathLike[str], run_id: str) -> TrackingRun:
+    def resume(cls, root: str | os.PathLike[str], run_id: str, retry: RetryPolicy | None = None) -> TrackingRun:
         """Re-open an existing run (call :meth:`mark_running` once it is certain to continue).
 
         Raises:
             RegistryError: the run does not exist on this tracking backend.
         """
-        client, uri = get_client(root)
+        store = MlflowStore.at(root, retry)
+        client = store.client()
         try:
-            run = client.get_run(run_id)
+            run = store.call(f"get run {run_id}", lambda: client.get_run(run_id))
         except Exception as exc:
             raise RegistryError(
-                f"cannot resume MLflow run {run_id} at {uri} ({type(exc).__name__}: {exc}). Check "
+                f"cannot resume MLflow run {run_id} at {store.tracking_uri} ({type(exc).__name__}: {exc}). Check "
                 f"{ENV_TRACKING_URI} points at the store used for the interrupted run, or train from scratch "
                 "without --resume."
             ) from exc
         if run.info.lifecycle_stage == "deleted":
             raise RegistryError(f"MLflow run {run_id} is deleted; train from scratch without --resume.")
-        log.info("mlflow: resuming run %s (%s)", run_id, uri)
-        return cls(client, run_id, run.info.experiment_id, uri)
+        log.info("mlflow: resuming run %s (%s)", run_id, store.tracking_uri)
+        return cls(client, run_id, run.info.experiment_id, store.tracking_uri, store)
 
     def mark_running(self) -> None:
         """Set the run's status back to RUNNING (a resumed run)."""
-        self.client.update_run(self.run_id, status="RUNNING")
+        self._call("mark running", lambda: self.client.update_run(self.run_id, status="RUNNING"))
 
     # ---------------------------------------------------------------- params / tags
     def log_params(self, params: Mapping[str, str]) -> None:
-        """Log params (strings), in batches of 100."""
+        """Log params (strings), in batches of 100 (re-logging a param with the same value is allowed)."""
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+            batch = items[i : i + 100]
+            self._call("log params", lambda b=batch: self.client.log_batch(self.run_id, params=b))
 
     def check_params(self, params: Mapping[str, str], source: str) -> None:
         """Raise ConfigError if ``params`` differ from those already logged on the run."""
-        logged = self.client.get_run(self.run_id).data.params
+        logged = self._call("read params", lambda: self.client.get_run(self.run_id).data.params)
         diff = [
             f"{k} (run: {logged[k]!r}, now: {v!r})" for k, v in params.items() if k in logged and logged[k] != str(v)
         ]
@@ -297,15 +335,21 @@ class TrackingRun:
 
         items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
         if items:
-            self.client.log_batch(self.run_id, tags=items)
+            self._call("set tags", lambda: self.client.log_batch(self.run_id, tags=items))
 
     # ---------------------------------------------------------------- metrics
     def logged_steps(self, keys: Iterable[str]) -> dict[str, set[int]]:
         """For each metric key, the steps already logged on the run."""
-        return {k: {m.step for m in self.client.get_metric_history(self.run_id, k)} for k in keys}
+        return {k: self._call(f"read {k} history",
+                              lambda k=k: {m.step for m in self.client.get_metric_history(self.run_id, k)})
+                for k in keys}
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float], skip: Mapping[str, set[int]] | None = None) -> None:
-        """Log one epoch's metrics with ``step = epoch`` (one batch; keys in ``skip[key]`` are left out)."""
+        """Log one epoch's metrics with ``step = epoch`` (one batch; keys in ``skip[key]`` are left out).
+
+        A retry first reads which of the batch's metrics the lost attempt already stored at this step
+        and logs only the rest, so every epoch's metrics appear once.
+        """
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
@@ -314,26 +358,39 @@ class TrackingRun:
             for k, v in metrics.items()
             if v is not None and not (skip and int(epoch) in skip.get(k, set()))
         ]
-        if items:
-            self.client.log_batch(self.run_id, metrics=items)
+        if not items:
+            return
+        pending = list(items)
+
+        def stored_already() -> Any:
+            steps = {k: {m.step for m in self.client.get_metric_history(self.run_id, k)} for k in {m.key for m in pending}}
+            pending[:] = [m for m in pending if int(epoch) not in steps[m.key]]
+            return True if not pending else None
+
+        self._call(f"log epoch {epoch} metrics", lambda: self.client.log_batch(self.run_id, metrics=pending),
+                   recover=stored_already)
 
     def log_metrics_once(self, metrics: Mapping[str, float]) -> None:
         """Log summary metrics (step 0) unless the run already has them."""
-        have = self.client.get_run(self.run_id).data.metrics
+        have = self._call("read metrics", lambda: self.client.get_run(self.run_id).data.metrics)
         self.log_epoch(0, {k: v for k, v in metrics.items() if k not in have})
 
     # ---------------------------------------------------------------- artifacts / status
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+        self._call(f"log artifact {Path(path).name}",
+                   lambda: self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path))
 
     def finish(self, status: str = "FINISHED") -> None:
         """Mark the run terminated (FINISHED | FAILED | KILLED)."""
-        self.client.set_terminated(self.run_id, status=status)
+        self._call(f"mark {status}", lambda: self.client.set_terminated(self.run_id, status=status))
 
 
 # --------------------------------------------------------------------------- plots
 def plot_curves(history: list[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Draw loss and accuracy/F1 curves per epoch to a PNG (matplotlib, Agg backend).
+    """Draw loss curves and the task's other logged metrics per epoch to a PNG (matplotlib, Agg backend).
+
+    The left panel has every ``*loss`` key; the right one every other ``train_*`` / ``val_*`` key
+    (accuracy and F1 for classification; whatever a task's module logs).
 
     Example:
         >>> plot_curves([{"epoch": 0, "train_loss": 1.0, "val_loss": 0.9, "val_acc": 0.5}],
@@ -355,13 +412,16 @@ def plot_curves(history: list[Mapping[str, Any]], path: str | os.PathLike[str]) 
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.legend()
-    for key, style in (("train_acc", "-o"), ("val_acc", "-s"), ("val_f1", "-^")):
+    scores = sorted({k for r in history for k in r if k.startswith(("train_", "val_")) and not k.endswith("loss")})
+    for key, style in zip(scores, ("-o", "-s", "-^", "-v", "-d", "-x", "-+", "-*") * 4, strict=False):
         ys = [r.get(key) for r in history]
         if any(y is not None for y in ys):
             ax2.plot(epochs, [float("nan") if y is None else y for y in ys], style, label=key)
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("score")
-    ax2.set_ylim(0, 1.02)
+    values = [float(r[k]) for r in history for k in scores if r.get(k) is not None]
+    if values and min(values) >= 0.0 and max(values) <= 1.0:  # shares (accuracy, F1, mAP): a fixed 0..1 axis
+        ax2.set_ylim(0, 1.02)
     ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -475,10 +475,11 @@ def _run_params(tp: TrainParams, data: _Data, seed: int, dv: Any) -> dict[str, s
 def _open_run(params: Params, paths: ProjectPaths, out: Path, data: _Data, seed: int, dv: Any, phash: str,
               prior_state: dict[str, Any] | None) -> Any:
     """Start the MLflow run with its lineage tags and params, or re-open the interrupted one (``prior_state``)."""
-    from cvplatform.tracking import TrackingRun, airflow_run_id, environment_info, run_overrides
+    from cvplatform.tracking import RetryPolicy, TrackingRun, airflow_run_id, environment_info, run_overrides
     from cvplatform.utils.io import git_commit
 
     tp = params.train
+    retry = RetryPolicy.from_params(params.registry.retry)
     run_params = _run_params(tp, data, seed, dv)
     if prior_state is not None:
         run_id = prior_state.get("run_id")
@@ -487,7 +488,7 @@ def _open_run(params: Params, paths: ProjectPaths, out: Path, data: _Data, seed:
                 f"{out / 'state.json'}: no MLflow run id to continue (file missing and none in "
                 f"{out / f'{LAST_NAME}.ckpt'}). Train from scratch without --resume."
             )
-        run = TrackingRun.resume(paths.root, str(run_id))
+        run = TrackingRun.resume(paths.root, str(run_id), retry)
         run.check_params(run_params, "params.yaml")
         run.mark_running()
         return run
@@ -499,7 +500,8 @@ def _open_run(params: Params, paths: ProjectPaths, out: Path, data: _Data, seed:
         "model_arch": tp.model.arch, "airflow_run_id": airflow_run_id(), "run_overrides": json.dumps(run_overrides()),
         **environment_info(),
     }
-    run = TrackingRun.start(paths.root, tp.experiment, tp.run_name or f"train-{tp.model.arch}-seed{seed}", tags)
+    run = TrackingRun.start(paths.root, tp.experiment, tp.run_name or f"train-{tp.model.arch}-seed{seed}", tags,
+                            retry=retry)
     run.log_params(run_params)
     return run
 

@@ -86,3 +86,82 @@ def test_train_logs_to_tracking_server(tmp_path, monkeypatch, mlflow_server):
     assert len(stored) == 1 and stored[0].read_bytes() == Path(result.best_checkpoint).read_bytes()
     local = client.download_artifacts(result.run_id, "checkpoints/best.ckpt", str(tmp_path))
     assert os.path.getsize(local) == os.path.getsize(result.best_checkpoint)
+
+
+def _start_server(port: int, store: Path) -> subprocess.Popen:
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    return subprocess.Popen(
+        [str(mlflow_cli), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+         "--artifacts-destination", str(store / "artifacts")],
+        cwd=store, stdout=(store / "server.log").open("a"), stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, store: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, (store / "server.log").read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "mlflow server did not start"
+        time.sleep(0.3)
+
+
+@pytest.mark.integration
+def test_a_tracking_run_survives_a_server_restart(tmp_path, monkeypatch, caplog):
+    """The tracking server goes away between two epochs and comes back on the same address: the run's
+    next calls are retried (connection refused is transient) and every epoch is logged exactly once."""
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from cvplatform.tracking import RetryPolicy, TrackingRun
+
+    caplog.set_level("WARNING", logger="cvplatform.mlflow_store")
+    port, store = _free_port(), tmp_path / "server"
+    store.mkdir()
+    url = f"http://127.0.0.1:{port}"
+    proc = _start_server(port, store)
+    procs = [proc]
+    try:
+        _wait_healthy(url, proc, store)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        policy = RetryPolicy(attempts=60, backoff_s=0.5, backoff_factor=1.0, max_backoff_s=0.5, request_timeout_s=5)
+        run = TrackingRun.start(tmp_path, "restart-exp", "train-restart", {"stage": "train"}, retry=policy)
+        run.log_epoch(0, {"val_loss": 1.0})
+
+        proc.terminate()
+        proc.wait(timeout=30)
+        restarted: list[subprocess.Popen] = []
+
+        def restart() -> None:
+            time.sleep(2.0)  # the run's next call finds nobody listening, then retries
+            restarted.append(_start_server(port, store))
+
+        t = threading.Thread(target=restart)
+        t.start()
+        run.log_epoch(1, {"val_loss": 0.5})  # blocks through the outage
+        run.log_artifact(store / "server.log", "logs")
+        run.finish()
+        t.join()
+        procs.extend(restarted)
+
+        client = MlflowClient(url)
+        assert [m.step for m in client.get_metric_history(run.run_id, "val_loss")] == [0, 1]
+        assert client.get_run(run.run_id).info.status == "FINISHED"
+        assert [a.path for a in client.list_artifacts(run.run_id, "logs")] == ["logs/server.log"]
+        retried = [r.getMessage() for r in caplog.records if "failed (try" in r.getMessage()]
+        assert retried and all("log epoch 1 metrics" in m for m in retried), retried
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
