@@ -69,7 +69,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -285,7 +284,7 @@ def normalise_image(
         except Exception as exc:
             raise Rejected("undecodable", f"{fmt}: decode failed ({type(exc).__name__}: {exc})") from None
     try:
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to rotate
     except Exception as exc:
         raise Rejected("undecodable", f"{fmt}: invalid EXIF orientation ({type(exc).__name__}: {exc})") from None
     rgb = to_rgb_array(img)
@@ -345,10 +344,10 @@ def _decode_task(task: tuple[int, str], opts: DecodeOptions) -> DecodeOutcome:
         raise  # e.g. the face cascade cannot be loaded: fail the run, do not quarantine everything
     except Exception as exc:  # a decoder/codec bug on one odd file must not sink the whole run
         return DecodeOutcome(index, "undecodable", f"unexpected {type(exc).__name__} while normalising: {exc}")
-    dest = Path(opts.incoming) / f"{img.sha256}.png"
-    if not dest.exists():  # content-addressed: a concurrent writer of the same name writes the same bytes
-        fd, tmp = tempfile.mkstemp(dir=opts.incoming, prefix=".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
+    dest = os.path.join(opts.incoming, f"{img.sha256}.png")
+    if not os.path.exists(dest):  # content-addressed: a concurrent writer of the same name writes the same bytes
+        tmp = os.path.join(opts.incoming, f".{img.sha256}.{os.getpid()}.tmp")  # one writer per process and name
+        with open(tmp, "wb") as fh:
             fh.write(img.png)
         os.replace(tmp, dest)
     return DecodeOutcome(index, None, "", img.sha256, img.width, img.height, img.format, img.faces)
@@ -616,6 +615,7 @@ def _place_images(items: list[SourceItem], outcomes: dict[int, DecodeOutcome], b
     carry different labels is rejected (``label_conflict``, appended to ``rejected``).
     """
     placed = _Placed([], [], 0)
+    made: set[str] = set()
     for sha in sorted(by_sha):
         idxs = sorted(by_sha[sha], key=lambda i: items[i].sort_key)
         png = incoming / f"{sha}.png"
@@ -630,8 +630,11 @@ def _place_images(items: list[SourceItem], outcomes: dict[int, DecodeOutcome], b
             continue
         keep = items[idxs[0]]
         label = str(keep.label)
-        dest = paths.raw / label_dirname(label) / f"{sha}.png"
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        folder = label_dirname(label)
+        if folder not in made:
+            (paths.raw / folder).mkdir(parents=True, exist_ok=True)
+            made.add(folder)
+        dest = paths.raw / folder / f"{sha}.png"
         os.replace(png, dest)
         o = outcomes[idxs[0]]
         placed.faces += o.faces

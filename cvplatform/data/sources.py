@@ -254,38 +254,50 @@ def _walk(root: Path) -> Iterator[tuple[str, Path, str | None, str]]:
     ``reason`` is None for regular files (``path`` is then their resolved location),
     ``path_escape`` for symlinks resolving outside ``root``, ``missing_file`` for
     broken symlinks and ``unreadable`` for special files (FIFOs, sockets, devices).
+
+    One ``os.scandir`` per folder: the entry types come with the listing, so a regular file costs
+    no ``stat`` or ``resolve`` (symlinked folders are never descended, so a plain file's resolved
+    location is the resolved root joined with its relative path); only symlinks are resolved.
     """
     import stat
 
     root_res = root.resolve()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dpath = Path(dirpath)
-        keep = []
-        for d in dirnames:
-            full = dpath / d
-            if full.is_symlink():
-                origin = full.relative_to(root).as_posix()
-                target = full.resolve()
-                if not _inside(target, root_res):
-                    yield origin, full, "path_escape", f"symlinked folder resolves to {target}, outside the source root"
-                else:
-                    log.debug("not descending into symlinked folder %s (target %s is inside the source)", full, target)
-            else:
-                keep.append(d)
-        dirnames[:] = keep
-        for name in filenames:
-            full = dpath / name
-            origin = full.relative_to(root).as_posix()
-            if full.is_symlink():
-                target = full.resolve()
-                if not _inside(target, root_res):
-                    yield origin, full, "path_escape", f"symlink resolves to {target}, outside the source root"
+    stack = [("", root)]
+    while stack:
+        rel_dir, folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            yield rel_dir.rstrip("/") or ".", folder, "unreadable", f"cannot list folder: {exc.strerror or exc}"
+            continue
+        for entry in entries:
+            origin = f"{rel_dir}{entry.name}"
+            full = folder / entry.name
+            try:
+                is_link = entry.is_symlink()
+                if not is_link and entry.is_dir(follow_symlinks=False):
+                    stack.append((origin + "/", full))
                     continue
-                if not target.exists():
-                    yield origin, full, "missing_file", f"broken symlink (target {target} does not exist)"
+                if not is_link:
+                    if entry.is_file(follow_symlinks=False):
+                        yield origin, root_res / origin, None, ""
+                    else:
+                        yield origin, full, "unreadable", "not a regular file (FIFO, socket or device)"
                     continue
-            else:
-                target = full.resolve()
+            except OSError as exc:
+                yield origin, full, "unreadable", f"cannot stat: {exc}"
+                continue
+            target = full.resolve()
+            if not _inside(target, root_res):
+                what = "symlinked folder" if target.is_dir() else "symlink"
+                yield origin, full, "path_escape", f"{what} resolves to {target}, outside the source root"
+                continue
+            if target.is_dir():
+                log.debug("not descending into symlinked folder %s (target %s is inside the source)", full, target)
+                continue
+            if not target.exists():
+                yield origin, full, "missing_file", f"broken symlink (target {target} does not exist)"
+                continue
             try:
                 mode = os.stat(target).st_mode
             except OSError as exc:
@@ -383,6 +395,8 @@ def list_folder(root: str | Path, labels_csv: str | None = None) -> tuple[list[S
             "Give a path relative to the source root, or null for the one-folder-per-class layout."
         )
     rows, meta = _read_labels_csv(csv_res)
+    walked = list(_walk(root))
+    plain_files = {origin: path for origin, path, reason, _ in walked if reason is None}
     referenced: set[Path] = set()  # resolved targets of rows that point at a file
     named: set[str] = set()  # normalised paths of every row
     for line, row in rows:
@@ -402,13 +416,16 @@ def list_folder(root: str | Path, labels_csv: str | None = None) -> tuple[list[S
                                     detail=f"{csv_path.name} line {line}: absolute path", **common))
             continue
         origin = os.path.normpath(raw_path).replace(os.sep, "/")
-        target = (root / raw_path).resolve()
+        # A row without ".." naming a file the walk found needs no resolve(): its components are the walked
+        # folders (never symlinks) and the file itself. Anything else is resolved and checked the long way.
+        known = plain_files.get(origin) if ".." not in pure.parts else None
+        target = known if known is not None else (root / raw_path).resolve()
         if not _inside(target, root_res):
             items.append(SourceItem(origin=raw_path, local_path=None, reason="path_escape",
                                     detail=f"{csv_path.name} line {line}: resolves to {target}, outside the source root",
                                     **common))
             continue
-        if not target.is_file():
+        if known is None and not target.is_file():
             what = "is not a file" if target.exists() else "does not exist"
             items.append(SourceItem(origin=origin, local_path=None, reason="missing_file",
                                     detail=f"{csv_path.name} line {line}: {what}", **common))
@@ -420,7 +437,7 @@ def list_folder(root: str | Path, labels_csv: str | None = None) -> tuple[list[S
             continue
         items.append(SourceItem(origin=origin, local_path=target, **common))
 
-    for origin, path, reason, detail in _walk(root):
+    for origin, path, reason, detail in walked:
         if reason is None:
             if path == csv_res or path in referenced or origin in named:
                 continue

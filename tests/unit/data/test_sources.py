@@ -182,6 +182,49 @@ def test_labels_csv_rows_and_unlisted_files(tmp_path):
     assert dict(a.metadata) == {"camera": "x"} and a.label == "cat"
 
 
+def test_labels_csv_rows_through_symlinks_are_resolved_not_trusted(tmp_path):
+    """Rows naming a walked plain file skip resolve(); rows through a symlink or with ".." are resolved and checked."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"s")
+    root = tmp_path / "src"
+    (root / "img").mkdir(parents=True)
+    (root / "img/a.png").write_bytes(b"a")
+    os.symlink(outside, root / "link")  # a symlinked folder leaving the source
+    os.symlink(root / "img", root / "alias")  # a symlinked folder inside the source
+    (root / "labels.csv").write_text(
+        "path,label\n"
+        "img/a.png,cat\n"
+        "link/secret.png,cat\n"
+        "link/../img/a.png,cat\n"
+        "alias/a.png,cat\n",
+        encoding="utf-8",
+    )
+    items, _ = list_folder(root, "labels.csv")
+    got = {(i.origin, i.row): (i.reason, i.local_path) for i in items}
+    assert got[("img/a.png", 2)] == (None, (root / "img/a.png").resolve())
+    assert got[("link/secret.png", 3)][0] == "path_escape"
+    # normpath says "img/a.png" (a walked file), but ".." after the symlink leaves the source: resolved, refused
+    assert got[("link/../img/a.png", 4)][0] == "path_escape"
+    assert got[("alias/a.png", 5)] == (None, (root / "img/a.png").resolve())  # through an inside symlink: same file
+    assert ("link", None) in {(i.origin, i.row) for i in items}  # the escaping folder itself is reported
+
+
+def test_an_unlistable_folder_is_reported_not_skipped(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root can list any folder")
+    root = tmp_path / "src"
+    (root / "cats").mkdir(parents=True)
+    (root / "dogs").mkdir()
+    (root / "cats/a.png").write_bytes(b"a")
+    (root / "dogs").chmod(0)
+    try:
+        items, _ = list_folder(root)
+    finally:
+        (root / "dogs").chmod(0o755)
+    assert {(i.origin, i.reason) for i in items} == {("cats/a.png", None), ("dogs", "unreadable")}
+
+
 # --------------------------------------------------------------------------- open_source
 def test_open_source_ignores_labels_csv_for_generated_sources(project_root, caplog):
     params = IngestParams(source="digits", labels_csv="other.csv", digits=DigitsParams(size=8, limit=10))
