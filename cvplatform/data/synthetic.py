@@ -95,7 +95,8 @@ def write_digits(params: DigitsParams, dest: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------- shapes
-def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+def shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """Corners of a square, triangle or star of radius ``r`` centred on ``(cx, cy)``, rotated by ``angle``."""
     if kind == "square":
         pts = [(r * math.cos(angle + k * math.pi / 2 + math.pi / 4), r * math.sin(angle + k * math.pi / 2 + math.pi / 4))
                for k in range(4)]
@@ -179,7 +180,7 @@ def render_shape(
     if kind == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
     else:
-        draw.polygon(_polygon(kind, cx, cy, r, angle), fill=colour)
+        draw.polygon(shape_polygon(kind, cx, cy, r, angle), fill=colour)
 
     arr = np.asarray(img, dtype=np.float64) * LIGHTING[lighting]
     img = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8))
@@ -257,5 +258,6 @@ __all__ = [
     "SHAPE_CLASSES",
     "generate_shapes",
     "render_shape",
+    "shape_polygon",
     "write_digits",
 ]
