@@ -441,17 +441,70 @@ def resize(boxes: Sequence[Box], sx: float, sy: float, dx: float = 0.0, dy: floa
     return [replace(b, x0=b.x0 * sx + dx, y0=b.y0 * sy + dy, x1=b.x1 * sx + dx, y1=b.y1 * sy + dy) for b in boxes]
 
 
-def letterbox(width: int, height: int, size: tuple[int, int]) -> tuple[float, float, float]:
-    """``(scale, pad_x, pad_y)`` of fitting a ``width x height`` image into ``size = (W, H)`` keeping its
-    aspect ratio, centred; boxes follow with ``resize(boxes, scale, scale, pad_x, pad_y)``.
+#: Grey of the letterbox padding (the YOLO convention), recorded in the preprocessing contract.
+LETTERBOX_FILL = 114
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Fit a ``width x height`` image into ``size = (W, H)`` keeping its aspect ratio, centred, padded with
+    :data:`LETTERBOX_FILL`: exactly what albumentations' ``LongestMaxSize(max_size_hw) + PadIfNeeded(center)``
+    do at training time (a test checks pixels and boxes agree), so serving and evaluation can apply and
+    undo it with plain numpy/OpenCV.
 
     Example:
-        >>> letterbox(100, 50, (64, 64))
-        (0.64, 0.0, 16.0)
+        >>> lb = Letterbox.fit(100, 50, (64, 64))
+        >>> (lb.new_w, lb.new_h, lb.pad_x, lb.pad_y)
+        (64, 32, 0, 16)
+        >>> b = lb.boxes([Box("a", 10, 10, 20, 20)])[0]
+        >>> (b.x0, b.y0, b.x1, b.y1)
+        (6.4, 22.4, 12.8, 28.8)
+        >>> lb.invert([b])[0].x0
+        10.0
     """
-    tw, th = size
-    s = min(tw / width, th / height)
-    return s, (tw - width * s) / 2.0, (th - height * s) / 2.0
+
+    width: int
+    height: int
+    size: tuple[int, int]
+    new_w: int
+    new_h: int
+    pad_x: int
+    pad_y: int
+
+    @classmethod
+    def fit(cls, width: int, height: int, size: tuple[int, int]) -> Letterbox:
+        tw, th = size
+        s = min(th / height, tw / width)
+        new_w, new_h = max(1, round(width * s)), max(1, round(height * s))
+        return cls(width, height, (tw, th), new_w, new_h, (tw - new_w) // 2, (th - new_h) // 2)
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        return self.new_w / self.width, self.new_h / self.height
+
+    def boxes(self, boxes: Sequence[Box]) -> list[Box]:
+        """Boxes of the original image -> boxes of the letterboxed image."""
+        sx, sy = self.scale
+        return resize(boxes, sx, sy, self.pad_x, self.pad_y)
+
+    def invert(self, boxes: Sequence[Box]) -> list[Box]:
+        """Boxes of the letterboxed image -> the original image's pixels (clipped to it)."""
+        sx, sy = self.scale
+        out = resize(boxes, 1 / sx, 1 / sy, -self.pad_x / sx, -self.pad_y / sy)
+        return [replace(b, x0=min(max(b.x0, 0.0), self.width), y0=min(max(b.y0, 0.0), self.height),
+                        x1=min(max(b.x1, 0.0), self.width), y1=min(max(b.y1, 0.0), self.height)) for b in out]
+
+    def apply(self, image: Any) -> Any:
+        """The letterboxed ``(H, W, 3)`` uint8 image (bilinear resize, then padding)."""
+        import cv2
+        import numpy as np
+
+        tw, th = self.size
+        out = np.full((th, tw, *image.shape[2:]), LETTERBOX_FILL, dtype=image.dtype)
+        small = cv2.resize(image, (self.new_w, self.new_h), interpolation=cv2.INTER_LINEAR)
+        out[self.pad_y:self.pad_y + self.new_h, self.pad_x:self.pad_x + self.new_w] = small.reshape(
+            self.new_h, self.new_w, *image.shape[2:])
+        return out
 
 
 # --------------------------------------------------------------------------- table and COCO
@@ -507,5 +560,5 @@ def from_coco(doc: Mapping[str, Any], sha_of: Mapping[str, str]) -> pd.DataFrame
 
 __all__ = [
     "BOX_COLUMNS", "FORMATS", "REASONS", "AnnotationSet", "Box", "Problem", "box_table", "check_boxes",
-    "detect_format", "exif_transform", "from_coco", "letterbox", "parse_spec", "read_annotations", "resize", "to_coco",
+    "LETTERBOX_FILL", "Letterbox", "detect_format", "exif_transform", "from_coco", "parse_spec", "read_annotations", "resize", "to_coco",
 ]

@@ -14,12 +14,12 @@ from cvplatform.errors import DataError
 from cvplatform.tasks.detection.annotations import (
     BOX_COLUMNS,
     Box,
+    Letterbox,
     box_table,
     check_boxes,
     detect_format,
     exif_transform,
     from_coco,
-    letterbox,
     parse_spec,
     read_annotations,
     resize,
@@ -207,18 +207,31 @@ def test_boxes_follow_exif_orientation_like_the_pixels(orientation):
     assert (b.x0, b.y0, b.x1, b.y1) == expected
 
 
-def test_boxes_follow_a_resize_and_a_letterbox():
+@pytest.mark.parametrize("hw", [(50, 100), (37, 91), (100, 33), (64, 64), (31, 17), (48, 48)])
+def test_the_letterbox_matches_albumentations_pixels_and_boxes(hw):
+    """Training letterboxes with albumentations; serving/evaluation with Letterbox: same pixels, same boxes."""
+    import albumentations as A
     import cv2
 
-    arr = np.zeros((50, 100), np.uint8)
-    arr[10:20, 30:50] = 255
-    s, px, py = letterbox(100, 50, (64, 64))
-    resized = cv2.resize(arr, (64, 32), interpolation=cv2.INTER_NEAREST)
-    canvas = np.zeros((64, 64), np.uint8)
-    canvas[int(py):int(py) + 32, int(px):int(px) + 64] = resized
-    ys, xs = np.nonzero(canvas)
-    (b,) = resize([Box("cat", 30, 10, 50, 20)], s, s, px, py)
-    assert (b.x0, b.y0, b.x1, b.y1) == pytest.approx((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), abs=1)
+    h, w = hw
+    rng = np.random.default_rng(h * w)
+    img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    box = Box("cat", 0.2 * w, 0.3 * h, 0.7 * w, 0.9 * h)
+    pipe = A.Compose([A.LongestMaxSize(max_size_hw=(64, 48)),
+                      A.PadIfNeeded(64, 48, position="center", border_mode=cv2.BORDER_CONSTANT, fill=114)],
+                     bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]))
+    out = pipe(image=img, bboxes=np.array([[box.x0, box.y0, box.x1, box.y1]]), labels=[0])
+    lb = Letterbox.fit(w, h, (48, 64))
+    np.testing.assert_array_equal(lb.apply(img), out["image"])
+    (mine,) = lb.boxes([box])
+    assert (mine.x0, mine.y0, mine.x1, mine.y1) == pytest.approx(tuple(out["bboxes"][0]), abs=1e-4)
+    (back,) = lb.invert([mine])
+    assert (back.x0, back.y0, back.x1, back.y1) == pytest.approx((box.x0, box.y0, box.x1, box.y1), abs=1e-6)
+
+
+def test_boxes_follow_a_resize():
+    (b,) = resize([Box("cat", 30, 10, 50, 20)], 0.5, 2.0, 1.0, -1.0)
+    assert (b.x0, b.y0, b.x1, b.y1) == (16.0, 19.0, 26.0, 39.0)
 
 
 # --------------------------------------------------------------------------- table and COCO round trip
