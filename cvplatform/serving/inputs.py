@@ -268,14 +268,26 @@ def b64decode_strict(text: str, where: str) -> bytes:
 
 
 def parse_json(body: bytes, where: str = "request body") -> Any:
-    """``json.loads`` with a 400 ServingError on malformed JSON.
+    """Parse a JSON body with orjson, with a 400 ServingError on malformed JSON.
+
+    orjson is several times faster than ``json.loads`` on number-heavy bodies (OIP v2 FP32 tensors).
+    What orjson refuses but the standard library accepts is parsed again with ``json.loads``, so
+    the answers stay those of ``json.loads``: ``NaN`` / ``Infinity`` literals (then refused where
+    a tensor is built), lone surrogate escapes (refused by the request's schema), integers beyond
+    a double (exact Python ints, refused where a tensor is built), and the same error messages.
 
     Example:
         >>> parse_json(b'{"instances": []}')
         {'instances': []}
     """
+    import orjson
+
     if not body:
         raise ServingError(400, "empty_body", f"{where}: empty; send a JSON object.")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass  # the error path only: let the standard library decide and word the error
     try:
         return json.loads(body)
     except json.JSONDecodeError as exc:
@@ -344,6 +356,32 @@ def split_binary_body(body: bytes, header_length: str | None,
     return parse(body[:n], "inference header"), body[n:]
 
 
+_MAX_NESTING = 8
+
+
+def _flatten_fast(data: Any, where: str) -> tuple[list[Any], set[type]]:
+    """``data`` flattened row-major and the set of its values' types, without a Python loop per value.
+
+    Each nesting level is one C-level pass (``map(type, ...)``, ``chain.from_iterable``); data mixing
+    lists and scalars at one level (never valid for a tensor, but counted like before) takes
+    :func:`_flatten`.
+    """
+    from itertools import chain
+
+    if not isinstance(data, list):
+        return [data], {type(data)}
+    flat = data
+    for _ in range(_MAX_NESTING + 1):
+        types = set(map(type, flat))
+        if list not in types:
+            return flat, types
+        if len(types) > 1:
+            flat = _flatten(flat, where)
+            return flat, set(map(type, flat))
+        flat = list(chain.from_iterable(flat))
+    raise ServingError(400, "invalid_tensor", f"{where}: data nested deeper than the shape allows.")
+
+
 def _flatten(data: Any, where: str) -> list[Any]:
     if not isinstance(data, list):
         return [data]
@@ -356,7 +394,7 @@ def _flatten(data: Any, where: str) -> list[Any]:
             stack.pop()
             continue
         if isinstance(v, list):
-            if len(stack) > 8:
+            if len(stack) > _MAX_NESTING:
                 raise ServingError(400, "invalid_tensor", f"{where}: data nested deeper than the shape allows.")
             stack.append(iter(v))
         else:
@@ -408,15 +446,15 @@ def fp32_tensor(tensor: Any, blob: bytes, offset: int, input_size: tuple[int, in
                                f"{where}: {len(raw)} binary bytes, expected {count * 4} for shape {shape} FP32.")
         arr = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     else:
-        flat = _flatten(tensor.data, where)
+        flat, types = _flatten_fast(tensor.data, where)
         if len(flat) != count:
             raise ServingError(400, "invalid_tensor",
                                f"{where}: {len(flat)} values for shape {shape} (expected {count}).")
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
+        if not types <= {int, float}:  # bool is its own type: true/false are not numbers here
             raise ServingError(400, "invalid_tensor", f"{where}: FP32 data must be numbers.")
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # beyond float32 -> inf, refused just below
-                arr = np.asarray(flat, dtype=np.float32)
+                arr = np.fromiter(flat, dtype=np.float32, count=count)
         except (OverflowError, ValueError):  # an integer beyond float range (e.g. 400 digits)
             raise ServingError(400, "invalid_tensor", f"{where}: a value is out of the FP32 range.") from None
     if not np.isfinite(arr).all():
