@@ -462,6 +462,35 @@ def fp32_tensor(tensor: Any, blob: bytes, offset: int, input_size: tuple[int, in
     return np.ascontiguousarray(arr.reshape(shape)), offset
 
 
+_BINARY_DTYPES = {"FP32": "<f4", "FP64": "<f8", "INT32": "<i4", "INT64": "<i8", "UINT8": "u1", "BOOL": "?"}
+
+
+def tensor_bytes(data: Any, datatype: str) -> bytes:
+    """An output tensor's ``data`` (row-major, numpy array or list) as binary tensor extension bytes.
+
+    Numbers are little-endian in their native size; ``BYTES`` elements (str as UTF-8, or bytes)
+    are each prefixed with their 4-byte little-endian length, as Triton and KServe read them.
+
+    Example:
+        >>> tensor_bytes([1.0, 2.0], "FP32").hex(), tensor_bytes(["ab"], "BYTES").hex()
+        ('0000803f00000040', '020000006162')
+    """
+    import numpy as np
+
+    if datatype == "BYTES":
+        items = np.asarray(data, dtype=object).ravel()
+        parts = []
+        for item in items:
+            raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            parts += [len(raw).to_bytes(4, "little"), raw]
+        return b"".join(parts)
+    dtype = _BINARY_DTYPES.get(datatype)
+    if dtype is None:
+        raise ValueError(f"datatype {datatype!r} has no binary encoding here; use one of "
+                         f"{sorted(_BINARY_DTYPES)} or BYTES.")
+    return np.ascontiguousarray(np.asarray(data).astype(dtype, copy=False)).tobytes()
+
+
 def bytes_tensor(tensor: Any, blob: bytes, offset: int, max_rows: int) -> tuple[list[bytes], int]:
     """An OIP BYTES input: one encoded image file per element (base64 in JSON, raw with binary data).
 
@@ -512,5 +541,6 @@ __all__ = [
     "open_images",
     "parse_json",
     "split_binary_body",
+    "tensor_bytes",
     "validation_detail",
 ]
