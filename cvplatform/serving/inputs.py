@@ -359,27 +359,60 @@ def split_binary_body(body: bytes, header_length: str | None,
 _MAX_NESTING = 8
 
 
-def _flatten_fast(data: Any, where: str) -> tuple[list[Any], set[type]]:
-    """``data`` flattened row-major and the set of its values' types, without a Python loop per value.
+def _json_numbers(data: Any, count: int, shape: list[int], where: str) -> np.ndarray:
+    """JSON ``data`` (flat or nested, row-major) as a flat float32 array, checked without a Python loop per value.
 
-    Each nesting level is one C-level pass (``map(type, ...)``, ``chain.from_iterable``); data mixing
-    lists and scalars at one level (never valid for a tensor, but counted like before) takes
-    :func:`_flatten`.
+    ``np.array`` discovers the nesting and the values' kind in C. Numbers only: ``true``/``false``
+    (Python bools, which numpy would quietly count as 1 / 0 among numbers) are looked for among
+    the values equal to 0 or 1 only, and anything numpy cannot hold as numbers (strings, null,
+    ragged nesting, integers beyond 64 bits) takes the exact per-value path, :func:`_checked_numbers`.
     """
+    import numpy as np
+
+    try:
+        arr = np.array(data)
+    except (ValueError, TypeError, OverflowError, RecursionError):  # ragged or too deep for numpy
+        arr = None
+    if arr is None or arr.dtype.kind == "O":
+        return _checked_numbers(_flatten(data, where), count, shape, where)
+    if arr.ndim > _MAX_NESTING + 1:
+        raise ServingError(400, "invalid_tensor", f"{where}: data nested deeper than the shape allows.")
+    if arr.size != count:
+        raise ServingError(400, "invalid_tensor", f"{where}: {arr.size} values for shape {shape} (expected {count}).")
+    if arr.dtype.kind not in "iuf":  # bool, str, ...
+        raise ServingError(400, "invalid_tensor", f"{where}: FP32 data must be numbers.")
+    flat = arr.reshape(-1)
+    maybe_bool = np.flatnonzero((flat == 0) | (flat == 1))
+    if maybe_bool.size and _has_bool(data, arr.ndim, maybe_bool, flat.size):
+        raise ServingError(400, "invalid_tensor", f"{where}: FP32 data must be numbers (not true/false).")
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32 -> inf, refused by the caller
+        return flat.astype(np.float32)
+
+
+def _has_bool(data: Any, ndim: int, candidates: np.ndarray, size: int) -> bool:
+    """Whether a Python bool is among ``data``'s values at the flat indices ``candidates`` (C-level passes)."""
     from itertools import chain
 
-    if not isinstance(data, list):
-        return [data], {type(data)}
-    flat = data
-    for _ in range(_MAX_NESTING + 1):
-        types = set(map(type, flat))
-        if list not in types:
-            return flat, types
-        if len(types) > 1:
-            flat = _flatten(flat, where)
-            return flat, set(map(type, flat))
-        flat = list(chain.from_iterable(flat))
-    raise ServingError(400, "invalid_tensor", f"{where}: data nested deeper than the shape allows.")
+    values = [data] if ndim == 0 else data
+    for _ in range(ndim - 1):  # numpy found the nesting regular: flatten one level per pass
+        values = list(chain.from_iterable(values))
+    if candidates.size * 8 < size:  # a few zeros and ones: look at those only
+        return bool in set(map(type, map(values.__getitem__, candidates.tolist())))
+    return bool in set(map(type, values))
+
+
+def _checked_numbers(flat: list[Any], count: int, shape: list[int], where: str) -> np.ndarray:
+    import numpy as np
+
+    if len(flat) != count:
+        raise ServingError(400, "invalid_tensor", f"{where}: {len(flat)} values for shape {shape} (expected {count}).")
+    if not set(map(type, flat)) <= {int, float}:  # bool is its own type: true/false are not numbers here
+        raise ServingError(400, "invalid_tensor", f"{where}: FP32 data must be numbers.")
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32 -> inf, refused by the caller
+            return np.fromiter(flat, dtype=np.float32, count=count)
+    except (OverflowError, ValueError):  # an integer beyond float range (e.g. 400 digits)
+        raise ServingError(400, "invalid_tensor", f"{where}: a value is out of the FP32 range.") from None
 
 
 def _flatten(data: Any, where: str) -> list[Any]:
@@ -446,17 +479,7 @@ def fp32_tensor(tensor: Any, blob: bytes, offset: int, input_size: tuple[int, in
                                f"{where}: {len(raw)} binary bytes, expected {count * 4} for shape {shape} FP32.")
         arr = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     else:
-        flat, types = _flatten_fast(tensor.data, where)
-        if len(flat) != count:
-            raise ServingError(400, "invalid_tensor",
-                               f"{where}: {len(flat)} values for shape {shape} (expected {count}).")
-        if not types <= {int, float}:  # bool is its own type: true/false are not numbers here
-            raise ServingError(400, "invalid_tensor", f"{where}: FP32 data must be numbers.")
-        try:
-            with np.errstate(over="ignore", invalid="ignore"):  # beyond float32 -> inf, refused just below
-                arr = np.fromiter(flat, dtype=np.float32, count=count)
-        except (OverflowError, ValueError):  # an integer beyond float range (e.g. 400 digits)
-            raise ServingError(400, "invalid_tensor", f"{where}: a value is out of the FP32 range.") from None
+        arr = _json_numbers(tensor.data, count, shape, where)
     if not np.isfinite(arr).all():
         raise ServingError(400, "invalid_tensor", f"{where}: contains NaN or infinity.")
     return np.ascontiguousarray(arr.reshape(shape)), offset
