@@ -81,6 +81,6 @@ def test_fog_field_is_smooth_and_within_0_1():
 
 
 def test_fog_strength_outside_its_range_is_refused():
-    assert all(0 < s < 2 / 3 for s in FOG_STRENGTHS)
-    with pytest.raises(ConfigError, match="fog strength 0.7"):
-        Fog(0.7, 32)
+    assert all(0 < s < 0.8 for s in FOG_STRENGTHS)
+    with pytest.raises(ConfigError, match="fog strength 0.8"):
+        Fog(0.8, 32)
