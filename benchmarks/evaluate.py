@@ -17,7 +17,8 @@ corrupt + predict + metrics), seconds per scenario-image, and the ratios
 ``time(scenarios_2x) / time(full)`` and ``time(images_2x) / time(full)``; both
 workloads are exactly twice the work, so linear cost means ratios close to 2.0
 (``*_linearity`` = time ratio / work ratio close to 1.0). Per-scenario costs differ
-a lot (fog is ~50x a brightness shift), which is why the scenario workload repeats
+a lot (the blurs cost ~4x a brightness shift; fog cost ~50x until it became cvplatform's Fog,
+see benchmarks/corruptions.py), which is why the scenario workload repeats
 the same mix instead of taking a subset.
 
 Usage:  .venv/bin/python benchmarks/evaluate.py [--n 150] [--repeats 2] [--out benchmarks/results/evaluate.json]

@@ -72,6 +72,14 @@ def oip_fp32_body(x: bytes, rows: int, size: int) -> tuple[bytes, dict[str, str]
                         "Inference-Header-Content-Length": str(len(header))}
 
 
+def oip_fp32_json_body(x, rows: int, size: int) -> tuple[bytes, dict[str, str]]:
+    """An OIP v2 inference body with the same FP32 tensor as JSON ``data`` (tritonclient's
+    ``binary_data=False``, and what any plain-JSON OIP client sends)."""
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 3, size, size],
+                                   "data": x.ravel().tolist()}]}).encode()
+    return body, {"Content-Type": "application/json"}
+
+
 async def _load(url: str, image: bytes, concurrency: int, duration: float, images_per_request: int = 1,
                 inputs: str = "png", model_name: str = "", size: int = 32) -> dict:
     import aiohttp
@@ -83,6 +91,10 @@ async def _load(url: str, image: bytes, concurrency: int, duration: float, image
         x = np.random.default_rng(0).standard_normal((images_per_request, 3, size, size)).astype("<f4")
         path = f"/v2/models/{model_name}/infer"
         body, headers = oip_fp32_body(x.tobytes(), images_per_request, size)
+    elif inputs == "fp32json":  # the same rows as JSON numbers
+        x = np.random.default_rng(0).standard_normal((images_per_request, 3, size, size)).astype("<f4")
+        path = f"/v2/models/{model_name}/infer"
+        body, headers = oip_fp32_json_body(x, images_per_request, size)
     elif images_per_request == 1:
         path, body, headers = "/v1/predict", image, {"Content-Type": "image/png"}
     else:  # several images in one request: the same multipart/form-data body every time
@@ -221,7 +233,7 @@ def _measure_level(url: str, model: Path, image: Path, size: int, inputs: str, c
     ratio = served["images_per_s"] / raw["images_per_s"] if raw["images_per_s"] else None
     level = {"inputs": inputs, "concurrency": c, "images_per_request": k, "served": served, "raw_session": raw,
              "served_over_raw": round(ratio, 3) if ratio is not None else None}
-    print(f"{arch}@{size} {inputs:>4} c={c:>3} k={k:>2}: served {served['images_per_s']:>8.1f} img/s "
+    print(f"{arch}@{size} {inputs:>8} c={c:>3} k={k:>2}: served {served['images_per_s']:>8.1f} img/s "
           f"(p50 {served['latency_ms']['p50']} ms, p95 {served['latency_ms']['p95']} ms, "
           f"p99 {served['latency_ms']['p99']} ms, batch {mean_batch:.1f}) | raw session batch "
           f"{raw['batch']}: {raw['images_per_s']:>8.1f} img/s | ratio {level['served_over_raw']}", flush=True)
@@ -257,6 +269,21 @@ def bench_model(arch: str, size: int, inputs: list[str], levels: list[int], per_
     return out
 
 
+def json_over_binary(levels: list[dict]) -> list[dict]:
+    """OIP JSON FP32 requests/s over binary FP32 requests/s at each (concurrency, rows) both ran (target >= 0.5)."""
+    binary = {(lv["concurrency"], lv["images_per_request"]): lv for lv in levels if lv["inputs"] == "fp32"}
+    out = []
+    for lv in levels:
+        b = binary.get((lv["concurrency"], lv["images_per_request"]))
+        if lv["inputs"] == "fp32json" and b and b["served"]["requests_per_s"]:
+            ratio = round(lv["served"]["requests_per_s"] / b["served"]["requests_per_s"], 3)
+            out.append({"concurrency": lv["concurrency"], "images_per_request": lv["images_per_request"],
+                        "json_requests_per_s": lv["served"]["requests_per_s"],
+                        "binary_requests_per_s": b["served"]["requests_per_s"], "ratio": ratio})
+            print(f"OIP JSON / binary FP32 c={lv['concurrency']} k={lv['images_per_request']}: {ratio}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--load-gen", action="store_true", help=argparse.SUPPRESS)
@@ -265,9 +292,10 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     ap.add_argument("--images-per-request", type=int, nargs="+", default=[1, 16],
                     help="images per request (1 = a raw image/png body; more = one multipart body)")
-    ap.add_argument("--inputs", nargs="+", choices=["png", "fp32"], default=["png", "fp32"],
+    ap.add_argument("--inputs", nargs="+", choices=["png", "fp32", "fp32json"], default=["png", "fp32"],
                     help="png: PNG files to /v1/predict (decoded + preprocessed by the server); fp32: OIP v2 "
-                         "infer with a preprocessed binary FP32 tensor (the raw session's input)")
+                         "infer with a preprocessed binary FP32 tensor (the raw session's input); fp32json: "
+                         "the same tensor as JSON numbers (reported as a ratio to fp32 in the same run)")
     ap.add_argument("--model-name", default="", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=32, help=argparse.SUPPRESS)
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
@@ -313,6 +341,7 @@ def main() -> None:
                        if lv["inputs"] == kind and lv["served"]["mean_batch_size"] > 1.5]
             m["best_served_over_raw"][kind] = max(batched, default=None)
         m["target_met"] = {k: (v is not None and v >= 0.8) for k, v in m["best_served_over_raw"].items()}
+        m["json_over_binary"] = json_over_binary(m["levels"])
     results["notes"] = [
         "served_over_raw compares images/s through HTTP with session.run on ready tensors at the batch size "
         "the server formed; > 1 means the raw run was slower (machine noise: both are measured in the same "

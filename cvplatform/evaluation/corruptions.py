@@ -1,11 +1,11 @@
 """Deterministic image corruptions with five severity levels (in the spirit of ImageNet-C).
 
-Each corruption is an albumentations transform whose parameters come from a
+Each corruption is a transform (albumentations', or :class:`Fog`) whose parameters come from a
 fixed table, one row per severity 1..5 (fixed values, never ranges, so a
 severity means the same thing on every image):
 
 =============  ==========================================  =================================
-name           albumentations transform                    parameter by severity 1..5
+name           transform                                   parameter by severity 1..5
 =============  ==========================================  =================================
 low_light      RandomBrightnessContrast (contrast only)    pixel x 0.70, 0.55, 0.42, 0.30, 0.20
 brightness     RandomBrightnessContrast (brightness only)  + 0.10 .. 0.50 of 255
@@ -17,15 +17,23 @@ jpeg           ImageCompression (JPEG)                     quality 25, 18, 15, 1
 pixelate       Downscale (area down, nearest up)           scale 0.60, 0.50, 0.40, 0.30, 0.25
 occlusion      CoarseDropout (black holes)                 1x20 %, 1x30 %, 2x25 %, 2x30 %, 3x30 % of the side
 rotation       Rotate (reflect border)                     10, 20, 30, 45, 60 degrees
-fog            RandomFog                                   fog coefficient 0.30 .. 0.90
+fog            Fog (cvplatform, bright noise blend)        mean opacity 0.42, 0.50, 0.58, 0.66, 0.74
 =============  ==========================================  =================================
+
+Fog was albumentations' RandomFog (fog coefficient 0.30 .. 0.90) until it was found to draw
+about 870 alpha-blended circles per 32x32 image: 28x the model's forward pass per image, half of
+the evaluation stage (``benchmarks/corruptions.py``). :class:`Fog` blends towards a smooth bright
+noise field instead (0.26x the forward pass at 32 px) and, unlike RandomFog at 32 px, grows with
+the severity. Its strengths were calibrated so that severities 1-2 separate models as RandomFog's
+did: the shipped recipe's model keeps 0.99 / 0.97 of its clean accuracy (RandomFog: 0.97 / 0.93),
+a model trained with +-20 % brightness/contrast only 0.86 / 0.63 (RandomFog: 0.87 / 0.70).
 
 Spatial sizes marked "@32" are given for a 32-pixel image and scale linearly with
 the image's shorter side (kernels stay odd), so a severity is equally strong at
 every resolution. Corruptions are applied to the image *as the model sees it*
 (already resized to the contract's ``input_size``).
 
-Randomness (noise pattern, blur angle, hole positions, fog particles) is seeded
+Randomness (noise pattern, blur angle, hole positions, fog field) is seeded
 per image from ``(seed, corruption, severity, image sha256)``, so the output of
 an image never depends on batch order or on which other images are evaluated,
 and the same seed gives identical pixels.
@@ -141,11 +149,81 @@ def _rotation(p: dict[str, Any], side: int) -> Any:
     return A.Rotate(limit=(a, a), border_mode=cv2.BORDER_REFLECT_101, p=1.0)
 
 
-def _fog(p: dict[str, Any], side: int) -> Any:
-    import albumentations as A
+class Fog:
+    """Fog: each pixel blended towards a smooth, bright noise field, then softened slightly.
 
-    f = float(p["coef"])
-    return A.RandomFog(fog_coef_range=(f, f), alpha_coef=0.12, p=1.0)
+    The field is a sum of three octaves of uniform noise on coarse grids (2, 4 and 8 cells across,
+    amplitudes 1, 1/2, 1/4), upsampled bilinearly to the image: clumps of haze an eighth to a half
+    of the image wide at any resolution. A pixel moves towards the fog colour ``255 * (0.75 + 0.25 f)``
+    by the opacity ``strength * (0.75 + 0.5 f)`` (``f`` the field in 0..1, so the mean opacity is
+    about ``strength``); a Gaussian blur of ``max(3, side // 30)`` pixels (odd) follows, as albumentations'
+    RandomFog did. Cost: one resize, one blend and one blur per image, whatever the severity (RandomFog drew ~870 alpha-blended circles per 32x32 image).
+
+    Same interface as an albumentations transform (``set_random_seed``, ``__call__(image=...)``),
+    seeded per image by :func:`apply_corruption`: a seed gives the same bytes in every process.
+
+    Example:
+        >>> import numpy as np
+        >>> fog = Fog(0.4, 32)
+        >>> fog.set_random_seed(1)
+        >>> img = np.zeros((32, 32, 3), np.uint8)
+        >>> out = fog(image=img)["image"]
+        >>> out.dtype, out.shape, bool(out.mean() > 50)
+        (dtype('uint8'), (32, 32, 3), True)
+    """
+
+    OCTAVES: tuple[tuple[int, float], ...] = ((2, 1.0), (4, 0.5), (8, 0.25))
+
+    def __init__(self, strength: float, side: int) -> None:
+        if not 0.0 <= strength < 0.8:  # the opacity strength * (0.75 + 0.5 f) must stay below 1
+            raise ConfigError(f"fog strength {strength!r} must be in [0, 0.8).")
+        self.strength = float(strength)
+        self.blur = _odd(max(3, side // 30))
+        self.seed = 0
+
+    def set_random_seed(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def field(self, height: int, width: int) -> np.ndarray:
+        """The ``(height, width)`` float32 noise field in 0..1 of the current seed."""
+        import cv2
+        import numpy as np
+
+        sizes = [cells + 1 for cells, _ in self.OCTAVES]
+        count = sum(n * n for n in sizes)
+        # uniform values from SHAKE-256 of the seed: the same on every platform, and cheaper than a Generator
+        raw = hashlib.shake_256(b"fog:%d" % self.seed).digest(4 * count)
+        values = np.frombuffer(raw, "<u4").astype(np.float32) * np.float32(2.0**-32)
+        fine = sizes[-1]
+        coarse = np.zeros((fine, fine), np.float32)
+        start = 0
+        for n, (_, amplitude) in zip(sizes, self.OCTAVES, strict=True):
+            grid = values[start:start + n * n].reshape(n, n)
+            start += n * n
+            # the octaves are summed on the finest grid, then upsampled to the image once (bilinear:
+            # convex combinations, so the field stays within 0..1)
+            coarse += amplitude * (grid if n == fine else cv2.resize(grid, (fine, fine), interpolation=cv2.INTER_LINEAR))
+        coarse *= 1.0 / sum(a for _, a in self.OCTAVES)
+        return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR)
+
+    def __call__(self, *, image: np.ndarray) -> dict[str, np.ndarray]:
+        import cv2
+        import numpy as np
+
+        f = self.field(image.shape[0], image.shape[1])
+        alpha = self.strength * (0.75 + 0.5 * f)  # opacity, below 1 (strength < 0.8)
+        fog = alpha * (191.25 + 63.75 * f)  # opacity x fog colour 255 * (0.75 + 0.25 f)
+        out = image.astype(np.float32) * (1.0 - alpha)[..., None] + fog[..., None]  # within 0..255
+        out = cv2.GaussianBlur(out, (self.blur, self.blur), 0)
+        return {"image": cv2.convertScaleAbs(out)}  # rounded to uint8 (values are non-negative)
+
+
+def _fog(p: dict[str, Any], side: int) -> Any:
+    return Fog(float(p["strength"]), side)
+
+
+FOG_STRENGTHS: tuple[float, ...] = (0.42, 0.50, 0.58, 0.66, 0.74)
+"""Mean fog opacity by severity 1..5 (see :class:`Fog`)."""
 
 
 @dataclass(frozen=True)
@@ -195,9 +273,9 @@ CORRUPTIONS: dict[str, CorruptionSpec] = {
         CorruptionSpec("rotation", "Rotate",
                        tuple({"degrees": v} for v in (10, 20, 30, 45, 60)),
                        _rotation, "rotation by a fixed angle, reflected border"),
-        CorruptionSpec("fog", "RandomFog",
-                       tuple({"coef": v} for v in (0.30, 0.45, 0.60, 0.75, 0.90)),
-                       _fog, "fog particles blended over the image"),
+        CorruptionSpec("fog", "Fog (cvplatform, numpy + cv2)",
+                       tuple({"strength": v} for v in FOG_STRENGTHS),
+                       _fog, "blend towards a smooth bright noise field (mean opacity by severity)"),
     )
 }
 """The corruption table: name -> :class:`CorruptionSpec` (severities 1..5)."""

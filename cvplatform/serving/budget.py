@@ -96,13 +96,14 @@ def json_cost_bytes(body: bytes) -> int:
 
     Every value costs at most ~72 bytes of Python objects and is preceded by a ``,``, ``[``, ``{``
     or ``:``; a string briefly costs about twice its length while it is decoded. Counting those
-    bytes is a few C-speed scans.
+    bytes is one C-speed pass (deleting them; half the time of four ``bytes.count`` scans on a
+    number-heavy OIP body).
 
     Example:
         >>> json_cost_bytes(b'{"instances": ["aGk="]}')
         285
     """
-    tokens = body.count(b",") + body.count(b"[") + body.count(b"{") + body.count(b":")
+    tokens = len(body) - len(body.translate(None, b",[{:"))
     return 3 * len(body) + _JSON_BYTES_PER_TOKEN * tokens
 
 

@@ -268,14 +268,26 @@ def b64decode_strict(text: str, where: str) -> bytes:
 
 
 def parse_json(body: bytes, where: str = "request body") -> Any:
-    """``json.loads`` with a 400 ServingError on malformed JSON.
+    """Parse a JSON body with orjson, with a 400 ServingError on malformed JSON.
+
+    orjson is several times faster than ``json.loads`` on number-heavy bodies (OIP v2 FP32 tensors).
+    What orjson refuses but the standard library accepts is parsed again with ``json.loads``, so
+    the answers stay those of ``json.loads``: ``NaN`` / ``Infinity`` literals (then refused where
+    a tensor is built), lone surrogate escapes (refused by the request's schema), integers beyond
+    a double (exact Python ints, refused where a tensor is built), and the same error messages.
 
     Example:
         >>> parse_json(b'{"instances": []}')
         {'instances': []}
     """
+    import orjson
+
     if not body:
         raise ServingError(400, "empty_body", f"{where}: empty; send a JSON object.")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass  # the error path only: let the standard library decide and word the error
     try:
         return json.loads(body)
     except json.JSONDecodeError as exc:
@@ -344,6 +356,65 @@ def split_binary_body(body: bytes, header_length: str | None,
     return parse(body[:n], "inference header"), body[n:]
 
 
+_MAX_NESTING = 8
+
+
+def _json_numbers(data: Any, count: int, shape: list[int], where: str) -> np.ndarray:
+    """JSON ``data`` (flat or nested, row-major) as a flat float32 array, checked without a Python loop per value.
+
+    ``np.array`` discovers the nesting and the values' kind in C. Numbers only: ``true``/``false``
+    (Python bools, which numpy would quietly count as 1 / 0 among numbers) are looked for among
+    the values equal to 0 or 1 only, and anything numpy cannot hold as numbers (strings, null,
+    ragged nesting, integers beyond 64 bits) takes the exact per-value path, :func:`_checked_numbers`.
+    """
+    import numpy as np
+
+    try:
+        arr = np.array(data)
+    except (ValueError, TypeError, OverflowError, RecursionError):  # ragged or too deep for numpy
+        arr = None
+    if arr is None or arr.dtype.kind == "O":
+        return _checked_numbers(_flatten(data, where), count, shape, where)
+    if arr.ndim > _MAX_NESTING + 1:
+        raise ServingError(400, "invalid_tensor", f"{where}: data nested deeper than the shape allows.")
+    if arr.size != count:
+        raise ServingError(400, "invalid_tensor", f"{where}: {arr.size} values for shape {shape} (expected {count}).")
+    if arr.dtype.kind not in "iuf":  # bool, str, ...
+        raise ServingError(400, "invalid_tensor", f"{where}: FP32 data must be numbers.")
+    flat = arr.reshape(-1)
+    maybe_bool = np.flatnonzero((flat == 0) | (flat == 1))
+    if maybe_bool.size and _has_bool(data, arr.ndim, maybe_bool, flat.size):
+        raise ServingError(400, "invalid_tensor", f"{where}: FP32 data must be numbers (not true/false).")
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32 -> inf, refused by the caller
+        return flat.astype(np.float32)
+
+
+def _has_bool(data: Any, ndim: int, candidates: np.ndarray, size: int) -> bool:
+    """Whether a Python bool is among ``data``'s values at the flat indices ``candidates`` (C-level passes)."""
+    from itertools import chain
+
+    values = [data] if ndim == 0 else data
+    for _ in range(ndim - 1):  # numpy found the nesting regular: flatten one level per pass
+        values = list(chain.from_iterable(values))
+    if candidates.size * 8 < size:  # a few zeros and ones: look at those only
+        return bool in set(map(type, map(values.__getitem__, candidates.tolist())))
+    return bool in set(map(type, values))
+
+
+def _checked_numbers(flat: list[Any], count: int, shape: list[int], where: str) -> np.ndarray:
+    import numpy as np
+
+    if len(flat) != count:
+        raise ServingError(400, "invalid_tensor", f"{where}: {len(flat)} values for shape {shape} (expected {count}).")
+    if not set(map(type, flat)) <= {int, float}:  # bool is its own type: true/false are not numbers here
+        raise ServingError(400, "invalid_tensor", f"{where}: FP32 data must be numbers.")
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32 -> inf, refused by the caller
+            return np.fromiter(flat, dtype=np.float32, count=count)
+    except (OverflowError, ValueError):  # an integer beyond float range (e.g. 400 digits)
+        raise ServingError(400, "invalid_tensor", f"{where}: a value is out of the FP32 range.") from None
+
+
 def _flatten(data: Any, where: str) -> list[Any]:
     if not isinstance(data, list):
         return [data]
@@ -356,7 +427,7 @@ def _flatten(data: Any, where: str) -> list[Any]:
             stack.pop()
             continue
         if isinstance(v, list):
-            if len(stack) > 8:
+            if len(stack) > _MAX_NESTING:
                 raise ServingError(400, "invalid_tensor", f"{where}: data nested deeper than the shape allows.")
             stack.append(iter(v))
         else:
@@ -408,20 +479,39 @@ def fp32_tensor(tensor: Any, blob: bytes, offset: int, input_size: tuple[int, in
                                f"{where}: {len(raw)} binary bytes, expected {count * 4} for shape {shape} FP32.")
         arr = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     else:
-        flat = _flatten(tensor.data, where)
-        if len(flat) != count:
-            raise ServingError(400, "invalid_tensor",
-                               f"{where}: {len(flat)} values for shape {shape} (expected {count}).")
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
-            raise ServingError(400, "invalid_tensor", f"{where}: FP32 data must be numbers.")
-        try:
-            with np.errstate(over="ignore", invalid="ignore"):  # beyond float32 -> inf, refused just below
-                arr = np.asarray(flat, dtype=np.float32)
-        except (OverflowError, ValueError):  # an integer beyond float range (e.g. 400 digits)
-            raise ServingError(400, "invalid_tensor", f"{where}: a value is out of the FP32 range.") from None
+        arr = _json_numbers(tensor.data, count, shape, where)
     if not np.isfinite(arr).all():
         raise ServingError(400, "invalid_tensor", f"{where}: contains NaN or infinity.")
     return np.ascontiguousarray(arr.reshape(shape)), offset
+
+
+_BINARY_DTYPES = {"FP32": "<f4", "FP64": "<f8", "INT32": "<i4", "INT64": "<i8", "UINT8": "u1", "BOOL": "?"}
+
+
+def tensor_bytes(data: Any, datatype: str) -> bytes:
+    """An output tensor's ``data`` (row-major, numpy array or list) as binary tensor extension bytes.
+
+    Numbers are little-endian in their native size; ``BYTES`` elements (str as UTF-8, or bytes)
+    are each prefixed with their 4-byte little-endian length, as Triton and KServe read them.
+
+    Example:
+        >>> tensor_bytes([1.0, 2.0], "FP32").hex(), tensor_bytes(["ab"], "BYTES").hex()
+        ('0000803f00000040', '020000006162')
+    """
+    import numpy as np
+
+    if datatype == "BYTES":
+        items = np.asarray(data, dtype=object).ravel()
+        parts = []
+        for item in items:
+            raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            parts += [len(raw).to_bytes(4, "little"), raw]
+        return b"".join(parts)
+    dtype = _BINARY_DTYPES.get(datatype)
+    if dtype is None:
+        raise ValueError(f"datatype {datatype!r} has no binary encoding here; use one of "
+                         f"{sorted(_BINARY_DTYPES)} or BYTES.")
+    return np.ascontiguousarray(np.asarray(data).astype(dtype, copy=False)).tobytes()
 
 
 def bytes_tensor(tensor: Any, blob: bytes, offset: int, max_rows: int) -> tuple[list[bytes], int]:
@@ -474,5 +564,6 @@ __all__ = [
     "open_images",
     "parse_json",
     "split_binary_body",
+    "tensor_bytes",
     "validation_detail",
 ]

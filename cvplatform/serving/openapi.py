@@ -74,6 +74,11 @@ def document_requests(app: FastAPI, config: ServingConfig) -> None:
                 elif path.endswith("/infer") and method == "post":
                     op["requestBody"] = infer_body
                     op.setdefault("parameters", []).extend(routing)
+                    ok = op["responses"].setdefault("200", {"description": "Successful Response"})
+                    ok["description"] = ("the outputs; application/octet-stream when outputs are asked for as "
+                                         "binary data: the JSON answer (Inference-Header-Content-Length bytes), "
+                                         "then the outputs' raw bytes (binary tensor extension)")
+                    ok.setdefault("content", {})["application/octet-stream"] = {"schema": _BINARY}
                 if path.startswith("/admin"):
                     op["security"] = [{"adminToken": []}]
                     if path in _ADMIN_BODIES and method == "post":

@@ -15,7 +15,13 @@ from pydantic import ValidationError
 
 from cvplatform.serving.budget import BudgetHold
 from cvplatform.serving.core import Outcome, ServerState, get_state, predict_core
-from cvplatform.serving.inputs import bytes_tensor, fp32_tensor, split_binary_body, validation_detail
+from cvplatform.serving.inputs import (
+    bytes_tensor,
+    fp32_tensor,
+    split_binary_body,
+    tensor_bytes,
+    validation_detail,
+)
 from cvplatform.serving.models import ModelHandle, ServingError
 from cvplatform.serving.routes.ops import SERVER_NAME
 from cvplatform.serving.schemas import OipInferRequest
@@ -144,6 +150,42 @@ def _infer_response(out: Outcome, req: OipInferRequest, wanted: list[str]) -> di
             "parameters": {"variant": out.variant, "fallback": out.fallback}, "outputs": outputs}
 
 
+def _flag(params: dict[str, Any] | None, key: str, where: str) -> bool | None:
+    value = (params or {}).get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ServingError(400, "invalid_request", f"{where}.parameters.{key} = {value!r}; send true or false.")
+    return value
+
+
+def _binary_outputs(req: OipInferRequest, wanted: list[str]) -> set[str]:
+    """The outputs to answer as binary data (binary tensor extension), or a 400 naming a bad flag.
+
+    An output's ``parameters.binary_data`` decides for it; otherwise the request's
+    ``parameters.binary_data_output`` (what tritonclient sends when it names no output).
+    """
+    default = bool(_flag(req.parameters, "binary_data_output", "request"))
+    per_output = {o.name: _flag(o.parameters, "binary_data", f"outputs[{i}]")
+                  for i, o in enumerate(req.outputs or [])}
+    return {w for w in wanted if (default if per_output.get(w) is None else per_output[w])}
+
+
+def _respond(body: dict[str, Any], binary: set[str], headers: dict[str, str]) -> Response:
+    """The JSON response, or with ``binary`` outputs the binary tensor extension's (JSON header, raw tail)."""
+    if not binary:
+        return json_response(body, headers=headers)
+    import orjson
+
+    tails: list[bytes] = []
+    for output in body["outputs"]:
+        if output["name"] in binary:
+            raw = tensor_bytes(output.pop("data"), output["datatype"])
+            output["parameters"] = {**(output.get("parameters") or {}), "binary_data_size": len(raw)}
+            tails.append(raw)
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(header + b"".join(tails), media_type="application/octet-stream",
+                    headers={**headers, "Inference-Header-Content-Length": str(len(header))})
+
+
 async def _infer(request: Request, state: ServerState, name: str, version: str | None) -> Response:
     t0 = time.perf_counter()
     out: Outcome | None = None
@@ -154,12 +196,13 @@ async def _infer(request: Request, state: ServerState, name: str, version: str |
         req, blob = await _read_infer_request(request, hold)
         tensor, blobs, n = _inputs(req, blob, handle, state.config.limits.max_images)
         wanted = _wanted_outputs(req, state.task, handle.model.class_names)
+        binary = _binary_outputs(req, wanted)
         rid, session = request_ids(request, state, req.id)
         labels = labels_from_header(request, state, n)
         out = await predict_core(state, request_id=rid, session_id=session, labels=labels, blobs=blobs,
                                  tensor=tensor, pinned_version=version, t_start=t0, hold=hold)
         status = 200
-        return json_response(_infer_response(out, req, wanted), headers=answer_headers(out, state))
+        return _respond(_infer_response(out, req, wanted), binary, answer_headers(out, state))
     except ServingError as exc:
         status = exc.status
         raise

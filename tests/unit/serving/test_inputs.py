@@ -200,3 +200,27 @@ def test_a_malformed_multipart_body_is_a_400():
         with pytest.raises(ServingError) as e:
             multipart_files(body, "multipart/form-data; boundary=bnd", LimitsConfig())
         assert e.value.status == 400
+
+
+def test_fp32_json_values_checked_in_bulk_refuse_what_the_per_value_check_refused():
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    zeros = np.zeros((2, 3, 4, 4), np.float32)
+
+    def tensor(data):
+        return OipTensor(name="i", datatype="FP32", shape=[2, 3, 4, 4], data=data)
+
+    for ok in (x.tolist(), x.ravel().tolist(), zeros.tolist(), [int(v) for v in range(96)]):
+        out, _ = fp32_tensor(tensor(ok), b"", 0, (4, 4), 8)
+        np.testing.assert_array_equal(out.ravel(), np.asarray(ok, np.float32).ravel())
+    few = x.ravel().tolist()
+    few[5] = True  # a bool among numbers (numpy alone would read it as 1.0)
+    many = zeros.ravel().tolist()
+    many[-1] = False  # a bool among many zeros (the whole-list check)
+    nested = x.tolist()
+    nested[1][2][3][0] = True
+    for bad in (few, many, nested, x.ravel().tolist()[:-1] + ["0.5"], x.ravel().tolist()[:-1] + [None],
+                x.ravel().tolist()[:-1] + [{"a": 1}], [[[[[[[[[[0.5]]]]]]]]]] * 96):
+        e = err(fp32_tensor, tensor(bad), b"", 0, (4, 4), 8)
+        assert (e.status, e.code) == (400, "invalid_tensor") and "input 'i'" in e.detail
+    ragged = [x.ravel().tolist()[:95], 0.5]  # mixed nesting: values counted like before
+    assert fp32_tensor(tensor(ragged), b"", 0, (4, 4), 8)[0].shape == (2, 3, 4, 4)
