@@ -41,10 +41,22 @@ class MetricSpec:
     headline: bool = False
     short: str | None = None
     description: str = ""
+    label: str | None = None
+    """How gate reasons and reports name it (default: ``name``), e.g. ``macro-F1``."""
 
     @property
     def gate_key(self) -> str:
         return f"{'min' if self.higher_is_better else 'max'}_{self.name}"
+
+    @property
+    def relative_gate_key(self) -> str | None:
+        """``min_relative_<name>`` (a floor as a fraction of the clean scenario's value); only for
+        higher-is-better metrics."""
+        return f"min_relative_{self.name}" if self.higher_is_better else None
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
 
 
 @dataclass(frozen=True)
