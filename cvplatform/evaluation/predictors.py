@@ -75,23 +75,28 @@ class _BasePredictor(ABC):
             batch_size: images per forward pass.
 
         Returns:
-            ``(N, C)`` float32 logits, ``C = len(class_names)``.
+            The model's (first) output as float32, one row per image: ``(N, C)`` logits for
+            classification, ``(N, ...)`` for other tasks (the task checks the trailing shape).
         """
         import numpy as np
 
         resized = resize_to_contract(images, self.contract)
         n = resized.shape[0]
-        c = self.contract.num_classes
-        out = np.empty((n, c), dtype=np.float32)
+        out: np.ndarray | None = None
         for start in range(0, n, max(1, int(batch_size))):
             x = normalize(resized[start : start + batch_size], self.contract)
             logits = np.asarray(self._forward(x), dtype=np.float32)
-            if logits.shape != (x.shape[0], c):
+            if out is None:
+                out = np.empty((n, *logits.shape[1:]), dtype=np.float32)
+            if logits.ndim < 1 or logits.shape[0] != x.shape[0] or logits.shape[1:] != out.shape[1:]:
                 raise ModelError(
                     f"{self.name}: model returned shape {logits.shape} for a batch of {x.shape[0]}, expected "
-                    f"({x.shape[0]}, {c}) for classes {list(self.class_names)}. The model and its metadata disagree."
+                    f"({x.shape[0]}, ...) rows like {out.shape[1:] or 'the first batch'}. The model and its "
+                    "metadata disagree."
                 )
             out[start : start + x.shape[0]] = logits
+        if out is None:  # no images: the output's trailing shape is unknown, classification's (0, C) by convention
+            out = np.empty((0, self.contract.num_classes), dtype=np.float32)
         return out
 
     def __repr__(self) -> str:

@@ -215,14 +215,15 @@ def predict_scenario(predictors: Sequence[Predictor], b: BuiltScenario, seed: in
     import numpy as np
 
     n = len(b.ids)
-    outs = [np.empty((n, len(p.class_names)), dtype=np.float32) for p in predictors]
+    parts: list[list[np.ndarray]] = [[] for _ in predictors]
     chunk = max(batch_size, 1)
     for s in range(0, n, chunk):
         sel = np.arange(s, min(n, s + chunk))
         pix = b.pixels(seed, sel)
-        for out, p in zip(outs, predictors, strict=True):
-            out[sel] = p.predict_logits(pix, batch_size=batch_size)
-    return outs
+        for part, p in zip(parts, predictors, strict=True):
+            part.append(p.predict_logits(pix, batch_size=batch_size))
+    return [np.concatenate(part, axis=0) if part else np.empty((0, len(p.class_names)), np.float32)
+            for part, p in zip(parts, predictors, strict=True)]
 
 
 def run_suite(

@@ -383,7 +383,7 @@ def _export_fp32(inp: _Inputs, lin: _Lineage, cfg: ExportParams, out_dir: Path) 
         checkpoint_sha256=lin.ckpt_sha, checkpoint_epoch=loaded.epoch, precision="fp32", opset=cfg.opset,
     )
     fp32_path = export_onnx(loaded, out_dir / FP32_NAME, contract, extra_metadata=version, opset=cfg.opset,
-                            exporter=cfg.exporter)
+                            exporter=cfg.exporter, task=inp.task)
     fp32_pred = OnnxPredictor(fp32_path)  # run what we export: load it back with its own metadata
     if fp32_pred.contract != contract:
         raise ModelError(

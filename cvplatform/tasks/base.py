@@ -195,6 +195,41 @@ class Task(ABC):
         metrics are ``None``.
         """
 
+    # ------------------------------------------------------------------ gates (scenario-result protocol)
+    # What :meth:`evaluate_scenario` returns must offer: ``name``, ``kind``, ``image_ids``, ``n``, ``note``,
+    # ``values`` (metric name -> float or None, every name of :attr:`metrics`) and ``intervals`` (metric
+    # name -> ``(low, high)`` or None). The gates (cvplatform/evaluation/gates.py) read nothing else.
+    @property
+    def extra_gate_keys(self) -> tuple[str, ...]:
+        """Threshold keys of the task's own checks (:meth:`extra_gate_checks`) beyond its metrics' ``min_``/``max_``
+        keys; classification: ``max_critical_fpr``."""
+        return ()
+
+    def support_checks(self, scenario: str, result: Any, policy: Any) -> list[Any]:
+        """Gate checks (``cvplatform.evaluation.gates.GateCheck``) on the clean scenario that say whether the split
+        can support the suite's floors at all (classification: ``min_images_per_class``); none by default."""
+        return []
+
+    def extra_gate_checks(self, scenario: str, gate: Any, result: Any, policy: Any) -> list[Any]:
+        """The checks of :attr:`extra_gate_keys` for one scenario (classification: each critical class's
+        false-positive rate against ``max_critical_fpr``); none by default."""
+        return []
+
+    @property
+    def paired_metric(self) -> str:
+        """What :meth:`paired_delta` measures, in gate reasons (default: the first headline metric)."""
+        return next((m.display for m in self.metrics if m.headline), self.metrics[0].display)
+
+    def paired_delta(self, challenger: Any, champion: Any, *, n_bootstrap: int = 1000, confidence: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+        """``(delta, low, high)``: how much better the challenger is than the champion on the same images
+        (positive = better), with a paired bootstrap interval; the ``max_drop`` gate fails when ``low`` is
+        below ``-max_drop``. Classification: the accuracy difference."""
+        from cvplatform.errors import ConfigError
+
+        raise ConfigError(f"task {self.name!r} cannot compare a model with the champion (no paired_delta); "
+                          "remove max_drop from the suite or set evaluate.compare_champion: false.")
+
     # ------------------------------------------------------------------ serving, canary, monitoring
     @abstractmethod
     def response(self, prediction: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:

@@ -39,6 +39,27 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _sample_size_check(scenario: str, res: Any, minimum: int) -> Any:
+    """The ``min_images_per_class`` gate check of the clean scenario."""
+    from cvplatform.evaluation.gates import GateCheck
+
+    m = res.metrics
+    assert m is not None
+    small = {c: n for c, n in m.support.items() if n < minimum}
+    fewest = min(m.support.values(), default=0)
+    if not small:
+        return GateCheck("min_images_per_class", scenario, "passed", "must_pass",
+                         f"every class has >= {minimum} images (fewest: {fewest})", float(fewest), float(minimum))
+    shown = ", ".join(f"{c!r}: {n}" for c, n in sorted(small.items(), key=lambda kv: kv[1])[:8])
+    return GateCheck(
+        "min_images_per_class", scenario, "failed", "must_pass",
+        f"{len(small)} class(es) have fewer than {minimum} images ({shown}): the split is too small to support the "
+        "suite's floors. Add labelled images (or a larger ingest.split.test share), do not shrink evaluate.max_images "
+        "below it, or lower min_images_per_class in the suite knowingly",
+        float(fewest), float(minimum),
+    )
+
+
 class ClassificationTask(Task):
     """One label per image (see the module docstring)."""
 
@@ -106,8 +127,9 @@ class ClassificationTask(Task):
     def metrics(self) -> tuple[MetricSpec, ...]:
         return (
             MetricSpec("accuracy", headline=True, short="accuracy", description="share of images with the right class"),
-            MetricSpec("macro_f1", headline=True, short="f1", description="unweighted mean of per-class F1"),
-            MetricSpec("ece", higher_is_better=False, headline=True, short="ece",
+            MetricSpec("macro_f1", headline=True, short="f1", label="macro-F1",
+                       description="unweighted mean of per-class F1"),
+            MetricSpec("ece", higher_is_better=False, headline=True, short="ece", label="ECE",
                        description="expected calibration error of the softmax confidence"),
         )
 
@@ -146,6 +168,44 @@ class ClassificationTask(Task):
             self.check_outputs(outputs, class_names)
         probs = softmax(logits) if len(image_ids) else logits
         return ScenarioResult.from_predictions(name, kind, image_ids, targets, probs, class_names, **options)
+
+    # ------------------------------------------------------------------ gates
+    @property
+    def extra_gate_keys(self) -> tuple[str, ...]:
+        return ("max_critical_fpr",)
+
+    def support_checks(self, scenario: str, result: Any, policy: Any) -> list[Any]:
+        """``min_images_per_class``: every class needs that many images in the clean scenario."""
+        if policy.min_images_per_class is None:
+            return []
+        return [_sample_size_check(scenario, result, int(policy.min_images_per_class))]
+
+    def extra_gate_checks(self, scenario: str, gate: Any, result: Any, policy: Any) -> list[Any]:
+        """``critical_fpr:<class>``: each critical class's false-positive rate against ``max_critical_fpr``."""
+        from cvplatform.evaluation.gates import GateCheck, bound_check
+
+        if gate.max_critical_fpr is None:
+            return []
+        flvl = gate.level_of("max_critical_fpr")
+        if not policy.critical_classes:
+            return [GateCheck("critical_fpr", scenario, "skipped", flvl,
+                              "max_critical_fpr set but the suite lists no critical_classes", None,
+                              gate.max_critical_fpr)]
+        return [bound_check(f"critical_fpr:{cls}", scenario, flvl, result.metrics.critical_fpr.get(cls),
+                            gate.max_critical_fpr, f"false-positive rate of '{cls}'")
+                for cls in policy.critical_classes]
+
+    @property
+    def paired_metric(self) -> str:
+        return "accuracy"
+
+    def paired_delta(self, challenger: Any, champion: Any, *, n_bootstrap: int = 1000, confidence: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+        """Paired bootstrap of the accuracy difference on the same images (per-image correctness)."""
+        from cvplatform.tasks.classification.metrics import paired_bootstrap_delta
+
+        return paired_bootstrap_delta(challenger.correct, champion.correct, n_bootstrap=n_bootstrap,
+                                      confidence=confidence, seed=seed)
 
     # ------------------------------------------------------------------ serving, monitoring
     def response(self, prediction: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
