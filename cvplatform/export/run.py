@@ -324,7 +324,9 @@ def _read_inputs(params: Params, paths: ProjectPaths, checkpoint: str | os.PathL
     manifest_path = paths.resolve(params.project.manifest)
     manifest = read_manifest(manifest_path)
     log.info("export: loading %s", ckpt)
-    torch_pred = TorchCheckpointPredictor(ckpt)  # ModelError: missing/corrupt, or eval steps beyond resize+normalise
+    task = get_task(params.project.task)
+    # ModelError: missing/corrupt, or eval steps beyond resize+normalise
+    torch_pred = TorchCheckpointPredictor(ckpt, task=task)
     check_checkpoint_matches(torch_pred.loaded, params, manifest, manifest_path)
     test_rows = select_split(manifest, "test", cfg.parity.max_images, source=str(manifest_path), key="export.parity")
     cal_rows = None
@@ -339,7 +341,7 @@ def _read_inputs(params: Params, paths: ProjectPaths, checkpoint: str | os.PathL
                 "`cvplatform ingest` so it gets images, set export.int8.calibration_split to a split that has "
                 "images, or set export.int8.enabled: false."
             )
-    return _Inputs(ckpt, manifest_path, manifest, torch_pred, test_rows, cal_rows, get_task(params.project.task))
+    return _Inputs(ckpt, manifest_path, manifest, torch_pred, test_rows, cal_rows, task)
 
 
 @dataclass
@@ -384,7 +386,7 @@ def _export_fp32(inp: _Inputs, lin: _Lineage, cfg: ExportParams, out_dir: Path) 
     )
     fp32_path = export_onnx(loaded, out_dir / FP32_NAME, contract, extra_metadata=version, opset=cfg.opset,
                             exporter=cfg.exporter, task=inp.task)
-    fp32_pred = OnnxPredictor(fp32_path)  # run what we export: load it back with its own metadata
+    fp32_pred = OnnxPredictor(fp32_path, task=inp.task)  # run what we export: load it back with its own metadata
     if fp32_pred.contract != contract:
         raise ModelError(
             f"{fp32_path}: the preprocessing contract read back from the ONNX metadata ({fp32_pred.contract}) "
@@ -476,7 +478,7 @@ def _quantize_and_decide(params: Params, paths: ProjectPaths, inp: _Inputs, par:
                              per_channel=cfg.int8.per_channel, pre_process=cfg.int8.pre_process)
         out.path = info.path
         int8.update({"pre_processed": info.pre_processed, "note": info.note, **_file_info(paths, info.path)})
-        int8_pred = OnnxPredictor(info.path)
+        int8_pred = OnnxPredictor(info.path, task=inp.task)
         test = par.test
         vs_torch = run_parity(
             inp.torch_pred, int8_pred, test.images, ids=test.ids, paths=par.test_paths, labels=test.labels,
@@ -518,7 +520,7 @@ def _ship(inp: _Inputs, par: _Parity, q: _Int8, cfg: ExportParams, fp32_path: Pa
         q.rejected_reason = None
     model_path = out_dir / MODEL_NAME
     _copy_atomic(q.path if chosen == "int8" and q.path is not None else fp32_path, model_path)
-    final = OnnxPredictor(model_path)  # the shipped file must load and run on its own metadata
+    final = OnnxPredictor(model_path, task=inp.task)  # the shipped file must load and run on its own metadata
     probe = final.predict_logits(par.test.images[: min(len(par.test.ids), 8)], batch_size=cfg.batch_size)
     check_finite(probe, None, candidate_name=str(model_path), reference_name="", paths=par.test_paths)
     if final.contract != inp.torch_pred.contract:

@@ -230,6 +230,51 @@ class Task(ABC):
         raise ConfigError(f"task {self.name!r} cannot compare a model with the champion (no paired_delta); "
                           "remove max_drop from the suite or set evaluate.compare_champion: false.")
 
+    def corruption_summary(self, clean: Any, corrupted: Mapping[tuple[str, int], Any],
+                           reference: Mapping[tuple[str, int], Any] | None, reference_name: str | None) -> dict[str, Any]:
+        """Suite-wide robustness numbers over the corruption scenarios (``(corruption, severity)`` -> result;
+        ``reference``: the champion's on the same images, or None) for the report and ``scenarios.json``
+        (classification: mCE, error multiple vs clean, mean degradation). Default: the mean of each
+        metric over the corruption scenarios and its change from clean."""
+        out: dict[str, Any] = {}
+        for m in self.metrics:
+            vals = [r.values.get(m.name) for r in corrupted.values()]
+            vals = [float(v) for v in vals if v is not None]
+            base = clean.values.get(m.name) if clean is not None else None
+            if vals:
+                out[f"mean_corrupted_{m.name}"] = sum(vals) / len(vals)
+                if base is not None:
+                    out[f"change_{m.name}"] = out[f"mean_corrupted_{m.name}"] - float(base)
+        return out
+
+    def scenario_extras(self, result: Any) -> dict[str, Any]:
+        """Task-only per-scenario fields for the evaluation summary rows (classification: ``critical_fpr``)."""
+        return {}
+
+    def worst_images(self, result: Any, class_names: Sequence[str], k: int) -> list[tuple[int, str, str, float]]:
+        """The report's gallery: up to ``k`` of the scenario's worst-handled images, worst first, as
+        ``(row in the scenario, expected, predicted, score)`` (classification: the most confident wrong
+        predictions, score = confidence). None by default."""
+        return []
+
+    def report_details(self, result: Any, class_names: Sequence[str], plots_dir: Any) -> dict[str, Any]:
+        """The evaluation report's task-only sections for the clean scenario, written under ``plots_dir``:
+        ``files`` (name -> path), ``tables`` (``[(title, header, rows)]``) and ``plots`` (``[(key, title, path)]``).
+        Classification: the per-class table, the confusion matrix and the reliability diagram. None by default."""
+        return {}
+
+    #: How the report describes the intervals (after "intervals (95%):").
+    interval_note: ClassVar[str] = "percentile bootstrap over images; champion difference paired bootstrap"
+    #: The report's gallery: its title and the column names of ``worst_images``' expected, predicted, score.
+    gallery_title: ClassVar[str] = "Worst images"
+    gallery_columns: ClassVar[tuple[str, str, str]] = ("expected", "predicted", "score")
+
+    @property
+    def corruption_headline(self) -> tuple[str, str]:
+        """``(metric, metrics.json key)`` of the corruption headline: the first metric's mean over corruptions."""
+        m = self.metrics[0]
+        return m.name, f"corrupt_{m.short or m.name}"
+
     # ------------------------------------------------------------------ serving, canary, monitoring
     @abstractmethod
     def response(self, prediction: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:

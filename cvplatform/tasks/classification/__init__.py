@@ -65,6 +65,10 @@ class ClassificationTask(Task):
 
     name: ClassVar[str] = "classification"
     description: ClassVar[str] = "one label per image (softmax over class logits)"
+    interval_note: ClassVar[str] = ("accuracy and recall Wilson score; macro-F1 percentile bootstrap; "
+                                    "champion difference paired bootstrap")
+    gallery_title: ClassVar[str] = "Worst failures (most confident wrong predictions)"
+    gallery_columns: ClassVar[tuple[str, str, str]] = ("true", "predicted", "confidence")
 
     # ------------------------------------------------------------------ data
     @property
@@ -102,8 +106,9 @@ class ClassificationTask(Task):
                              "model must return logits (N, C).")
         shape = tuple(np.shape(logits))
         if len(shape) != 2 or shape[1] != len(class_names):
+            want = f"({shape[0] if shape else 'N'}, {len(class_names)})"
             raise ModelError(f"logits of shape {shape} do not fit {len(class_names)} class names {list(class_names)}: "
-                             "a classification model returns (N, C) with C = the number of classes.")
+                             f"expected {want}; a classification model returns (N, C) with C = the number of classes.")
 
     def decode(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]) -> list[dict[str, Any]]:
         self.check_outputs(outputs, class_names)
@@ -206,6 +211,38 @@ class ClassificationTask(Task):
 
         return paired_bootstrap_delta(challenger.correct, champion.correct, n_bootstrap=n_bootstrap,
                                       confidence=confidence, seed=seed)
+
+    def corruption_summary(self, clean: Any, corrupted: Mapping[tuple[str, int], Any],
+                           reference: Mapping[tuple[str, int], Any] | None, reference_name: str | None) -> dict[str, Any]:
+        """mCE (vs the champion), the error multiple vs clean and the mean degradation (``corruption_error_summary``)."""
+        from cvplatform.tasks.classification.metrics import corruption_error_summary
+
+        errors = {k: r.metrics.error for k, r in corrupted.items() if r.metrics is not None}
+        ref = {k: r.metrics.error for k, r in reference.items() if r.metrics is not None} if reference else None
+        return corruption_error_summary(clean.metrics.error if clean.metrics else 1.0, errors, clean.n, ref,
+                                        reference_name)
+
+    def scenario_extras(self, result: Any) -> dict[str, Any]:
+        return {"critical_fpr": dict(result.metrics.critical_fpr) if result.metrics else {}}
+
+    @property
+    def corruption_headline(self) -> tuple[str, str]:
+        return "accuracy", "corrupt_acc"
+
+    def report_details(self, result: Any, class_names: Sequence[str], plots_dir: Any) -> dict[str, Any]:
+        from cvplatform.tasks.classification.report import report_details
+
+        return report_details(result, class_names, plots_dir)
+
+    def worst_images(self, result: Any, class_names: Sequence[str], k: int) -> list[tuple[int, str, str, float]]:
+        """The most confident wrong predictions (ties by image id)."""
+        wrong = np.flatnonzero(~result.correct)
+        if k <= 0 or len(wrong) == 0:
+            return []
+        conf = result.confidence[wrong]
+        order = wrong[np.lexsort((np.array([result.image_ids[i] for i in wrong]), -conf))][:k]
+        return [(int(i), class_names[int(result.y_true[i])], class_names[int(result.y_pred[i])],
+                 float(result.confidence[i])) for i in order]
 
     # ------------------------------------------------------------------ serving, monitoring
     def response(self, prediction: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:

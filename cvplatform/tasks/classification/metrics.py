@@ -532,7 +532,7 @@ class ScenarioResult:
     @property
     def intervals(self) -> dict[str, tuple[float, float] | None]:
         m = self.metrics
-        return {"accuracy": m.accuracy_ci if m else None, "macro_f1": m.macro_f1_ci if m else None, "ece": None}
+        return {"accuracy": m.accuracy_ci if m else None, "macro_f1": m.macro_f1_ci if m else None}
 
     @property
     def correct(self) -> np.ndarray:
