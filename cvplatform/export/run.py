@@ -133,8 +133,8 @@ class ExportResult(StageResult):
             f"  model: {self.arch} on {len(self.class_names)} classes, input {self.contract.get('input_size')}, "
             f"opset {self.opset}",
             f"  parity (onnxruntime fp32 vs PyTorch, {p.get('n')} test images): max |Δlogit| "
-            f"{p.get('max_abs_diff', float('nan')):.2e} (atol {p.get('atol')}), top-1 agreement "
-            f"{p.get('top1_agreement', float('nan')):.2%} (min {p.get('min_agreement')}): "
+            f"{p.get('max_abs_diff', float('nan')):.2e} (atol {p.get('atol')}), agreement "
+            f"{p.get('agreement', p.get('top1_agreement', float('nan'))):.2%} (min {p.get('min_agreement')}): "
             f"{'PASSED' if p.get('passed') else 'FAILED'}",
         ]
         if not self.int8.get("enabled"):
@@ -471,6 +471,8 @@ def _quantize_and_decide(params: Params, paths: ProjectPaths, inp: _Inputs, par:
     int8.update({
         "calibration_split": cfg.int8.calibration_split, "calibration_images": len(cal.ids),
         "suite": suite_ref, "split": params.evaluate.split, "per_channel": cfg.int8.per_channel,
+        "metric": inp.task.int8_metric,
+        "higher_is_better": next((m.higher_is_better for m in inp.task.metrics if m.name == inp.task.int8_metric), True),
     })
     problem: str | None = None
     try:
@@ -486,7 +488,8 @@ def _quantize_and_decide(params: Params, paths: ProjectPaths, inp: _Inputs, par:
             task=inp.task,
         )
         int8["vs_torch"] = {"n": vs_torch.n, "max_abs_diff": vs_torch.max_abs_diff,
-                            "top1_agreement": vs_torch.top1_agreement, "disagreements": vs_torch.disagreements}
+                            "agreement": vs_torch.agreement, "top1_agreement": vs_torch.agreement,
+                            "disagreements": vs_torch.disagreements}
     except ModelError as exc:  # INT8 is an optimisation: a broken INT8 model is rejected, fp32 ships
         problem = str(exc)
         log.warning("export: INT8 rejected: %s", problem)
@@ -582,7 +585,7 @@ def _log_export(result: ExportResult, cfg: ExportParams, lin: _Lineage, par: _Pa
         return
     mm: dict[str, float] = {
         "export.parity.max_abs_diff": par.report.max_abs_diff,
-        "export.parity.top1_agreement": par.report.top1_agreement,
+        "export.parity.top1_agreement": par.report.agreement,  # the MLflow metric keeps its first name
         "export.int8.accepted": float(result.chosen == "int8"),
         "export.size_bytes": float(result.size_bytes),
     }

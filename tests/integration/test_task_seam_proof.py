@@ -88,7 +88,7 @@ def _project(root: Path, n: int = 120, seed: int = 0) -> Path:
         "train.monitor=val_mae", "train.mode=min", "train.calibrate=false", "train.loss.class_weights=none",
         "train.optimizer.lr=0.01", "train.augment=configs/augment/brightness.yaml",
         "evaluate.suite=configs/scenarios/brightness.yaml", "evaluate.bootstrap_samples=100",
-        "evaluate.compare_champion=false", "evaluate.gallery_size=0",
+        "evaluate.compare_champion=false", "evaluate.gallery_size=3",
         "export.benchmark.enabled=false", "export.int8.calibration_images=32",
         "export.parity.atol=0.001", "export.parity.min_agreement=0.95", "export.int8.max_drop=0.05",
     ]
@@ -128,13 +128,13 @@ def test_a_task_defined_in_the_tests_runs_through_every_stage(tmp_path, monkeypa
     exported = run_export(params, root=root)
     import onnx
 
-    graph = onnx.load(root / "artifacts" / "export" / "model.fp32.onnx").graph
+    graph = onnx.load(root / "artifacts" / "export" / "model_fp32.onnx").graph
     assert [o.name for o in graph.output] == ["brightness"]
     parity = json.loads((root / "artifacts" / "export" / "parity.json").read_text())
     assert parity["passed"] is True and parity["agreement"] >= 0.95
     int8 = json.loads((root / "artifacts" / "export" / "int8.json").read_text())
     assert int8["metric"] == "mae" and int8["higher_is_better"] is False
-    assert exported.shipped in ("fp32", "int8")
+    assert exported.chosen in ("fp32", "int8")
 
     # evaluate the shipped artifact on the suite: gates over the task's metrics
     result = run_evaluate(params, root=root)
