@@ -271,7 +271,7 @@ def export_onnx(
         f"{loaded.arch} {task.name} model, classes {list(contract.class_names)}; input '{INPUT_NAME}' float32 NCHW "
         f"(batch, 3, {h}, {w}) RGB, (pixel/255 - mean)/std; outputs {list(task.output_names)}."
     )
-    set_metadata(model, {**contract.to_metadata(), **dict(extra_metadata or {})})
+    set_metadata(model, {**contract.to_metadata(), "task": json.dumps(task.name), **dict(extra_metadata or {})})
     check_onnx(model, f"{out} (exported from {where})")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

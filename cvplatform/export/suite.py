@@ -109,7 +109,6 @@ def compare_on_suite(
         >>> rows[0].name, rows[0].drop  # doctest: +SKIP
         ('clean', 0.0)
     """
-    import numpy as np
 
     from cvplatform.data.manifest import read_manifest
     from cvplatform.evaluation.scenarios import load_suite

@@ -78,5 +78,7 @@ def test_evaluation_and_serving_run_the_same_runtime_model(tmp_path):
     served = load_onnx(path, name="m", version="1", intra_op_threads=1, allow_spinning=False)
     assert isinstance(pred.runtime, RuntimeModel) and isinstance(served, RuntimeModel)
     images = np.stack([colour_image(i, size=16) for i in range(3)])
-    np.testing.assert_array_equal(pred.predict_logits(images), served.forward(preprocess(images, served.contract)))
+    outputs = served.forward(preprocess(images, served.contract))
+    assert list(outputs) == ["logits"]  # keyed by the task's output names
+    np.testing.assert_array_equal(pred.predict_logits(images), outputs["logits"])
     assert served.session.get_session_options().intra_op_num_threads == 1
