@@ -106,9 +106,9 @@ class ClassificationTask(Task):
                              "model must return logits (N, C).")
         shape = tuple(np.shape(logits))
         if len(shape) != 2 or shape[1] != len(class_names):
-            want = f"({shape[0] if shape else 'N'}, {len(class_names)})"
             raise ModelError(f"logits of shape {shape} do not fit {len(class_names)} class names {list(class_names)}: "
-                             f"expected {want}; a classification model returns (N, C) with C = the number of classes.")
+                             f"expected (N, {len(class_names)}); a classification model returns (N, C) with C = the "
+                             "number of classes.")
 
     def decode(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]) -> list[dict[str, Any]]:
         self.check_outputs(outputs, class_names)
