@@ -7,21 +7,24 @@ does no I/O and is deterministic (the paired bootstrap is seeded), so the CLI,
 DVC, Airflow and tests all get the same verdict; the caller acts on it (exit code
 3, failed task, short-circuit).
 
-Checks (each one a :class:`GateCheck` with name, scenario, value, threshold,
-confidence interval, status, level and a one-line reason):
+The checks come from the project's task (``task=``, default classification): the results follow
+the scenario-result protocol of :mod:`cvplatform.tasks.base` (``values``, ``intervals``, ``n``,
+``image_ids``, ``note``) and every threshold key is one of the task's ``MetricSpec`` keys. Checks
+(each one a :class:`GateCheck` with name, scenario, value, threshold, confidence interval, status,
+level and a one-line reason):
 
 ``images``            the scenario has at least one image (an empty slice fails)
-``min_images_per_class``  (clean scenario, must-pass) every class has at least that many images:
-                      a split too small cannot support the floors, so the suite refuses to pass it
-``min_accuracy``      accuracy >= floor
-``min_relative_accuracy``  accuracy >= floor x the clean scenario's accuracy (robustness relative
-                      to clean performance, e.g. 0.85: a mild corruption may cost at most 15 % of it)
-``min_macro_f1``      macro-F1 >= floor
-``max_ece``           expected calibration error <= bound
-``critical_fpr:<c>``  false-positive rate of critical class ``c`` <= bound
-``champion_regression``  paired bootstrap of (challenger - champion) accuracy on the
-                      same images: fails when the CI's lower bound is *below*
-                      ``-max_drop`` (a lower bound exactly at ``-max_drop`` passes)
+``task.support_checks``  (clean scenario) whether the split can support the floors; classification:
+                      ``min_images_per_class`` (must-pass), every class has at least that many images
+``min_<metric>``      a higher-is-better metric >= floor (classification: ``min_accuracy``, ``min_macro_f1``)
+``max_<metric>``      a lower-is-better metric <= bound (classification: ``max_ece``; an error such as ``max_mae``)
+``min_relative_<metric>``  metric >= floor x the clean scenario's value (robustness relative to clean
+                      performance, e.g. ``min_relative_accuracy: 0.85``: a mild corruption may cost at most 15 %)
+``task.extra_gate_checks``  the task's own thresholds; classification: ``critical_fpr:<c>``, the
+                      false-positive rate of critical class ``c`` <= ``max_critical_fpr``
+``champion_regression``  ``task.paired_delta`` of challenger vs champion on the same images
+                      (classification: paired bootstrap of the accuracy difference): fails when the
+                      CI's lower bound is *below* ``-max_drop`` (exactly ``-max_drop`` passes)
 ``champion``          suite-wide: "no champion to compare against" (status
                       ``skipped``, or ``failed`` with ``require_champion``); a champion whose
                       classes / input differ is ``failed`` (warn, or must-pass with
@@ -326,11 +329,11 @@ def _scenario_checks(name: str, gate: ScenarioGate, results: Mapping[str, Any], 
                           "nothing was checked", 0.0, 1.0)]
     own = [GateCheck("images", name, "passed", lvl, f"{res.n} images", float(res.n), 1.0)]
     if name == policy.clean_scenario:
-        own.extend(task.support_checks(name, res, policy))
+        own.extend(GateCheck(**c) for c in task.support_checks(name, res, policy))
     clean = results.get(policy.clean_scenario) if policy.clean_scenario else None
     for spec in task.metrics:
         own.extend(_metric_checks(name, gate, res, spec, clean, policy))
-    own.extend(task.extra_gate_checks(name, gate, res, policy))
+    own.extend(GateCheck(**c) for c in task.extra_gate_checks(name, gate, res, policy))
     if gate.max_drop is not None and champion is not None:
         own.append(_regression_check(name, gate, res, champion.get(name), policy, task))
     return own

@@ -420,7 +420,7 @@ def render_markdown(ctx: ReportContext, plots: Mapping[str, str]) -> str:
         "",
         "## Scenarios",
         "",
-        f"![accuracy per scenario]({plots.get('scenarios', '')})" if plots.get("scenarios") else "",
+        f"![{ctx.first.display} per scenario]({plots.get('scenarios', '')})" if plots.get("scenarios") else "",
         "",
         *_md_table(_scenario_header(ctx), [[*r[:-1], f"{STATUS_MARKS.get(r[-1], '')} {r[-1]}"]
                                       for r in _scenario_rows(ctx)]),

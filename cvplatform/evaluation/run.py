@@ -50,7 +50,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from cvplatform.evaluation.predictors import Predictor
     from cvplatform.evaluation.suite_runner import BuiltScenario
     from cvplatform.tasks.base import Task
-    from cvplatform.tasks.classification.metrics import ScenarioResult
 
 log = logging.getLogger(__name__)
 
@@ -427,8 +426,9 @@ def _load_inputs(params: Params, paths: ProjectPaths, model: str | os.PathLike[s
 class _Judged:
     """Per-scenario results of the model (and of the champion, on the same pixels)."""
 
-    results: dict[str, ScenarioResult]
-    champ_results: dict[str, ScenarioResult]
+    results: dict[str, Any]
+    """Scenario -> ``task.evaluate_scenario`` result (the scenario-result protocol of cvplatform.tasks.base)."""
+    champ_results: dict[str, Any]
     built: list[BuiltScenario]
     predictions: int
 

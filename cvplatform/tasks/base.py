@@ -205,12 +205,13 @@ class Task(ABC):
         keys; classification: ``max_critical_fpr``."""
         return ()
 
-    def support_checks(self, scenario: str, result: Any, policy: Any) -> list[Any]:
-        """Gate checks (``cvplatform.evaluation.gates.GateCheck``) on the clean scenario that say whether the split
-        can support the suite's floors at all (classification: ``min_images_per_class``); none by default."""
+    def support_checks(self, scenario: str, result: Any, policy: Any) -> list[dict[str, Any]]:
+        """Gate checks on the clean scenario that say whether the split can support the suite's floors at all
+        (classification: ``min_images_per_class``), each the fields of ``cvplatform.evaluation.gates.GateCheck``
+        as a dict (``name, scenario, status, level, reason, value, threshold``); none by default."""
         return []
 
-    def extra_gate_checks(self, scenario: str, gate: Any, result: Any, policy: Any) -> list[Any]:
+    def extra_gate_checks(self, scenario: str, gate: Any, result: Any, policy: Any) -> list[dict[str, Any]]:
         """The checks of :attr:`extra_gate_keys` for one scenario (classification: each critical class's
         false-positive rate against ``max_critical_fpr``); none by default."""
         return []

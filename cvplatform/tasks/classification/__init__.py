@@ -39,19 +39,33 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _sample_size_check(scenario: str, res: Any, minimum: int) -> Any:
-    """The ``min_images_per_class`` gate check of the clean scenario."""
-    from cvplatform.evaluation.gates import GateCheck
+def _check(name: str, scenario: str, status: str, level: str, reason: str, value: float | None = None,
+              threshold: float | None = None) -> dict[str, Any]:
+    """A gate check as plain data (the gates build :class:`cvplatform.evaluation.gates.GateCheck` from it)."""
+    return {"name": name, "scenario": scenario, "status": status, "level": level, "reason": reason,
+            "value": value, "threshold": threshold}
 
+
+def _bound(name: str, scenario: str, level: str, value: float | None, bound: float, label: str) -> dict[str, Any]:
+    if value is None:
+        return _check(name, scenario, "skipped", level, f"{label} undefined (no images outside the class)",
+                         None, bound)
+    ok = value <= bound + 1e-9
+    reason = f"{label} {value:.4f} {'<=' if ok else '>'} bound {bound:.4f}"
+    return _check(name, scenario, "passed" if ok else "failed", level, reason, value, bound)
+
+
+def _sample_size_check(scenario: str, res: Any, minimum: int) -> dict[str, Any]:
+    """The ``min_images_per_class`` gate check of the clean scenario."""
     m = res.metrics
     assert m is not None
     small = {c: n for c, n in m.support.items() if n < minimum}
     fewest = min(m.support.values(), default=0)
     if not small:
-        return GateCheck("min_images_per_class", scenario, "passed", "must_pass",
+        return _check("min_images_per_class", scenario, "passed", "must_pass",
                          f"every class has >= {minimum} images (fewest: {fewest})", float(fewest), float(minimum))
     shown = ", ".join(f"{c!r}: {n}" for c, n in sorted(small.items(), key=lambda kv: kv[1])[:8])
-    return GateCheck(
+    return _check(
         "min_images_per_class", scenario, "failed", "must_pass",
         f"{len(small)} class(es) have fewer than {minimum} images ({shown}): the split is too small to support the "
         "suite's floors. Add labelled images (or a larger ingest.split.test share), do not shrink evaluate.max_images "
@@ -187,17 +201,15 @@ class ClassificationTask(Task):
 
     def extra_gate_checks(self, scenario: str, gate: Any, result: Any, policy: Any) -> list[Any]:
         """``critical_fpr:<class>``: each critical class's false-positive rate against ``max_critical_fpr``."""
-        from cvplatform.evaluation.gates import GateCheck, bound_check
-
         if gate.max_critical_fpr is None:
             return []
         flvl = gate.level_of("max_critical_fpr")
         if not policy.critical_classes:
-            return [GateCheck("critical_fpr", scenario, "skipped", flvl,
+            return [_check("critical_fpr", scenario, "skipped", flvl,
                               "max_critical_fpr set but the suite lists no critical_classes", None,
                               gate.max_critical_fpr)]
-        return [bound_check(f"critical_fpr:{cls}", scenario, flvl, result.metrics.critical_fpr.get(cls),
-                            gate.max_critical_fpr, f"false-positive rate of '{cls}'")
+        return [_bound(f"critical_fpr:{cls}", scenario, flvl, result.metrics.critical_fpr.get(cls),
+                       gate.max_critical_fpr, f"false-positive rate of '{cls}'")
                 for cls in policy.critical_classes]
 
     @property

@@ -18,6 +18,27 @@ from typing import Any
 from cvplatform.tasks.classification.metrics import ScenarioResult
 
 
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for r in rows:
+            w.writerow(["" if v is None else (f"{v:.6f}" if isinstance(v, float) else v) for v in r])
+    return path
+
+
 def _f(v: float | None, digits: int = 3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
@@ -40,8 +61,6 @@ def class_rows(result: ScenarioResult, class_names: Sequence[str]) -> list[list[
 def plot_confusion(result: ScenarioResult, class_names: Sequence[str], path: Path) -> Path:
     """Confusion matrix heat map (rows = true class, columns = predicted)."""
     import numpy as np
-
-    from cvplatform.evaluation.report import _plt
 
     plt = _plt()
     assert result.metrics is not None
@@ -72,8 +91,6 @@ def plot_confusion(result: ScenarioResult, class_names: Sequence[str], path: Pat
 
 def plot_reliability(result: ScenarioResult, path: Path) -> Path:
     """Reliability diagram: accuracy vs mean confidence per bin, with the share of images per bin."""
-    from cvplatform.evaluation.report import _plt
-
     plt = _plt()
     assert result.metrics is not None
     bins = result.metrics.reliability
@@ -101,8 +118,6 @@ def plot_reliability(result: ScenarioResult, path: Path) -> Path:
 def report_details(result: ScenarioResult, class_names: Sequence[str], plots_dir: Path) -> dict[str, Any]:
     """Write the clean scenario's plot data and plots; return the report's task sections as plain data:
     ``files`` (name -> path written), ``tables`` ([(title, header, rows)]), ``plots`` ([(key, title, path)])."""
-    from cvplatform.evaluation.report import _write_csv
-
     if result is None or result.metrics is None:
         return {}
     files: dict[str, Path] = {}
