@@ -193,3 +193,31 @@ def test_a_gate_key_the_task_does_not_have_is_a_configuration_error(tmp_path, br
     good.write_text(yaml.safe_dump(SUITE), encoding="utf-8")
     gates = load_suite(good, task=brightness_task).policy().scenarios
     assert gates["clean"].thresholds() == {"max_mae": 0.2, "min_within_0_05": 0.0}
+
+
+def test_the_gates_compare_a_champion_through_the_tasks_paired_delta(tmp_path, brightness_task):
+    """``max_drop`` for a lower-is-better metric: the challenger may lose at most that much MAE per image."""
+    from cvplatform.evaluation.gates import check_gates
+    from cvplatform.evaluation.scenarios import load_suite
+
+    suite = {**SUITE, "scenarios": [{**SUITE["scenarios"][0], "max_drop": 0.02}]}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite), encoding="utf-8")
+    policy = load_suite(path, task=brightness_task).policy(n_bootstrap=200)
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0, 1, 200)
+    ids = [f"{i:064x}" for i in range(200)]
+
+    def result(noise: float):
+        pred = target + rng.normal(0, noise, 200)
+        return brightness_task.evaluate_scenario("clean", "clean", ids, target, {"brightness": pred[:, None]},
+                                                 ["bright", "dark"], n_bootstrap=200)
+
+    champion = {"clean": result(0.02)}
+    as_good = check_gates({"clean": result(0.02)}, policy, champion, task=brightness_task)
+    worse = check_gates({"clean": result(0.2)}, policy, champion, task=brightness_task)
+    reg = {r: next(c for c in g.checks if c.name == "champion_regression") for r, g in
+           (("as_good", as_good), ("worse", worse))}
+    assert reg["as_good"].status == "passed" and "MAE change vs champion" in reg["as_good"].reason
+    assert reg["worse"].status == "failed" and reg["worse"].value < -0.1
+    assert not worse.passed and as_good.passed
