@@ -902,6 +902,7 @@ def check_params(params: Params, root: str | os.PathLike[str] = ".") -> list[str
     from cvplatform.models import resolve_model_kwargs
     from cvplatform.monitoring.drift import DriftPolicy
     from cvplatform.serving.schemas import load_serving_config
+    from cvplatform.tasks import get_task
 
     base = Path(root)
 
@@ -912,13 +913,14 @@ def check_params(params: Params, root: str | os.PathLike[str] = ".") -> list[str
         ("validate.suite", params.validate_params.suite,
          lambda f: load_config(f, ManifestSuiteConfig)),
         ("train.augment", params.train.augment, load_recipe),
-        ("evaluate.suite", params.evaluate.suite, load_suite),
+        ("evaluate.suite", params.evaluate.suite, lambda f: load_suite(f, get_task(params.project.task))),
         ("serve.config", params.serve.config, load_serving_config),
         ("deploy.policy", params.deploy.policy, load_canary_policy),
         ("monitor.policy", params.monitor.policy, lambda f: load_config(f, DriftPolicy)),
     ]
     if params.export.int8.suite:
-        checks.append(("export.int8.suite", params.export.int8.suite, load_suite))
+        checks.append(("export.int8.suite", params.export.int8.suite,
+                       lambda f: load_suite(f, get_task(params.project.task))))
     problems: list[str] = []
     checked: list[str] = []
     for key, rel, loader in checks:

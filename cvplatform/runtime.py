@@ -18,6 +18,7 @@ checks at load time that the model has one NCHW image input matching its contrac
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -157,6 +158,9 @@ class RuntimeModel:
     output_name: str = field(default="", init=False)
     input_shape: list[Any] = field(default_factory=list, init=False)
     output_shape: list[Any] = field(default_factory=list, init=False)
+    output_names: list[str] = field(default_factory=list, init=False)
+    """Every graph output, in graph order (``output_name`` is the first)."""
+    output_shapes: dict[str, list[Any]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.uri = self.uri or self.name
@@ -168,6 +172,8 @@ class RuntimeModel:
             raise ModelError(f"{where}: the model has no outputs.")
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         self.input_shape, self.output_shape = list(inputs[0].shape), list(outputs[0].shape)
+        self.output_names = [o.name for o in outputs]
+        self.output_shapes = {o.name: list(o.shape) for o in outputs}
         h, w = self.contract.input_size
         shape = self.input_shape
         if len(shape) != 4 or any(
@@ -191,19 +197,43 @@ class RuntimeModel:
         n = self.input_shape[0]
         return n if isinstance(n, int) and n > 0 else None
 
+    @property
+    def task(self) -> Any:
+        """The task the model was exported for (its ``task`` metadata; classification for files without it)."""
+        from cvplatform.tasks import get_task
+
+        meta = self.session.get_modelmeta().custom_metadata_map
+        raw = meta.get("task")
+        try:
+            name = json.loads(raw) if raw else None
+        except ValueError:
+            name = raw
+        return get_task(name)
+
     def check_batchable(self) -> None:
-        """Raise ModelError unless the batch axis is dynamic and the output is ``(N, num_classes)`` logits."""
-        where, shape, out, c = self.uri, self.input_shape, self.output_shape, self.contract.num_classes
+        """Raise ModelError unless the batch axis is dynamic, every output has a batch axis, the outputs are the
+        task's ``output_names`` and their static shapes pass the task's ``check_outputs`` (classification:
+        ``(N, C)`` logits with ``C`` = the classes in the metadata)."""
+        import numpy as np
+
+        where, shape = self.uri, self.input_shape
         if self.fixed_batch is not None:
             raise ModelError(
                 f"{where}: input {self.input_name!r} has a fixed batch size {shape[0]}; the server batches "
                 "requests and needs a dynamic batch axis. Re-export with a dynamic batch dimension."
             )
-        if len(out) != 2 or (isinstance(out[1], int) and out[1] != c):
-            raise ModelError(
-                f"{where}: output {self.output_name!r} has shape {out}, expected (N, {c}) logits for the classes "
-                f"{list(self.contract.class_names)} in the model metadata."
-            )
+        task = self.task
+        missing = [n for n in task.output_names if n not in self.output_shapes]
+        if missing or any(not s for s in self.output_shapes.values()):
+            raise ModelError(f"{where}: outputs {self.output_shapes} do not give the {task.name} outputs "
+                             f"{list(task.output_names)} with a batch axis. Re-export the model.")
+        dims = {n: self.output_shapes[n][1:] for n in task.output_names}
+        if all(isinstance(d, int) for ds in dims.values() for d in ds):  # static shapes: check them without running
+            probe = {n: np.zeros((1, *ds), np.float32) for n, ds in dims.items()}
+            try:
+                task.check_outputs(probe, list(self.contract.class_names))
+            except ModelError as exc:
+                raise ModelError(f"{where}: outputs {self.output_shapes} do not fit the model metadata: {exc}") from None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Raw first output for a preprocessed ``(N, 3, H, W)`` float32 batch (any N).
@@ -224,28 +254,33 @@ class RuntimeModel:
             outs.append(self.session.run([self.output_name], {self.input_name: chunk})[0][:k])
         return np.concatenate(outs)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """:meth:`run`, checked: ``(N, C)`` finite logits, or ModelError naming the model and version."""
+    def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every graph output for a preprocessed ``(N, 3, H, W)`` batch, keyed by output name (the task's
+        ``output_names``; classification: ``{"logits": (N, C)}``), checked: one row per image, finite values,
+        the task's ``check_outputs``; or ModelError naming the model and version."""
         import numpy as np
 
         try:
-            y = np.asarray(self.run(x))
+            ys = self.session.run(None, {self.input_name: x}) if self.fixed_batch is None else [self.run(x)]
         except Exception as exc:
             detail = " ".join(str(exc).split())[:300]
             raise ModelError(f"{self.name} v{self.version}: onnxruntime failed ({type(exc).__name__}: {detail})") from None
-        c = self.contract.num_classes
-        if y.shape != (x.shape[0], c):
-            raise ModelError(
-                f"{self.name} v{self.version}: returned shape {tuple(y.shape)} for a batch of {x.shape[0]}, expected "
-                f"({x.shape[0]}, {c}) for classes {list(self.class_names)}."
-            )
-        if not np.isfinite(y).all():
-            raise ModelError(f"{self.name} v{self.version}: returned non-finite logits (NaN/inf).")
-        return y
+        out = {n: np.asarray(y) for n, y in zip(self.output_names, ys, strict=False)}
+        shapes = tuple(out[self.output_name].shape) if len(out) == 1 else {n: y.shape for n, y in out.items()}
+        where = f"{self.name} v{self.version}: returned shape {shapes} for a batch of {x.shape[0]}"
+        if any(y.ndim < 1 or y.shape[0] != x.shape[0] for y in out.values()):
+            raise ModelError(f"{where}; every output needs one row per image.")
+        try:
+            self.task.check_outputs(out, list(self.class_names))
+        except ModelError as exc:
+            raise ModelError(f"{where}: {exc}") from None
+        if not all(np.isfinite(y).all() for y in out.values() if np.issubdtype(y.dtype, np.number)):
+            raise ModelError(f"{self.name} v{self.version}: returned non-finite outputs (NaN/inf).")
+        return out
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """``forward`` + softmax: ``(N, C)`` float64 probabilities."""
-        return softmax(self.forward(x))
+        """``forward`` + softmax of the first output: ``(N, C)`` float64 probabilities."""
+        return softmax(self.forward(x)[self.output_name])
 
     def warmup(self) -> None:
         """Run one black image through the full path (preprocess + model); raise ModelError if it fails."""

@@ -7,21 +7,24 @@ does no I/O and is deterministic (the paired bootstrap is seeded), so the CLI,
 DVC, Airflow and tests all get the same verdict; the caller acts on it (exit code
 3, failed task, short-circuit).
 
-Checks (each one a :class:`GateCheck` with name, scenario, value, threshold,
-confidence interval, status, level and a one-line reason):
+The checks come from the project's task (``task=``, default classification): the results follow
+the scenario-result protocol of :mod:`cvplatform.tasks.base` (``values``, ``intervals``, ``n``,
+``image_ids``, ``note``) and every threshold key is one of the task's ``MetricSpec`` keys. Checks
+(each one a :class:`GateCheck` with name, scenario, value, threshold, confidence interval, status,
+level and a one-line reason):
 
 ``images``            the scenario has at least one image (an empty slice fails)
-``min_images_per_class``  (clean scenario, must-pass) every class has at least that many images:
-                      a split too small cannot support the floors, so the suite refuses to pass it
-``min_accuracy``      accuracy >= floor
-``min_relative_accuracy``  accuracy >= floor x the clean scenario's accuracy (robustness relative
-                      to clean performance, e.g. 0.85: a mild corruption may cost at most 15 % of it)
-``min_macro_f1``      macro-F1 >= floor
-``max_ece``           expected calibration error <= bound
-``critical_fpr:<c>``  false-positive rate of critical class ``c`` <= bound
-``champion_regression``  paired bootstrap of (challenger - champion) accuracy on the
-                      same images: fails when the CI's lower bound is *below*
-                      ``-max_drop`` (a lower bound exactly at ``-max_drop`` passes)
+``task.support_checks``  (clean scenario) whether the split can support the floors; classification:
+                      ``min_images_per_class`` (must-pass), every class has at least that many images
+``min_<metric>``      a higher-is-better metric >= floor (classification: ``min_accuracy``, ``min_macro_f1``)
+``max_<metric>``      a lower-is-better metric <= bound (classification: ``max_ece``; an error such as ``max_mae``)
+``min_relative_<metric>``  metric >= floor x the clean scenario's value (robustness relative to clean
+                      performance, e.g. ``min_relative_accuracy: 0.85``: a mild corruption may cost at most 15 %)
+``task.extra_gate_checks``  the task's own thresholds; classification: ``critical_fpr:<c>``, the
+                      false-positive rate of critical class ``c`` <= ``max_critical_fpr``
+``champion_regression``  ``task.paired_delta`` of challenger vs champion on the same images
+                      (classification: paired bootstrap of the accuracy difference): fails when the
+                      CI's lower bound is *below* ``-max_drop`` (exactly ``-max_drop`` passes)
 ``champion``          suite-wide: "no champion to compare against" (status
                       ``skipped``, or ``failed`` with ``require_champion``); a champion whose
                       classes / input differ is ``failed`` (warn, or must-pass with
@@ -39,16 +42,16 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from cvplatform.config import StrictModel
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cvplatform.tasks.classification.metrics import ScenarioResult
+    from cvplatform.tasks.base import MetricSpec, Task
 
 Level = Literal["must_pass", "warn"]
-ThresholdKey = Literal["min_accuracy", "min_relative_accuracy", "min_macro_f1", "max_ece", "max_critical_fpr",
-                       "max_drop"]
+#: A threshold key: classification's ``min_accuracy`` ... or any task's ``min_<metric>`` / ``max_<metric>``.
+ThresholdKey = str
 Status = Literal["passed", "failed", "skipped"]
 
 #: Float tolerance for threshold comparisons: a value equal to its threshold passes.
@@ -56,7 +59,13 @@ EPS = 1e-9
 
 
 class ScenarioGate(StrictModel):
-    """The thresholds of one scenario (``None`` = no such check)."""
+    """The thresholds of one scenario (``None`` = no such check).
+
+    The declared fields are classification's; another task's gate keys (``max_mae``, ...) are extra
+    fields (validated against the task by :func:`cvplatform.evaluation.scenarios.load_suite`).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=False, validate_default=True)
 
     level: Level = "warn"
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
@@ -68,6 +77,13 @@ class ScenarioGate(StrictModel):
     max_drop: float | None = Field(None, ge=0.0, le=1.0)
     warn_only: tuple[ThresholdKey, ...] = ()
     """Thresholds whose checks are only warnings even in a must-pass scenario (e.g. ``[max_ece]``)."""
+
+    def thresholds(self) -> dict[str, float]:
+        """Every set threshold except ``max_drop`` (the champion's): key -> value, declared ones first."""
+        out = {k: getattr(self, k) for k in ("min_accuracy", "min_relative_accuracy", "min_macro_f1", "max_ece",
+                                             "max_critical_fpr")}
+        out.update(self.model_extra or {})
+        return {k: float(v) for k, v in out.items() if v is not None}
 
     def level_of(self, threshold: str) -> Level:
         """The level of the check made from ``threshold`` (a key such as ``max_ece``)."""
@@ -222,7 +238,7 @@ def _floor_check(name: str, scenario: str, level: Level, value: float, floor: fl
     return GateCheck(name, scenario, "passed" if ok else "failed", level, reason, value, floor)
 
 
-def _bound_check(name: str, scenario: str, level: Level, value: float | None, bound: float, label: str) -> GateCheck:
+def bound_check(name: str, scenario: str, level: Level, value: float | None, bound: float, label: str) -> GateCheck:
     if value is None:
         return GateCheck(name, scenario, "skipped", level, f"{label} undefined (no images outside the class)",
                          None, bound)
@@ -231,47 +247,50 @@ def _bound_check(name: str, scenario: str, level: Level, value: float | None, bo
     return GateCheck(name, scenario, "passed" if ok else "failed", level, reason, value, bound)
 
 
-def _relative_check(scenario: str, level: Level, res: ScenarioResult, ratio: float,
-                    clean: ScenarioResult | None, clean_name: str | None) -> GateCheck:
-    m = res.metrics
-    assert m is not None
-    if clean is None or clean.metrics is None:
-        return GateCheck("min_relative_accuracy", scenario, "failed", level,
+def _metric_checks(name: str, gate: ScenarioGate, res: Any, spec: MetricSpec, clean: Any,
+                   policy: GatePolicy) -> list[GateCheck]:
+    """The absolute (``min_``/``max_<metric>``) and relative (``min_relative_<metric>``) checks of one metric."""
+    value, ci = res.values.get(spec.name), res.intervals.get(spec.name)
+    out: list[GateCheck] = []
+    thresholds = gate.thresholds()
+    if spec.gate_key in thresholds:
+        t, lvl = thresholds[spec.gate_key], gate.level_of(spec.gate_key)
+        if value is None:
+            out.append(GateCheck(spec.gate_key, name, "skipped", lvl, f"{spec.display} undefined on this scenario",
+                                 None, t))
+        elif spec.higher_is_better:
+            c = _floor_check(spec.gate_key, name, lvl, value, t, spec.display)
+            out.append(GateCheck(**{**asdict(c), "ci": None if ci is None else tuple(ci)}))
+        else:
+            out.append(bound_check(spec.gate_key, name, lvl, value, t, spec.display))
+    rel = spec.relative_gate_key
+    if rel and rel in thresholds:
+        out.append(_relative_check(name, gate.level_of(rel), res, spec, thresholds[rel], clean,
+                                   policy.clean_scenario))
+    return out
+
+
+def _relative_check(scenario: str, level: Level, res: Any, spec: MetricSpec, ratio: float,
+                    clean: Any, clean_name: str | None) -> GateCheck:
+    key, label = str(spec.relative_gate_key), spec.display
+    value, ci = res.values.get(spec.name), res.intervals.get(spec.name)
+    ci = None if ci is None else tuple(ci)
+    ref = None if clean is None else clean.values.get(spec.name)
+    if ref is None or value is None:
+        return GateCheck(key, scenario, "failed", level,
                          f"no clean result ({clean_name or 'no clean scenario'}) to judge the relative floor against",
-                         m.accuracy, None, m.accuracy_ci)
-    ref = clean.metrics.accuracy
+                         value, None, ci)
     floor = ratio * ref
-    ok = m.accuracy >= floor - EPS
-    share = (m.accuracy / ref) if ref > 0 else 0.0
-    reason = (f"accuracy {_fmt(m.accuracy)} is {share:.0%} of clean {_fmt(ref)} "
+    ok = value >= floor - EPS
+    share = (value / ref) if ref > 0 else 0.0
+    reason = (f"{label} {_fmt(value)} is {share:.0%} of clean {_fmt(ref)} "
               f"{'>=' if ok else '<'} floor {ratio:.0%} ({_fmt(floor)})")
-    return GateCheck("min_relative_accuracy", scenario, "passed" if ok else "failed", level, reason, m.accuracy,
-                     floor, m.accuracy_ci)
-
-
-def _sample_size_check(scenario: str, res: ScenarioResult, minimum: int) -> GateCheck:
-    m = res.metrics
-    assert m is not None
-    small = {c: n for c, n in m.support.items() if n < minimum}
-    fewest = min(m.support.values(), default=0)
-    if not small:
-        return GateCheck("min_images_per_class", scenario, "passed", "must_pass",
-                         f"every class has >= {minimum} images (fewest: {fewest})", float(fewest), float(minimum))
-    shown = ", ".join(f"{c!r}: {n}" for c, n in sorted(small.items(), key=lambda kv: kv[1])[:8])
-    return GateCheck(
-        "min_images_per_class", scenario, "failed", "must_pass",
-        f"{len(small)} class(es) have fewer than {minimum} images ({shown}): the split is too small to support the "
-        "suite's floors. Add labelled images (or a larger ingest.split.test share), do not shrink evaluate.max_images "
-        "below it, or lower min_images_per_class in the suite knowingly",
-        float(fewest), float(minimum),
-    )
+    return GateCheck(key, scenario, "passed" if ok else "failed", level, reason, value, floor, ci)
 
 
 def _regression_check(
-    scenario: str, gate: ScenarioGate, res: ScenarioResult, champ: ScenarioResult | None, policy: GatePolicy
+    scenario: str, gate: ScenarioGate, res: Any, champ: Any | None, policy: GatePolicy, task: Task
 ) -> GateCheck:
-    from cvplatform.tasks.classification.metrics import paired_bootstrap_delta
-
     assert gate.max_drop is not None
     lvl = gate.level_of("max_drop")
     if champ is None:
@@ -284,64 +303,43 @@ def _regression_check(
             "a paired comparison needs the same images",
             None, -gate.max_drop,
         )
-    delta, lo, hi = paired_bootstrap_delta(
-        res.correct, champ.correct,
-        n_bootstrap=policy.n_bootstrap, confidence=policy.confidence, seed=policy.seed,
-    )
+    delta, lo, hi = task.paired_delta(res, champ, n_bootstrap=policy.n_bootstrap, confidence=policy.confidence,
+                                      seed=policy.seed)
     ok = lo >= -gate.max_drop - EPS
     pct = int(round(policy.confidence * 100))
     reason = (
-        f"accuracy change vs champion {delta:+.4f} ({pct}% CI [{lo:+.4f}, {hi:+.4f}]); "
+        f"{task.paired_metric} change vs champion {delta:+.4f} ({pct}% CI [{lo:+.4f}, {hi:+.4f}]); "
         f"lower bound {'>=' if ok else '<'} -max_drop {-gate.max_drop:+.4f}"
     )
     return GateCheck("champion_regression", scenario, "passed" if ok else "failed", lvl, reason,
                      delta, -gate.max_drop, (lo, hi))
 
 
-def _scenario_checks(name: str, gate: ScenarioGate, results: Mapping[str, ScenarioResult], policy: GatePolicy,
-                     champion: Mapping[str, ScenarioResult] | None) -> list[GateCheck]:
-    """Every check of one scenario: images, floors, bounds, critical false-positive rates, regression."""
+def _scenario_checks(name: str, gate: ScenarioGate, results: Mapping[str, Any], policy: GatePolicy,
+                     champion: Mapping[str, Any] | None, task: Task) -> list[GateCheck]:
+    """Every check of one scenario: images, the task's support checks, each metric's thresholds, the task's
+    own thresholds (classification: critical false-positive rates), the champion regression."""
     res = results.get(name)
     lvl = gate.level
     if res is None:
         return [GateCheck("images", name, "failed", lvl, "scenario was not evaluated (no result)")]
-    if res.metrics is None or res.n == 0:
+    if res.n == 0 or all(v is None for v in res.values.values()):
         return [GateCheck("images", name, "failed", lvl,
                           f"scenario has no images{(' (' + res.note + ')') if res.note else ''}; "
                           "nothing was checked", 0.0, 1.0)]
-    m = res.metrics
     own = [GateCheck("images", name, "passed", lvl, f"{res.n} images", float(res.n), 1.0)]
-    if name == policy.clean_scenario and policy.min_images_per_class is not None:
-        own.append(_sample_size_check(name, res, policy.min_images_per_class))
-    if gate.min_accuracy is not None:
-        c = _floor_check("min_accuracy", name, gate.level_of("min_accuracy"), m.accuracy,
-                         gate.min_accuracy, "accuracy")
-        own.append(GateCheck(**{**asdict(c), "ci": m.accuracy_ci}))
-    if gate.min_relative_accuracy is not None:
-        clean = results.get(policy.clean_scenario) if policy.clean_scenario else None
-        own.append(_relative_check(name, gate.level_of("min_relative_accuracy"), res,
-                                   gate.min_relative_accuracy, clean, policy.clean_scenario))
-    if gate.min_macro_f1 is not None:
-        c = _floor_check("min_macro_f1", name, gate.level_of("min_macro_f1"), m.macro_f1,
-                         gate.min_macro_f1, "macro-F1")
-        own.append(GateCheck(**{**asdict(c), "ci": m.macro_f1_ci}))
-    if gate.max_ece is not None:
-        own.append(_bound_check("max_ece", name, gate.level_of("max_ece"), m.ece, gate.max_ece, "ECE"))
-    if gate.max_critical_fpr is not None:
-        flvl = gate.level_of("max_critical_fpr")
-        if not policy.critical_classes:
-            own.append(GateCheck("critical_fpr", name, "skipped", flvl,
-                                 "max_critical_fpr set but the suite lists no critical_classes",
-                                 None, gate.max_critical_fpr))
-        for cls in policy.critical_classes:
-            own.append(_bound_check(f"critical_fpr:{cls}", name, flvl, m.critical_fpr.get(cls),
-                                    gate.max_critical_fpr, f"false-positive rate of '{cls}'"))
+    if name == policy.clean_scenario:
+        own.extend(GateCheck(**c) for c in task.support_checks(name, res, policy))
+    clean = results.get(policy.clean_scenario) if policy.clean_scenario else None
+    for spec in task.metrics:
+        own.extend(_metric_checks(name, gate, res, spec, clean, policy))
+    own.extend(GateCheck(**c) for c in task.extra_gate_checks(name, gate, res, policy))
     if gate.max_drop is not None and champion is not None:
-        own.append(_regression_check(name, gate, res, champion.get(name), policy))
+        own.append(_regression_check(name, gate, res, champion.get(name), policy, task))
     return own
 
 
-def _champion_check(policy: GatePolicy, champion: Mapping[str, ScenarioResult] | None, champion_note: str | None,
+def _champion_check(policy: GatePolicy, champion: Mapping[str, Any] | None, champion_note: str | None,
                     champion_incompatible: str | None) -> GateCheck | None:
     """The suite-wide champion presence check (never silent); None when a champion was compared."""
     if champion is None and champion_incompatible:
@@ -389,12 +387,13 @@ def _pass_rate_check(policy: GatePolicy, scenario_ok: dict[str, bool]) -> tuple[
 
 
 def check_gates(
-    results: Mapping[str, ScenarioResult],
+    results: Mapping[str, Any],
     policy: GatePolicy,
-    champion: Mapping[str, ScenarioResult] | None = None,
+    champion: Mapping[str, Any] | None = None,
     *,
     champion_note: str | None = None,
     champion_incompatible: str | None = None,
+    task: Task | None = None,
 ) -> GateReport:
     """Decide the release gates (pure: no I/O; deterministic).
 
@@ -408,6 +407,10 @@ def check_gates(
         champion_incompatible: Set when a champion exists but cannot be compared (other
             classes / input contract): the ``champion`` check then fails (warn-level, or
             must-pass with ``require_champion``) naming the differences.
+        task: The project's task (default classification): its ``metrics`` give the threshold
+            keys, its hooks add task-only checks (``support_checks``, ``extra_gate_checks``) and
+            ``paired_delta`` compares with the champion. Results follow the scenario-result
+            protocol of :mod:`cvplatform.tasks.base` (``values``, ``intervals``, ``n``, ``image_ids``).
 
     Returns:
         A :class:`GateReport`; ``report.passed`` is False when any must-pass check failed.
@@ -423,10 +426,13 @@ def check_gates(
         >>> report.passed, [c.name for c in report.failures]
         (False, ['min_accuracy', 'pass_rate'])
     """
+    from cvplatform.tasks import get_task
+
+    task = task or get_task()
     checks: list[GateCheck] = []
     scenario_ok: dict[str, bool] = {}
     for name, gate in policy.scenarios.items():
-        own = _scenario_checks(name, gate, results, policy, champion)
+        own = _scenario_checks(name, gate, results, policy, champion, task)
         checks.extend(own)
         # a scenario passes when none of its checks at the scenario's own level fails (warn_only ones don't count)
         scenario_ok[name] = not any(c.status == "failed" and c.level == gate.level for c in own)
@@ -441,6 +447,7 @@ def check_gates(
 
 __all__ = [
     "EPS",
+    "bound_check",
     "GateCheck",
     "GatePolicy",
     "GateReport",

@@ -33,6 +33,8 @@ from cvplatform.preprocess import PreprocessContract, normalize, resize_to_contr
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
+    from cvplatform.tasks.base import Task
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 256
@@ -58,6 +60,13 @@ class Predictor(Protocol):
 class _BasePredictor(ABC):
     name: str
     contract: PreprocessContract
+    task: Task
+    """The task whose ``check_outputs`` every batch's output must pass (default classification)."""
+
+    def _set_task(self, task: Task | None) -> None:
+        from cvplatform.tasks import get_task
+
+        self.task = task or get_task()
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -75,23 +84,33 @@ class _BasePredictor(ABC):
             batch_size: images per forward pass.
 
         Returns:
-            ``(N, C)`` float32 logits, ``C = len(class_names)``.
+            The model's (first) output as float32, one row per image: ``(N, C)`` logits for
+            classification, ``(N, ...)`` for other tasks (the task checks the trailing shape).
         """
         import numpy as np
 
         resized = resize_to_contract(images, self.contract)
         n = resized.shape[0]
-        c = self.contract.num_classes
-        out = np.empty((n, c), dtype=np.float32)
+        out: np.ndarray | None = None
         for start in range(0, n, max(1, int(batch_size))):
             x = normalize(resized[start : start + batch_size], self.contract)
             logits = np.asarray(self._forward(x), dtype=np.float32)
-            if logits.shape != (x.shape[0], c):
+            if out is None:
+                out = np.empty((n, *logits.shape[1:]), dtype=np.float32)
+            if logits.ndim < 1 or logits.shape[0] != x.shape[0] or logits.shape[1:] != out.shape[1:]:
                 raise ModelError(
                     f"{self.name}: model returned shape {logits.shape} for a batch of {x.shape[0]}, expected "
-                    f"({x.shape[0]}, {c}) for classes {list(self.class_names)}. The model and its metadata disagree."
+                    f"({x.shape[0]}, ...) rows like {out.shape[1:] or 'the first batch'}. The model and its "
+                    "metadata disagree."
                 )
+            try:
+                self.task.check_outputs({self.task.output_names[0]: logits}, self.class_names)
+            except ModelError as exc:
+                raise ModelError(f"{self.name}: model returned shape {logits.shape} for a batch of {x.shape[0]}: "
+                                 f"{exc} The model and its metadata disagree.") from None
             out[start : start + x.shape[0]] = logits
+        if out is None:  # no images: the output's trailing shape is unknown, classification's (0, C) by convention
+            out = np.empty((0, self.contract.num_classes), dtype=np.float32)
         return out
 
     def __repr__(self) -> str:
@@ -108,9 +127,10 @@ class TorchCheckpointPredictor(_BasePredictor):
         (16, 10)
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, task: Task | None = None) -> None:
         from cvplatform.models.checkpoint import load_checkpoint
 
+        self._set_task(task)
         self.path = Path(path)
         self.name = str(path)
         self.loaded = load_checkpoint(self.path)
@@ -181,9 +201,11 @@ class OnnxPredictor(_BasePredictor):
         (32, 32)
     """
 
-    def __init__(self, model: str | os.PathLike[str] | bytes | Any, *, name: str | None = None) -> None:
+    def __init__(self, model: str | os.PathLike[str] | bytes | Any, *, name: str | None = None,
+                 task: Task | None = None) -> None:
         from cvplatform.runtime import RuntimeModel, open_model
 
+        self._set_task(task)
         if isinstance(model, RuntimeModel):
             self.runtime = model
         else:
@@ -218,7 +240,7 @@ def mlflow_uris(tracking_uri: str | None) -> Iterator[None]:
 
 
 def load_registered_onnx(model_uri: str, *, tracking_uri: str | None = None,
-                         root: str | os.PathLike[str] | None = None) -> OnnxPredictor:
+                         root: str | os.PathLike[str] | None = None, task: Task | None = None) -> OnnxPredictor:
     """Load ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` as an :class:`OnnxPredictor`, sha256-verified.
 
     The one loader of the library (:func:`cvplatform.registry.load_model`, also used by serving):
@@ -237,11 +259,11 @@ def load_registered_onnx(model_uri: str, *, tracking_uri: str | None = None,
     from cvplatform.registry.loading import load_model
 
     loaded = load_model(model_uri, root=root, tracking_uri=tracking_uri, sess_options=session_options())
-    return OnnxPredictor(loaded, name=model_uri)
+    return OnnxPredictor(loaded, name=model_uri, task=task)
 
 
 def load_predictor(ref: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None,
-                   tracking_uri: str | None = None) -> Predictor:
+                   tracking_uri: str | None = None, task: Task | None = None) -> Predictor:
     """Open a model for evaluation: ``*.ckpt`` (torch), ``*.onnx`` (onnxruntime) or ``models:/...`` (registry).
 
     Args:
@@ -249,6 +271,7 @@ def load_predictor(ref: str | os.PathLike[str], *, root: str | os.PathLike[str] 
         root: project root for relative paths (default: cwd).
         tracking_uri: MLflow tracking/registry URI for ``models:/`` (default:
             :func:`cvplatform.tracking.tracking_uri` of ``root``).
+        task: the project's task (default classification): each output must pass its ``check_outputs``.
 
     Raises:
         ModelError: unknown kind of reference, missing file, or an unloadable model (naming ``ref``).
@@ -267,15 +290,15 @@ def load_predictor(ref: str | os.PathLike[str], *, root: str | os.PathLike[str] 
             from cvplatform.tracking import tracking_uri as _tracking_uri
 
             tracking_uri = _tracking_uri(root or os.getcwd())
-        return load_registered_onnx(text, tracking_uri=tracking_uri, root=root)
+        return load_registered_onnx(text, tracking_uri=tracking_uri, root=root, task=task)
     p = Path(text)
     if not p.is_absolute() and root is not None:
         p = Path(root) / p
     suffix = p.suffix.lower()
     if suffix == ".ckpt":
-        return TorchCheckpointPredictor(p)
+        return TorchCheckpointPredictor(p, task=task)
     if suffix == ".onnx":
-        return OnnxPredictor(p)
+        return OnnxPredictor(p, task=task)
     raise ModelError(
         f"{text}: unknown model reference. Pass a training checkpoint (*.ckpt), an ONNX file (*.onnx) or a "
         "registry URI (models:/NAME@ALIAS or models:/NAME/VERSION)."

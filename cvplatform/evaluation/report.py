@@ -3,15 +3,16 @@
 Everything goes under ``artifacts/evaluate/``::
 
     report.md, report.html          the human report (same content)
-    plots/scenarios.png             accuracy per scenario with bootstrap CIs and floors
-    plots/corruptions.png           accuracy vs severity per corruption
-    plots/confusion_<scenario>.png  confusion matrix (clean)
-    plots/reliability_<scenario>.png  reliability diagram (clean)
-    plots/gallery/<scenario>.png    worst failures (most confident wrong predictions)
-    plots/scenarios.csv             one row per scenario (dvc plots: bar chart)
-    plots/corruptions.csv           corruption, severity, accuracy, macro_f1
-    plots/reliability.csv           bins of the clean reliability diagram
-    plots/confusion.csv             actual, predicted (one row per clean image; dvc confusion template)
+    plots/scenarios.png             the task's first metric per scenario with its interval and floors
+    plots/corruptions.png           the first metric vs severity per corruption
+    plots/gallery/<scenario>.png    worst-handled images (``task.worst_images``)
+    plots/scenarios.csv             one row per scenario: every metric of the task (dvc plots: bar chart)
+    plots/corruptions.csv           corruption, severity, every metric of the task
+    ...                             the task's own sections (``task.report_details``; classification: the
+                                    confusion matrix, the reliability diagram and their CSVs, the per-class table)
+
+Which numbers appear comes from the project's task (``ctx.task``, its ``metrics``); nothing here
+knows what the task predicts.
 
 Plots use matplotlib's Agg backend (no display needed); thumbnails are composed
 with Pillow.
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from cvplatform.evaluation.gates import GateCheck, GateReport
     from cvplatform.evaluation.scenarios import Scenario
-    from cvplatform.tasks.classification.metrics import ScenarioResult
+    from cvplatform.tasks.base import MetricSpec, Task
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,12 @@ class ReportContext:
     split: str
     class_names: Sequence[str]
     scenarios: Sequence[Scenario]
-    results: Mapping[str, ScenarioResult]
+    results: Mapping[str, Any]
     gates: GateReport
     corruption_summary: Mapping[str, Any]
     champion: str | None = None
     champion_note: str = ""
-    champion_results: Mapping[str, ScenarioResult] | None = None
+    champion_results: Mapping[str, Any] | None = None
     galleries: dict[str, list[GalleryItem]] = field(default_factory=dict)
     gallery_images: dict[str, np.ndarray] = field(default_factory=dict)
     """Scenario -> (k, H, W, 3) uint8 thumbnails of the gallery items."""
@@ -88,6 +89,25 @@ class ReportContext:
     confidence: float = 0.95
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    task: Task | None = None
+    """The project's task (default classification): its metrics are the report's numbers."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """The task's own sections (``task.report_details``), filled by :func:`write_report`."""
+
+    @property
+    def the_task(self) -> Task:
+        from cvplatform.tasks import get_task
+
+        return self.task or get_task()
+
+    @property
+    def first(self) -> MetricSpec:
+        """The task's first metric: the one plotted per scenario and per corruption."""
+        return self.the_task.metrics[0]
+
+    def with_interval(self) -> set[str]:
+        """Metrics reported with an interval (any result's ``intervals`` has them)."""
+        return {k for r in self.results.values() if r is not None for k in r.intervals}
 
 
 def scenario_status(name: str, gates: GateReport) -> str:
@@ -120,48 +140,34 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]])
 
 
 def write_plot_data(ctx: ReportContext, plots: Path) -> dict[str, Path]:
-    """Write the CSV plot data files; returns name -> path."""
+    """Write the CSV plot data files (scenarios, corruptions); returns name -> path."""
     out: dict[str, Path] = {}
+    metrics, ranged = ctx.the_task.metrics, ctx.with_interval()
+    header = ["scenario", "kind", "level", "n"]
+    for m in metrics:
+        header += [m.name, f"{m.name}_low", f"{m.name}_high"] if m.name in ranged else [m.name]
     rows = []
     for sc in ctx.scenarios:
         r = ctx.results.get(sc.name)
-        m = r.metrics if r else None
-        rows.append([
-            sc.name, sc.kind, sc.gate.level, r.n if r else 0,
-            m.accuracy if m else None, m.accuracy_ci[0] if m else None, m.accuracy_ci[1] if m else None,
-            m.macro_f1 if m else None, m.macro_f1_ci[0] if m else None, m.macro_f1_ci[1] if m else None,
-            m.ece if m else None, scenario_status(sc.name, ctx.gates),
-        ])
-    out["scenarios"] = _write_csv(
-        plots / "scenarios.csv",
-        ["scenario", "kind", "level", "n", "accuracy", "accuracy_low", "accuracy_high",
-         "macro_f1", "macro_f1_low", "macro_f1_high", "ece", "status"],
-        rows,
-    )
+        row: list[Any] = [sc.name, sc.kind, sc.gate.level, r.n if r else 0]
+        for m in metrics:
+            row.append(r.values.get(m.name) if r else None)
+            if m.name in ranged:
+                ci = r.intervals.get(m.name) if r else None
+                row += [ci[0] if ci else None, ci[1] if ci else None]
+        rows.append([*row, scenario_status(sc.name, ctx.gates)])
+    out["scenarios"] = _write_csv(plots / "scenarios.csv", [*header, "status"], rows)
     crow = []
     for sc in ctx.scenarios:
         r = ctx.results.get(sc.name)
-        if sc.kind == "corruption" and r is not None and r.metrics is not None:
-            crow.append([sc.corruption, sc.severity, r.metrics.accuracy, r.metrics.macro_f1, 1 - r.metrics.accuracy])
+        if sc.kind == "corruption" and r is not None and r.n:
+            crow.append([sc.corruption, sc.severity, *(r.values.get(m.name) for m in metrics)])
     out["corruptions"] = _write_csv(plots / "corruptions.csv",
-                                    ["corruption", "severity", "accuracy", "macro_f1", "error"], crow)
-    clean = _clean(ctx)
-    if clean is not None and clean.metrics is not None:
-        out["reliability"] = _write_csv(
-            plots / "reliability.csv",
-            ["scenario", "lower", "upper", "count", "share", "confidence", "accuracy"],
-            [[clean.name, b["lower"], b["upper"], b["count"], b["share"], b["confidence"], b["accuracy"]]
-             for b in clean.metrics.reliability],
-        )
-        names = list(ctx.class_names)
-        out["confusion"] = _write_csv(
-            plots / "confusion.csv", ["actual", "predicted"],
-            [[names[int(t)], names[int(p)]] for t, p in zip(clean.y_true, clean.y_pred, strict=True)],
-        )
+                                    ["corruption", "severity", *(m.name for m in metrics)], crow)
     return out
 
 
-def _clean(ctx: ReportContext) -> ScenarioResult | None:
+def _clean(ctx: ReportContext) -> Any:
     for sc in ctx.scenarios:
         if sc.kind == "clean":
             return ctx.results.get(sc.name)
@@ -179,31 +185,35 @@ def _plt():
 
 
 def plot_scenarios(ctx: ReportContext, path: Path) -> Path:
-    """Horizontal bars: accuracy per scenario with its bootstrap CI and the accuracy floor."""
+    """Horizontal bars: the task's first metric per scenario with its interval and floor (or bound)."""
     plt = _plt()
-    names, acc, lo, hi, colours, floors = [], [], [], [], [], []
+    spec = ctx.first
+    names, val, lo, hi, colours, floors = [], [], [], [], [], []
     for sc in ctx.scenarios:
         r = ctx.results.get(sc.name)
-        m = r.metrics if r else None
+        v = r.values.get(spec.name) if r else None
+        ci = r.intervals.get(spec.name) if r else None
         names.append(sc.name)
-        acc.append(m.accuracy if m else 0.0)
-        lo.append((m.accuracy - m.accuracy_ci[0]) if m else 0.0)
-        hi.append((m.accuracy_ci[1] - m.accuracy) if m else 0.0)
+        val.append(v if v is not None else 0.0)
+        lo.append((v - ci[0]) if v is not None and ci else 0.0)
+        hi.append((ci[1] - v) if v is not None and ci else 0.0)
         colours.append(_STATUS_COLOURS[scenario_status(sc.name, ctx.gates)])
         floors.append(_floor_of(sc, ctx))
     h = max(2.5, 0.22 * len(names) + 1.0)
     fig, ax = plt.subplots(figsize=(7.5, h))
     y = list(range(len(names)))
-    ax.barh(y, acc, xerr=[lo, hi], color=colours, alpha=0.85, error_kw={"ecolor": "black", "capsize": 2, "lw": 0.8})
+    ax.barh(y, val, xerr=[lo, hi], color=colours, alpha=0.85, error_kw={"ecolor": "black", "capsize": 2, "lw": 0.8})
     for yi, f in zip(y, floors, strict=True):
         if f is not None:
             ax.plot([f, f], [yi - 0.4, yi + 0.4], color="black", lw=1.5)
     ax.set_yticks(y)
     ax.set_yticklabels(names, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlim(0, 1.0)
-    ax.set_xlabel(f"accuracy ({int(round(ctx.confidence * 100))}% Wilson interval; black tick = floor)")
-    ax.set_title("Accuracy per scenario (green passed, red failed, orange warning, grey not checked)", fontsize=9)
+    ax.set_xlim(0, max([1.0, *(v + e for v, e in zip(val, hi, strict=True))]))
+    tick = "floor" if spec.higher_is_better else "bound"
+    ax.set_xlabel(f"{spec.display} ({int(round(ctx.confidence * 100))}% interval; black tick = {tick})")
+    ax.set_title(f"{spec.display[:1].upper()}{spec.display[1:]} per scenario (green passed, red failed, "
+                 "orange warning, grey not checked)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,19 +223,24 @@ def plot_scenarios(ctx: ReportContext, path: Path) -> Path:
 
 
 def _floor_of(sc: Scenario, ctx: ReportContext) -> float | None:
-    """The accuracy floor drawn for a scenario: the higher of its absolute and relative floors."""
-    floors = [c.threshold for c in ctx.gates.for_scenario(sc.name)
-              if c.name in ("min_accuracy", "min_relative_accuracy") and c.threshold is not None]
-    return max(floors) if floors else None
+    """The threshold drawn for a scenario on the first metric: the tighter of its absolute and relative ones."""
+    spec = ctx.first
+    keys = {spec.gate_key, spec.relative_gate_key}
+    limits = [c.threshold for c in ctx.gates.for_scenario(sc.name) if c.name in keys and c.threshold is not None]
+    if not limits:
+        return None
+    return max(limits) if spec.higher_is_better else min(limits)
 
 
 def plot_corruptions(ctx: ReportContext, path: Path) -> Path | None:
-    """Accuracy vs severity, one line per corruption, clean accuracy as a dashed line."""
+    """The first metric vs severity, one line per corruption, the clean value as a dashed line."""
+    spec = ctx.first
     series: dict[str, list[tuple[int, float]]] = {}
     for sc in ctx.scenarios:
         r = ctx.results.get(sc.name)
-        if sc.kind == "corruption" and r is not None and r.metrics is not None:
-            series.setdefault(str(sc.corruption), []).append((int(sc.severity or 0), r.metrics.accuracy))
+        v = r.values.get(spec.name) if r is not None else None
+        if sc.kind == "corruption" and v is not None:
+            series.setdefault(str(sc.corruption), []).append((int(sc.severity or 0), v))
     if not series:
         return None
     plt = _plt()
@@ -234,74 +249,19 @@ def plot_corruptions(ctx: ReportContext, path: Path) -> Path | None:
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=3, label=name)
     clean = _clean(ctx)
-    if clean is not None and clean.metrics is not None:
-        ax.axhline(clean.metrics.accuracy, ls="--", color="black", lw=1, label="clean")
+    top = max(p[1] for pts in series.values() for p in pts)
+    if clean is not None and clean.values.get(spec.name) is not None:
+        ax.axhline(clean.values[spec.name], ls="--", color="black", lw=1, label="clean")
+        top = max(top, clean.values[spec.name])
     ax.set_xlabel("severity")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(spec.display)
+    ax.set_ylim(0, max(1.02, top * 1.05))
     ax.set_xticks([1, 2, 3, 4, 5])
     mce = ctx.corruption_summary.get("mce")
-    ax.set_title(f"Accuracy under corruption (mCE vs champion {mce:.2f})" if mce is not None
-                 else "Accuracy under corruption", fontsize=9)
+    title = f"{spec.display[:1].upper()}{spec.display[1:]} under corruption"
+    ax.set_title(f"{title} (mCE vs champion {mce:.2f})" if mce is not None else title, fontsize=9)
     ax.legend(fontsize=7, ncol=2, loc="lower left")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def plot_confusion(result: ScenarioResult, class_names: Sequence[str], path: Path) -> Path:
-    """Confusion matrix heat map (rows = true class, columns = predicted)."""
-    import numpy as np
-
-    plt = _plt()
-    assert result.metrics is not None
-    cm = np.asarray(result.metrics.confusion)
-    k = len(class_names)
-    size = min(10.0, max(3.5, 0.45 * k + 2))
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    im = ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
-    ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=7)
-    ax.set_yticklabels(class_names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if k <= 20:
-        thresh = cm.max() / 2 if cm.max() else 0.5
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if cm[i, j] > thresh else "black")
-    ax.set_title(f"Confusion matrix: {result.name}", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def plot_reliability(result: ScenarioResult, path: Path) -> Path:
-    """Reliability diagram: accuracy vs mean confidence per bin, with the share of images per bin."""
-    plt = _plt()
-    assert result.metrics is not None
-    bins = result.metrics.reliability
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(4.8, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
-    centres = [(b["lower"] + b["upper"]) / 2 if b["upper"] > b["lower"] else b["lower"] for b in bins]
-    widths = [max(b["upper"] - b["lower"], 0.02) for b in bins]
-    ax.bar(centres, [b["accuracy"] for b in bins], width=widths, alpha=0.6, edgecolor="black", label="accuracy")
-    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="C3", ms=3,
-            label="(confidence, accuracy)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(f"Reliability: {result.name} (ECE {result.metrics.ece:.3f})", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
-    ax2.bar(centres, [b["share"] for b in bins], width=widths, color="C0", alpha=0.6)
-    ax2.set_xlabel("confidence")
-    ax2.set_ylabel("share")
-    ax2.set_xlim(0, 1.02)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -341,27 +301,32 @@ def _ci(ci: tuple[float, float] | None) -> str:
     return "—" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def _scenario_header(ctx: ReportContext) -> list[str]:
+    ranged = ctx.with_interval()
+    cols = ["scenario", "kind", "level", "n"]
+    for m in ctx.the_task.metrics:
+        cols += [m.display, f"{m.display} CI"] if m.name in ranged else [m.display]
+    return [*cols, f"champion {ctx.first.display}", "Δ vs champion [CI]", "status"]
+
+
 def _scenario_rows(ctx: ReportContext) -> list[list[str]]:
+    ranged, first = ctx.with_interval(), ctx.first.name
     rows = []
     for sc in ctx.scenarios:
         r = ctx.results.get(sc.name)
-        m = r.metrics if r else None
         champ = ctx.champion_results.get(sc.name) if ctx.champion_results else None
         reg = next((c for c in ctx.gates.for_scenario(sc.name) if c.name == "champion_regression"), None)
+        row = [sc.name, sc.kind, sc.gate.level, str(r.n if r else 0)]
+        for m in ctx.the_task.metrics:
+            row.append(_f(r.values.get(m.name) if r else None))
+            if m.name in ranged:
+                row.append(_ci(r.intervals.get(m.name) if r else None))
         rows.append([
-            sc.name, sc.kind, sc.gate.level, str(r.n if r else 0),
-            _f(m.accuracy if m else None), _ci(m.accuracy_ci if m else None),
-            _f(m.macro_f1 if m else None), _ci(m.macro_f1_ci if m else None),
-            _f(m.ece if m else None),
-            _f(champ.metrics.accuracy if champ and champ.metrics else None),
+            *row, _f(champ.values.get(first) if champ else None),
             (f"{reg.value:+.3f} {_ci(reg.ci)}" if reg is not None and reg.value is not None else "—"),
             scenario_status(sc.name, ctx.gates),
         ])
     return rows
-
-
-_SCENARIO_HEADER = ["scenario", "kind", "level", "n", "accuracy", "acc CI", "macro-F1", "F1 CI", "ECE",
-                    "champion acc", "Δ vs champion [CI]", "status"]
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -370,31 +335,28 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
 
 
 def _corruption_matrix(ctx: ReportContext) -> tuple[list[str], list[list[str]]]:
+    first = ctx.first.name
     table: dict[str, dict[int, float]] = {}
     for sc in ctx.scenarios:
         r = ctx.results.get(sc.name)
-        if sc.kind == "corruption" and r is not None and r.metrics is not None:
-            table.setdefault(str(sc.corruption), {})[int(sc.severity or 0)] = r.metrics.accuracy
+        if sc.kind == "corruption" and r is not None and r.values.get(first) is not None:
+            table.setdefault(str(sc.corruption), {})[int(sc.severity or 0)] = r.values[first]
     per = ctx.corruption_summary.get("per_corruption", {})
     rows = [[name, *(_f(sev.get(s)) for s in range(1, 6)), _f(per.get(name, {}).get("ce"), 2),
              _f(per.get(name, {}).get("error_multiple"), 2)] for name, sev in table.items()]
     return ["corruption", "s1", "s2", "s3", "s4", "s5", "CE vs champion", "error ÷ clean error"], rows
 
 
-def _class_rows(ctx: ReportContext) -> list[list[str]]:
-    clean = _clean(ctx)
-    if clean is None or clean.metrics is None:
-        return []
-    m = clean.metrics
-    return [[c, str(m.support[c]), _f(m.precision[c]), _f(m.recall[c]), _ci(m.recall_ci.get(c)),
-             _f(m.critical_fpr.get(c)) if c in m.critical_fpr else ""] for c in ctx.class_names]
-
-
-_CLASS_HEADER = ["class", "support", "precision", "recall", "recall CI (Wilson)", "FPR"]
-
-
 def corruption_lines(cs: Mapping[str, Any]) -> tuple[str, str]:
-    """Two honest one-liners about corruption error: mCE against the champion, and the reference-free multiple."""
+    """Two honest one-liners about corruption error: mCE against the champion, and the reference-free multiple
+    (a task without an error rate reports each metric's mean under corruption and its change from clean)."""
+    if "error_multiple_vs_clean" not in cs and "mce" not in cs:
+        means = [f"{k.removeprefix('mean_corrupted_')} {_f(v, 4)}" for k, v in cs.items()
+                 if k.startswith("mean_corrupted_")]
+        changes = [f"{k.removeprefix('change_')} {v:+.4f}" for k, v in cs.items()
+                   if k.startswith("change_") and v is not None]
+        return (f"mean under corruption: {', '.join(means) or 'no corruption scenarios'}",
+                f"change from clean: {', '.join(changes) or 'n/a'}")
     if cs.get("mce") is not None:
         mce = (f"mCE {_f(cs.get('mce'), 3)} (ImageNet-C definition with the champion {cs.get('mce_reference')} as "
                "the reference model; < 1 = more robust than the champion)")
@@ -448,8 +410,7 @@ def render_markdown(ctx: ReportContext, plots: Mapping[str, str]) -> str:
         f"- champion: {ctx.champion or 'none'}{(' — ' + ctx.champion_note) if ctx.champion_note else ''}",
         f"- {mce}",
         f"- {own}",
-        f"- intervals ({pct}%): accuracy and recall Wilson score; macro-F1 percentile bootstrap; "
-        "champion difference paired bootstrap",
+        f"- intervals ({pct}%): {ctx.the_task.interval_note}",
         "",
         "## Gate checks",
         "",
@@ -459,29 +420,29 @@ def render_markdown(ctx: ReportContext, plots: Mapping[str, str]) -> str:
         "",
         "## Scenarios",
         "",
-        f"![accuracy per scenario]({plots.get('scenarios', '')})" if plots.get("scenarios") else "",
+        f"![{ctx.first.display} per scenario]({plots.get('scenarios', '')})" if plots.get("scenarios") else "",
         "",
-        *_md_table(_SCENARIO_HEADER, [[*r[:-1], f"{STATUS_MARKS.get(r[-1], '')} {r[-1]}"]
+        *_md_table(_scenario_header(ctx), [[*r[:-1], f"{STATUS_MARKS.get(r[-1], '')} {r[-1]}"]
                                       for r in _scenario_rows(ctx)]),
         "",
     ]
     header, rows = _corruption_matrix(ctx)
     if rows:
-        lines += ["## Corruptions (accuracy by severity)", ""]
+        lines += [f"## Corruptions ({ctx.first.display} by severity)", ""]
         if plots.get("corruptions"):
-            lines += [f"![accuracy under corruption]({plots['corruptions']})", ""]
+            lines += [f"![{ctx.first.display} under corruption]({plots['corruptions']})", ""]
         lines += [*_md_table(header, rows), ""]
-    crow = _class_rows(ctx)
-    if crow:
-        lines += ["## Per class (clean)", "", *_md_table(_CLASS_HEADER, crow), ""]
-    for key, title in (("confusion", "Confusion matrix (clean)"), ("reliability", "Reliability diagram (clean)")):
+    for title, header, rows in ctx.details.get("tables", []):
+        if rows:
+            lines += [f"## {title}", "", *_md_table(header, rows), ""]
+    for key, title, _ in ctx.details.get("plots", []):
         if plots.get(key):
             lines += [f"## {title}", "", f"![{title}]({plots[key]})", ""]
     if ctx.galleries:
-        lines += ["## Worst failures (most confident wrong predictions)", ""]
+        lines += [f"## {ctx.the_task.gallery_title}", ""]
         for name, items in ctx.galleries.items():
             lines += [f"### {name}", "", f"![failures {name}]({plots.get('gallery/' + name, '')})", "",
-                      *_md_table(["#", "image sha256", "true", "predicted", "confidence"],
+                      *_md_table(["#", "image sha256", *ctx.the_task.gallery_columns],
                                  [[str(i + 1), it.image_id[:16], it.label, it.predicted, f"{it.confidence:.3f}"]
                                   for i, it in enumerate(items)]), ""]
     return "\n".join(lines) + "\n"
@@ -530,35 +491,35 @@ def render_html(ctx: ReportContext, plots: Mapping[str, str]) -> str:
         f"<li>champion: {html.escape(ctx.champion or 'none')}"
         f"{(' — ' + html.escape(ctx.champion_note)) if ctx.champion_note else ''}</li>",
         f"<li>{html.escape(mce)}</li><li>{html.escape(own)}</li>",
-        f"<li>intervals ({pct}%): accuracy and recall Wilson score; macro-F1 percentile bootstrap; champion "
-        "difference paired bootstrap</li></ul>",
+        f"<li>intervals ({pct}%): {html.escape(ctx.the_task.interval_note)}</li></ul>",
         "<h2>Gate checks</h2>",
         "<p>Failed must-pass checks first (red), then warnings (orange), then the weakest passes.</p>",
         _html_table(_CHECK_HEADER, [_check_row(c, False) for c in ordered_checks(g)], status_col=0),
         "<h2>Scenarios</h2>",
     ]
     if plots.get("scenarios"):
-        parts.append(f"<img src='{html.escape(plots['scenarios'])}' alt='accuracy per scenario'>")
-    parts.append(_html_table(_SCENARIO_HEADER, _scenario_rows(ctx), status_col=len(_SCENARIO_HEADER) - 1))
+        parts.append(f"<img src='{html.escape(plots['scenarios'])}' alt='{ctx.first.display} per scenario'>")
+    header = _scenario_header(ctx)
+    parts.append(_html_table(header, _scenario_rows(ctx), status_col=len(header) - 1))
     header, rows = _corruption_matrix(ctx)
     if rows:
-        parts.append("<h2>Corruptions (accuracy by severity)</h2>")
+        parts.append(f"<h2>Corruptions ({html.escape(ctx.first.display)} by severity)</h2>")
         if plots.get("corruptions"):
             parts.append(f"<img src='{html.escape(plots['corruptions'])}' alt='corruptions'>")
         parts.append(_html_table(header, rows))
-    crow = _class_rows(ctx)
-    if crow:
-        parts += ["<h2>Per class (clean)</h2>", _html_table(_CLASS_HEADER, crow)]
-    for key, title in (("confusion", "Confusion matrix (clean)"), ("reliability", "Reliability diagram (clean)")):
+    for title, header, rows in ctx.details.get("tables", []):
+        if rows:
+            parts += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows)]
+    for key, title, _ in ctx.details.get("plots", []):
         if plots.get(key):
-            parts += [f"<h2>{title}</h2>", f"<img src='{html.escape(plots[key])}' alt='{title}'>"]
+            parts += [f"<h2>{html.escape(title)}</h2>", f"<img src='{html.escape(plots[key])}' alt='{html.escape(title)}'>"]
     if ctx.galleries:
-        parts.append("<h2>Worst failures (most confident wrong predictions)</h2>")
+        parts.append(f"<h2>{html.escape(ctx.the_task.gallery_title)}</h2>")
         for name, items in ctx.galleries.items():
             parts.append(f"<h3>{html.escape(name)}</h3>")
             if plots.get("gallery/" + name):
                 parts.append(f"<img src='{html.escape(plots['gallery/' + name])}' alt='failures {html.escape(name)}'>")
-            parts.append(_html_table(["#", "image sha256", "true", "predicted", "confidence"],
+            parts.append(_html_table(["#", "image sha256", *ctx.the_task.gallery_columns],
                                      [[str(i + 1), it.image_id[:16], it.label, it.predicted, f"{it.confidence:.3f}"]
                                       for i, it in enumerate(items)]))
     parts.append("</body></html>")
@@ -590,9 +551,11 @@ def write_report(ctx: ReportContext, out_dir: str | Path) -> dict[str, Path]:
     add("scenarios", plot_scenarios(ctx, plots_dir / "scenarios.png"))
     add("corruptions", plot_corruptions(ctx, plots_dir / "corruptions.png"))
     clean = _clean(ctx)
-    if clean is not None and clean.metrics is not None:
-        add("confusion", plot_confusion(clean, ctx.class_names, plots_dir / f"confusion_{clean.name}.png"))
-        add("reliability", plot_reliability(clean, plots_dir / f"reliability_{clean.name}.png"))
+    if clean is not None and clean.n:
+        ctx.details = ctx.the_task.report_details(clean, ctx.class_names, plots_dir) or {}
+        written.update(ctx.details.get("files", {}))
+        for key, _, path in ctx.details.get("plots", []):
+            add(key, path)
     for name, items in ctx.galleries.items():
         imgs = ctx.gallery_images.get(name)
         if imgs is not None and len(items):
@@ -616,9 +579,7 @@ __all__ = [
     "verdict_text",
     "ReportContext",
     "gallery_montage",
-    "plot_confusion",
     "plot_corruptions",
-    "plot_reliability",
     "plot_scenarios",
     "render_html",
     "render_markdown",

@@ -50,7 +50,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from cvplatform.evaluation.predictors import Predictor
     from cvplatform.evaluation.suite_runner import BuiltScenario
     from cvplatform.tasks.base import Task
-    from cvplatform.tasks.classification.metrics import ScenarioResult
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,8 @@ class EvaluateResult(StageResult):
     """Images of the evaluated split."""
     class_names: list[str]
     scenarios: list[dict[str, Any]]
-    """Per scenario: name, kind, level, n, accuracy (+ci), macro_f1 (+ci), ece, status."""
+    """Per scenario: name, kind, level, n, status, each metric of the task (``<metric>_ci`` where it has an
+    interval; classification: accuracy (+ci), macro_f1 (+ci), ece, critical_fpr)."""
     pass_rate: float | None
     mce: float | None
     """mCE with the champion as the reference model (None without a comparable champion)."""
@@ -100,30 +100,35 @@ class EvaluateResult(StageResult):
     """Seconds per phase: load (suite, model, images), champion, scenarios (corrupt + predict + metrics),
     gates, report (plots, files), mlflow."""
     seed: int = 0
+    metrics: list[tuple[str, str]] = field(default_factory=list)
+    """The task's metrics as ``(name, label)``, the first one with its interval (the columns of :meth:`lines`)."""
 
     def lines(self) -> list[str]:
+        (first, first_label), *rest = self.metrics or [("accuracy", "accuracy")]
         out = [
             f"evaluate: {self.model} on {self.n_images} {self.split} images, suite {self.suite}",
-            f"  {'scenario':<22} {'kind':<10} {'level':<9} {'n':>5} {'accuracy':>8} {'95% CI':>15} "
-            f"{'F1':>6} {'ECE':>6}  status",
+            f"  {'scenario':<22} {'kind':<10} {'level':<9} {'n':>5} {first_label:>8} {'95% CI':>15} "
+            + " ".join(f"{label:>6}" for _, label in rest) + "  status",
         ]
+
+        def num(v: Any) -> str:
+            return "—" if v is None else f"{v:.3f}"
+
         corr: dict[str, list[str]] = {}
         for s in self.scenarios:
             if s["kind"] == "corruption":
-                acc = "  —  " if s["accuracy"] is None else f"{s['accuracy']:.3f}"
+                v = "  —  " if s.get(first) is None else f"{s[first]:.3f}"
                 mark = {"failed": "!", "warned": "~"}.get(s["status"], "")
-                corr.setdefault(s["corruption"], []).append(f"{acc}{mark}")
+                corr.setdefault(s["corruption"], []).append(f"{v}{mark}")
                 continue
-            acc = "—" if s["accuracy"] is None else f"{s['accuracy']:.3f}"
-            ci = "" if s["accuracy_ci"] is None else f"[{s['accuracy_ci'][0]:.3f},{s['accuracy_ci'][1]:.3f}]"
-            f1 = "—" if s["macro_f1"] is None else f"{s['macro_f1']:.3f}"
-            ece = "—" if s["ece"] is None else f"{s['ece']:.3f}"
-            out.append(f"  {s['name']:<22} {s['kind']:<10} {s['level']:<9} {s['n']:>5} {acc:>8} {ci:>15} "
-                       f"{f1:>6} {ece:>6}  {s['status']}")
+            ci_v = s.get(f"{first}_ci")
+            ci = "" if ci_v is None else f"[{ci_v[0]:.3f},{ci_v[1]:.3f}]"
+            out.append(f"  {s['name']:<22} {s['kind']:<10} {s['level']:<9} {s['n']:>5} {num(s.get(first)):>8} {ci:>15} "
+                       + " ".join(f"{num(s.get(name)):>6}" for name, _ in rest) + f"  {s['status']}")
         if corr:
             mce = "n/a (no champion to use as reference)" if self.mce is None else f"{self.mce:.2f}"
             mult = "—" if self.error_multiple_vs_clean is None else f"{self.error_multiple_vs_clean:.2f}"
-            out.append(f"  corruptions (accuracy at severity 1..5; ! failed, ~ warning); mCE vs champion {mce}; "
+            out.append(f"  corruptions ({first_label} at severity 1..5; ! failed, ~ warning); mCE vs champion {mce}; "
                        f"error ÷ clean error {mult}:")
             for name, accs in corr.items():
                 out.append(f"    {name:<16} " + " ".join(f"{a:>7}" for a in accs))
@@ -182,12 +187,12 @@ def find_champion(registry: RegistryParams, tracking_uri: str) -> tuple[str | No
     return uri, f"version {mv.version}"
 
 
-def _load_champion(uri: str, tracking_uri: str, root: Path) -> Predictor:
+def _load_champion(uri: str, tracking_uri: str, root: Path, task: Task) -> Predictor:
     """The champion through the registry's sha256-verified loader; a failure keeps its error class."""
     from cvplatform.evaluation.predictors import load_registered_onnx
 
     try:
-        return load_registered_onnx(uri, tracking_uri=tracking_uri, root=root)
+        return load_registered_onnx(uri, tracking_uri=tracking_uri, root=root, task=task)
     except (ModelError, RegistryError) as exc:
         raise type(exc)(
             f"champion {uri} exists but cannot be loaded: {exc} Fix or re-register the champion version, "
@@ -195,31 +200,33 @@ def _load_champion(uri: str, tracking_uri: str, root: Path) -> Predictor:
         ) from None
 
 
-def _headline_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """What ``dvc metrics show`` prints for evaluate: clean accuracy, macro-F1 and ECE, and the mean
-    accuracy over the corruption scenarios, to four decimals so the table fits a terminal (every
+def _headline_metrics(rows: list[dict[str, Any]], task: Task) -> dict[str, float]:
+    """What ``dvc metrics show`` prints for evaluate: the clean scenario's headline metrics of the task
+    (classification: accuracy, macro-F1 and ECE) under their short names, and the first metric's mean over
+    the corruption scenarios (``corrupt_acc``), to four decimals so the table fits a terminal (every
     scenario's full-precision numbers are in ``scenarios.json``)."""
     out: dict[str, float] = {}
     clean = next((r for r in rows if r["kind"] == "clean"), None)
     if clean is not None:
-        for key, short in (("accuracy", "accuracy"), ("macro_f1", "f1"), ("ece", "ece")):
-            if isinstance(clean.get(key), int | float):
-                out[short] = round(float(clean[key]), 4)
-    corrupted = [float(r["accuracy"]) for r in rows if r["kind"] == "corruption" and r.get("accuracy") is not None]
+        for spec in task.metrics:
+            if spec.headline and isinstance(clean.get(spec.name), int | float):
+                out[spec.short or spec.name] = round(float(clean[spec.name]), 4)
+    metric, key = task.corruption_headline
+    corrupted = [float(r[metric]) for r in rows if r["kind"] == "corruption" and r.get(metric) is not None]
     if corrupted:
-        out["corrupt_acc"] = round(sum(corrupted) / len(corrupted), 4)
+        out[key] = round(sum(corrupted) / len(corrupted), 4)
     return out
 
 
 def _champion(cfg: EvaluateParams, registry: RegistryParams, mlflow_uri: str, predictor: Predictor,
-              root: Path) -> tuple[Predictor | None, str | None, str, str | None]:
+              root: Path, task: Task) -> tuple[Predictor | None, str | None, str, str | None]:
     """``(champion, uri, note, incompatible)``: the champion predictor when comparable; else why not."""
     if not cfg.compare_champion:
         return None, None, "evaluate.compare_champion is false", None
     uri, note = find_champion(registry, mlflow_uri)
     if uri is None:
         return None, None, note, None
-    champion = _load_champion(uri, mlflow_uri, root)
+    champion = _load_champion(uri, mlflow_uri, root, task)
     diffs = []
     if list(champion.class_names) != list(predictor.class_names):
         diffs.append(f"champion classes {list(champion.class_names)} differ from the model's "
@@ -290,24 +297,21 @@ def _write_card(paths: ProjectPaths, params: Params, out_dir: Path, model_sha: s
 
 
 # --------------------------------------------------------------------------- report helpers
-def _gallery(b: BuiltScenario, res: ScenarioResult, class_names: list[str], k: int, seed: int):
-    import numpy as np
-
+def _gallery(b: BuiltScenario, res: Any, task: Task, class_names: list[str], k: int, seed: int):
+    """The scenario's worst-handled images (``task.worst_images``) with their pixels, for the report."""
     from cvplatform.evaluation.report import GalleryItem
 
     if k <= 0 or res.n == 0:
         return [], None
-    wrong = np.flatnonzero(~res.correct)
-    if len(wrong) == 0:
+    worst = task.worst_images(res, class_names, k)
+    if not worst:
         return [], None
-    conf = res.confidence[wrong]
-    order = wrong[np.lexsort((np.array([res.image_ids[i] for i in wrong]), -conf))][:k]
+    import numpy as np
+
+    order = np.asarray([w[0] for w in worst], dtype=np.int64)
     pix = b.pixels(seed, order)
-    items = []
-    for i in order:
-        row = b.source.rows.iloc[int(b.base[i])]
-        items.append(GalleryItem(res.image_ids[i], class_names[int(res.y_true[i])],
-                                 class_names[int(res.y_pred[i])], float(res.confidence[i]), str(row["path"])))
+    items = [GalleryItem(res.image_ids[i], truth, pred, float(score), str(b.source.rows.iloc[int(b.base[i])]["path"]))
+             for i, truth, pred, score in worst]
     return items, pix
 
 
@@ -394,13 +398,14 @@ def _load_inputs(params: Params, paths: ProjectPaths, model: str | os.PathLike[s
     from cvplatform.tracking import tracking_uri as default_tracking_uri
 
     cfg = params.evaluate
+    task = get_task(params.project.task)
     suite_path = paths.resolve(cfg.suite)
-    suite = load_suite(suite_path)
+    suite = load_suite(suite_path, task)
     train_summary = _train_run(paths)
     mlflow_uri = default_tracking_uri(paths.root)
     ref = str(model) if model is not None else cfg.model
     log.info("evaluate: loading model %s", ref)
-    predictor = load_predictor(ref, root=paths.root, tracking_uri=mlflow_uri)
+    predictor = load_predictor(ref, root=paths.root, tracking_uri=mlflow_uri, task=task)
     class_names = list(predictor.class_names)
     bad_critical = [c for c in suite.critical_classes if c not in class_names]
     if bad_critical:
@@ -414,22 +419,23 @@ def _load_inputs(params: Params, paths: ProjectPaths, model: str | os.PathLike[s
     data = load_images(split_rows, paths.root, predictor, f"{manifest_path} (split {cfg.split!r})")
     return _Inputs(suite_path, suite, suite.expand(), ref, predictor, _model_sha256(ref, paths, predictor),
                    class_names, manifest_path, manifest, data, train_summary, mlflow_uri,
-                   str(train_summary.get("tracking_uri") or mlflow_uri), paths.root, get_task(params.project.task))
+                   str(train_summary.get("tracking_uri") or mlflow_uri), paths.root, task)
 
 
 @dataclass
 class _Judged:
     """Per-scenario results of the model (and of the champion, on the same pixels)."""
 
-    results: dict[str, ScenarioResult]
-    champ_results: dict[str, ScenarioResult]
+    results: dict[str, Any]
+    """Scenario -> ``task.evaluate_scenario`` result (the scenario-result protocol of cvplatform.tasks.base)."""
+    champ_results: dict[str, Any]
     built: list[BuiltScenario]
     predictions: int
 
 
 def _run_scenarios(inp: _Inputs, cfg: EvaluateParams, seed: int, champion: Predictor | None) -> _Judged:
     """Predict every scenario with the model (and the champion) and compute its metrics."""
-    from cvplatform.evaluation.suite_runner import run_suite
+    from cvplatform.evaluation.suite_runner import run_suite, scenario_targets
 
     predictors: list[Predictor] = [inp.predictor] + ([champion] if champion is not None else [])
     runs = run_suite(predictors, inp.data, suite_path=inp.suite_path, scenarios=inp.scenarios,
@@ -445,11 +451,12 @@ def _run_scenarios(inp: _Inputs, cfg: EvaluateParams, seed: int, champion: Predi
             "confidence": cfg.confidence, "seed": _scenario_seed(seed, sc.name), "n_bins": cfg.calibration_bins,
             "note": b.note, "corruption": sc.corruption, "severity": sc.severity,
         }
+        targets = scenario_targets(inp.task, b, inp.class_names)
         judged.results[sc.name] = inp.task.evaluate_scenario(
-            sc.name, sc.kind, b.ids, b.y, {output: logits[0]}, inp.class_names, **common)
+            sc.name, sc.kind, b.ids, targets, {output: logits[0]}, inp.class_names, **common)
         if champion is not None:
             judged.champ_results[sc.name] = inp.task.evaluate_scenario(
-                sc.name, sc.kind, b.ids, b.y, {output: logits[1]}, inp.class_names, **common)
+                sc.name, sc.kind, b.ids, targets, {output: logits[1]}, inp.class_names, **common)
         log.debug("evaluate: %s done (%d images)", sc.name, len(b.ids))
     return judged
 
@@ -466,22 +473,19 @@ class _Decision:
 def _decide(inp: _Inputs, judged: _Judged, cfg: EvaluateParams, seed: int, champion: _Champion) -> _Decision:
     """Decide the gates (pure :func:`check_gates`) and summarise the corruption errors (mCE & co.)."""
     from cvplatform.evaluation.gates import check_gates
-    from cvplatform.tasks.classification.metrics import corruption_error_summary
 
     results, champ_results = judged.results, judged.champ_results
     policy = inp.suite.policy(seed=seed, n_bootstrap=cfg.bootstrap_samples, confidence=cfg.confidence)
     gates = check_gates(results, policy, champ_results if champion.predictor is not None else None,
-                        champion_note=champion.note or None, champion_incompatible=champion.incompatible)
+                        champion_note=champion.note or None, champion_incompatible=champion.incompatible,
+                        task=inp.task)
     gates = replace(gates, champion=champion.uri)
     corruptions = [s for s in inp.scenarios if s.kind == "corruption"]
     clean = results[next(s.name for s in inp.scenarios if s.kind == "clean")]
-    corr_errors = {(str(s.corruption), int(s.severity or 0)): results[s.name].metrics.error
-                   for s in corruptions if results[s.name].metrics is not None}
-    ref_errors = {(str(s.corruption), int(s.severity or 0)): champ_results[s.name].metrics.error
-                  for s in corruptions if s.name in champ_results
-                  and champ_results[s.name].metrics is not None} if champ_results else None
-    cs = corruption_error_summary(clean.metrics.error if clean.metrics else 1.0, corr_errors, clean.n,
-                                  ref_errors, champion.uri)
+    corrupted = {(str(s.corruption), int(s.severity or 0)): results[s.name] for s in corruptions}
+    reference = {(str(s.corruption), int(s.severity or 0)): champ_results[s.name]
+                 for s in corruptions if s.name in champ_results} if champ_results else None
+    cs = inp.task.corruption_summary(clean, corrupted, reference, champion.uri)
     return _Decision(gates, policy, cs)
 
 
@@ -513,7 +517,7 @@ def _write_report(inp: _Inputs, judged: _Judged, dec: _Decision, champion: _Cham
 
     galleries, gallery_images = {}, {}
     for b in judged.built:
-        items, pix = _gallery(b, judged.results[b.scenario.name], inp.class_names, cfg.gallery_size, seed)
+        items, pix = _gallery(b, judged.results[b.scenario.name], inp.task, inp.class_names, cfg.gallery_size, seed)
         if items:
             galleries[b.scenario.name] = items
             gallery_images[b.scenario.name] = pix
@@ -522,7 +526,7 @@ def _write_report(inp: _Inputs, judged: _Judged, dec: _Decision, champion: _Cham
         scenarios=inp.scenarios, results=judged.results, gates=dec.gates, corruption_summary=dec.corruption_summary,
         champion=champion.uri, champion_note=champion.note, champion_results=judged.champ_results or None,
         galleries=galleries, gallery_images=gallery_images, critical_classes=inp.suite.critical_classes,
-        confidence=cfg.confidence, seed=seed, extra={"model_sha256": inp.model_sha},
+        confidence=cfg.confidence, seed=seed, extra={"model_sha256": inp.model_sha}, task=inp.task,
     )
     return write_report(ctx, out_dir)
 
@@ -534,35 +538,33 @@ def _scenario_rows(inp: _Inputs, judged: _Judged, gates: GateReport) -> tuple[li
     rows, per_scenario = [], {}
     for sc in inp.scenarios:
         r = judged.results[sc.name]
-        m = r.metrics
+        values, intervals = r.values, r.intervals
         status = scenario_status(sc.name, gates)
-        rows.append({
-            "name": sc.name, "kind": sc.kind, "level": sc.gate.level, "n": r.n, "status": status,
-            "corruption": sc.corruption, "severity": sc.severity,
-            "accuracy": m.accuracy if m else None, "accuracy_ci": list(m.accuracy_ci) if m else None,
-            "macro_f1": m.macro_f1 if m else None, "macro_f1_ci": list(m.macro_f1_ci) if m else None,
-            "ece": m.ece if m else None, "critical_fpr": dict(m.critical_fpr) if m else {},
-        })
-        per_scenario[sc.name] = {
-            "n": r.n, "accuracy": m.accuracy if m else None, "macro_f1": m.macro_f1 if m else None,
-            "ece": m.ece if m else None, "passed": status in ("passed", "warned", "-"),
-        }
+        row: dict[str, Any] = {"name": sc.name, "kind": sc.kind, "level": sc.gate.level, "n": r.n, "status": status,
+                               "corruption": sc.corruption, "severity": sc.severity}
+        for spec in inp.task.metrics:
+            row[spec.name] = values.get(spec.name)
+            if spec.name in intervals:  # metrics with an interval (classification: accuracy, macro-F1)
+                ci = intervals[spec.name]
+                row[f"{spec.name}_ci"] = list(ci) if ci is not None else None
+        rows.append({**row, **inp.task.scenario_extras(r)})
+        per_scenario[sc.name] = {"n": r.n, **{spec.name: values.get(spec.name) for spec in inp.task.metrics},
+                                 "passed": status in ("passed", "warned", "-")}
     return rows, per_scenario
 
 
 def _scenarios_json(inp: _Inputs, judged: _Judged, dec: _Decision, per_scenario: dict[str, Any]) -> dict[str, Any]:
-    """``scenarios.json``: every scenario's metrics plus the clean and corruption headline."""
-    clean = judged.results[next(s.name for s in inp.scenarios if s.kind == "clean")].metrics
+    """``scenarios.json``: every scenario's metrics plus the clean (the first metric with its interval) and
+    corruption headline."""
+    clean = judged.results[next(s.name for s in inp.scenarios if s.kind == "clean")]
     cs, gates = dec.corruption_summary, dec.gates
+    first, *rest = inp.task.metrics
+    ci = clean.intervals.get(first.name)
+    clean_doc = {first.name: clean.values.get(first.name), f"{first.name}_low": ci[0] if ci else None,
+                 f"{first.name}_high": ci[1] if ci else None, **{m.name: clean.values.get(m.name) for m in rest}}
     return {
         "scenarios": per_scenario,
-        "clean": {
-            "accuracy": clean.accuracy if clean else None,
-            "accuracy_low": clean.accuracy_ci[0] if clean else None,
-            "accuracy_high": clean.accuracy_ci[1] if clean else None,
-            "macro_f1": clean.macro_f1 if clean else None,
-            "ece": clean.ece if clean else None,
-        },
+        "clean": clean_doc,
         "gates_passed": gates.passed,
         "pass_rate": gates.pass_rate,
         "pass_rate_all": gates.extra.get("pass_rate_all"),
@@ -592,7 +594,7 @@ def _write_outputs(params: Params, paths: ProjectPaths, inp: _Inputs, judged: _J
     rows, per_scenario = _scenario_rows(inp, judged, gates)
     metrics_json = _scenarios_json(inp, judged, dec, per_scenario)
     written["scenarios"] = write_json(out_dir / "scenarios.json", metrics_json)
-    written["metrics"] = write_json(out_dir / "metrics.json", _headline_metrics(rows))
+    written["metrics"] = write_json(out_dir / "metrics.json", _headline_metrics(rows, inp.task))
     gate_doc = {
         **gates.to_dict(), "model": inp.predictor.name, "model_sha256": inp.model_sha, "split": cfg.split,
         "n_images": len(inp.data.ids), "class_names": inp.class_names, "suite": str(cfg.suite),
@@ -628,11 +630,8 @@ def _log_evaluation(paths: ProjectPaths, inp: _Inputs, judged: _Judged, dec: _De
                       f"logged to run {run_id}")
     mm: dict[str, float] = {}
     for sc in inp.scenarios:
-        m = judged.results[sc.name].metrics
-        if m is not None:
-            key = _mlflow_key(sc.name)
-            mm.update({f"eval.{key}.accuracy": m.accuracy, f"eval.{key}.macro_f1": m.macro_f1,
-                       f"eval.{key}.ece": m.ece})
+        key = _mlflow_key(sc.name)
+        mm.update({f"eval.{key}.{k}": float(v) for k, v in judged.results[sc.name].values.items() if v is not None})
     for k in ("pass_rate", "mce", "error_multiple_vs_clean", "mean_degradation"):
         v = out.metrics_json.get(k)
         if v is not None:
@@ -705,7 +704,8 @@ def run_evaluate(
     out_dir = paths.artifacts(STAGE)
     inp = _load_inputs(params, paths, model)
     clock.lap("load")
-    champion = _Champion(*_champion(cfg, params.registry, inp.mlflow_uri, inp.predictor, paths.root))
+    champion = _Champion(*_champion(cfg, params.registry, inp.mlflow_uri, inp.predictor, paths.root,
+                                            inp.task))
     clock.lap("champion")
     judged = _run_scenarios(inp, cfg, seed, champion.predictor)
     clock.lap("scenarios")
@@ -726,6 +726,7 @@ def run_evaluate(
                  if k in ("report_md", "report_html", "metrics", "gate_report", "model_card")},
         mlflow_run_id=logged_run, mlflow_note=mlflow_note, predictions=judged.predictions,
         duration_s=round(duration, 3), timings_s=clock.timings, seed=seed,
+        metrics=[(m.name, m.display) for m in inp.task.metrics],
     )
     result.write_summary(out_dir)
     log.info("evaluate: %d scenarios, %d predictions in %.1fs; gates %s", len(inp.scenarios), judged.predictions,

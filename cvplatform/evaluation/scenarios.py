@@ -57,15 +57,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from cvplatform.config import StrictModel
 from cvplatform.errors import ConfigError, DataError
 from cvplatform.evaluation.corruptions import CORRUPTIONS, SEVERITIES
-from cvplatform.evaluation.gates import GatePolicy, Level, ScenarioGate, ThresholdKey
+from cvplatform.evaluation.gates import GatePolicy, Level, ScenarioGate
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
+
+    from cvplatform.tasks.base import Task
 
 Kind = Literal["clean", "corruption", "slice", "curated"]
 Op = Literal["==", "!=", "in", "not in"]
@@ -106,7 +108,15 @@ class Condition(StrictModel):
 
 
 class Thresholds(StrictModel):
-    """Thresholds shared by a scenario entry and the suite ``defaults`` (``None`` = no check)."""
+    """Thresholds shared by a scenario entry and the suite ``defaults`` (``None`` = no check).
+
+    The fields below are classification's; any other task's gate keys (``min_<metric>`` /
+    ``max_<metric>`` / ``min_relative_<metric>`` from its ``MetricSpec`` entries) are extra keys, kept as
+    given and checked against the project's task by :func:`load_suite` (an unknown key is a
+    configuration error naming the key, the file and the allowed keys).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=False, validate_default=True)
 
     level: Level | None = None
     """``must_pass`` (a failed check fails the gate) or ``warn`` (reported only). Default: warn."""
@@ -122,7 +132,7 @@ class Thresholds(StrictModel):
     """Bound on the false-positive rate of each critical class."""
     max_drop: float | None = Field(None, ge=0.0, le=1.0)
     """Largest allowed accuracy drop vs the champion (lower CI bound of the paired bootstrap)."""
-    warn_only: tuple[ThresholdKey, ...] | None = None
+    warn_only: tuple[str, ...] | None = None
     """Thresholds whose checks only warn even when the scenario is must_pass, e.g. [max_ece]."""
 
 
@@ -255,9 +265,11 @@ class ScenarioSuite(StrictModel):
         if sum(s.kind == "clean" for s in self.scenarios) > 1:
             raise ValueError("the suite has more than one 'clean' scenario; relative floors need exactly one")
         for s in self.expand():
-            if s.kind == "clean" and s.gate.min_relative_accuracy is not None:
-                raise ValueError(f"scenario {s.name!r} (kind clean) sets min_relative_accuracy: it would be compared "
-                                 "with itself; use min_accuracy there")
+            relative = [k for k in s.gate.thresholds() if k.startswith("min_relative_")]
+            if s.kind == "clean" and relative:
+                absolute = relative[0].replace("min_relative_", "min_", 1)
+                raise ValueError(f"scenario {s.name!r} (kind clean) sets {relative[0]}: it would be compared "
+                                 f"with itself; use {absolute} there")
         return self
 
     def _gate(self, spec: ScenarioSpec) -> ScenarioGate:
@@ -269,6 +281,8 @@ class ScenarioSuite(StrictModel):
                 values[key] = getattr(self.defaults, key)
         if spec.kind == "curated" and "min_accuracy" not in spec.model_fields_set:
             values["min_accuracy"] = 1.0  # every listed image must be classified correctly
+        values.update({k: v for k, v in (self.defaults.model_extra or {}).items()})
+        values.update({k: v for k, v in (spec.model_extra or {}).items()})
         if values["level"] is None:
             values["level"] = "warn"
         if values["warn_only"] is None:
@@ -314,7 +328,7 @@ class ScenarioSuite(StrictModel):
         )
 
 
-def load_suite(path: str | os.PathLike[str]) -> ScenarioSuite:
+def load_suite(path: str | os.PathLike[str], task: Task | None = None) -> ScenarioSuite:
     """Load and validate a scenario suite.
 
     Raises:
@@ -335,10 +349,61 @@ def load_suite(path: str | os.PathLike[str]) -> ScenarioSuite:
     source = str(path)
     if data is None or not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with a 'scenarios' list, got {type(data).__name__}")
+    from cvplatform.tasks import get_task
+
+    _check_gate_keys(data, source, task or get_task())
     try:
         return ScenarioSuite.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_suite_error(exc, source, data)) from None
+
+
+def allowed_gate_keys(task: Task) -> list[str]:
+    """The threshold keys a suite may set for ``task``: each metric's ``min_``/``max_`` key, ``min_relative_``
+    for higher-is-better metrics, the task's own (``extra_gate_keys``) and ``max_drop`` (the champion).
+
+    Example:
+        >>> from cvplatform.tasks import get_task
+        >>> allowed_gate_keys(get_task("classification"))[:3]
+        ['min_accuracy', 'min_relative_accuracy', 'min_macro_f1']
+    """
+    keys: list[str] = []
+    for m in task.metrics:
+        keys.extend(k for k in (m.gate_key, m.relative_gate_key) if k)
+    return [*keys, *task.extra_gate_keys, "max_drop"]
+
+
+def _check_gate_keys(data: dict[str, Any], source: str, task: Task) -> None:
+    """Every threshold key of ``defaults`` and each scenario must be one of the task's (a ConfigError otherwise)."""
+    allowed = allowed_gate_keys(task)
+    fixed = set(ScenarioSpec.model_fields) - set(_THRESHOLDS)
+    entries = data.get("scenarios") if isinstance(data.get("scenarios"), list) else []
+    blocks = [("defaults", data.get("defaults"))] + [
+        (f"scenarios[{i}] ({(e or {}).get('name') or (e or {}).get('corruption') or '?'})", e)
+        for i, e in enumerate(entries) if isinstance(e, dict)]
+    lines = []
+    for where, block in blocks:
+        if not isinstance(block, dict):
+            continue
+        own_fixed = {"level"} if where == "defaults" else fixed
+        for key, value in block.items():
+            if key in own_fixed or key == "warn_only":
+                continue
+            if key not in allowed and (value is not None or key not in _THRESHOLDS):
+                at = f"defaults.{key}" if where == "defaults" else f"{where}: {key}"
+                lines.append(f"  - {at}: unknown key; allowed keys: "
+                             f"{', '.join(sorted({*own_fixed, 'warn_only', *allowed}))} (task {task.name!r})")
+            elif key not in _THRESHOLDS and value is not None and (
+                    isinstance(value, bool) or not isinstance(value, int | float)):
+                lines.append(f"  - {where}: {key}: expected a number, got {value!r}")
+        warn_only = block.get("warn_only")
+        for i, key in enumerate(warn_only if isinstance(warn_only, list) else []):
+            if key not in allowed:
+                lines.append(f"  - {where}: warn_only.{i}: {key!r} is not a threshold key of task {task.name!r}; "
+                             f"allowed: {', '.join(allowed)}")
+    if lines:
+        raise ConfigError("\n".join([f"{source}: invalid scenario suite", *lines,
+                                     "Fix the key(s) above in the suite file and run again."]))
 
 
 def _format_suite_error(exc: Any, source: str, data: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cvplatform.errors import DataError
 
@@ -215,14 +215,27 @@ def predict_scenario(predictors: Sequence[Predictor], b: BuiltScenario, seed: in
     import numpy as np
 
     n = len(b.ids)
-    outs = [np.empty((n, len(p.class_names)), dtype=np.float32) for p in predictors]
+    parts: list[list[np.ndarray]] = [[] for _ in predictors]
     chunk = max(batch_size, 1)
     for s in range(0, n, chunk):
         sel = np.arange(s, min(n, s + chunk))
         pix = b.pixels(seed, sel)
-        for out, p in zip(outs, predictors, strict=True):
-            out[sel] = p.predict_logits(pix, batch_size=batch_size)
-    return outs
+        for part, p in zip(parts, predictors, strict=True):
+            part.append(p.predict_logits(pix, batch_size=batch_size))
+    return [np.concatenate(part, axis=0) if part else np.empty((0, len(p.class_names)), np.float32)
+            for part, p in zip(parts, predictors, strict=True)]
+
+
+def scenario_targets(task: Any, b: BuiltScenario, class_names: Sequence[str]) -> Any:
+    """The task's targets of a scenario's images (``task.target_of`` of each manifest row, in image order):
+    class indices for classification (equal to ``b.y``), whatever the task learns otherwise."""
+    import numpy as np
+
+    if not len(b.ids):
+        return b.y
+    index = {c: i for i, c in enumerate(class_names)}
+    rows = b.source.rows.iloc[np.asarray(b.base, dtype=np.int64)].to_dict("records")
+    return np.asarray([task.target_of(r, index) for r in rows])
 
 
 def run_suite(
@@ -283,5 +296,6 @@ __all__ = [
     "load_images",
     "predict_scenario",
     "run_suite",
+    "scenario_targets",
     "select_split",
 ]

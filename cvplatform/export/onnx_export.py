@@ -31,12 +31,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cvplatform.errors import ModelError
+from cvplatform.tasks import get_task
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
     from cvplatform.models.checkpoint import LoadedModel
     from cvplatform.preprocess import PreprocessContract
+    from cvplatform.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +154,12 @@ def check_onnx(model: onnx.ModelProto | str | os.PathLike[str], where: str) -> N
         ) from None
 
 
-def _torch_export(module: Any, example: Any, opset: int, exporter: str, where: str) -> bytes:
+def _torch_export(module: Any, example: Any, opset: int, exporter: str, where: str,
+                  output_names: tuple[str, ...] = (OUTPUT_NAME,)) -> bytes:
     import torch
 
     buf = io.BytesIO()
-    common: dict[str, Any] = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": opset}
+    common: dict[str, Any] = {"input_names": [INPUT_NAME], "output_names": list(output_names), "opset_version": opset}
     try:
         if exporter == "dynamo":
             try:
@@ -178,7 +181,8 @@ def _torch_export(module: Any, example: Any, opset: int, exporter: str, where: s
                 warnings.simplefilter("ignore", FutureWarning)
                 torch.onnx.export(
                     module, (example,), buf, dynamo=False, do_constant_folding=True, export_params=True,
-                    dynamic_axes={INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}}, **common,
+                    dynamic_axes={INPUT_NAME: {0: BATCH_AXIS}, **{o: {0: BATCH_AXIS} for o in output_names}},
+                    **common,
                 )
     except ModelError:
         raise
@@ -191,6 +195,27 @@ def _torch_export(module: Any, example: Any, opset: int, exporter: str, where: s
     return buf.getvalue()
 
 
+def _check_network(module: Any, contract: PreprocessContract, task: Task, where: str) -> Any:
+    """A probe batch for the exporter, after the network's outputs on it passed ``task.check_outputs``."""
+    import torch
+
+    h, w = contract.input_size
+    example = torch.zeros(1, 3, h, w, dtype=torch.float32)
+    with torch.inference_mode():
+        raw = module(example)
+    arrays = raw if isinstance(raw, tuple | list) else (raw,)
+    if len(arrays) != len(task.output_names):
+        raise ModelError(f"{where}: the network returns {len(arrays)} output(s) but the task {task.name!r} has "
+                         f"{list(task.output_names)}. The checkpoint does not fit project.task; retrain it.")
+    outputs = {n: a.detach().cpu().numpy() for n, a in zip(task.output_names, arrays, strict=True)}
+    try:
+        task.check_outputs(outputs, list(contract.class_names))
+    except ModelError as exc:
+        raise ModelError(f"{where}: {exc} The checkpoint metadata is inconsistent; retrain with "
+                         "`cvplatform train`.") from None
+    return example
+
+
 def export_onnx(
     loaded: LoadedModel,
     path: str | os.PathLike[str],
@@ -199,6 +224,7 @@ def export_onnx(
     extra_metadata: Mapping[str, str] | None = None,
     opset: int = DEFAULT_OPSET,
     exporter: str = "torchscript",
+    task: Task | None = None,
 ) -> Path:
     """Export a loaded checkpoint to ONNX with its preprocessing contract and version metadata.
 
@@ -210,6 +236,8 @@ def export_onnx(
         extra_metadata: More ``metadata_props`` (e.g. :func:`version_metadata`), JSON-string values.
         opset: ONNX opset.
         exporter: ``torchscript`` (default) or ``dynamo`` (needs ``onnxscript``).
+        task: The project's task (default classification): the graph's outputs are its ``output_names``
+            and the network's outputs on a probe batch must pass its ``check_outputs``.
 
     Returns:
         ``path``, after ``onnx.checker.check_model(full_check=True)`` passed.
@@ -226,29 +254,24 @@ def export_onnx(
         PosixPath('artifacts/export/model_fp32.onnx')
     """
     import onnx
-    import torch
 
     out = Path(path)
     where = str(loaded.path)
-    if contract.num_classes != int(loaded.num_classes):
-        raise ModelError(
-            f"{where}: contract lists {contract.num_classes} classes but the network has {loaded.num_classes} "
-            "outputs. The checkpoint metadata is inconsistent; retrain with `cvplatform train`."
-        )
+    task = task or get_task()
     h, w = contract.input_size
     module = loaded.model.eval().to("cpu")
-    example = torch.zeros(1, 3, h, w, dtype=torch.float32)
-    blob = _torch_export(module, example, int(opset), exporter, where)
+    example = _check_network(module, contract, task, where)
+    blob = _torch_export(module, example, int(opset), exporter, where, tuple(task.output_names))
     try:
         model = onnx.load_from_string(blob)
     except Exception as exc:  # pragma: no cover - torch produced something unreadable
         raise ModelError(f"{where}: torch.onnx.export produced an unreadable model ({exc}).") from None
     model.producer_name = "cvplatform"
     model.doc_string = (
-        f"{loaded.arch} classifier over {list(contract.class_names)}; input '{INPUT_NAME}' float32 NCHW "
-        f"(batch, 3, {h}, {w}) RGB, (pixel/255 - mean)/std; output '{OUTPUT_NAME}' (batch, {contract.num_classes})."
+        f"{loaded.arch} {task.name} model, classes {list(contract.class_names)}; input '{INPUT_NAME}' float32 NCHW "
+        f"(batch, 3, {h}, {w}) RGB, (pixel/255 - mean)/std; outputs {list(task.output_names)}."
     )
-    set_metadata(model, {**contract.to_metadata(), **dict(extra_metadata or {})})
+    set_metadata(model, {**contract.to_metadata(), "task": json.dumps(task.name), **dict(extra_metadata or {})})
     check_onnx(model, f"{out} (exported from {where})")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

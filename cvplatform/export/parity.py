@@ -6,9 +6,10 @@ are compared image by image:
 
 * ``max_abs_diff`` — the largest ``|reference - candidate|`` over all images and
   classes must be ``<= atol`` (``export.parity.atol``, 1e-4 for fp32);
-* ``top1_agreement`` — the share of images on which the project's task says the two
+* ``agreement`` — the share of images on which the project's task says the two
   outputs agree (:meth:`~cvplatform.tasks.base.Task.agreement`; the same top-1 class for
-  classification) must be ``>= min_agreement`` (``export.parity.min_agreement``, 0.999).
+  classification) must be ``>= min_agreement`` (``export.parity.min_agreement``, 0.999);
+  ``parity.json`` also carries it as ``top1_agreement``, a deprecated alias for older readers.
 
 Non-finite logits (NaN/Inf) are not a parity question but a broken model: they
 raise :class:`~cvplatform.errors.ModelError` saying whether the checkpoint itself
@@ -57,7 +58,8 @@ class ParityReport:
     n: int
     max_abs_diff: float
     mean_abs_diff: float
-    top1_agreement: float
+    agreement: float
+    """``task.agreement(...).rate``: share of images on which both models agree (classification: same top-1)."""
     disagreements: int
     atol: float
     min_agreement: float
@@ -67,17 +69,24 @@ class ParityReport:
     worst: list[ParityImage] = field(default_factory=list)
     """Images with the largest differences (disagreeing ones first)."""
 
+    @property
+    def top1_agreement(self) -> float:
+        """Deprecated alias of :attr:`agreement` (its name from when only classification existed)."""
+        return self.agreement
+
     def to_dict(self) -> dict[str, Any]:
+        """JSON, with ``top1_agreement`` kept as a deprecated alias of ``agreement`` for older readers."""
         d = asdict(self)
+        d["top1_agreement"] = self.agreement
         d["worst"] = [asdict(w) for w in self.worst]
         return d
 
     def line(self) -> str:
         """One line for terminals."""
         return (
-            f"max |Δlogit| {self.max_abs_diff:.2e} {'<=' if self.max_abs_diff <= self.atol else '>'} "
-            f"{self.atol:.0e}, top-1 agreement {self.top1_agreement:.2%} "
-            f"{'>=' if self.top1_agreement >= self.min_agreement else '<'} {self.min_agreement:.1%} "
+            f"max |Δoutput| {self.max_abs_diff:.2e} {'<=' if self.max_abs_diff <= self.atol else '>'} "
+            f"{self.atol:.0e}, agreement {self.agreement:.2%} "
+            f"{'>=' if self.agreement >= self.min_agreement else '<'} {self.min_agreement:.1%} "
             f"on {self.n} {self.split} images: {'PASSED' if self.passed else 'FAILED'}"
         )
 
@@ -155,10 +164,10 @@ def compare_logits(
     max_diff = float(per_image.max())
     reasons = []
     if not max_diff <= atol:
-        reasons.append(f"max absolute logit difference {max_diff:.3e} > export.parity.atol {atol:.1e}")
+        reasons.append(f"max absolute output difference {max_diff:.3e} > export.parity.atol {atol:.1e}")
     if agreement < min_agreement:
         reasons.append(
-            f"top-1 agreement {agreement:.4f} ({disagreements} of {n} images differ) < "
+            f"agreement {agreement:.4f} ({disagreements} of {n} images differ) < "
             f"export.parity.min_agreement {min_agreement}"
         )
     # disagreeing images first, then by difference (ties broken by sha256: deterministic)
@@ -171,7 +180,7 @@ def compare_logits(
     ]
     return ParityReport(
         reference=reference_name, candidate=candidate_name, split=split, n=int(n), max_abs_diff=max_diff,
-        mean_abs_diff=float(diff.mean()), top1_agreement=agreement, disagreements=disagreements,
+        mean_abs_diff=float(diff.mean()), agreement=agreement, disagreements=disagreements,
         atol=float(atol), min_agreement=float(min_agreement), passed=not reasons, reasons=reasons,
         worst=worst_items,
     )

@@ -48,7 +48,7 @@ class Int8Decision:
     max_drop: float
     """``export.int8.max_drop``."""
     worst_scenario: str | None = None
-    """Judged scenario with the largest accuracy drop."""
+    """Judged scenario with the largest drop of the task's INT8 metric (positive = INT8 is worse)."""
     worst_drop: float | None = None
     scenarios: list[ScenarioComparison] = field(default_factory=list)
 
@@ -64,7 +64,8 @@ class Int8Decision:
 
 
 def decide_int8(comparisons: Sequence[ScenarioComparison], max_drop: float) -> Int8Decision:
-    """Accept INT8 only if every judged scenario's accuracy drop vs fp32 is ``<= max_drop`` (pure).
+    """Accept INT8 only if every judged scenario's drop of the INT8 metric vs fp32 is ``<= max_drop`` (pure;
+    a drop is positive when INT8 is worse, whichever the metric's direction).
 
     A judged scenario without images cannot show anything and rejects INT8.
 
@@ -86,8 +87,8 @@ def decide_int8(comparisons: Sequence[ScenarioComparison], max_drop: float) -> I
     reasons = []
     for c in sorted(failing, key=lambda c: -c.drop):
         reasons.append(
-            f"scenario {c.name!r} ({c.level}, {c.n} images): accuracy {c.reference_accuracy:.4f} (fp32) -> "
-            f"{c.candidate_accuracy:.4f} (int8), drop {c.drop:+.4f} > export.int8.max_drop {max_drop:+.4f}"
+            f"scenario {c.name!r} ({c.level}, {c.n} images): {c.metric} {c.reference_score:.4f} (fp32) -> "
+            f"{c.candidate_score:.4f} (int8), drop {c.drop:+.4f} > export.int8.max_drop {max_drop:+.4f}"
         )
     if empty:
         reasons.append(f"judged scenario(s) {empty} have no images, so INT8 cannot be checked there")

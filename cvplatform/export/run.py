@@ -133,8 +133,8 @@ class ExportResult(StageResult):
             f"  model: {self.arch} on {len(self.class_names)} classes, input {self.contract.get('input_size')}, "
             f"opset {self.opset}",
             f"  parity (onnxruntime fp32 vs PyTorch, {p.get('n')} test images): max |Δlogit| "
-            f"{p.get('max_abs_diff', float('nan')):.2e} (atol {p.get('atol')}), top-1 agreement "
-            f"{p.get('top1_agreement', float('nan')):.2%} (min {p.get('min_agreement')}): "
+            f"{p.get('max_abs_diff', float('nan')):.2e} (atol {p.get('atol')}), agreement "
+            f"{p.get('agreement', p.get('top1_agreement', float('nan'))):.2%} (min {p.get('min_agreement')}): "
             f"{'PASSED' if p.get('passed') else 'FAILED'}",
         ]
         if not self.int8.get("enabled"):
@@ -324,7 +324,9 @@ def _read_inputs(params: Params, paths: ProjectPaths, checkpoint: str | os.PathL
     manifest_path = paths.resolve(params.project.manifest)
     manifest = read_manifest(manifest_path)
     log.info("export: loading %s", ckpt)
-    torch_pred = TorchCheckpointPredictor(ckpt)  # ModelError: missing/corrupt, or eval steps beyond resize+normalise
+    task = get_task(params.project.task)
+    # ModelError: missing/corrupt, or eval steps beyond resize+normalise
+    torch_pred = TorchCheckpointPredictor(ckpt, task=task)
     check_checkpoint_matches(torch_pred.loaded, params, manifest, manifest_path)
     test_rows = select_split(manifest, "test", cfg.parity.max_images, source=str(manifest_path), key="export.parity")
     cal_rows = None
@@ -339,7 +341,7 @@ def _read_inputs(params: Params, paths: ProjectPaths, checkpoint: str | os.PathL
                 "`cvplatform ingest` so it gets images, set export.int8.calibration_split to a split that has "
                 "images, or set export.int8.enabled: false."
             )
-    return _Inputs(ckpt, manifest_path, manifest, torch_pred, test_rows, cal_rows, get_task(params.project.task))
+    return _Inputs(ckpt, manifest_path, manifest, torch_pred, test_rows, cal_rows, task)
 
 
 @dataclass
@@ -383,8 +385,8 @@ def _export_fp32(inp: _Inputs, lin: _Lineage, cfg: ExportParams, out_dir: Path) 
         checkpoint_sha256=lin.ckpt_sha, checkpoint_epoch=loaded.epoch, precision="fp32", opset=cfg.opset,
     )
     fp32_path = export_onnx(loaded, out_dir / FP32_NAME, contract, extra_metadata=version, opset=cfg.opset,
-                            exporter=cfg.exporter)
-    fp32_pred = OnnxPredictor(fp32_path)  # run what we export: load it back with its own metadata
+                            exporter=cfg.exporter, task=inp.task)
+    fp32_pred = OnnxPredictor(fp32_path, task=inp.task)  # run what we export: load it back with its own metadata
     if fp32_pred.contract != contract:
         raise ModelError(
             f"{fp32_path}: the preprocessing contract read back from the ONNX metadata ({fp32_pred.contract}) "
@@ -469,6 +471,8 @@ def _quantize_and_decide(params: Params, paths: ProjectPaths, inp: _Inputs, par:
     int8.update({
         "calibration_split": cfg.int8.calibration_split, "calibration_images": len(cal.ids),
         "suite": suite_ref, "split": params.evaluate.split, "per_channel": cfg.int8.per_channel,
+        "metric": inp.task.int8_metric,
+        "higher_is_better": next((m.higher_is_better for m in inp.task.metrics if m.name == inp.task.int8_metric), True),
     })
     problem: str | None = None
     try:
@@ -476,7 +480,7 @@ def _quantize_and_decide(params: Params, paths: ProjectPaths, inp: _Inputs, par:
                              per_channel=cfg.int8.per_channel, pre_process=cfg.int8.pre_process)
         out.path = info.path
         int8.update({"pre_processed": info.pre_processed, "note": info.note, **_file_info(paths, info.path)})
-        int8_pred = OnnxPredictor(info.path)
+        int8_pred = OnnxPredictor(info.path, task=inp.task)
         test = par.test
         vs_torch = run_parity(
             inp.torch_pred, int8_pred, test.images, ids=test.ids, paths=par.test_paths, labels=test.labels,
@@ -484,7 +488,8 @@ def _quantize_and_decide(params: Params, paths: ProjectPaths, inp: _Inputs, par:
             task=inp.task,
         )
         int8["vs_torch"] = {"n": vs_torch.n, "max_abs_diff": vs_torch.max_abs_diff,
-                            "top1_agreement": vs_torch.top1_agreement, "disagreements": vs_torch.disagreements}
+                            "agreement": vs_torch.agreement, "top1_agreement": vs_torch.agreement,
+                            "disagreements": vs_torch.disagreements}
     except ModelError as exc:  # INT8 is an optimisation: a broken INT8 model is rejected, fp32 ships
         problem = str(exc)
         log.warning("export: INT8 rejected: %s", problem)
@@ -518,7 +523,7 @@ def _ship(inp: _Inputs, par: _Parity, q: _Int8, cfg: ExportParams, fp32_path: Pa
         q.rejected_reason = None
     model_path = out_dir / MODEL_NAME
     _copy_atomic(q.path if chosen == "int8" and q.path is not None else fp32_path, model_path)
-    final = OnnxPredictor(model_path)  # the shipped file must load and run on its own metadata
+    final = OnnxPredictor(model_path, task=inp.task)  # the shipped file must load and run on its own metadata
     probe = final.predict_logits(par.test.images[: min(len(par.test.ids), 8)], batch_size=cfg.batch_size)
     check_finite(probe, None, candidate_name=str(model_path), reference_name="", paths=par.test_paths)
     if final.contract != inp.torch_pred.contract:
@@ -580,7 +585,7 @@ def _log_export(result: ExportResult, cfg: ExportParams, lin: _Lineage, par: _Pa
         return
     mm: dict[str, float] = {
         "export.parity.max_abs_diff": par.report.max_abs_diff,
-        "export.parity.top1_agreement": par.report.top1_agreement,
+        "export.parity.top1_agreement": par.report.agreement,  # the MLflow metric keeps its first name
         "export.int8.accepted": float(result.chosen == "int8"),
         "export.size_bytes": float(result.size_bytes),
     }

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cvplatform.errors import ModelError
-from cvplatform.evaluation.suite_runner import load_images, run_suite, select_split
+from cvplatform.evaluation.suite_runner import load_images, run_suite, scenario_targets, select_split
 
 if TYPE_CHECKING:  # pragma: no cover
 
@@ -27,24 +27,40 @@ if TYPE_CHECKING:  # pragma: no cover
 @dataclass(frozen=True)
 class ScenarioComparison:
     """The INT8 metric (``task.int8_metric``; accuracy for classification) of a reference and a candidate
-    model on one scenario (same images, same pixels); the field names keep the classification wording."""
+    model on one scenario (same images, same pixels)."""
 
     name: str
     kind: str
     level: str
     """``must_pass`` or ``warn`` (from the suite)."""
     n: int
-    reference_accuracy: float | None
-    candidate_accuracy: float | None
+    reference_score: float | None
+    """The reference's (fp32) ``task.int8_score``."""
+    candidate_score: float | None
     drop: float | None
-    """``reference_accuracy - candidate_accuracy`` (positive = the candidate is worse)."""
+    """How much worse the candidate is (positive = worse): ``reference - candidate`` for a higher-is-better
+    metric, ``candidate - reference`` for a lower-is-better one (e.g. an error)."""
     agreement: float | None
-    """``task.agreement(...).rate``: share of images with the same top-1 class in both models (classification)."""
+    """``task.agreement(...).rate``: share of images on which both models agree (classification: same top-1 class)."""
     judged: bool
     """True for must-pass scenarios and the clean scenario (these decide INT8 acceptance)."""
+    metric: str = "accuracy"
+    """``task.int8_metric``."""
+
+    @property
+    def reference_accuracy(self) -> float | None:
+        """Deprecated alias of :attr:`reference_score` (its name from when only classification existed)."""
+        return self.reference_score
+
+    @property
+    def candidate_accuracy(self) -> float | None:
+        """Deprecated alias of :attr:`candidate_score`."""
+        return self.candidate_score
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON: the generic fields plus ``reference_accuracy`` / ``candidate_accuracy``, deprecated aliases of
+        ``reference_score`` / ``candidate_score`` kept for readers of older ``int8.json`` files."""
+        return {**asdict(self), "reference_accuracy": self.reference_score, "candidate_accuracy": self.candidate_score}
 
 
 def compare_on_suite(
@@ -93,7 +109,6 @@ def compare_on_suite(
         >>> rows[0].name, rows[0].drop  # doctest: +SKIP
         ('clean', 0.0)
     """
-    import numpy as np
 
     from cvplatform.data.manifest import read_manifest
     from cvplatform.evaluation.scenarios import load_suite
@@ -110,7 +125,7 @@ def compare_on_suite(
         )
     root = Path(root)
     suite_path = Path(suite_path)
-    suite = load_suite(suite_path)
+    suite = load_suite(suite_path, task)
     scenarios = suite.expand()
     manifest = read_manifest(manifest_path)
     rows = select_split(manifest, split, max_images, source=str(manifest_path), key="evaluate.split")
@@ -119,21 +134,25 @@ def compare_on_suite(
                      root=root, seed=seed, batch_size=batch_size)
     (name,) = task.output_names  # the suite runner returns the model's single output per predictor
     class_names = list(reference.class_names)
+    spec = next((m for m in task.metrics if m.name == task.int8_metric), None)
+    higher = spec.higher_is_better if spec is not None else True
     out = []
     for run in runs:
         sc = run.scenario
         judged = sc.gate.level == "must_pass" or sc.kind == "clean"
         n = len(run.built.ids)
         if n == 0:
-            out.append(ScenarioComparison(sc.name, sc.kind, sc.gate.level, 0, None, None, None, None, judged))
+            out.append(ScenarioComparison(sc.name, sc.kind, sc.gate.level, 0, None, None, None, None, judged,
+                                          task.int8_metric))
             continue
         ref_out, cand_out = ({name: arr} for arr in run.logits)
-        y = np.asarray(run.built.y)
-        ref_acc = task.int8_score(ref_out, y, class_names)
-        cand_acc = task.int8_score(cand_out, y, class_names)
+        y = scenario_targets(task, run.built, class_names)
+        ref_score = task.int8_score(ref_out, y, class_names)
+        cand_score = task.int8_score(cand_out, y, class_names)
         out.append(ScenarioComparison(
-            sc.name, sc.kind, sc.gate.level, n, ref_acc, cand_acc, ref_acc - cand_acc,
-            task.agreement(ref_out, cand_out).rate, judged,
+            sc.name, sc.kind, sc.gate.level, n, ref_score, cand_score,
+            (ref_score - cand_score) if higher else (cand_score - ref_score),
+            task.agreement(ref_out, cand_out).rate, judged, task.int8_metric,
         ))
     return out
 

@@ -148,10 +148,10 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         >>> tuple(net(torch.zeros(2, 3, 32, 32)).shape)
         (2, 10)
     """
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ModelError(
-            f"build_model({name!r}): num_classes must be an integer >= 2, got {num_classes!r}. "
-            "A classifier needs at least two classes in the manifest."
+            f"build_model({name!r}): num_classes (the width of the output layer) must be an integer >= 1, "
+            f"got {num_classes!r}."
         )
     builder, config = _resolve(name)
     resolved = resolve_model_kwargs(name, **kwargs)

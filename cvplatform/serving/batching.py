@@ -326,11 +326,15 @@ class MicroBatcher:
             return
         seconds = time.perf_counter() - t0
         overlapped = self.tracker.end(token)
-        if getattr(y, "shape", None) is None or y.shape[0] != x.shape[0]:
+        arrays = list(y.values()) if isinstance(y, dict) else [y]
+        if not arrays or any(getattr(a, "shape", None) is None or not a.shape or a.shape[0] != x.shape[0]
+                             for a in arrays):
             from cvplatform.errors import ModelError
 
+            shapes = ({k: getattr(a, "shape", type(a).__name__) for k, a in y.items()} if isinstance(y, dict)
+                      else getattr(y, "shape", type(y).__name__))
             exc = ModelError(
-                f"model {self.name}: returned {getattr(y, 'shape', type(y).__name__)} rows for a batch of "
+                f"model {self.name}: returned {shapes} rows for a batch of "
                 f"{x.shape[0]}; the model must return one output row per input row."
             )
             self._deliver_soon(live, None, exc, 0, 0.0)
@@ -362,6 +366,8 @@ class MicroBatcher:
             if not it.future.done():
                 if y is None:
                     it.future.set_exception(exc if exc is not None else RuntimeError("batch failed"))
+                elif isinstance(y, dict):  # several outputs (detection: boxes, scores, ...): each split by rows
+                    it.future.set_result({k: v[start : start + it.rows] for k, v in y.items()})
                 else:
                     it.future.set_result(y[start : start + it.rows])
             start += it.rows

@@ -264,9 +264,10 @@ async def _answer(state: ServerState, handle: ModelHandle, variant: str, champio
     return champion, "champion", True, raw, ms, timing
 
 
-def _outputs(state: ServerState, raw: np.ndarray) -> dict[str, np.ndarray]:
-    """The batcher's model output keyed as the task names it (one output per model in serving)."""
-    return {state.task.output_names[0]: raw}
+def _outputs(state: ServerState, raw: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The batcher's model outputs keyed as the task names them (:meth:`RuntimeModel.forward` returns them so;
+    a bare array, e.g. from a test double, is the task's only output)."""
+    return dict(raw) if isinstance(raw, dict) else {state.task.output_names[0]: raw}
 
 
 def _top(state: ServerState, handle: ModelHandle, outputs: dict[str, np.ndarray]) -> tuple[list[str], list[float]]:

@@ -338,12 +338,12 @@ class ModelHandle:
     def version(self) -> str:
         return self.model.version
 
-    async def infer(self, x: np.ndarray, *, announced: bool = False) -> tuple[np.ndarray, float]:
-        """The model's raw output (:meth:`RuntimeModel.forward`, e.g. logits) for a preprocessed batch and
-        the model latency in ms (queue wait + run); the task decodes it."""
+    async def infer(self, x: np.ndarray, *, announced: bool = False) -> tuple[dict[str, np.ndarray], float]:
+        """The model's raw outputs (:meth:`RuntimeModel.forward`, keyed by output name, e.g. ``{"logits": ...}``)
+        for a preprocessed batch and the model latency in ms (queue wait + run); the task decodes them."""
         t0 = time.perf_counter()
-        probs = await self.batcher.submit(x, announced=announced)
-        return probs, (time.perf_counter() - t0) * 1000.0
+        outputs = await self.batcher.submit(x, announced=announced)
+        return outputs, (time.perf_counter() - t0) * 1000.0
 
     async def prepare_and_infer(self, prepare: Callable[[], Awaitable[np.ndarray]]
                                 ) -> tuple[np.ndarray, float, BatchTime]:

@@ -41,10 +41,22 @@ class MetricSpec:
     headline: bool = False
     short: str | None = None
     description: str = ""
+    label: str | None = None
+    """How gate reasons and reports name it (default: ``name``), e.g. ``macro-F1``."""
 
     @property
     def gate_key(self) -> str:
         return f"{'min' if self.higher_is_better else 'max'}_{self.name}"
+
+    @property
+    def relative_gate_key(self) -> str | None:
+        """``min_relative_<name>`` (a floor as a fraction of the clean scenario's value); only for
+        higher-is-better metrics."""
+        return f"min_relative_{self.name}" if self.higher_is_better else None
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
 
 
 @dataclass(frozen=True)
@@ -182,6 +194,87 @@ class Task(ABC):
         per-image confusion counts and mIoU. An empty scenario (no images) yields a result whose
         metrics are ``None``.
         """
+
+    # ------------------------------------------------------------------ gates (scenario-result protocol)
+    # What :meth:`evaluate_scenario` returns must offer: ``name``, ``kind``, ``image_ids``, ``n``, ``note``,
+    # ``values`` (metric name -> float or None, every name of :attr:`metrics`) and ``intervals`` (metric
+    # name -> ``(low, high)`` or None). The gates (cvplatform/evaluation/gates.py) read nothing else.
+    @property
+    def extra_gate_keys(self) -> tuple[str, ...]:
+        """Threshold keys of the task's own checks (:meth:`extra_gate_checks`) beyond its metrics' ``min_``/``max_``
+        keys; classification: ``max_critical_fpr``."""
+        return ()
+
+    def support_checks(self, scenario: str, result: Any, policy: Any) -> list[dict[str, Any]]:
+        """Gate checks on the clean scenario that say whether the split can support the suite's floors at all
+        (classification: ``min_images_per_class``), each the fields of ``cvplatform.evaluation.gates.GateCheck``
+        as a dict (``name, scenario, status, level, reason, value, threshold``); none by default."""
+        return []
+
+    def extra_gate_checks(self, scenario: str, gate: Any, result: Any, policy: Any) -> list[dict[str, Any]]:
+        """The checks of :attr:`extra_gate_keys` for one scenario (classification: each critical class's
+        false-positive rate against ``max_critical_fpr``); none by default."""
+        return []
+
+    @property
+    def paired_metric(self) -> str:
+        """What :meth:`paired_delta` measures, in gate reasons (default: the first headline metric)."""
+        return next((m.display for m in self.metrics if m.headline), self.metrics[0].display)
+
+    def paired_delta(self, challenger: Any, champion: Any, *, n_bootstrap: int = 1000, confidence: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+        """``(delta, low, high)``: how much better the challenger is than the champion on the same images
+        (positive = better), with a paired bootstrap interval; the ``max_drop`` gate fails when ``low`` is
+        below ``-max_drop``. Classification: the accuracy difference."""
+        from cvplatform.errors import ConfigError
+
+        raise ConfigError(f"task {self.name!r} cannot compare a model with the champion (no paired_delta); "
+                          "remove max_drop from the suite or set evaluate.compare_champion: false.")
+
+    def corruption_summary(self, clean: Any, corrupted: Mapping[tuple[str, int], Any],
+                           reference: Mapping[tuple[str, int], Any] | None, reference_name: str | None) -> dict[str, Any]:
+        """Suite-wide robustness numbers over the corruption scenarios (``(corruption, severity)`` -> result;
+        ``reference``: the champion's on the same images, or None) for the report and ``scenarios.json``
+        (classification: mCE, error multiple vs clean, mean degradation). Default: the mean of each
+        metric over the corruption scenarios and its change from clean."""
+        out: dict[str, Any] = {}
+        for m in self.metrics:
+            vals = [r.values.get(m.name) for r in corrupted.values()]
+            vals = [float(v) for v in vals if v is not None]
+            base = clean.values.get(m.name) if clean is not None else None
+            if vals:
+                out[f"mean_corrupted_{m.name}"] = sum(vals) / len(vals)
+                if base is not None:
+                    out[f"change_{m.name}"] = out[f"mean_corrupted_{m.name}"] - float(base)
+        return out
+
+    def scenario_extras(self, result: Any) -> dict[str, Any]:
+        """Task-only per-scenario fields for the evaluation summary rows (classification: ``critical_fpr``)."""
+        return {}
+
+    def worst_images(self, result: Any, class_names: Sequence[str], k: int) -> list[tuple[int, str, str, float]]:
+        """The report's gallery: up to ``k`` of the scenario's worst-handled images, worst first, as
+        ``(row in the scenario, expected, predicted, score)`` (classification: the most confident wrong
+        predictions, score = confidence). None by default."""
+        return []
+
+    def report_details(self, result: Any, class_names: Sequence[str], plots_dir: Any) -> dict[str, Any]:
+        """The evaluation report's task-only sections for the clean scenario, written under ``plots_dir``:
+        ``files`` (name -> path), ``tables`` (``[(title, header, rows)]``) and ``plots`` (``[(key, title, path)]``).
+        Classification: the per-class table, the confusion matrix and the reliability diagram. None by default."""
+        return {}
+
+    #: How the report describes the intervals (after "intervals (95%):").
+    interval_note: ClassVar[str] = "percentile bootstrap over images; champion difference paired bootstrap"
+    #: The report's gallery: its title and the column names of ``worst_images``' expected, predicted, score.
+    gallery_title: ClassVar[str] = "Worst images"
+    gallery_columns: ClassVar[tuple[str, str, str]] = ("expected", "predicted", "score")
+
+    @property
+    def corruption_headline(self) -> tuple[str, str]:
+        """``(metric, metrics.json key)`` of the corruption headline: the first metric's mean over corruptions."""
+        m = self.metrics[0]
+        return m.name, f"corrupt_{m.short or m.name}"
 
     # ------------------------------------------------------------------ serving, canary, monitoring
     @abstractmethod

@@ -78,5 +78,49 @@ def test_evaluation_and_serving_run_the_same_runtime_model(tmp_path):
     served = load_onnx(path, name="m", version="1", intra_op_threads=1, allow_spinning=False)
     assert isinstance(pred.runtime, RuntimeModel) and isinstance(served, RuntimeModel)
     images = np.stack([colour_image(i, size=16) for i in range(3)])
-    np.testing.assert_array_equal(pred.predict_logits(images), served.forward(preprocess(images, served.contract)))
+    outputs = served.forward(preprocess(images, served.contract))
+    assert list(outputs) == ["logits"]  # keyed by the task's output names
+    np.testing.assert_array_equal(pred.predict_logits(images), outputs["logits"])
     assert served.session.get_session_options().intra_op_num_threads == 1
+
+
+def _mean_model(size: int = 8, classes: tuple[str, ...] = ("bright", "dark"), task: str | None = "brightness"):
+    """A graph with one output ``brightness (N, 1)``: the mean input value (no (N, C) logits)."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tests.fixtures.serving_models import contract_metadata
+
+    nodes = [helper.make_node("ReduceMean", ["input"], ["m"], axes=[2, 3], keepdims=0),
+             helper.make_node("ReduceMean", ["m"], ["brightness"], axes=[1], keepdims=1)]
+    graph = helper.make_graph(nodes, "mean",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, size, size])],
+                              [helper.make_tensor_value_info("brightness", TensorProto.FLOAT, ["N", 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # what onnxruntime reads
+    meta = {**contract_metadata(classes, size), **({"task": json.dumps(task)} if task else {})}
+    onnx.helper.set_model_props(model, meta)
+    return model
+
+
+def test_forward_and_check_batchable_follow_the_models_task(tmp_path):
+    """A model exported for another task (``task`` in its metadata) is checked by that task, not as (N, C) logits."""
+    from cvplatform.tasks import register_task, unregister_task
+    from tests.fixtures.tasks.brightness import BrightnessTask
+
+    register_task("brightness", BrightnessTask)
+    try:
+        m = open_model(_save(tmp_path, _mean_model()), name="b", version="1")
+        m.check_batchable()  # (N, 1) with two class names: fine for this task
+        x = preprocess([colour_image(i, size=8) for i in range(3)], m.contract)
+        out = m.forward(x)
+        assert list(out) == ["brightness"] and out["brightness"].shape == (3, 1)
+        np.testing.assert_allclose(out["brightness"][:, 0], x.mean(axis=(1, 2, 3)), rtol=1e-5, atol=1e-6)
+        # the same graph without task metadata is a classification model, and (N, 1) does not fit two classes
+        legacy = open_model(_save(tmp_path, _mean_model(task=None), "legacy.onnx"), name="l", version="2")
+        with pytest.raises(ModelError, match=r"do not give the classification outputs \['logits'\]"):
+            legacy.check_batchable()
+    finally:
+        unregister_task("brightness")

@@ -39,11 +39,50 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _check(name: str, scenario: str, status: str, level: str, reason: str, value: float | None = None,
+              threshold: float | None = None) -> dict[str, Any]:
+    """A gate check as plain data (the gates build :class:`cvplatform.evaluation.gates.GateCheck` from it)."""
+    return {"name": name, "scenario": scenario, "status": status, "level": level, "reason": reason,
+            "value": value, "threshold": threshold}
+
+
+def _bound(name: str, scenario: str, level: str, value: float | None, bound: float, label: str) -> dict[str, Any]:
+    if value is None:
+        return _check(name, scenario, "skipped", level, f"{label} undefined (no images outside the class)",
+                         None, bound)
+    ok = value <= bound + 1e-9
+    reason = f"{label} {value:.4f} {'<=' if ok else '>'} bound {bound:.4f}"
+    return _check(name, scenario, "passed" if ok else "failed", level, reason, value, bound)
+
+
+def _sample_size_check(scenario: str, res: Any, minimum: int) -> dict[str, Any]:
+    """The ``min_images_per_class`` gate check of the clean scenario."""
+    m = res.metrics
+    assert m is not None
+    small = {c: n for c, n in m.support.items() if n < minimum}
+    fewest = min(m.support.values(), default=0)
+    if not small:
+        return _check("min_images_per_class", scenario, "passed", "must_pass",
+                         f"every class has >= {minimum} images (fewest: {fewest})", float(fewest), float(minimum))
+    shown = ", ".join(f"{c!r}: {n}" for c, n in sorted(small.items(), key=lambda kv: kv[1])[:8])
+    return _check(
+        "min_images_per_class", scenario, "failed", "must_pass",
+        f"{len(small)} class(es) have fewer than {minimum} images ({shown}): the split is too small to support the "
+        "suite's floors. Add labelled images (or a larger ingest.split.test share), do not shrink evaluate.max_images "
+        "below it, or lower min_images_per_class in the suite knowingly",
+        float(fewest), float(minimum),
+    )
+
+
 class ClassificationTask(Task):
     """One label per image (see the module docstring)."""
 
     name: ClassVar[str] = "classification"
     description: ClassVar[str] = "one label per image (softmax over class logits)"
+    interval_note: ClassVar[str] = ("accuracy and recall Wilson score; macro-F1 percentile bootstrap; "
+                                    "champion difference paired bootstrap")
+    gallery_title: ClassVar[str] = "Worst failures (most confident wrong predictions)"
+    gallery_columns: ClassVar[tuple[str, str, str]] = ("true", "predicted", "confidence")
 
     # ------------------------------------------------------------------ data
     @property
@@ -82,7 +121,8 @@ class ClassificationTask(Task):
         shape = tuple(np.shape(logits))
         if len(shape) != 2 or shape[1] != len(class_names):
             raise ModelError(f"logits of shape {shape} do not fit {len(class_names)} class names {list(class_names)}: "
-                             "a classification model returns (N, C) with C = the number of classes.")
+                             f"expected (N, {len(class_names)}); a classification model returns (N, C) with C = the "
+                             "number of classes.")
 
     def decode(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]) -> list[dict[str, Any]]:
         self.check_outputs(outputs, class_names)
@@ -106,8 +146,9 @@ class ClassificationTask(Task):
     def metrics(self) -> tuple[MetricSpec, ...]:
         return (
             MetricSpec("accuracy", headline=True, short="accuracy", description="share of images with the right class"),
-            MetricSpec("macro_f1", headline=True, short="f1", description="unweighted mean of per-class F1"),
-            MetricSpec("ece", higher_is_better=False, headline=True, short="ece",
+            MetricSpec("macro_f1", headline=True, short="f1", label="macro-F1",
+                       description="unweighted mean of per-class F1"),
+            MetricSpec("ece", higher_is_better=False, headline=True, short="ece", label="ECE",
                        description="expected calibration error of the softmax confidence"),
         )
 
@@ -146,6 +187,74 @@ class ClassificationTask(Task):
             self.check_outputs(outputs, class_names)
         probs = softmax(logits) if len(image_ids) else logits
         return ScenarioResult.from_predictions(name, kind, image_ids, targets, probs, class_names, **options)
+
+    # ------------------------------------------------------------------ gates
+    @property
+    def extra_gate_keys(self) -> tuple[str, ...]:
+        return ("max_critical_fpr",)
+
+    def support_checks(self, scenario: str, result: Any, policy: Any) -> list[Any]:
+        """``min_images_per_class``: every class needs that many images in the clean scenario."""
+        if policy.min_images_per_class is None:
+            return []
+        return [_sample_size_check(scenario, result, int(policy.min_images_per_class))]
+
+    def extra_gate_checks(self, scenario: str, gate: Any, result: Any, policy: Any) -> list[Any]:
+        """``critical_fpr:<class>``: each critical class's false-positive rate against ``max_critical_fpr``."""
+        if gate.max_critical_fpr is None:
+            return []
+        flvl = gate.level_of("max_critical_fpr")
+        if not policy.critical_classes:
+            return [_check("critical_fpr", scenario, "skipped", flvl,
+                              "max_critical_fpr set but the suite lists no critical_classes", None,
+                              gate.max_critical_fpr)]
+        return [_bound(f"critical_fpr:{cls}", scenario, flvl, result.metrics.critical_fpr.get(cls),
+                       gate.max_critical_fpr, f"false-positive rate of '{cls}'")
+                for cls in policy.critical_classes]
+
+    @property
+    def paired_metric(self) -> str:
+        return "accuracy"
+
+    def paired_delta(self, challenger: Any, champion: Any, *, n_bootstrap: int = 1000, confidence: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+        """Paired bootstrap of the accuracy difference on the same images (per-image correctness)."""
+        from cvplatform.tasks.classification.metrics import paired_bootstrap_delta
+
+        return paired_bootstrap_delta(challenger.correct, champion.correct, n_bootstrap=n_bootstrap,
+                                      confidence=confidence, seed=seed)
+
+    def corruption_summary(self, clean: Any, corrupted: Mapping[tuple[str, int], Any],
+                           reference: Mapping[tuple[str, int], Any] | None, reference_name: str | None) -> dict[str, Any]:
+        """mCE (vs the champion), the error multiple vs clean and the mean degradation (``corruption_error_summary``)."""
+        from cvplatform.tasks.classification.metrics import corruption_error_summary
+
+        errors = {k: r.metrics.error for k, r in corrupted.items() if r.metrics is not None}
+        ref = {k: r.metrics.error for k, r in reference.items() if r.metrics is not None} if reference else None
+        return corruption_error_summary(clean.metrics.error if clean.metrics else 1.0, errors, clean.n, ref,
+                                        reference_name)
+
+    def scenario_extras(self, result: Any) -> dict[str, Any]:
+        return {"critical_fpr": dict(result.metrics.critical_fpr) if result.metrics else {}}
+
+    @property
+    def corruption_headline(self) -> tuple[str, str]:
+        return "accuracy", "corrupt_acc"
+
+    def report_details(self, result: Any, class_names: Sequence[str], plots_dir: Any) -> dict[str, Any]:
+        from cvplatform.tasks.classification.report import report_details
+
+        return report_details(result, class_names, plots_dir)
+
+    def worst_images(self, result: Any, class_names: Sequence[str], k: int) -> list[tuple[int, str, str, float]]:
+        """The most confident wrong predictions (ties by image id)."""
+        wrong = np.flatnonzero(~result.correct)
+        if k <= 0 or len(wrong) == 0:
+            return []
+        conf = result.confidence[wrong]
+        order = wrong[np.lexsort((np.array([result.image_ids[i] for i in wrong]), -conf))][:k]
+        return [(int(i), class_names[int(result.y_true[i])], class_names[int(result.y_pred[i])],
+                 float(result.confidence[i])) for i in order]
 
     # ------------------------------------------------------------------ serving, monitoring
     def response(self, prediction: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:

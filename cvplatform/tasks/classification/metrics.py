@@ -523,6 +523,18 @@ class ScenarioResult:
         return self.probs.max(axis=1) if self.n else self.probs.sum(axis=1)
 
     @property
+    def values(self) -> dict[str, float | None]:
+        """The scenario-result protocol (cvplatform.tasks.base): accuracy, macro-F1, ECE (None without images)."""
+        m = self.metrics
+        return {"accuracy": m.accuracy if m else None, "macro_f1": m.macro_f1 if m else None,
+                "ece": m.ece if m else None}
+
+    @property
+    def intervals(self) -> dict[str, tuple[float, float] | None]:
+        m = self.metrics
+        return {"accuracy": m.accuracy_ci if m else None, "macro_f1": m.macro_f1_ci if m else None}
+
+    @property
     def correct(self) -> np.ndarray:
         return self.y_pred == self.y_true
 

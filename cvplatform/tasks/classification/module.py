@@ -74,6 +74,9 @@ class ClassifierModule(TaskModule):
         max_epochs: int = 10,
     ) -> None:
         super().__init__()
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+            raise ModelError(f"ClassifierModule: num_classes must be an integer >= 2, got {num_classes!r}. "
+                             "A classifier needs at least two classes in the manifest.")
         if len(class_names) != num_classes:
             raise ModelError(
                 f"ClassifierModule: num_classes={num_classes} but {len(class_names)} class names were given "

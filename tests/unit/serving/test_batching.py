@@ -299,3 +299,35 @@ def test_calls_that_share_the_machine_are_marked_overlapped():
     alone, during, long = run(main())
     assert not alone.overlapped
     assert during.overlapped and long.overlapped  # both saw the other
+
+
+def test_a_model_with_several_outputs_gets_each_output_split_by_rows():
+    """RuntimeModel.forward returns every graph output by name (detection: boxes, scores, ...): each caller
+    gets its own rows of every output; an output without one row per input fails the whole batch."""
+    calls: list[int] = []
+
+    def several(x: np.ndarray) -> dict[str, np.ndarray]:
+        calls.append(x.shape[0])
+        return {"boxes": np.repeat(x[:, :1, None], 4, axis=2) * np.ones((1, 3, 4), np.float32),
+                "count": x[:, 0].astype(np.int32)}
+
+    async def main():
+        b = MicroBatcher(several, max_batch_size=8, max_wait_ms=200, name="multi")
+        await b.start()
+        outs = await asyncio.gather(*(b.submit(np.full((1 + i % 2, 2), i, np.float32)) for i in range(6)))
+        await b.close()
+        bad = MicroBatcher(lambda x: {"boxes": np.zeros((x.shape[0] + 1, 4))}, max_batch_size=8, max_wait_ms=1,
+                           name="bad")
+        await bad.start()
+        with pytest.raises(ModelError, match="one output row per input row"):
+            await bad.submit(np.zeros((2, 2), np.float32))
+        await bad.close()
+        return outs
+
+    outs = run(main())
+    assert sum(calls) == 9
+    for i, o in enumerate(outs):
+        rows = 1 + i % 2
+        assert set(o) == {"boxes", "count"}
+        assert o["boxes"].shape == (rows, 3, 4) and (o["boxes"] == i).all()
+        assert o["count"].tolist() == [i] * rows

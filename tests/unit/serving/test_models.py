@@ -121,8 +121,8 @@ def test_manager_swaps_atomically_under_load_and_never_serves_a_broken_canary(re
         async def one(i):
             h = mgr.champion  # what a request does: read the slot once, use that handle
             await asyncio.sleep(0.001 * (i % 5))
-            probs, _ = await h.infer(x[i % 4 : i % 4 + 1])
-            return h.version, int(probs.argmax())
+            outputs, _ = await h.infer(x[i % 4 : i % 4 + 1])  # keyed by the task's output names
+            return h.version, int(outputs["logits"].argmax())
 
         async def flip():
             await asyncio.to_thread(set_alias, registry.root, registry.name, "champion", v["good"])
@@ -131,7 +131,7 @@ def test_manager_swaps_atomically_under_load_and_never_serves_a_broken_canary(re
         results, changes = await asyncio.gather(asyncio.gather(*(one(i) for i in range(200))), flip())
         assert changes["champion"]["action"] == "loaded" and mgr.champion.version == v["good"]
         late, _ = await old.infer(x[:1])  # a request still holding the old handle is answered
-        assert late.shape == (1, 3)
+        assert late["logits"].shape == (1, 3)
         assert {r[1] for r in results} <= {0, 1, 2} and len(results) == 200
         # a canary that fails to load never enters its slot
         with pytest.raises(ServingError) as e:
