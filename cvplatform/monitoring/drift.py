@@ -73,11 +73,11 @@ class PredictionThresholds(StrictModel):
     """Prediction-drift thresholds."""
 
     psi: float | None = Field(0.25, gt=0.0)
-    """Largest allowed PSI between the training label distribution and the predicted classes."""
+    """Largest allowed PSI between the training class shares and the predicted classes (prediction-distribution PSI)."""
     max_confidence_drop: float | None = Field(0.10, gt=0.0, le=1.0)
-    """Largest allowed drop of the mean top-1 confidence below the baseline period's (same model version)."""
+    """Largest allowed drop of the mean confidence (``task.decode_top``) below the baseline period's (same model version)."""
     min_mean_confidence: float | None = Field(None, ge=0.0, le=1.0)
-    """Smallest allowed mean top-1 confidence in the window; null = not checked."""
+    """Smallest allowed mean confidence (``task.decode_top``) in the window; null = not checked."""
     baseline_hours: float = Field(168.0, gt=0.0)
     """Length of the baseline period just before the window (confidence shift)."""
 
