@@ -114,19 +114,6 @@ def open_session(model: str | os.PathLike[str] | bytes, *, name: str, providers:
         raise ModelError(f"{name}: onnxruntime cannot load the model ({detail}).") from None
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64: classification's (:func:`cvplatform.tasks.classification.softmax`).
-
-    Example:
-        >>> import numpy as np
-        >>> softmax(np.array([[0.0, 0.0]], np.float32)).tolist()
-        [[0.5, 0.5]]
-    """
-    from cvplatform.tasks.classification import softmax as classification_softmax
-
-    return classification_softmax(logits)
-
-
 @dataclass
 class RuntimeModel:
     """An onnxruntime session with its preprocessing contract and identity.
@@ -278,10 +265,6 @@ class RuntimeModel:
             raise ModelError(f"{self.name} v{self.version}: returned non-finite outputs (NaN/inf).")
         return out
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """``forward`` + softmax of the first output: ``(N, C)`` float64 probabilities."""
-        return softmax(self.forward(x)[self.output_name])
-
     def warmup(self) -> None:
         """Run one black image through the full path (preprocess + model); raise ModelError if it fails."""
         import numpy as np
@@ -289,7 +272,7 @@ class RuntimeModel:
         from cvplatform.preprocess import preprocess
 
         h, w = self.contract.input_size
-        self.predict_proba(preprocess(np.zeros((1, h, w, 3), np.uint8), self.contract))
+        self.forward(preprocess(np.zeros((1, h, w, 3), np.uint8), self.contract))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -350,5 +333,4 @@ __all__ = [
     "open_session",
     "select_providers",
     "session_options",
-    "softmax",
 ]

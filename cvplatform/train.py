@@ -129,36 +129,35 @@ class TrainResult(StageResult):
 
 # --------------------------------------------------------------------------- helpers
 def _calibrate(best_path: Path, loaded: Any, dm: Any) -> float | None:
-    """Fit the temperature of the best checkpoint on the validation split and record it there."""
+    """Fit the task's calibration (``Task.calibrate``) on the best checkpoint's validation outputs and
+    record its temperature there; ``None`` when the task has none or there are no validation images."""
     import numpy as np
     import torch
 
-    from cvplatform.models.calibration import fit_temperature
     from cvplatform.models.checkpoint import set_temperature
 
-    logits, labels = [], []
+    task = dm.task
+    if not task.calibration:
+        log.info("train: the %s task has no calibration step", task.name)
+        return None
+    outputs, targets = [], []
     with torch.inference_mode():
         for x, y in dm.val_dataloader():
-            logits.append(loaded.model(x).float().cpu().numpy())
-            labels.append(np.asarray(y))
-    if not logits:
+            outputs.append(loaded.model(x).float().cpu().numpy())
+            targets.append(y)
+    if not outputs:
         log.warning("train: no validation images, the model is not calibrated")
         return None
-    z, y = np.concatenate(logits), np.concatenate(labels)
-    t = fit_temperature(z, y)
+    # one graph output (as export and evaluation assume): the network's tensor under the task's name
+    z = np.concatenate(outputs)
+    fit = task.calibrate({task.output_names[0]: z}, targets)
+    if fit is None:
+        return None
+    t = float(fit["temperature"])
     set_temperature(best_path, t)
-    log.info("train: calibrated on %d validation images: temperature %.3f (top-1 confidence %.3f -> %.3f, "
-             "accuracy %.3f)", len(y), t, _mean_confidence(z), _mean_confidence(z / t),
-             float(np.mean(z.argmax(axis=1) == y)))
+    log.info("train: calibrated (%s) on %d validation images: %s", task.calibration, len(z),
+             ", ".join(f"{k} {v:.3f}" for k, v in fit.items()))
     return t
-
-
-def _mean_confidence(logits: Any) -> float:
-    import numpy as np
-
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    return float(p.max(axis=1).mean())
 
 
 def _interactive() -> bool:

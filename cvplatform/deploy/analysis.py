@@ -7,6 +7,12 @@ statistics the server reports (``GET /admin/stats``, see
 :class:`Check` per criterion, each ``pass``, ``fail`` or ``skip`` (not enough data), with the
 measured value, the threshold and a sentence saying why.
 
+Nothing here is task-specific: every class and confidence behind these statistics is the project's
+task's (``task.decode_top``, computed by the server per image: the top-1 class and its probability
+for classification, the best box's class and score for detection). Agreement compares the two
+variants' ``decode_top`` classes on the same shadowed image; the confidence checks read their
+``decode_top`` confidences (docs/adr/0010-task-seam.md).
+
 Checks (names are stable; the controller reports them as rollback reasons):
 
 ``min_requests``
@@ -26,7 +32,7 @@ Checks (names are stable; the controller reports them as rollback reasons):
     the default model's own scale, so the check judges it
     (see ``docs/adr/0009-canary-agreement-and-latency.md``).
 ``agreement``
-    among shadowed images the **champion is confident about** (its top-1 confidence >=
+    among shadowed images the **champion is confident about** (its confidence >=
     ``agreement_confidence``), the share where both variants predict the same class >=
     ``min_agreement``. A healthy retrain must not flip the champion's sure answers.
 ``agreement_uncertain``
@@ -88,7 +94,7 @@ class AnalysisThresholds(StrictModel):
     min_agreement: float = Field(0.95, ge=0.0, le=1.0)
     """Smallest share of the champion's confident shadowed images on which both variants predict the same class."""
     agreement_confidence: float = Field(0.8, ge=0.0, le=1.0)
-    """Champion top-1 confidence from which a shadowed image counts as confident (rounded up to a bin edge of
+    """Champion confidence (``task.decode_top``) from which a shadowed image counts as confident (rounded up to a bin edge of
     the server's ``stats.confidence_bins``)."""
     min_agreement_uncertain: float = Field(0.5, ge=0.0, le=1.0)
     """Smallest share of the other shadowed images (champion less confident) on which both predict the same class."""

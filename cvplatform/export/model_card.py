@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
+    from cvplatform.tasks.base import Task
+
 #: Section headings of the card, in order (each rendered as ``## <heading>``).
 SECTIONS: tuple[str, ...] = (
     "Model details",
@@ -100,6 +102,14 @@ class ModelCardInputs:
     lineage: Mapping[str, Any] = field(default_factory=dict)
     """git_commit, data_hash, data_hash_source, params_hash, train_params_hash, train_run_id,
     tracking_uri, checkpoint, checkpoint_sha256, airflow_run_id."""
+    task: Task | None = None
+    """The project's task (``get_task(params.project.task)``; default classification): its
+    ``summary_lines`` describe what the model predicts and its ``output_names`` the graph outputs."""
+
+    def the_task(self) -> Task:
+        from cvplatform.tasks import get_task
+
+        return self.task if self.task is not None else get_task()
 
 
 # --------------------------------------------------------------------------- formatting
@@ -152,14 +162,18 @@ def _details(x: ModelCardInputs) -> list[str]:
     e = x.export
     contract = e.get("contract") or {}
     classes = list(e.get("class_names") or [])
+    task = x.the_task()
+    scenarios = {str(r.get("name")): r for r in (x.evaluation.summary or {}).get("scenarios") or []}
+    outputs = ", ".join(f"`{n}`" for n in task.output_names)
     lines = [
+        *task.summary_lines(scenarios, classes),
         f"- **Architecture:** `{e.get('arch')}` {json.dumps(e.get('arch_kwargs') or {}, sort_keys=True)}",
-        f"- **Classes ({len(classes)}):** {', '.join(f'`{c}`' for c in classes)} (logit *i* is class *i*)",
         f"- **Shipped artifact:** `{e.get('artifact')}` — precision **{e.get('precision')}**, "
         f"sha256 `{e.get('sha256')}`, {(_f((e.get('size_bytes') or 0) / 1024, 1))} KiB, ONNX opset {e.get('opset')}",
         f"- **Input:** tensor `input`, float32 NCHW `(batch, 3, {', '.join(str(v) for v in contract.get('input_size', []))})`, "
         f"RGB, resize ({contract.get('interpolation', 'linear')}) to the input size, then `(pixel / 255 - mean) / std` with "
-        f"mean {contract.get('mean')} and std {contract.get('std')}; output `logits` `(batch, {len(classes)})`.",
+        f"mean {contract.get('mean')} and std {contract.get('std')}; output(s) {outputs}, decoded by the "
+        f"`{task.name}` task.",
         "- The preprocessing contract and version info are stored in the ONNX `metadata_props`, so a server needs "
         "nothing else to run the file (`PreprocessContract.from_metadata`).",
     ]
@@ -264,8 +278,8 @@ def _limitations(x: ModelCardInputs) -> list[str]:
         items.append(f"{slow}.")
     classes = list(x.export.get("class_names") or [])
     items += [
-        f"Closed set: every input is assigned one of the {len(classes)} training classes, also inputs of none "
-        "of them (no rejection option); the softmax confidence is not a calibrated out-of-distribution score.",
+        f"Closed set: every prediction is one of the {len(classes)} training classes, also for inputs of none "
+        "of them (no rejection option); the model's confidence is not a calibrated out-of-distribution score.",
         "Only conditions covered by the training data and the scenario suite are measured; performance on "
         "other cameras, lighting or image sizes is unknown.",
     ]

@@ -95,12 +95,13 @@ class LoadedModel:
 
         return build_pipeline(recipe_from_metadata(self.preprocess), "eval", source=str(self.path))
 
-    def predict_proba(self, images: list[np.ndarray]) -> torch.Tensor:
-        """Class probabilities ``(N, num_classes)`` for RGB uint8 HxWx3 images.
+    def forward(self, images: list[np.ndarray]) -> torch.Tensor:
+        """The network's raw output (``(N, C)`` logits for classification) for RGB uint8 HxWx3 images,
+        on the CPU; the project's task turns it into predictions (``task.decode``/``decode_top``).
 
         Example:
-            >>> lm.predict_proba([rgb]).argmax(1)  # doctest: +SKIP
-            tensor([3])
+            >>> lm.forward([rgb]).shape  # doctest: +SKIP
+            torch.Size([1, 10])
         """
         import torch
 
@@ -108,7 +109,7 @@ class LoadedModel:
         batch = torch.stack([pipe(image=img)["image"] for img in images])
         device = next(self.model.parameters()).device
         with torch.inference_mode():
-            return torch.softmax(self.model(batch.to(device)), dim=1).cpu()
+            return self.model(batch.to(device)).cpu()
 
     def metadata(self) -> dict[str, Any]:
         """JSON-friendly metadata (everything but the network)."""
@@ -212,8 +213,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         ) from None
     meta = ckpt.get("cvplatform") or {}
     temperature = float(meta.get("temperature", 1.0))
-    if temperature != 1.0:  # calibrated by `cvplatform train` (cvplatform.models.calibration)
-        from cvplatform.models.calibration import temperature_scaled
+    if temperature != 1.0:  # calibrated by `cvplatform train` (the task's `calibrate`)
 
         model = temperature_scaled(model, temperature)
     model.to(map_location).eval()
@@ -239,6 +239,35 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     )
 
 
+def temperature_scaled(net: nn.Module, temperature: float) -> nn.Module:
+    """``net`` whose output is divided by ``temperature`` (an ``nn.Module``; exports to ONNX as a Div).
+
+    The temperature is the one the task's calibration fitted (``Task.calibrate``, recorded by
+    :func:`set_temperature`).
+
+    Example:
+        >>> import torch
+        >>> m = temperature_scaled(torch.nn.Identity(), 2.0)
+        >>> m(torch.tensor([[4.0, 2.0]])).tolist()
+        [[2.0, 1.0]]
+    """
+    import torch
+    from torch import nn
+
+    class TemperatureScaled(nn.Module):
+        """A calibrated network: ``net(x) / temperature``."""
+
+        def __init__(self, inner: nn.Module, t: float) -> None:
+            super().__init__()
+            self.net = inner
+            self.register_buffer("temperature", torch.tensor(float(t), dtype=torch.float32))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x) / self.temperature
+
+    return TemperatureScaled(net, temperature)
+
+
 def set_temperature(path: str | os.PathLike[str], temperature: float) -> None:
     """Record a calibration temperature in a checkpoint (atomically): loaders then divide the logits by it.
 
@@ -257,4 +286,4 @@ def set_temperature(path: str | os.PathLike[str], temperature: float) -> None:
     os.replace(tmp, p)
 
 
-__all__ = ["LoadedModel", "load_checkpoint", "read_checkpoint", "set_temperature"]
+__all__ = ["LoadedModel", "load_checkpoint", "read_checkpoint", "set_temperature", "temperature_scaled"]

@@ -10,11 +10,15 @@
   - the two-sample Kolmogorov-Smirnov statistic (largest gap between the two
     empirical CDFs, 0..1; scipy).
 
-* **Prediction drift**: the PSI between the training label distribution and the
-  distribution of predicted classes in the window, plus the *mean-confidence shift*:
-  the window's mean top-1 confidence against the same model version's mean over the
-  baseline period before the window (a drop larger than ``max_confidence_drop``
-  fails), and an optional absolute floor ``min_mean_confidence``.
+* **Prediction drift**: the *prediction-distribution PSI* (:func:`class_psi`) between the
+  training set's class shares (the reference's ``label_counts``) and the shares of the
+  classes served in the window, plus the *mean-confidence shift*: the window's mean
+  confidence against the same model version's mean over the baseline period before the
+  window (a drop larger than ``max_confidence_drop`` fails), and an optional absolute floor
+  ``min_mean_confidence``. The served class and confidence of each image are the project's
+  task's (``task.decode_top``: the top-1 class and its probability for classification, the
+  best box's class and score for detection), written by the server to the inference log
+  (``predicted``, ``confidence``); drift itself knows no task.
 
 :func:`check_drift` applies a :class:`DriftPolicy` (``configs/monitor/drift.yaml``)
 and returns a :class:`DriftReport`; it decides, the caller acts
@@ -69,11 +73,11 @@ class PredictionThresholds(StrictModel):
     """Prediction-drift thresholds."""
 
     psi: float | None = Field(0.25, gt=0.0)
-    """Largest allowed PSI between the training label distribution and the predicted classes."""
+    """Largest allowed PSI between the training class shares and the predicted classes (prediction-distribution PSI)."""
     max_confidence_drop: float | None = Field(0.10, gt=0.0, le=1.0)
-    """Largest allowed drop of the mean top-1 confidence below the baseline period's (same model version)."""
+    """Largest allowed drop of the mean confidence (``task.decode_top``) below the baseline period's (same model version)."""
     min_mean_confidence: float | None = Field(None, ge=0.0, le=1.0)
-    """Smallest allowed mean top-1 confidence in the window; null = not checked."""
+    """Smallest allowed mean confidence (``task.decode_top``) in the window; null = not checked."""
     baseline_hours: float = Field(168.0, gt=0.0)
     """Length of the baseline period just before the window (confidence shift)."""
 
@@ -203,25 +207,31 @@ def ks_statistic(reference: Sequence[float] | np.ndarray, current: Sequence[floa
     return float(ks_2samp(r, c).statistic)
 
 
-def label_distribution(counts: Mapping[str, float]) -> dict[str, float]:
+def class_shares(counts: Mapping[str, float]) -> dict[str, float]:
     """Counts per class -> shares per class (sorted by class name)."""
     total = float(sum(counts.values()))
     return {k: (float(v) / total if total else 0.0) for k, v in sorted(counts.items())}
 
 
-def label_psi(reference_counts: Mapping[str, float], current_counts: Mapping[str, float], eps: float = EPS) -> float:
-    """PSI between two class distributions (classes missing on one side count as 0, floored at ``eps``).
+def class_psi(reference_counts: Mapping[str, float], current_counts: Mapping[str, float], eps: float = EPS) -> float:
+    """PSI between two class distributions (classes missing on one side count as 0, floored at ``eps``):
+    the prediction-distribution PSI of the ``predicted_class.psi`` check.
 
     Example:
-        >>> label_psi({"a": 50, "b": 50}, {"a": 5, "b": 5})
+        >>> class_psi({"a": 50, "b": 50}, {"a": 5, "b": 5})
         0.0
-        >>> label_psi({"a": 50, "b": 50}, {"a": 10}) > 4
+        >>> class_psi({"a": 50, "b": 50}, {"a": 10}) > 4
         True
     """
     classes = sorted(set(reference_counts) | set(current_counts))
-    ref = label_distribution({c: reference_counts.get(c, 0) for c in classes})
-    cur = label_distribution({c: current_counts.get(c, 0) for c in classes})
+    ref = class_shares({c: reference_counts.get(c, 0) for c in classes})
+    cur = class_shares({c: current_counts.get(c, 0) for c in classes})
     return psi_from_proportions([ref[c] for c in classes], [cur[c] for c in classes], eps)
+
+
+#: The names of before the task seam (docs/adr/0010-task-seam.md), kept for existing imports.
+label_distribution = class_shares
+label_psi = class_psi
 
 
 # --------------------------------------------------------------------------- report
@@ -261,8 +271,10 @@ class DriftReport:
         n_reference: Reference images.
         insufficient: True when the window had fewer than ``min_samples`` images.
         statistics: Per input statistic: reference/current mean, PSI, KS, samples.
-        reference_labels / predicted: Class shares in training / in the window.
-        mean_confidence / baseline_confidence: Mean top-1 confidence in the window / baseline.
+        reference_classes / predicted: Class shares in the training set / among the window's predictions
+            (``task.decode_top`` classes); ``reference_labels`` is the former name of ``reference_classes``
+            (also written to :meth:`to_dict` for readers of earlier reports).
+        mean_confidence / baseline_confidence: Mean confidence (``task.decode_top``) in the window / baseline.
         model_version: ``name:version`` the confidence shift was measured on.
     """
 
@@ -272,11 +284,16 @@ class DriftReport:
     n_reference: int
     insufficient: bool = False
     statistics: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
-    reference_labels: dict[str, float] = field(default_factory=dict)
+    reference_classes: dict[str, float] = field(default_factory=dict)
     predicted: dict[str, float] = field(default_factory=dict)
     mean_confidence: float | None = None
     baseline_confidence: float | None = None
     model_version: str | None = None
+
+    @property
+    def reference_labels(self) -> dict[str, float]:
+        """The former name of :attr:`reference_classes`."""
+        return self.reference_classes
 
     @property
     def failures(self) -> list[DriftCheck]:
@@ -311,7 +328,8 @@ class DriftReport:
             "n_reference": self.n_reference,
             "checks": [c.to_dict() for c in self.checks],
             "statistics": self.statistics,
-            "reference_labels": self.reference_labels,
+            "reference_classes": self.reference_classes,
+            "reference_labels": self.reference_classes,
             "predicted": self.predicted,
             "mean_confidence": self.mean_confidence,
             "baseline_confidence": self.baseline_confidence,
@@ -425,24 +443,24 @@ def _input_checks(reference: ReferenceLike, w: _Window, policy: DriftPolicy,
 
 def _prediction_check(ref_counts: dict[str, int], predicted_counts: dict[str, int], w: _Window,
                       pt: Any, checks: _Checks) -> None:
-    """PSI of the predicted classes against the training labels."""
+    """Prediction-distribution PSI: the served classes (``task.decode_top``) against the training set's."""
     if pt.psi is None:
         return
     n_pred = sum(predicted_counts.values())
     if not ref_counts:
-        checks.skip("predicted_class.psi", "prediction", "psi", pt.psi, "the reference has no training labels")
+        checks.skip("predicted_class.psi", "prediction", "psi", pt.psi, "the reference has no training class counts")
     elif w.insufficient or n_pred < w.min_n:
         checks.skip("predicted_class.psi", "prediction", "psi", pt.psi,
                     w.too_few if w.insufficient else f"{n_pred} predictions < min_samples {w.min_n}", n_pred)
     else:
-        value = label_psi(ref_counts, predicted_counts)
-        ref_share = label_distribution(ref_counts)
-        cur_share = label_distribution(predicted_counts)
+        value = class_psi(ref_counts, predicted_counts)
+        ref_share = class_shares(ref_counts)
+        cur_share = class_shares(predicted_counts)
         top = max(cur_share, key=lambda c: (cur_share[c] - ref_share.get(c, 0.0), c))
         checks.judge("predicted_class.psi", "prediction", "psi", value, pt.psi, n_pred,
                      f"predicted-class PSI {_fmt(value)} > {_fmt(pt.psi)}: prediction drift "
                      f"({top!r} is {cur_share[top]:.0%} of predictions vs {ref_share.get(top, 0.0):.0%} of "
-                     "training labels)",
+                     "the training set)",
                      f"predicted-class PSI {_fmt(value)} <= {_fmt(pt.psi)}")
 
 
@@ -548,8 +566,8 @@ def check_drift(
         n_reference=max((len(v) for v in reference.stats.values()), default=0),
         insufficient=w.insufficient,
         statistics=statistics,
-        reference_labels=label_distribution(ref_counts) if ref_counts else {},
-        predicted=label_distribution(predicted_counts) if predicted_counts else {},
+        reference_classes=class_shares(ref_counts) if ref_counts else {},
+        predicted=class_shares(predicted_counts) if predicted_counts else {},
         mean_confidence=mean_conf,
         baseline_confidence=base_conf,
         model_version=model_version,
@@ -566,6 +584,8 @@ __all__ = [
     "StatThresholds",
     "bin_edges",
     "check_drift",
+    "class_psi",
+    "class_shares",
     "ks_statistic",
     "label_distribution",
     "label_psi",

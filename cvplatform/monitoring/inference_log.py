@@ -10,7 +10,7 @@ The inference server keeps one :class:`InferenceLogger` and calls
 Each record (see :data:`LOG_COLUMNS`) holds the UTC time, the model, version and
 variant (``champion`` | ``canary`` | ``shadow``) that scored the image, the request
 id, the image's input statistics (:mod:`cvplatform.monitoring.stats`), the predicted
-class and its top-1 probability. No pixels are stored.
+class and its confidence (the task's ``decode_top``). No pixels are stored.
 
 Files are ``<dir>/requests-<UTC timestamp>.jsonl``; when the current file would grow
 past ``max_bytes`` it is closed and a new one is started (created exclusively, so

@@ -55,7 +55,8 @@ class MonitorResult(StageResult):
     reference_cached: bool
     checks: list[dict[str, Any]]
     statistics: dict[str, dict[str, Any]]
-    reference_labels: dict[str, float]
+    reference_classes: dict[str, float]
+    """Class shares of the training set (``summary.json`` also carries them as ``reference_labels``, their former name)."""
     predicted: dict[str, float]
     mean_confidence: float | None
     baseline_confidence: float | None
@@ -67,6 +68,14 @@ class MonitorResult(StageResult):
     mlflow_note: str = ""
     airflow_run_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reference_labels(self) -> dict[str, float]:
+        """The former name of :attr:`reference_classes`."""
+        return self.reference_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "reference_labels": self.reference_classes}
 
     @property
     def verdict(self) -> str:
@@ -138,13 +147,13 @@ def render_report(result: MonitorResult) -> str:
     for name, row in result.statistics.items():
         lines.append(f"| {name} | {_fmt(row.get('reference_mean'))} | {_fmt(row.get('current_mean'))} | "
                      f"{_fmt(row.get('psi'))} | {_fmt(row.get('ks'))} | {row.get('n_current', 0)} |")
-    classes = sorted(set(result.reference_labels) | set(result.predicted))
+    classes = sorted(set(result.reference_classes) | set(result.predicted))
     lines += ["", "## Predicted classes", "", "| class | training share | predicted share |", "|---|---:|---:|"]
     for c in classes:
-        lines.append(f"| {c} | {result.reference_labels.get(c, 0.0):.1%} | {result.predicted.get(c, 0.0):.1%} |")
+        lines.append(f"| {c} | {result.reference_classes.get(c, 0.0):.1%} | {result.predicted.get(c, 0.0):.1%} |")
     lines += [
         "",
-        f"Mean top-1 confidence: {_fmt(result.mean_confidence)} in the window"
+        f"Mean confidence of the predictions: {_fmt(result.mean_confidence)} in the window"
         + (f", {_fmt(result.baseline_confidence)} in the baseline ({result.model_version})"
            if result.baseline_confidence is not None else "")
         + ".",
@@ -294,7 +303,7 @@ def run_monitor(
         window_hours=round(hours, 6), n_logged=int(len(current)), n_served=report.n_current, traffic=traffic,
         n_reference=reference.n_images, reference_data_hash=reference.data_hash, reference_cached=cached,
         checks=[c.to_dict() for c in report.checks], statistics=report.statistics,
-        reference_labels=report.reference_labels, predicted=report.predicted,
+        reference_classes=report.reference_classes, predicted=report.predicted,
         mean_confidence=report.mean_confidence, baseline_confidence=report.baseline_confidence,
         model_version=report.model_version, policy=str(cfg.policy), log_dir=str(log_dir),
         report=str(report_path), airflow_run_id=airflow_run_id(),

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cvplatform.errors import CVPlatformError, ModelError, RegistryError
-from cvplatform.runtime import RuntimeModel, open_model, select_providers, session_options, softmax
+from cvplatform.runtime import RuntimeModel, open_model, select_providers, session_options
 from cvplatform.serving.batching import BatchTime, CallTracker, MicroBatcher
 from cvplatform.serving.routing import TrafficState
 from cvplatform.serving.schemas import ServingConfig
@@ -732,5 +732,4 @@ __all__ = [
     "RegistrySource",
     "ServingError",
     "load_onnx",
-    "softmax",
 ]

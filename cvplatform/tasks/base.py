@@ -95,6 +95,9 @@ class Task(ABC):
     name: ClassVar[str]
     #: One line for ``cvplatform tasks`` and error messages.
     description: ClassVar[str] = ""
+    #: The post-hoc calibration :meth:`calibrate` fits (e.g. ``temperature scaling``); empty when the
+    #: task has none, and training then skips the validation pass it would need.
+    calibration: ClassVar[str] = ""
 
     # ------------------------------------------------------------------ data (ingest, validate, datamodule)
     @property
@@ -130,6 +133,18 @@ class Task(ABC):
     @abstractmethod
     def monitor(self) -> MonitorSpec:
         """The validation metrics ``train.monitor`` may name, with their direction."""
+
+    def calibrate(self, outputs: Mapping[str, np.ndarray], targets: Sequence[Any]) -> dict[str, float] | None:
+        """Fit the task's post-hoc calibration on the best checkpoint's validation outputs.
+
+        ``outputs`` are the raw outputs of every validation image (keyed by :attr:`output_names`),
+        ``targets`` the validation batches' targets as the datamodule collated them. Returns
+        ``None`` (the default: nothing to calibrate) or numbers for the training log and MLflow
+        with ``temperature``: the scalar the network's output is divided by, which training records
+        in the checkpoint (every later user, the ONNX graph included, applies it). Classification
+        fits a temperature by minimum negative log-likelihood (temperature scaling).
+        """
+        return None
 
     # ------------------------------------------------------------------ contract, export, runtime
     @property

@@ -85,7 +85,7 @@ def _offline(path, files):
     import cv2
 
     from cvplatform.evaluation.predictors import OnnxPredictor
-    from cvplatform.serving.models import softmax
+    from cvplatform.tasks.classification import softmax
 
     pred = OnnxPredictor(path)
     images = [cv2.cvtColor(cv2.imread(str(f), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for f in files]

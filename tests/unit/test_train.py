@@ -96,6 +96,11 @@ def test_mlflow_run(trained):
     arts = {a.path for a in client.list_artifacts(result.run_id, "checkpoints")}
     arts |= {a.path for a in client.list_artifacts(result.run_id, "plots")}
     assert {"checkpoints/best.ckpt", "plots/curves.png", "plots/curves.csv"} <= arts
+    # train.calibrate: the task's calibration (classification: a temperature) is recorded in the checkpoint
+    from cvplatform.models.checkpoint import load_checkpoint
+
+    temperature = load_checkpoint(result.best_checkpoint).temperature
+    assert temperature != 1.0 and run.data.metrics["calibration_temperature"] == pytest.approx(temperature)
 
 
 def test_resume_refuses_changed_params(trained):

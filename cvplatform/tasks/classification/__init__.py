@@ -4,7 +4,8 @@ What the stages ask of it (see :class:`cvplatform.tasks.base.Task`):
 
 * targets: the manifest's ``label`` column, stored as ``data/raw/<label>/<sha256>.png``;
 * training: :class:`~cvplatform.tasks.classification.module.ClassifierModule` (cross-entropy,
-  accuracy and macro-F1 from torchmetrics), monitored on ``val_acc`` by default;
+  accuracy and macro-F1 from torchmetrics), monitored on ``val_acc`` by default; ``calibrate`` fits
+  a temperature on the validation logits (:mod:`cvplatform.tasks.classification.calibration`);
 * contract: ONNX output ``logits``; ``C == len(class_names)``; output index ``i`` is ``class_names[i]``;
 * agreement (parity, INT8, canary shadow): share of images with the same top-1 class;
 * evaluation: accuracy, macro-F1, ECE with bootstrap intervals (:mod:`cvplatform.tasks.classification.metrics`;
@@ -99,6 +100,21 @@ class ClassificationTask(Task):
         return int(class_index[label])
 
     # ------------------------------------------------------------------ training
+    calibration: ClassVar[str] = "temperature scaling"
+
+    def calibrate(self, outputs: Mapping[str, np.ndarray], targets: Sequence[Any]) -> dict[str, float] | None:
+        """Temperature scaling on the validation logits (:func:`~cvplatform.tasks.classification.calibration.calibrate`).
+
+        Example:
+            >>> fit = ClassificationTask().calibrate({"logits": np.array([[4.0, 0.0], [0.0, 4.0]])}, [np.array([0, 1])])
+            >>> fit["accuracy"], fit["temperature"] < 1.0
+            (1.0, True)
+        """
+        from cvplatform.tasks.classification.calibration import calibrate
+
+        labels = np.concatenate([np.asarray(t) for t in targets]) if len(targets) else np.zeros(0, np.int64)
+        return calibrate(np.asarray(outputs["logits"]), labels)
+
     def build_module(self, **kwargs: Any) -> Any:
         from cvplatform.tasks.classification.module import ClassifierModule
 

@@ -304,7 +304,7 @@ def test_trained_checkpoint_end_to_end_logs_to_the_training_run(tmp_path):
     m = pd.read_parquet(root / "data/processed/manifest.parquet")
     imgs = [np.asarray(Image.open(root / p).convert("RGB")) for p in m[m.split == "test"].path]
     ours = softmax(pred.predict_logits(imgs))
-    theirs = pred.loaded.predict_proba(imgs).numpy()
+    theirs = softmax(pred.loaded.forward(imgs).numpy())
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
     # an explicitly given other model is evaluated but not logged to the training run

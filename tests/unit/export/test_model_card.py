@@ -13,6 +13,7 @@ from cvplatform.export.model_card import (
     read_evaluation,
     render_model_card,
 )
+from cvplatform.tasks.classification import ClassificationTask
 
 EXPORT = {
     "arch": "small_cnn", "arch_kwargs": {"width": 4}, "class_names": ["cat", "dog"], "precision": "fp32",
@@ -120,3 +121,28 @@ def test_same_model_file_survives_a_moved_project(tmp_path):
     assert same_model_file("/old/root/artifacts/train/best.ckpt", f)
     assert not same_model_file("/old/root/artifacts/train/last.ckpt", f)
     assert not same_model_file("/old/root/elsewhere/best.ckpt", tmp_path / "elsewhere" / "best.ckpt")
+
+
+def test_model_details_come_from_the_task():
+    card = render_model_card(ModelCardInputs(export=EXPORT, intended_use="x", evaluation=Evaluation(EVAL_SUMMARY, GATES)))
+    details = card.split("## Model details")[1].split("\n## ")[0]
+    assert "- **task**: classification; **2 classes**: `cat`, `dog`" in details
+    assert "- **clean**: accuracy 0.9000, macro-F1 0.8800, ECE 0.0500" in details
+    assert "output(s) `logits`, decoded by the `classification` task" in details
+    assert "softmax" not in card
+
+    class Boxes(ClassificationTask):
+        name = "boxes"
+
+        @property
+        def output_names(self) -> tuple[str, ...]:
+            return ("boxes", "scores")
+
+        def summary_lines(self, scenarios, class_names):
+            return [f"- **task**: boxes over {len(class_names)} classes; clean n={scenarios['clean']['n']}"]
+
+    card = render_model_card(ModelCardInputs(export=EXPORT, intended_use="x", evaluation=Evaluation(EVAL_SUMMARY, GATES),
+                                             task=Boxes()))
+    details = card.split("## Model details")[1].split("\n## ")[0]
+    assert "- **task**: boxes over 2 classes; clean n=10" in details and "macro-F1" not in details
+    assert "output(s) `boxes`, `scores`, decoded by the `boxes` task" in details

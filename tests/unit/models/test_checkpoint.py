@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cvplatform.errors import ModelError
 from cvplatform.models.checkpoint import load_checkpoint
+from cvplatform.tasks import get_task
 from cvplatform.tasks.classification.module import ClassifierModule
 
 PRE = {"input_size": [16, 16], "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3], "eval": [],
@@ -53,15 +54,17 @@ def test_roundtrip_rebuilds_identical_network_and_metadata(ckpt_path):
     assert meta["class_names"] == ["cat", "dog"] and meta["input_size"] == [16, 16]
 
 
-def test_eval_pipeline_and_predict_proba(ckpt_path):
+def test_eval_pipeline_and_forward(ckpt_path):
     lm = load_checkpoint(ckpt_path[0])
     img = np.full((40, 30, 3), 128, np.uint8)
     t = lm.eval_pipeline()(image=img)["image"]
     assert tuple(t.shape) == (3, 16, 16)
     # (128/255 - mean) / std, per channel
     assert float(t[0, 0, 0]) == pytest.approx((128 / 255 - 0.4) / 0.2, abs=1e-4)
-    probs = lm.predict_proba([img, img])
-    assert probs.shape == (2, 2) and torch.allclose(probs.sum(1), torch.ones(2))
+    logits = lm.forward([img, img])
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all() and torch.equal(logits[0], logits[1])
+    classes, confidences = get_task().decode_top({"logits": logits.numpy()}, lm.class_names)
+    assert set(classes) <= {"cat", "dog"} and ((confidences >= 0.5) & (confidences <= 1)).all()
 
 
 def test_missing_file(tmp_path):

@@ -15,6 +15,7 @@ from cvplatform.monitoring.drift import (
     DriftPolicy,
     bin_edges,
     check_drift,
+    class_psi,
     ks_statistic,
     label_psi,
     proportions,
@@ -70,11 +71,12 @@ def test_ks_statistic():
     assert np.isnan(ks_statistic([], [1.0]))
 
 
-def test_label_psi():
-    assert label_psi({"a": 40, "b": 60}, {"a": 4, "b": 6}) == pytest.approx(0.0, abs=1e-12)
-    assert label_psi({"a": 50, "b": 50}, {"a": 100}) > 4.0
+def test_class_psi():
+    assert class_psi({"a": 40, "b": 60}, {"a": 4, "b": 6}) == pytest.approx(0.0, abs=1e-12)
+    assert class_psi({"a": 50, "b": 50}, {"a": 100}) > 4.0
     # a class never seen in training counts as a shift
-    assert label_psi({"a": 50, "b": 50}, {"a": 45, "b": 45, "zebra": 10}) > 0.5
+    assert class_psi({"a": 50, "b": 50}, {"a": 45, "b": 45, "zebra": 10}) > 0.5
+    assert label_psi is class_psi  # the name of before the task seam still imports
 
 
 # --------------------------------------------------------------------------- check_drift
@@ -147,8 +149,12 @@ def test_one_predicted_class_is_prediction_drift():
     report = check_drift(ref, _traffic(ref, 300, predicted=["dog"] * 300), _policy())
     assert report.drifted
     assert [c.name for c in report.failures] == ["predicted_class.psi"]
-    assert "'dog' is 100% of predictions vs 33% of training labels" in report.reasons[0]
+    assert "'dog' is 100% of predictions vs 33% of the training set" in report.reasons[0]
     assert report.predicted == {"dog": 1.0}
+    shares = {c: pytest.approx(1 / 3) for c in ("cat", "dog", "fox")}
+    assert report.reference_classes == shares and report.reference_labels is report.reference_classes
+    d = report.to_dict()
+    assert d["reference_classes"] == d["reference_labels"] == shares and d["predicted"] == {"dog": 1.0}
 
 
 def test_threshold_boundary_value_equal_passes_strictly_above_fails():

@@ -63,8 +63,11 @@ def test_one_predicted_class_is_prediction_drift(project):
     result = run_monitor(_params(project), root=project)
     assert result.drifted
     assert [c["name"] for c in result.checks if c["status"] == "failed"] == ["predicted_class.psi"]
-    assert "'red' is 100% of predictions vs 33% of training labels" in result.reason
+    assert "'red' is 100% of predictions vs 33% of the training set" in result.reason
     assert result.predicted == {"red": 1.0}
+    summary = result.to_dict()  # summary.json keeps the former field name beside the new one
+    assert summary["reference_classes"] == summary["reference_labels"] == result.reference_classes
+    assert set(result.reference_classes) == {"red", "green", "blue"}
 
 
 def test_tiny_traffic_is_never_drift(project):

@@ -13,8 +13,9 @@ from PIL import Image
 
 from cvplatform.preprocess import PreprocessContract, preprocess
 from cvplatform.serving.app import create_app
-from cvplatform.serving.models import FileSource, RegistrySource, softmax
+from cvplatform.serving.models import FileSource, RegistrySource
 from cvplatform.serving.schemas import ServingConfig
+from cvplatform.tasks.classification import softmax
 from tests.fixtures.serving_models import SIZE, build_model, colour_image, encode_png, get_alias, set_alias
 
 TOKEN = "unit-tests-admin-token-0123456789abcdef"

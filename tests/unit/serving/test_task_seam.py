@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from cvplatform.serving.app import build_app, create_app
-from cvplatform.serving.models import FileSource, softmax
+from cvplatform.serving.models import FileSource
 from cvplatform.serving.schemas import ServingConfig
 from cvplatform.tasks import get_task, register_task, unregister_task
-from cvplatform.tasks.classification import ClassificationTask
+from cvplatform.tasks.classification import ClassificationTask, softmax
 from tests.fixtures.serving_models import build_model, colour_image, encode_png
 
 TOKEN = "unit-tests-admin-token-0123456789abcdef"

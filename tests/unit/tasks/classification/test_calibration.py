@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from cvplatform.models.calibration import T_MAX, T_MIN, fit_temperature
+from cvplatform.tasks.base import Task
+from cvplatform.tasks.classification import ClassificationTask
+from cvplatform.tasks.classification.calibration import T_MAX, T_MIN, fit_temperature, mean_top1_confidence
 
 
 def _ece(logits: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
@@ -39,3 +42,18 @@ def test_degenerate_inputs_give_one_and_the_range_is_bounded():
     perfect = np.array([[50.0, -50.0], [-50.0, 50.0]] * 10)
     t = fit_temperature(perfect, np.array([0, 1] * 10))
     assert T_MIN <= t <= T_MAX
+
+
+def test_the_task_calibrates_with_temperature_scaling_and_the_base_task_does_not():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 600)
+    logits = rng.normal(size=(600, 3))
+    logits[np.arange(600), labels] += 2.0
+    logits *= 4.0  # over-confident
+    task = ClassificationTask()
+    assert task.calibration == "temperature scaling"
+    fit = task.calibrate({"logits": logits}, [torch.as_tensor(labels[:250]), torch.as_tensor(labels[250:])])
+    assert fit is not None and fit["temperature"] == fit_temperature(logits, labels)  # the batches are joined in order
+    assert fit["accuracy"] == pytest.approx(float(np.mean(logits.argmax(1) == labels)))
+    assert fit["confidence_after"] < fit["confidence_before"] == pytest.approx(mean_top1_confidence(logits))
+    assert Task.calibrate(task, {"logits": logits}, [labels]) is None and Task.calibration == ""

@@ -6,10 +6,11 @@ default digits model measured an ECE of 0.06 to 0.12 over five seeds). Dividing 
 by one scalar ``T`` fitted on the validation split (minimum negative log-likelihood) fixes
 most of that without changing a single prediction: ``argmax(z / T) == argmax(z)``.
 
-``cvplatform train`` fits ``T`` on the best checkpoint's validation logits
-(``train.calibrate``), records it in the checkpoint, and every later user of the model
-(evaluation, the ONNX export and its parity check, serving) gets the scaled network from
-:func:`cvplatform.models.checkpoint.load_checkpoint`; the ONNX graph contains the division.
+``cvplatform train`` (``train.calibrate``) hands the best checkpoint's validation logits to the
+task (:meth:`ClassificationTask.calibrate <cvplatform.tasks.classification.ClassificationTask.calibrate>`,
+which calls :func:`calibrate`), records the fitted ``T`` in the checkpoint, and every later user
+of the model (evaluation, the ONNX export and its parity check, serving) gets the scaled network
+from :func:`cvplatform.models.checkpoint.load_checkpoint`; the ONNX graph contains the division.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
-    from torch import Tensor, nn
 
 #: Search range of the temperature (log-spaced); outside it the model is degenerate.
 T_MIN, T_MAX = 0.05, 20.0
@@ -49,9 +49,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         >>> rng = np.random.default_rng(0)
         >>> labels = rng.integers(0, 3, 500)
         >>> logits = rng.normal(size=(500, 3)); logits[np.arange(500), labels] += 2.0
-        >>> t = fit_temperature(logits * 4.0, labels)  # over-confident by 4x
-        >>> 3.0 < t < 5.0
-        True
+        >>> t = fit_temperature(logits * 4.0, labels)  # the same model, 4x more confident
+        >>> round(t / fit_temperature(logits, labels), 1)
+        4.0
     """
     import numpy as np
     from scipy.optimize import minimize_scalar
@@ -66,30 +66,39 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(math.exp(res.x)) if res.success else 1.0
 
 
-def temperature_scaled(net: nn.Module, temperature: float) -> nn.Module:
-    """``net`` whose logits are divided by ``temperature`` (an ``nn.Module``; exports to ONNX as a Div).
+def mean_top1_confidence(logits: np.ndarray) -> float:
+    """Mean top-1 softmax probability of ``(N, C)`` logits.
 
     Example:
-        >>> import torch
-        >>> m = temperature_scaled(torch.nn.Identity(), 2.0)
-        >>> m(torch.tensor([[4.0, 2.0]])).tolist()
-        [[2.0, 1.0]]
+        >>> import numpy as np
+        >>> round(mean_top1_confidence(np.array([[0.0, 0.0], [0.0, 100.0]])), 3)
+        0.75
     """
-    import torch
-    from torch import nn
+    import numpy as np
 
-    class TemperatureScaled(nn.Module):
-        """A calibrated classifier: ``net(x) / temperature``."""
-
-        def __init__(self, inner: nn.Module, t: float) -> None:
-            super().__init__()
-            self.net = inner
-            self.register_buffer("temperature", torch.tensor(float(t), dtype=torch.float32))
-
-        def forward(self, x: Tensor) -> Tensor:
-            return self.net(x) / self.temperature
-
-    return TemperatureScaled(net, temperature)
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    return float(p.max(axis=1).mean())
 
 
-__all__ = ["T_MAX", "T_MIN", "fit_temperature", "temperature_scaled"]
+def calibrate(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Fit the temperature on validation ``logits``/``labels`` and describe its effect.
+
+    Returns ``temperature`` (what the checkpoint records), the mean top-1 confidence before and
+    after dividing the logits by it, and the top-1 accuracy (unchanged by the temperature).
+
+    Example:
+        >>> import numpy as np
+        >>> fit = calibrate(np.array([[4.0, 0.0], [0.0, 4.0], [4.0, 0.0]]), np.array([0, 1, 1]))
+        >>> sorted(fit), round(fit["accuracy"], 3)
+        (['accuracy', 'confidence_after', 'confidence_before', 'temperature'], 0.667)
+    """
+    import numpy as np
+
+    z, y = np.asarray(logits), np.asarray(labels)
+    t = fit_temperature(z, y)
+    return {"temperature": t, "confidence_before": mean_top1_confidence(z),
+            "confidence_after": mean_top1_confidence(z / t), "accuracy": float(np.mean(z.argmax(axis=1) == y))}
+
+
+__all__ = ["T_MAX", "T_MIN", "calibrate", "fit_temperature", "mean_top1_confidence"]
