@@ -280,6 +280,7 @@ def _write_card(paths: ProjectPaths, params: Params, out_dir: Path, model_sha: s
                 summary: dict[str, Any]) -> Path | None:
     """The model card of the exported artifact, once it has been judged (None when another model was evaluated)."""
     from cvplatform.export.model_card import Evaluation, ModelCardInputs, write_model_card
+    from cvplatform.tasks import get_task
 
     export = _read_export_summary(paths)
     if not model_sha or export.get("sha256") != model_sha:
@@ -291,7 +292,8 @@ def _write_card(paths: ProjectPaths, params: Params, out_dir: Path, model_sha: s
     evaluation = Evaluation(summary={**summary, "scenarios": rows}, gate_report=gate_doc)
     return write_model_card(
         ModelCardInputs(export=export, intended_use=params.export.intended_use, manifest=manifest,
-                        manifest_path=rel, evaluation=evaluation, lineage=export.get("lineage") or {}),
+                        manifest_path=rel, evaluation=evaluation, lineage=export.get("lineage") or {},
+                        task=get_task(params.project.task)),
         out_dir / "model_card.md",
     )
 

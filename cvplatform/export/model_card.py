@@ -231,22 +231,27 @@ def _evaluation(x: ModelCardInputs) -> list[str]:
     champ = s.get("champion")
     lines.append(f"Champion comparison: {champ or 'none'}"
                  + (f" ({s.get('champion_note')})" if s.get("champion_note") else "") + ".")
+    metrics = x.the_task().metrics
+    scenario_rows = s.get("scenarios") or []
+    # a metric shows its interval column when any scenario row carries ``<name>_ci``
+    ranged = {m.name for m in metrics if any(r.get(f"{m.name}_ci") for r in scenario_rows)}
     rows = []
-    for r in s.get("scenarios") or []:
-        rows.append([
-            f"`{r.get('name')}`", r.get("kind"), r.get("level"), r.get("n"), _f(r.get("accuracy")),
-            _ci(r.get("accuracy_ci")), _f(r.get("macro_f1")), _ci(r.get("macro_f1_ci")), _f(r.get("ece")),
-            r.get("status"),
-        ])
+    for r in scenario_rows:
+        row = [f"`{r.get('name')}`", r.get("kind"), r.get("level"), r.get("n")]
+        for m in metrics:
+            row.append(_f(r.get(m.name)))
+            if m.name in ranged:
+                row.append(_ci(r.get(f"{m.name}_ci")))
+        rows.append([*row, r.get("status")])
     if rows:
         conf = ""
         gr = ev.gate_report or {}
-        if isinstance(gr.get("policy"), dict) and gr["policy"].get("confidence"):
-            conf = (f" ({gr['policy']['confidence']:.0%} intervals: accuracy Wilson score, macro-F1 percentile "
-                    "bootstrap)")
-        lines += ["", f"Per-scenario metrics{conf}:", "",
-                  *_table(["scenario", "kind", "level", "n", "accuracy", "accuracy CI", "macro-F1", "macro-F1 CI",
-                           "ECE", "gate"], rows)]
+        if isinstance(gr.get("policy"), dict) and gr["policy"].get("confidence") and ranged:
+            conf = f" ({gr['policy']['confidence']:.0%} intervals: {x.the_task().interval_note})"
+        header = ["scenario", "kind", "level", "n"]
+        for m in metrics:
+            header += [m.display, f"{m.display} CI"] if m.name in ranged else [m.display]
+        lines += ["", f"Per-scenario metrics{conf}:", "", *_table([*header, "gate"], rows)]
     checks = (ev.gate_report or {}).get("checks") or []
     decided = [c for c in checks if c.get("status") in ("failed", "passed") and c.get("scenario") == "*"]
     if decided:
@@ -265,9 +270,11 @@ def _limitations(x: ModelCardInputs) -> list[str]:
             kind = "must-pass check FAILED" if c.get("level") == "must_pass" else "warning"
             items.append(f"Scenario `{c.get('scenario')}` — {kind} `{c.get('name')}`: {_md_escape(str(c.get('reason')))}")
     if not checks and ev.summary is not None:
+        first = x.the_task().metrics[0]
         for r in ev.summary.get("scenarios") or []:
             if r.get("status") in ("failed", "warned", "empty"):
-                items.append(f"Scenario `{r.get('name')}` — {r.get('status')} (accuracy {_f(r.get('accuracy'))})")
+                items.append(f"Scenario `{r.get('name')}` — {r.get('status')} ({first.display} "
+                             f"{_f(r.get(first.name))})")
     if ev.summary is None:
         items.append(f"Not evaluated on the scenario suite: {ev.note}.")
     reason = x.export.get("int8_rejected_reason")

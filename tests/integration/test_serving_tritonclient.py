@@ -15,7 +15,7 @@ import tritonclient.http as httpclient  # the dev extras' tritonclient[http]
 
 from cvplatform.preprocess import PreprocessContract
 from cvplatform.serving.local import LocalServer
-from cvplatform.serving.models import softmax
+from cvplatform.tasks.classification import softmax
 from tests.fixtures.serving_models import SIZE, make_serving_project
 
 pytestmark = pytest.mark.integration

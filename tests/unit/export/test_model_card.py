@@ -69,7 +69,7 @@ def test_card_has_every_section_in_order_with_evaluation_and_limitations():
     assert "Sorting cats from dogs." in card
     assert "| `cat` | 3 | 0 | 1 | 4 |" in card and "| `dog` | 2 | 1 | 0 | 3 |" in card  # class x split
     assert "| `s3://b/x` | 0 | 0 | 1 | 1 |" in card  # per source
-    assert "[0.700, 1.000]" in card and "95% intervals: accuracy Wilson score, macro-F1 percentile bootstrap" in card
+    assert "[0.700, 1.000]" in card and f"95% intervals: {ClassificationTask.interval_note}" in card
     limits = card.split("## Known limitations")[1].split("\n## ")[0]
     assert "`fog_s1` — warning `min_accuracy`" in limits and "must-pass check FAILED `pass_rate`" in limits
     assert "INT8 was not shipped" in limits

@@ -88,7 +88,7 @@ def test_bad_arguments_name_the_key_and_list_valid_ones():
     with pytest.raises(ModelError, match="blocks"):
         build_model("resnet", 10, blocks=[])
     with pytest.raises(ModelError, match="num_classes"):
-        build_model("small_cnn", 1)
+        build_model("small_cnn", 0)  # one output unit is valid (a regression head); zero is not
 
 
 def test_resolved_kwargs_are_primitive_and_complete():
