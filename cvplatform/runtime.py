@@ -223,23 +223,33 @@ class RuntimeModel:
                 raise ModelError(f"{where}: outputs {self.output_shapes} do not fit the model metadata: {exc}") from None
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Raw first output for a preprocessed ``(N, 3, H, W)`` float32 batch (any N).
+        """Raw first output for a preprocessed ``(N, 3, H, W)`` float32 batch (any N); see :meth:`run_outputs`."""
+        if len(self.output_names) == 1:
+            return self._run([self.output_name], x)[0]
+        return self.run_outputs(x)[self.output_name]
+
+    def run_outputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every raw graph output for a preprocessed ``(N, 3, H, W)`` float32 batch (any N), keyed by output
+        name, unchecked (:meth:`forward` checks them).
 
         A model with a static batch size runs one fixed-size chunk at a time (the last one padded).
         """
+        return dict(zip(self.output_names, self._run(self.output_names, x), strict=True))
+
+    def _run(self, names: list[str], x: np.ndarray) -> list[np.ndarray]:
         import numpy as np
 
         b = self.fixed_batch
         if b is None or x.shape[0] == b:
-            return self.session.run([self.output_name], {self.input_name: x})[0]
-        outs = []
+            return list(self.session.run(names, {self.input_name: x}))
+        parts = []
         for s in range(0, x.shape[0], b):
             chunk = x[s : s + b]
             k = chunk.shape[0]
             if k < b:
                 chunk = np.concatenate([chunk, np.zeros((b - k, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(self.session.run([self.output_name], {self.input_name: chunk})[0][:k])
-        return np.concatenate(outs)
+            parts.append([y[:k] for y in self.session.run(names, {self.input_name: chunk})])
+        return [np.concatenate(col) for col in zip(*parts, strict=True)]
 
     def forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every graph output for a preprocessed ``(N, 3, H, W)`` batch, keyed by output name (the task's
@@ -248,11 +258,10 @@ class RuntimeModel:
         import numpy as np
 
         try:
-            ys = self.session.run(None, {self.input_name: x}) if self.fixed_batch is None else [self.run(x)]
+            out = self.run_outputs(x)
         except Exception as exc:
             detail = " ".join(str(exc).split())[:300]
             raise ModelError(f"{self.name} v{self.version}: onnxruntime failed ({type(exc).__name__}: {detail})") from None
-        out = {n: np.asarray(y) for n, y in zip(self.output_names, ys, strict=False)}
         shapes = tuple(out[self.output_name].shape) if len(out) == 1 else {n: y.shape for n, y in out.items()}
         where = f"{self.name} v{self.version}: returned shape {shapes} for a batch of {x.shape[0]}"
         if any(y.ndim < 1 or y.shape[0] != x.shape[0] for y in out.values()):

@@ -1,6 +1,7 @@
 """Model-agnostic predictors: a training checkpoint, an ONNX file or an MLflow registry model.
 
-Every predictor takes uint8 RGB images and returns logits, preprocessing them with
+Every predictor takes uint8 RGB images and returns the task's raw outputs by name
+(:meth:`Predictor.predict`; classification: ``{"logits": (N, C)}``), preprocessing them with
 the one :class:`~cvplatform.preprocess.PreprocessContract` it carries, so
 evaluation treats a ``.ckpt``, an ``.onnx`` and a ``models:/NAME@ALIAS`` the same
 way (:func:`load_predictor`).
@@ -42,19 +43,45 @@ DEFAULT_BATCH_SIZE = 256
 
 @runtime_checkable
 class Predictor(Protocol):
-    """Anything that turns uint8 RGB images into logits under a preprocessing contract."""
+    """Anything that turns uint8 RGB images into the task's raw outputs under a preprocessing contract."""
 
     name: str
     """Human-readable identity (path or model URI)."""
     contract: PreprocessContract
-    """How inputs are prepared; ``contract.class_names`` names the logits."""
+    """How inputs are prepared; ``contract.class_names`` names the classes."""
 
     @property
     def class_names(self) -> tuple[str, ...]: ...
 
-    def predict_logits(self, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-        """``(N, H, W, 3)`` uint8 RGB (or a list of HxWx3) -> ``(N, C)`` float32 logits."""
+    def predict(self, images: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, np.ndarray]:
+        """``(N, H, W, 3)`` uint8 RGB (or a list of HxWx3) -> every output of the task by name, one row per image."""
         ...
+
+    def predict_logits(self, images: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """The task's first output only (classification: ``(N, C)`` float32 logits)."""
+        ...
+
+
+def named_outputs(task: Task, raw: Any) -> dict[str, Any]:
+    """A model's raw return value as ``{output name: array}`` in the task's ``output_names`` order: a mapping is
+    kept, a tuple/list is zipped with the names, a single array is the first (only) output.
+
+    Example:
+        >>> from cvplatform.tasks import get_task
+        >>> list(named_outputs(get_task("classification"), [[0.0, 1.0]]))
+        ['logits']
+    """
+    from collections.abc import Mapping
+
+    names = task.output_names
+    if isinstance(raw, Mapping):
+        return {n: raw[n] for n in names} if all(n in raw for n in names) else dict(raw)
+    if isinstance(raw, tuple | list) and len(names) > 1:
+        if len(raw) != len(names):
+            raise ModelError(f"the model returned {len(raw)} outputs; task {task.name!r} expects "
+                             f"{len(names)}: {list(names)}")
+        return dict(zip(names, raw, strict=True))
+    return {names[0]: raw}
 
 
 class _BasePredictor(ABC):
@@ -73,10 +100,11 @@ class _BasePredictor(ABC):
         return self.contract.class_names
 
     @abstractmethod
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        """Logits ``(N, C)`` for a preprocessed ``(N, 3, H, W)`` float32 batch."""
+    def _forward(self, x: np.ndarray) -> Any:
+        """The raw outputs for a preprocessed ``(N, 3, H, W)`` float32 batch: a mapping by output name, a tuple
+        in the task's ``output_names`` order, or one array (see :func:`named_outputs`)."""
 
-    def predict_logits(self, images: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    def predict(self, images: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, np.ndarray]:
         """Preprocess with the contract and run the model in batches.
 
         Args:
@@ -84,37 +112,60 @@ class _BasePredictor(ABC):
             batch_size: images per forward pass.
 
         Returns:
-            The model's (first) output as float32, one row per image: ``(N, C)`` logits for
-            classification, ``(N, ...)`` for other tasks (the task checks the trailing shape).
+            Every output of the task by name (``task.output_names``), one row per image: ``{"logits": (N, C)}``
+            for classification. Floating outputs are float32; integer outputs keep their dtype.
+
+        Raises:
+            ModelError: an output without one row per image, a trailing shape that changes between batches, or
+                outputs the task's ``check_outputs`` refuses (the model and its metadata disagree).
         """
         import numpy as np
 
         resized = resize_to_contract(images, self.contract)
         n = resized.shape[0]
-        out: np.ndarray | None = None
+        parts: dict[str, list[np.ndarray]] = {}
         for start in range(0, n, max(1, int(batch_size))):
             x = normalize(resized[start : start + batch_size], self.contract)
-            logits = np.asarray(self._forward(x), dtype=np.float32)
-            if out is None:
-                out = np.empty((n, *logits.shape[1:]), dtype=np.float32)
-            if logits.ndim < 1 or logits.shape[0] != x.shape[0] or logits.shape[1:] != out.shape[1:]:
+            outs = {k: _as_array(v) for k, v in named_outputs(self.task, self._forward(x)).items()}
+            self._check_batch(outs, x.shape[0], parts)
+            for k, v in outs.items():
+                parts.setdefault(k, []).append(v)
+        if not parts:  # no images: the trailing shapes are unknown, classification's (0, C) by convention
+            return {k: np.empty((0, self.contract.num_classes), dtype=np.float32) for k in self.task.output_names}
+        return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+
+    def _check_batch(self, outs: dict[str, np.ndarray], rows: int, seen: dict[str, list[np.ndarray]]) -> None:
+        shapes = {k: v.shape for k, v in outs.items()}
+        shown = next(iter(shapes.values())) if len(shapes) == 1 else shapes
+        for k, v in outs.items():
+            before = seen[k][0].shape[1:] if seen.get(k) else v.shape[1:]
+            if v.ndim < 1 or v.shape[0] != rows or v.shape[1:] != before:
                 raise ModelError(
-                    f"{self.name}: model returned shape {logits.shape} for a batch of {x.shape[0]}, expected "
-                    f"({x.shape[0]}, ...) rows like {out.shape[1:] or 'the first batch'}. The model and its "
-                    "metadata disagree."
+                    f"{self.name}: model returned shape {shown} for a batch of {rows}, expected "
+                    f"({rows}, ...) rows like {before or 'the first batch'}. The model and its metadata disagree."
                 )
-            try:
-                self.task.check_outputs({self.task.output_names[0]: logits}, self.class_names)
-            except ModelError as exc:
-                raise ModelError(f"{self.name}: model returned shape {logits.shape} for a batch of {x.shape[0]}: "
-                                 f"{exc} The model and its metadata disagree.") from None
-            out[start : start + x.shape[0]] = logits
-        if out is None:  # no images: the output's trailing shape is unknown, classification's (0, C) by convention
-            out = np.empty((0, self.contract.num_classes), dtype=np.float32)
-        return out
+        try:
+            self.task.check_outputs(outs, self.class_names)
+        except ModelError as exc:
+            raise ModelError(f"{self.name}: model returned shape {shown} for a batch of {rows}: "
+                             f"{exc} The model and its metadata disagree.") from None
+
+    def predict_logits(self, images: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """The task's first output of :meth:`predict` (classification: ``(N, C)`` float32 logits)."""
+        return self.predict(images, batch_size)[self.task.output_names[0]]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, classes={len(self.class_names)})"
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """A model output as numpy: a tensor is detached to CPU; floating values become float32."""
+    import numpy as np
+
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    return arr.astype(np.float32, copy=False) if arr.dtype.kind == "f" else arr
 
 
 # --------------------------------------------------------------------------- torch
@@ -123,7 +174,7 @@ class TorchCheckpointPredictor(_BasePredictor):
 
     Example:
         >>> p = TorchCheckpointPredictor("artifacts/train/best.ckpt")  # doctest: +SKIP
-        >>> p.predict_logits(images).shape  # doctest: +SKIP
+        >>> p.predict(images)["logits"].shape  # doctest: +SKIP
         (16, 10)
     """
 
@@ -137,11 +188,11 @@ class TorchCheckpointPredictor(_BasePredictor):
         self.contract = contract_from_checkpoint(self.loaded)
         self.model = self.loaded.model
 
-    def _forward(self, x: np.ndarray) -> np.ndarray:
+    def _forward(self, x: np.ndarray) -> Any:
         import torch
 
         with torch.inference_mode():
-            return self.model(torch.from_numpy(x)).float().cpu().numpy()
+            return self.model(torch.from_numpy(x))
 
 
 def contract_from_checkpoint(loaded: Any) -> PreprocessContract:
@@ -217,8 +268,8 @@ class OnnxPredictor(_BasePredictor):
         self.output_name = self.runtime.output_name
         self.fixed_batch = self.runtime.fixed_batch
 
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        return self.runtime.run(x)
+    def _forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self.runtime.run_outputs(x)
 
 
 # --------------------------------------------------------------------------- registry
@@ -314,5 +365,6 @@ __all__ = [
     "load_predictor",
     "load_registered_onnx",
     "mlflow_uris",
+    "named_outputs",
     "session_options",
 ]

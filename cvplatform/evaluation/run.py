@@ -444,9 +444,8 @@ def _run_scenarios(inp: _Inputs, cfg: EvaluateParams, seed: int, champion: Predi
                      manifest=inp.manifest, root=inp.root,
                      seed=seed, batch_size=cfg.batch_size, progress=STAGE)
     judged = _Judged({}, {}, [r.built for r in runs], 0)
-    (output,) = inp.task.output_names  # the suite runner returns each predictor's single output
     for run in runs:
-        b, sc, logits = run.built, run.scenario, run.logits
+        b, sc, outputs = run.built, run.scenario, run.outputs
         judged.predictions += len(b.ids)
         common = {
             "critical_classes": inp.suite.critical_classes, "n_bootstrap": cfg.bootstrap_samples,
@@ -455,10 +454,10 @@ def _run_scenarios(inp: _Inputs, cfg: EvaluateParams, seed: int, champion: Predi
         }
         targets = scenario_targets(inp.task, b, inp.class_names)
         judged.results[sc.name] = inp.task.evaluate_scenario(
-            sc.name, sc.kind, b.ids, targets, {output: logits[0]}, inp.class_names, **common)
+            sc.name, sc.kind, b.ids, targets, outputs[0], inp.class_names, **common)
         if champion is not None:
             judged.champ_results[sc.name] = inp.task.evaluate_scenario(
-                sc.name, sc.kind, b.ids, targets, {output: logits[1]}, inp.class_names, **common)
+                sc.name, sc.kind, b.ids, targets, outputs[1], inp.class_names, **common)
         log.debug("evaluate: %s done (%d images)", sc.name, len(b.ids))
     return judged
 

@@ -18,7 +18,7 @@ Example:
     >>> data = load_images(rows, ".", model, "manifest.parquet (split 'test')")  # doctest: +SKIP
     >>> runs = run_suite([model, champion], data, suite_path=suite_path, scenarios=suite.expand(),
     ...                  manifest=manifest, root=".", seed=42)  # doctest: +SKIP
-    >>> runs[0].scenario.name, runs[0].logits[0].shape  # doctest: +SKIP
+    >>> runs[0].scenario.name, runs[0].outputs[0]["logits"].shape  # doctest: +SKIP
     ('clean', (54, 3))
 """
 
@@ -84,14 +84,20 @@ class BuiltScenario:
 
 @dataclass
 class ScenarioRun:
-    """The logits of every predictor on one scenario (same order as the predictors given to :func:`run_suite`)."""
+    """The outputs of every predictor on one scenario (same order as the predictors given to :func:`run_suite`):
+    each a dict of the task's outputs by name (classification: ``{"logits": (N, C)}``)."""
 
     built: BuiltScenario
-    logits: list[np.ndarray]
+    outputs: list[dict[str, np.ndarray]]
 
     @property
     def scenario(self) -> Scenario:
         return self.built.scenario
+
+    @property
+    def logits(self) -> list[np.ndarray]:
+        """Each predictor's first output (classification's logits); :attr:`outputs` has every output."""
+        return [next(iter(o.values())) for o in self.outputs]
 
 
 def select_split(manifest: pd.DataFrame, split: str, max_images: int | None, *, source: str, key: str) -> pd.DataFrame:
@@ -210,19 +216,20 @@ def build_scenarios(
     return built
 
 
-def predict_scenario(predictors: Sequence[Predictor], b: BuiltScenario, seed: int, batch_size: int) -> list[np.ndarray]:
-    """Logits of every predictor on scenario ``b`` (pixels generated once per chunk and shared)."""
+def predict_scenario(predictors: Sequence[Predictor], b: BuiltScenario, seed: int,
+                     batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Every output of every predictor on scenario ``b`` (pixels generated once per chunk and shared)."""
     import numpy as np
 
     n = len(b.ids)
-    parts: list[list[np.ndarray]] = [[] for _ in predictors]
+    parts: list[list[dict[str, np.ndarray]]] = [[] for _ in predictors]
     chunk = max(batch_size, 1)
     for s in range(0, n, chunk):
         sel = np.arange(s, min(n, s + chunk))
         pix = b.pixels(seed, sel)
         for part, p in zip(parts, predictors, strict=True):
-            part.append(p.predict_logits(pix, batch_size=batch_size))
-    return [np.concatenate(part, axis=0) if part else np.empty((0, len(p.class_names)), np.float32)
+            part.append(p.predict(pix, batch_size=batch_size))
+    return [{k: np.concatenate([c[k] for c in part], axis=0) for k in part[0]} if part else p.predict([])
             for part, p in zip(parts, predictors, strict=True)]
 
 
@@ -265,14 +272,12 @@ def run_suite(
         progress: A stage name to log progress under (``None``: silent).
 
     Returns:
-        One :class:`ScenarioRun` per scenario, in suite order; an empty scenario has ``(0, C)`` logits.
+        One :class:`ScenarioRun` per scenario, in suite order; an empty scenario has zero-row outputs.
 
     Raises:
         ConfigError: invalid slice or curated list. DataError: missing images, unknown labels.
     """
     import logging
-
-    import numpy as np
 
     from cvplatform.utils.logs import track
 
@@ -280,11 +285,8 @@ def run_suite(
     items = track(built, progress, unit="scenarios", logger=logging.getLogger(__name__)) if progress else built
     runs = []
     for b in items:
-        if b.ids:
-            logits = predict_scenario(predictors, b, seed, batch_size)
-        else:
-            logits = [np.empty((0, len(p.class_names)), np.float32) for p in predictors]
-        runs.append(ScenarioRun(b, logits))
+        outputs = predict_scenario(predictors, b, seed, batch_size) if b.ids else [p.predict([]) for p in predictors]
+        runs.append(ScenarioRun(b, outputs))
     return runs
 
 

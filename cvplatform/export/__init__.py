@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "version_metadata": "cvplatform.export.onnx_export",
     "ParityReport": "cvplatform.export.parity",
     "compare_logits": "cvplatform.export.parity",
+    "compare_outputs": "cvplatform.export.parity",
     "run_parity": "cvplatform.export.parity",
     "Int8Decision": "cvplatform.export.quantize",
     "decide_int8": "cvplatform.export.quantize",

@@ -20,7 +20,7 @@ report into :class:`~cvplatform.errors.GateFailed` naming the worst images.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -91,9 +91,9 @@ class ParityReport:
         )
 
 
-def compare_logits(
-    reference: np.ndarray,
-    candidate: np.ndarray,
+def compare_outputs(
+    reference: Mapping[str, np.ndarray] | np.ndarray,
+    candidate: Mapping[str, np.ndarray] | np.ndarray,
     *,
     ids: Sequence[str],
     paths: Sequence[str],
@@ -107,32 +107,34 @@ def compare_logits(
     split: str = "test",
     task: Task | None = None,
 ) -> ParityReport:
-    """Compare two ``(N, C)`` logit arrays of the same images (pure).
+    """Compare two models' outputs on the same images (pure).
 
     Whether two images agree is the task's question (:meth:`~cvplatform.tasks.base.Task.agreement`:
     the same top-1 class for classification), and the classes reported for the worst images are
-    its :meth:`~cvplatform.tasks.base.Task.decode_top`; the absolute differences are plain numerics.
+    its :meth:`~cvplatform.tasks.base.Task.decode_top`; the absolute differences are plain numerics
+    over every output (an image's difference is its largest over all outputs).
 
     Args:
-        reference: Logits of the reference (PyTorch checkpoint).
-        candidate: Logits of the candidate (exported ONNX) on the same images, same order.
+        reference: Outputs of the reference (PyTorch checkpoint), by name (``task.output_names``); a
+            single array is the task's first output (classification's ``(N, C)`` logits).
+        candidate: Outputs of the candidate (exported ONNX) on the same images, same order.
         ids / paths / labels: Manifest ``sha256``, ``path`` and ``label`` of each image.
-        class_names: Class name of each logit column.
+        class_names: Class names of the model.
         atol: Largest allowed absolute difference.
-        min_agreement: Smallest allowed share of identical top-1 classes.
+        min_agreement: Smallest allowed share of images on which the task says the outputs agree.
         worst: How many images to list in :attr:`ParityReport.worst`.
         task: The project's task (``project.task``); default classification.
 
     Raises:
-        DataError: no images, or arrays of different shapes.
+        DataError: no images, or outputs of different names or shapes.
         ModelError: the outputs do not fit the task's contract (e.g. ``C != len(class_names)``).
 
     Example:
         >>> import numpy as np
         >>> a = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
-        >>> r = compare_logits(a, a + 1e-6, ids=["h1", "h2"], paths=["a.png", "b.png"], labels=["x", "y"],
-        ...                    class_names=["x", "y"], atol=1e-4, min_agreement=0.999)
-        >>> r.passed, r.top1_agreement
+        >>> r = compare_outputs(a, a + 1e-6, ids=["h1", "h2"], paths=["a.png", "b.png"], labels=["x", "y"],
+        ...                     class_names=["x", "y"], atol=1e-4, min_agreement=0.999)
+        >>> r.passed, r.agreement
         (True, 1.0)
     """
     import numpy as np
@@ -140,22 +142,21 @@ def compare_logits(
     from cvplatform.tasks import get_task
 
     task = task or get_task()
-    ref = np.asarray(reference, dtype=np.float64)
-    cand = np.asarray(candidate, dtype=np.float64)
-    if ref.shape != cand.shape or ref.ndim < 1:
+    ref_out, cand_out = _as_outputs(task, reference), _as_outputs(task, candidate)
+    shapes = ({k: v.shape for k, v in ref_out.items()}, {k: v.shape for k, v in cand_out.items()})
+    if shapes[0] != shapes[1] or any(len(s) < 1 for s in shapes[0].values()):
+        shown = [next(iter(s.values())) if len(s) == 1 else s for s in shapes]
         raise DataError(
-            f"parity: {reference_name} logits {ref.shape} and {candidate_name} logits {cand.shape} differ in "
-            "shape; both models must have the same classes."
+            f"parity: {reference_name} outputs {shown[0]} and {candidate_name} outputs {shown[1]} differ in "
+            "shape; both models must have the same classes and outputs."
         )
-    n = ref.shape[0]
+    n = next(iter(ref_out.values())).shape[0]
     if n == 0:
         raise DataError(f"parity: no {split} images to compare. Add images to the {split} split (re-run ingest).")
-    (output,) = task.output_names  # one graph output (the exported contract)
-    ref_out, cand_out = {output: ref}, {output: cand}
     names = list(class_names)
     task.check_outputs(ref_out, names)
-    diff = np.abs(ref - cand)
-    per_image = diff.reshape(n, -1).max(axis=1)
+    diffs = [np.abs(ref_out[k].astype(np.float64) - cand_out[k].astype(np.float64)).reshape(n, -1) for k in ref_out]
+    per_image = np.max(np.concatenate(diffs, axis=1), axis=1) if diffs else np.zeros(n)
     agreed = task.agreement(ref_out, cand_out)
     agree = np.ones(n, dtype=bool)
     agree[agreed.detail.get("disagree_rows", [])] = False
@@ -172,35 +173,56 @@ def compare_logits(
         )
     # disagreeing images first, then by difference (ties broken by sha256: deterministic)
     order = sorted(range(n), key=lambda i: (bool(agree[i]), -float(per_image[i]), str(ids[i])))[: max(0, worst)]
-    ref_top, _ = task.decode_top({output: ref[order]}, names)
-    cand_top, _ = task.decode_top({output: cand[order]}, names)
+    ref_top, _ = task.decode_top({k: v[order] for k, v in ref_out.items()}, names)
+    cand_top, _ = task.decode_top({k: v[order] for k, v in cand_out.items()}, names)
     worst_items = [
         ParityImage(str(paths[i]), str(ids[i]), str(labels[i]), float(per_image[i]), str(r), str(c))
         for i, r, c in zip(order, ref_top, cand_top, strict=True)
     ]
+    mean_diff = float(np.mean(np.concatenate([d.ravel() for d in diffs]))) if diffs else 0.0
     return ParityReport(
         reference=reference_name, candidate=candidate_name, split=split, n=int(n), max_abs_diff=max_diff,
-        mean_abs_diff=float(diff.mean()), agreement=agreement, disagreements=disagreements,
+        mean_abs_diff=mean_diff, agreement=agreement, disagreements=disagreements,
         atol=float(atol), min_agreement=float(min_agreement), passed=not reasons, reasons=reasons,
         worst=worst_items,
     )
 
 
-def nonfinite_rows(logits: np.ndarray) -> np.ndarray:
-    """Indices of rows of ``logits`` holding NaN or Inf.
+#: The name from when only classification existed (one ``(N, C)`` logits array per model).
+compare_logits = compare_outputs
+
+
+def _as_outputs(task: Task, value: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    if isinstance(value, Mapping):
+        return {k: np.asarray(v) for k, v in value.items()}
+    return {task.output_names[0]: np.asarray(value)}
+
+
+def nonfinite_rows(outputs: Mapping[str, np.ndarray] | np.ndarray) -> np.ndarray:
+    """Indices of rows holding NaN or Inf in any (floating) output.
 
     Example:
         >>> import numpy as np
         >>> nonfinite_rows(np.array([[0.0, 1.0], [np.nan, 0.0]])).tolist()
         [1]
+        >>> nonfinite_rows({"boxes": np.zeros((2, 3, 4)), "scores": np.array([[0.5, np.inf, 0], [0, 0, 0]])}).tolist()
+        [0]
     """
     import numpy as np
 
-    return np.flatnonzero(~np.isfinite(np.asarray(logits)).all(axis=1))
+    arrays = list(outputs.values()) if isinstance(outputs, Mapping) else [outputs]
+    bad: set[int] = set()
+    for a in (np.asarray(a) for a in arrays):
+        if a.ndim >= 1 and a.dtype.kind in "fc":
+            bad.update(np.flatnonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)).tolist())
+    return np.asarray(sorted(bad), dtype=np.int64)
 
 
 def check_finite(
-    candidate: np.ndarray, reference: np.ndarray | None, *, candidate_name: str, reference_name: str,
+    candidate: Mapping[str, np.ndarray] | np.ndarray, reference: Mapping[str, np.ndarray] | np.ndarray | None, *,
+    candidate_name: str, reference_name: str,
     paths: Sequence[str],
 ) -> None:
     """Raise ModelError if the candidate's logits hold NaN/Inf, saying whether the reference does too.
@@ -213,7 +235,9 @@ def check_finite(
     if len(bad) == 0:
         return
     shown = ", ".join(str(paths[i]) for i in bad[:3]) + (" ..." if len(bad) > 3 else "")
-    msg = f"{candidate_name}: onnxruntime produced non-finite logits (NaN/Inf) for {len(bad)} of {len(candidate)} images ({shown}). "
+    rows = len(next(iter(candidate.values()))) if isinstance(candidate, Mapping) else len(candidate)
+    msg = (f"{candidate_name}: onnxruntime produced non-finite outputs (NaN/Inf) for {len(bad)} of {rows} images "
+           f"({shown}). ")
     if reference is not None and len(nonfinite_rows(reference)) > 0:
         msg += (
             f"The PyTorch model {reference_name} produces them too, so the checkpoint itself is broken (NaN/Inf "
@@ -266,10 +290,10 @@ def run_parity(
             f"{candidate.name}: classes {list(candidate.class_names)} differ from {reference.name}'s "
             f"{list(reference.class_names)}; the exported metadata does not describe this checkpoint. Re-export."
         )
-    ref = reference.predict_logits(images, batch_size=batch_size)
-    cand = candidate.predict_logits(images, batch_size=batch_size)
+    ref = reference.predict(images, batch_size=batch_size)
+    cand = candidate.predict(images, batch_size=batch_size)
     check_finite(cand, ref, candidate_name=candidate.name, reference_name=reference.name, paths=paths)
-    return compare_logits(
+    return compare_outputs(
         ref, cand, ids=ids, paths=paths, labels=labels, class_names=reference.class_names, atol=atol,
         min_agreement=min_agreement, worst=worst, reference_name=reference.name, candidate_name=candidate.name,
         split=split, task=task,

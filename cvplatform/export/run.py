@@ -524,7 +524,7 @@ def _ship(inp: _Inputs, par: _Parity, q: _Int8, cfg: ExportParams, fp32_path: Pa
     model_path = out_dir / MODEL_NAME
     _copy_atomic(q.path if chosen == "int8" and q.path is not None else fp32_path, model_path)
     final = OnnxPredictor(model_path, task=inp.task)  # the shipped file must load and run on its own metadata
-    probe = final.predict_logits(par.test.images[: min(len(par.test.ids), 8)], batch_size=cfg.batch_size)
+    probe = final.predict(par.test.images[: min(len(par.test.ids), 8)], batch_size=cfg.batch_size)
     check_finite(probe, None, candidate_name=str(model_path), reference_name="", paths=par.test_paths)
     if final.contract != inp.torch_pred.contract:
         raise ModelError(f"{model_path}: preprocessing contract differs from the checkpoint's after copying; "

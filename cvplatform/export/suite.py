@@ -132,7 +132,6 @@ def compare_on_suite(
     data = load_images(rows, root, reference, f"{manifest_path} (split {split!r})")
     runs = run_suite([reference, candidate], data, suite_path=suite_path, scenarios=scenarios, manifest=manifest,
                      root=root, seed=seed, batch_size=batch_size)
-    (name,) = task.output_names  # the suite runner returns the model's single output per predictor
     class_names = list(reference.class_names)
     spec = next((m for m in task.metrics if m.name == task.int8_metric), None)
     higher = spec.higher_is_better if spec is not None else True
@@ -145,7 +144,7 @@ def compare_on_suite(
             out.append(ScenarioComparison(sc.name, sc.kind, sc.gate.level, 0, None, None, None, None, judged,
                                           task.int8_metric))
             continue
-        ref_out, cand_out = ({name: arr} for arr in run.logits)
+        ref_out, cand_out = run.outputs
         y = scenario_targets(task, run.built, class_names)
         ref_score = task.int8_score(ref_out, y, class_names)
         cand_score = task.int8_score(cand_out, y, class_names)

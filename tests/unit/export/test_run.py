@@ -222,7 +222,7 @@ def test_nan_weights_are_a_clear_model_error(project):
     key = next(k for k, v in ckpt["state_dict"].items() if k.endswith("weight") and v.ndim == 4)
     ckpt["state_dict"][key] = torch.full_like(ckpt["state_dict"][key], float("nan"))
     torch.save(ckpt, ckpt_path)
-    with pytest.raises(ModelError, match="non-finite logits.*checkpoint itself is broken"):
+    with pytest.raises(ModelError, match="non-finite outputs.*checkpoint itself is broken"):
         run_export(load(project), root=project)
     assert not (project / "artifacts" / "export" / "model.onnx").exists()
 
