@@ -21,6 +21,16 @@ a lot (the blurs cost ~4x a brightness shift; fog cost ~50x until it became cvpl
 see benchmarks/corruptions.py), which is why the scenario workload repeats
 the same mix instead of taking a subset.
 
+3. The cost of evaluation against the model's own compute: seconds per scenario-image of the
+   whole ``evaluate`` stage (``full`` workload) divided by seconds per image of the raw
+   onnxruntime session (same session options as evaluation, batches of ``evaluate.batch_size``,
+   preprocessed input, timed in the same run), with the corruption cache off (``cold``: every
+   corruption computed) and filled (``warm``: a second run on the same split reads
+   ``evaluate.corruption_cache``). Target: warm <= 2.5x. Reported as min/median/max over
+   ``--repeats``.
+
+The linearity workloads run with the cache off, so they measure the real work.
+
 Usage:  .venv/bin/python benchmarks/evaluate.py [--n 150] [--repeats 2] [--out benchmarks/results/evaluate.json]
 The machine is shared and noisy: compare the ratios, not the absolute numbers.
 """
@@ -31,6 +41,7 @@ import argparse
 import json
 import logging
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -97,7 +108,8 @@ def export_model(root: Path) -> tuple[Path, str]:
 
 
 def write_doubled_suite(root: Path) -> Path:
-    """The default suite with every scenario listed twice (second copy renamed ``*_b``)."""
+    """The default suite with every scenario listed twice (second copy renamed ``*_b``; the clean scenario's
+    twin is a slice selecting every image, the same work, since a suite has exactly one clean scenario)."""
     import copy
 
     import yaml
@@ -107,6 +119,8 @@ def write_doubled_suite(root: Path) -> Path:
     for entry in data["scenarios"]:
         twin = copy.deepcopy(entry)
         twin["name"] = f"{entry.get('name') or entry['corruption']}_b"
+        if entry["kind"] == "clean":  # a suite has one clean scenario: its twin is a slice of every image
+            twin.update(kind="slice", where=[{"column": "split", "op": "==", "value": "test"}])
         twins.append(twin)
     data["scenarios"] += twins
     path = root / "configs/scenarios/doubled.yaml"
@@ -114,14 +128,41 @@ def write_doubled_suite(root: Path) -> Path:
     return path
 
 
-def run_once(root: Path, model: Path, suite: str, n_images: int) -> dict:
+def model_seconds_per_image(root: Path, model: Path, n_images: int, repeats: int = 20) -> float:
+    """The raw onnxruntime session's seconds per image on the evaluated images (preprocessed once, batches of
+    ``evaluate.batch_size``, evaluation's session options); best of ``repeats`` passes."""
+    import onnxruntime as ort
+
+    from cvplatform.config import load_params
+    from cvplatform.data.manifest import read_manifest
+    from cvplatform.evaluation.predictors import OnnxPredictor, session_options
+    from cvplatform.evaluation.suite_runner import load_images, select_split
+    from cvplatform.preprocess import preprocess
+
+    params = load_params(REPO / "params.yaml")
+    pred = OnnxPredictor(model)
+    rows = select_split(read_manifest(root / "data/processed/manifest.parquet"), "test", n_images, source="bench",
+                        key="evaluate.split")
+    x = preprocess(load_images(rows, root, pred, "bench").images, pred.contract)
+    sess = ort.InferenceSession(str(model), session_options(), providers=["CPUExecutionProvider"])
+    b = params.evaluate.batch_size
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for s in range(0, len(x), b):
+            sess.run(None, {"input": x[s : s + b]})
+        best = min(best, time.perf_counter() - t0)
+    return best / len(x)
+
+
+def run_once(root: Path, model: Path, suite: str, n_images: int, cache: str | None = None) -> dict:
     from cvplatform.config import load_params
     from cvplatform.errors import GateFailed
     from cvplatform.evaluation.run import run_evaluate
 
     params = load_params(REPO / "params.yaml", [
         f"evaluate.suite={suite}", f"evaluate.max_images={n_images}", "evaluate.compare_champion=false",
-        "evaluate.log_to_mlflow=false",
+        "evaluate.log_to_mlflow=false", f"evaluate.corruption_cache={cache if cache else 'null'}",
     ])
     t0 = time.perf_counter()
     try:
@@ -163,11 +204,22 @@ def main() -> None:
         workloads = {"full": (default, args.n), "scenarios_2x": (str(doubled), args.n),
                      "images_2x": (default, 2 * args.n)}
         runs: dict[str, dict] = {}
-        for _ in range(args.repeats):  # round-robin, so machine noise spreads over all workloads
+        cost: dict[str, list[float]] = {"cold": [], "warm": [], "model_ms_per_image": []}
+        warm_runs: list[dict] = []
+        for k in range(args.repeats):  # round-robin, so machine noise spreads over all workloads
             for name, (suite, n) in workloads.items():
                 r = run_once(root, model, suite, n)
                 if name not in runs or r["seconds"] < runs[name]["seconds"]:
                     runs[name] = r
+            # evaluation vs the model's own compute, measured next to each other
+            per_image = model_seconds_per_image(root, model, args.n)
+            cache = str(tmp / f"cache{k}")
+            cold = run_once(root, model, default, args.n, cache=cache)  # fills the cache
+            warm = run_once(root, model, default, args.n, cache=cache)
+            cost["model_ms_per_image"].append(per_image * 1e3)
+            cost["cold"].append(cold["s_per_scenario_image"] / per_image)
+            cost["warm"].append(warm["s_per_scenario_image"] / per_image)
+            warm_runs.append(warm)
 
     def ratio(a: str, b: str, key: str) -> float:
         return runs[a][key] / runs[b][key]
@@ -187,6 +239,12 @@ def main() -> None:
         "runs": runs,
         "full_suite_images_per_s": runs["images_2x"]["images_per_s"],
         "repeats": args.repeats,
+        "warm_cache_runs": warm_runs,
+        "evaluate_vs_model_compute": {
+            key: {"min": round(min(v), 3), "median": round(statistics.median(v), 3), "max": round(max(v), 3),
+                  "runs": [round(x, 3) for x in v]}
+            for key, v in cost.items()
+        },
         "ratios": {
             "scenarios_work_2x_vs_1x": round(scen_work, 3),
             "scenarios_time_2x_vs_1x": round(time_scen, 3),
@@ -212,6 +270,11 @@ def main() -> None:
     print(f"images    x{q['images_work_2x_vs_1x']:.2f} -> time x{q['images_time_2x_vs_1x']:.2f} "
           f"(loop x{q['images_loop_time_2x_vs_1x']:.2f}); linearity {q['images_linearity']:.2f} "
           f"(loop {q['images_loop_linearity']:.2f})")
+    c = result["evaluate_vs_model_compute"]
+    print(f"evaluate / model compute per scenario-image: cold (no cache) {c['cold']['median']:.2f}x "
+          f"[{c['cold']['min']:.2f}-{c['cold']['max']:.2f}], warm (cache) {c['warm']['median']:.2f}x "
+          f"[{c['warm']['min']:.2f}-{c['warm']['max']:.2f}] (target warm <= 2.5x); model "
+          f"{c['model_ms_per_image']['median']:.3f} ms/image")
     print(f"written: {args.out}")
 
 

@@ -364,6 +364,9 @@ class EvaluateParams(StrictModel):
     """Worst failures (most confident wrong predictions) shown per scenario in the report."""
     log_to_mlflow: bool = True
     """Log the report, plots and metrics to the training run (artifacts/train/summary.json)."""
+    corruption_cache: str | None = ".cvplatform/cache/corruptions"
+    """Folder keeping corruption scenarios' pixels across runs (evaluate and export's INT8 check), keyed by the
+    clean pixels, corruption, severity, seed and corruption code; None = corrupt the images on every run."""
 
 
 # --------------------------------------------------------------------------- export

@@ -437,12 +437,16 @@ class _Judged:
 
 def _run_scenarios(inp: _Inputs, cfg: EvaluateParams, seed: int, champion: Predictor | None) -> _Judged:
     """Predict every scenario with the model (and the champion) and compute its metrics."""
+    from cvplatform.evaluation.corruption_cache import open_cache
     from cvplatform.evaluation.suite_runner import run_suite, scenario_targets
 
     predictors: list[Predictor] = [inp.predictor] + ([champion] if champion is not None else [])
+    cache = open_cache(cfg.corruption_cache, inp.root)
     runs = run_suite(predictors, inp.data, suite_path=inp.suite_path, scenarios=inp.scenarios,
                      manifest=inp.manifest, root=inp.root,
-                     seed=seed, batch_size=cfg.batch_size, progress=STAGE)
+                     seed=seed, batch_size=cfg.batch_size, progress=STAGE, cache=cache)
+    if cache is not None:
+        log.info("evaluate: %s", cache.summary())
     judged = _Judged({}, {}, [r.built for r in runs], 0)
     for run in runs:
         b, sc, outputs = run.built, run.scenario, run.outputs

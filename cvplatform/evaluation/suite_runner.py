@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
 
+    from cvplatform.evaluation.corruption_cache import CorruptionCache
     from cvplatform.evaluation.predictors import Predictor
     from cvplatform.evaluation.scenarios import Scenario
 
@@ -53,6 +54,16 @@ class EvalImages:
     """(N, H, W, 3) uint8 at the model's input size."""
     rows: pd.DataFrame
     """The manifest rows, index reset to 0..N-1."""
+    _fingerprint: str | None = field(default=None, init=False, repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the pixels and ids (the corruption cache's key of these clean images), computed once."""
+        from cvplatform.evaluation.corruption_cache import pixels_fingerprint
+
+        if self._fingerprint is None:
+            self._fingerprint = pixels_fingerprint(self.images, self.ids)
+        return self._fingerprint
 
 
 @dataclass
@@ -68,12 +79,29 @@ class BuiltScenario:
     source: EvalImages
     note: str = ""
     """Why a scenario is empty (a slice that matched nothing, an empty curated list)."""
+    cache: CorruptionCache | None = None
+    """Where a corruption scenario's pixels are kept across runs (None: corrupt every time)."""
 
     def pixels(self, seed: int, subset: np.ndarray | None = None) -> np.ndarray:
-        """The uint8 pixels of this scenario (optionally only rows ``subset``); corruptions seeded per image."""
+        """The uint8 pixels of this scenario (optionally only rows ``subset``); corruptions seeded per image,
+        read from :attr:`cache` when an earlier run stored them (identical pixels either way)."""
+        import numpy as np
+
+        if self.scenario.kind == "corruption" and self.cache is not None and len(self.base):
+            import hashlib
+
+            from cvplatform.evaluation.corruption_cache import scenario_key
+
+            rows = np.ascontiguousarray(self.base, dtype=np.int64).tobytes()  # which of the split's images
+            clean = hashlib.sha256(self.source.fingerprint.encode() + rows).hexdigest()
+            key = scenario_key(clean, str(self.scenario.corruption), int(self.scenario.severity or 0), seed)
+            full = self.cache.get_or_compute(key, lambda: self._corrupt(self.base, seed))
+            return np.array(full if subset is None else full[subset])
+        return self._corrupt(self.base if subset is None else self.base[subset], seed)
+
+    def _corrupt(self, rows: np.ndarray, seed: int) -> np.ndarray:
         from cvplatform.evaluation.corruptions import apply_corruption
 
-        rows = self.base if subset is None else self.base[subset]
         imgs = self.source.images[rows]
         if self.scenario.kind == "corruption":
             ids = [self.source.ids[i] for i in rows]
@@ -256,6 +284,7 @@ def run_suite(
     seed: int,
     batch_size: int = 256,
     progress: str | None = None,
+    cache: CorruptionCache | None = None,
 ) -> list[ScenarioRun]:
     """Run every predictor on every scenario of a suite, on identical pixels.
 
@@ -270,6 +299,7 @@ def run_suite(
         seed: ``project.seed`` (corruptions are seeded by it and the image id).
         batch_size: Images per predictor call.
         progress: A stage name to log progress under (``None``: silent).
+        cache: Keeps corruption scenarios' pixels across runs (``evaluate.corruption_cache``); None = off.
 
     Returns:
         One :class:`ScenarioRun` per scenario, in suite order; an empty scenario has zero-row outputs.
@@ -282,6 +312,8 @@ def run_suite(
     from cvplatform.utils.logs import track
 
     built = build_scenarios(suite_path, scenarios, data, manifest, root, predictors[0])
+    for b in built:
+        b.cache = cache
     items = track(built, progress, unit="scenarios", logger=logging.getLogger(__name__)) if progress else built
     runs = []
     for b in items:

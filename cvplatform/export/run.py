@@ -457,6 +457,7 @@ def _try_int8(params: Params, paths: ProjectPaths, inp: _Inputs, par: _Parity, f
 def _quantize_and_decide(params: Params, paths: ProjectPaths, inp: _Inputs, par: _Parity, fp32_path: Path,
                          fp32_pred: Any, out_dir: Path, out: _Int8) -> None:
     """Fill ``out``: the quantized file, its parity with the checkpoint, the suite comparison and the decision."""
+    from cvplatform.evaluation.corruption_cache import open_cache
     from cvplatform.evaluation.predictors import OnnxPredictor
     from cvplatform.export.parity import run_parity
     from cvplatform.export.quantize import decide_int8, quantize_int8
@@ -498,6 +499,7 @@ def _quantize_and_decide(params: Params, paths: ProjectPaths, inp: _Inputs, par:
             fp32_pred, int8_pred, suite_path=paths.resolve(suite_ref), manifest_path=inp.manifest_path,
             split=params.evaluate.split, root=paths.root, seed=int(params.project.seed),
             batch_size=cfg.batch_size, max_images=cfg.int8.max_images, task=inp.task,
+            cache=open_cache(params.evaluate.corruption_cache, paths.root),
         )
         decision = decide_int8(comps, cfg.int8.max_drop)
         int8["decision"] = decision.to_dict()

@@ -19,7 +19,7 @@ from cvplatform.errors import ModelError
 from cvplatform.evaluation.suite_runner import load_images, run_suite, scenario_targets, select_split
 
 if TYPE_CHECKING:  # pragma: no cover
-
+    from cvplatform.evaluation.corruption_cache import CorruptionCache
     from cvplatform.evaluation.predictors import Predictor
     from cvplatform.tasks.base import Task
 
@@ -75,6 +75,7 @@ def compare_on_suite(
     batch_size: int = 256,
     max_images: int | None = None,
     task: Task | None = None,
+    cache: CorruptionCache | None = None,
 ) -> list[ScenarioComparison]:
     """Run both models on every scenario of a suite and compare them on the task's INT8 metric.
 
@@ -91,6 +92,7 @@ def compare_on_suite(
         root: Project root (image paths are relative to it).
         seed: ``project.seed`` (corruption seeds).
         max_images: At most N images of the split (first N by sha256).
+        cache: Corruption scenarios' pixels kept across runs (``evaluate.corruption_cache``); None = off.
         task: The project's task (``project.task``; default classification): its ``int8_score``
             (accuracy for classification) is each model's number, its ``agreement`` the share of
             images on which the two models agree.
@@ -131,7 +133,7 @@ def compare_on_suite(
     rows = select_split(manifest, split, max_images, source=str(manifest_path), key="evaluate.split")
     data = load_images(rows, root, reference, f"{manifest_path} (split {split!r})")
     runs = run_suite([reference, candidate], data, suite_path=suite_path, scenarios=scenarios, manifest=manifest,
-                     root=root, seed=seed, batch_size=batch_size)
+                     root=root, seed=seed, batch_size=batch_size, cache=cache)
     class_names = list(reference.class_names)
     spec = next((m for m in task.metrics if m.name == task.int8_metric), None)
     higher = spec.higher_is_better if spec is not None else True
