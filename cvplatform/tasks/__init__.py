@@ -27,6 +27,7 @@ from cvplatform.tasks.base import Agreement, MetricSpec, MonitorSpec, Task
 #: The tasks that ship with cvplatform: name -> "module:Class" (imported on first use).
 BUILTIN_TASKS: dict[str, str] = {
     "classification": "cvplatform.tasks.classification:ClassificationTask",
+    "detection": "cvplatform.tasks.detection:DetectionTask",
 }
 DEFAULT_TASK = "classification"
 ENTRY_POINT_GROUP = "cvplatform.tasks"

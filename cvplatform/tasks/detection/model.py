@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cvplatform.errors import ModelError
+from cvplatform.tasks.detection.postprocess import postprocess
 
 OUTPUT_NAMES: tuple[str, ...] = ("boxes", "scores", "labels")
 
@@ -207,33 +208,6 @@ class ExportedDetector(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return decode(self.net(x), self.stride_px, self.k)
-
-
-def postprocess(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, score_threshold: float = 0.3,
-                iou_threshold: float = 0.6, max_detections: int = 100) -> list[dict[str, np.ndarray]]:
-    """Per image: boxes scoring ``>= score_threshold``, duplicates of a better box of the same class
-    (IoU >= ``iou_threshold``) removed, best ``max_detections`` kept; sorted by score.
-
-    The one post-processing step of evaluation and serving (numpy, on the graph's outputs).
-    """
-    from cvplatform.tasks.detection.metrics import box_iou
-
-    out = []
-    for b, s, lab in zip(np.asarray(boxes), np.asarray(scores), np.asarray(labels), strict=True):
-        order = np.argsort(-s, kind="stable")
-        order = order[s[order] >= score_threshold]
-        keep: list[int] = []
-        for j in order:
-            if len(keep) >= max_detections:
-                break
-            same = [q for q in keep if lab[q] == lab[j]]
-            if same and box_iou(b[j][None], b[same]).max() >= iou_threshold:
-                continue
-            keep.append(int(j))
-        idx = np.asarray(keep, dtype=np.int64)
-        out.append({"boxes": b[idx].astype(np.float32).reshape(-1, 4), "scores": s[idx].astype(np.float32),
-                    "labels": lab[idx].astype(np.int64)})
-    return out
 
 
 __all__ = ["OUTPUT_NAMES", "CenterNet", "ExportedDetector", "backbone", "centernet_loss", "decode", "encode_targets",

@@ -1,0 +1,540 @@
+"""Object detection behind the task seam: :class:`DetectionTask` (``project.task: detection``).
+
+What the stages ask of it (docs/adr/0010-task-seam.md; the pieces are in this package):
+
+* **targets** (``target_kind = "boxes"``): an *annotation table* beside the manifest, one row per box with
+  the columns of :data:`~cvplatform.tasks.detection.annotations.BOX_COLUMNS` (``sha256, class, x0, y0, x1,
+  y1, area, iscrowd``; pixels of the stored image; parquet or CSV,
+  :func:`~cvplatform.tasks.detection.annotations.box_table` writes it). Each manifest row names its table in
+  the column :data:`ANNOTATIONS_COLUMN` (a path relative to the project root, like ``path``); the image's
+  boxes are the table's rows with its ``sha256`` (none: a background image). :meth:`DetectionTask.target_of`
+  gives ``{"boxes": (K, 4) float32, "labels": (K,) int64, "iscrowd": (K,) bool}``; ``collate`` stacks the
+  images and keeps the targets as a list;
+* **training**: :class:`~cvplatform.tasks.detection.module.DetectionModule` (CenterNet head, focal + L1 loss),
+  monitored on ``val_map`` (COCO mAP@[.5:.95]), ``val_map50`` or ``val_loss``;
+* **contract**: ONNX outputs ``boxes (N, K, 4)`` xyxy in input pixels, ``scores (N, K)``, ``labels (N, K)``:
+  the top-``K`` heatmap peaks decoded inside the graph; :func:`~cvplatform.tasks.detection.postprocess.postprocess`
+  (numpy) keeps those scoring ``>= score_threshold`` without same-class duplicates;
+* **agreement** (parity, INT8, canary shadow): F1 of the two models' boxes matched at IoU >= 0.5 with the same
+  class (``Agreement.n`` = boxes of both, ``agree`` = 2 x matched, so ``rate`` is that F1);
+* **evaluation**: COCO mAP, mAP50, mAP75, AP small/medium/large, AR@100 (:func:`~cvplatform.tasks.detection.metrics.coco_metrics`)
+  with percentile-bootstrap intervals over images; the champion comparison is a paired bootstrap of mAP50;
+* **serving**: ``{"detections": [{"class", "score", "box"}]}`` per image; ``decode_top`` = the best box's class
+  and score (``""`` and ``0.0`` without a box); OIP v2 ``boxes``, ``scores``, ``labels`` (class names) padded to
+  the batch's most detections, and ``num_detections``.
+
+Boxes are in the pixels of the network input (``input_size``), as the graph outputs them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cvplatform.errors import DataError, ModelError
+from cvplatform.tasks.base import Agreement, MetricSpec, MonitorSpec, Task
+
+#: The manifest column that names an image's annotation table (relative to the project root, or absolute).
+ANNOTATIONS_COLUMN = "annotations"
+#: The annotation table's usual file name, beside the manifest.
+ANNOTATIONS_FILE = "annotations.parquet"
+OUTPUTS: tuple[str, ...] = ("boxes", "scores", "labels")
+_REQUIRED = ("sha256", "class", "x0", "y0", "x1", "y1")
+
+
+# --------------------------------------------------------------------------- the annotation table
+@dataclass(frozen=True)
+class _ImageBoxes:
+    boxes: np.ndarray  # (K, 4) float32
+    classes: tuple[str, ...]
+    iscrowd: np.ndarray  # (K,) bool
+
+
+_NO_BOXES = _ImageBoxes(np.zeros((0, 4), np.float32), (), np.zeros(0, bool))
+
+
+def _table_path(row: Mapping[str, Any]) -> Path:
+    """The annotation table a manifest row names, resolved against the project root."""
+    ref = row.get(ANNOTATIONS_COLUMN)
+    if ref is None or (isinstance(ref, float) and math.isnan(ref)) or not str(ref).strip():
+        raise DataError(
+            f"{row.get('path', '?')}: the manifest row has no {ANNOTATIONS_COLUMN!r} value. A detection manifest "
+            f"names each image's annotation table there (usually {ANNOTATIONS_FILE} beside the manifest: one row per "
+            "box with sha256, class, x0, y0, x1, y1 in pixels, area, iscrowd). Re-run `cvplatform ingest` with "
+            "project.task: detection, or add the column."
+        )
+    p = Path(str(ref))
+    if p.is_absolute():
+        return p
+    rel, absolute = str(row.get("path") or ""), str(row.get("abs_path") or "")
+    root = Path.cwd()
+    if rel and absolute and Path(absolute).parts[-len(Path(rel).parts):] == Path(rel).parts:
+        root = Path(*Path(absolute).parts[:-len(Path(rel).parts)])  # the datamodule's project root
+    return root / p
+
+
+def _read_table(path: Path) -> Any:
+    import pandas as pd
+
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path, dtype={"sha256": str, "class": str})
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: the annotation table named by the manifest ({ANNOTATIONS_COLUMN!r} column) does not "
+                        "exist. Pull the data (`dvc pull`) or re-run `cvplatform ingest`.") from None
+    except Exception as exc:  # pyarrow / pandas parser errors
+        raise DataError(f"{path}: cannot read the annotation table ({type(exc).__name__}: {exc}); it must be parquet "
+                        "or CSV with columns sha256, class, x0, y0, x1, y1 (area, iscrowd optional).") from None
+
+
+@lru_cache(maxsize=8)
+def _load_table(path: str, mtime_ns: int, size: int) -> dict[str, _ImageBoxes]:
+    """sha256 -> the image's boxes; cached per file version (``mtime_ns``, ``size``)."""
+    df = _read_table(Path(path))
+    missing = [c for c in _REQUIRED if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: the annotation table lacks column(s) {missing} (has {list(df.columns)}); it needs "
+                        "sha256, class, x0, y0, x1, y1 in pixels (area, iscrowd optional).")
+    import pandas as pd
+
+    coords = df[["x0", "y0", "x1", "y1"]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(coords).all(axis=1) | (coords[:, 2] <= coords[:, 0]) | (coords[:, 3] <= coords[:, 1])
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: row {i} (image {str(df['sha256'].iloc[i])[:12]}, class {df['class'].iloc[i]!r}) has "
+                        f"box {coords[i].tolist()}: not finite or of zero size ({int(bad.sum())} such row(s)). Fix the "
+                        "annotations and re-run `cvplatform ingest`.")
+    crowd = df["iscrowd"].astype(bool).to_numpy() if "iscrowd" in df.columns else np.zeros(len(df), bool)
+    classes = df["class"].astype(str).to_numpy()
+    out: dict[str, _ImageBoxes] = {}
+    for sha, idx in df.groupby(df["sha256"].astype(str), sort=False).indices.items():
+        out[str(sha)] = _ImageBoxes(coords[idx].astype(np.float32), tuple(classes[idx]), crowd[idx])
+    return out
+
+
+def boxes_of(row: Mapping[str, Any], class_index: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """The target of one manifest row from its annotation table (see :meth:`DetectionTask.target_of`).
+
+    Raises:
+        DataError: no table named, the table missing or malformed, or a box of a class not in ``class_index``.
+    """
+    path = _table_path(row)
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    table = _load_table(str(path), st.st_mtime_ns if st else -1, st.st_size if st else -1)
+    found = table.get(str(row.get("sha256")), _NO_BOXES)
+    unknown = sorted(set(found.classes) - set(class_index))
+    if unknown:
+        raise DataError(f"{path}: image {row.get('path', row.get('sha256'))} has boxes of class(es) {unknown}, which "
+                        f"are not among the model's classes {list(class_index)}. Re-run `cvplatform ingest` so the "
+                        "class list and the annotation table agree.")
+    return {"boxes": found.boxes.copy(), "labels": np.asarray([class_index[c] for c in found.classes], np.int64),
+            "iscrowd": found.iscrowd.copy()}
+
+
+# --------------------------------------------------------------------------- outputs and targets as arrays
+def _arrays(outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.asarray(outputs["boxes"], np.float32), np.asarray(outputs["scores"], np.float32),
+            np.asarray(outputs["labels"]).astype(np.int64))
+
+
+def _truths(targets: Any) -> list[dict[str, np.ndarray]]:
+    """Targets as ``target_of`` gives them (any sequence of dicts) -> a list of numpy dicts."""
+    out = []
+    for i, t in enumerate(list(targets)):
+        if not isinstance(t, Mapping) or "boxes" not in t or "labels" not in t:
+            raise ModelError(f"detection target {i} is {type(t).__name__}, not a dict with 'boxes' and 'labels' "
+                             "(what DetectionTask.target_of returns).")
+        boxes = np.asarray(t["boxes"], np.float64).reshape(-1, 4)
+        crowd = t.get("iscrowd")
+        out.append({"boxes": boxes, "labels": np.asarray(t["labels"], np.int64).reshape(-1),
+                    "iscrowd": np.zeros(len(boxes), bool) if crowd is None else np.asarray(crowd, bool).reshape(-1)})
+    return out
+
+
+def _bootstrap(truth: Sequence[Mapping[str, Any]], preds: Sequence[Sequence[Mapping[str, Any]]],
+               class_names: Sequence[str], keys: Sequence[str], n_samples: int, seed: int
+               ) -> list[dict[str, list[float]]]:
+    """For each prediction set: metric -> its value on ``n_samples`` image resamples (the same resamples for
+    every set, so differences are paired). COCO-undefined values (no such objects) are left out."""
+    from cvplatform.tasks.detection.metrics import coco_metrics
+
+    rng = np.random.default_rng(seed)
+    n = len(truth)
+    out: list[dict[str, list[float]]] = [{k: [] for k in keys} for _ in preds]
+    for _ in range(max(int(n_samples), 0)):
+        idx = rng.integers(0, n, size=n)
+        t = [truth[i] for i in idx]
+        for acc, p in zip(out, preds, strict=True):
+            m = coco_metrics(t, [p[i] for i in idx], class_names)
+            for k in keys:
+                if m[k] is not None:
+                    acc[k].append(float(m[k]))
+    return out
+
+
+def _percentile(values: Sequence[float], confidence: float) -> tuple[float, float] | None:
+    if len(values) < 2:
+        return None
+    a = (1.0 - confidence) / 2
+    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
+
+
+@dataclass
+class DetectionResult:
+    """One scenario's outcome (the scenario-result protocol of :mod:`cvplatform.tasks.base`) plus what the
+    champion comparison, the gallery and the report need: the truth and the boxes of every image."""
+
+    name: str
+    kind: str
+    image_ids: list[str]
+    truth: list[dict[str, np.ndarray]]
+    preds: list[dict[str, np.ndarray]]
+    """Post-processed boxes scoring ``>= DetectionTask.eval_score_threshold`` (what COCO ranks)."""
+    values: dict[str, float | None] = field(default_factory=dict)
+    intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    note: str = ""
+    corruption: str | None = None
+    severity: int | None = None
+    class_names: tuple[str, ...] = ()
+    ap_per_class: dict[str, float | None] = field(default_factory=dict)
+    operating_point: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.image_ids)
+
+
+# --------------------------------------------------------------------------- the task
+class DetectionTask(Task):
+    """Boxes per image (see the module docstring)."""
+
+    name: ClassVar[str] = "detection"
+    description: ClassVar[str] = "object detection: class and box of every object (CenterNet, COCO mAP)"
+    interval_note: ClassVar[str] = ("percentile bootstrap over images (a COCO evaluation per resample, at most "
+                                    "max_bootstrap resamples); champion difference paired bootstrap of mAP50")
+    gallery_title: ClassVar[str] = "Worst images (most missed and false boxes)"
+    gallery_columns: ClassVar[tuple[str, str, str]] = ("objects", "detected", "errors")
+
+    #: Boxes scoring below this are not detections (decode, response, agreement, decode_top, the gallery).
+    score_threshold: ClassVar[float] = 0.3
+    #: Boxes scoring below this are not ranked by the COCO evaluation (mAP ranks every scored box).
+    eval_score_threshold: ClassVar[float] = 0.01
+    #: A box overlapping a better box of its class by at least this IoU is a duplicate.
+    duplicate_iou: ClassVar[float] = 0.6
+    max_detections: ClassVar[int] = 100
+    #: IoU at which two boxes are the same object (agreement, gallery errors).
+    match_iou: ClassVar[float] = 0.5
+    #: albumentations drops a box of which less than this share remains visible after a crop.
+    min_visibility: ClassVar[float] = 0.3
+    #: At most this many bootstrap resamples (each is a COCO evaluation of the scenario).
+    max_bootstrap: ClassVar[int] = 200
+
+    # ------------------------------------------------------------------ data
+    @property
+    def target_kind(self) -> str:
+        return "boxes"
+
+    def albumentations_targets(self) -> dict[str, Any]:
+        """``bbox_params``: pascal_voc boxes (xyxy pixels) with their ``labels``, dropped below ``min_visibility``."""
+        import albumentations as A
+
+        return {"bbox_params": A.BboxParams(format="pascal_voc", label_fields=["labels"],
+                                            min_visibility=self.min_visibility)}
+
+    def target_of(self, row: Mapping[str, Any], class_index: Mapping[str, int]) -> dict[str, np.ndarray]:
+        """The image's boxes from the annotation table the row names (:data:`ANNOTATIONS_COLUMN`), keyed by its
+        ``sha256``: ``{"boxes": (K, 4) float32 xyxy pixels, "labels": (K,) int64, "iscrowd": (K,) bool}``."""
+        return boxes_of(row, class_index)
+
+    def collate(self, batch: Sequence[tuple[Any, Any]]) -> tuple[Any, Any]:
+        """Images stacked ``(N, 3, H, W)``; targets stay a list of per-image dicts (``K`` varies)."""
+        import torch
+
+        return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
+
+    # ------------------------------------------------------------------ training
+    def build_module(self, **kwargs: Any) -> Any:
+        from cvplatform.tasks.detection.module import DetectionModule
+
+        return DetectionModule(**kwargs)
+
+    @property
+    def monitor(self) -> MonitorSpec:
+        return MonitorSpec({"val_map": "max", "val_map50": "max", "val_loss": "min"}, default="val_map")
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return OUTPUTS
+
+    def check_outputs(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]) -> None:
+        missing = [n for n in OUTPUTS if n not in outputs]
+        if missing:
+            raise ModelError(f"the model lacks output(s) {missing} (outputs: {sorted(outputs)}); a detection model "
+                             "returns boxes (N, K, 4), scores (N, K) and labels (N, K).")
+        b, s, lab = (np.shape(outputs[n]) for n in OUTPUTS)
+        if len(b) != 3 or b[2] != 4 or tuple(s) != tuple(b[:2]) or tuple(lab) != tuple(b[:2]):
+            raise ModelError(f"detection outputs of shapes boxes {tuple(b)}, scores {tuple(s)}, labels {tuple(lab)} do "
+                             "not fit: expected boxes (N, K, 4), scores (N, K), labels (N, K).")
+        labels = np.asarray(outputs["labels"])
+        if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)
+                            or not np.array_equal(labels, np.round(labels))):
+            raise ModelError(f"detection labels span [{labels.min()}, {labels.max()}] but there are "
+                             f"{len(class_names)} class names {list(class_names)}: labels must be integers in "
+                             f"[0, {len(class_names) - 1}].")
+
+    def detections(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str],
+                   score_threshold: float | None = None) -> list[dict[str, np.ndarray]]:
+        """Post-processed ``{"boxes", "scores", "labels"}`` per image (threshold: :attr:`score_threshold`)."""
+        from cvplatform.tasks.detection.postprocess import postprocess
+
+        self.check_outputs(outputs, class_names)
+        thr = self.score_threshold if score_threshold is None else score_threshold
+        return postprocess(*_arrays(outputs), score_threshold=thr, iou_threshold=self.duplicate_iou,
+                           max_detections=self.max_detections)
+
+    def decode(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]) -> list[dict[str, Any]]:
+        """Per image: ``detections`` (``[{"box": [x0, y0, x1, y1], "class", "score"}]``, best first) and the arrays."""
+        out = []
+        for d in self.detections(outputs, class_names):
+            dets = [{"box": [float(v) for v in b], "class": class_names[int(c)], "score": float(s)}
+                    for b, s, c in zip(d["boxes"], d["scores"], d["labels"], strict=True)]
+            out.append({"detections": dets, **d})
+        return out
+
+    def agreement(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> Agreement:
+        """F1 of the boxes matched at IoU >= :attr:`match_iou` with the same class (``rate`` = 2M / (R + C))."""
+        from cvplatform.tasks.detection.metrics import match
+        from cvplatform.tasks.detection.postprocess import postprocess
+
+        ra, ca = _arrays(reference), _arrays(candidate)
+        if ra[0].shape[0] != ca[0].shape[0]:
+            raise ModelError(f"cannot compare detections of {ra[0].shape[0]} and {ca[0].shape[0]} images.")
+        kw = {"score_threshold": self.score_threshold, "iou_threshold": self.duplicate_iou,
+              "max_detections": self.max_detections}
+        refs, cands = postprocess(*ra, **kw), postprocess(*ca, **kw)
+        matched = boxes = 0
+        disagree, diff, score_diff = [], 0.0, 0.0
+        for i, (r, c) in enumerate(zip(refs, cands, strict=True)):
+            to_ref, _ = match(r, c, self.match_iou)
+            m = int((to_ref >= 0).sum())
+            matched, boxes = matched + m, boxes + len(r["scores"]) + len(c["scores"])
+            if 2 * m != len(r["scores"]) + len(c["scores"]):
+                disagree.append(i)
+            if m:
+                j = np.flatnonzero(to_ref >= 0)
+                diff = max(diff, float(np.abs(c["boxes"][j] - r["boxes"][to_ref[j]]).max()))
+                score_diff = max(score_diff, float(np.abs(c["scores"][j] - r["scores"][to_ref[j]]).max()))
+        return Agreement(n=boxes, agree=2 * matched, max_abs_diff=diff,
+                         detail={"disagree_rows": disagree, "images": len(refs), "matched": matched,
+                                 "reference_boxes": sum(len(r["scores"]) for r in refs),
+                                 "candidate_boxes": sum(len(c["scores"]) for c in cands),
+                                 "max_score_diff": score_diff})
+
+    # ------------------------------------------------------------------ evaluation
+    @property
+    def metrics(self) -> tuple[MetricSpec, ...]:
+        return (
+            MetricSpec("map", headline=True, short="map", label="mAP",
+                       description="COCO mean average precision over IoU 0.50:0.95"),
+            MetricSpec("map50", headline=True, short="map50", label="mAP50", description="COCO AP at IoU 0.50"),
+            MetricSpec("map75", short="map75", label="mAP75", description="COCO AP at IoU 0.75"),
+            MetricSpec("map_small", short="map_small", label="AP small", description="COCO AP of objects < 32² px"),
+            MetricSpec("map_medium", short="map_medium", label="AP medium",
+                       description="COCO AP of objects 32²–96² px"),
+            MetricSpec("map_large", short="map_large", label="AP large", description="COCO AP of objects > 96² px"),
+            MetricSpec("mar_100", short="mar_100", label="AR@100",
+                       description="COCO average recall with 100 detections per image"),
+        )
+
+    def score(self, outputs: Mapping[str, np.ndarray], targets: Any, class_names: Sequence[str],
+              **options: Any) -> dict[str, Any]:
+        """COCO metrics (every :attr:`metrics` name, ``None`` where undefined), ``ap_per_class`` and ``n``."""
+        from cvplatform.tasks.detection.metrics import coco_metrics
+
+        truth = _truths(targets)
+        preds = self.detections(outputs, class_names, self.eval_score_threshold) if len(truth) else []
+        if len(preds) != len(truth):
+            raise ModelError(f"{len(preds)} predicted images but {len(truth)} targets; they must pair up.")
+        m = coco_metrics(truth, preds, class_names)
+        return {**{s.name: m[s.name] for s in self.metrics}, "ap_per_class": m["ap_per_class"], "n": len(truth)}
+
+    @property
+    def int8_metric(self) -> str:
+        return "map50"
+
+    def int8_score(self, outputs: Mapping[str, np.ndarray], targets: Any, class_names: Sequence[str]) -> float:
+        """mAP50 of the scenario (no intervals); NaN when its images hold no box."""
+        v = self.score(outputs, targets, class_names)["map50"]
+        return float("nan") if v is None else float(v)
+
+    def evaluate_scenario(self, name: str, kind: str, image_ids: Sequence[str], targets: Any,
+                          outputs: Mapping[str, np.ndarray], class_names: Sequence[str], **options: Any) -> Any:
+        """A :class:`DetectionResult`: COCO metrics with image-bootstrap intervals (``n_bootstrap`` resamples,
+        at most :attr:`max_bootstrap`), per-class AP and the F1-optimal operating point."""
+        from cvplatform.tasks.detection.metrics import coco_metrics, operating_point
+
+        truth = _truths(targets) if len(image_ids) else []
+        res = DetectionResult(name, kind, [str(i) for i in image_ids], truth, [], note=str(options.get("note") or ""),
+                              corruption=options.get("corruption"), severity=options.get("severity"),
+                              class_names=tuple(class_names))
+        keys = [m.name for m in self.metrics]
+        res.values = {k: None for k in keys}
+        res.intervals = {k: None for k in keys}
+        if not res.n:
+            return res
+        res.preds = self.detections(outputs, class_names, self.eval_score_threshold)
+        if len(res.preds) != res.n or len(truth) != res.n:
+            raise ModelError(f"scenario {name!r}: {res.n} images, {len(truth)} targets and {len(res.preds)} predicted "
+                             "images; they must pair up.")
+        m = coco_metrics(truth, res.preds, class_names)
+        res.values = {k: m[k] for k in keys}
+        res.ap_per_class = dict(m["ap_per_class"])
+        res.operating_point = operating_point(truth, res.preds, self.match_iou)
+        n_boot = min(int(options.get("n_bootstrap", 200)), self.max_bootstrap)
+        (samples,) = _bootstrap(truth, [res.preds], class_names, keys, n_boot, int(options.get("seed", 0)))
+        conf = float(options.get("confidence", 0.95))
+        res.intervals = {k: _percentile(samples[k], conf) if res.values[k] is not None else None for k in keys}
+        return res
+
+    # ------------------------------------------------------------------ gates and report
+    @property
+    def paired_metric(self) -> str:
+        return "mAP50"
+
+    def paired_delta(self, challenger: Any, champion: Any, *, n_bootstrap: int = 1000, confidence: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+        """mAP50 of the challenger minus the champion's on the same images, with a paired image bootstrap
+        (the same resamples for both; at most :attr:`max_bootstrap`). NaN when the images hold no box."""
+        if list(challenger.image_ids) != list(champion.image_ids):
+            raise ModelError(f"paired comparison needs the same images ({challenger.n} vs {champion.n}).")
+        a, b = challenger.values.get("map50"), champion.values.get("map50")
+        if a is None or b is None:
+            return float("nan"), float("nan"), float("nan")
+        ch, cp = _bootstrap(challenger.truth, [challenger.preds, champion.preds], challenger.class_names, ["map50"],
+                            min(int(n_bootstrap), self.max_bootstrap), seed)
+        deltas = [x - y for x, y in zip(ch["map50"], cp["map50"], strict=True)]
+        lo_hi = _percentile(deltas, confidence) or (float("nan"), float("nan"))
+        return float(a - b), lo_hi[0], lo_hi[1]
+
+    def scenario_extras(self, result: Any) -> dict[str, Any]:
+        return {"operating_point": dict(result.operating_point)} if result.operating_point else {}
+
+    def _errors(self, result: DetectionResult, i: int) -> tuple[int, int, int]:
+        """(objects, detections at :attr:`score_threshold`, missed + false boxes) of image ``i``."""
+        from cvplatform.tasks.detection.metrics import match
+
+        p = result.preds[i]
+        keep = p["scores"] >= self.score_threshold
+        det = {k: v[keep] for k, v in p.items()}
+        to_truth, taken = match(result.truth[i], det, self.match_iou)
+        return len(taken), len(to_truth), int((to_truth < 0).sum() + (~taken).sum())
+
+    def worst_images(self, result: Any, class_names: Sequence[str], k: int) -> list[tuple[int, str, str, float]]:
+        """Images with the most missed objects plus false boxes (at :attr:`score_threshold`), ties by image id."""
+        if k <= 0 or not result.n or not result.preds:
+            return []
+        rows = [(i, *self._errors(result, i)) for i in range(result.n)]
+        rows = sorted((r for r in rows if r[3] > 0), key=lambda r: (-r[3], result.image_ids[r[0]]))[:k]
+        return [(i, f"{n_obj} objects", f"{n_det} boxes", float(err)) for i, n_obj, n_det, err in rows]
+
+    def report_details(self, result: Any, class_names: Sequence[str], plots_dir: Any) -> dict[str, Any]:
+        """Tables: AP per class, and precision / recall / F1 at the F1-optimal score threshold."""
+        if not result.n:
+            return {}
+
+        def f(v: float | None) -> str:
+            return "—" if v is None else f"{float(v):.4f}"
+
+        per_class = [[c, f(result.ap_per_class.get(c))] for c in class_names]
+        op = result.operating_point
+        point = [[f(op.get("threshold")), f(op.get("precision")), f(op.get("recall")), f(op.get("f1"))]] if op else []
+        return {"tables": [("AP per class (clean)", ["class", "AP@[.5:.95]"], per_class),
+                           ("Operating point (clean, IoU 0.5, F1-optimal threshold)",
+                            ["score threshold", "precision", "recall", "F1"], point)]}
+
+    # ------------------------------------------------------------------ serving, monitoring
+    def response(self, prediction: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
+        return {"detections": [dict(d) for d in prediction["detections"]]}
+
+    def prediction_signal(self, prediction: Mapping[str, Any]) -> dict[str, float]:
+        scores = [float(d["score"]) for d in prediction["detections"]]
+        return {"boxes": float(len(scores)), "mean_score": float(np.mean(scores)) if scores else 0.0}
+
+    def decode_top(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """The class and score of each image's best box (``""`` and ``0.0`` when none reaches :attr:`score_threshold`).
+
+        Example:
+            >>> out = {"boxes": np.zeros((2, 2, 4)), "scores": np.array([[0.2, 0.9], [0.1, 0.2]]),
+            ...        "labels": np.array([[0, 1], [1, 0]])}
+            >>> classes, conf = DetectionTask().decode_top(out, ["cat", "dog"])
+            >>> classes.tolist(), conf.tolist()
+            (['dog', ''], [0.9, 0.0])
+        """
+        self.check_outputs(outputs, class_names)
+        _, scores, labels = _arrays(outputs)
+        n = scores.shape[0]
+        if scores.shape[1] == 0:
+            return np.full(n, "", dtype=object), np.zeros(n, np.float64)
+        best = scores.argmax(axis=1)
+        conf = scores[np.arange(n), best].astype(np.float64)
+        names = np.asarray([*class_names, ""], dtype=object)
+        hit = conf >= self.score_threshold
+        return names[np.where(hit, labels[np.arange(n), best], len(class_names))], np.where(hit, conf, 0.0)
+
+    def tensor_output_specs(self, class_names: Sequence[str]) -> list[dict[str, Any]]:
+        return [{"name": "boxes", "datatype": "FP32", "shape": [-1, -1, 4]},
+                {"name": "scores", "datatype": "FP32", "shape": [-1, -1]},
+                {"name": "labels", "datatype": "BYTES", "shape": [-1, -1]},
+                {"name": "num_detections", "datatype": "INT32", "shape": [-1]}]
+
+    def tensor_outputs(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str],
+                       wanted: Sequence[str]) -> list[dict[str, Any]]:
+        """The detections padded to the batch's most boxes (``num_detections`` per image; padding: zero boxes
+        and scores, empty labels)."""
+        dets = self.detections(outputs, class_names)
+        n, k = len(dets), max((len(d["scores"]) for d in dets), default=0)
+        boxes, scores = np.zeros((n, k, 4), np.float32), np.zeros((n, k), np.float32)
+        labels = np.full((n, k), "", dtype=object)
+        for i, d in enumerate(dets):
+            m = len(d["scores"])
+            boxes[i, :m], scores[i, :m] = d["boxes"], d["scores"]
+            labels[i, :m] = [class_names[int(c)] for c in d["labels"]]
+        made = {"boxes": ("FP32", boxes), "scores": ("FP32", scores), "labels": ("BYTES", labels),
+                "num_detections": ("INT32", np.asarray([len(d["scores"]) for d in dets], np.int32))}
+        out: list[dict[str, Any]] = []
+        for w in wanted:
+            if w not in made:
+                raise ModelError(f"detection has no output {w!r}; choose from {list(made)}.")
+            dtype, arr = made[w]
+            data = arr.ravel().tolist() if dtype == "BYTES" else arr.ravel()
+            out.append({"name": w, "datatype": dtype, "shape": list(arr.shape), "data": data})
+        return out
+
+    # ------------------------------------------------------------------ review
+    def summary_lines(self, scenarios: Mapping[str, Any], class_names: Sequence[str]) -> list[str]:
+        names = ", ".join(f"`{c}`" for c in class_names)
+        lines = [f"- **task**: {self.name} (boxes per image); **{len(class_names)} classes**: {names}"]
+        clean = scenarios.get("clean") or {}
+        if clean:
+            def num(k: str) -> str:
+                v = clean.get(k)
+                return "—" if v is None else f"{float(v):.4f}"
+            lines.append(f"- **clean**: mAP {num('map')}, mAP50 {num('map50')}, mAP75 {num('map75')}, "
+                         f"AR@100 {num('mar_100')}")
+        return lines
+
+
+__all__ = ["ANNOTATIONS_COLUMN", "ANNOTATIONS_FILE", "DetectionResult", "DetectionTask", "boxes_of"]
