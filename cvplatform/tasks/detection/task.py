@@ -480,7 +480,7 @@ class DetectionTask(Task):
             >>> out = {"boxes": np.zeros((2, 2, 4)), "scores": np.array([[0.2, 0.9], [0.1, 0.2]]),
             ...        "labels": np.array([[0, 1], [1, 0]])}
             >>> classes, conf = DetectionTask().decode_top(out, ["cat", "dog"])
-            >>> classes.tolist(), conf.tolist()
+            >>> classes.tolist(), conf.round(3).tolist()
             (['dog', ''], [0.9, 0.0])
         """
         self.check_outputs(outputs, class_names)
