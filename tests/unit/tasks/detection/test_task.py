@@ -234,3 +234,12 @@ def test_decode_top_and_tensor_outputs():
     np.testing.assert_allclose(np.asarray(got["boxes"]["data"]).reshape(3, 2, 4)[2, 0], C)
     with pytest.raises(ModelError, match="no output 'logits'"):
         t.tensor_outputs(out, CLASSES, ["logits"])
+
+
+def test_params_select_detection_with_its_monitored_metrics(make_params):
+    from cvplatform.errors import ConfigError
+
+    p = make_params("project.task=detection", "train.monitor=val_map50", "train.mode=max")
+    assert p.project.task == "detection"
+    with pytest.raises(ConfigError, match="val_acc.*detection.*val_map, val_map50, val_loss"):
+        make_params("project.task=detection", "train.monitor=val_acc", "train.mode=max")

@@ -1,0 +1,60 @@
+"""The real server (``build_app``) for ``project.task: detection`` serves an exported detector: ``/v1/predict``
+answers the task's detections, the statistics record ``decode_top``'s classes, and OIP v2 offers and returns the
+task's padded ``boxes`` / ``scores`` / ``labels`` / ``num_detections``."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+
+from cvplatform.tasks import get_task
+from tests.fixtures.serving_models import colour_image, encode_png
+
+TOKEN = "unit-tests-admin-token-0123456789abcdef"
+
+
+def test_the_server_answers_detections(tmp_path, make_params, detection_onnx):
+    from fastapi.testclient import TestClient
+
+    from cvplatform.preprocess import PreprocessContract, preprocess
+    from cvplatform.runtime import open_model
+    from cvplatform.serving.app import build_app
+
+    task, names = get_task("detection"), detection_onnx.class_names
+    serving_yaml = tmp_path / "serving.yaml"
+    serving_yaml.write_text("models:\n  poll_interval_s: 0\n")
+    params = make_params("project.task=detection", "train.monitor=val_map", "train.mode=max",
+                         "monitor.log_requests=false")
+    app = build_app(params, root=tmp_path, model=detection_onnx.path, config_path=serving_yaml, admin_token=TOKEN)
+    assert app.state.cv.task is task
+    images = [colour_image(i, seed=i) for i in range(3)]
+    # what the server should answer: the task's decoding of the runtime's outputs on the contract's preprocessing
+    runtime = open_model(detection_onnx.path)
+    contract = PreprocessContract.from_metadata(dict(runtime.session.get_modelmeta().custom_metadata_map))
+    expected = task.decode(runtime.forward(preprocess(images, contract)), names)
+    assert sum(len(e["detections"]) for e in expected) > 0
+    with TestClient(app) as c:
+        r = c.post("/v1/predict", files=[("files", (f"{i}.png", encode_png(im), "image/png"))
+                                         for i, im in enumerate(images)])
+        assert r.status_code == 200, r.text
+        preds = r.json()["predictions"]
+        for p, e in zip(preds, expected, strict=True):
+            assert [d["class"] for d in p["detections"]] == [d["class"] for d in e["detections"]]
+            np.testing.assert_allclose([d["box"] for d in p["detections"]], e["boxes"].reshape(-1, 4), atol=1e-3)
+            assert p["variant"] == "champion"
+        classes = c.get("/admin/stats", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        top = [e["detections"][0]["class"] if e["detections"] else "" for e in expected]
+        assert classes["variants"]["champion"]["classes"] == {k: top.count(k) for k in set(top)}
+
+        meta = c.get("/v2/models/cvplatform").json()
+        assert meta["outputs"] == task.tensor_output_specs(names)
+        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [3],
+                            "data": [base64.b64encode(encode_png(im)).decode() for im in images]}]}
+        r = c.post("/v2/models/cvplatform/infer", json=body)
+        assert r.status_code == 200, r.text
+        out = {o["name"]: o for o in r.json()["outputs"]}
+        counts = [len(e["detections"]) for e in expected]
+        assert out["num_detections"]["data"] == counts and out["boxes"]["shape"] == [3, max(counts), 4]
+        labels = np.asarray(out["labels"]["data"], dtype=object).reshape(3, max(counts))
+        assert labels[0, :counts[0]].tolist() == [d["class"] for d in expected[0]["detections"]]
