@@ -181,16 +181,24 @@ def decode(outputs: Mapping[str, Tensor], stride: int, k: int = 100) -> tuple[Te
     """The ``k`` best heatmap peaks as ``boxes (N, k, 4)`` xyxy input pixels, ``scores (N, k)``, ``labels (N, k)``.
 
     Only exportable tensor ops (sigmoid, MaxPool, TopK, Gather): this runs inside the ONNX graph.
+
+    Peaks are ranked by their logit (a sigmoid saturates to equal scores); cells that are no peak (score 0)
+    fill the tail of the ``k`` in index order, so every runtime returns the same tail (TopK breaks ties among
+    equal values in no defined order, and the export's parity gate compares the raw outputs).
     """
-    hm = torch.sigmoid(outputs["heatmap"])
-    n, c, gh, gw = hm.shape
-    peaks = hm * (F.max_pool2d(hm, 3, stride=1, padding=1) == hm).to(hm.dtype)
+    logits = outputs["heatmap"]
+    n, c, gh, gw = logits.shape
+    is_peak = (F.max_pool2d(logits, 3, stride=1, padding=1) == logits).reshape(n, -1)
+    flat = logits.reshape(n, -1)
+    index = torch.arange(c * gh * gw, dtype=logits.dtype, device=logits.device)
+    key = torch.where(is_peak, flat.clamp(min=-1e3), -1e4 - index)  # integers below 2**24 are exact in float32
     k = min(k, c * gh * gw)
-    scores, idx = torch.topk(peaks.reshape(n, -1), k)
+    _, idx = torch.topk(key, k)
+    scores = torch.sigmoid(torch.gather(flat, 1, idx)) * torch.gather(is_peak, 1, idx).to(logits.dtype)
     labels = idx // (gh * gw)
     cell = idx % (gh * gw)
-    ys = (cell // gw).to(hm.dtype)
-    xs = (cell % gw).to(hm.dtype)
+    ys = (cell // gw).to(logits.dtype)
+    xs = (cell % gw).to(logits.dtype)
     size = torch.gather(outputs["size"].reshape(n, 2, -1), 2, cell.unsqueeze(1).expand(n, 2, k)).exp()
     off = torch.gather(outputs["offset"].reshape(n, 2, -1), 2, cell.unsqueeze(1).expand(n, 2, k))
     cx = (xs + off[:, 0]) * stride

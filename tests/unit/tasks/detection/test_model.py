@@ -94,3 +94,18 @@ def test_training_steps_reduce_the_loss_on_a_tiny_batch():
         opt.step()
         losses.append(float(out["loss"].detach()))
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_cells_that_are_no_peak_fill_the_tail_in_index_order_with_score_zero():
+    heat = torch.full((1, 2, 4, 4), -5.0)
+    heat[0, 0] = torch.arange(16, dtype=torch.float32).reshape(4, 4) - 20.0  # a rising ramp: its last cell is the peak
+    heat[0, 1, 2, 1] = 3.0  # one clear peak; flat cells away from it are their own 3x3 maximum (peaks too)
+    outputs = {"heatmap": heat, "size": torch.zeros(1, 2, 4, 4), "offset": torch.zeros(1, 2, 4, 4)}
+    boxes, scores, labels = decode(outputs, stride=4, k=32)
+    cx, cy = (boxes[0, :, 0] + boxes[0, :, 2]) / 2, (boxes[0, :, 1] + boxes[0, :, 3]) / 2
+    index = (labels[0] * 16 + (cy / 4).round().long() * 4 + (cx / 4).round().long()).tolist()
+    near = [16 + r * 4 + c for r in (1, 2, 3) for c in (0, 1, 2) if (r, c) != (2, 1)]  # beside the class-1 peak
+    assert index[0] == 16 + 9 and scores[0, 0] == pytest.approx(float(torch.sigmoid(torch.tensor(3.0))))
+    assert sorted(index[:9]) == sorted([15, 25, *(i for i in range(16, 32) if i not in near and i != 25)])
+    assert index[9:] == [*range(15), *near]  # the 23 no-peak cells, in index order
+    assert scores[0, 9:].tolist() == [0.0] * 23 and bool((scores[0, :9] > 0).all())

@@ -1,0 +1,52 @@
+"""The exported detector through the evaluation and export stages' multi-output functions: ``OnnxPredictor``
+returns the three outputs by name, ``task.evaluate_scenario`` scores them against the annotation-table targets,
+and the parity gate (``compare_outputs``) judges ONNX against PyTorch with the task's agreement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cvplatform.evaluation.predictors import OnnxPredictor
+from cvplatform.export.parity import compare_outputs
+from cvplatform.preprocess import PreprocessContract, preprocess
+from cvplatform.tasks import get_task
+
+
+def _images(n: int) -> np.ndarray:
+    return np.random.default_rng(5).integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+
+
+def test_predictor_outputs_score_through_evaluate_scenario(detection_onnx):
+    task, names = get_task("detection"), detection_onnx.class_names
+    pred = OnnxPredictor(detection_onnx.path, task=task)
+    images = _images(6)
+    out = pred.predict(images, batch_size=4)
+    assert list(out) == list(task.output_names) and out["labels"].dtype == np.int64
+    assert out["boxes"].shape == (6, 20, 4)
+    # ground truth = the model's own detections on images 0..2 (perfect there), nothing found on 3..5 is missed
+    dets = task.detections(out, names)
+    targets = np.asarray([{"boxes": d["boxes"], "labels": d["labels"]} for d in dets[:3]]
+                         + [{"boxes": np.array([[1.0, 1.0, 9.0, 9.0]]), "labels": np.array([0])}] * 3, dtype=object)
+    res = task.evaluate_scenario("clean", "clean", [f"i{i}" for i in range(6)], targets, out, names, n_bootstrap=10)
+    found = sum(len(d["scores"]) for d in dets[:3])
+    assert found > 0 and res.values["map50"] is not None
+    # every detected truth box is found with the top score of its image set; the 3 planted boxes are missed
+    assert res.operating_point["recall"] == pytest.approx(found / (found + 3))
+    assert res.values["map50"] < 1.0
+
+
+def test_parity_of_onnx_against_pytorch_passes_with_the_task_agreement(detection_onnx):
+    task, names = get_task("detection"), detection_onnx.class_names
+    images = _images(4)
+    pred = OnnxPredictor(detection_onnx.path, task=task)
+    cand = pred.predict(images)
+    contract = PreprocessContract((32, 32), (0.5,) * 3, (0.5,) * 3, tuple(names))
+    with torch.no_grad():
+        ref = {n: t.numpy() for n, t in zip(task.output_names, detection_onnx.net(torch.from_numpy(
+            preprocess(list(images), contract))), strict=True)}
+    r = compare_outputs(ref, cand, ids=[f"i{i}" for i in range(4)], paths=[f"{i}.png" for i in range(4)],
+                        labels=["x"] * 4, class_names=names, atol=1e-3, min_agreement=1.0, task=task)
+    assert r.passed, r.reasons
+    assert r.n == 4
