@@ -28,7 +28,6 @@ Boxes are in the pixels of the network input (``input_size``), as the graph outp
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,8 +61,10 @@ _NO_BOXES = _ImageBoxes(np.zeros((0, 4), np.float32), (), np.zeros(0, bool))
 
 def _table_path(row: Mapping[str, Any]) -> Path:
     """The annotation table a manifest row names, resolved against the project root."""
+    import pandas as pd
+
     ref = row.get(ANNOTATIONS_COLUMN)
-    if ref is None or (isinstance(ref, float) and math.isnan(ref)) or not str(ref).strip():
+    if ref is None or (pd.api.types.is_scalar(ref) and pd.isna(ref)) or not str(ref).strip():
         raise DataError(
             f"{row.get('path', '?')}: the manifest row has no {ANNOTATIONS_COLUMN!r} value. A detection manifest "
             f"names each image's annotation table there (usually {ANNOTATIONS_FILE} beside the manifest: one row per "

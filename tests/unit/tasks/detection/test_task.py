@@ -243,3 +243,9 @@ def test_params_select_detection_with_its_monitored_metrics(make_params):
     assert p.project.task == "detection"
     with pytest.raises(ConfigError, match="val_acc.*detection.*val_map, val_map50, val_loss"):
         make_params("project.task=detection", "train.monitor=val_acc", "train.mode=max")
+
+
+@pytest.mark.parametrize("missing", [None, float("nan"), pd.NA, "  "])
+def test_a_row_without_a_table_is_a_data_error(missing):
+    with pytest.raises(DataError, match="a.png: the manifest row has no 'annotations' value"):
+        DetectionTask().target_of({"path": "a.png", "sha256": "aaa", "annotations": missing}, INDEX)
