@@ -249,3 +249,30 @@ def test_params_select_detection_with_its_monitored_metrics(make_params):
 def test_a_row_without_a_table_is_a_data_error(missing):
     with pytest.raises(DataError, match="a.png: the manifest row has no 'annotations' value"):
         DetectionTask().target_of({"path": "a.png", "sha256": "aaa", "annotations": missing}, INDEX)
+
+
+def test_a_detection_suite_gates_on_map_and_compares_the_champion(tmp_path):
+    import yaml
+
+    from cvplatform.errors import ConfigError
+    from cvplatform.evaluation.gates import check_gates
+    from cvplatform.evaluation.scenarios import load_suite
+
+    t = DetectionTask()
+    suite = {"name": "det", "min_pass_rate": 1.0, "scenarios": [
+        {"name": "clean", "kind": "clean", "level": "must_pass", "min_map50": 0.9, "min_map": 0.5, "max_drop": 0.1}]}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite), encoding="utf-8")
+    policy = load_suite(path, task=t).policy(n_bootstrap=20)
+    worse_out = _outputs([[(A, 0.9, 0)], [(C, 0.7, 1)]])  # misses B, C of the wrong class: mAP50 about 0.25
+    good = {"clean": t.evaluate_scenario("clean", "clean", ["i0", "i1"], TRUTH, PERFECT, CLASSES, n_bootstrap=20)}
+    worse = {"clean": t.evaluate_scenario("clean", "clean", ["i0", "i1"], TRUTH, worse_out, CLASSES, n_bootstrap=20)}
+    passed = check_gates(good, policy, worse, task=t)
+    failed = check_gates(worse, policy, good, task=t)
+    checks = {c.name: c for c in failed.checks}
+    assert passed.passed and not failed.passed
+    assert checks["min_map50"].status == "failed" and checks["min_map50"].value == pytest.approx(worse["clean"].values["map50"])
+    assert checks["champion_regression"].status == "failed" and "mAP50 change vs champion" in checks["champion_regression"].reason
+    path.write_text(yaml.safe_dump({**suite, "scenarios": [{**suite["scenarios"][0], "min_accuracy": 0.9}]}))
+    with pytest.raises(ConfigError, match="min_accuracy: unknown key.*min_map50"):
+        load_suite(path, task=t)
