@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from cvplatform.config import StrictModel
 from cvplatform.errors import ConfigError, DataError
@@ -248,6 +248,7 @@ class ScenarioSuite(StrictModel):
     """Thresholds applied to every scenario that does not set the key itself."""
     scenarios: tuple[ScenarioSpec, ...] = ()
     """The scenarios, in report order."""
+    _curated_defaults: dict[str, float] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ScenarioSuite:
@@ -272,6 +273,17 @@ class ScenarioSuite(StrictModel):
                                  f"with itself; use {absolute} there")
         return self
 
+    @model_validator(mode="after")
+    def _task_defaults(self, info: ValidationInfo) -> ScenarioSuite:
+        """Remember the task's thresholds for curated scenarios (``context={"task": ...}``; default task else)."""
+        task = (info.context or {}).get("task")
+        if task is None:
+            from cvplatform.tasks import get_task
+
+            task = get_task()
+        self._curated_defaults = dict(task.curated_defaults)
+        return self
+
     def _gate(self, spec: ScenarioSpec) -> ScenarioGate:
         values: dict[str, Any] = {}
         for key in ("level", *_THRESHOLDS):
@@ -279,9 +291,10 @@ class ScenarioSuite(StrictModel):
                 values[key] = getattr(spec, key)
             else:
                 values[key] = getattr(self.defaults, key)
-        if spec.kind == "curated" and "min_accuracy" not in spec.model_fields_set:
-            values["min_accuracy"] = 1.0  # every listed image must be classified correctly
         values.update({k: v for k, v in (self.defaults.model_extra or {}).items()})
+        if spec.kind == "curated":  # the task's floors for a list of images the model must get right
+            own = set(spec.model_fields_set) | set(spec.model_extra or {})
+            values.update({k: v for k, v in self._curated_defaults.items() if k not in own})
         values.update({k: v for k, v in (spec.model_extra or {}).items()})
         if values["level"] is None:
             values["level"] = "warn"
@@ -353,7 +366,7 @@ def load_suite(path: str | os.PathLike[str], task: Task | None = None) -> Scenar
 
     _check_gate_keys(data, source, task or get_task())
     try:
-        return ScenarioSuite.model_validate(data)
+        return ScenarioSuite.model_validate(data, context={"task": task or get_task()})
     except ValidationError as exc:
         raise ConfigError(_format_suite_error(exc, source, data)) from None
 

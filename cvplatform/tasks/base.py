@@ -281,6 +281,9 @@ class Task(ABC):
 
     #: How the report describes the intervals (after "intervals (95%):").
     interval_note: ClassVar[str] = "percentile bootstrap over images; champion difference paired bootstrap"
+    #: Thresholds a ``curated`` scenario gets unless it sets them (a curated list holds images the model must
+    #: get right): classification's ``{"min_accuracy": 1.0}``. Keys must be the task's gate keys.
+    curated_defaults: ClassVar[Mapping[str, float]] = {}
     #: The report's gallery: its title and the column names of ``worst_images``' expected, predicted, score.
     gallery_title: ClassVar[str] = "Worst images"
     gallery_columns: ClassVar[tuple[str, str, str]] = ("expected", "predicted", "score")

@@ -82,6 +82,7 @@ class ClassificationTask(Task):
     description: ClassVar[str] = "one label per image (softmax over class logits)"
     interval_note: ClassVar[str] = ("accuracy and recall Wilson score; macro-F1 percentile bootstrap; "
                                     "champion difference paired bootstrap")
+    curated_defaults: ClassVar[Mapping[str, float]] = {"min_accuracy": 1.0}  # every listed image right
     gallery_title: ClassVar[str] = "Worst failures (most confident wrong predictions)"
     gallery_columns: ClassVar[tuple[str, str, str]] = ("true", "predicted", "confidence")
 

@@ -66,6 +66,27 @@ def test_expansion_defaults_and_overrides():
     assert list(pol.scenarios) == list(sc) and pol.seed == 3 and pol.n_bootstrap == 50
 
 
+def test_a_curated_scenario_gets_the_tasks_floors(tmp_path):
+    """Curated lists take their default floor from the task: classification's min_accuracy 1.0, another
+    task's own keys (here the brightness task's max_mae) — never classification's."""
+    from tests.fixtures.tasks.brightness import BrightnessTask
+
+    class StrictBrightness(BrightnessTask):
+        curated_defaults = {"max_mae": 0.01}
+
+    suite = {"scenarios": [{"name": "clean", "kind": "clean"},
+                           {"name": "cur", "kind": "curated", "hashes_file": "x.txt"},
+                           {"name": "own", "kind": "curated", "hashes_file": "x.txt", "max_mae": 0.2}]}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    gates = {s.name: s.gate for s in load_suite(path, StrictBrightness()).expand()}
+    assert gates["cur"].thresholds()["max_mae"] == 0.01 and gates["own"].thresholds()["max_mae"] == 0.2
+    assert gates["cur"].min_accuracy is None and "max_mae" not in gates["clean"].thresholds()
+    suite["scenarios"] = suite["scenarios"][:2]
+    path.write_text(yaml.safe_dump(suite))
+    assert {s.name: s.gate.min_accuracy for s in load_suite(path).expand()} == {"clean": None, "cur": 1.0}
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
