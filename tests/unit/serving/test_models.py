@@ -34,7 +34,7 @@ def test_load_onnx_reads_the_contract_and_predicts(tmp_path):
     assert m.contract.input_size == (16, 16) and m.class_names == ("red", "green", "blue")
     assert (m.input_name, m.output_name) == ("input", "logits")
     x = preprocess([colour_image(i) for i in range(3)], m.contract)
-    logits = m.forward(x)
+    logits = m.forward(x)["logits"]  # forward returns every output by name
     assert logits.shape == (3, 3)
     classes, confidences = get_task().decode_top({"logits": logits}, m.class_names)
     assert list(classes) == ["red", "green", "blue"] and ((confidences > 1 / 3) & (confidences <= 1)).all()
