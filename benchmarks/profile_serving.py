@@ -18,8 +18,16 @@ asyncio), then the functions with the most own time. The profiler slows Python c
 code, so read the shares, not the absolute microseconds. Time inside the loop itself (libuv's
 polling and C-level I/O in uvloop's ``run_until_complete``) is reported apart, not as a share.
 
+With ``--asgi`` the app is called in this process as uvicorn would call it (no sockets, no HTTP
+parsing, no load-generating process): fewer parts move, so two versions of the request path
+compare better on a busy machine; the framework share then leaves out uvicorn and httptools.
+
+The profiler's own cost per Python call (a system call per event with ``--timer cpu``) inflates
+call-heavy code such as Pillow's plugins; the unprofiled loop CPU per request is the number to
+compare, the shares say where to look.
+
 Usage:  .venv/bin/python benchmarks/profile_serving.py [--duration 5] [--concurrency 8]
-        [--images-per-request 1] [--top 25] [--out profile.json]
+        [--images-per-request 1] [--asgi] [--timer cpu|wall] [--top 25] [--out profile.json]
 """
 
 from __future__ import annotations
@@ -164,6 +172,83 @@ def drive(server: object, root: Path, size: int, args: argparse.Namespace, resul
         server.should_exit = True  # type: ignore[attr-defined]
 
 
+def _profile_http(root: Path, model: Path, size: int, args: argparse.Namespace, result: dict) -> None:
+    """The real server (uvicorn + the app) on this thread; the load from a separate process (:func:`drive`)."""
+    import asyncio
+
+    server, run = _serve(root, model)
+    original_startup = server.startup  # type: ignore[attr-defined]
+
+    async def startup(*a: object, **kw: object) -> None:  # note the loop uvicorn runs on
+        result["loop"] = asyncio.get_running_loop()
+        await original_startup(*a, **kw)
+
+    server.startup = startup  # type: ignore[attr-defined]
+    side = threading.Thread(target=drive, args=(server, root, size, args, result), daemon=True)
+    side.start()
+    run()
+    side.join(60)
+
+
+def _profile_asgi(root: Path, model: Path, args: argparse.Namespace, result: dict) -> None:
+    """``--asgi``: the app called in this process as uvicorn calls it (no sockets, no HTTP parsing, no load
+    generator competing for the cores), ``--concurrency`` requests at a time, for ``--duration`` seconds twice."""
+    import asyncio
+
+    import serving as bench
+
+    from cvplatform.config import load_params
+    from cvplatform.serving.app import build_app
+
+    app = build_app(load_params(root / "params.yaml"), root=root, model=model, config_path=root / "serving.yaml")
+    png = (root / "image.png").read_bytes()
+    if args.images_per_request == 1:
+        body, ctype = png, "image/png"
+    else:
+        body, ctype = bench.multipart_body([png] * args.images_per_request)
+    headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode())]
+
+    async def call() -> None:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/predict", "raw_path": b"/v1/predict", "query_string": b"",
+                 "root_path": "", "headers": headers, "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 1),
+                 "state": {}}
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        status: list[int] = []
+
+        async def receive() -> dict:
+            return messages.pop() if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        await app(scope, receive, send)
+        if status != [200]:
+            raise RuntimeError(f"/v1/predict answered {status}")
+
+    async def window(seconds: float) -> int:
+        n, end = 0, time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            await asyncio.gather(*(call() for _ in range(args.concurrency)))
+            n += args.concurrency
+        return n
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app):
+            await window(1.0)  # warm-up
+            t0, w0 = time.thread_time(), time.perf_counter()
+            n = await window(args.duration)
+            cpu, wall = time.thread_time() - t0, time.perf_counter() - w0
+            result["unprofiled"] = {"requests": n, "requests_per_s": round(n / wall, 1),
+                                    "loop_cpu_us_per_request": round(1e6 * cpu / n, 1)}
+            result["profiler"].enable()
+            result["profiled_requests"] = await window(args.duration)
+            result["profiler"].disable()
+
+    asyncio.run(run())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of load per window (two windows)")
@@ -174,35 +259,28 @@ def main() -> None:
     ap.add_argument("--timer", choices=["cpu", "wall"], default="cpu",
                     help="cpu: the loop thread's CPU time (waits for the GIL, held by the batcher or the request-log "
                          "writer, are not charged to whatever function was running); wall: cProfile's default clock")
+    ap.add_argument("--asgi", action="store_true",
+                    help="call the app in this process (no uvicorn, no sockets, no load-generating process): the "
+                         "steadiest number for comparing two versions of the request path on a busy machine")
     ap.add_argument("--top", type=int, default=25, help="functions listed by own time")
     ap.add_argument("--out", default=None, help="also write the numbers as JSON here")
     args = ap.parse_args()
-
-    import asyncio
 
     import serving as bench
 
     arch, _, size_text = args.model.partition(":")
     size = int(size_text or 32)
+    profiler = cProfile.Profile(time.thread_time_ns, 1e-9) if args.timer == "cpu" else cProfile.Profile()
+    result: dict = {"profiler": profiler}
     with tempfile.TemporaryDirectory(prefix="cvplatform-profile-serving-") as tmp:
         root, model, _cfg = bench.make_project(arch, size, Path(tmp), args.threads, [])
-        server, run = _serve(root, model)
-        profiler = (cProfile.Profile(time.thread_time_ns, 1e-9) if args.timer == "cpu" else cProfile.Profile())
-        result: dict = {"profiler": profiler}
-        original_startup = server.startup  # type: ignore[attr-defined]
-
-        async def startup(*a: object, **kw: object) -> None:  # note the loop uvicorn runs on
-            result["loop"] = asyncio.get_running_loop()
-            await original_startup(*a, **kw)
-
-        server.startup = startup  # type: ignore[attr-defined]
-        side = threading.Thread(target=drive, args=(server, root, size, args, result), daemon=True)
-        side.start()
-        run()
-        side.join(60)
+        if args.asgi:
+            _profile_asgi(root, model, args, result)
+        else:
+            _profile_http(root, model, size, args, result)
     stats = pstats.Stats(result["profiler"])
     requests = int(result.get("profiled_requests", 0))
-    report = {"model": args.model, "timer": args.timer, "concurrency": args.concurrency, "images_per_request": args.images_per_request,
+    report = {"model": args.model, "mode": "asgi" if args.asgi else "http", "timer": args.timer, "concurrency": args.concurrency, "images_per_request": args.images_per_request,
               "duration_s": args.duration, "unprofiled": result.get("unprofiled"), "profiled_requests": requests,
               **breakdown(stats, requests), "top_own_time": top_functions(stats, args.top)}
     print(f"unprofiled: {report['unprofiled']}")
