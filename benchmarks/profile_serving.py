@@ -95,7 +95,9 @@ def breakdown(stats: pstats.Stats, requests: int) -> dict:
     parts["framework and the rest (uvicorn, Starlette, FastAPI, asyncio, route code)"] = {
         "share": round((busy - counted) / busy, 4) if busy else None,
         "us_per_request_profiled": round(1e6 * (busy - counted) / max(1, requests), 1)}
-    return {"profiled_python_s": round(busy, 3), "loop_idle_and_c_io_s": round(idle, 3), "parts": parts}
+    calls = sum(v[1] for v in raw.values())
+    return {"profiled_python_s": round(busy, 3), "loop_idle_and_c_io_s": round(idle, 3),
+            "calls_per_request": round(calls / max(1, requests)), "parts": parts}
 
 
 def top_functions(stats: pstats.Stats, n: int) -> list[dict]:
@@ -285,7 +287,8 @@ def main() -> None:
               **breakdown(stats, requests), "top_own_time": top_functions(stats, args.top)}
     print(f"unprofiled: {report['unprofiled']}")
     print(f"profiled: {requests} requests, {report['profiled_python_s']} s of Python on the loop thread "
-          f"(+ {report['loop_idle_and_c_io_s']} s idle / C-level I/O inside the loop)")
+          f"(+ {report['loop_idle_and_c_io_s']} s idle / C-level I/O inside the loop), "
+          f"{report['calls_per_request']} function calls per request")
     for part, v in report["parts"].items():
         print(f"  {100 * (v['share'] or 0):5.1f} %  {v['us_per_request_profiled']:8.1f} us/request  {part}")
     print("functions by own time:")
