@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/inference.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/serving.py --threads 0 --out benchmarks/results/serving-threads0.json
+	$(BIN)/python benchmarks/serving.py --hot-path
 	$(BIN)/python benchmarks/dag_parse.py
 
 # A real local Airflow 3 (api-server, scheduler, dag-processor, triggerer) on SQLite, bound to 127.0.0.1:

@@ -29,9 +29,16 @@ HTTP work and the load generator. Models: the platform default (``small_cnn`` at
 0.2 ms per image) and a compute-bound one (``resnet`` depth 18 at 64x64). Weights are random
 (speed does not depend on them).
 
+``--hot-path`` measures only the per-request hot path: one 32x32 PNG per request (``image/png``
+body) at concurrency 8 against the real server, and the raw session at batch 1, ``--repeats``
+times in the same run, with req/s, the ratio, p50/p95/p99 and the server process's CPU per
+request (``benchmarks/profile_serving.py`` shows where that CPU goes).
+
 Usage:  .venv/bin/python benchmarks/serving.py [--duration 5] [--concurrency 1 4 16]
         [--images-per-request 1 16] [--inputs png fp32] [--threads 1]
         [--models small_cnn:32 resnet:64] [--out benchmarks/results/serving.json]
+        .venv/bin/python benchmarks/serving.py --hot-path [--models small_cnn:32] [--repeats 3]
+        [--out benchmarks/results/serving-hot-path.json]
 """
 
 from __future__ import annotations
@@ -200,14 +207,9 @@ def raw_throughput(model_path: Path, size: int, batch: int, duration: float, thr
             "latency_ms": {"p50": pct(lat, 50), "p95": pct(lat, 95), "p99": pct(lat, 99)}}
 
 
-def _measure_level(url: str, model: Path, image: Path, size: int, inputs: str, c: int, k: int, duration: float,
-                   threads: int, allow_spinning: bool, arch: str) -> dict:
-    """One level: ``c`` concurrent clients sending ``k`` images (``inputs`` png) or preprocessed rows
-    (``inputs`` fp32) per request, then the raw session at the batch size the server formed meanwhile."""
-    import httpx
-
-    model_name = httpx.get(f"{url}/", timeout=30).json()["model"]
-    before = batch_counts(url)
+def run_load_gen(url: str, image: Path, inputs: str, c: int, k: int, duration: float, model_name: str,
+                 size: int) -> dict:
+    """Run the load generator (a separate process) for ``duration`` seconds; its requests, errors and latencies."""
     proc = subprocess.run(
         [sys.executable, __file__, "--load-gen", "--url", url, "--image", str(image), "--concurrency", str(c),
          "--images-per-request", str(k), "--duration", str(duration), "--inputs", inputs, "--model-name",
@@ -216,7 +218,24 @@ def _measure_level(url: str, model: Path, image: Path, size: int, inputs: str, c
     )
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
-    res = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from ``/proc/<pid>/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measure_level(url: str, model: Path, image: Path, size: int, inputs: str, c: int, k: int, duration: float,
+                   threads: int, allow_spinning: bool, arch: str) -> dict:
+    """One level: ``c`` concurrent clients sending ``k`` images (``inputs`` png) or preprocessed rows
+    (``inputs`` fp32) per request, then the raw session at the batch size the server formed meanwhile."""
+    import httpx
+
+    model_name = httpx.get(f"{url}/", timeout=30).json()["model"]
+    before = batch_counts(url)
+    res = run_load_gen(url, image, inputs, c, k, duration, model_name, size)
     after = batch_counts(url)
     batches, images = after[0] - before[0], after[1] - before[1]
     mean_batch = images / batches if batches else 1.0
@@ -240,14 +259,16 @@ def _measure_level(url: str, model: Path, image: Path, size: int, inputs: str, c
     return level
 
 
-def bench_model(arch: str, size: int, inputs: list[str], levels: list[int], per_request: list[int], duration: float,
-                work: Path, threads: int, serving_overrides: list[str]) -> dict:
+def make_project(arch: str, size: int, work: Path, threads: int, serving_overrides: list[str]
+                 ) -> tuple[Path, Path, dict]:
+    """A project root to serve from: the exported model, the repository's params.yaml, the serving
+    config with ``serving_overrides`` and one random ``image.png`` at the model's size.
+    Returns (root, model path, serving config)."""
     import numpy as np
     import yaml
     from PIL import Image
 
     from cvplatform.config import apply_overrides, read_yaml
-    from cvplatform.serving.local import LocalServer
 
     root = work / f"{arch}_{size}"
     root.mkdir()
@@ -258,6 +279,14 @@ def bench_model(arch: str, size: int, inputs: list[str], levels: list[int], per_
     (root / "serving.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     img = np.random.default_rng(1).integers(0, 255, (size, size, 3), dtype=np.uint8)
     Image.fromarray(img).save(root / "image.png")
+    return root, model, cfg
+
+
+def bench_model(arch: str, size: int, inputs: list[str], levels: list[int], per_request: list[int], duration: float,
+                work: Path, threads: int, serving_overrides: list[str]) -> dict:
+    from cvplatform.serving.local import LocalServer
+
+    root, model, cfg = make_project(arch, size, work, threads, serving_overrides)
     out = {"arch": arch, "input": [size, size], "kwargs": MODEL_KWARGS.get(arch, {}), "levels": []}
     with LocalServer(root, model=model, config=root / "serving.yaml") as srv:
         for kind in inputs:
@@ -267,6 +296,71 @@ def bench_model(arch: str, size: int, inputs: list[str], levels: list[int], per_
                         srv.url, model, root / "image.png", size, kind, c, k, duration, threads,
                         bool(cfg["models"].get("allow_spinning", False)), arch))
     return out
+
+
+HOT_PATH_CONCURRENCY = 8
+
+
+def _hot_path_run(url: str, pid: int, root: Path, model: Path, size: int, duration: float, threads: int,
+                  spinning: bool, model_name: str) -> dict:
+    """One hot-path measurement: 1 PNG per request at concurrency 8, then the raw session at batch 1."""
+    cpu0 = process_cpu_s(pid)
+    res = run_load_gen(url, root / "image.png", "png", HOT_PATH_CONCURRENCY, 1, duration, model_name, size)
+    server_cpu = process_cpu_s(pid) - cpu0
+    raw = raw_throughput(model, size, 1, duration, threads, spinning)
+    lat = res["latencies_ms"]
+    handled = res["requests"] + res["errors"] + 3  # + the load generator's warm-up requests
+    served = {"requests_per_s": round(res["requests"] / res["seconds"], 1), "requests": res["requests"],
+              "errors": res["errors"],
+              "latency_ms": {"p50": pct(lat, 50), "p95": pct(lat, 95), "p99": pct(lat, 99)},
+              "server_cpu_ms_per_request": round(1000 * server_cpu / handled, 3)}
+    ratio = served["requests_per_s"] / raw["images_per_s"] if raw["images_per_s"] else None
+    run = {"served": served, "raw_session_batch1": raw, "served_over_raw": round(ratio, 3) if ratio else None}
+    print(f"hot path: served {served['requests_per_s']:>7.1f} req/s (p50 {served['latency_ms']['p50']} ms, "
+          f"p95 {served['latency_ms']['p95']} ms, p99 {served['latency_ms']['p99']} ms, server CPU "
+          f"{served['server_cpu_ms_per_request']} ms/request) | raw session batch 1: {raw['images_per_s']:>7.1f}/s "
+          f"| ratio {run['served_over_raw']}", flush=True)
+    return run
+
+
+def hot_path(args: argparse.Namespace) -> dict:
+    """``--hot-path``: one 32x32 PNG per request at concurrency 8 through ``/v1/predict`` of the real server,
+    against the raw onnxruntime session at batch 1, ``--repeats`` times in one run (median reported)."""
+    import httpx
+
+    from cvplatform.serving.local import LocalServer
+
+    arch, _, size_text = args.models[0].partition(":")
+    size = int(size_text or 32)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="cvplatform-bench-hot-path-") as tmp:
+        root, model, cfg = make_project(arch, size, Path(tmp), args.threads, args.overrides)
+        spinning = bool(cfg["models"].get("allow_spinning", False))
+        with LocalServer(root, model=model, config=root / "serving.yaml") as srv:
+            assert srv.proc is not None
+            name = httpx.get(f"{srv.url}/", timeout=30).json()["model"]
+            for _ in range(args.repeats):
+                runs.append(_hot_path_run(srv.url, srv.proc.pid, root, model, size, args.duration, args.threads,
+                                          spinning, name))
+    ratios = [r["served_over_raw"] or 0.0 for r in runs]
+    median = sorted(runs, key=lambda r: r["served_over_raw"] or 0.0)[len(runs) // 2]
+    return {
+        "what": "hot path: one PNG per request (/v1/predict, image/png body) at concurrency 8 from a separate "
+                "load-generating process, vs the raw onnxruntime session at batch 1 in the same run",
+        "model": {"arch": arch, "input": [size, size], "kwargs": MODEL_KWARGS.get(arch, {})},
+        "concurrency": HOT_PATH_CONCURRENCY, "duration_s": args.duration, "threads": args.threads,
+        "overrides": args.overrides, "runs": runs,
+        "median": {"served_requests_per_s": median["served"]["requests_per_s"],
+                   "raw_batch1_per_s": median["raw_session_batch1"]["images_per_s"],
+                   "served_over_raw": median["served_over_raw"], "latency_ms": median["served"]["latency_ms"],
+                   "server_cpu_ms_per_request": statistics.median(
+                       r["served"]["server_cpu_ms_per_request"] for r in runs)},
+        "served_over_raw_range": [min(ratios), max(ratios)],
+        "notes": ["server_cpu_ms_per_request: user + system CPU of the server process (every thread: event loop, "
+                  "micro-batcher, request-log writer) while the load generator ran, per request handled.",
+                  "Each run measures the served requests first, then the raw session, so the two never compete "
+                  "for the cores; the median is the run with the median ratio."],
+    }
 
 
 def json_over_binary(levels: list[dict]) -> list[dict]:
@@ -304,13 +398,21 @@ def main() -> None:
                     help="onnxruntime intra-op threads (server and raw); 0 = onnxruntime's default (one per core)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="serving.yaml override, e.g. --set batching.max_wait_ms=5")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serving.json"))
+    ap.add_argument("--hot-path", action="store_true",
+                    help="measure only the hot path: 1 PNG per request at concurrency 8 vs the raw session at "
+                         "batch 1 (first --models entry; default out: results/serving-hot-path.json)")
+    ap.add_argument("--repeats", type=int, default=3, help="--hot-path: measurements in the run (median reported)")
+    ap.add_argument("--out", default=None, help="results file (default results/serving.json, or "
+                                                "results/serving-hot-path.json with --hot-path)")
     args = ap.parse_args()
     if args.load_gen:
         args.concurrency = args.concurrency[0]
         load_gen_main(args)
         return
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if args.hot_path:
+        _write(hot_path(args), args.out or REPO / "benchmarks" / "results" / "serving-hot-path.json")
+        return
     import onnxruntime as ort
 
     from cvplatform.serving.schemas import load_serving_config
@@ -355,7 +457,11 @@ def main() -> None:
         "in server and client); micro-batching several rows per request (or many concurrent requests) is "
         "what lets serving keep up with the model.",
     ]
-    out = Path(args.out)
+    _write(results, args.out or REPO / "benchmarks" / "results" / "serving.json")
+
+
+def _write(results: dict, path: str | Path) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")

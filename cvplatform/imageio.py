@@ -9,8 +9,9 @@ those ingest stores images with (:func:`cvplatform.data.ingest.normalise_image`)
 * the file is read with Pillow; its **header is read once** (:func:`read_header`: format and
   size, nothing decoded) so a caller can check pixel budgets *before* any pixel is decoded
   (decompression-bomb guard; Pillow's own bomb warning is an error here);
-* :meth:`ImageHeader.decode` verifies the file on that header object (truncated or corrupt files
-  are refused), decodes it fully, applies the **EXIF orientation** and converts it with
+* :meth:`ImageHeader.decode` verifies the file (truncated or corrupt files are refused; PNG chunk
+  CRCs as Pillow's ``verify()`` checks them), decodes **that same header object** fully (one parse,
+  one decode), applies the **EXIF orientation** and converts it with
   :func:`cvplatform.data.ingest.to_rgb_array`: transparency composited on white, 16-bit greyscale
   scaled to 8 bits, palette / CMYK / greyscale to RGB.
 
@@ -57,6 +58,11 @@ def _bomb_guard() -> Iterator[None]:
 class ImageHeader:
     """An encoded image whose header (format, size) has been read; :meth:`decode` reads the pixels.
 
+    The Pillow image opened for the header is the one decoded: the file is parsed once. Its format,
+    size, mode and transparency are kept as plain attributes, and :meth:`decode` lets go of the
+    Pillow image (and its pixel buffer) as soon as the RGB array is made, so a header kept until the
+    request is answered holds no pixels.
+
     Example:
         >>> from PIL import Image
         >>> buf = io.BytesIO(); Image.new("RGB", (4, 3), (255, 0, 0)).save(buf, "PNG")
@@ -65,45 +71,50 @@ class ImageHeader:
         ('PNG', (4, 3), 12, (3, 4, 3))
     """
 
-    __slots__ = ("_header", "data", "format", "where")
+    __slots__ = ("_image", "data", "format", "has_transparency", "mode", "size", "where")
 
-    def __init__(self, data: bytes, header: Any, where: str) -> None:
+    def __init__(self, data: bytes, image: Any, where: str) -> None:
         self.data = data
-        self._header = header
-        self.format: str = header.format or "unknown"
+        self._image = image
+        """The opened Pillow image (header read, no pixel decoded); None once :meth:`decode` took it."""
+        self.format: str = image.format or "unknown"
+        w, h = image.size
+        self.size: tuple[int, int] = (int(w), int(h))
+        """``(width, height)`` as stored (before EXIF orientation)."""
+        self.mode: str = str(image.mode)
+        self.has_transparency: bool = "transparency" in (getattr(image, "info", None) or {})
+        """Whether the header declares a transparency key (palette/greyscale ``tRNS``)."""
         self.where = where
 
     @classmethod
     def of(cls, header: ImageHeader) -> Any:
-        """The same opened header as an instance of ``cls`` (a subclass adding its own error mapping)."""
-        return cls(header.data, header._header, header.where)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(width, height)`` as stored (before EXIF orientation)."""
-        w, h = self._header.size
-        return int(w), int(h)
+        """The same opened header as an instance of ``cls`` (a subclass adding its own error mapping);
+        the Pillow image moves to the new object."""
+        out = cls.__new__(cls)
+        for name in ImageHeader.__slots__:
+            setattr(out, name, getattr(header, name))
+        header._image = None
+        return out
 
     @property
     def pixels(self) -> int:
         w, h = self.size
         return w * h
 
-    @property
-    def mode(self) -> str:
-        return str(self._header.mode)
+    def _opened(self) -> Any:
+        """The opened Pillow image, handed over once (a second decode opens the bytes again)."""
+        from PIL import Image
 
-    @property
-    def has_transparency(self) -> bool:
-        """Whether the header declares a transparency key (palette/greyscale ``tRNS``)."""
-        return "transparency" in (getattr(self._header, "info", None) or {})
+        img, self._image = self._image, None
+        return img if img is not None else Image.open(io.BytesIO(self.data))
 
     def decode(self) -> np.ndarray:
         """Verify and decode the file into an HxWx3 uint8 RGB array, or raise :class:`ImageDecodeError`.
 
-        ``verify()`` runs on the header object read by :func:`read_header`; Pillow cannot decode an
-        image object after verifying it, so the pixels are read from a second ``Image.open`` of the
-        same bytes.
+        The file is verified as Pillow's ``verify()`` does (PNG: every chunk's CRC from the image data
+        to ``IEND``, by Pillow's own ``ChunkStream.verify`` on a separate stream; the other formats'
+        ``verify()`` checks nothing), then the header's own image object is decoded: one parse of the
+        header, one decode of the pixels.
         """
         from PIL import Image, ImageOps
 
@@ -112,8 +123,8 @@ class ImageHeader:
         fmt = self.format
         with _bomb_guard():
             try:
-                self._header.verify()
-                img = Image.open(io.BytesIO(self.data))
+                img = self._opened()
+                _verify(img, self.data)
                 img.load()
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise ImageDecodeError("too_large", str(exc)) from None
@@ -130,6 +141,25 @@ class ImageHeader:
             raise ImageDecodeError("unsupported_mode", exc.detail) from None
         except Exception as exc:
             raise ImageDecodeError("unsupported_mode", f"cannot convert to RGB ({exc})") from None
+
+
+def _verify(img: Any, data: bytes) -> None:
+    """What Pillow's ``img.verify()`` checks, without consuming ``img`` (it can still be decoded).
+
+    Only PNG's ``verify()`` checks anything (``PngImageFile.verify``: from the first image-data
+    chunk, every chunk's CRC up to ``IEND``, a truncated file is an error); the base
+    ``ImageFile.verify()`` of every other format only closes the file. The same Pillow check runs
+    here on its own stream over ``data``.
+    """
+    from PIL import PngImagePlugin
+
+    if not isinstance(img, PngImagePlugin.PngImageFile):
+        return
+    fp = io.BytesIO(data)
+    fp.seek(img.tile[0][2] - 8)  # back up to the beginning of the first IDAT chunk, as verify() does
+    stream = PngImagePlugin.ChunkStream(fp)
+    stream.verify()
+    stream.close()
 
 
 def read_header(data: bytes, *, where: str = "image") -> ImageHeader:

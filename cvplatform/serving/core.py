@@ -100,8 +100,12 @@ class ServerState:
         self.metrics.request_latency.labels(endpoint, variant).observe(time.perf_counter() - t0)
 
 
-def get_state(request: Request) -> ServerState:
-    """FastAPI dependency: the :class:`ServerState` of the app serving ``request``."""
+async def get_state(request: Request) -> ServerState:
+    """FastAPI dependency: the :class:`ServerState` of the app serving ``request``.
+
+    A coroutine on purpose: FastAPI runs a plain ``def`` dependency in its threadpool, one thread hop
+    per request for an attribute lookup.
+    """
     return request.app.state.cv
 
 
@@ -141,10 +145,23 @@ def _same_contract(a: ModelHandle, b: ModelHandle) -> bool:
     return _contract_key(a) == _contract_key(b)
 
 
-async def _prepare(images: list[np.ndarray], handle: ModelHandle) -> np.ndarray:
+async def _prepare(images: list[np.ndarray], handle: ModelHandle, inline_max_pixels: int) -> np.ndarray:
+    """Preprocess decoded images for ``handle``: on the event loop when the work is small (the same
+    ``batching.inline_decode_max_pixels`` budget as decoding: source + model-input pixels), else in a
+    worker thread."""
+    import numpy as np
+
     from cvplatform.preprocess import preprocess
 
-    return await asyncio.to_thread(preprocess, images, handle.model.contract)
+    contract = handle.model.contract
+    h, w = contract.input_size
+    try:
+        work = sum(int(np.shape(im)[0]) * int(np.shape(im)[1]) for im in images) + len(images) * int(h) * int(w)
+    except (IndexError, TypeError, ValueError):  # not images: preprocess, in its thread, says what is wrong
+        work = inline_max_pixels + 1
+    if work <= inline_max_pixels:
+        return preprocess(images, contract)
+    return await asyncio.to_thread(preprocess, images, contract)
 
 
 def _decode_and_preprocess(opened: list[OpenedImage], contract: Any) -> tuple[list[np.ndarray], np.ndarray]:
@@ -196,7 +213,7 @@ class RequestInputs:
                 imgs, x = await asyncio.to_thread(_decode_and_preprocess, opened, contract)
             self.images = imgs
         else:
-            x = await _prepare(self.images or [], h)
+            x = await _prepare(self.images or [], h, self.state.config.batching.inline_decode_max_pixels)
         self.prepared[key] = x
         return x
 
@@ -357,7 +374,9 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
     """Score a mirrored request with ``handle`` (``x``: its input when already prepared) and record agreement."""
 
     async def prepare() -> np.ndarray:
-        return x if x is not None else await _prepare(images or [], handle)
+        if x is not None:
+            return x
+        return await _prepare(images or [], handle, state.config.batching.inline_decode_max_pixels)
 
     try:
         raw, ms, timing = await handle.prepare_and_infer(prepare)

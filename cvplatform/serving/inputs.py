@@ -25,7 +25,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cvplatform.imageio import ImageDecodeError, ImageHeader, read_header
@@ -163,9 +163,12 @@ FILE_FIELDS: tuple[str, ...] = ("files", "file")
 def multipart_files(body: bytes, content_type: str, limits: LimitsConfig) -> list[bytes]:
     r"""The image files of a ``multipart/form-data`` body (``files`` / ``file`` parts), in order.
 
-    Parsed in memory with python-multipart's streaming parser: the body is already in memory
-    (bounded by ``limits.max_body_bytes``), so no part is spooled to a temporary file. Other
-    fields are ignored (at most ``max_images + 16`` of them).
+    The body is already in memory (bounded by ``limits.max_body_bytes``): :func:`_multipart_parts`
+    finds the delimiters with ``bytes.find`` and each file part is one slice of the body (no
+    per-chunk copies, nothing spooled to a temporary file). It accepts and refuses what
+    python-multipart's ``MultipartParser`` (used before, with the same header limits) does. Other
+    fields are ignored (at most ``max_images + 16`` of them). A body that ends inside a part keeps
+    the parts completed before it.
 
     Errors: ``invalid_multipart`` (400: no boundary, malformed body, a text field where a file is
     expected), ``no_images`` (400), ``too_many_images`` (413).
@@ -176,74 +179,168 @@ def multipart_files(body: bytes, content_type: str, limits: LimitsConfig) -> lis
         >>> multipart_files(body, "multipart/form-data; boundary=b", LimitsConfig())
         [b'PNGDATA']
     """
-    from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+    from python_multipart.multipart import parse_options_header
 
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
         raise ServingError(400, "invalid_multipart", "multipart body: the Content-Type has no boundary.")
+    if len(boundary) > _MAX_BOUNDARY:
+        raise ServingError(400, "invalid_multipart", f"multipart body: the boundary has {len(boundary)} "
+                                                     f"characters, at most {_MAX_BOUNDARY} are accepted.")
     files: list[bytes] = []
     others = 0
-    state: dict[str, Any] = {"header": b"", "value": b"", "disposition": b"", "data": None}
-
-    def on_part_begin() -> None:
-        state.update(disposition=b"", data=None)
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["header"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        if state["header"].lower() == b"content-disposition":
-            state["disposition"] = state["value"]
-        state.update(header=b"", value=b"")
-
-    def on_headers_finished() -> None:
-        nonlocal others
-        _, opts = parse_options_header(state["disposition"])
-        name = opts.get(b"name", b"").decode("utf-8", "replace")
-        if name in FILE_FIELDS:
-            if b"filename" not in opts:
-                raise ServingError(400, "invalid_multipart",
-                                   f"part {len(files)} of {name!r} is a text field, not a file upload.")
-            if len(files) >= limits.max_images:
-                raise ServingError(413, "too_many_images",
-                                   f"more than limits.max_images = {limits.max_images} files in one request.")
-            state["data"] = bytearray()
-        else:
-            others += 1
-            if others > limits.max_images + 16:
-                raise ServingError(400, "invalid_multipart", "multipart body: too many fields.")
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        if state["data"] is not None:
-            state["data"] += data[start:end]
-
-    def on_part_end() -> None:
-        if state["data"] is not None:
-            files.append(bytes(state["data"]))
-            state["data"] = None
-
-    callbacks = {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
-                 "on_header_value": on_header_value, "on_header_end": on_header_end,
-                 "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
-                 "on_part_end": on_part_end}
+    is_file = False
     try:
-        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
-        parser.write(body)
-        parser.finalize()
-    except ServingError:
-        raise
-    except MultipartParseError as exc:
+        for disposition, start, end in _multipart_parts(body, boundary):
+            if end >= 0:  # the part's data is complete
+                if is_file:
+                    files.append(body[start:end])
+                continue
+            _, opts = parse_options_header(disposition)  # the part's headers are complete
+            name = opts.get(b"name", b"").decode("utf-8", "replace")
+            is_file = name in FILE_FIELDS
+            if is_file:
+                if b"filename" not in opts:
+                    raise ServingError(400, "invalid_multipart",
+                                       f"part {len(files)} of {name!r} is a text field, not a file upload.")
+                if len(files) >= limits.max_images:
+                    raise ServingError(413, "too_many_images",
+                                       f"more than limits.max_images = {limits.max_images} files in one request.")
+            else:
+                others += 1
+                if others > limits.max_images + 16:
+                    raise ServingError(400, "invalid_multipart", "multipart body: too many fields.")
+    except _MultipartError as exc:
         raise ServingError(400, "invalid_multipart", f"multipart body cannot be parsed ({exc}).") from None
-    except Exception as exc:
-        raise ServingError(400, "invalid_multipart",
-                           f"multipart body cannot be parsed ({type(exc).__name__}: {exc}).") from None
     if not files:
         raise ServingError(400, "no_images", "multipart body has no 'files' part; send files=@image.png.")
     return files
+
+
+_MAX_BOUNDARY = 256
+_MAX_PART_HEADERS = 8
+_MAX_HEADER_BYTES = 4224
+"""python-multipart's limits: boundary length, headers per part, bytes per header line."""
+_TOKEN = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~"
+
+
+class _MultipartError(ValueError):
+    """A malformed multipart body (the message says what and at which byte)."""
+
+
+class _BodyEnds(Exception):
+    """The body ends inside a part: parsing stops, the parts completed before it count."""
+
+
+def _multipart_parts(body: bytes, boundary: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """Walk a multipart body: per part, ``(content-disposition, -1, -1)`` once its headers are read, then
+    ``(b"", start, end)`` once its data ``body[start:end]`` is complete. Raises :class:`_MultipartError`."""
+    delim = b"--" + boundary
+    n = len(body)
+    p = 0
+    if n and body[0] in b"\r\n":  # leading newlines (and what follows them up to the first '-') are skipped
+        p = body.find(b"-")
+        if p < 0:
+            return
+    if not body.startswith(delim, p):
+        if delim.startswith(body[p : p + len(delim)]):
+            return  # the body ends inside the first delimiter
+        raise _MultipartError(f"expected the boundary at byte {p}")
+    p += len(delim)
+    if body.startswith(b"--", p):
+        return  # an empty message
+    if body.startswith(b"\r\n", p):
+        p += 2
+    elif p + (body[p : p + 1] in (b"\r", b"-")) >= n:
+        return
+    else:
+        raise _MultipartError(f"no CRLF after the boundary at byte {p}")
+    sep = b"\r\n" + delim
+    try:
+        while True:
+            disposition, start = _part_headers(body, p)
+            yield disposition, -1, -1
+            end, p = _part_end(body, start, sep)
+            yield b"", start, end
+            if p < 0:
+                return
+    except _BodyEnds:
+        return
+
+
+def _part_headers(body: bytes, h: int) -> tuple[bytes, int]:
+    """A part's headers from byte ``h``: its Content-Disposition value and where its data starts."""
+    n = len(body)
+    disposition = b""
+    count = 0
+    while True:
+        if body.startswith(b"\r\n", h):
+            return disposition, h + 2
+        if h >= n or (body[h] == 13 and h + 1 >= n):
+            raise _BodyEnds
+        if body[h] == 13:
+            raise _MultipartError(f"no LF at the end of the part headers at byte {h + 1}")
+        count += 1
+        if count > _MAX_PART_HEADERS:
+            raise _MultipartError(f"more than {_MAX_PART_HEADERS} headers in one part")
+        colon = body.find(b":", h)
+        end = colon if colon != -1 else n
+        size = end - h + (colon != -1)
+        if size > _MAX_HEADER_BYTES:
+            raise _MultipartError(f"a part header is longer than {_MAX_HEADER_BYTES} bytes at byte {h}")
+        name = body[h:end]
+        if name.translate(None, _TOKEN):
+            raise _MultipartError(f"invalid character in a part header name at byte {h}")
+        if colon == -1:
+            raise _BodyEnds
+        if end == h:
+            raise _MultipartError(f"empty part header name at byte {h}")
+        v = colon + 1
+        while v < n and body[v] == 32:
+            v += 1
+        cr = body.find(b"\r", v)
+        size += (v - colon - 1) + ((cr if cr != -1 else n) - v)
+        if size > _MAX_HEADER_BYTES:
+            raise _MultipartError(f"a part header is longer than {_MAX_HEADER_BYTES} bytes at byte {h}")
+        if cr == -1:
+            raise _BodyEnds
+        if name.lower() == b"content-disposition":
+            disposition = body[v:cr]
+        if not body.startswith(b"\r\n", cr):
+            if cr + 1 >= n:
+                raise _BodyEnds
+            raise _MultipartError(f"no LF at the end of a part header at byte {cr + 1}")
+        h = cr + 2
+
+
+def _part_end(body: bytes, start: int, sep: bytes) -> tuple[int, int]:
+    """Where a part's data (from ``start``) ends, and where the next part's headers start (-1: the closing
+    delimiter, the rest is epilogue). A delimiter not followed by CRLF, ``--`` or padding is data."""
+    n = len(body)
+    i = start
+    while True:
+        at = body.find(sep, i)
+        if at < 0:
+            raise _BodyEnds
+        a = at + len(sep)
+        after = body[a : a + 2]
+        if after == b"\r\n":
+            return at, a + 2
+        if after == b"--":
+            return at, -1
+        if a >= n or (len(after) == 1 and after in (b"\r", b"-")):
+            raise _BodyEnds
+        if after[:1] in (b" ", b"\t"):  # transport padding: [ \t]* CRLF
+            j = a
+            while j < n and body[j] in b" \t":
+                j += 1
+            if body.startswith(b"\r\n", j):
+                return at, j + 2
+            if j >= n or (j + 1 >= n and body[j] == 13):
+                raise _BodyEnds
+            raise _MultipartError(f"no CRLF after the boundary padding at byte {j}")
+        i = at + 1
 
 
 def b64decode_strict(text: str, where: str) -> bytes:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cvplatform.errors import DataError, ModelError
-from cvplatform.preprocess import PreprocessContract, normalize, preprocess, resize_to_contract
+from cvplatform.preprocess import PreprocessContract, normalize, preprocess, resize_to_contract, scale_offset
 
 
 def _contract(**kw) -> PreprocessContract:
@@ -27,6 +27,25 @@ def test_values_are_scaled_normalised_and_channel_first():
     np.testing.assert_allclose(x[0, 0], 1.0)
     np.testing.assert_allclose(x[0, 1], -1.0)
     np.testing.assert_allclose(x[0, 2], 0.2, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("mean", "std"), [((0.5, 0.25, 0.0), (0.5, 0.25, 1.0)),
+                                         ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                                         ((0.4, 0.5, 0.6), (0.2, 0.3, 0.4)), ((0.5,) * 3, (0.25,) * 3)])
+def test_the_fused_normalisation_equals_the_contract_formula_for_every_pixel_value(mean, std):
+    """x * scale + offset (one fused float32 pass) == (x / 255 - mean) / std within 1e-6, for all 256 values per
+    channel, in NCHW order, C-contiguous; scale/offset are built once per contract and cannot be changed."""
+    c = _contract(input_size=(256, 2), mean=mean, std=std)
+    x = np.stack([np.arange(256, dtype=np.uint8), 255 - np.arange(256, dtype=np.uint8)], 1)[None, :, :, None]
+    x = np.concatenate([x, x[:, ::-1], x[:, :, ::-1]], axis=3)  # each channel sees every value, differently placed
+    ours = normalize(x, c)
+    mean32 = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    std32 = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    reference = (x.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255) - mean32) / std32
+    assert ours.shape == (1, 3, 256, 2) and ours.dtype == np.float32 and ours.flags.c_contiguous
+    np.testing.assert_allclose(ours, reference, atol=1e-6, rtol=0)
+    scale, offset = scale_offset(c.mean, c.std)
+    assert scale_offset(c.mean, c.std)[0] is scale and not scale.flags.writeable and not offset.flags.writeable
 
 
 def test_nhwc_batch_and_list_of_different_sizes_give_same_layout():

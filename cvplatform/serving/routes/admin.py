@@ -25,8 +25,9 @@ from cvplatform.serving.schemas import (
 from cvplatform.serving.web import json_body, read_body
 
 
-def require_admin(request: Request, state: ServerState = Depends(get_state)) -> ServerState:
-    """Dependency of every admin route: 401 without a bearer token, 403 when disabled or wrong."""
+async def require_admin(request: Request, state: ServerState = Depends(get_state)) -> ServerState:
+    """Dependency of every admin route: 401 without a bearer token, 403 when disabled or wrong (a coroutine:
+    no threadpool hop for a header check)."""
     auth = request.headers.get("authorization")
     if not auth:
         raise ServingError(401, "unauthorized", "admin API: missing 'Authorization: Bearer <token>' header.")

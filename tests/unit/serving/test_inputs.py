@@ -202,6 +202,91 @@ def test_a_malformed_multipart_body_is_a_400():
         assert e.value.status == 400
 
 
+def _python_multipart_files(body: bytes, boundary: bytes, max_images: int) -> list[bytes] | str:
+    """The oracle: python-multipart's streaming parser (what the server used before), as files or an error code."""
+    from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+
+    files: list[bytes] = []
+    st: dict = {"h": b"", "v": b"", "disp": b"", "data": None, "others": 0}
+
+    def headers_finished() -> None:
+        name = parse_options_header(st["disp"])[1].get(b"name", b"").decode("utf-8", "replace")
+        if name in ("files", "file"):
+            if b"filename" not in parse_options_header(st["disp"])[1]:
+                raise ValueError("invalid_multipart")
+            if len(files) >= max_images:
+                raise ValueError("too_many_images")
+            st["data"] = bytearray()
+        else:
+            st["others"] += 1
+            if st["others"] > max_images + 16:
+                raise ValueError("invalid_multipart")
+
+    def header_end() -> None:
+        if st["h"].lower() == b"content-disposition":
+            st["disp"] = st["v"]
+        st.update(h=b"", v=b"")
+
+    def part_end() -> None:
+        if st["data"] is not None:
+            files.append(bytes(st["data"]))
+
+    callbacks = {"on_part_begin": lambda: st.update(disp=b"", data=None),
+                 "on_header_field": lambda d, a, b: st.update(h=st["h"] + d[a:b]),
+                 "on_header_value": lambda d, a, b: st.update(v=st["v"] + d[a:b]),
+                 "on_header_end": header_end, "on_headers_finished": headers_finished,
+                 "on_part_data": lambda d, a, b: st["data"] is not None and st["data"].extend(d[a:b]),
+                 "on_part_end": part_end}
+    try:
+        MultipartParser(boundary, callbacks).write(body)
+    except MultipartParseError:  # a ValueError too: first
+        return "invalid_multipart"
+    except ValueError as exc:
+        return str(exc)
+    return files or "no_images"
+
+
+def test_multipart_bodies_are_split_as_python_multipart_splits_them():
+    """Truncated and mutated bodies (padding, leading newlines, boundary look-alikes in the data, header limits,
+    epilogues): the same files or the same error code as python-multipart's parser, for every one."""
+    import random
+
+    from cvplatform.serving.inputs import multipart_files
+
+    png = encode(Image.new("RGB", (3, 2)))
+    eight = "".join(f"X-H{i}: v\r\n" for i in range(7))
+    bases = [
+        _multipart([("note", None, b"hello"), ("files", "a.png", b"\r\n--bn\r\n-" + png), ("file", "b", b"")])[0],
+        b"\r\n\r\n" + _multipart([("files", "a.png", png)])[0] + b"epilogue",
+        b"--bnd \t\r\n" + _multipart([("files", "a.png", png)])[0][len("--bnd\r\n"):],
+        _multipart([("files", "a.png\r\n" + eight, png)])[0],  # 8 headers: the most a part may have
+        _multipart([("files", "a.png\r\n" + eight + "X-H8: v", png)])[0],  # 9: refused
+        _multipart([("files", f"{i}.png", b"x") for i in range(5)])[0],
+    ]
+    rng = random.Random(0)
+    pieces = [b"\r", b"\n", b"-", b" ", b"\t", b":", b"\r\n", b"--", b"\r\n--bnd", b"--bnd--", b"\x00", b";"]
+    cases = []
+    for b in bases:
+        cases += [b[:k] for k in range(0, len(b) + 1, 3)]
+        for _ in range(150):
+            m = bytearray(b)
+            i = rng.randrange(len(m) + 1)
+            if rng.random() < 0.5:
+                del m[i : i + rng.randint(1, 3)]
+            else:
+                m[i:i] = rng.choice(pieces)
+            cases.append(bytes(m))
+    outcomes = set()
+    for body in cases:
+        try:
+            ours: list[bytes] | str = multipart_files(body, "multipart/form-data; boundary=bnd", LimitsConfig(max_images=4))
+        except ServingError as e:
+            ours = e.code
+        assert ours == _python_multipart_files(body, b"bnd", 4), body
+        outcomes.add(ours if isinstance(ours, str) else len(ours))
+    assert {"invalid_multipart", "no_images", "too_many_images", 1, 2} <= outcomes  # every kind of answer was met
+
+
 def test_fp32_json_values_checked_in_bulk_refuse_what_the_per_value_check_refused():
     x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
     zeros = np.zeros((2, 3, 4, 4), np.float32)
