@@ -128,7 +128,8 @@ class IngestParams(StrictModel):
     """Where images come from: a folder PATH | s3://bucket/prefix | configs/sources/<builtin>.yaml
     (also folder:PATH, digits, shapes). dvc.yaml tracks it as a dependency of ingest."""
     labels_csv: str | None = None
-    """Labels CSV (path,label[,metadata...]) inside the source; None = ImageFolder layout."""
+    """Labels CSV (path,label[,metadata...]) inside the source; None = ImageFolder layout. With annotations
+    (``annotations``) an optional metadata CSV: ``path`` plus metadata columns (labels come from the boxes)."""
     workers: int = Field(2, ge=1, le=64)
     """Decode processes."""
     min_side: int = Field(8, ge=1)

@@ -142,7 +142,11 @@ def list_annotated(root: Path, spec: str, metadata_csv: str | None = None,
     by_origin: dict[str, tuple] = {}
     items: list[SourceItem] = []
     if metadata_csv:
-        skip_csv = (root / metadata_csv).resolve().relative_to(root.resolve()).as_posix()
+        csv_file = (root / metadata_csv).resolve()
+        if not csv_file.is_relative_to(root.resolve()):
+            raise SourceError(f"ingest.labels_csv={metadata_csv!r} resolves to {csv_file}, outside the source {root}. "
+                              "Give a path relative to the source root, or null.")
+        skip_csv = csv_file.relative_to(root.resolve()).as_posix()
         walked = [w for w in walked if w[0] != skip_csv]
         by_origin, meta_cols, items = _metadata(root, metadata_csv, {w[0] for w in walked if w[2] is None})
     for origin, path, reason, detail in walked:

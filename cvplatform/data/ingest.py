@@ -715,15 +715,17 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
     Args:
         params: validated params (``params.ingest`` is used).
         root: project root (default: the current directory); every fixed path
-            (``data/raw``, ``data/quarantine``, ``data/processed/manifest.parquet``,
-            ``artifacts/ingest``) is relative to it, and so are ``folder:`` sources.
+            (``data/raw``, ``data/quarantine``, ``data/processed/manifest.parquet``, the annotation table
+            ``data/processed/annotations.parquet``, ``artifacts/ingest``) is relative to it, and so are
+            ``folder:`` sources.
 
     Returns:
         The :class:`IngestResult`; also written to ``artifacts/ingest/summary.json``.
 
     Raises:
         SourceError: the source spec, folder, bucket or labels CSV is unusable, or holds no files.
-        DataError: no file was accepted (the quarantine report and summary are still written).
+        DataError: no file was accepted (the quarantine report and summary are still written), or the
+            annotation source (``ingest.annotations``) is missing, ambiguous or unreadable as a whole.
 
     Example:
         >>> from cvplatform.config import load_params
