@@ -65,9 +65,9 @@ def annotation_spec(params: Params) -> str | None:
     """The annotation source ingest reads: ``ingest.annotations``, else ``auto`` for a detection project.
 
     Example:
-        >>> from tests.conftest import build_params  # doctest: +SKIP
-        >>> annotation_spec(build_params("project.task=detection"))  # doctest: +SKIP
-        'auto'
+        >>> from cvplatform.config import load_params
+        >>> annotation_spec(load_params("params.yaml", ["ingest.annotations=voc:xml"]))  # doctest: +SKIP
+        'voc:xml'
     """
     if params.ingest.annotations is not None:
         return params.ingest.annotations

@@ -146,6 +146,17 @@ def test_detection_project_finds_annotations_itself_and_splits_are_stable(tmp_pa
     assert len(_table(root)) == 4  # the background image has no rows
 
 
+def test_the_table_is_byte_identical_across_runs_and_worker_counts(tmp_path):
+    src = tmp_path / "src"
+    _images(src)
+    _yolo(src)
+    tables = []
+    for k, workers in enumerate((1, 2, 1)):
+        root, _ = _ingest(tmp_path, src, "ingest.annotations=yolo:labels", f"ingest.workers={workers}", name=f"p{k}")
+        tables.append((root / "data/processed/annotations.parquet").read_bytes())
+    assert tables[0] == tables[1] == tables[2]
+
+
 def test_classification_ingest_writes_an_empty_table_and_no_annotations_column(tmp_path):
     src = tmp_path / "src"
     for k, cls in enumerate(["cat", "cat", "dog"]):
