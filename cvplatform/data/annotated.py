@@ -157,11 +157,6 @@ def list_annotated(root: Path, spec: str, metadata_csv: str | None = None,
 
 
 # --------------------------------------------------------------------------- reading
-def read_source(root: Path, spec: str) -> AnnotationSet:
-    """The annotations of a listed source (``spec`` as :func:`list_annotated` resolved it)."""
-    return read_annotations(root, spec)
-
-
 def problem_items(ann: AnnotationSet, items: list[SourceItem], spec: str, root: Path) -> list[SourceItem]:
     """Quarantine items for annotation problems that belong to no listed image.
 
@@ -293,7 +288,7 @@ __all__ = [
     "judge_images",
     "list_annotated",
     "problem_items",
-    "read_source",
+    "read_annotations",
     "table_path",
     "write_table",
 ]

@@ -750,7 +750,7 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
             f"{spec}: no files found in {listing.root}. Put images there (one sub-folder per class, "
             "or files listed in ingest.labels_csv) or point ingest.source elsewhere."
         )
-    ann = annotated.read_source(listing.root, listing.annotations) if listing.annotations else None
+    ann = annotated.read_annotations(listing.root, listing.annotations) if listing.annotations else None
     if ann is not None:  # annotation files or entries naming no image: quarantine rows of their own
         problems = annotated.problem_items(ann, items, str(listing.annotations), listing.root)
         items = sorted([*items, *problems], key=lambda i: i.sort_key)
