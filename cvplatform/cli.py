@@ -81,7 +81,7 @@ def _params(params: Path, overrides: list[str] | None, *, dvc_stage: str | None 
 def ingest(
     source: Annotated[
         str | None,
-        typer.Option("--source", help="PATH (or folder:PATH) | s3://bucket/prefix | digits | shapes "
+        typer.Option("--source", help="PATH (or folder:PATH) | s3://bucket/prefix | digits | shapes | scenes "
                                      "(overrides ingest.source for this run only; dvc repro follows params.yaml)."),
     ] = None,
     params: ParamsOpt = Path("params.yaml"),

@@ -102,12 +102,34 @@ class ShapesParams(StrictModel):
     """Shape classes to draw (subset of circle, square, triangle, star)."""
 
 
+class ScenesParams(StrictModel):
+    """The built-in detection source (:mod:`cvplatform.tasks.detection.scenes`): multi-object scenes."""
+
+    count: int = Field(400, ge=1)
+    """Number of images."""
+    size: int = Field(96, ge=32, le=1024)
+    """Image side in pixels."""
+    seed: int = 0
+    """Generator seed (same seed -> identical files)."""
+    classes: tuple[str, ...] = ("circle", "square", "triangle")
+    """Object classes (subset of circle, square, triangle, star)."""
+    min_objects: int = Field(1, ge=0, le=32)
+    max_objects: int = Field(8, ge=1, le=32)
+    min_visible: float = Field(0.5, gt=0.0, le=1.0)
+    """Smallest visible share of an object's area once later objects are drawn over it."""
+
+
+ANNOTATION_FORMS = "null | auto | coco:PATH | yolo:DIR | voc:DIR"
+"""The valid ``ingest.annotations`` forms, quoted in error messages."""
+
+
 class IngestParams(StrictModel):
     source: str = "configs/sources/digits.yaml"
     """Where images come from: a folder PATH | s3://bucket/prefix | configs/sources/<builtin>.yaml
     (also folder:PATH, digits, shapes). dvc.yaml tracks it as a dependency of ingest."""
     labels_csv: str | None = None
-    """Labels CSV (path,label[,metadata...]) inside the source; None = ImageFolder layout."""
+    """Labels CSV (path,label[,metadata...]) inside the source; None = ImageFolder layout. With annotations
+    (``annotations``) an optional metadata CSV: ``path`` plus metadata columns (labels come from the boxes)."""
     workers: int = Field(2, ge=1, le=64)
     """Decode processes."""
     min_side: int = Field(8, ge=1)
@@ -119,6 +141,30 @@ class IngestParams(StrictModel):
     quarantine: QuarantineParams = QuarantineParams()
     digits: DigitsParams = DigitsParams()
     shapes: ShapesParams = ShapesParams()
+    scenes: ScenesParams = ScenesParams()
+    annotations: str | None = None
+    """Object boxes of the source's images: ``coco:PATH`` (a COCO JSON file), ``yolo:DIR`` (one txt per image
+    plus a class-name file), ``voc:DIR`` (one XML per image), all relative to the source root, or ``auto``
+    (find them). None = no boxes (classification), unless ``project.task`` is detection (then ``auto``).
+    The built-in ``scenes`` source always uses its own COCO file."""
+    keep_background: bool = False
+    """With annotations: keep images without any box as background images (label ``background``);
+    otherwise they are quarantined (``no_boxes``)."""
+    box_tolerance: float = Field(0.02, ge=0.0, le=0.5)
+    """With annotations: a box may overhang the image by this share of its side (it is clipped);
+    further out it is ``box_outside``."""
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotation_form(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        s = v.strip()
+        fmt, sep, path = s.partition(":")
+        if s == "auto" or (sep and fmt in ("coco", "yolo", "voc") and path.strip()):
+            return s
+        raise ValueError(f"{v!r} is not an annotation source; use {ANNOTATION_FORMS} (paths relative to the "
+                         "source root)")
 
 
 # --------------------------------------------------------------------------- validate

@@ -117,7 +117,7 @@ def _repro(stage: str, ref: dict) -> dict:
     },
     params={  # every field may stay empty: empty = the project's params.yaml
         "source": Param(None, type=["null", "string"], title="Data source",
-                        description="A folder path, s3://bucket/prefix, digits or shapes; empty = params.yaml"),
+                        description="A folder path, s3://bucket/prefix, digits, shapes or scenes; empty = params.yaml"),
         "epochs": Param(None, type=["null", "integer"], minimum=1, title="Epochs",
                         description="Maximum training epochs; empty = params.yaml"),
         "arch": Param(None, type=["null", "string"], title="Architecture",

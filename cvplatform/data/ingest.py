@@ -41,6 +41,15 @@ to the same limit and mapped here), ``too_small``, ``unsupported_mode``,
 ``path_escape``, ``missing_file``, ``no_label``, ``label_conflict`` (the same
 normalised content with different labels: every copy is quarantined).
 
+Annotated sources (``ingest.annotations``, ``project.task: detection`` or the ``scenes`` source;
+:mod:`cvplatform.data.annotated`): each image's boxes follow its EXIF orientation like its pixels and
+are written to the annotation table beside the manifest (``annotations.parquet``, named in the
+manifest's ``annotations`` column); the label is the class of the largest box. Bad annotations add
+the reasons of :data:`cvplatform.tasks.detection.annotations.REASONS` (``malformed_annotation``,
+``annotation_without_image``, ``box_outside``, ``box_degenerate``, ``unknown_class``, ``no_boxes``);
+an annotation file or entry naming no image of the source is a quarantine row (and counts as seen)
+of its own. Without annotations the table is written empty.
+
 Quarantined originals (privacy): a rejected file is unprocessed, so it may carry
 EXIF/GPS metadata and unblurred faces. Its original bytes therefore stay on this
 machine: ``data/quarantine/originals`` is neither a DVC output nor in git, so it
@@ -77,6 +86,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from cvplatform.data import annotated
 from cvplatform.data.manifest import write_manifest
 from cvplatform.data.sources import SourceItem, open_source
 from cvplatform.data.split import SPLIT_NAMES, assign_split
@@ -103,6 +113,7 @@ REASONS: dict[str, str] = {
     "missing_file": "a labels-CSV row (or symlink) that points at nothing",
     "no_label": "no class label (file outside a class folder, not listed in the CSV, or empty label)",
     "label_conflict": "the same normalised image appears with different labels (every copy quarantined)",
+    **{k: f"annotated sources: {v}" for k, v in annotated.ANNOTATION_REASONS.items()},
 }
 """Stable quarantine reason codes and what they mean."""
 
@@ -136,6 +147,8 @@ class NormalisedImage:
     height: int
     format: str
     faces: int = 0
+    orientation: int = 1
+    """The file's EXIF orientation (1 = none), applied to the pixels (and, by ingest, to the boxes)."""
 
 
 @contextlib.contextmanager
@@ -284,6 +297,7 @@ def normalise_image(
         except Exception as exc:
             raise Rejected("undecodable", f"{fmt}: decode failed ({type(exc).__name__}: {exc})") from None
     try:
+        orientation = int(img.getexif().get(0x0112, 1) or 1)  # ExifTags.Base.Orientation, as exif_transpose reads it
         ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to rotate
     except Exception as exc:
         raise Rejected("undecodable", f"{fmt}: invalid EXIF orientation ({type(exc).__name__}: {exc})") from None
@@ -297,7 +311,8 @@ def normalise_image(
 
         rgb, faces = redact_faces(rgb, min_face_size)
     png = encode_png(rgb)
-    return NormalisedImage(png=png, sha256=sha256_bytes(png), width=width, height=height, format=fmt, faces=faces)
+    return NormalisedImage(png=png, sha256=sha256_bytes(png), width=width, height=height, format=fmt, faces=faces,
+                           orientation=orientation if 1 <= orientation <= 8 else 1)
 
 
 @dataclass(frozen=True)
@@ -323,6 +338,7 @@ class DecodeOutcome:
     height: int = 0
     format: str = ""
     faces: int = 0
+    orientation: int = 1
 
 
 def _decode_task(task: tuple[int, str], opts: DecodeOptions) -> DecodeOutcome:
@@ -350,7 +366,7 @@ def _decode_task(task: tuple[int, str], opts: DecodeOptions) -> DecodeOutcome:
         with open(tmp, "wb") as fh:
             fh.write(img.png)
         os.replace(tmp, dest)
-    return DecodeOutcome(index, None, "", img.sha256, img.width, img.height, img.format, img.faces)
+    return DecodeOutcome(index, None, "", img.sha256, img.width, img.height, img.format, img.faces, img.orientation)
 
 
 def _decode_all(tasks: list[tuple[int, str]], opts: DecodeOptions, workers: int) -> dict[int, DecodeOutcome]:
@@ -527,6 +543,15 @@ class IngestResult(StageResult):
     """Originals deleted by the retention rule at the start of this run."""
     report: str = ""
     duplicates_report: str = ""
+    annotations: str = ""
+    """The annotation table (written empty when the source has no annotations)."""
+    annotation_source: str = ""
+    """Where the boxes came from (``coco:PATH`` | ``yolo:DIR`` | ``voc:DIR``), "" without annotations."""
+    boxes: int = 0
+    """Boxes of the accepted images."""
+    boxes_by_class: dict[str, int] = field(default_factory=dict)
+    background_images: int = 0
+    """Accepted images without boxes (``ingest.keep_background``)."""
 
     @property
     def balanced(self) -> bool:
@@ -549,11 +574,16 @@ class IngestResult(StageResult):
             f"  labels ({len(self.by_label)}): {fmt(self.by_label)}",
             f"  splits: {', '.join(f'{s}={self.by_split.get(s, 0)}' for s in SPLIT_NAMES)}",
         ]
+        if self.annotation_source:
+            out.append(f"  boxes {self.boxes} from {self.annotation_source} ({len(self.boxes_by_class)} classes: "
+                       f"{fmt(self.boxes_by_class)}); background images {self.background_images}")
         if self.metadata_columns:
             out.append(f"  metadata columns: {', '.join(self.metadata_columns)}")
         if self.redacted_faces:
             out.append(f"  faces redacted: {self.redacted_faces}")
         out.append(f"  manifest: {self.manifest}")
+        if self.annotation_source:
+            out.append(f"  annotation table: {self.annotations}")
         out.append(f"  quarantine report: {self.report}")
         if self.originals_dir:
             out.append(f"  quarantined originals: {self.originals_dir}"
@@ -671,6 +701,7 @@ def _reset_outputs(params: Params, paths: ProjectPaths) -> tuple[Path, int, Path
     _reset_dir(paths.raw)
     store, pruned = _prepare_quarantine(params, paths)
     paths.resolve(params.project.manifest).unlink(missing_ok=True)
+    annotated.table_path(paths.resolve(params.project.manifest)).unlink(missing_ok=True)
     incoming = paths.raw / _INCOMING
     incoming.mkdir()
     artifacts = paths.artifacts("ingest")
@@ -684,15 +715,17 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
     Args:
         params: validated params (``params.ingest`` is used).
         root: project root (default: the current directory); every fixed path
-            (``data/raw``, ``data/quarantine``, ``data/processed/manifest.parquet``,
-            ``artifacts/ingest``) is relative to it, and so are ``folder:`` sources.
+            (``data/raw``, ``data/quarantine``, ``data/processed/manifest.parquet``, the annotation table
+            ``data/processed/annotations.parquet``, ``artifacts/ingest``) is relative to it, and so are
+            ``folder:`` sources.
 
     Returns:
         The :class:`IngestResult`; also written to ``artifacts/ingest/summary.json``.
 
     Raises:
         SourceError: the source spec, folder, bucket or labels CSV is unusable, or holds no files.
-        DataError: no file was accepted (the quarantine report and summary are still written).
+        DataError: no file was accepted (the quarantine report and summary are still written), or the
+            annotation source (``ingest.annotations``) is missing, ambiguous or unreadable as a whole.
 
     Example:
         >>> from cvplatform.config import load_params
@@ -709,14 +742,18 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
 
     ip = params.ingest
     paths = ProjectPaths.at(root)
-    listing = open_source(ip, paths)
-    items = listing.items
+    listing = open_source(ip, paths, annotations=annotated.annotation_spec(params))
+    items = list(listing.items)
     spec = listing.spec.spec
     if not items:
         raise SourceError(
             f"{spec}: no files found in {listing.root}. Put images there (one sub-folder per class, "
             "or files listed in ingest.labels_csv) or point ingest.source elsewhere."
         )
+    ann = annotated.read_annotations(listing.root, listing.annotations) if listing.annotations else None
+    if ann is not None:  # annotation files or entries naming no image: quarantine rows of their own
+        problems = annotated.problem_items(ann, items, str(listing.annotations), listing.root)
+        items = sorted([*items, *problems], key=lambda i: i.sort_key)
     log.info("ingest: %d file(s) from %s (root %s)", len(items), spec, listing.root)
 
     store, pruned, incoming, artifacts = _reset_outputs(params, paths)
@@ -726,49 +763,67 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
     )
     tasks = [(i, str(it.local_path)) for i, it in enumerate(items) if it.reason is None and it.local_path]
     outcomes = _decode_all(tasks, opts, ip.workers)
+    boxes = None
+    if ann is not None:
+        judged = annotated.judge_images(items, outcomes, ann, str(listing.annotations), tolerance=ip.box_tolerance,
+                                        keep_background=ip.keep_background)
+        items, outcomes, boxes = judged.items, judged.outcomes, judged.boxes
 
     rejected, by_sha = _group_by_content(items, outcomes)
     placed = _place_images(items, outcomes, by_sha, listing, paths, incoming, ip, rejected)
-    rows, dup_rows, faces = placed.rows, placed.duplicates, placed.faces
     shutil.rmtree(incoming)
-
     keep = ip.quarantine.retention_days != 0
     report_rows = _quarantine_rows(items, rejected, store, paths, keep)
+    table, by_class = annotated.write_table(placed.rows, boxes, annotated.table_path(
+        paths.resolve(params.project.manifest)), paths.root)
+    result = _result(listing, items, placed, report_rows, paths, artifacts, store if keep else None, pruned)
+    result.annotations = table.relative_to(paths.root).as_posix()
+    if boxes is not None:
+        result.annotation_source, result.boxes_by_class = str(listing.annotations), by_class
+        result.boxes = sum(by_class.values())
+        result.background_images = annotated.count_background(placed.rows, boxes)
+    if not result.balanced:  # pragma: no cover - an invariant; failing loudly beats a silent loss
+        raise DataError(f"ingest counts do not balance: {result.to_dict()}; this is a bug, please report it")
+    if not placed.rows:
+        result.write_summary(artifacts)
+        raise DataError(
+            f"{spec}: none of the {len(items)} file(s) was accepted ({result.by_reason}). "
+            f"See {result.report} for the reason of each file."
+        )
+    manifest = write_manifest(pd.DataFrame(placed.rows), paths.resolve(params.project.manifest))
+    result.manifest = manifest.relative_to(paths.root).as_posix()
+    result.manifest_sha256 = sha256_file(manifest)
+    result.write_summary(artifacts)
+    # `dvc metrics show`: the counts a user compares between versions (the rest is in summary.json)
+    write_json(artifacts / "metrics.json", {"images": result.accepted, "quarantined": result.quarantined,
+                                            **({"boxes": result.boxes} if boxes is not None else {})})
+    log.info(
+        "ingest: seen %d, accepted %d, quarantined %d %s, duplicates %d",
+        result.seen, result.accepted, result.quarantined, result.by_reason, result.duplicates,
+    )
+    return result
+
+
+def _result(listing: Any, items: list[SourceItem], placed: _Placed, report_rows: list[tuple[str, ...]],
+            paths: ProjectPaths, artifacts: Path, store: Path | None, pruned: int) -> IngestResult:
+    """Write the quarantine and duplicates reports; the counts of a run."""
     report = _write_csv(paths.quarantine / REPORT_FILE, REPORT_COLUMNS, report_rows)
-    dup_report = _write_csv(artifacts / "duplicates.csv", ("file", "duplicate_of", "sha256", "label"), sorted(dup_rows))
+    dup_report = _write_csv(artifacts / "duplicates.csv", ("file", "duplicate_of", "sha256", "label"),
+                            sorted(placed.duplicates))
+    rows = placed.rows
 
     def rel(p: Path) -> str:
         return p.relative_to(paths.root).as_posix()
 
-    by_reason = dict(sorted(Counter(r[1] for r in report_rows).items()))
-    result = IngestResult(
-        source=spec, seen=len(items), accepted=len(rows), quarantined=len(report_rows), duplicates=len(dup_rows),
-        by_reason=by_reason, by_label=dict(sorted(Counter(str(r["label"]) for r in rows).items())),
-        by_split={s: sum(1 for r in rows if r["split"] == s) for s in SPLIT_NAMES}, redacted_faces=faces,
+    return IngestResult(
+        source=listing.spec.spec, seen=len(items), accepted=len(rows), quarantined=len(report_rows),
+        duplicates=len(placed.duplicates), by_reason=dict(sorted(Counter(r[1] for r in report_rows).items())),
+        by_label=dict(sorted(Counter(str(r["label"]) for r in rows).items())),
+        by_split={s: sum(1 for r in rows if r["split"] == s) for s in SPLIT_NAMES}, redacted_faces=placed.faces,
         metadata_columns=list(listing.metadata_columns), raw_dir=rel(paths.raw),
-        quarantine_dir=rel(paths.quarantine), originals_dir=rel(store) if keep else "", originals_pruned=pruned,
-        report=rel(report), duplicates_report=rel(dup_report),
+        quarantine_dir=rel(paths.quarantine), originals_dir=rel(store) if store is not None else "",
+        originals_pruned=pruned, report=rel(report), duplicates_report=rel(dup_report),
     )
-    if not result.balanced:  # pragma: no cover - an invariant; failing loudly beats a silent loss
-        raise DataError(f"ingest counts do not balance: {result.to_dict()}; this is a bug, please report it")
-    if not rows:
-        result.write_summary(artifacts)
-        raise DataError(
-            f"{spec}: none of the {len(items)} file(s) was accepted ({by_reason}). "
-            f"See {report} for the reason of each file."
-        )
-    df = pd.DataFrame(rows)
-    manifest = write_manifest(df, paths.resolve(params.project.manifest))
-    result.manifest = rel(manifest)
-    result.manifest_sha256 = sha256_file(manifest)
-    result.write_summary(artifacts)
-    # `dvc metrics show`: the counts a user compares between versions (the rest is in summary.json)
-    write_json(artifacts / "metrics.json", {"images": result.accepted, "quarantined": result.quarantined})
-    log.info(
-        "ingest: seen %d, accepted %d, quarantined %d %s, duplicates %d",
-        result.seen, result.accepted, result.quarantined, by_reason, result.duplicates,
-    )
-    return result
 
 
 __all__ = [

@@ -12,10 +12,11 @@ added, changed or removed images make ``dvc status`` report ``ingest`` changed):
     (endpoint, region and credentials from the standard AWS environment
     variables / config files, e.g. ``AWS_ENDPOINT_URL``). Objects are mirrored
     into ``data/sources/s3/<bucket>/<prefix>/`` and then read like a folder.
-``configs/sources/digits.yaml`` / ``configs/sources/shapes.yaml``
+``configs/sources/digits.yaml`` / ``shapes.yaml`` / ``scenes.yaml``
     Built-in sample sets, described by a small spec file (``builtin: digits``) and
-    generated into ``data/sources/<name>/`` (see :mod:`cvplatform.data.synthetic`).
-    The short names ``digits`` and ``shapes`` are accepted as well.
+    generated into ``data/sources/<name>/`` (see :mod:`cvplatform.data.synthetic`; ``scenes``, the
+    detection source with COCO boxes: :mod:`cvplatform.tasks.detection.scenes`).
+    The short names ``digits``, ``shapes`` and ``scenes`` are accepted as well.
 
 :func:`dvc_location` turns any accepted spelling into the DVC-trackable one (what the
 Airflow trigger form writes into a run's ``params.yaml``).
@@ -31,6 +32,10 @@ Two layouts are understood:
   that no row references are quarantined as ``no_label``; rows whose path is
   absolute or escapes the root are ``path_escape``; rows pointing at nothing are
   ``missing_file``. For ``shapes`` the generator's own CSV is always used.
+* **Annotated** (``ingest.annotations`` set, ``project.task: detection`` or the ``scenes`` source):
+  every file except the annotation files is an image; labels come from the boxes
+  (:mod:`cvplatform.data.annotated`), and ``ingest.labels_csv`` (optional) holds only
+  ``path`` plus metadata columns.
 
 Listing never opens images: it returns :class:`SourceItem` records, some of them
 already rejected with a reason (``path_escape``, ``missing_file``, ``no_label``).
@@ -62,7 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-SOURCE_FORMS = "PATH (or folder:PATH) | s3://bucket/prefix | digits | shapes | configs/sources/<builtin>.yaml"
+SOURCE_FORMS = "PATH (or folder:PATH) | s3://bucket/prefix | digits | shapes | scenes | configs/sources/<builtin>.yaml"
 """The valid ``ingest.source`` forms, quoted in error messages."""
 
 REJECT_AT_LISTING: tuple[str, ...] = ("path_escape", "missing_file", "no_label", "unreadable")
@@ -94,7 +99,7 @@ class SourceSpec:
     prefix: str = ""
 
 
-BUILTIN_SOURCES: tuple[str, ...] = ("digits", "shapes")
+BUILTIN_SOURCES: tuple[str, ...] = ("digits", "shapes", "scenes")
 """Built-in generators (no download)."""
 BUILTIN_SPEC_DIR = "configs/sources"
 """Where the spec files of the built-in sources live (``configs/sources/<name>.yaml``)."""
@@ -103,7 +108,7 @@ BUILTIN_SPEC_DIR = "configs/sources"
 class BuiltinSource(StrictModel):
     """A built-in source's spec file (``configs/sources/<name>.yaml``)."""
 
-    builtin: Literal["digits", "shapes"]
+    builtin: Literal["digits", "shapes", "scenes"]
     """The generator; its settings are ``ingest.<builtin>`` in params.yaml."""
 
 
@@ -227,6 +232,9 @@ class SourceListing:
     metadata_columns: tuple[str, ...] = ()
     labels_csv: Path | None = None
     notes: tuple[str, ...] = field(default=())
+    annotations: str | None = None
+    """The annotation source (``coco:PATH``, ``yolo:DIR``, ``voc:DIR``; ``auto`` already resolved), or None
+    for a source whose labels are folders or a labels CSV."""
 
 
 def normalise_label(raw: object) -> str | None:
@@ -309,7 +317,9 @@ def _walk(root: Path) -> Iterator[tuple[str, Path, str | None, str]]:
             yield origin, target, None, ""
 
 
-def _read_labels_csv(csv_path: Path) -> tuple[list[tuple[int, dict[str, str]]], tuple[str, ...]]:
+def _read_labels_csv(csv_path: Path, need_label: bool = True) -> tuple[list[tuple[int, dict[str, str]]], tuple[str, ...]]:
+    """Rows ``(line, {column: value})`` and the metadata columns; ``need_label=False``: an annotated source's
+    metadata CSV (``path`` plus metadata; a ``label`` column clashes: labels come from the boxes)."""
     try:
         fh = csv_path.open("r", encoding="utf-8-sig", newline="")
     except OSError as exc:
@@ -326,12 +336,17 @@ def _read_labels_csv(csv_path: Path) -> tuple[list[tuple[int, dict[str, str]]], 
         dupes = sorted({c for c in cols if cols.count(c) > 1})
         if dupes:
             raise SourceError(f"{csv_path}: duplicate column(s) {dupes} in the header; each column name must be unique.")
-        if "path" not in cols or "label" not in cols:
+        if need_label and ("path" not in cols or "label" not in cols):
             raise SourceError(
                 f"{csv_path}: labels CSV needs columns 'path' and 'label' (found {cols}). "
                 "Fix the header or set ingest.labels_csv: null for the one-folder-per-class layout."
             )
-        meta = tuple(c for c in cols if c not in ("path", "label"))
+        if "path" not in cols:
+            raise SourceError(
+                f"{csv_path}: the metadata CSV of an annotated source needs a column 'path' (found {cols}); "
+                "labels come from the annotations, the other columns become manifest columns."
+            )
+        meta = tuple(c for c in cols if c not in (("path", "label") if need_label else ("path",)))
         clash = [c for c in meta if c in CORE_COLUMNS or not c]
         if clash:
             raise SourceError(
@@ -584,12 +599,15 @@ def sources_dir(paths: ProjectPaths) -> Path:
     return paths.root / "data" / "sources"
 
 
-def open_source(params: IngestParams, paths: ProjectPaths) -> SourceListing:
+def open_source(params: IngestParams, paths: ProjectPaths, *, annotations: str | None = None) -> SourceListing:
     """Materialise the source named by ``params.source`` (generate / mirror) and list its files.
 
     Args:
         params: the ``ingest`` parameters (``source``, ``labels_csv``, ``digits``, ``shapes``).
         paths: project paths (folder paths and spec files are relative to ``paths.root``).
+        annotations: an annotation source (``coco:PATH`` | ``yolo:DIR`` | ``voc:DIR`` | ``auto``): list the
+            source as an annotated one (:func:`cvplatform.data.annotated.list_annotated`). The ``scenes``
+            source is always annotated (its own ``coco:annotations.json``).
 
     Returns:
         A :class:`SourceListing` with items sorted by origin.
@@ -623,6 +641,8 @@ def open_source(params: IngestParams, paths: ProjectPaths) -> SourceListing:
             notes.append(f"ingest.labels_csv={labels_csv!r} ignored: the shapes source writes its own {SHAPES_CSV}")
         root = generate_shapes(params.shapes, sources_dir(paths) / "shapes").parent
         labels_csv = SHAPES_CSV
+    elif spec.kind == "scenes":
+        labels_csv, annotations, root = _generate_scenes(params, paths, labels_csv, annotations, notes)
     elif spec.kind == "folder":
         root = paths.resolve(spec.path or "")
         if not root.is_dir():
@@ -635,7 +655,12 @@ def open_source(params: IngestParams, paths: ProjectPaths) -> SourceListing:
     else:  # s3
         root = sources_dir(paths) / "s3" / str(spec.bucket) / (spec.prefix or "_bucket_root")
         rejected = mirror_s3(spec, root)
-    items, meta = list_folder(root, labels_csv)
+    if annotations is not None:
+        from cvplatform.data.annotated import list_annotated
+
+        items, meta, annotations = list_annotated(root, annotations, labels_csv)
+    else:
+        items, meta = list_folder(root, labels_csv)
     items = sorted([*items, *rejected], key=lambda i: i.sort_key)
     for note in notes:
         log.warning(note)
@@ -646,7 +671,25 @@ def open_source(params: IngestParams, paths: ProjectPaths) -> SourceListing:
         metadata_columns=tuple(sorted(meta)),
         labels_csv=(root / labels_csv) if labels_csv else None,
         notes=tuple(notes),
+        annotations=annotations,
     )
+
+
+def _generate_scenes(params: IngestParams, paths: ProjectPaths, labels_csv: str | None, annotations: str | None,
+                     notes: list[str]) -> tuple[str, str, Path]:
+    """Generate the ``scenes`` source afresh; return its metadata CSV, its annotation source and its root."""
+    from cvplatform.tasks.detection.scenes import SCENES_COCO, SCENES_CSV, generate_scenes
+
+    own = f"coco:{SCENES_COCO}"
+    if labels_csv and labels_csv != SCENES_CSV:
+        notes.append(f"ingest.labels_csv={labels_csv!r} ignored: the scenes source writes its own {SCENES_CSV}")
+    if annotations not in (None, "auto", own):
+        notes.append(f"ingest.annotations={annotations!r} ignored: the scenes source writes its own {own}")
+    dest = sources_dir(paths) / "scenes"
+    if dest.exists():
+        shutil.rmtree(dest)  # a smaller count must not leave older images behind
+    root = generate_scenes(params.scenes, dest).parent
+    return SCENES_CSV, own, root
 
 
 __all__ = [

@@ -27,9 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
-from cvplatform.config import StrictModel
+from cvplatform.config import ScenesParams
 from cvplatform.data.synthetic import LIGHTING, SHAPE_CLASSES, shape_polygon
 from cvplatform.errors import ConfigError
 
@@ -43,23 +41,6 @@ SCENES_COCO = "annotations.json"
 PHOTOS: tuple[str, ...] = ("china", "flower")
 SIZE_BUCKETS: tuple[tuple[str, float], ...] = (("small", 0.16), ("medium", 0.32), ("large", math.inf))
 """``object_size`` slice: the median object's box side / image side below each bound."""
-
-
-class ScenesParams(StrictModel):
-    """Parameters of :func:`generate_scenes`."""
-
-    count: int = Field(400, ge=1)
-    """Number of images."""
-    size: int = Field(96, ge=32, le=1024)
-    """Image side in pixels."""
-    seed: int = 0
-    """Generator seed (same seed -> identical files)."""
-    classes: tuple[str, ...] = ("circle", "square", "triangle")
-    """Object classes (subset of circle, square, triangle, star)."""
-    min_objects: int = Field(1, ge=0, le=32)
-    max_objects: int = Field(8, ge=1, le=32)
-    min_visible: float = Field(0.5, gt=0.0, le=1.0)
-    """Smallest visible share of an object's area once later objects are drawn over it."""
 
 
 @dataclass(frozen=True)
