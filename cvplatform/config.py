@@ -177,6 +177,24 @@ class ValidateParams(StrictModel):
 from cvplatform.data.manifest import CORE_COLUMNS as _MANIFEST_COLUMNS  # noqa: E402  (light: no heavy deps)
 
 
+class BoxSuiteConfig(StrictModel):
+    """Checks of a detection manifest's annotation table (``boxes:`` in the manifest suite); skipped when the
+    manifest has no ``annotations`` column (classification)."""
+
+    min_box_side: float = Field(2.0, ge=0.0)
+    """Smallest allowed box width and height (pixels of the stored image)."""
+    max_overhang: float = Field(0.0, ge=0.0)
+    """Largest allowed distance (pixels) a box may reach outside its image (ingest clips small overhangs: 0)."""
+    max_boxes_per_image: int = Field(100, ge=1)
+    """Most boxes one image may have."""
+    classes: tuple[str, ...] | None = None
+    """Exact set of box classes expected; None = not checked (reported as skipped)."""
+    min_boxes_per_class: int = Field(10, ge=0)
+    """Fewest boxes any class may have."""
+    max_box_imbalance: float = Field(10.0, ge=1.0)
+    """Largest allowed (boxes of the largest class / boxes of the smallest class)."""
+
+
 class ManifestSuiteConfig(StrictModel):
     """The manifest expectation suite (``configs/expectations/manifest.yaml``).
 
@@ -216,6 +234,8 @@ class ManifestSuiteConfig(StrictModel):
     """Smallest allowed width and height (pixels)."""
     max_side: int = Field(4096, ge=1)
     """Largest allowed width and height (pixels)."""
+    boxes: BoxSuiteConfig = BoxSuiteConfig()
+    """Checks of the annotation table (detection): box bounds and size, boxes per image, class set and balance."""
 
     @model_validator(mode="before")
     @classmethod
@@ -1001,6 +1021,7 @@ def params_hash(params: BaseModel) -> str:
 
 __all__ = [
     "DEFAULT_PARAMS",
+    "BoxSuiteConfig",
     "DeployLocalParams",
     "DeployParams",
     "DigitsParams",

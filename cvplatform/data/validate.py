@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from cvplatform.config import ManifestSuiteConfig, Params, load_config
+from cvplatform.config import BoxSuiteConfig, ManifestSuiteConfig, Params, load_config
 from cvplatform.data.manifest import read_manifest
 from cvplatform.errors import CVPlatformError, ValidationFailed
 from cvplatform.stage import StageResult
@@ -57,6 +57,9 @@ logger = logging.getLogger(__name__)
 MANIFEST_TABLE = "manifest"
 CLASS_COUNTS_TABLE = "class_counts"
 SHA_SPLITS_TABLE = "sha256_splits"
+BOXES_TABLE = "boxes"
+BOXES_PER_IMAGE_TABLE = "boxes_per_image"
+BOX_CLASS_COUNTS_TABLE = "box_class_counts"
 DOCS_SITE = "cvplatform"
 SHA256_REGEX = r"^[0-9a-f]{64}$"
 INT_COLUMNS = ("width", "height", "channels")
@@ -204,12 +207,14 @@ def _referenced_columns(cfg: ManifestSuiteConfig) -> list[str]:
     return cols
 
 
-def _plan(cfg: ManifestSuiteConfig, columns: list[str]) -> _Plan:
-    """Build the GX expectations for the three tables; checks on missing columns are skipped."""
+def _plan(cfg: ManifestSuiteConfig, columns: list[str], has_boxes: bool = False) -> _Plan:
+    """Build the GX expectations for every table; checks on missing columns (or a missing annotation
+    table) are skipped."""
     import great_expectations.expectations as gxe
 
     present = set(columns)
-    specs: dict[str, list[_Spec]] = {MANIFEST_TABLE: [], CLASS_COUNTS_TABLE: [], SHA_SPLITS_TABLE: []}
+    specs: dict[str, list[_Spec]] = {t: [] for t in (MANIFEST_TABLE, CLASS_COUNTS_TABLE, SHA_SPLITS_TABLE,
+                                                      BOXES_TABLE, BOXES_PER_IMAGE_TABLE, BOX_CLASS_COUNTS_TABLE)}
     skipped: list[CheckResult] = []
     order: list[str] = []
 
@@ -286,7 +291,50 @@ def _plan(cfg: ManifestSuiteConfig, columns: list[str]) -> _Plan:
         needs=("sha256", "split"),
         notes="Derived table: number of distinct splits per sha256 (train/val/test leakage).",
         max_value=1)
+    _plan_boxes(cfg.boxes, add, order, skipped, has_boxes)
     return _Plan(specs, skipped, order)
+
+
+def _plan_boxes(cfg: BoxSuiteConfig, add: Any, order: list[str], skipped: list[CheckResult],
+                has_boxes: bool) -> None:
+    """The checks of the annotation table (detection); none for a manifest without one (classification)."""
+    import great_expectations.expectations as gxe
+
+    if not has_boxes:
+        return
+
+    checks = [
+        (BOXES_TABLE, "boxes:inside", "overhang", "boxes inside their image", gxe.ExpectColumnValuesToBeBetween,
+         {"max": cfg.max_overhang}, f"no box more than {cfg.max_overhang:g} px outside its image",
+         "Derived table: one row per box; overhang = pixels the box reaches outside its image.",
+         {"max_value": cfg.max_overhang}),
+        (BOXES_TABLE, "boxes:min_side", "min_side", "box size", gxe.ExpectColumnValuesToBeBetween,
+         {"min": cfg.min_box_side}, f"every box at least {cfg.min_box_side:g} px wide and high",
+         "Derived: min_side = min(box width, box height) in pixels.", {"min_value": cfg.min_box_side}),
+        (BOXES_PER_IMAGE_TABLE, "boxes:per_image", "n_boxes", "boxes per image", gxe.ExpectColumnValuesToBeBetween,
+         {"max": cfg.max_boxes_per_image}, f"at most {cfg.max_boxes_per_image} boxes per image",
+         "Derived table: boxes per manifest image (background images have 0).",
+         {"max_value": cfg.max_boxes_per_image}),
+        (BOX_CLASS_COUNTS_TABLE, "boxes:min_per_class", "count", "boxes per class",
+         gxe.ExpectColumnValuesToBeBetween, {"min": cfg.min_boxes_per_class},
+         f">= {cfg.min_boxes_per_class} boxes of every class", "Derived table: boxes per class.",
+         {"min_value": cfg.min_boxes_per_class}),
+        (BOX_CLASS_COUNTS_TABLE, "boxes:max_imbalance", "ratio_to_smallest", "class balance by box count",
+         gxe.ExpectColumnMaxToBeBetween, {"max": cfg.max_box_imbalance}, f"<= {cfg.max_box_imbalance:g}",
+         "Derived: ratio_to_smallest = boxes of the class / boxes of the smallest class.",
+         {"max_value": cfg.max_box_imbalance}),
+    ]
+    if cfg.classes is not None:
+        classes = sorted(cfg.classes)
+        checks.append((BOXES_TABLE, "boxes:classes", "class", "box classes are configured classes",
+                       gxe.ExpectColumnValuesToBeInSet, classes, f"every box class in {classes}", None,
+                       {"value_set": classes}))
+    for table, name, col, title, cls, expected, text, notes, kwargs in checks:
+        add(table, name, col, title, cls, expected, text, notes=notes, **kwargs)
+    if cfg.classes is None:
+        order.append("boxes:classes")
+        skipped.append(_skip("boxes:classes", "expect_column_values_to_be_in_set", BOXES_TABLE, "class", None,
+                             "box classes vs configured classes: `boxes.classes: null` in the suite (not checked)"))
 
 
 def _gx_type(cls: Any) -> str:
@@ -326,6 +374,39 @@ def _sha_splits(df: pd.DataFrame) -> pd.DataFrame:
         "n_splits": n_splits.to_numpy().astype("int64"),
         "splits": splits.reindex(n_splits.index).astype(str).to_numpy(),
     })
+
+
+def box_tables(df: pd.DataFrame, boxes: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The derived tables of the box checks: one row per box (``overhang``, ``min_side``), boxes per manifest
+    image (``n_boxes``, 0 for a background image) and boxes per class (``count``, ``ratio_to_smallest``).
+
+    Example:
+        >>> import pandas as pd
+        >>> m = pd.DataFrame({"sha256": ["a", "b"], "width": [10, 10], "height": [8, 8]})
+        >>> b = pd.DataFrame({"sha256": ["a"], "class": ["cat"], "x0": [-1.0], "y0": [2.0], "x1": [4.0], "y1": [9.0]})
+        >>> t = box_tables(m, b)
+        >>> t["boxes"][["overhang", "min_side"]].values.tolist(), t["boxes_per_image"]["n_boxes"].tolist()
+        ([[1.0, 5.0]], [1, 0])
+    """
+    import numpy as np
+    import pandas as pd
+
+    size = df[["sha256", "width", "height"]].drop_duplicates("sha256").astype({"sha256": str})
+    b = boxes.astype({"sha256": str, "class": str}).merge(size, on="sha256", how="left")
+    x0, y0, x1, y1 = (b[c].astype("float64").to_numpy() for c in ("x0", "y0", "x1", "y1"))
+    w, h = b["width"].astype("float64").to_numpy(), b["height"].astype("float64").to_numpy()
+    over = np.maximum.reduce([-x0, -y0, x1 - w, y1 - h, np.zeros(len(b))]) if len(b) else np.zeros(0)
+    per_box = pd.DataFrame({"sha256": b["sha256"].to_numpy(), "class": b["class"].to_numpy(),
+                            "overhang": np.nan_to_num(over, nan=np.inf),  # a box of an unknown image: outside
+                            "min_side": np.minimum(x1 - x0, y1 - y0)})
+    n = b.groupby("sha256").size()
+    per_image = pd.DataFrame({"sha256": size["sha256"].to_numpy(),
+                              "n_boxes": n.reindex(size["sha256"]).fillna(0).astype("int64").to_numpy()})
+    counts = b["class"].value_counts().sort_index()
+    per_class = pd.DataFrame({"class": counts.index.astype(str), "count": counts.to_numpy().astype("int64")})
+    smallest = int(per_class["count"].min()) if len(per_class) else 0
+    per_class["ratio_to_smallest"] = (per_class["count"] / smallest).astype("float64") if smallest else 0.0
+    return {BOXES_TABLE: per_box, BOXES_PER_IMAGE_TABLE: per_image, BOX_CLASS_COUNTS_TABLE: per_class}
 
 
 # --------------------------------------------------------------------------- result reading
@@ -436,6 +517,7 @@ def validate_manifest(
     suite_cfg: ManifestSuiteConfig,
     *,
     docs_dir: str | Path | None = None,
+    boxes: pd.DataFrame | None = None,
 ) -> ValidateResult:
     """Validate a manifest DataFrame against the suite; never raises on failed expectations.
 
@@ -443,6 +525,8 @@ def validate_manifest(
         df: the manifest (columns as in :mod:`cvplatform.data.manifest`).
         suite_cfg: the suite definition (``configs/expectations/manifest.yaml``).
         docs_dir: where to build the GX Data Docs site (``index.html`` + pages); None = no HTML.
+        boxes: the annotation table of a detection manifest (one row per box: ``sha256``, ``class``,
+            ``x0, y0, x1, y1``); None = the box checks are skipped.
 
     Returns:
         A :class:`ValidateResult` (``success`` False when any expectation failed).
@@ -458,7 +542,7 @@ def validate_manifest(
     import great_expectations as gx
 
     columns = [str(c) for c in df.columns]
-    plan = _plan(suite_cfg, columns)
+    plan = _plan(suite_cfg, columns, has_boxes=boxes is not None)
     docs = Path(docs_dir).resolve() if docs_dir is not None else None
     ctx = _context(docs)
     source = ctx.data_sources.add_pandas(name="cvplatform")
@@ -474,6 +558,11 @@ def validate_manifest(
                                       f"smallest {small['label']!r}: {small['count']}")
     if plan.specs[SHA_SPLITS_TABLE]:
         tables[SHA_SPLITS_TABLE] = (_sha_splits(df), ["sha256", "splits"])
+    if boxes is not None:
+        derived = box_tables(df, boxes)
+        tables[BOXES_TABLE] = (derived[BOXES_TABLE], ["sha256", "class"])
+        tables[BOXES_PER_IMAGE_TABLE] = (derived[BOXES_PER_IMAGE_TABLE], ["sha256"])
+        tables[BOX_CLASS_COUNTS_TABLE] = (derived[BOX_CLASS_COUNTS_TABLE], ["class"])
 
     by_name: dict[str, CheckResult] = {c.name: c for c in plan.skipped}
     for table, (frame, index_cols) in tables.items():
@@ -556,6 +645,7 @@ def run_validate(params: Params, *, root: str | Path | None = None) -> ValidateR
         suite_cfg = load_config(suite_file, ManifestSuiteConfig)
         # no `required` here: missing columns are reported by the suite (summary + Data Docs)
         df = read_manifest(manifest_file, required=())
+        boxes = _annotation_table(df, paths)
     except CVPlatformError as exc:
         ValidateResult(
             success=False, rows=0, evaluated=0, passed=0, failed=0, skipped=0,
@@ -565,7 +655,7 @@ def run_validate(params: Params, *, root: str | Path | None = None) -> ValidateR
 
     docs_dir = out_dir / "data_docs"
     _reset_docs_dir(docs_dir)
-    result = validate_manifest(df, suite_cfg, docs_dir=docs_dir)
+    result = validate_manifest(df, suite_cfg, docs_dir=docs_dir, boxes=boxes)
     result.suite_path = str(suite_file)
     result.manifest_path = str(manifest_file)
     result.write_summary(out_dir)
@@ -574,4 +664,34 @@ def run_validate(params: Params, *, root: str | Path | None = None) -> ValidateR
     return result
 
 
-__all__ = ["CheckResult", "ValidateResult", "run_validate", "validate_manifest"]
+def _annotation_table(df: pd.DataFrame, paths: ProjectPaths) -> pd.DataFrame | None:
+    """The annotation table the manifest's ``annotations`` column names (None without the column).
+
+    Raises:
+        DataError: the column names several tables, or the table is missing, unreadable or lacks columns.
+    """
+    import pandas as pd
+
+    from cvplatform.errors import DataError
+
+    if "annotations" not in df.columns:
+        return None
+    named = sorted({str(v) for v in df["annotations"].dropna().tolist() if str(v).strip()})
+    if not named:
+        return None
+    if len(named) > 1:
+        raise DataError(f"manifest column 'annotations' names {len(named)} tables ({named[:3]}); one dataset has "
+                        "one annotation table. Re-run `cvplatform ingest`.")
+    path = paths.resolve(named[0])
+    try:
+        table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: annotation table named by the manifest is missing or unreadable ({exc}). Run "
+                        "`dvc pull` or re-run `cvplatform ingest`.") from None
+    missing = [c for c in ("sha256", "class", "x0", "y0", "x1", "y1") if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: annotation table lacks column(s) {missing}. Re-run `cvplatform ingest`.")
+    return table
+
+
+__all__ = ["CheckResult", "ValidateResult", "box_tables", "run_validate", "validate_manifest"]
