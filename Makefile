@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/serving.py --threads 0 --out benchmarks/results/serving-threads0.json
 	$(BIN)/python benchmarks/serving.py --hot-path
 	$(BIN)/python benchmarks/dag_parse.py
+	$(BIN)/python benchmarks/detection.py
 
 # A real local Airflow 3 (api-server, scheduler, dag-processor, triggerer) on SQLite, bound to 127.0.0.1:
 # AIRFLOW_HOME=airflow_home/, users admin/alice/bob, passwords printed on start; Ctrl-C stops it.

@@ -187,6 +187,12 @@ def load_images(rows: pd.DataFrame, root: str | os.PathLike[str], predictor: Pre
     index = {c: i for i, c in enumerate(names)}
     labels = [str(v) for v in rows["label"].tolist()]
     unknown = sorted({lbl for lbl in labels if lbl not in index})
+    task = getattr(predictor, "task", None)
+    if unknown and task is not None and task.target_kind != "label":
+        # the label column is a summary (detection: the largest box's class, or "background"), not the
+        # target: the task reads its targets itself (scenario_targets); y is -1 where it names no class
+        index = {**{lbl: -1 for lbl in unknown}, **index}
+        unknown = []
     if unknown:
         raise DataError(
             f"{what}: label(s) {unknown} are not classes of the model {predictor.name} ({names}). "

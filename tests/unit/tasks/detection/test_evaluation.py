@@ -50,3 +50,25 @@ def test_parity_of_onnx_against_pytorch_passes_with_the_task_agreement(detection
                         labels=["x"] * 4, class_names=names, atol=1e-3, min_agreement=1.0, task=task)
     assert r.passed, r.reasons
     assert r.n == 4
+
+
+def test_evaluation_loads_background_images_whose_label_is_no_class(detection_onnx, tmp_path):
+    """A detection manifest's ``label`` is a summary (the largest box's class, or ``background``): loading the
+    split does not refuse it, while a classifier still refuses a label that is not one of its classes."""
+    import pandas as pd
+    from PIL import Image
+
+    from cvplatform.errors import DataError
+    from cvplatform.evaluation.suite_runner import load_images
+    from tests.fixtures.serving_models import build_model as build_classifier
+
+    for i in range(2):
+        Image.fromarray(_images(2)[i]).save(tmp_path / f"{i}.png")
+    rows = pd.DataFrame({"path": ["0.png", "1.png"], "label": ["circle", "background"], "sha256": ["a", "b"]})
+    data = load_images(rows, tmp_path, OnnxPredictor(detection_onnx.path, task=get_task("detection")), "test")
+    assert data.images.shape == (2, 32, 32, 3) and data.y.tolist() == [0, -1]
+
+    (tmp_path / "cls.onnx").write_bytes(build_classifier().SerializeToString())
+    rows["label"] = ["red", "background"]
+    with pytest.raises(DataError, match=r"label\(s\) \['background'\] are not classes of the model"):
+        load_images(rows, tmp_path, OnnxPredictor(tmp_path / "cls.onnx"), "test")

@@ -1,0 +1,201 @@
+"""Detection: COCO evaluation vs pycocotools, and a Lightning training step vs a plain PyTorch loop.
+
+Ratios within one run (the machine is shared and noisy; compare ratios, not absolute numbers):
+
+1. **Evaluation**: ``--images`` (default 5,000) synthetic images with ``--boxes`` (default 20) ground-truth
+   boxes each and as many predictions (the truth jittered, some classes swapped, plus false positives with
+   random scores). The project's :func:`cvplatform.tasks.detection.metrics.coco_metrics` (the
+   ``faster_coco_eval`` backend) against pycocotools' ``COCOeval`` on the same COCO documents, timed from the
+   same in-memory inputs; the 12 COCO numbers must be identical (to 1e-9). Reported: seconds of each and the
+   ratio ``project / pycocotools`` (lower is faster).
+2. **Training step**: the project's ``DetectionModule`` fitted by Lightning against a plain loop (same network
+   initialisation, optimiser, loss and pre-collated batches of built-in scenes), one torch thread, epochs
+   measured pairwise (one plain epoch next to each Lightning epoch; the first pair is a warm-up). Target:
+   Lightning / plain <= 1.10 (median of the per-pair ratios).
+
+Not measured yet: served detector throughput against the raw session (the server maps boxes to the input
+size only; see docs/detection.md).
+
+Usage:  .venv/bin/python benchmarks/detection.py [--images 5000] [--boxes 20] [--epochs 6]
+                                                 [--out benchmarks/results/detection.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CLASSES = [f"c{i}" for i in range(8)]
+
+
+def synthetic(n_images: int, n_boxes: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Per-image truth and predictions in the project's format (boxes xyxy pixels on a 640x480 image)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    truth, preds = [], []
+    for _ in range(n_images):
+        xy = rng.uniform(0, 560, size=(n_boxes, 2))
+        wh = rng.uniform(4, 80, size=(n_boxes, 2))
+        boxes = np.concatenate([xy, xy + wh], axis=1)
+        labels = rng.integers(0, len(CLASSES), n_boxes)
+        truth.append({"boxes": boxes, "labels": labels, "iscrowd": np.zeros(n_boxes, bool)})
+        jitter = boxes + rng.normal(0, 3, size=boxes.shape)
+        plabels = np.where(rng.random(n_boxes) < 0.1, rng.integers(0, len(CLASSES), n_boxes), labels)
+        fp_xy = rng.uniform(0, 560, size=(n_boxes // 4, 2))
+        fp = np.concatenate([fp_xy, fp_xy + rng.uniform(4, 80, size=(n_boxes // 4, 2))], axis=1)
+        preds.append({"boxes": np.concatenate([jitter, fp]),
+                      "scores": rng.uniform(0.05, 1.0, n_boxes + len(fp)),
+                      "labels": np.concatenate([plabels, rng.integers(0, len(CLASSES), len(fp))])})
+    return truth, preds
+
+
+def bench_evaluation(n_images: int, n_boxes: int) -> dict:
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from cvplatform.tasks.detection.metrics import COCO_STATS, coco_ground_truth, coco_metrics, coco_results
+
+    truth, preds = synthetic(n_images, n_boxes)
+    t0 = time.perf_counter()
+    ours = coco_metrics(truth, preds, CLASSES)
+    ours_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    gt = COCO()
+    gt.dataset = coco_ground_truth(truth, CLASSES)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        dt = gt.loadRes(coco_results(preds))
+        ev = COCOeval(gt, dt, iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    ref_s = time.perf_counter() - t0
+    diff = max(abs((ours[k] if ours[k] is not None else -1.0) - float(v)) for k, v in zip(COCO_STATS, ev.stats,
+                                                                                           strict=True))
+    return {"images": n_images, "boxes_per_image": n_boxes, "predictions": int(sum(len(p["boxes"]) for p in preds)),
+            "project_s": round(ours_s, 3), "pycocotools_s": round(ref_s, 3),
+            "ratio_project_vs_pycocotools": round(ours_s / ref_s, 4), "max_abs_difference": float(diff),
+            "identical": bool(np.isclose(diff, 0.0, atol=1e-9)), "map": ours["map"], "map50": ours["map50"]}
+
+
+def _batches(n_batches: int, batch: int, size: int) -> tuple[list, list[str]]:
+    """Pre-collated batches of built-in scenes: (images float (B, 3, H, W), per-image targets), and the classes."""
+    import numpy as np
+    import torch
+
+    from cvplatform.config import ScenesParams
+    from cvplatform.tasks.detection.scenes import _photos, render_scene
+
+    classes = ScenesParams().classes
+    photos = list(_photos().values())
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n_batches):
+        xs, ts = [], []
+        for i in range(batch):
+            img, objects = render_scene(size, classes, int(rng.integers(1, 5)), photos[i % len(photos)], "normal",
+                                        rng)
+            xs.append(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float() / 255.0)
+            ts.append({"boxes": torch.as_tensor([o.box for o in objects], dtype=torch.float32).reshape(-1, 4),
+                       "labels": torch.as_tensor([classes.index(o.cls) for o in objects], dtype=torch.int64)})
+        out.append((torch.stack(xs), ts))
+    return out, list(classes)
+
+
+def bench_training(epochs: int, n_batches: int, batch: int, size: int) -> dict:
+    import copy
+    import logging
+    import warnings
+
+    import pytorch_lightning as pl
+    import torch
+
+    from cvplatform.tasks.detection.model import centernet_loss
+    from cvplatform.tasks.detection.module import DetectionModule
+
+    torch.set_num_threads(1)
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    data, classes = _batches(n_batches, batch, size)
+    pre = {"input_size": [size, size], "mean": [0.0] * 3, "std": [1.0] * 3, "eval": []}
+    torch.manual_seed(0)
+    lit = DetectionModule("small_cnn", {"width": 16, "stages": 3}, len(classes), classes, pre, head_width=32)
+    plain_net = copy.deepcopy(lit.model)
+    plain_opt = torch.optim.AdamW(plain_net.parameters(), lr=1e-3)
+    stride, size_weight = lit.stride_px, lit.hparams["size_weight"]
+
+    def plain_epoch() -> float:
+        plain_net.train()
+        t0 = time.perf_counter()
+        for x, targets in data:
+            plain_opt.zero_grad(set_to_none=True)
+            loss = centernet_loss(plain_net(x), targets, stride, size_weight)["loss"]
+            loss.backward()
+            plain_opt.step()
+        return time.perf_counter() - t0
+
+    pairs: list[tuple[float, float]] = []
+
+    class Pairwise(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.plain = plain_epoch() if trainer.current_epoch % 2 == 0 else None
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            lit_s = time.perf_counter() - self.t0
+            plain_s = self.plain if self.plain is not None else plain_epoch()
+            pairs.append((lit_s, plain_s))
+
+    loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Pairwise()],
+                         num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(lit, train_dataloaders=loader)
+    measured = pairs[1:] or pairs  # the first pair is a warm-up
+    ratios = [a / b for a, b in measured]
+    return {"epochs": epochs, "batches_per_epoch": n_batches, "batch_size": batch, "image_size": size,
+            "lightning_epoch_s": [round(a, 3) for a, _ in measured], "plain_epoch_s": [round(b, 3) for _, b in measured],
+            "ratio_lightning_vs_plain_median": round(statistics.median(ratios), 3),
+            "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3), "target": 1.10}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=5000)
+    ap.add_argument("--boxes", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--batches", type=int, default=12)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/detection.json")
+    args = ap.parse_args()
+    ev = bench_evaluation(args.images, args.boxes)
+    print(f"evaluation: {ev['images']} images x {ev['boxes_per_image']} boxes: project {ev['project_s']:.2f} s, "
+          f"pycocotools {ev['pycocotools_s']:.2f} s (ratio {ev['ratio_project_vs_pycocotools']:.3f}); "
+          f"identical numbers: {ev['identical']} (max |diff| {ev['max_abs_difference']:.1e})")
+    tr = bench_training(args.epochs, args.batches, args.batch_size, args.size)
+    print(f"training: Lightning / plain loop = {tr['ratio_lightning_vs_plain_median']:.3f} "
+          f"(min {tr['ratio_min']:.3f}, max {tr['ratio_max']:.3f}; target <= 1.10)")
+    result = {"benchmark": "detection", "platform": platform.platform(), "python": platform.python_version(),
+              "evaluation": ev, "training": tr}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {args.out}")
+    return 0 if ev["identical"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
