@@ -355,8 +355,12 @@ def corruption_lines(cs: Mapping[str, Any]) -> tuple[str, str]:
                  if k.startswith("mean_corrupted_")]
         changes = [f"{k.removeprefix('change_')} {v:+.4f}" for k, v in cs.items()
                    if k.startswith("change_") and v is not None]
-        return (f"mean under corruption: {', '.join(means) or 'no corruption scenarios'}",
-                f"change from clean: {', '.join(changes) or 'n/a'}")
+        change = f"change from clean: {', '.join(changes) or 'n/a'}"
+        if "rpc" in cs:  # a task with Michaelis et al.'s robustness numbers (detection)
+            champ = (f"; champion mPC {_f(cs.get('champion_mpc'), 4)}" if cs.get("champion_mpc") is not None else "")
+            return (f"mPC {_f(cs.get('mpc'), 4)} (mean mAP over every corruption and severity), rPC "
+                    f"{_f(cs.get('rpc'), 3)} = mPC / clean mAP{champ}", change)
+        return f"mean under corruption: {', '.join(means) or 'no corruption scenarios'}", change
     if cs.get("mce") is not None:
         mce = (f"mCE {_f(cs.get('mce'), 3)} (ImageNet-C definition with the champion {cs.get('mce_reference')} as "
                "the reference model; < 1 = more robust than the champion)")

@@ -577,6 +577,8 @@ def _scenarios_json(inp: _Inputs, judged: _Judged, dec: _Decision, per_scenario:
         "error_multiple_vs_clean": cs.get("error_multiple_vs_clean"),
         "mean_degradation": cs.get("mean_degradation"),
         "mean_corruption_error": cs.get("mean_corruption_error"),
+        # every suite-wide robustness number of the task (detection: mpc, rpc, champion_mpc)
+        "robustness": {k: v for k, v in cs.items() if v is None or isinstance(v, int | float | str)},
     }
 
 

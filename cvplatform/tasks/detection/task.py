@@ -429,6 +429,37 @@ class DetectionTask(Task):
         lo_hi = _percentile(deltas, confidence) or (float("nan"), float("nan"))
         return float(a - b), lo_hi[0], lo_hi[1]
 
+    def corruption_summary(self, clean: Any, corrupted: Mapping[tuple[str, int], Any],
+                           reference: Mapping[tuple[str, int], Any] | None, reference_name: str | None
+                           ) -> dict[str, Any]:
+        """Robustness as in Michaelis et al. 2019 ("Benchmarking Robustness in Object Detection"): ``mpc``,
+        the mean mAP@[.5:.95] over every corruption and severity, and ``rpc = mpc / clean mAP``; the
+        champion's ``champion_mpc`` on the same images when it was evaluated; plus each metric's mean over
+        the corruption scenarios (the default summary).
+
+        Example:
+            >>> from types import SimpleNamespace as R
+            >>> from cvplatform.tasks import get_task
+            >>> s = get_task("detection").corruption_summary(R(values={"map": 0.5}), {("fog", 1): R(values={"map": 0.4}),
+            ...     ("fog", 2): R(values={"map": 0.2})}, None, None)
+            >>> round(s["mpc"], 3), round(s["rpc"], 3)
+            (0.3, 0.6)
+        """
+        out = super().corruption_summary(clean, corrupted, reference, reference_name)
+
+        def mean_map(results: Mapping[tuple[str, int], Any]) -> float | None:
+            vals = [float(r.values["map"]) for r in results.values() if r.values.get("map") is not None]
+            return sum(vals) / len(vals) if vals else None
+
+        mpc = mean_map(corrupted)
+        base = clean.values.get("map") if clean is not None else None
+        out["mpc"] = mpc
+        out["rpc"] = (mpc / float(base)) if mpc is not None and base else None
+        if reference:
+            out["champion_mpc"] = mean_map(reference)
+            out["champion"] = reference_name
+        return out
+
     def scenario_extras(self, result: Any) -> dict[str, Any]:
         return {"operating_point": dict(result.operating_point)} if result.operating_point else {}
 

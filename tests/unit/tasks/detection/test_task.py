@@ -276,3 +276,23 @@ def test_a_detection_suite_gates_on_map_and_compares_the_champion(tmp_path):
     path.write_text(yaml.safe_dump({**suite, "scenarios": [{**suite["scenarios"][0], "min_accuracy": 0.9}]}))
     with pytest.raises(ConfigError, match="min_accuracy: unknown key.*min_map50"):
         load_suite(path, task=t)
+
+
+def test_corruption_summary_reports_mpc_and_rpc_with_the_champion():
+    """mPC = mean mAP over every corruption and severity, rPC = mPC / clean mAP (Michaelis et al. 2019); the
+    report says both, and the champion's mPC when it was evaluated on the same images."""
+    from types import SimpleNamespace as R
+
+    from cvplatform.evaluation.report import corruption_lines
+
+    task = get_task("detection")
+    corrupted = {("fog", 1): R(values={"map": 0.40, "map50": 0.7}), ("fog", 2): R(values={"map": 0.30, "map50": 0.6}),
+                 ("jpeg", 1): R(values={"map": None, "map50": None})}
+    champion = {("fog", 1): R(values={"map": 0.2}), ("fog", 2): R(values={"map": 0.1})}
+    cs = task.corruption_summary(R(values={"map": 0.5, "map50": 0.8}), corrupted, champion, "models:/m@champion")
+    assert cs["mpc"] == pytest.approx(0.35) and cs["rpc"] == pytest.approx(0.7)
+    assert cs["champion_mpc"] == pytest.approx(0.15) and cs["mean_corrupted_map50"] == pytest.approx(0.65)
+    first, second = corruption_lines(cs)
+    assert "mPC 0.3500" in first and "rPC 0.700" in first and "champion mPC 0.1500" in first
+    assert "map50 -0.1500" in second
+    assert task.corruption_summary(R(values={"map": 0.0}), corrupted, None, None)["rpc"] is None
