@@ -120,6 +120,11 @@ class GatePolicy(StrictModel):
     """Interval level of the paired bootstrap."""
     seed: int = 0
     """Seed of the paired bootstrap."""
+    robustness: dict[str, float] = Field(default_factory=dict)
+    """Suite-wide thresholds on the task's corruption summary: ``min_<number>`` / ``max_<number>`` (detection:
+    ``min_rpc``, ``min_mpc``); the task's ``robustness_keys`` lists what a suite may set."""
+    robustness_level: Level = "must_pass"
+    """Level of the robustness checks."""
 
 
 @dataclass(frozen=True)
@@ -386,6 +391,29 @@ def _pass_rate_check(policy: GatePolicy, scenario_ok: dict[str, bool]) -> tuple[
                                 reason, pass_rate, policy.min_pass_rate)
 
 
+def robustness_checks(policy: GatePolicy, summary: Mapping[str, Any] | None) -> list[GateCheck]:
+    """The suite-wide robustness checks (``policy.robustness``) on the task's corruption summary.
+
+    Example:
+        >>> [c.status for c in robustness_checks(GatePolicy(robustness={"min_rpc": 0.6}), {"rpc": 0.55})]
+        ['failed']
+    """
+    out = []
+    for key, threshold in policy.robustness.items():
+        bound, number = key.split("_", 1)
+        value = (summary or {}).get(number)
+        if value is None:
+            out.append(GateCheck(key, "*", "failed", policy.robustness_level,
+                                 f"{number} was not measured (no corruption scenario with a result, or a clean "
+                                 f"value of 0); {key} {threshold:g} cannot be judged", None, float(threshold)))
+            continue
+        ok = value >= threshold - EPS if bound == "min" else value <= threshold + EPS
+        sign = (">=" if ok else "<") if bound == "min" else ("<=" if ok else ">")
+        out.append(GateCheck(key, "*", "passed" if ok else "failed", policy.robustness_level,
+                             f"{number} {float(value):.4f} {sign} {key} {threshold:g}", float(value), float(threshold)))
+    return out
+
+
 def check_gates(
     results: Mapping[str, Any],
     policy: GatePolicy,
@@ -394,6 +422,7 @@ def check_gates(
     champion_note: str | None = None,
     champion_incompatible: str | None = None,
     task: Task | None = None,
+    robustness: Mapping[str, Any] | None = None,
 ) -> GateReport:
     """Decide the release gates (pure: no I/O; deterministic).
 
@@ -411,6 +440,8 @@ def check_gates(
             keys, its hooks add task-only checks (``support_checks``, ``extra_gate_checks``) and
             ``paired_delta`` compares with the champion. Results follow the scenario-result
             protocol of :mod:`cvplatform.tasks.base` (``values``, ``intervals``, ``n``, ``image_ids``).
+        robustness: The task's corruption summary (``task.corruption_summary``), judged by the suite-wide
+            ``policy.robustness`` thresholds (:func:`robustness_checks`).
 
     Returns:
         A :class:`GateReport`; ``report.passed`` is False when any must-pass check failed.
@@ -439,6 +470,7 @@ def check_gates(
     champ = _champion_check(policy, champion, champion_note, champion_incompatible)
     if champ is not None:
         checks.append(champ)
+    checks.extend(robustness_checks(policy, robustness))
     pass_rate, rate_check = _pass_rate_check(policy, scenario_ok)
     checks.append(rate_check)
     all_rate = (sum(scenario_ok.values()) / len(scenario_ok)) if scenario_ok else None
@@ -456,4 +488,5 @@ __all__ = [
     "Status",
     "ThresholdKey",
     "check_gates",
+    "robustness_checks",
 ]

@@ -480,17 +480,17 @@ def _decide(inp: _Inputs, judged: _Judged, cfg: EvaluateParams, seed: int, champ
     from cvplatform.evaluation.gates import check_gates
 
     results, champ_results = judged.results, judged.champ_results
-    policy = inp.suite.policy(seed=seed, n_bootstrap=cfg.bootstrap_samples, confidence=cfg.confidence)
-    gates = check_gates(results, policy, champ_results if champion.predictor is not None else None,
-                        champion_note=champion.note or None, champion_incompatible=champion.incompatible,
-                        task=inp.task)
-    gates = replace(gates, champion=champion.uri)
     corruptions = [s for s in inp.scenarios if s.kind == "corruption"]
     clean = results[next(s.name for s in inp.scenarios if s.kind == "clean")]
     corrupted = {(str(s.corruption), int(s.severity or 0)): results[s.name] for s in corruptions}
     reference = {(str(s.corruption), int(s.severity or 0)): champ_results[s.name]
                  for s in corruptions if s.name in champ_results} if champ_results else None
     cs = inp.task.corruption_summary(clean, corrupted, reference, champion.uri)
+    policy = inp.suite.policy(seed=seed, n_bootstrap=cfg.bootstrap_samples, confidence=cfg.confidence)
+    gates = check_gates(results, policy, champ_results if champion.predictor is not None else None,
+                        champion_note=champion.note or None, champion_incompatible=champion.incompatible,
+                        task=inp.task, robustness=cs)
+    gates = replace(gates, champion=champion.uri)
     return _Decision(gates, policy, cs)
 
 

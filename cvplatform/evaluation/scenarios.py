@@ -244,6 +244,11 @@ class ScenarioSuite(StrictModel):
     """Fail (instead of skip) when there is no champion to compare against."""
     min_images_per_class: int | None = Field(None, ge=1)
     """The clean split needs at least this many images of every class (a must-pass check); None = no guard."""
+    robustness: dict[str, float] = Field(default_factory=dict)
+    """Suite-wide thresholds on the task's corruption summary (detection: ``min_rpc``, ``min_mpc``); the
+    allowed keys are the task's ``robustness_keys``."""
+    robustness_level: Level = "must_pass"
+    """Level of the robustness checks."""
     defaults: Thresholds = Thresholds()
     """Thresholds applied to every scenario that does not set the key itself."""
     scenarios: tuple[ScenarioSpec, ...] = ()
@@ -335,6 +340,8 @@ class ScenarioSuite(StrictModel):
             require_champion=self.require_champion,
             clean_scenario=next(s.name for s in self.expand() if s.kind == "clean"),
             min_images_per_class=self.min_images_per_class,
+            robustness=dict(self.robustness),
+            robustness_level=self.robustness_level,
             n_bootstrap=n_bootstrap,
             confidence=confidence,
             seed=seed,
@@ -414,6 +421,11 @@ def _check_gate_keys(data: dict[str, Any], source: str, task: Task) -> None:
             if key not in allowed:
                 lines.append(f"  - {where}: warn_only.{i}: {key!r} is not a threshold key of task {task.name!r}; "
                              f"allowed: {', '.join(allowed)}")
+    robustness = data.get("robustness")
+    for key in (robustness if isinstance(robustness, dict) else {}):
+        if key not in task.robustness_keys:
+            allowed = ", ".join(task.robustness_keys) or "none"
+            lines.append(f"  - robustness.{key}: unknown key; task {task.name!r} allows: {allowed}")
     if lines:
         raise ConfigError("\n".join([f"{source}: invalid scenario suite", *lines,
                                      "Fix the key(s) above in the suite file and run again."]))

@@ -284,6 +284,9 @@ class Task(ABC):
     #: Thresholds a ``curated`` scenario gets unless it sets them (a curated list holds images the model must
     #: get right): classification's ``{"min_accuracy": 1.0}``. Keys must be the task's gate keys.
     curated_defaults: ClassVar[Mapping[str, float]] = {}
+    #: Suite-wide thresholds a suite may set under ``robustness:`` on numbers of :meth:`corruption_summary`:
+    #: ``min_<number>`` / ``max_<number>`` (detection: ``min_rpc``, ``min_mpc``). None by default.
+    robustness_keys: ClassVar[tuple[str, ...]] = ()
     #: The report's gallery: its title and the column names of ``worst_images``' expected, predicted, score.
     gallery_title: ClassVar[str] = "Worst images"
     gallery_columns: ClassVar[tuple[str, str, str]] = ("expected", "predicted", "score")

@@ -429,6 +429,8 @@ class DetectionTask(Task):
         lo_hi = _percentile(deltas, confidence) or (float("nan"), float("nan"))
         return float(a - b), lo_hi[0], lo_hi[1]
 
+    robustness_keys: ClassVar[tuple[str, ...]] = ("min_rpc", "min_mpc")
+
     def corruption_summary(self, clean: Any, corrupted: Mapping[tuple[str, int], Any],
                            reference: Mapping[tuple[str, int], Any] | None, reference_name: str | None
                            ) -> dict[str, Any]:

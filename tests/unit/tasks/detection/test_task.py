@@ -296,3 +296,37 @@ def test_corruption_summary_reports_mpc_and_rpc_with_the_champion():
     assert "mPC 0.3500" in first and "rPC 0.700" in first and "champion mPC 0.1500" in first
     assert "map50 -0.1500" in second
     assert task.corruption_summary(R(values={"map": 0.0}), corrupted, None, None)["rpc"] is None
+
+
+def test_a_suite_gates_on_rpc_and_refuses_robustness_keys_the_task_lacks(tmp_path):
+    """``robustness: {min_rpc: ...}`` is a suite-wide must-pass check on the corruption summary; a classification
+    suite (no robustness keys) and an unknown key are configuration errors naming the key."""
+    import yaml
+
+    from cvplatform.errors import ConfigError
+    from cvplatform.evaluation.gates import check_gates
+    from cvplatform.evaluation.scenarios import load_suite
+
+    t = DetectionTask()
+    suite = {"name": "det", "robustness": {"min_rpc": 0.6},
+             "scenarios": [{"name": "clean", "kind": "clean", "level": "must_pass", "min_map50": 0.5}]}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite), encoding="utf-8")
+    policy = load_suite(path, task=t).policy(n_bootstrap=20)
+    good = {"clean": t.evaluate_scenario("clean", "clean", ["i0", "i1"], TRUTH, PERFECT, CLASSES, n_bootstrap=20)}
+    robust = check_gates(good, policy, task=t, robustness={"mpc": 0.8, "rpc": 0.8})
+    fragile = check_gates(good, policy, task=t, robustness={"mpc": 0.4, "rpc": 0.4})
+    unmeasured = check_gates(good, policy, task=t, robustness={})
+    assert robust.passed and not fragile.passed and not unmeasured.passed
+    check = next(c for c in fragile.checks if c.name == "min_rpc")
+    assert (check.scenario, check.level, check.value, check.threshold) == ("*", "must_pass", 0.4, 0.6)
+    assert check.reason == "rpc 0.4000 < min_rpc 0.6"
+    assert "not measured" in next(c for c in unmeasured.checks if c.name == "min_rpc").reason
+
+    path.write_text(yaml.safe_dump({**suite, "robustness": {"min_rcp": 0.6}}), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"robustness.min_rcp: unknown key; task 'detection' allows: min_rpc, min_mpc"):
+        load_suite(path, task=t)
+    cls_suite = {"robustness": {"min_rpc": 0.6}, "scenarios": [{"name": "clean", "kind": "clean"}]}
+    path.write_text(yaml.safe_dump(cls_suite), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"robustness.min_rpc: unknown key; task 'classification' allows: none"):
+        load_suite(path)
