@@ -462,6 +462,67 @@ class DetectionTask(Task):
             out["champion"] = reference_name
         return out
 
+    @property
+    def extra_gate_keys(self) -> tuple[str, ...]:
+        return ("min_recall", "min_critical_recall", "max_fp_per_image")
+
+    #: A curated list names images whose every object must be found (at :attr:`score_threshold`).
+    curated_defaults: ClassVar[Mapping[str, float]] = {"min_recall": 1.0}
+
+    def served_counts(self, result: DetectionResult) -> dict[str, dict[str, int]]:
+        """Per class: objects, found objects and false boxes among the detections scoring ``>=``
+        :attr:`score_threshold` (what the server returns), matched at IoU :attr:`match_iou` within the class."""
+        from cvplatform.tasks.detection.metrics import match
+
+        counts = {c: {"objects": 0, "found": 0, "false": 0} for c in result.class_names}
+        for truth, pred in zip(result.truth, result.preds, strict=True):
+            keep = pred["scores"] >= self.score_threshold
+            det = {k: v[keep] for k, v in pred.items()}
+            to_truth, taken = match(truth, det, self.match_iou)
+            for lab, hit in zip(np.asarray(truth["labels"], np.int64), taken, strict=True):
+                counts[result.class_names[lab]]["objects"] += 1
+                counts[result.class_names[lab]]["found"] += int(hit)
+            for lab in np.asarray(det["labels"], np.int64)[to_truth < 0]:
+                counts[result.class_names[lab]]["false"] += 1
+        return counts
+
+    def extra_gate_checks(self, scenario: str, gate: Any, result: Any, policy: Any) -> list[Any]:
+        """``min_recall`` (all objects), ``min_critical_recall:<class>`` and ``max_fp_per_image:<class>`` (each
+        critical class) on the detections the server returns (score >= :attr:`score_threshold`)."""
+        from dataclasses import asdict
+
+        from cvplatform.evaluation.gates import GateCheck, bound_check, floor_check
+
+        th = gate.thresholds()
+        wanted = [k for k in self.extra_gate_keys if k in th]
+        if not wanted or not result.n or len(result.preds) != result.n:
+            return []
+        counts = self.served_counts(result)
+        out: list[GateCheck] = []
+        if "min_recall" in th:
+            objects = sum(c["objects"] for c in counts.values())
+            found = sum(c["found"] for c in counts.values())
+            out.append(floor_check("min_recall", scenario, gate.level_of("min_recall"),
+                                   found / objects if objects else None, th["min_recall"],
+                                   f"recall at score >= {self.score_threshold:g} ({found}/{objects} objects)",
+                                   "undefined (no objects in the scenario)"))
+        for key in ("min_critical_recall", "max_fp_per_image"):
+            if key in th and not policy.critical_classes:
+                out.append(GateCheck(key, scenario, "skipped", gate.level_of(key),
+                                     f"{key} set but the suite lists no critical_classes", None, th[key]))
+        for cls in policy.critical_classes:
+            c = counts.get(cls, {"objects": 0, "found": 0, "false": 0})
+            if "min_critical_recall" in th:
+                out.append(floor_check(f"min_critical_recall:{cls}", scenario, gate.level_of("min_critical_recall"),
+                                       c["found"] / c["objects"] if c["objects"] else None, th["min_critical_recall"],
+                                       f"recall of '{cls}' ({c['found']}/{c['objects']})",
+                                       "undefined (no objects of the class)"))
+            if "max_fp_per_image" in th:
+                out.append(bound_check(f"max_fp_per_image:{cls}", scenario, gate.level_of("max_fp_per_image"),
+                                       c["false"] / result.n, th["max_fp_per_image"],
+                                       f"false '{cls}' boxes per image ({c['false']} on {result.n} images)"))
+        return [asdict(c) for c in out]
+
     def scenario_extras(self, result: Any) -> dict[str, Any]:
         return {"operating_point": dict(result.operating_point)} if result.operating_point else {}
 

@@ -330,3 +330,35 @@ def test_a_suite_gates_on_rpc_and_refuses_robustness_keys_the_task_lacks(tmp_pat
     path.write_text(yaml.safe_dump(cls_suite), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"robustness.min_rpc: unknown key; task 'classification' allows: none"):
         load_suite(path)
+
+
+def test_recall_and_false_positive_gates_on_what_the_server_returns(tmp_path):
+    """``min_recall`` (curated lists default to 1.0: every listed object found), ``min_critical_recall`` and
+    ``max_fp_per_image`` per critical class, at the served score threshold."""
+    import yaml
+
+    from cvplatform.evaluation.gates import check_gates
+    from cvplatform.evaluation.scenarios import load_suite
+
+    t = DetectionTask()
+    # image 0: A found, B (square) missed, a false square; image 1: C found, a false circle below the threshold
+    out = _outputs([[(A, 0.9, 0), ([40.0, 40.0, 50.0, 50.0], 0.8, 1)], [(C, 0.7, 0), ([0.0, 0.0, 4.0, 4.0], 0.2, 0)]])
+    res = t.evaluate_scenario("cur", "curated", ["i0", "i1"], TRUTH, out, CLASSES, n_bootstrap=10)
+    assert t.served_counts(res) == {"circle": {"objects": 2, "found": 2, "false": 0},
+                                    "square": {"objects": 1, "found": 0, "false": 1}}
+    suite = {"critical_classes": ["square"], "scenarios": [
+        {"name": "clean", "kind": "clean", "level": "must_pass", "min_critical_recall": 0.5, "max_fp_per_image": 0.25},
+        {"name": "cur", "kind": "curated", "hashes_file": "x.txt", "level": "must_pass"}]}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite), encoding="utf-8")
+    policy = load_suite(path, task=t).policy(n_bootstrap=10)
+    assert policy.scenarios["cur"].thresholds() == {"min_recall": 1.0}  # the task's curated default
+    report = check_gates({"clean": res, "cur": res}, policy, task=t)
+    checks = {(c.scenario, c.name): c for c in report.checks}
+    assert checks["cur", "min_recall"].status == "failed" and checks["cur", "min_recall"].value == pytest.approx(2 / 3)
+    assert "(2/3 objects)" in checks["cur", "min_recall"].reason
+    assert checks["clean", "min_critical_recall:square"].status == "failed"
+    fp = checks["clean", "max_fp_per_image:square"]
+    assert fp.status == "failed" and fp.value == pytest.approx(0.5) and "1 on 2 images" in fp.reason
+    perfect = t.evaluate_scenario("clean", "clean", ["i0", "i1"], TRUTH, PERFECT, CLASSES, n_bootstrap=10)
+    assert check_gates({"clean": perfect, "cur": perfect}, policy, task=t).passed
