@@ -661,10 +661,10 @@ def _best_checkpoint(fit: _Fit, data: _Data, tp: TrainParams, out: Path, history
     from cvplatform.models.checkpoint import load_checkpoint
 
     best_path = Path(fit.checkpoint.best_model_path) if fit.checkpoint.best_model_path else out / f"{BEST_NAME}.ckpt"
-    loaded = load_checkpoint(best_path)  # run every artifact you produce: it must load back
+    loaded = load_checkpoint(best_path, task=data.dm.task)  # run every artifact you produce: it must load back
     temperature = _calibrate(best_path, loaded, data.dm) if tp.calibrate else None
     if temperature is not None:
-        loaded = load_checkpoint(best_path)
+        loaded = load_checkpoint(best_path, task=data.dm.task)
     best_rec = next((r for r in history if int(r["epoch"]) == loaded.epoch), None) or _best_from_history(
         history, tp.monitor, tp.mode
     ) or {}

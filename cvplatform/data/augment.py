@@ -33,6 +33,7 @@ import difflib
 import inspect
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -214,6 +215,7 @@ def build_pipeline(
     *,
     seed: int | None = None,
     source: str = "<recipe>",
+    targets: Mapping[str, Any] | None = None,
 ) -> A.Compose:
     """Build the albumentations pipeline ``which`` (``train`` or ``eval``) of ``recipe``.
 
@@ -226,9 +228,13 @@ def build_pipeline(
         seed: Seed of the Compose's own random state (albumentations 2.x ignores
             global seeds); the data module re-seeds it per sample.
         source: Name shown in error messages (the recipe file).
+        targets: What the pipeline moves beside the image: the project's task's
+            ``albumentations_targets()`` (``{}`` for classification; detection's ``bbox_params``, so boxes
+            follow every flip, crop and the final resize). Default: the image only.
 
     Returns:
-        An ``albumentations.Compose``; call it as ``pipe(image=rgb_uint8)["image"]``.
+        An ``albumentations.Compose``; call it as ``pipe(image=rgb_uint8)["image"]`` (or through
+        ``task.transform_sample(pipe, image, target)``, which passes the target too).
 
     Raises:
         ConfigError: unknown transform, unknown argument or invalid value, naming
@@ -256,7 +262,7 @@ def build_pipeline(
         A.Normalize(mean=recipe.mean, std=recipe.std, max_pixel_value=MAX_PIXEL_VALUE),
         ToTensorV2(),
     ]
-    return A.Compose(steps, seed=seed)
+    return A.Compose(steps, seed=seed, **dict(targets or {}))
 
 
 def load_recipe(path: str | os.PathLike[str], *, validate: bool = True) -> AugmentRecipe:

@@ -2,10 +2,13 @@
 
 * Rows come from the manifest (``project.manifest``) and its ``split`` column;
   image paths are relative to the project root. Nothing re-scans folders.
-* Class names and their order are fixed by the manifest: the sorted unique
-  labels. Index ``i`` of the model output is ``class_names[i]``; the list is saved
-  with the model.
-* Augmentations come from an albumentations recipe (:mod:`cvplatform.data.augment`).
+* Class names and their order are fixed by the manifest, as the task reads it
+  (``task.class_names``: classification's sorted unique labels, detection's sorted
+  box classes). Index ``i`` of the model output is ``class_names[i]``; the list is
+  saved with the model.
+* Augmentations come from an albumentations recipe (:mod:`cvplatform.data.augment`),
+  built with the task's ``albumentations_targets`` and applied by its
+  ``transform_sample``: detection's boxes follow every flip, crop and the resize.
 * **Determinism independent of workers.** Every sample's augmentation is seeded
   from ``(seed, epoch, index)``, and the training order from ``(seed, epoch)``;
   so results do not depend on ``num_workers`` or on which worker loads what, and
@@ -80,7 +83,9 @@ class ManifestDataset(Dataset):
     """Images + their task targets of one split, transformed by an albumentations pipeline.
 
     ``__getitem__`` returns ``(image CHW float32 tensor, target)``; the target is what the task's
-    ``target_of`` gave (a class index for classification). With
+    ``target_of`` gave (a class index for classification), moved with the image by the task's
+    ``transform_sample`` (detection's boxes follow flips, crops and the resize; without a ``task``
+    only the image is transformed). With
     ``seeded=True`` the pipeline is re-seeded per sample from
     ``(seed, epoch, index)``; set :attr:`epoch` before each epoch.
     """
@@ -93,8 +98,10 @@ class ManifestDataset(Dataset):
         *,
         seed: int = 0,
         seeded: bool = True,
+        task: Task | None = None,
     ) -> None:
         self.paths = list(paths)
+        self.task = task
         self.targets = list(targets)
         self.transform = transform
         self.seed = int(seed)
@@ -108,7 +115,9 @@ class ManifestDataset(Dataset):
         image = read_rgb(self.paths[index])
         if self.seeded:
             self.transform.set_random_seed(sample_seed(self.seed, self.epoch, index))
-        return self.transform(image=image)["image"], self.targets[index]
+        if self.task is None:
+            return self.transform(image=image)["image"], self.targets[index]
+        return self.task.transform_sample(self.transform, image, self.targets[index])
 
 
 Sized = Any  # anything with __len__ (the sampler's data source)
@@ -217,16 +226,13 @@ class ManifestDataModule(pl.LightningDataModule):
     def _load(self) -> pd.DataFrame:
         df = read_manifest(self.manifest_path, required=CORE_COLUMNS)
         src = str(self.manifest_path)
-        if df["label"].isna().any():
-            n = int(df["label"].isna().sum())
-            raise DataError(f"{src}: {n} row(s) have no label. Re-run `cvplatform ingest` to rebuild the manifest.")
         bad = sorted(set(df["split"].astype(str)) - set(SPLITS))
         if bad:
             raise DataError(
                 f"{src}: column 'split' has unknown value(s) {bad}; allowed: {list(SPLITS)}. "
                 "Re-run `cvplatform ingest` to recompute the splits."
             )
-        df = df.assign(label=df["label"].astype(str), split=df["split"].astype(str))
+        df = df.assign(split=df["split"].astype(str))
         counts = {s: int((df["split"] == s).sum()) for s in SPLITS}
         for s in ("train", "val"):
             if counts[s] == 0:
@@ -234,18 +240,8 @@ class ManifestDataModule(pl.LightningDataModule):
                     f"{src}: split '{s}' is empty (rows per split: {counts}). Training needs images in train "
                     f"and val: set ingest.split.{s} > 0 in params.yaml and re-run `cvplatform ingest`, or add images."
                 )
-        classes = sorted(df["label"].unique().tolist())
-        if len(classes) < 2:
-            raise DataError(
-                f"{src}: found {len(classes)} class(es) {classes}; a classifier needs at least 2. "
-                "Add images of other classes and re-run `cvplatform ingest`."
-            )
-        missing_train = [c for c in classes if not ((df["label"] == c) & (df["split"] == "train")).any()]
-        if missing_train:
-            raise DataError(
-                f"{src}: class(es) {missing_train} have no image in the train split. Add images of those "
-                "classes (or remove them) and re-run `cvplatform ingest`."
-            )
+        self.class_names = self.task.class_names(df, self.root, src)  # the task's checks (classification: labels)
+        df = df.assign(label=df["label"].astype(str))
         abs_paths = [str(self.root / p) for p in df["path"].astype(str)]
         missing = [p for p, a in zip(df["path"], abs_paths, strict=True) if not os.path.isfile(a)]
         if missing:
@@ -261,11 +257,11 @@ class ManifestDataModule(pl.LightningDataModule):
         if self._frame is not None:
             return
         df = self._load()
-        self.class_names = sorted(df["label"].unique().tolist())
         index = {c: i for i, c in enumerate(self.class_names)}
         self._frame = df
-        train_tf = build_pipeline(self.recipe, "train", seed=self.seed, source=self.recipe_source)
-        eval_tf = build_pipeline(self.recipe, "eval", seed=self.seed, source=self.recipe_source)
+        targets = self.task.albumentations_targets()
+        train_tf = build_pipeline(self.recipe, "train", seed=self.seed, source=self.recipe_source, targets=targets)
+        eval_tf = build_pipeline(self.recipe, "eval", seed=self.seed, source=self.recipe_source, targets=targets)
         for split in SPLITS:
             part = df[df["split"] == split]
             self.datasets[split] = ManifestDataset(
@@ -274,6 +270,7 @@ class ManifestDataModule(pl.LightningDataModule):
                 train_tf if split == "train" else eval_tf,
                 seed=self.seed,
                 seeded=split == "train",
+                task=self.task,
             )
         self.set_epoch(self._epoch)
         c = self.counts

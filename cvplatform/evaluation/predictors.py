@@ -184,7 +184,7 @@ class TorchCheckpointPredictor(_BasePredictor):
         self._set_task(task)
         self.path = Path(path)
         self.name = str(path)
-        self.loaded = load_checkpoint(self.path)
+        self.loaded = load_checkpoint(self.path, task=self.task)
         self.contract = contract_from_checkpoint(self.loaded)
         self.model = self.loaded.model
 

@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
+    from cvplatform.tasks.base import Task
+
 _REQUIRED_HPARAMS = ("arch", "arch_kwargs", "num_classes", "class_names", "preprocess")
 
 
@@ -164,12 +166,15 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     return ckpt
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> LoadedModel:
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *, task: Task | None = None) -> LoadedModel:
     """Load a training checkpoint as an eval-mode network plus its metadata.
 
     Args:
         path: ``.ckpt`` file written by ``cvplatform train`` (e.g. ``artifacts/train/best.ckpt``).
         map_location: Device to load onto (default CPU).
+        task: The task the checkpoint was trained for (default: classification); its
+            ``rebuild_network`` rebuilds the network from the hyper-parameters and weights
+            (classification's classifier, detection's detector with its in-graph decoding).
 
     Returns:
         A :class:`LoadedModel` (``.model`` in eval mode; ``.class_names``,
@@ -185,7 +190,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         >>> lm.class_names[:3], lm.input_size  # doctest: +SKIP
         (['0', '1', '2'], (32, 32))
     """
-    from cvplatform.models import build_model
+    from cvplatform.tasks import get_task
 
     p = Path(path)
     ckpt = read_checkpoint(p, map_location)
@@ -197,20 +202,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             "`cvplatform train`; retrain with `cvplatform train`."
         )
     pre = dict(hp["preprocess"])
-    try:
-        model = build_model(str(hp["arch"]), int(hp["num_classes"]), **dict(hp["arch_kwargs"]))
-    except ModelError as exc:
-        raise ModelError(f"{p}: cannot rebuild the recorded architecture: {exc}") from None
-    prefix = "model."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:400]
-        raise ModelError(
-            f"{p}: weights do not fit architecture {hp['arch']!r} {hp['arch_kwargs']}: {detail}. "
-            "The checkpoint is inconsistent; retrain with `cvplatform train`."
-        ) from None
+    model = (task or get_task()).rebuild_network(hp, ckpt["state_dict"], str(p))
     meta = ckpt.get("cvplatform") or {}
     temperature = float(meta.get("temperature", 1.0))
     if temperature != 1.0:  # calibrated by `cvplatform train` (the task's `calibrate`)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -124,6 +125,44 @@ class Task(ABC):
         images = torch.stack([b[0] for b in batch])
         return images, default_collate([b[1] for b in batch])
 
+    def transform_sample(self, transform: Any, image: np.ndarray, target: Any) -> tuple[Any, Any]:
+        """Run one sample through the albumentations pipeline ``transform`` (built with
+        :meth:`albumentations_targets`): ``(transformed image, target moved with it)``.
+
+        The default transforms the image only and keeps the target (a class index does not move with a
+        flip); detection passes its boxes as ``bboxes`` so they follow every flip, crop and resize.
+        """
+        return transform(image=image)["image"], target
+
+    def class_names(self, frame: Any, root: Path, source: str) -> list[str]:
+        """The model's classes, in output order, from the validated manifest ``frame`` (a DataFrame with
+        ``path``, ``sha256``, ``label``, ``split``; relative paths are under ``root``; ``source`` names the
+        manifest in errors).
+
+        The default reads the ``label`` column: its sorted unique values, at least two, each with an image
+        in the train split (classification). Raises :class:`~cvplatform.errors.DataError` naming the
+        manifest and the fix.
+        """
+        from cvplatform.errors import DataError
+
+        if frame["label"].isna().any():
+            n = int(frame["label"].isna().sum())
+            raise DataError(f"{source}: {n} row(s) have no label. Re-run `cvplatform ingest` to rebuild the manifest.")
+        labels, split = frame["label"].astype(str), frame["split"].astype(str)
+        classes = sorted(labels.unique().tolist())
+        if len(classes) < 2:
+            raise DataError(
+                f"{source}: found {len(classes)} class(es) {classes}; a classifier needs at least 2. "
+                "Add images of other classes and re-run `cvplatform ingest`."
+            )
+        missing_train = [c for c in classes if not ((labels == c) & (split == "train")).any()]
+        if missing_train:
+            raise DataError(
+                f"{source}: class(es) {missing_train} have no image in the train split. Add images of those "
+                "classes (or remove them) and re-run `cvplatform ingest`."
+            )
+        return classes
+
     # ------------------------------------------------------------------ training
     @abstractmethod
     def build_module(self, **kwargs: Any) -> Any:
@@ -145,6 +184,37 @@ class Task(ABC):
         fits a temperature by minimum negative log-likelihood (temperature scaling).
         """
         return None
+
+    def rebuild_network(self, hparams: Mapping[str, Any], state_dict: Mapping[str, Any], source: str) -> Any:
+        """The network a checkpoint holds, as evaluation and export run it (an ``nn.Module`` whose outputs are
+        :attr:`output_names`), rebuilt from the checkpoint's ``hyper_parameters`` and its weights
+        (``state_dict``, keys as the LightningModule saved them).
+
+        The default rebuilds ``build_model(arch, num_classes, **arch_kwargs)`` and loads the ``model.`` weights
+        (classification's network: images in, one output out). Detection rebuilds its training module and
+        returns the network with the in-graph decoding (``DetectionModule.exportable()``).
+
+        Raises:
+            ModelError: the architecture cannot be rebuilt or the weights do not fit it (naming ``source``).
+        """
+        from cvplatform.errors import ModelError
+        from cvplatform.models import build_model
+
+        try:
+            model = build_model(str(hparams["arch"]), int(hparams["num_classes"]), **dict(hparams["arch_kwargs"]))
+        except ModelError as exc:
+            raise ModelError(f"{source}: cannot rebuild the recorded architecture: {exc}") from None
+        prefix = "model."
+        state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())[:400]
+            raise ModelError(
+                f"{source}: weights do not fit architecture {hparams['arch']!r} {hparams['arch_kwargs']}: {detail}. "
+                "The checkpoint is inconsistent; retrain with `cvplatform train`."
+            ) from None
+        return model
 
     # ------------------------------------------------------------------ contract, export, runtime
     @property

@@ -121,6 +121,15 @@ def _load_table(path: str, mtime_ns: int, size: int) -> dict[str, _ImageBoxes]:
     return out
 
 
+def _stat(path: Path) -> tuple[int, int]:
+    """``(mtime_ns, size)`` of the file (``(-1, -1)`` when missing: reading it then names the file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1
+    return st.st_mtime_ns, st.st_size
+
+
 def boxes_of(row: Mapping[str, Any], class_index: Mapping[str, int]) -> dict[str, np.ndarray]:
     """The target of one manifest row from its annotation table (see :meth:`DetectionTask.target_of`).
 
@@ -128,11 +137,7 @@ def boxes_of(row: Mapping[str, Any], class_index: Mapping[str, int]) -> dict[str
         DataError: no table named, the table missing or malformed, or a box of a class not in ``class_index``.
     """
     path = _table_path(row)
-    try:
-        st = os.stat(path)
-    except OSError:
-        st = None
-    table = _load_table(str(path), st.st_mtime_ns if st else -1, st.st_size if st else -1)
+    table = _load_table(str(path), *_stat(path))
     found = table.get(str(row.get("sha256")), _NO_BOXES)
     unknown = sorted(set(found.classes) - set(class_index))
     if unknown:
@@ -264,6 +269,45 @@ class DetectionTask(Task):
 
         return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
 
+    def transform_sample(self, transform: Any, image: np.ndarray, target: Any) -> tuple[Any, Any]:
+        """The image and its boxes through ``transform`` (built with :meth:`albumentations_targets`): boxes follow
+        every flip, crop, resize and letterbox; a box cropped below :attr:`min_visibility` leaves with its label
+        and ``iscrowd``."""
+        boxes = np.asarray(target["boxes"], np.float32).reshape(-1, 4)
+        labels = np.asarray(target["labels"], np.int64).reshape(-1)
+        crowd = target.get("iscrowd")
+        crowd = np.zeros(len(boxes), bool) if crowd is None else np.asarray(crowd, bool).reshape(-1)
+        # the label field carries each box's row, so every per-box field follows the boxes albumentations keeps
+        out = transform(image=image, bboxes=boxes, labels=np.arange(len(boxes)))
+        keep = np.asarray(out["labels"], np.int64).reshape(-1)
+        moved = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+        return out["image"], {"boxes": moved, "labels": labels[keep], "iscrowd": crowd[keep]}
+
+    def class_names(self, frame: Any, root: Path, source: str) -> list[str]:
+        """The sorted classes of the boxes of the manifest's images (read from the annotation tables its
+        :data:`ANNOTATIONS_COLUMN` column names); at least one, each with a box in the train split. The ``label``
+        column is not read."""
+        if ANNOTATIONS_COLUMN not in frame.columns:
+            raise DataError(f"{source}: no {ANNOTATIONS_COLUMN!r} column. A detection manifest names each image's "
+                            f"annotation table there (usually {ANNOTATIONS_FILE} beside the manifest). Re-run "
+                            "`cvplatform ingest` with project.task: detection, or add the column.")
+        seen: dict[str, set[str]] = {}  # class -> splits with a box of it
+        for row in frame[["path", "sha256", "split", ANNOTATIONS_COLUMN]].to_dict("records"):
+            path = _table_path({**row, "abs_path": str(Path(root) / str(row["path"]))})
+            st = _stat(path)
+            found = _load_table(str(path), *st).get(str(row["sha256"]), _NO_BOXES)
+            for c in found.classes:
+                seen.setdefault(c, set()).add(str(row["split"]))
+        if not seen:
+            raise DataError(f"{source}: the annotation tables hold no box of the manifest's images, so there is no "
+                            "class to detect. Check the annotations (and the images' sha256) and re-run "
+                            "`cvplatform ingest`.")
+        missing_train = sorted(c for c, splits in seen.items() if "train" not in splits)
+        if missing_train:
+            raise DataError(f"{source}: class(es) {missing_train} have no box in the train split. Add images with "
+                            "those objects to train (or remove the boxes) and re-run `cvplatform ingest`.")
+        return sorted(seen)
+
     # ------------------------------------------------------------------ training
     def build_module(self, **kwargs: Any) -> Any:
         from cvplatform.tasks.detection.module import DetectionModule
@@ -273,6 +317,27 @@ class DetectionTask(Task):
     @property
     def monitor(self) -> MonitorSpec:
         return MonitorSpec({"val_map": "max", "val_map50": "max", "val_loss": "min"}, default="val_map")
+
+    def rebuild_network(self, hparams: Mapping[str, Any], state_dict: Mapping[str, Any], source: str) -> Any:
+        """The checkpoint's :class:`~cvplatform.tasks.detection.module.DetectionModule` rebuilt from its
+        hyper-parameters and weights, as exported: ``DetectionModule.exportable()`` (images in, ``boxes``,
+        ``scores``, ``labels`` out, decoded in the graph)."""
+        from cvplatform.tasks.detection.module import DetectionModule
+
+        try:
+            module = DetectionModule(**dict(hparams))
+        except (ModelError, TypeError) as exc:
+            raise ModelError(f"{source}: cannot rebuild the detector from the checkpoint's hyper-parameters "
+                             f"({exc}). Was it trained with project.task: detection? Retrain with "
+                             "`cvplatform train`.") from None
+        try:
+            module.load_state_dict(dict(state_dict), strict=True)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())[:400]
+            raise ModelError(f"{source}: weights do not fit the detector {hparams.get('arch')!r} "
+                             f"{hparams.get('arch_kwargs')}: {detail}. The checkpoint is inconsistent (or not a "
+                             "detection checkpoint); retrain with `cvplatform train`.") from None
+        return module.exportable()
 
     # ------------------------------------------------------------------ contract
     @property
