@@ -58,15 +58,17 @@ from cvplatform.utils.io import ProjectPaths, write_json
 if TYPE_CHECKING:  # pragma: no cover
     import pytorch_lightning as pl
 
+    from cvplatform.tasks.base import Task
     from cvplatform.tracking import TrackingRun
 
 log = logging.getLogger(__name__)
 
 BEST_NAME = "best"
 LAST_NAME = "last"
-#: Columns of ``plots/curves.csv`` (and keys of each epoch record).
+#: Columns of ``plots/curves.csv`` (and keys of each epoch record) for classification: :func:`curve_columns`.
 CURVE_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "train_f1", "val_loss", "val_acc", "val_f1")
-EPOCH_METRICS = CURVE_COLUMNS[1:]
+#: ``metrics.json`` names of the validation metrics that have a longer one (others drop their ``val_`` prefix).
+_METRIC_NAMES = {"val_acc": "accuracy", "val_f1": "f1", "val_loss": "loss"}
 _OUTPUTS = ("best.ckpt", "last.ckpt", "state.json", "metrics.json", "summary.json", "plots", "params.resolved.yaml")
 
 
@@ -201,14 +203,27 @@ def _read_state(out: Path) -> dict[str, Any]:
         return {}
 
 
-def _write_curves(history: list[dict[str, Any]], path: Path) -> Path:
+def curve_columns(task: Task) -> tuple[str, ...]:
+    """The per-epoch record of ``task``: ``epoch``, ``lr``, then for train and val the loss and every metric the
+    task's ``monitor`` names (:data:`CURVE_COLUMNS` for classification; detection's ``*_map``, ``*_map50``).
+
+    Example:
+        >>> from cvplatform.tasks import get_task
+        >>> curve_columns(get_task("classification")) == CURVE_COLUMNS
+        True
+    """
+    names = [m[len("val_"):] for m in task.monitor.metrics if m.startswith("val_") and m != "val_loss"]
+    return ("epoch", "lr", *(f"{stage}_{n}" for stage in ("train", "val") for n in ("loss", *names)))
+
+
+def _write_curves(history: list[dict[str, Any]], path: Path, columns: tuple[str, ...]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(CURVE_COLUMNS), extrasaction="ignore")
+        w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         for rec in history:
-            w.writerow({k: ("" if rec.get(k) is None else rec.get(k)) for k in CURVE_COLUMNS})
+            w.writerow({k: ("" if rec.get(k) is None else rec.get(k)) for k in columns})
     os.replace(tmp, path)
     return path
 
@@ -248,12 +263,15 @@ def _epoch_recorder_cls() -> type:
         end), and on resume only the epochs MLflow lacks are logged.
         """
 
-        def __init__(self, run: TrackingRun | None, out: Path, state: dict[str, Any]) -> None:
+        def __init__(self, run: TrackingRun | None, out: Path, state: dict[str, Any],
+                     columns: tuple[str, ...] = CURVE_COLUMNS) -> None:
             self.run = run
             self.out = out
             self.state = state
+            self.columns = columns
+            self.metrics = columns[1:]  # lr and the task's logged metrics
             self.history: list[dict[str, Any]] = []
-            self._logged: dict[str, set[int]] = {k: set() for k in EPOCH_METRICS}
+            self._logged: dict[str, set[int]] = {k: set() for k in self.metrics}
             self._lr: float | None = None
 
         @property
@@ -269,7 +287,7 @@ def _epoch_recorder_cls() -> type:
         def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             if self.run is not None and trainer.is_global_zero and self.history:
                 # resumed: find what the run already has, then log what it lacks
-                self._logged = self.run.logged_steps(EPOCH_METRICS)
+                self._logged = self.run.logged_steps(self.metrics)
                 self.flush(trainer)
 
         def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -280,13 +298,13 @@ def _epoch_recorder_cls() -> type:
         def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             epoch = int(trainer.current_epoch)
             rec: dict[str, Any] = {"epoch": epoch, "lr": self._lr}
-            for k in EPOCH_METRICS[1:]:
+            for k in self.metrics[1:]:
                 v = trainer.callback_metrics.get(k)
                 if isinstance(v, torch.Tensor):
                     rec[k] = float(v.detach().cpu())
             self.history = [r for r in self.history if int(r["epoch"]) != epoch] + [rec]
             if trainer.is_global_zero:  # one line per epoch: what an Airflow task log or CI shows
-                shown = "  ".join(f"{k} {rec[k]:.4f}" for k in EPOCH_METRICS[1:] if rec.get(k) is not None)
+                shown = "  ".join(f"{k} {rec[k]:.4f}" for k in self.metrics[1:] if rec.get(k) is not None)
                 log.info("train: epoch %d/%d  %s", epoch + 1, trainer.max_epochs or 0, shown)
 
         def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -305,13 +323,13 @@ def _epoch_recorder_cls() -> type:
             if self.run is not None:
                 for rec in recs:
                     e = int(rec["epoch"])
-                    todo = {k: rec.get(k) for k in EPOCH_METRICS if e not in self._logged.get(k, set())}
+                    todo = {k: rec.get(k) for k in self.metrics if e not in self._logged.get(k, set())}
                     todo = {k: v for k, v in todo.items() if v is not None}
                     if todo:
                         self.run.log_epoch(e, todo)
                         for k in todo:
                             self._logged.setdefault(k, set()).add(e)
-            _write_curves(recs, self.out / "plots" / "curves.csv")
+            _write_curves(recs, self.out / "plots" / "curves.csv", self.columns)
             self.state.update(epochs_completed=len(recs), last_epoch=recs[-1] if recs else None)
             write_json(self.out / "state.json", self.state)
 
@@ -558,7 +576,8 @@ class _Fit:
     """The epoch recorder (``history``)."""
 
 
-def _build_trainer(tp: TrainParams, out: Path, seed: int, tracking: _Tracking, is_zero: bool) -> _Fit:
+def _build_trainer(tp: TrainParams, out: Path, seed: int, tracking: _Tracking, is_zero: bool,
+                   columns: tuple[str, ...] = CURVE_COLUMNS) -> _Fit:
     """The Lightning trainer with its callbacks (epoch seeds, the epoch recorder, checkpoints, early stopping).
 
     Raises:
@@ -573,7 +592,7 @@ def _build_trainer(tp: TrainParams, out: Path, seed: int, tracking: _Tracking, i
         dirpath=out, filename=BEST_NAME, monitor=tp.monitor, mode=tp.mode, save_top_k=1, save_last=True,
         save_on_train_epoch_end=True, enable_version_counter=False, auto_insert_metric_name=False,
     )
-    recorder = _epoch_recorder_cls()(tracking.run, out, tracking.state)
+    recorder = _epoch_recorder_cls()(tracking.run, out, tracking.state, columns)
     callbacks: list[pl.Callback] = [EpochSeedCallback(seed), recorder, ckpt_cb]
     early = None
     if tp.patience is not None:
@@ -680,10 +699,11 @@ def _write_and_log(run: Any, best: _Best, data: _Data, out: Path,
 
     # `dvc metrics show`: the numbers a user compares, validation split of the best epoch
     # (the epoch, the monitor, the test metrics and full precision are in summary.json)
-    metrics = {short: round(best.metrics[k], 4) for k, short in
-               (("val_acc", "accuracy"), ("val_f1", "f1"), ("val_loss", "loss")) if k in best.metrics}
+    # (the task's monitored metrics: classification's accuracy, f1, loss; detection's map, map50, loss)
+    metrics = {_METRIC_NAMES.get(k, k.removeprefix("val_")): round(best.metrics[k], 4)
+               for k in data.dm.task.monitor.metrics if k in best.metrics}
     metrics_path = write_json(out / "metrics.json", metrics)
-    curves_csv = _write_curves(history, out / "plots" / "curves.csv")
+    curves_csv = _write_curves(history, out / "plots" / "curves.csv", curve_columns(data.dm.task))
     curves_png = plot_curves(history, out / "plots" / "curves.png")
     run.log_metrics_once({f"best_{k}": v for k, v in best.metrics.items()} | {"best_epoch": float(best.loaded.epoch)}
                          | ({"calibration_temperature": best.temperature} if best.temperature is not None else {}))
@@ -736,7 +756,7 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
     tracking = _start_tracking(params, paths, out, data, seed, resume, prior_state, is_zero)
     pl.seed_everything(seed, workers=True)
     module = _build_module(params, data)
-    fit = _build_trainer(tp, out, seed, tracking, is_zero)
+    fit = _build_trainer(tp, out, seed, tracking, is_zero, curve_columns(data.dm.task))
     history, test_metrics = _fit(fit, module, data, tp, out, tracking, resume)
     if not fit.trainer.is_global_zero:
         return _other_rank_result(tp, data, tracking, seed, resume, fit.trainer)
@@ -767,4 +787,4 @@ def run_train(params: Params, *, root: str | os.PathLike[str] | None = None, res
     return result
 
 
-__all__ = ["CURVE_COLUMNS", "TrainResult", "run_train"]
+__all__ = ["CURVE_COLUMNS", "TrainResult", "curve_columns", "run_train"]

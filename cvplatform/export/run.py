@@ -186,12 +186,18 @@ def _read_train_summary(root: Path) -> dict[str, Any]:
     return summary.to_dict() if summary is not None else {}
 
 
-def check_checkpoint_matches(loaded: LoadedModel, params: Params, manifest: pd.DataFrame, manifest_path: Path) -> None:
+def check_checkpoint_matches(loaded: LoadedModel, params: Params, manifest: pd.DataFrame, manifest_path: Path,
+                             *, task: Task | None = None, root: Path | None = None) -> None:
     """Raise ModelError when the checkpoint's architecture or classes disagree with params / the manifest.
+
+    The manifest's classes are what the task reads from it (``task.class_names``: classification's sorted
+    labels, detection's box classes); ``root`` is the project root relative paths are under (default cwd).
 
     Example:
         >>> check_checkpoint_matches(load_checkpoint("best.ckpt"), params, manifest, Path("m.parquet"))  # doctest: +SKIP
     """
+    from cvplatform.tasks import get_task
+
     where = str(loaded.path)
     want_arch = params.train.model.arch
     if loaded.arch != want_arch:
@@ -200,21 +206,21 @@ def check_checkpoint_matches(loaded: LoadedModel, params: Params, manifest: pd.D
             f"params. Export the checkpoint trained with these params (re-run `cvplatform train`), pass the right "
             f"--checkpoint, or set train.model.arch: {loaded.arch}."
         )
-    labels = sorted({str(v) for v in manifest["label"].tolist()})
+    labels = (task or get_task()).class_names(manifest, Path(root or Path.cwd()), str(manifest_path))
     names = [str(c) for c in loaded.class_names]
     if names != labels:
         missing = [c for c in labels if c not in names]
         extra = [c for c in names if c not in labels]
         detail = []
         if missing:
-            detail.append(f"manifest labels not in the checkpoint: {missing}")
+            detail.append(f"manifest classes not in the checkpoint: {missing}")
         if extra:
             detail.append(f"checkpoint classes not in the manifest: {extra}")
         if not detail:
-            detail.append("same labels in a different order")
+            detail.append("same classes in a different order")
         raise ModelError(
             f"{where}: checkpoint has {len(names)} classes {names} but the manifest {manifest_path} has "
-            f"{len(labels)} labels {labels} ({'; '.join(detail)}). Re-train on this manifest (`cvplatform train`) "
+            f"{len(labels)} classes {labels} ({'; '.join(detail)}). Re-train on this manifest (`cvplatform train`) "
             "or export with the manifest the checkpoint was trained on (project.manifest)."
         )
     if params.train.num_classes is not None and params.train.num_classes != loaded.num_classes:
@@ -327,7 +333,7 @@ def _read_inputs(params: Params, paths: ProjectPaths, checkpoint: str | os.PathL
     task = get_task(params.project.task)
     # ModelError: missing/corrupt, or eval steps beyond resize+normalise
     torch_pred = TorchCheckpointPredictor(ckpt, task=task)
-    check_checkpoint_matches(torch_pred.loaded, params, manifest, manifest_path)
+    check_checkpoint_matches(torch_pred.loaded, params, manifest, manifest_path, task=task, root=paths.root)
     test_rows = select_split(manifest, "test", cfg.parity.max_images, source=str(manifest_path), key="export.parity")
     cal_rows = None
     if cfg.int8.enabled:
