@@ -206,7 +206,8 @@ def check_checkpoint_matches(loaded: LoadedModel, params: Params, manifest: pd.D
             f"params. Export the checkpoint trained with these params (re-run `cvplatform train`), pass the right "
             f"--checkpoint, or set train.model.arch: {loaded.arch}."
         )
-    labels = (task or get_task()).class_names(manifest, Path(root or Path.cwd()), str(manifest_path))
+    labels = (task or get_task()).class_names(manifest, Path(root or Path.cwd()), str(manifest_path),
+                                              for_training=False)
     names = [str(c) for c in loaded.class_names]
     if names != labels:
         missing = [c for c in labels if c not in names]

@@ -134,17 +134,20 @@ class Task(ABC):
         """
         return transform(image=image)["image"], target
 
-    def class_names(self, frame: Any, root: Path, source: str) -> list[str]:
-        """The model's classes, in output order, from the validated manifest ``frame`` (a DataFrame with
-        ``path``, ``sha256``, ``label``, ``split``; relative paths are under ``root``; ``source`` names the
-        manifest in errors).
+    def class_names(self, frame: Any, root: Path, source: str, *, for_training: bool = True) -> list[str]:
+        """The model's classes, in output order, from the manifest ``frame`` (a DataFrame with ``path``,
+        ``sha256``, ``label``, ``split``; relative paths are under ``root``; ``source`` names the manifest in
+        errors). With ``for_training`` (the datamodule) it also checks what training needs; without (export
+        comparing a checkpoint's classes with the manifest) it only reads them.
 
-        The default reads the ``label`` column: its sorted unique values, at least two, each with an image
-        in the train split (classification). Raises :class:`~cvplatform.errors.DataError` naming the
-        manifest and the fix.
+        The default reads the ``label`` column: its sorted unique values; for training, none missing, at least
+        two, each with an image in the train split (classification). Raises
+        :class:`~cvplatform.errors.DataError` naming the manifest and the fix.
         """
         from cvplatform.errors import DataError
 
+        if not for_training:
+            return sorted({str(v) for v in frame["label"].tolist()})
         if frame["label"].isna().any():
             n = int(frame["label"].isna().sum())
             raise DataError(f"{source}: {n} row(s) have no label. Re-run `cvplatform ingest` to rebuild the manifest.")

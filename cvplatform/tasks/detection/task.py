@@ -283,10 +283,10 @@ class DetectionTask(Task):
         moved = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
         return out["image"], {"boxes": moved, "labels": labels[keep], "iscrowd": crowd[keep]}
 
-    def class_names(self, frame: Any, root: Path, source: str) -> list[str]:
+    def class_names(self, frame: Any, root: Path, source: str, *, for_training: bool = True) -> list[str]:
         """The sorted classes of the boxes of the manifest's images (read from the annotation tables its
-        :data:`ANNOTATIONS_COLUMN` column names); at least one, each with a box in the train split. The ``label``
-        column is not read."""
+        :data:`ANNOTATIONS_COLUMN` column names); at least one and, ``for_training``, each with a box in the train
+        split. The ``label`` column is not read."""
         if ANNOTATIONS_COLUMN not in frame.columns:
             raise DataError(f"{source}: no {ANNOTATIONS_COLUMN!r} column. A detection manifest names each image's "
                             f"annotation table there (usually {ANNOTATIONS_FILE} beside the manifest). Re-run "
@@ -303,7 +303,7 @@ class DetectionTask(Task):
                             "class to detect. Check the annotations (and the images' sha256) and re-run "
                             "`cvplatform ingest`.")
         missing_train = sorted(c for c, splits in seen.items() if "train" not in splits)
-        if missing_train:
+        if missing_train and for_training:
             raise DataError(f"{source}: class(es) {missing_train} have no box in the train split. Add images with "
                             "those objects to train (or remove the boxes) and re-run `cvplatform ingest`.")
         return sorted(seen)
