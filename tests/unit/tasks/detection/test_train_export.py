@@ -1,7 +1,8 @@
-"""``cvplatform train`` then ``cvplatform export`` on a tiny detection project (``project.task: detection``), through
-the real stages: scenes at 48 px resized to a 32 px input with a random flip, a manifest with an ``annotations``
-column and the annotation table, ``run_train`` -> ``best.ckpt`` -> ``run_export`` (ONNX, parity gate; INT8 off: no
-detection scenario suite yet) -> the shipped ``model.onnx`` decodes to the checkpoint's boxes."""
+"""``cvplatform ingest``, ``train`` then ``export`` on a tiny detection project (``project.task: detection``), through
+the real stages: ``run_ingest`` of the scenes source (48 px images, the annotation table, a manifest with an
+``annotations`` column) -> ``run_train`` (resized to a 32 px input, a random flip) -> ``best.ckpt`` -> ``run_export``
+(ONNX, parity gate; INT8 off: no detection scenario suite yet) -> the shipped ``model.onnx`` decodes to the
+checkpoint's boxes."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import json
 import numpy as np
 import pytest
 
-from tests.fixtures.detection_project import CLASSES, make_detection_project
+from tests.fixtures.detection_project import CLASSES, ingest_detection_project
 from tests.unit.export.helpers import load
 
-pytestmark = pytest.mark.slow  # trains 3 epochs and exports: about 35 s on a CPU
+pytestmark = pytest.mark.slow  # ingests, trains 3 epochs and exports: about 40 s on a CPU
 
 OVERRIDES = ("train.epochs=3", "train.batch_size=4", "train.model.small_cnn={width: 8, stages: 2}",
              "train.optimizer.lr=0.01", "export.int8.enabled=false", "export.benchmark.enabled=false")
@@ -23,8 +24,8 @@ OVERRIDES = ("train.epochs=3", "train.batch_size=4", "train.model.small_cnn={wid
 def trained(tmp_path_factory):
     from cvplatform.train import run_train
 
-    root = make_detection_project(tmp_path_factory.mktemp("det") / "project", count=20, size=48, input_size=32,
-                                  overrides=OVERRIDES)
+    root = ingest_detection_project(tmp_path_factory.mktemp("det") / "project", count=20, size=48, input_size=32,
+                                    overrides=OVERRIDES)
     result = run_train(load(root), root=root)
     return root, result
 
@@ -54,6 +55,7 @@ def test_training_a_detector_writes_a_checkpoint_that_loads_as_the_exported_grap
 
 
 def test_export_of_a_detector_passes_parity_and_the_onnx_file_decodes_to_the_checkpoint_boxes(trained):
+    from cvplatform.data.manifest import read_manifest
     from cvplatform.evaluation.predictors import OnnxPredictor, TorchCheckpointPredictor
     from cvplatform.export.run import run_export
     from cvplatform.imageio import read_image
@@ -68,7 +70,8 @@ def test_export_of_a_detector_passes_parity_and_the_onnx_file_decodes_to_the_che
     assert summary["class_names"] == list(CLASSES)
 
     task = get_task("detection")
-    images = [read_image(p) for p in sorted((root / "data" / "raw" / "scenes" / "images").glob("*.png"))]
+    manifest = read_manifest(root / "data" / "processed" / "manifest.parquet")
+    images = [read_image(root / p) for p in manifest["path"]]
     onnx = OnnxPredictor(out / "model.onnx", task=task).predict(images)
     torch_out = TorchCheckpointPredictor(root / "artifacts" / "train" / "best.ckpt", task=task).predict(images)
     assert set(onnx) == set(torch_out) == {"boxes", "scores", "labels"}
