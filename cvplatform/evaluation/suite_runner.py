@@ -209,7 +209,10 @@ def load_images(rows: pd.DataFrame, root: str | os.PathLike[str], predictor: Pre
         labels=labels,
         y=np.asarray([index[lbl] for lbl in labels], dtype=np.int64),
         images=images,
-        rows=rows.reset_index(drop=True),
+        # abs_path as in the training data module: a task that reads targets beside the manifest (detection's
+        # annotation table) resolves them against the project root, not the process's working directory
+        rows=rows.reset_index(drop=True).assign(abs_path=[
+            str(Path(str(p)) if Path(str(p)).is_absolute() else root / str(p)) for p in rows["path"].tolist()]),
     )
 
 

@@ -212,3 +212,17 @@ def test_select_curated_keeps_list_order_and_reports_unknown_hashes(tmp_path):
     assert rows["label"].tolist() == ["z", "x"]
     with pytest.raises(DataError, match=r"l.txt: scenario 'mnf': 1 listed image\(s\) are not in the manifest \(dddddddddddd"):
         select_curated(manifest, ["a" * 64, "d" * 64], sc, tmp_path / "l.txt")
+
+
+def test_the_shipped_detection_suite_loads_for_the_detection_task_only():
+    from cvplatform.tasks import get_task
+
+    path = REPO / "configs" / "scenarios" / "detection.yaml"
+    suite = load_suite(path, get_task("detection"))
+    expanded = suite.expand()
+    assert expanded[0].kind == "clean" and expanded[0].gate.thresholds() == {"min_map50": 0.5, "min_map": 0.25}
+    assert suite.policy().robustness == {"min_rpc": 0.5}
+    mild = [s for s in expanded if s.kind == "corruption" and s.severity in (1, 2) and s.corruption != "contrast"]
+    assert mild and all(s.gate.level == "must_pass" for s in mild)
+    with pytest.raises(ConfigError, match="min_map50: unknown key"):
+        load_suite(path)  # a classification project cannot use it

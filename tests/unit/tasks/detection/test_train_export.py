@@ -90,3 +90,33 @@ def test_export_of_a_detector_passes_parity_and_the_onnx_file_decodes_to_the_che
         assert [d["class"] for d in x["detections"]] == [d["class"] for d in y["detections"]]
         for dx, dy in zip(x["detections"], y["detections"], strict=True):
             assert dx["box"] == pytest.approx(dy["box"], abs=1e-3)
+
+
+def test_evaluate_judges_a_trained_detector_on_a_detection_suite(trained):
+    """``run_evaluate`` on the trained checkpoint with a detection suite: COCO metrics per scenario, mPC / rPC,
+    the report and scenarios.json, whatever the verdict of a 3-epoch model."""
+    import yaml
+
+    from cvplatform.errors import GateFailed
+    from cvplatform.evaluation.run import run_evaluate
+
+    root, _ = trained
+    suite = {"name": "tiny-detection", "robustness": {"min_rpc": 0.0},
+             "scenarios": [{"name": "clean", "kind": "clean", "level": "must_pass", "min_map50": 0.0},
+                           {"kind": "corruption", "corruption": "gaussian_noise", "severities": [2],
+                            "min_relative_map50": 0.0}]}
+    (root / "configs/scenarios/tiny_detection.yaml").write_text(yaml.safe_dump(suite))
+    params = load(root, "evaluate.suite=configs/scenarios/tiny_detection.yaml", "evaluate.compare_champion=false",
+                  "evaluate.log_to_mlflow=false", "evaluate.bootstrap_samples=20")
+    try:
+        result = run_evaluate(params, root=root, model=str(root / "artifacts/train/best.ckpt"))
+    except GateFailed as exc:  # a verdict, not a crash: the stage wrote everything first
+        result = exc.result
+    out = root / "artifacts" / "evaluate"
+    doc = json.loads((out / "scenarios.json").read_text())
+    assert result.n_images > 0 and list(doc["scenarios"]) == ["clean", "gaussian_noise_s2"]
+    clean = doc["scenarios"]["clean"]
+    assert {"map", "map50", "map75", "mar_100"} <= set(clean) and 0.0 <= clean["map50"] <= 1.0
+    assert set(doc["robustness"]) >= {"mpc", "rpc"}
+    report = (out / "report.md").read_text()
+    assert "mPC" in report and "rPC" in report and "min_rpc" in report
