@@ -124,6 +124,9 @@ class Outcome:
     confidences: list[float] = field(default_factory=list)
     task: Task | None = None
     """The task that decoded :attr:`outputs` (the routes shape the response with it)."""
+    image_sizes: list[tuple[int, int]] | None = None
+    """``(height, width)`` of each request image as decoded (None for a tensor input): a task whose predictions
+    hold pixel positions maps them from the model input back to the image (``task.to_image_pixels``)."""
 
     @property
     def model(self) -> str:
@@ -365,7 +368,8 @@ async def predict_core(
     if mirror and other is not None:
         _start_shadow(state, other, "canary" if other is canary else "champion", inputs, labels, top, conf,
                       request_id)
-    return Outcome(request_id, handle, variant, outputs, fallback, top, conf, state.task)
+    sizes = [(int(im.shape[0]), int(im.shape[1])) for im in inputs.images] if inputs.images is not None else None
+    return Outcome(request_id, handle, variant, outputs, fallback, top, conf, state.task, sizes)
 
 
 async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images: list[np.ndarray] | None,

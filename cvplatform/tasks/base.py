@@ -371,6 +371,14 @@ class Task(ABC):
         return m.name, f"corrupt_{m.short or m.name}"
 
     # ------------------------------------------------------------------ serving, canary, monitoring
+    def to_image_pixels(self, prediction: dict[str, Any], input_size: tuple[int, int],
+                        image_size: tuple[int, int]) -> dict[str, Any]:
+        """One decoded prediction with its pixel positions moved from the model input (``input_size``,
+        ``(height, width)``) to the request image it came from (``image_size``): the server undoes the
+        preprocessing's resize before answering. Classification has no positions (unchanged); detection
+        scales its boxes."""
+        return prediction
+
     @abstractmethod
     def response(self, prediction: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
         """One image's JSON response body item (its schema appears in OpenAPI)."""

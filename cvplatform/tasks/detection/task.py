@@ -379,6 +379,26 @@ class DetectionTask(Task):
             out.append({"detections": dets, **d})
         return out
 
+    def to_image_pixels(self, prediction: dict[str, Any], input_size: tuple[int, int],
+                        image_size: tuple[int, int]) -> dict[str, Any]:
+        """The boxes of one decoded image scaled from the model input (the preprocessing contract resizes the
+        image to ``input_size``) to the request image's pixels (xyxy), clipped to the image.
+
+        Example:
+            >>> p = {"detections": [{"box": [4.0, 8.0, 16.0, 32.0], "class": "cat", "score": 0.9}],
+            ...      "boxes": np.array([[4.0, 8.0, 16.0, 32.0]])}
+            >>> DetectionTask().to_image_pixels(p, (32, 32), (64, 128))["detections"][0]["box"]
+            [16.0, 16.0, 64.0, 64.0]
+        """
+        (ih, iw), (h, w) = input_size, image_size
+        scale = np.array([w / iw, h / ih, w / iw, h / ih], np.float64)
+        limit = np.array([w, h, w, h], np.float64)
+        boxes = np.clip(np.asarray(prediction.get("boxes", np.zeros((0, 4))), np.float64).reshape(-1, 4) * scale,
+                        0.0, limit)
+        dets = [{**d, "box": [float(v) for v in np.clip(np.asarray(d["box"], np.float64) * scale, 0.0, limit)]}
+                for d in prediction.get("detections", [])]
+        return {**prediction, "detections": dets, "boxes": boxes}
+
     def agreement(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> Agreement:
         """F1 of the boxes matched at IoU >= :attr:`match_iou` with the same class (``rate`` = 2M / (R + C))."""
         from cvplatform.tasks.detection.metrics import match

@@ -41,7 +41,9 @@ def test_the_server_answers_detections(tmp_path, make_params, detection_onnx):
         preds = r.json()["predictions"]
         for p, e in zip(preds, expected, strict=True):
             assert [d["class"] for d in p["detections"]] == [d["class"] for d in e["detections"]]
-            np.testing.assert_allclose([d["box"] for d in p["detections"]], e["boxes"].reshape(-1, 4), atol=1e-3)
+            # the 24 px request images were resized to the 32 px input: boxes come back in the image's pixels
+            np.testing.assert_allclose(np.asarray([d["box"] for d in p["detections"]]).reshape(-1, 4),
+                                       np.clip(e["boxes"].reshape(-1, 4) * 24 / 32, 0, 24), atol=1e-3)
             assert p["variant"] == "champion"
         classes = c.get("/admin/stats", headers={"Authorization": f"Bearer {TOKEN}"}).json()
         top = [e["detections"][0]["class"] if e["detections"] else "" for e in expected]
@@ -58,3 +60,37 @@ def test_the_server_answers_detections(tmp_path, make_params, detection_onnx):
         assert out["num_detections"]["data"] == counts and out["boxes"]["shape"] == [3, max(counts), 4]
         labels = np.asarray(out["labels"]["data"], dtype=object).reshape(3, max(counts))
         assert labels[0, :counts[0]].tolist() == [d["class"] for d in expected[0]["detections"]]
+
+
+def test_served_boxes_are_in_the_request_images_pixels(tmp_path, make_params, detection_onnx):
+    """Images of another size than the model input: the server answers boxes in each image's own pixels (the
+    offline boxes on the resized input, scaled back by width / height), inside the image."""
+    from fastapi.testclient import TestClient
+
+    from cvplatform.preprocess import PreprocessContract, preprocess
+    from cvplatform.runtime import open_model
+    from cvplatform.serving.app import build_app
+
+    task, names = get_task("detection"), detection_onnx.class_names
+    serving_yaml = tmp_path / "serving.yaml"
+    serving_yaml.write_text("models:\n  poll_interval_s: 0\n")
+    params = make_params("project.task=detection", "train.monitor=val_map", "train.mode=max",
+                         "monitor.log_requests=false")
+    app = build_app(params, root=tmp_path, model=detection_onnx.path, config_path=serving_yaml, admin_token=TOKEN)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, size=(48, 96, 3), dtype=np.uint8), rng.integers(0, 256, size=(80, 40, 3),
+                                                                                   dtype=np.uint8)]
+    runtime = open_model(detection_onnx.path)
+    contract = PreprocessContract.from_metadata(dict(runtime.session.get_modelmeta().custom_metadata_map))
+    expected = task.decode(runtime.forward(preprocess(images, contract)), names)  # boxes on the 32x32 input
+    assert sum(len(e["detections"]) for e in expected) > 0
+    with TestClient(app) as c:
+        r = c.post("/v1/predict", files=[("files", (f"{i}.png", encode_png(im), "image/png"))
+                                         for i, im in enumerate(images)])
+    assert r.status_code == 200, r.text
+    for p, e, im in zip(r.json()["predictions"], expected, images, strict=True):
+        h, w = im.shape[:2]
+        want = np.clip(e["boxes"].reshape(-1, 4) * [w / 32, h / 32, w / 32, h / 32], 0, [w, h, w, h])
+        got = np.asarray([d["box"] for d in p["detections"]]).reshape(-1, 4)
+        np.testing.assert_allclose(got, want, atol=1e-3)
+        assert (got[:, [0, 2]] <= w).all() and (got[:, [1, 3]] <= h).all()
