@@ -364,11 +364,13 @@ class TrainParams(StrictModel):
     optimizer: OptimizerParams = OptimizerParams()
     scheduler: SchedulerParams = SchedulerParams()
     loss: LossParams = LossParams()
-    monitor: str = "val_acc"
+    monitor: str | None = None
     """Validation metric for best-checkpoint selection and early stopping (one the task logs:
-    classification val_acc | val_f1 | val_loss)."""
-    mode: Literal["max", "min"] = "max"
-    """Whether the monitored metric should be maximised or minimised (the task's direction)."""
+    classification val_acc | val_f1 | val_loss; detection val_map | val_map50 | val_loss); None = the task's
+    default (classification val_acc, detection val_map), filled in when the params are read."""
+    mode: Literal["max", "min"] | None = None
+    """Whether the monitored metric should be maximised or minimised (the task's direction); None = the
+    metric's own direction, filled in when the params are read."""
     patience: int | None = Field(None, ge=1)
     """Epochs without improvement before stopping early; None = never stop early."""
     min_delta: float = Field(0.0, ge=0.0)
@@ -724,6 +726,31 @@ class Params(StrictModel):
     orchestration: OrchestrationParams = OrchestrationParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_monitor_defaults(cls, data: Any) -> Any:
+        """``train.monitor: null`` / ``train.mode: null`` become the task's default metric and its direction, so
+        switching ``project.task`` needs no other key."""
+        if not isinstance(data, dict):
+            return data
+        project, train = data.get("project"), data.get("train")
+        task_name = project.get("task") if isinstance(project, dict) else getattr(project, "task", None)
+        if not isinstance(train, dict) or not isinstance(task_name or "classification", str):
+            return data
+        if train.get("monitor") is not None and train.get("mode") is not None:
+            return data
+        from cvplatform.tasks import get_task, is_known
+
+        name = task_name or "classification"
+        if not is_known(name):
+            return data  # the project.task check names the unknown task
+        spec = get_task(name).monitor
+        monitor = train.get("monitor") if train.get("monitor") is not None else spec.default
+        mode = train.get("mode")
+        if mode is None and monitor in spec.metrics:
+            mode = spec.mode(monitor)
+        return {**data, "train": {**train, "monitor": monitor, "mode": mode}}
 
     @model_validator(mode="after")
     def _monitor_fits_task(self) -> Params:
