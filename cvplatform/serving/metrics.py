@@ -230,6 +230,31 @@ class VariantStats:
             dq = self.compute[key] = collections.deque(maxlen=self.window)
         dq.append(round(float(ms), 5))
 
+    _COUNTS = ("requests", "errors", "fallbacks", "shadow_scored", "shadow_errors", "images", "labelled", "correct")
+
+    def export(self) -> dict[str, Any]:
+        """Raw counters and samples (JSON-friendly), for :meth:`absorb` in another process."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in self._COUNTS}
+        out.update(version=self.version, classes=dict(self.classes), hist=list(self.hist),
+                   latency_ms=list(self.latency_ms), request_latency_ms=list(self.request_latency_ms),
+                   compute={k: list(v) for k, v in self.compute.items()}, confidences=list(self.confidences))
+        return out
+
+    def absorb(self, data: dict[str, Any]) -> None:
+        """Add another worker's :meth:`export` of the same variant and version to these statistics."""
+        for k in self._COUNTS:
+            setattr(self, k, getattr(self, k) + int(data[k]))
+        self.classes.update({str(k): int(v) for k, v in data["classes"].items()})
+        self.hist = [a + int(b) for a, b in zip(self.hist, data["hist"], strict=False)]
+        self.latency_ms.extend(data["latency_ms"])
+        self.request_latency_ms.extend(data["request_latency_ms"])
+        for key, values in data["compute"].items():
+            dq = self.compute.get(key)
+            if dq is None:
+                dq = self.compute[key] = collections.deque(maxlen=self.window)
+            dq.extend(values)
+        self.confidences.extend(data["confidences"])
+
     def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
         attempts = self.requests + self.shadow_scored
         failures = self.errors + self.shadow_errors
@@ -389,6 +414,50 @@ class StatsBook:
     def record_shadow_skipped(self) -> None:
         with self._lock:
             self.shadow_skipped += 1
+
+    def export(self) -> dict[str, Any]:
+        """The raw counters and samples as JSON-friendly data, for :meth:`merged` (one worker's share)."""
+        with self._lock:
+            return {
+                "since": self.since,
+                "variants": {k: v.export() for k, v in self.variants.items()},
+                "pairs": self.pairs, "agree": self.agree,
+                "pairs_by_conf": list(self.pairs_by_conf), "agree_by_conf": list(self.agree_by_conf),
+                "shadow_failed": self.shadow_failed, "shadow_skipped": self.shadow_skipped,
+                "disagreements": list(self.disagreements),
+            }
+
+    @classmethod
+    def merged(cls, parts: Sequence[dict[str, Any]], window: int, bins: int, disagreements_kept: int) -> StatsBook:
+        """One book holding the sum of several :meth:`export` results (one per worker process).
+
+        Counts add up; latency, compute and confidence samples are pooled (each worker keeps its last
+        ``window``, so the merged book keeps up to ``window`` x workers); ``since`` is the earliest. A
+        variant whose version differs from the first part's (a worker mid-swap) is left out.
+        """
+        n = max(1, len(parts))
+        book = cls(window * n, bins, disagreements_kept * n)
+        if not parts:
+            return book
+        book.since = min(float(p["since"]) for p in parts)
+        for name in ("champion", "canary"):
+            versions = [p["variants"][name]["version"] for p in parts if p["variants"][name]["version"] is not None]
+            version = versions[0] if versions else None
+            vs = book.variants[name]
+            vs.version = version
+            for p in parts:
+                v = p["variants"][name]
+                if v["version"] in (None, version):
+                    vs.absorb(v)
+        for p in parts:
+            book.pairs += int(p["pairs"])
+            book.agree += int(p["agree"])
+            book.pairs_by_conf = [a + int(b) for a, b in zip(book.pairs_by_conf, p["pairs_by_conf"], strict=False)]
+            book.agree_by_conf = [a + int(b) for a, b in zip(book.agree_by_conf, p["agree_by_conf"], strict=False)]
+            book.shadow_failed += int(p["shadow_failed"])
+            book.shadow_skipped += int(p["shadow_skipped"])
+            book.disagreements.extend(p["disagreements"])
+        return book
 
     def snapshot(self, with_samples: bool = True) -> dict[str, Any]:
         """Everything as JSON-friendly data (what ``GET /admin/stats`` returns)."""
