@@ -186,17 +186,18 @@ def build_app(
         src = RegistrySource(registered_model_name(params), root=paths.root, params=params,
                              providers=m.providers, intra_op_threads=m.intra_op_threads,
                              allow_spinning=m.allow_spinning, champion_alias=params.registry.champion_alias)
+    from cvplatform.serving.workers import bus_from_env
+
+    bus = bus_from_env()  # set in the worker processes of `serve.workers` > 1
     request_log = None
     mon = getattr(params, "monitor", None)
     if mon is not None and mon.log_requests:
         from cvplatform.monitoring.inference_log import InferenceLogger
 
-        request_log = InferenceLogger.from_params(params, paths.root)
+        request_log = InferenceLogger.from_params(params, paths.root, tag=f"w{bus.index}" if bus else None)
     project = getattr(params, "project", None)
     task = get_task(getattr(project, "task", None))
-    from cvplatform.serving.workers import bus_from_env
-
-    return create_app(config, src, admin_token=admin_token, request_log=request_log, task=task, bus=bus_from_env())
+    return create_app(config, src, admin_token=admin_token, request_log=request_log, task=task, bus=bus)
 
 
 def serve(
