@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -103,7 +104,7 @@ class ServingMetrics:
         )
         self.decode_bytes_in_flight = Gauge(
             "cvplatform_decode_bytes_in_flight", "Estimated decode memory held by requests in flight "
-            "(bounded by limits.max_inflight_decode_bytes).", registry=r,
+            "(bounded by limits.max_inflight_decode_bytes).", registry=r, multiprocess_mode="livesum",
         )
         self.request_log_dropped = Counter(
             "cvplatform_request_log_dropped", "Requests left out of the drift-monitoring request log (its "
@@ -111,19 +112,32 @@ class ServingMetrics:
         )
         self.model_info = Gauge(
             "cvplatform_model_info", "Loaded model versions (1 = loaded in that variant slot).",
-            ["variant", "model", "version"], registry=r,
+            ["variant", "model", "version"], registry=r, multiprocess_mode="livemax",
         )
-        self.canary_share = Gauge("cvplatform_canary_share", "Share of requests routed to the canary.", registry=r)
+        self.canary_share = Gauge("cvplatform_canary_share", "Share of requests routed to the canary.", registry=r,
+                                  multiprocess_mode="livemax")
 
     def render(self) -> tuple[bytes, str]:
-        """The exposition text and its content type."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        """The exposition text and its content type.
 
+        In a worker of ``serve.workers`` > 1 (``PROMETHEUS_MULTIPROC_DIR`` set by the supervisor), the values of
+        every worker process: counters and histograms summed, gauges summed (memory in flight) or their
+        maximum over live workers (model info, canary share).
+        """
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     def set_model(self, variant: str, model: str | None, version: str | None, previous: tuple[str, str] | None) -> None:
         """Record which version a variant slot holds (removing the previous series)."""
         if previous is not None:
+            self.model_info.labels(variant, *previous).set(0)  # multiprocess mode keeps a removed series' value
             with contextlib.suppress(KeyError):
                 self.model_info.remove(variant, *previous)
         if model is not None and version is not None:

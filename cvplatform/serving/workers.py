@@ -22,6 +22,9 @@ same app as a single-process server.
   ``GET /admin/stats`` bumps the request counter; each worker writes its raw statistics
   (:meth:`StatsBook.export`) to ``stats-<i>.json`` and the answering worker sums them
   (:meth:`StatsBook.merged`), so the canary controller sees every request of every worker.
+* ``/metrics`` uses prometheus_client's multiprocess mode: the supervisor sets
+  ``PROMETHEUS_MULTIPROC_DIR`` to ``prometheus/`` in the folder, and whichever worker answers a
+  scrape renders the values of all of them (:meth:`ServingMetrics.render`).
 
 The supervisor restarts a worker that dies after it has served (a new worker loads the models the
 aliases name, then applies the last published state), stops every worker on SIGTERM/SIGINT
@@ -271,7 +274,8 @@ def run_workers(params: Any, *, host: str, port: int, workers: int, root: Any = 
                                         "model": str(model) if model else None,
                                         "config_path": str(config_path) if config_path else None,
                                         "log_level": log_level}))
-    env = {**os.environ, "CVPLATFORM_SERVE_BUS": json.dumps(
+    (folder / "prometheus").mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder / "prometheus"), "CVPLATFORM_SERVE_BUS": json.dumps(
         {"dir": str(folder), "workers": workers, "interval_s": serve.sync_interval_s,
          "timeout_s": serve.sync_timeout_s})}
     stopping: list[int] = []
@@ -308,8 +312,17 @@ def _supervise(procs: list[_Worker], sock: socket.socket, spec_path: Path, env: 
                 log.error("worker %d exited with code %s while starting; stopping the server", w.index, rc)
                 return rc or 1
             log.warning("worker %d (pid %d) exited with code %s; starting a new one", w.index, w.proc.pid, rc)
+            _forget_gauges(w.proc.pid, env)
             procs[k] = _spawn(w.index, sock, spec_path, env)
     return 0
+
+
+def _forget_gauges(pid: int, env: dict[str, str]) -> None:
+    """Drop a dead worker's live gauges from ``/metrics`` (its counters keep counting in the sums)."""
+    from prometheus_client import multiprocess
+
+    with contextlib.suppress(OSError):
+        multiprocess.mark_process_dead(pid, env["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def _stop_all(procs: list[_Worker], grace_s: float) -> None:

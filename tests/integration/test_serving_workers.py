@@ -102,6 +102,7 @@ def test_both_workers_answer_and_stats_sum_them(project, server):
     root, versions = project
     reset = _post(server, "/admin/stats/reset")
     assert reset["workers"]["applied"] == [0, 1] and reset["workers"]["pending"] == []
+    before = _metric_sum(server, "cvplatform_requests_total{")
     answers = _predict_many(server, _blob(root), REQUESTS)
     assert {a["version"] for _, a in answers} == {versions["champion"]}
     stats = _stats(server)
@@ -111,6 +112,18 @@ def test_both_workers_answer_and_stats_sum_them(project, server):
     assert all(n > 0 for n in per_worker.values()), per_worker  # both processes served
     assert sum(per_worker.values()) == REQUESTS == stats["variants"]["champion"]["requests"]
     assert stats["variants"]["champion"]["request_latency_ms"]["count"] == REQUESTS  # samples pooled too
+    # /metrics, answered by one worker, counts the requests of both (prometheus_client multiprocess mode)
+    assert _metric_sum(server, "cvplatform_requests_total{") - before == REQUESTS
+    assert _metric_sum(server, "cvplatform_model_info{") == 1.0  # the max over workers, not a sum
+    assert _metric_sum(server, "cvplatform_predictions_total{") >= REQUESTS
+
+
+def _metric_sum(server, prefix: str) -> float:
+    """The sum of every series starting with ``prefix`` in one ``/metrics`` scrape."""
+    import httpx
+
+    text = httpx.get(f"{server.url}/metrics", headers={"Connection": "close"}, timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
 
 def test_canary_split_set_through_one_worker_is_applied_by_both(project, server):
