@@ -105,6 +105,8 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
         await manager.start()
+        if bus is not None:
+            await bus.catch_up(manager, stats)  # a restarted worker serves the published state from its first request
         follower = asyncio.create_task(bus.run(manager, stats), name="worker-bus") if bus is not None else None
         try:
             yield

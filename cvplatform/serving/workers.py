@@ -26,8 +26,8 @@ same app as a single-process server.
   ``PROMETHEUS_MULTIPROC_DIR`` to ``prometheus/`` in the folder, and whichever worker answers a
   scrape renders the values of all of them (:meth:`ServingMetrics.render`).
 
-The supervisor restarts a worker that dies after it has served (a new worker loads the models the
-aliases name, then applies the last published state), stops every worker on SIGTERM/SIGINT
+The supervisor restarts a worker that dies after its startup finished (a new worker loads the models the
+aliases name, then applies the last published state before it accepts connections), stops every worker on SIGTERM/SIGINT
 (SIGKILL after a grace period) and removes its folder. Workers die with it (``PR_SET_PDEATHSIG``).
 """
 
@@ -180,6 +180,13 @@ class WorkerBus:
         self.applied["stats"] = max(self.applied["stats"], n)
 
     # ---------------------------------------------------------------- the follower side
+    async def catch_up(self, manager: ModelManager, stats: StatsBook) -> None:
+        """Apply what was published before this worker started (a restarted worker), before it serves."""
+        await self.poll(manager, stats)
+        if self._applying is not None:
+            await asyncio.shield(self._applying)
+        self._ack()  # tells the supervisor this worker started: from now on it is restarted when it dies
+
     async def run(self, manager: ModelManager, stats: StatsBook) -> None:
         """Follow ``control.json`` until cancelled: apply new states, resets and stats requests."""
         self._ack()
@@ -232,7 +239,6 @@ def bus_from_env() -> WorkerBus | None:
 class _Worker:
     index: int
     proc: subprocess.Popen
-    started: float
 
 
 def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -260,7 +266,7 @@ def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
 def _spawn(index: int, sock: socket.socket, spec_path: Path, env: dict[str, str]) -> _Worker:
     cmd = [sys.executable, "-m", "cvplatform.serving.workers", "--spec", str(spec_path), "--fd", str(sock.fileno())]
     proc = subprocess.Popen(cmd, env={**env, WORKER_ENV: str(index)}, pass_fds=(sock.fileno(),))
-    return _Worker(index, proc, time.monotonic())
+    return _Worker(index, proc)
 
 
 def run_workers(params: Any, *, host: str, port: int, workers: int, root: Any = None, model: Any = None,
@@ -301,14 +307,18 @@ def run_workers(params: Any, *, host: str, port: int, workers: int, root: Any = 
 
 def _supervise(procs: list[_Worker], sock: socket.socket, spec_path: Path, env: dict[str, str],
                stopping: list[int]) -> int:
-    """Restart workers that die after serving; give up (exit code) when one dies while starting."""
+    """Restart workers that die after they started serving; give up (exit code) when one dies while starting.
+
+    A worker has started serving once it wrote its ``ack-<i>.json`` (after its models loaded, before it accepts).
+    """
     while not stopping:
         time.sleep(0.2)
         for k, w in enumerate(procs):
             rc = w.proc.poll()
             if rc is None or stopping:
                 continue
-            if time.monotonic() - w.started < 10.0:
+            ack = _read_json(spec_path.parent / f"ack-{w.index}.json") or {}
+            if ack.get("pid") != w.proc.pid:
                 log.error("worker %d exited with code %s while starting; stopping the server", w.index, rc)
                 return rc or 1
             log.warning("worker %d (pid %d) exited with code %s; starting a new one", w.index, w.proc.pid, rc)
@@ -352,6 +362,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     """Entry point of one worker: build the app, then serve on the inherited socket until SIGTERM."""
     import uvicorn
 
+    from cvplatform.errors import CVPlatformError
     from cvplatform.serving.app import build_app
     from cvplatform.serving.budget import return_large_buffers_to_os
     from cvplatform.serving.protocol import protocol_class
@@ -367,7 +378,11 @@ def worker_main(argv: list[str] | None = None) -> int:
                                "%(message)s")
     return_large_buffers_to_os()
     sock = socket.socket(fileno=args.fd)
-    app = build_app(spec["params"], root=spec["root"], model=spec["model"], config_path=spec["config_path"])
+    try:
+        app = build_app(spec["params"], root=spec["root"], model=spec["model"], config_path=spec["config_path"])
+    except CVPlatformError as exc:  # the supervisor stops the server with this exit code
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
     limits = app.state.cv.config.limits
     config = uvicorn.Config(app, log_level=spec["log_level"], access_log=False, ws="none",
                             http=protocol_class(limits), timeout_keep_alive=limits.keep_alive_timeout_s)

@@ -21,7 +21,7 @@ import yaml
 
 from cvplatform.config import apply_overrides, read_yaml
 from cvplatform.data.manifest import read_manifest
-from cvplatform.serving.local import LocalServer
+from cvplatform.serving.local import LocalProcessError, LocalServer
 from cvplatform.serving.routing import choose_variant, routing_key
 from tests.fixtures.serving_models import register_version, set_alias, write_model
 from tests.fixtures.tiny_dataset import make_tiny_project
@@ -159,13 +159,31 @@ def test_promotion_reaches_both_workers(project, server):
     assert all(v["champion"] > 0 for v in per_worker.values()), per_worker
 
 
-def test_stopping_the_supervisor_leaves_no_worker(project):
-    root, _ = project
+def test_a_restarted_worker_follows_the_split_and_stopping_leaves_no_worker(project):
+    root, versions = project
     srv = LocalServer(root, overrides=["serve.workers=2"]).start()
     try:
-        _predict_many(srv, _blob(root), 16)
-        pids = [int(p) for p in _stats(srv)["workers"]["pids"].values()]
-        assert len(set(pids)) == 2 and srv.proc is not None and srv.proc.pid not in pids
+        out = _post(srv, "/admin/canary", {"version": versions["permuted"], "share": 0.5})
+        assert out["workers"]["applied"] == [0, 1]
+        first = {int(i): int(p) for i, p in _stats(srv)["workers"]["pids"].items()}
+        assert len(set(first.values())) == 2 and srv.proc is not None and srv.proc.pid not in first.values()
+        os.kill(first[1], signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while True:  # the supervisor starts a new worker 1; it loads the aliases, then the published split
+            assert time.monotonic() < deadline and srv.proc.poll() is None, srv.log_text()
+            try:
+                w = _stats(srv)["workers"]
+            except Exception as exc:
+                raise AssertionError(srv.log_text()) from exc
+            if w["pending"] == [] and int(w["pids"]["1"]) not in first.values():
+                break
+            time.sleep(0.5)
+        pids = [int(p) for p in w["pids"].values()]
+        _post(srv, "/admin/stats/reset")
+        answers = _predict_many(srv, _blob(root), REQUESTS)
+        for rid, a in answers:
+            assert a["variant"] == choose_variant(routing_key(rid, None), 0.5, versions["permuted"]), rid
+        assert all(v["canary"] > 0 for v in _stats(srv)["workers"]["requests"].values())
         srv.proc.send_signal(signal.SIGTERM)  # the supervisor alone (no process-group kill)
         assert srv.proc.wait(timeout=60) == 0
         deadline = time.monotonic() + 10
@@ -174,6 +192,7 @@ def test_stopping_the_supervisor_leaves_no_worker(project):
         assert not any(_alive(p) for p in pids), pids
     finally:
         srv.stop()
+        set_alias(root, MODEL, "canary", None)
 
 
 def _alive(pid: int) -> bool:
@@ -182,3 +201,10 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_worker_that_cannot_start_stops_the_server_with_its_error(project):
+    root, _ = project
+    srv = LocalServer(root, overrides=["serve.workers=2"], model="models/missing.onnx", startup_timeout_s=60)
+    with pytest.raises(LocalProcessError, match=r"exited with code 2(.|\n)*missing\.onnx: no such file"):
+        srv.start()
