@@ -33,7 +33,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
-import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -104,7 +103,7 @@ class ServingMetrics:
         )
         self.decode_bytes_in_flight = Gauge(
             "cvplatform_decode_bytes_in_flight", "Estimated decode memory held by requests in flight "
-            "(bounded by limits.max_inflight_decode_bytes).", registry=r, multiprocess_mode="livesum",
+            "(bounded by limits.max_inflight_decode_bytes).", registry=r,
         )
         self.request_log_dropped = Counter(
             "cvplatform_request_log_dropped", "Requests left out of the drift-monitoring request log (its "
@@ -112,36 +111,73 @@ class ServingMetrics:
         )
         self.model_info = Gauge(
             "cvplatform_model_info", "Loaded model versions (1 = loaded in that variant slot).",
-            ["variant", "model", "version"], registry=r, multiprocess_mode="livemax",
+            ["variant", "model", "version"], registry=r,
         )
-        self.canary_share = Gauge("cvplatform_canary_share", "Share of requests routed to the canary.", registry=r,
-                                  multiprocess_mode="livemax")
+        self.canary_share = Gauge("cvplatform_canary_share", "Share of requests routed to the canary.", registry=r)
 
     def render(self) -> tuple[bytes, str]:
-        """The exposition text and its content type.
+        """The exposition text and its content type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        In a worker of ``serve.workers`` > 1 (``PROMETHEUS_MULTIPROC_DIR`` set by the supervisor), the values of
-        every worker process: counters and histograms summed, gauges summed (memory in flight) or their
-        maximum over live workers (model info, canary share).
-        """
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            from prometheus_client import multiprocess
-
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-            return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def export_samples(self) -> list[dict[str, Any]]:
+        """This process's metric families as JSON-friendly data, for :func:`render_merged` in another process."""
+        return [{"name": fam.name, "type": fam.type, "doc": fam.documentation,
+                 "samples": [[s.name, s.labels, s.value] for s in fam.samples if not s.name.endswith("_created")]}
+                for fam in self.registry.collect()]
 
     def set_model(self, variant: str, model: str | None, version: str | None, previous: tuple[str, str] | None) -> None:
         """Record which version a variant slot holds (removing the previous series)."""
         if previous is not None:
-            self.model_info.labels(variant, *previous).set(0)  # multiprocess mode keeps a removed series' value
             with contextlib.suppress(KeyError):
                 self.model_info.remove(variant, *previous)
         if model is not None and version is not None:
             self.model_info.labels(variant, model, version).set(1)
+
+
+SUMMED_GAUGES = frozenset({"cvplatform_decode_bytes_in_flight"})
+"""Gauges whose value over several worker processes is their sum; every other gauge takes the maximum
+(model info: 1 when any worker holds the version; the canary share, the same in every worker)."""
+
+
+def render_merged(parts: Sequence[list[dict[str, Any]]]) -> tuple[bytes, str]:
+    """One exposition of several processes' :meth:`ServingMetrics.export_samples` (``serve.workers`` > 1).
+
+    Counters and histograms are summed per series; gauges are summed (:data:`SUMMED_GAUGES`) or take the maximum.
+
+    Example:
+        >>> a, b = ServingMetrics(), ServingMetrics()
+        >>> a.requests.labels("predict", "m", "1", "champion", "200").inc(2)
+        >>> b.requests.labels("predict", "m", "1", "champion", "200").inc(3)
+        >>> b'status="200",variant="champion",version="1"} 5.0' in render_merged([a.export_samples(), b.export_samples()])[0]
+        True
+    """
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client.metrics_core import Metric
+
+    families: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for fam in part:
+            f = families.setdefault(fam["name"], {"type": fam["type"], "doc": fam["doc"], "values": {}})
+            values = f["values"]
+            take_max = fam["type"] == "gauge" and fam["name"] not in SUMMED_GAUGES
+            for name, labels, value in fam["samples"]:
+                key = (name, tuple(sorted(labels.items())))
+                old = values.get(key)
+                values[key] = value if old is None else (max(old, value) if take_max else old + value)
+
+    class _Merged:
+        def collect(self) -> Iterable[Metric]:
+            for fname, f in families.items():
+                metric = Metric(fname, f["doc"], f["type"])
+                for (name, labels), value in f["values"].items():
+                    metric.add_sample(name, dict(labels), value)
+                yield metric
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged())  # type: ignore[arg-type]
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 # --------------------------------------------------------------------------- statistics
@@ -504,5 +540,6 @@ __all__ = [
     "StatsBook",
     "VariantStats",
     "percentile",
+    "render_merged",
     "summarize",
 ]

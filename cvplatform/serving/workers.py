@@ -22,9 +22,10 @@ same app as a single-process server.
   ``GET /admin/stats`` bumps the request counter; each worker writes its raw statistics
   (:meth:`StatsBook.export`) to ``stats-<i>.json`` and the answering worker sums them
   (:meth:`StatsBook.merged`), so the canary controller sees every request of every worker.
-* ``/metrics`` uses prometheus_client's multiprocess mode: the supervisor sets
-  ``PROMETHEUS_MULTIPROC_DIR`` to ``prometheus/`` in the folder, and whichever worker answers a
-  scrape renders the values of all of them (:meth:`ServingMetrics.render`).
+* ``/metrics`` works the same way: a scrape bumps the ``metrics`` counter, each worker writes its
+  metric families (:meth:`ServingMetrics.export_samples`) to ``metrics-<i>.json``, and the answering
+  worker renders their sum (:func:`~cvplatform.serving.metrics.render_merged`). Requests pay nothing
+  for this; a scrape does.
 
 The supervisor restarts a worker that dies after its startup finished (a new worker loads the models the
 aliases name, then applies the last published state before it accepts connections), stops every worker on SIGTERM/SIGINT
@@ -53,7 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cvplatform.serving.metrics import StatsBook
+    from cvplatform.serving.metrics import ServingMetrics, StatsBook
     from cvplatform.serving.models import ModelManager
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class WorkerBus:
         self.interval_s = float(interval_s)
         self.timeout_s = float(timeout_s)
         self.pid = os.getpid()
-        self.applied = {"gen": 0, "reset": 0, "stats": 0}
+        self.applied = {"gen": 0, "reset": 0, "stats": 0, "metrics": 0}
         self.errors: dict[str, str] = {}
         self._applying: asyncio.Task | None = None
 
@@ -107,7 +108,7 @@ class WorkerBus:
         """Change ``control.json`` under the folder's lock: counters in ``bump`` go up by one, ``state`` is set."""
         with (self.dir / "lock").open("a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            ctl = _read_json(self.control) or {"gen": 0, "reset": 0, "stats": 0, "state": None}
+            ctl = _read_json(self.control) or {"gen": 0, "reset": 0, "stats": 0, "metrics": 0, "state": None}
             for key, value in bump.items():
                 if key == "state":
                     ctl["gen"] += 1
@@ -174,6 +175,21 @@ class WorkerBus:
                               for i in sorted(parts)}
         return book, report
 
+    async def gather_metrics(self, metrics: ServingMetrics) -> tuple[bytes, str]:
+        """Every worker's Prometheus metrics in one exposition (``GET /metrics``)."""
+        from cvplatform.serving.metrics import render_merged
+
+        ctl = self._update_control(metrics=True)
+        await self._answer_metrics(metrics, ctl["metrics"])
+        parts = await self._wait("metrics", ctl["metrics"], files="metrics")
+        self._report(parts)
+        return render_merged([parts[i]["families"] for i in sorted(parts)])
+
+    async def _answer_metrics(self, metrics: ServingMetrics, n: int) -> None:
+        data = {"metrics": n, "pid": self.pid, "families": metrics.export_samples()}
+        await asyncio.to_thread(_write_json, self.dir / f"metrics-{self.index}.json", data)
+        self.applied["metrics"] = max(self.applied["metrics"], n)
+
     async def _answer_stats(self, stats: StatsBook, n: int) -> None:
         data = {"stats": n, "pid": self.pid, "book": stats.export()}
         await asyncio.to_thread(_write_json, self.dir / f"stats-{self.index}.json", data)
@@ -207,6 +223,8 @@ class WorkerBus:
             changed = True
         if ctl["stats"] > self.applied["stats"]:
             await self._answer_stats(stats, ctl["stats"])
+        if ctl.get("metrics", 0) > self.applied["metrics"] and manager is not None:
+            await self._answer_metrics(manager.metrics, ctl["metrics"])
         if ctl["gen"] > self.applied["gen"] and ctl["state"] is not None and self._applying is None:
             self._applying = asyncio.create_task(self._apply(manager, ctl["gen"], ctl["state"]))
         if changed:
@@ -280,8 +298,7 @@ def run_workers(params: Any, *, host: str, port: int, workers: int, root: Any = 
                                         "model": str(model) if model else None,
                                         "config_path": str(config_path) if config_path else None,
                                         "log_level": log_level}))
-    (folder / "prometheus").mkdir()
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder / "prometheus"), "CVPLATFORM_SERVE_BUS": json.dumps(
+    env = {**os.environ, "CVPLATFORM_SERVE_BUS": json.dumps(
         {"dir": str(folder), "workers": workers, "interval_s": serve.sync_interval_s,
          "timeout_s": serve.sync_timeout_s})}
     stopping: list[int] = []
@@ -322,17 +339,8 @@ def _supervise(procs: list[_Worker], sock: socket.socket, spec_path: Path, env: 
                 log.error("worker %d exited with code %s while starting; stopping the server", w.index, rc)
                 return rc or 1
             log.warning("worker %d (pid %d) exited with code %s; starting a new one", w.index, w.proc.pid, rc)
-            _forget_gauges(w.proc.pid, env)
             procs[k] = _spawn(w.index, sock, spec_path, env)
     return 0
-
-
-def _forget_gauges(pid: int, env: dict[str, str]) -> None:
-    """Drop a dead worker's live gauges from ``/metrics`` (its counters keep counting in the sums)."""
-    from prometheus_client import multiprocess
-
-    with contextlib.suppress(OSError):
-        multiprocess.mark_process_dead(pid, env["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def _stop_all(procs: list[_Worker], grace_s: float) -> None:

@@ -139,3 +139,26 @@ def test_serve_workers_must_be_positive(bad):
 
     with pytest.raises(ValidationError):
         ServeParams(workers=bad)
+
+
+def test_merged_metrics_sum_counters_and_histograms_and_take_the_max_of_model_gauges():
+    from cvplatform.serving.metrics import render_merged
+
+    parts = [ServingMetrics(), ServingMetrics()]
+    for i, m in enumerate(parts):
+        m.requests.labels("predict", "m", "1", "champion", "200").inc(i + 1)
+        m.request_latency.labels("predict", "champion").observe(0.002 * (i + 1))
+        m.set_model("champion", "m", "1", None)
+        m.canary_share.set(0.25)
+        m.decode_bytes_in_flight.set(100 * (i + 1))
+    text = render_merged([m.export_samples() for m in parts])[0].decode()
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert float(lines['cvplatform_requests_total{endpoint="predict",model="m",status="200",variant="champion",'
+                       'version="1"}']) == 3.0
+    assert float(lines['cvplatform_request_latency_seconds_count{endpoint="predict",variant="champion"}']) == 2.0
+    assert float(lines['cvplatform_request_latency_seconds_bucket{endpoint="predict",le="0.0025",'
+                       'variant="champion"}']) == 1.0
+    assert float(lines['cvplatform_model_info{model="m",variant="champion",version="1"}']) == 1.0
+    assert float(lines["cvplatform_canary_share"]) == 0.25
+    assert float(lines["cvplatform_decode_bytes_in_flight"]) == 300.0
+    assert "# TYPE cvplatform_requests_total counter" in text
