@@ -112,7 +112,7 @@ def test_both_workers_answer_and_stats_sum_them(project, server):
     assert all(n > 0 for n in per_worker.values()), per_worker  # both processes served
     assert sum(per_worker.values()) == REQUESTS == stats["variants"]["champion"]["requests"]
     assert stats["variants"]["champion"]["request_latency_ms"]["count"] == REQUESTS  # samples pooled too
-    # /metrics, answered by one worker, counts the requests of both (prometheus_client multiprocess mode)
+    # /metrics, answered by one worker, counts the requests of both (merged when scraped)
     assert _metric_sum(server, "cvplatform_requests_total{") - before == REQUESTS
     assert _metric_sum(server, "cvplatform_model_info{") == 1.0  # the max over workers, not a sum
     assert _metric_sum(server, "cvplatform_predictions_total{") >= REQUESTS
