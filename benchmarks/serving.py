@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -301,12 +302,26 @@ def bench_model(arch: str, size: int, inputs: list[str], levels: list[int], per_
 HOT_PATH_CONCURRENCY = 8
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of process ``pid`` and of its live descendants (the worker processes of ``serve.workers``)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += process_cpu_s(p)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
 def _hot_path_run(url: str, pid: int, root: Path, model: Path, size: int, duration: float, threads: int,
                   spinning: bool, model_name: str) -> dict:
     """One hot-path measurement: 1 PNG per request at concurrency 8, then the raw session at batch 1."""
-    cpu0 = process_cpu_s(pid)
+    cpu0 = tree_cpu_s(pid)
     res = run_load_gen(url, root / "image.png", "png", HOT_PATH_CONCURRENCY, 1, duration, model_name, size)
-    server_cpu = process_cpu_s(pid) - cpu0
+    server_cpu = tree_cpu_s(pid) - cpu0
     raw = raw_throughput(model, size, 1, duration, threads, spinning)
     lat = res["latencies_ms"]
     handled = res["requests"] + res["errors"] + 3  # + the load generator's warm-up requests
@@ -332,16 +347,33 @@ def hot_path(args: argparse.Namespace) -> dict:
 
     arch, _, size_text = args.models[0].partition(":")
     size = int(size_text or 32)
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="cvplatform-bench-hot-path-") as tmp:
+    counts = list(dict.fromkeys(args.workers))
+    runs: dict[int, list[dict]] = {n: [] for n in counts}
+    with tempfile.TemporaryDirectory(prefix="cvplatform-bench-hot-path-") as tmp, contextlib.ExitStack() as stack:
         root, model, cfg = make_project(arch, size, Path(tmp), args.threads, args.overrides)
         spinning = bool(cfg["models"].get("allow_spinning", False))
-        with LocalServer(root, model=model, config=root / "serving.yaml") as srv:
-            assert srv.proc is not None
-            name = httpx.get(f"{srv.url}/", timeout=30).json()["model"]
-            for _ in range(args.repeats):
-                runs.append(_hot_path_run(srv.url, srv.proc.pid, root, model, size, args.duration, args.threads,
-                                          spinning, name))
+        servers = {n: stack.enter_context(LocalServer(root, model=model, config=root / "serving.yaml",
+                                                      overrides=[f"serve.workers={n}"])) for n in counts}
+        name = httpx.get(f"{servers[counts[0]].url}/", timeout=30).json()["model"]
+        for _ in range(args.repeats):  # the worker counts alternate, so the machine's load hits them alike
+            for n, srv in servers.items():
+                assert srv.proc is not None
+                print(f"serve.workers={n}: ", end="", flush=True)
+                runs[n].append(_hot_path_run(srv.url, srv.proc.pid, root, model, size, args.duration, args.threads,
+                                             spinning, name))
+    summaries = {n: _hot_path_summary(args, arch, size, r) for n, r in runs.items()}
+    if len(counts) == 1:
+        return summaries[counts[0]]
+    base = summaries[counts[0]]["median"]["served_requests_per_s"]
+    return {
+        "what": f"hot path with serve.workers in {counts}, measured alternately in one run",
+        "cpus": os.cpu_count(), "by_workers": {str(n): s for n, s in summaries.items()},
+        "speedup_over_first": {str(n): round(s["median"]["served_requests_per_s"] / base, 3) if base else None
+                               for n, s in summaries.items()},
+    }
+
+
+def _hot_path_summary(args: argparse.Namespace, arch: str, size: int, runs: list[dict]) -> dict:
     ratios = [r["served_over_raw"] or 0.0 for r in runs]
     median = sorted(runs, key=lambda r: r["served_over_raw"] or 0.0)[len(runs) // 2]
     return {
@@ -356,8 +388,9 @@ def hot_path(args: argparse.Namespace) -> dict:
                    "server_cpu_ms_per_request": statistics.median(
                        r["served"]["server_cpu_ms_per_request"] for r in runs)},
         "served_over_raw_range": [min(ratios), max(ratios)],
-        "notes": ["server_cpu_ms_per_request: user + system CPU of the server process (every thread: event loop, "
-                  "micro-batcher, request-log writer) while the load generator ran, per request handled.",
+        "notes": ["server_cpu_ms_per_request: user + system CPU of the server process and its worker processes "
+                  "(every thread: event loop, micro-batcher, request-log writer) while the load generator ran, per "
+                  "request handled.",
                   "Each run measures the served requests first, then the raw session, so the two never compete "
                   "for the cores; the median is the run with the median ratio."],
     }
@@ -401,6 +434,8 @@ def main() -> None:
     ap.add_argument("--hot-path", action="store_true",
                     help="measure only the hot path: 1 PNG per request at concurrency 8 vs the raw session at "
                          "batch 1 (first --models entry; default out: results/serving-hot-path.json)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1],
+                    help="--hot-path: serve.workers values, each its own server, measured alternately")
     ap.add_argument("--repeats", type=int, default=3, help="--hot-path: measurements in the run (median reported)")
     ap.add_argument("--out", default=None, help="results file (default results/serving.json, or "
                                                 "results/serving-hot-path.json with --hot-path)")

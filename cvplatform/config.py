@@ -605,6 +605,15 @@ class ServeParams(StrictModel):
     """TCP port."""
     config: str = "configs/deploy/serving.yaml"
     """Serving configuration: batching, limits, traffic split, admin token, statistics."""
+    workers: int = Field(1, ge=1, le=64)
+    """Server processes sharing the listening socket, each with its own event loop and model sessions
+    (1 = one process, as before). With more, admin actions (canary, traffic, promote, rollback, abort,
+    reload, stats reset) reach every worker before the admin call returns, and ``/admin/stats`` sums all
+    workers (``cvplatform.serving.workers``; ADR 0012)."""
+    sync_interval_s: float = Field(0.02, gt=0.0, le=5.0)
+    """workers > 1: how often each worker reads the shared control file (admin changes, stats requests)."""
+    sync_timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
+    """workers > 1: how long an admin call waits for every worker to apply it (a model load included)."""
 
 
 class DeployLocalParams(StrictModel):

@@ -67,6 +67,8 @@ class InferenceLogger:
         directory: Folder of the ``requests-*.jsonl`` files (created on the first record).
         max_bytes: Start a new file when the current one would grow beyond this size.
         clock: Returns the current UTC time (tests inject a fixed clock).
+        tag: Added to every file name (``requests-<stamp>-<tag>.jsonl``): one per server worker process, so
+            each worker writes its own files (``serve.workers`` > 1).
 
     Example:
         >>> import numpy as np
@@ -83,12 +85,16 @@ class InferenceLogger:
         max_bytes: int = DEFAULT_MAX_BYTES,
         *,
         clock: Any = None,
+        tag: str | None = None,
     ) -> None:
         if int(max_bytes) < 1:
             raise ConfigError(f"InferenceLogger: max_bytes must be >= 1, got {max_bytes!r}.")
         self.directory = Path(directory)
         self.max_bytes = int(max_bytes)
         self._clock = clock or _utcnow
+        if tag is not None and (not tag or not all(c.isalnum() for c in tag)):
+            raise ConfigError(f"InferenceLogger: tag must be letters and digits only, got {tag!r}.")
+        self.tag = tag
         self._lock = threading.Lock()
         self._fh: IO[str] | None = None
         self._path: Path | None = None
@@ -97,7 +103,8 @@ class InferenceLogger:
         self.files_written: list[Path] = []
 
     @classmethod
-    def from_params(cls, params: Any, root: str | os.PathLike[str] | None = None) -> InferenceLogger:
+    def from_params(cls, params: Any, root: str | os.PathLike[str] | None = None, *,
+                    tag: str | None = None) -> InferenceLogger:
         """The logger configured by ``params.monitor`` (``log_dir``, ``log_max_bytes``) under ``root``.
 
         Example:
@@ -107,7 +114,7 @@ class InferenceLogger:
         from cvplatform.utils.io import ProjectPaths
 
         cfg = params.monitor
-        return cls(ProjectPaths.at(root).resolve(cfg.log_dir), max_bytes=cfg.log_max_bytes)
+        return cls(ProjectPaths.at(root).resolve(cfg.log_dir), max_bytes=cfg.log_max_bytes, tag=tag)
 
     # ---------------------------------------------------------------- writing
     def now(self) -> datetime:
@@ -200,7 +207,7 @@ class InferenceLogger:
         self.directory.mkdir(parents=True, exist_ok=True)
         stamp = self._clock()
         stamp = (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).astimezone(UTC)
-        base = stamp.strftime("%Y%m%dT%H%M%S.%fZ")
+        base = stamp.strftime("%Y%m%dT%H%M%S.%fZ") + (f"-{self.tag}" if self.tag else "")
         for n in range(10_000):
             path = self.directory / f"{FILE_PREFIX}{base}{'' if n == 0 else f'-{n}'}{FILE_SUFFIX}"
             try:

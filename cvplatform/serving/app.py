@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- the app
 def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str | None = None,
-               request_log: Any = None, task: Task | None = None) -> FastAPI:
+               request_log: Any = None, task: Task | None = None, bus: Any = None) -> FastAPI:
     """Build the inference service for ``source`` with ``config``.
 
     Args:
@@ -80,6 +80,8 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
             per served image (input statistics + prediction) for drift monitoring; None = no log.
         task: the project's task (``get_task(params.project.task)``; default classification): it decodes
             the model's outputs into responses, OIP outputs, statistics, metrics and log records.
+        bus: the :class:`~cvplatform.serving.workers.WorkerBus` of this worker process when several share the
+            port (``serve.workers`` > 1): admin actions and statistics then span every worker. None = one process.
 
     Example:
         >>> from cvplatform.serving.models import FileSource
@@ -98,14 +100,20 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
         log_queue = InferenceLogQueue(request_log)
     state = ServerState(config, manager, metrics, stats, token, request_log=log_queue,
                         budget=MemoryBudget(config.limits.max_inflight_decode_bytes,
-                                            on_change=metrics.decode_bytes_in_flight.set))
+                                            on_change=metrics.decode_bytes_in_flight.set), bus=bus)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
         await manager.start()
+        if bus is not None:
+            await bus.catch_up(manager, stats)  # a restarted worker serves the published state from its first request
+        follower = asyncio.create_task(bus.run(manager, stats), name="worker-bus") if bus is not None else None
         try:
             yield
         finally:
+            if follower is not None:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
             for t in list(state.shadow_tasks):
                 t.cancel()
             if state.shadow_tasks:
@@ -180,15 +188,18 @@ def build_app(
         src = RegistrySource(registered_model_name(params), root=paths.root, params=params,
                              providers=m.providers, intra_op_threads=m.intra_op_threads,
                              allow_spinning=m.allow_spinning, champion_alias=params.registry.champion_alias)
+    from cvplatform.serving.workers import bus_from_env
+
+    bus = bus_from_env()  # set in the worker processes of `serve.workers` > 1
     request_log = None
     mon = getattr(params, "monitor", None)
     if mon is not None and mon.log_requests:
         from cvplatform.monitoring.inference_log import InferenceLogger
 
-        request_log = InferenceLogger.from_params(params, paths.root)
+        request_log = InferenceLogger.from_params(params, paths.root, tag=f"w{bus.index}" if bus else None)
     project = getattr(params, "project", None)
     task = get_task(getattr(project, "task", None))
-    return create_app(config, src, admin_token=admin_token, request_log=request_log, task=task)
+    return create_app(config, src, admin_token=admin_token, request_log=request_log, task=task, bus=bus)
 
 
 def serve(
@@ -222,6 +233,15 @@ def serve(
     s = getattr(params, "serve", None)
     host = host or (s.host if s is not None else "127.0.0.1")
     port = int(port if port is not None else (s.port if s is not None else 8080))
+    workers = int(getattr(s, "workers", 1) or 1)
+    if workers > 1:  # a supervisor over `workers` processes sharing one socket (cvplatform.serving.workers)
+        from cvplatform.serving.workers import run_workers
+
+        code = run_workers(params, host=host, port=port, workers=workers, root=root, model=model,
+                           config_path=config_path, log_level=log_level)
+        if code:
+            raise SystemExit(code)
+        return
     app = build_app(params, root=root, model=model, config_path=config_path)
     limits = app.state.cv.config.limits
     log.info("serving %s on http://%s:%d", app.state.cv.manager.source.model_name, host, port)

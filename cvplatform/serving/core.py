@@ -57,6 +57,15 @@ class ServerState:
     """:class:`cvplatform.monitoring.inference_log.InferenceLogQueue` (drift monitoring), or None."""
     budget: MemoryBudget | None = None
     """Decode memory shared by the requests in flight (``limits.max_inflight_decode_bytes``)."""
+    bus: Any = None
+    """:class:`cvplatform.serving.workers.WorkerBus` when several worker processes share the port, else None."""
+
+    async def synced(self, out: dict[str, Any]) -> dict[str, Any]:
+        """``out`` (an admin action's answer) after every other worker process applied the action (``workers``:
+        which did); unchanged with one process."""
+        if self.bus is not None:
+            out["workers"] = await self.bus.publish(self.manager)
+        return out
 
     def hold(self) -> BudgetHold:
         """A new charge against :attr:`budget` for one request."""

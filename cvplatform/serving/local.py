@@ -9,6 +9,7 @@ messages.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -174,6 +175,8 @@ class LocalServer:
         rc = None
         if self.proc is not None:
             rc = _stop_process(self.proc, grace_s)
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # its own session: anything it left
+                os.killpg(self.proc.pid, signal.SIGKILL)
         if self._log_fh is not None:
             self._log_fh.close()
             self._log_fh = None

@@ -121,6 +121,12 @@ class ServingMetrics:
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
+    def export_samples(self) -> list[dict[str, Any]]:
+        """This process's metric families as JSON-friendly data, for :func:`render_merged` in another process."""
+        return [{"name": fam.name, "type": fam.type, "doc": fam.documentation,
+                 "samples": [[s.name, s.labels, s.value] for s in fam.samples if not s.name.endswith("_created")]}
+                for fam in self.registry.collect()]
+
     def set_model(self, variant: str, model: str | None, version: str | None, previous: tuple[str, str] | None) -> None:
         """Record which version a variant slot holds (removing the previous series)."""
         if previous is not None:
@@ -128,6 +134,50 @@ class ServingMetrics:
                 self.model_info.remove(variant, *previous)
         if model is not None and version is not None:
             self.model_info.labels(variant, model, version).set(1)
+
+
+SUMMED_GAUGES = frozenset({"cvplatform_decode_bytes_in_flight"})
+"""Gauges whose value over several worker processes is their sum; every other gauge takes the maximum
+(model info: 1 when any worker holds the version; the canary share, the same in every worker)."""
+
+
+def render_merged(parts: Sequence[list[dict[str, Any]]]) -> tuple[bytes, str]:
+    """One exposition of several processes' :meth:`ServingMetrics.export_samples` (``serve.workers`` > 1).
+
+    Counters and histograms are summed per series; gauges are summed (:data:`SUMMED_GAUGES`) or take the maximum.
+
+    Example:
+        >>> a, b = ServingMetrics(), ServingMetrics()
+        >>> a.requests.labels("predict", "m", "1", "champion", "200").inc(2)
+        >>> b.requests.labels("predict", "m", "1", "champion", "200").inc(3)
+        >>> b'status="200",variant="champion",version="1"} 5.0' in render_merged([a.export_samples(), b.export_samples()])[0]
+        True
+    """
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client.metrics_core import Metric
+
+    families: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for fam in part:
+            f = families.setdefault(fam["name"], {"type": fam["type"], "doc": fam["doc"], "values": {}})
+            values = f["values"]
+            take_max = fam["type"] == "gauge" and fam["name"] not in SUMMED_GAUGES
+            for name, labels, value in fam["samples"]:
+                key = (name, tuple(sorted(labels.items())))
+                old = values.get(key)
+                values[key] = value if old is None else (max(old, value) if take_max else old + value)
+
+    class _Merged:
+        def collect(self) -> Iterable[Metric]:
+            for fname, f in families.items():
+                metric = Metric(fname, f["doc"], f["type"])
+                for (name, labels), value in f["values"].items():
+                    metric.add_sample(name, dict(labels), value)
+                yield metric
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged())  # type: ignore[arg-type]
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 # --------------------------------------------------------------------------- statistics
@@ -229,6 +279,31 @@ class VariantStats:
         if dq is None:
             dq = self.compute[key] = collections.deque(maxlen=self.window)
         dq.append(round(float(ms), 5))
+
+    _COUNTS = ("requests", "errors", "fallbacks", "shadow_scored", "shadow_errors", "images", "labelled", "correct")
+
+    def export(self) -> dict[str, Any]:
+        """Raw counters and samples (JSON-friendly), for :meth:`absorb` in another process."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in self._COUNTS}
+        out.update(version=self.version, classes=dict(self.classes), hist=list(self.hist),
+                   latency_ms=list(self.latency_ms), request_latency_ms=list(self.request_latency_ms),
+                   compute={k: list(v) for k, v in self.compute.items()}, confidences=list(self.confidences))
+        return out
+
+    def absorb(self, data: dict[str, Any]) -> None:
+        """Add another worker's :meth:`export` of the same variant and version to these statistics."""
+        for k in self._COUNTS:
+            setattr(self, k, getattr(self, k) + int(data[k]))
+        self.classes.update({str(k): int(v) for k, v in data["classes"].items()})
+        self.hist = [a + int(b) for a, b in zip(self.hist, data["hist"], strict=False)]
+        self.latency_ms.extend(data["latency_ms"])
+        self.request_latency_ms.extend(data["request_latency_ms"])
+        for key, values in data["compute"].items():
+            dq = self.compute.get(key)
+            if dq is None:
+                dq = self.compute[key] = collections.deque(maxlen=self.window)
+            dq.extend(values)
+        self.confidences.extend(data["confidences"])
 
     def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
         attempts = self.requests + self.shadow_scored
@@ -390,6 +465,50 @@ class StatsBook:
         with self._lock:
             self.shadow_skipped += 1
 
+    def export(self) -> dict[str, Any]:
+        """The raw counters and samples as JSON-friendly data, for :meth:`merged` (one worker's share)."""
+        with self._lock:
+            return {
+                "since": self.since,
+                "variants": {k: v.export() for k, v in self.variants.items()},
+                "pairs": self.pairs, "agree": self.agree,
+                "pairs_by_conf": list(self.pairs_by_conf), "agree_by_conf": list(self.agree_by_conf),
+                "shadow_failed": self.shadow_failed, "shadow_skipped": self.shadow_skipped,
+                "disagreements": list(self.disagreements),
+            }
+
+    @classmethod
+    def merged(cls, parts: Sequence[dict[str, Any]], window: int, bins: int, disagreements_kept: int) -> StatsBook:
+        """One book holding the sum of several :meth:`export` results (one per worker process).
+
+        Counts add up; latency, compute and confidence samples are pooled (each worker keeps its last
+        ``window``, so the merged book keeps up to ``window`` x workers); ``since`` is the earliest. A
+        variant whose version differs from the first part's (a worker mid-swap) is left out.
+        """
+        n = max(1, len(parts))
+        book = cls(window * n, bins, disagreements_kept * n)
+        if not parts:
+            return book
+        book.since = min(float(p["since"]) for p in parts)
+        for name in ("champion", "canary"):
+            versions = [p["variants"][name]["version"] for p in parts if p["variants"][name]["version"] is not None]
+            version = versions[0] if versions else None
+            vs = book.variants[name]
+            vs.version = version
+            for p in parts:
+                v = p["variants"][name]
+                if v["version"] in (None, version):
+                    vs.absorb(v)
+        for p in parts:
+            book.pairs += int(p["pairs"])
+            book.agree += int(p["agree"])
+            book.pairs_by_conf = [a + int(b) for a, b in zip(book.pairs_by_conf, p["pairs_by_conf"], strict=False)]
+            book.agree_by_conf = [a + int(b) for a, b in zip(book.agree_by_conf, p["agree_by_conf"], strict=False)]
+            book.shadow_failed += int(p["shadow_failed"])
+            book.shadow_skipped += int(p["shadow_skipped"])
+            book.disagreements.extend(p["disagreements"])
+        return book
+
     def snapshot(self, with_samples: bool = True) -> dict[str, Any]:
         """Everything as JSON-friendly data (what ``GET /admin/stats`` returns)."""
         with self._lock:
@@ -421,5 +540,6 @@ __all__ = [
     "StatsBook",
     "VariantStats",
     "percentile",
+    "render_merged",
     "summarize",
 ]

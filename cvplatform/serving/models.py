@@ -695,6 +695,53 @@ class ModelManager:
             out.update(info)
             return out
 
+    # ---------------------------------------------------------------- shared state (several worker processes)
+    def shared_state(self) -> dict[str, Any]:
+        """What another worker process needs to serve the same way: slot versions and the traffic state."""
+        return {v: (h.version if h is not None else None) for v, h in self.slots.items()} | {
+            "traffic": {"canary_share": self.traffic.canary_share, "shadow": self.traffic.shadow,
+                        "shadow_share": self.traffic.shadow_share}}
+
+    async def apply_shared(self, state: dict[str, Any]) -> dict[str, str]:
+        """Make the slots and traffic match ``state`` (from :meth:`shared_state` of the worker that took an admin
+        action). The registry is not touched: that worker already moved the aliases. Returns load errors by
+        variant (a failed canary gets no traffic; a failed champion load keeps the old champion)."""
+        errors: dict[str, str] = {}
+        async with self._lock:
+            want = state.get("champion")
+            champ = self.slots["champion"]
+            if want is not None and (champ is None or champ.version != want):
+                canary = self.slots["canary"]
+                if canary is not None and canary.version == want:  # a promotion: the canary handle moves
+                    self.slots["canary"] = None
+                    self.metrics.set_model("canary", None, None, (canary.model.name, canary.version))
+                    self._swap("champion", canary)
+                else:
+                    errors.update(await self._load_into("champion", want))
+            self._seen["champion"] = want
+            want = state.get("canary")
+            current = self.slots["canary"]
+            if want is None and current is not None:
+                self._swap("canary", None)
+            elif want is not None and (current is None or current.version != want):
+                errors.update(await self._load_into("canary", want))
+            self._seen["canary"] = want
+            self._set_traffic(TrafficState(**state["traffic"]))
+        return errors
+
+    async def _load_into(self, variant: str, version: str) -> dict[str, str]:
+        try:
+            handle = await self._load_handle(version)
+        except Exception as exc:
+            self.errors[variant] = f"v{version}: {exc}"
+            log.error("%s v%s failed to load: %s", variant, version, exc)
+            if variant == "canary" and self.slots["canary"] is not None:
+                self._swap("canary", None)
+            return {variant: self.errors[variant] or ""}
+        self.errors[variant] = None
+        self._swap(variant, handle)
+        return {}
+
     # ---------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
         def slot(variant: str) -> dict[str, Any]:

@@ -64,6 +64,8 @@ async def admin_status(state: ServerState = Admin) -> dict[str, Any]:
     out = state.manager.status()
     out["uptime_s"] = time.time() - state.started
     out["shadow_pending"] = len(state.shadow_tasks)
+    if state.bus is not None:
+        out["worker"] = {"index": state.bus.index, "pid": state.bus.pid, "workers": state.bus.workers}
     return out
 
 
@@ -71,36 +73,36 @@ async def admin_status(state: ServerState = Admin) -> dict[str, Any]:
 async def admin_canary(request: Request, state: ServerState = Admin) -> dict[str, Any]:
     """Load a version as the canary (registry alias ``canary``), optionally with its share / shadow mode."""
     req = await _admin_body(request, state, CanaryRequest)
-    return await state.manager.set_canary(req.version, share=req.share, shadow=req.shadow,
-                                          shadow_share=req.shadow_share)
+    return await state.synced(await state.manager.set_canary(req.version, share=req.share, shadow=req.shadow,
+                                                             shadow_share=req.shadow_share))
 
 
 @router.post("/admin/traffic", tags=["admin"])
 async def admin_traffic(request: Request, state: ServerState = Admin) -> dict[str, Any]:
     req = await _admin_body(request, state, TrafficRequest)
-    return await state.manager.set_traffic(canary_share=req.canary_share, shadow=req.shadow,
-                                           shadow_share=req.shadow_share)
+    return await state.synced(await state.manager.set_traffic(canary_share=req.canary_share, shadow=req.shadow,
+                                                              shadow_share=req.shadow_share))
 
 
 @router.post("/admin/canary/abort", tags=["admin"])
 async def admin_abort(request: Request, state: ServerState = Admin) -> dict[str, Any]:
     """Stop the canary (share 0, unloaded, alias removed) and tag the reason on its version."""
     req = await _admin_body(request, state, AbortRequest)
-    return await state.manager.abort_canary(req.reason, req.version, status=req.status)
+    return await state.synced(await state.manager.abort_canary(req.reason, req.version, status=req.status))
 
 
 @router.post("/admin/promote", tags=["admin"])
 async def admin_promote(request: Request, state: ServerState = Admin) -> dict[str, Any]:
     """Promote the loaded canary (registry promote: alias ``champion`` moves) and swap it in."""
     req = await _admin_body(request, state, PromoteRequest)
-    return await state.manager.promote(req.version, req.reason)
+    return await state.synced(await state.manager.promote(req.version, req.reason))
 
 
 @router.post("/admin/rollback", tags=["admin"])
 async def admin_rollback(request: Request, state: ServerState = Admin) -> dict[str, Any]:
     """Return the champion to the previous champion (registry rollback) and load it."""
     req = await _admin_body(request, state, RollbackRequest)
-    return await state.manager.rollback(req.reason)
+    return await state.synced(await state.manager.rollback(req.reason))
 
 
 @router.post("/admin/reload", tags=["admin"])
@@ -115,13 +117,19 @@ async def admin_reload(state: ServerState = Admin) -> dict[str, Any]:
         raise ServingError(409, "reload_failed", f"cannot read the registry aliases: {exc}") from None
     out = manager.status()
     out["changes"] = changes
-    return out
+    return await state.synced(out)
 
 
 @router.get("/admin/stats", tags=["admin"])
 async def admin_stats(samples: bool = True, state: ServerState = Admin) -> dict[str, Any]:
-    """Per-variant statistics since the last reset (what the canary controller analyses)."""
-    out = state.stats.snapshot(with_samples=samples)
+    """Per-variant statistics since the last reset (what the canary controller analyses); with several worker
+    processes, the sum over all of them (``workers``: which reported, and each one's request count)."""
+    if state.bus is None:
+        out = state.stats.snapshot(with_samples=samples)
+    else:
+        book, report = await state.bus.gather_stats(state.stats)
+        out = book.snapshot(with_samples=samples)
+        out["workers"] = report
     out["traffic"] = state.manager.status()["traffic"]
     out["versions"] = {v: (h.version if h else None) for v, h in state.manager.slots.items()}
     return out
@@ -129,8 +137,11 @@ async def admin_stats(samples: bool = True, state: ServerState = Admin) -> dict[
 
 @router.post("/admin/stats/reset", tags=["admin"])
 async def admin_stats_reset(state: ServerState = Admin) -> dict[str, Any]:
-    state.stats.reset()
-    return {"reset": True, "since": state.stats.since}
+    if state.bus is None:
+        state.stats.reset()
+        return {"reset": True, "since": state.stats.since}
+    report = await state.bus.reset_stats(state.stats)
+    return {"reset": True, "since": state.stats.since, "workers": report}
 
 
 __all__ = ["require_admin", "router"]

@@ -30,7 +30,10 @@ async def ready(state: ServerState = Depends(get_state)) -> Response:
 
 @router.get("/metrics", tags=["ops"])
 async def prometheus(state: ServerState = Depends(get_state)) -> Response:
-    data, ctype = state.metrics.render()
+    if state.bus is not None:  # several worker processes: the sum of all of them
+        data, ctype = await state.bus.gather_metrics(state.metrics)
+    else:
+        data, ctype = state.metrics.render()
     return Response(data, media_type=ctype)
 
 

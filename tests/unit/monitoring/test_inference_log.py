@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cvplatform.errors import DataError
+from cvplatform.errors import ConfigError, DataError
 from cvplatform.monitoring.inference_log import LOG_COLUMNS, InferenceLogger, log_files, read_log
 from cvplatform.monitoring.stats import image_stats
 
@@ -250,3 +250,21 @@ def test_log_queue_bounds_the_decoded_images_it_holds(tmp_path):
     gate.set()
     q.close()
     assert len(read_log(tmp_path)) == results.count(True)
+
+
+def test_worker_tags_give_each_worker_its_own_files_and_readers_see_all(tmp_path):
+    from cvplatform.monitoring.inference_log import _file_created, log_files
+
+    t0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+    clock = Clock(t0)
+    a, b = InferenceLogger(tmp_path, clock=clock, tag="w0"), InferenceLogger(tmp_path, clock=clock, tag="w1")
+    _log(a, 1)
+    _log(b, 2)
+    a.close()
+    b.close()
+    names = sorted(p.name for p in log_files(tmp_path))
+    assert names == ["requests-20260105T120000.000000Z-w0.jsonl", "requests-20260105T120000.000000Z-w1.jsonl"]
+    assert {_file_created(p) for p in log_files(tmp_path)} == {t0}
+    assert sorted(read_log(tmp_path)["request_id"]) == ["req-1", "req-2"]
+    with pytest.raises(ConfigError, match="tag"):
+        InferenceLogger(tmp_path, tag="../x")
