@@ -743,11 +743,17 @@ class Params(StrictModel):
         switching ``project.task`` needs no other key."""
         if not isinstance(data, dict):
             return data
-        project, train = data.get("project"), data.get("train")
+        project, train = data.get("project"), data.get("train", {})
         task_name = project.get("task") if isinstance(project, dict) else getattr(project, "task", None)
-        if not isinstance(train, dict) or not isinstance(task_name or "classification", str):
+        if isinstance(train, TrainParams):
+            fields = {"monitor": train.monitor, "mode": train.mode}
+        elif isinstance(train, dict):
+            fields = train
+        else:
             return data
-        if train.get("monitor") is not None and train.get("mode") is not None:
+        if not isinstance(task_name or "classification", str):
+            return data
+        if fields.get("monitor") is not None and fields.get("mode") is not None:
             return data
         from cvplatform.tasks import get_task, is_known
 
@@ -755,10 +761,12 @@ class Params(StrictModel):
         if not is_known(name):
             return data  # the project.task check names the unknown task
         spec = get_task(name).monitor
-        monitor = train.get("monitor") if train.get("monitor") is not None else spec.default
-        mode = train.get("mode")
+        monitor = fields.get("monitor") if fields.get("monitor") is not None else spec.default
+        mode = fields.get("mode")
         if mode is None and monitor in spec.metrics:
             mode = spec.mode(monitor)
+        if isinstance(train, TrainParams):
+            return {**data, "train": train.model_copy(update={"monitor": monitor, "mode": mode})}
         return {**data, "train": {**train, "monitor": monitor, "mode": mode}}
 
     @model_validator(mode="after")
