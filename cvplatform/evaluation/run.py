@@ -91,6 +91,9 @@ class EvaluateResult(StageResult):
     failures: list[str]
     warnings: list[str]
     outputs: dict[str, str] = field(default_factory=dict)
+    robustness: dict[str, Any] = field(default_factory=dict)
+    """Every suite-wide robustness number of the task's corruption summary (classification: mce & co.;
+    detection: mpc, rpc, champion_mpc)."""
     mlflow_run_id: str | None = None
     mlflow_note: str = ""
     predictions: int = 0
@@ -126,10 +129,15 @@ class EvaluateResult(StageResult):
             out.append(f"  {s['name']:<22} {s['kind']:<10} {s['level']:<9} {s['n']:>5} {num(s.get(first)):>8} {ci:>15} "
                        + " ".join(f"{num(s.get(name)):>6}" for name, _ in rest) + f"  {s['status']}")
         if corr:
-            mce = "n/a (no champion to use as reference)" if self.mce is None else f"{self.mce:.2f}"
-            mult = "—" if self.error_multiple_vs_clean is None else f"{self.error_multiple_vs_clean:.2f}"
-            out.append(f"  corruptions ({first_label} at severity 1..5; ! failed, ~ warning); mCE vs champion {mce}; "
-                       f"error ÷ clean error {mult}:")
+            if self.robustness and "mce" not in self.robustness and "error_multiple_vs_clean" not in self.robustness:
+                from cvplatform.evaluation.report import corruption_lines  # a task without an error rate
+
+                head = "; ".join(corruption_lines(self.robustness))
+            else:
+                mce = "n/a (no champion to use as reference)" if self.mce is None else f"{self.mce:.2f}"
+                mult = "—" if self.error_multiple_vs_clean is None else f"{self.error_multiple_vs_clean:.2f}"
+                head = f"mCE vs champion {mce}; error ÷ clean error {mult}"
+            out.append(f"  corruptions ({first_label} at severity 1..5; ! failed, ~ warning); {head}:")
             for name, accs in corr.items():
                 out.append(f"    {name:<16} " + " ".join(f"{a:>7}" for a in accs))
         out.append(f"  champion: {self.champion or 'none'}{(' — ' + self.champion_note) if self.champion_note else ''}")
@@ -728,6 +736,7 @@ def run_evaluate(
         passed=gates.passed, n_images=len(inp.data.ids), class_names=inp.class_names, scenarios=out.rows,
         pass_rate=gates.pass_rate, mce=cs.get("mce"), error_multiple_vs_clean=cs.get("error_multiple_vs_clean"),
         mean_degradation=cs.get("mean_degradation"), champion=champion.uri, champion_note=champion.note,
+        robustness={k: v for k, v in cs.items() if v is None or isinstance(v, int | float | str)},
         failures=[c.line() for c in gates.failures], warnings=[c.line() for c in gates.warnings],
         outputs={k: str(v) for k, v in out.files.items()
                  if k in ("report_md", "report_html", "metrics", "gate_report", "model_card")},
