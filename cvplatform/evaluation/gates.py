@@ -243,14 +243,6 @@ def _floor_check(name: str, scenario: str, level: Level, value: float, floor: fl
     return GateCheck(name, scenario, "passed" if ok else "failed", level, reason, value, floor)
 
 
-def floor_check(name: str, scenario: str, level: Level, value: float | None, floor: float, label: str,
-                undefined: str = "undefined") -> GateCheck:
-    """A floor (``value >= floor``); skipped, saying ``undefined``, when there is no value."""
-    if value is None:
-        return GateCheck(name, scenario, "skipped", level, f"{label} {undefined}", None, floor)
-    return _floor_check(name, scenario, level, value, floor, label)
-
-
 def bound_check(name: str, scenario: str, level: Level, value: float | None, bound: float, label: str) -> GateCheck:
     if value is None:
         return GateCheck(name, scenario, "skipped", level, f"{label} undefined (no images outside the class)",
@@ -496,6 +488,5 @@ __all__ = [
     "Status",
     "ThresholdKey",
     "check_gates",
-    "floor_check",
     "robustness_checks",
 ]

@@ -28,6 +28,34 @@ from typing import Any, ClassVar
 import numpy as np
 
 
+def gate_check(name: str, scenario: str, status: str, level: str, reason: str, value: float | None = None,
+               threshold: float | None = None) -> dict[str, Any]:
+    """A task's gate check as plain data (the gates build ``cvplatform.evaluation.gates.GateCheck`` from it;
+    a task never imports the evaluation stage)."""
+    return {"name": name, "scenario": scenario, "status": status, "level": level, "reason": reason,
+            "value": value, "threshold": threshold}
+
+
+def bound_check(name: str, scenario: str, level: str, value: float | None, bound: float, label: str,
+                undefined: str = "undefined") -> dict[str, Any]:
+    """``value <= bound`` as a :func:`gate_check` (skipped, saying ``label undefined``, without a value)."""
+    if value is None:
+        return gate_check(name, scenario, "skipped", level, f"{label} {undefined}", None, bound)
+    ok = value <= bound + 1e-9
+    return gate_check(name, scenario, "passed" if ok else "failed", level,
+                      f"{label} {value:.4f} {'<=' if ok else '>'} bound {bound:.4f}", value, bound)
+
+
+def floor_check(name: str, scenario: str, level: str, value: float | None, floor: float, label: str,
+                undefined: str = "undefined") -> dict[str, Any]:
+    """``value >= floor`` as a :func:`gate_check` (skipped, saying ``label undefined``, without a value)."""
+    if value is None:
+        return gate_check(name, scenario, "skipped", level, f"{label} {undefined}", None, floor)
+    ok = value >= floor - 1e-9
+    return gate_check(name, scenario, "passed" if ok else "failed", level,
+                      f"{label} {value:.4f} {'>=' if ok else '<'} floor {floor:.4f}", value, floor)
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     """One number a task reports for a scenario, and how a gate may threshold it.

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cvplatform.errors import ModelError
-from cvplatform.tasks.base import Agreement, MetricSpec, MonitorSpec, Task
+from cvplatform.tasks.base import Agreement, MetricSpec, MonitorSpec, Task, bound_check, gate_check
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -40,22 +40,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _check(name: str, scenario: str, status: str, level: str, reason: str, value: float | None = None,
-              threshold: float | None = None) -> dict[str, Any]:
-    """A gate check as plain data (the gates build :class:`cvplatform.evaluation.gates.GateCheck` from it)."""
-    return {"name": name, "scenario": scenario, "status": status, "level": level, "reason": reason,
-            "value": value, "threshold": threshold}
-
-
-def _bound(name: str, scenario: str, level: str, value: float | None, bound: float, label: str) -> dict[str, Any]:
-    if value is None:
-        return _check(name, scenario, "skipped", level, f"{label} undefined (no images outside the class)",
-                         None, bound)
-    ok = value <= bound + 1e-9
-    reason = f"{label} {value:.4f} {'<=' if ok else '>'} bound {bound:.4f}"
-    return _check(name, scenario, "passed" if ok else "failed", level, reason, value, bound)
-
-
 def _sample_size_check(scenario: str, res: Any, minimum: int) -> dict[str, Any]:
     """The ``min_images_per_class`` gate check of the clean scenario."""
     m = res.metrics
@@ -63,10 +47,10 @@ def _sample_size_check(scenario: str, res: Any, minimum: int) -> dict[str, Any]:
     small = {c: n for c, n in m.support.items() if n < minimum}
     fewest = min(m.support.values(), default=0)
     if not small:
-        return _check("min_images_per_class", scenario, "passed", "must_pass",
+        return gate_check("min_images_per_class", scenario, "passed", "must_pass",
                          f"every class has >= {minimum} images (fewest: {fewest})", float(fewest), float(minimum))
     shown = ", ".join(f"{c!r}: {n}" for c, n in sorted(small.items(), key=lambda kv: kv[1])[:8])
-    return _check(
+    return gate_check(
         "min_images_per_class", scenario, "failed", "must_pass",
         f"{len(small)} class(es) have fewer than {minimum} images ({shown}): the split is too small to support the "
         "suite's floors. Add labelled images (or a larger ingest.split.test share), do not shrink evaluate.max_images "
@@ -222,11 +206,12 @@ class ClassificationTask(Task):
             return []
         flvl = gate.level_of("max_critical_fpr")
         if not policy.critical_classes:
-            return [_check("critical_fpr", scenario, "skipped", flvl,
+            return [gate_check("critical_fpr", scenario, "skipped", flvl,
                               "max_critical_fpr set but the suite lists no critical_classes", None,
                               gate.max_critical_fpr)]
-        return [_bound(f"critical_fpr:{cls}", scenario, flvl, result.metrics.critical_fpr.get(cls),
-                       gate.max_critical_fpr, f"false-positive rate of '{cls}'")
+        return [bound_check(f"critical_fpr:{cls}", scenario, flvl, result.metrics.critical_fpr.get(cls),
+                            gate.max_critical_fpr, f"false-positive rate of '{cls}'",
+                            "undefined (no images outside the class)")
                 for cls in policy.critical_classes]
 
     @property

@@ -38,7 +38,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cvplatform.errors import DataError, ModelError
-from cvplatform.tasks.base import Agreement, MetricSpec, MonitorSpec, Task
+from cvplatform.tasks.base import (
+    Agreement,
+    MetricSpec,
+    MonitorSpec,
+    Task,
+    bound_check,
+    floor_check,
+    gate_check,
+)
 
 #: The manifest column that names an image's annotation table (relative to the project root, or absolute).
 ANNOTATIONS_COLUMN = "annotations"
@@ -574,16 +582,12 @@ class DetectionTask(Task):
     def extra_gate_checks(self, scenario: str, gate: Any, result: Any, policy: Any) -> list[Any]:
         """``min_recall`` (all objects), ``min_critical_recall:<class>`` and ``max_fp_per_image:<class>`` (each
         critical class) on the detections the server returns (score >= :attr:`score_threshold`)."""
-        from dataclasses import asdict
-
-        from cvplatform.evaluation.gates import GateCheck, bound_check, floor_check
-
         th = gate.thresholds()
         wanted = [k for k in self.extra_gate_keys if k in th]
         if not wanted or not result.n or len(result.preds) != result.n:
             return []
         counts = self.served_counts(result)
-        out: list[GateCheck] = []
+        out: list[dict[str, Any]] = []
         if "min_recall" in th:
             objects = sum(c["objects"] for c in counts.values())
             found = sum(c["found"] for c in counts.values())
@@ -593,8 +597,8 @@ class DetectionTask(Task):
                                    "undefined (no objects in the scenario)"))
         for key in ("min_critical_recall", "max_fp_per_image"):
             if key in th and not policy.critical_classes:
-                out.append(GateCheck(key, scenario, "skipped", gate.level_of(key),
-                                     f"{key} set but the suite lists no critical_classes", None, th[key]))
+                out.append(gate_check(key, scenario, "skipped", gate.level_of(key),
+                                      f"{key} set but the suite lists no critical_classes", None, th[key]))
         for cls in policy.critical_classes:
             c = counts.get(cls, {"objects": 0, "found": 0, "false": 0})
             if "min_critical_recall" in th:
@@ -606,7 +610,7 @@ class DetectionTask(Task):
                 out.append(bound_check(f"max_fp_per_image:{cls}", scenario, gate.level_of("max_fp_per_image"),
                                        c["false"] / result.n, th["max_fp_per_image"],
                                        f"false '{cls}' boxes per image ({c['false']} on {result.n} images)"))
-        return [asdict(c) for c in out]
+        return out
 
     def scenario_extras(self, result: Any) -> dict[str, Any]:
         return {"operating_point": dict(result.operating_point)} if result.operating_point else {}
