@@ -8,6 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
+TASK ?= classification
 
 .PHONY: setup demo test test-fast lint bench airflow serve clean
 
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m cvplatform.demo
+	$(BIN)/python -m cvplatform.demo --task $(TASK)
 
 # tests/dags runs in its own pytest process: dag.test() leaves Airflow's in-process API thread
 # running, and fork()-based workers (DataLoader, ingest pool) started after it can deadlock.

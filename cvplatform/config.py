@@ -347,10 +347,24 @@ class LossParams(StrictModel):
         return self
 
 
+class DetectorParams(StrictModel):
+    """The detection head on the backbone (``train.detector``; used when ``project.task: detection``)."""
+
+    upsample: int = Field(1, ge=0, le=3)
+    """Neck steps of 2x upsampling + conv after the backbone: each halves the output stride (finer centre cells)."""
+    head_width: int = Field(64, ge=8, le=512)
+    """Channels of each head branch (centre heatmap, size, offset)."""
+    size_weight: float = Field(0.1, gt=0.0)
+    """Weight of the box-size L1 loss beside the heatmap focal loss and the offset L1."""
+    max_peaks: int = Field(100, ge=1, le=1000)
+    """K: heatmap peaks the exported graph returns per image (the most boxes an answer can hold)."""
+
+
 class TrainParams(StrictModel):
     augment: str = "configs/augment/default.yaml"
     """Augmentation recipe (configs/augment/*.yaml)."""
     model: TrainModelParams = TrainModelParams()
+    detector: DetectorParams = DetectorParams()
     num_classes: int | None = Field(None, ge=2)
     """Expected number of classes; None = derived from the manifest (checked when set)."""
     epochs: int = Field(16, ge=1)

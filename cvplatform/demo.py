@@ -16,7 +16,12 @@
 6. call the server to show which version answers: the new champion after a promotion, the
    old one after a rollback; stop the client and the server; print the key numbers.
 
-Run with ``python -m cvplatform.demo [--root DIR] [--reviewer NAME]``.
+Run with ``python -m cvplatform.demo [--root DIR] [--reviewer NAME] [--task TASK]``.
+
+``--task detection`` (``make demo TASK=detection``) runs the same cycle for an object detector on the
+built-in scenes: the overrides of ``configs/demo/detection.yaml`` are applied in the demo's own working
+copy of the project (:func:`cvplatform.workspace.prepare_workspace`; same MLflow store and DVC cache), so
+the project's ``params.yaml`` is not touched, and the detector is registered under its own model name.
 """
 
 from __future__ import annotations
@@ -115,8 +120,12 @@ def _answer(url: str, root: Path, params, when: str) -> list[str]:
     item = load_items(params.project.manifest, split="test", root=root, limit=1)[0]
     body = predict_once(url, item.data)
     top = (body.get("predictions") or [{}])[0]
-    return [f"{when}: {url}/v1/predict answers with v{body.get('version')} ({body.get('variant')}): "
-            f"class {top.get('class')!r} at {top.get('confidence', 0):.2f} (true label {item.label!r})"]
+    head = f"{when}: {url}/v1/predict answers with v{body.get('version')} ({body.get('variant')}): "
+    if "detections" in top:  # a detector: its boxes (class, score) in the image's pixels
+        dets = top["detections"]
+        shown = ", ".join(f"{d['class']} {d['score']:.2f} at {[round(v) for v in d['box']]}" for d in dets[:3])
+        return [head + f"{len(dets)} object(s){': ' + shown if shown else ''}{' ...' if len(dets) > 3 else ''}"]
+    return [head + f"class {top.get('class')!r} at {top.get('confidence', 0):.2f} (true label {item.label!r})"]
 
 
 def _champion(params, root: Path) -> str | None:
@@ -246,20 +255,66 @@ def release(root: Path, reviewer: str, challenger_seed_offset: int = 1) -> list[
     return lines
 
 
+#: ``--task`` -> the overrides file of its demo (``None``: the project's own params.yaml).
+TASK_DEMOS: dict[str, str | None] = {"classification": None, "detection": "configs/demo/detection.yaml"}
+
+
+def task_overrides(root: Path, task: str) -> list[str]:
+    """The ``key.path=value`` overrides of ``task``'s demo (``configs/demo/<task>.yaml``: ``overrides: [...]``).
+
+    Raises:
+        ConfigError: unknown task, or the file is missing or not a list of ``key=value`` strings.
+    """
+    from cvplatform.config import read_yaml
+    from cvplatform.errors import ConfigError
+
+    if task not in TASK_DEMOS:
+        raise ConfigError(f"demo: unknown --task {task!r}; choose one of {sorted(TASK_DEMOS)}.")
+    rel = TASK_DEMOS[task]
+    if rel is None:
+        return []
+    path = root / rel
+    if not path.is_file():
+        raise ConfigError(f"demo: {path} is missing; it lists the overrides of the {task} demo (restore it from git).")
+    data = read_yaml(path) or {}
+    overrides = data.get("overrides") if isinstance(data, dict) else None
+    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+        raise ConfigError(f"demo: {path}: 'overrides' must be a list of key.path=value strings, got {overrides!r}.")
+    return overrides
+
+
+def _demo_root(root: Path, task: str) -> Path:
+    """Where the demo of ``task`` runs: the project itself, or a working copy with the task's overrides."""
+    overrides = task_overrides(root, task)
+    if not overrides:
+        return root
+    from cvplatform.workspace import prepare_workspace
+
+    ws = prepare_workspace(root, f"demo-{task}", overrides)
+    ws.activate()  # the project's MLflow store for the in-process registry and canary calls
+    typer.echo(f"demo: {task} runs in its own working copy {ws.path} (overrides from {TASK_DEMOS[task]})")
+    return ws.path
+
+
 def main(
     root: Path = typer.Option(Path("."), help="Project root (holds dvc.yaml and params.yaml)."),
     force: bool = typer.Option(False, help="Re-run every stage (dvc repro --force)."),
     reviewer: str = typer.Option("demo-reviewer", help="Reviewer recorded on the approval (not the author)."),
+    task: str = typer.Option("classification", help=f"Which task's release cycle: {', '.join(TASK_DEMOS)}."),
 ) -> None:
-    root = root.resolve()
+    from cvplatform.errors import CVPlatformError
+
+    try:
+        root = _demo_root(root.resolve(), task)
+    except CVPlatformError as exc:
+        typer.secho(f"demo: {exc}", fg="red", err=True)
+        raise typer.Exit(getattr(exc, "exit_code", 1)) from None
     cmd = [dvc_executable(), "repro"] + (["--force"] if force else [])
     typer.echo(f"$ {' '.join(cmd)}  (in {root})")
     rc = subprocess.run(cmd, cwd=root, env=dvc_env()).returncode
     if rc != 0:
         typer.secho(f"dvc repro failed with exit code {rc}; see the stage output above.", fg="red", err=True)
         raise typer.Exit(rc)
-    from cvplatform.errors import CVPlatformError
-
     try:
         release_lines = release(root, reviewer)
     except CVPlatformError as exc:

@@ -557,8 +557,9 @@ def _build_module(params: Params, data: _Data) -> Any:
     from cvplatform.tasks import get_task
 
     tp = params.train
-    return get_task(params.project.task).build_module(
-        arch=tp.model.arch, arch_kwargs=data.arch_kwargs, num_classes=data.num_classes,
+    task = get_task(params.project.task)
+    return task.build_module(
+        **task.module_options(tp), arch=tp.model.arch, arch_kwargs=data.arch_kwargs, num_classes=data.num_classes,
         class_names=data.class_names, preprocess=data.recipe.to_metadata(),
         optimizer=tp.optimizer.model_dump(mode="json"), scheduler=tp.scheduler.model_dump(mode="json"),
         label_smoothing=tp.loss.label_smoothing, class_weights=data.class_weights, max_epochs=tp.epochs,

@@ -199,6 +199,11 @@ class Task(ABC):
     def build_module(self, **kwargs: Any) -> Any:
         """The LightningModule: head on the architecture, loss, torchmetrics, logged metric names."""
 
+    def module_options(self, train: Any) -> dict[str, Any]:
+        """Keyword arguments of :meth:`build_module` from the task's own ``train`` section (``train.detector`` for
+        detection), beside the ones every task gets (architecture, classes, optimiser, ...). Default: none."""
+        return {}
+
     @property
     @abstractmethod
     def monitor(self) -> MonitorSpec:

@@ -3,6 +3,8 @@
 * **Backbone** (:func:`backbone`): the feature extractor of an in-project classifier
   (``small_cnn``, ``resnet``, ``mobilenet_v2`` from :mod:`cvplatform.models`), without its pooling
   and linear head; its output stride is measured, not assumed.
+* **Neck** (``upsample`` steps of 2x upsampling + conv): a finer output grid than the backbone's, as
+  CenterNet's deconvolution neck gives, so that small and touching objects get centre cells of their own.
 * **Head** (:class:`CenterNet`): three small conv branches on the feature map: a per-class
   centre heatmap (logits), the box size (width, height in input pixels, predicted as
   ``log``) and the sub-cell offset of the centre.
@@ -65,6 +67,19 @@ def _branch(c_in: int, c_out: int, hidden: int, bias: float = 0.0) -> nn.Sequent
     return nn.Sequential(nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(inplace=True), last)
 
 
+def _neck(channels: int, steps: int) -> tuple[nn.Module, int]:
+    """``steps`` x (2x nearest upsampling + 3x3 conv-BN-ReLU, halving the channels down to 32): a finer output
+    grid (CenterNet's deconvolution neck) so that small objects get their own centre cell. Returns the neck and
+    its output channels (``nn.Identity`` for 0 steps)."""
+    layers: list[nn.Module] = []
+    for _ in range(steps):
+        out = max(32, channels // 2)
+        layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, out, 3, padding=1, bias=False),
+                   nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        channels = out
+    return (nn.Sequential(*layers) if layers else nn.Identity()), channels
+
+
 class CenterNet(nn.Module):
     """Backbone + heatmap / size / offset branches; ``forward`` returns the three raw maps.
 
@@ -74,27 +89,33 @@ class CenterNet(nn.Module):
         {'heatmap': (2, 3, 8, 8), 'size': (2, 2, 8, 8), 'offset': (2, 2, 8, 8)}
         >>> net.stride(32)
         4
+        >>> CenterNet("small_cnn", {"width": 8, "stages": 3}, num_classes=3, upsample=1).stride(32)  # 8 -> 4
+        4
     """
 
-    def __init__(self, arch: str, arch_kwargs: Mapping[str, Any], num_classes: int, head_width: int = 64) -> None:
+    def __init__(self, arch: str, arch_kwargs: Mapping[str, Any], num_classes: int, head_width: int = 64,
+                 upsample: int = 0) -> None:
         super().__init__()
         if num_classes < 1:
             raise ModelError(f"a detector needs at least one class, got num_classes={num_classes}.")
+        if not 0 <= upsample <= 3:
+            raise ModelError(f"a detector's neck upsamples 0-3 times (each halves the output stride), got {upsample}.")
         self.backbone, ch = backbone(arch, **dict(arch_kwargs))
+        self.neck, ch = _neck(ch, upsample)
         # focal-loss prior: every cell starts at p = 0.01 for every class (CenterNet / RetinaNet init)
         self.heatmap = _branch(ch, num_classes, head_width, bias=-math.log((1 - 0.01) / 0.01))
         self.size = _branch(ch, 2, head_width)
         self.offset = _branch(ch, 2, head_width)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        f = self.backbone(x)
+        f = self.neck(self.backbone(x))
         return {"heatmap": self.heatmap(f), "size": self.size(f), "offset": self.offset(f)}
 
     def stride(self, input_side: int) -> int:
         with torch.no_grad():
             was = self.training
             self.eval()
-            side = self.backbone(torch.zeros(1, 3, input_side, input_side)).shape[-1]
+            side = self.neck(self.backbone(torch.zeros(1, 3, input_side, input_side))).shape[-1]
             self.train(was)
         return max(1, round(input_side / side))
 

@@ -118,6 +118,8 @@ class DetectionModule(TaskModule):
         head_width: Channels of each head branch.
         size_weight: Weight of the log-size L1 term of the loss.
         max_peaks: ``K``, the heatmap peaks the exported graph returns per image.
+        upsample: Neck steps (2x upsampling + conv) between backbone and head; each halves the output stride.
+            ``train.detector`` in params.yaml sets these four (:class:`cvplatform.config.DetectorParams`).
         label_smoothing, class_weights: Classification options; detection refuses anything but their
             defaults (``0.0`` / ``None``) rather than silently ignoring them.
 
@@ -132,7 +134,7 @@ class DetectionModule(TaskModule):
     def __init__(self, arch: str, arch_kwargs: dict[str, Any], num_classes: int, class_names: list[str],
                  preprocess: dict[str, Any], optimizer: dict[str, Any] | None = None,
                  scheduler: dict[str, Any] | None = None, max_epochs: int = 10, head_width: int = 64,
-                 size_weight: float = 0.1, max_peaks: int = 100, label_smoothing: float = 0.0,
+                 size_weight: float = 0.1, max_peaks: int = 100, upsample: int = 0, label_smoothing: float = 0.0,
                  class_weights: list[float] | None = None) -> None:
         super().__init__()
         if label_smoothing or class_weights is not None:
@@ -153,8 +155,9 @@ class DetectionModule(TaskModule):
             "optimizer": dict(optimizer or {"name": "adamw", "lr": 1e-3}),
             "scheduler": dict(scheduler or {"name": "none"}), "max_epochs": int(max_epochs),
             "head_width": int(head_width), "size_weight": float(size_weight), "max_peaks": int(max_peaks),
+            "upsample": int(upsample),
         })
-        self.model = CenterNet(arch, arch_kwargs, int(num_classes), head_width=int(head_width))
+        self.model = CenterNet(arch, arch_kwargs, int(num_classes), head_width=int(head_width), upsample=int(upsample))
         self.stride_px = self.model.stride(int(min(size)))
         self.train_metrics = _metrics("train", int(num_classes))
         self.val_metrics = _metrics("val", int(num_classes))

@@ -322,6 +322,10 @@ class DetectionTask(Task):
 
         return DetectionModule(**kwargs)
 
+    def module_options(self, train: Any) -> dict[str, Any]:
+        """``train.detector``: the neck's upsampling, the head width, the size-loss weight and K (max peaks)."""
+        return train.detector.model_dump()
+
     @property
     def monitor(self) -> MonitorSpec:
         return MonitorSpec({"val_map": "max", "val_map50": "max", "val_loss": "min"}, default="val_map")
