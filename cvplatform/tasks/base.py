@@ -402,6 +402,13 @@ class Task(ABC):
         return m.name, f"corrupt_{m.short or m.name}"
 
     # ------------------------------------------------------------------ serving, canary, monitoring
+    def to_input_pixels(self, target: Any, contract: PreprocessContract, image_size: tuple[int, int]) -> Any:
+        """One target (``target_of``) with its pixel positions moved from the image it was annotated on
+        (``image_size``, ``(height, width)``) into the model input (``contract.input_size``), through the
+        contract's resize (stretch or letterbox): where evaluation compares it with the predictions, as training's
+        pipeline moves it. Classification has no positions (unchanged); detection moves its boxes."""
+        return target
+
     def to_image_pixels(self, prediction: dict[str, Any], contract: PreprocessContract,
                         image_size: tuple[int, int]) -> dict[str, Any]:
         """One decoded prediction with its pixel positions moved from the model input (``contract.input_size``,

@@ -391,6 +391,23 @@ class DetectionTask(Task):
             out.append({"detections": dets, **d})
         return out
 
+    def to_input_pixels(self, target: Any, contract: PreprocessContract, image_size: tuple[int, int]) -> Any:
+        """The target's boxes (``target_of``: pixels of the stored image of ``image_size``) moved into the model
+        input's pixels through the contract's stretch or letterbox (:func:`~cvplatform.preprocess.resize_geometry`),
+        where the graph's boxes are: what evaluation scores against. Labels and ``iscrowd`` are unchanged.
+
+        Example:
+            >>> from cvplatform.preprocess import PreprocessContract
+            >>> lb = PreprocessContract((32, 32), (0.5,) * 3, (0.5,) * 3, ("cat",), resize="letterbox")
+            >>> t = {"boxes": np.array([[16.0, 0.0, 64.0, 64.0]], np.float32), "labels": np.array([0])}
+            >>> DetectionTask().to_input_pixels(t, lb, (64, 128))["boxes"].tolist()
+            [[4.0, 8.0, 16.0, 24.0]]
+        """
+        from cvplatform.preprocess import resize_geometry
+
+        boxes = np.asarray(target["boxes"], np.float64).reshape(-1, 4)
+        return {**target, "boxes": resize_geometry(image_size, contract).to_input(boxes).astype(np.float32)}
+
     def to_image_pixels(self, prediction: dict[str, Any], contract: PreprocessContract,
                         image_size: tuple[int, int]) -> dict[str, Any]:
         """The boxes of one decoded image moved from the model input (``contract.input_size``) to the request
