@@ -3,6 +3,8 @@
 A recipe is a small YAML file::
 
     input_size: [32, 32]        # (height, width) the model sees
+    resize: stretch             # stretch (default) | letterbox: keep the aspect ratio, pad to input_size
+    pad_value: 114              # letterbox only: grey level 0-255 of the padding (default 114)
     mean: [0.5, 0.5, 0.5]       # per-channel mean of pixel/255 (RGB)
     std: [0.5, 0.5, 0.5]        # per-channel std of pixel/255 (RGB)
     train:                      # random augmentations, training only
@@ -16,11 +18,17 @@ A recipe is a small YAML file::
     eval: []                    # must stay empty: evaluation / serving apply only the fixed tail
 
 Every pipeline (train and eval) ends with a fixed tail that the recipe cannot
-forget: ``Resize(height, width)`` (bilinear), ``Normalize(mean, std,
+forget: the resize to ``input_size`` (bilinear), ``Normalize(mean, std,
 max_pixel_value=255)`` and ``ToTensorV2`` (HWC uint8 RGB -> CHW float32). The
-eval pipeline, ``input_size``, ``mean`` and ``std`` are recorded with the model
-(see :mod:`cvplatform.models.checkpoint`) so evaluation, export and serving
-preprocess exactly like training did.
+resize is ``Resize(height, width)`` for ``resize: stretch`` (the default) and, for
+``resize: letterbox``, ``LongestMaxSize(max_size_hw=(height, width))`` then
+``PadIfNeeded(height, width, position="center", border_mode=BORDER_CONSTANT, fill=pad_value)``:
+the aspect ratio is kept and the image centred on a ``pad_value`` grey canvas; boxes
+(the task's ``bbox_params``) follow both steps. The eval pipeline, ``input_size``,
+``resize``, ``pad_value``, ``mean`` and ``std`` are recorded with the model (see
+:mod:`cvplatform.models.checkpoint`) so evaluation, export and serving preprocess
+exactly like training did (:func:`cvplatform.preprocess.resize_to_contract` gives the
+same pixels; a model recorded without ``resize`` is a stretch).
 
 Unknown transforms, unknown arguments and invalid values raise
 :class:`~cvplatform.errors.ConfigError` naming the file and the entry
@@ -35,9 +43,9 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, StrictInt, ValidationInfo, field_validator
 
 from cvplatform.config import StrictModel, load_config
 from cvplatform.errors import ConfigError
@@ -49,10 +57,14 @@ if TYPE_CHECKING:  # pragma: no cover
 RESIZE_INTERPOLATION = "bilinear"
 #: Pixel values are divided by this before mean/std normalisation.
 MAX_PIXEL_VALUE = 255.0
+#: Grey level of the letterbox padding when the recipe gives none (the YOLO convention).
+DEFAULT_PAD_VALUE = 114
 
 _COMPOSES = {"OneOf", "SomeOf", "Sequential", "OneOrOther", "SelectiveChannelTransform", "RandomOrder"}
 #: Transforms that change the output type or are added by the fixed tail; not allowed in recipes.
 _FORBIDDEN = {"ToTensorV2", "ToTensor3D", "Normalize", "Compose", "ReplayCompose"}
+#: How the fixed tail brings an image to ``input_size`` (``resize`` in a recipe).
+ResizeMode = Literal["stretch", "letterbox"]
 
 
 class TransformSpec(StrictModel):
@@ -71,6 +83,11 @@ class AugmentRecipe(StrictModel):
 
     input_size: tuple[int, int] = (32, 32)
     """(height, width) of the tensors the model sees."""
+    resize: ResizeMode = "stretch"
+    """How the fixed tail brings an image to ``input_size``: ``stretch`` (``Resize``, each side scaled on its
+    own) or ``letterbox`` (``LongestMaxSize`` + centred ``PadIfNeeded``: aspect ratio kept, padded)."""
+    pad_value: StrictInt | None = Field(default=None, ge=0, le=255)
+    """Letterbox only: grey level (0-255, every channel) of the padding; ``None`` = :data:`DEFAULT_PAD_VALUE`."""
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     """Per-channel (RGB) mean of pixel/255 subtracted before the model."""
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -86,6 +103,22 @@ class AugmentRecipe(StrictModel):
         if min(v) < 1:
             raise ValueError(f"input_size must be two positive integers (height, width), got {list(v)}")
         return v
+
+    @field_validator("pad_value")
+    @classmethod
+    def _pad_needs_letterbox(cls, v: int | None, info: ValidationInfo) -> int | None:
+        resize = info.data.get("resize")  # absent: resize itself was invalid (its own error says so)
+        if v is not None and resize == "stretch":
+            raise ValueError(
+                f"pad_value only applies to `resize: letterbox` (resize is {resize!r}, which pads nothing): "
+                "remove pad_value or set resize: letterbox"
+            )
+        return v
+
+    @property
+    def letterbox_fill(self) -> int:
+        """The letterbox padding's grey level (``pad_value`` or :data:`DEFAULT_PAD_VALUE`)."""
+        return DEFAULT_PAD_VALUE if self.pad_value is None else int(self.pad_value)
 
     @field_validator("std")
     @classmethod
@@ -113,6 +146,8 @@ class AugmentRecipe(StrictModel):
         """Primitive-typed description recorded with the model (checkpoint, MLflow)."""
         return {
             "input_size": [int(self.input_size[0]), int(self.input_size[1])],
+            "resize": self.resize,
+            **({"pad_value": self.letterbox_fill} if self.resize == "letterbox" else {}),
             "mean": [float(x) for x in self.mean],
             "std": [float(x) for x in self.std],
             "eval": [_spec_to_dict(s) for s in self.eval],
@@ -162,7 +197,7 @@ def _build_one(spec: TransformSpec, where: str, source: str, classes: dict[str, 
     if spec.name in _FORBIDDEN:
         raise ConfigError(
             f"{source}: {where}: '{spec.name}' is added automatically at the end of every pipeline "
-            "(Resize to input_size, Normalize with mean/std, ToTensorV2); remove this entry."
+            "(the resize to input_size, see `resize:`, Normalize with mean/std, ToTensorV2); remove this entry."
         )
     cls = classes.get(spec.name)
     if cls is None:
@@ -219,8 +254,9 @@ def build_pipeline(
 ) -> A.Compose:
     """Build the albumentations pipeline ``which`` (``train`` or ``eval``) of ``recipe``.
 
-    The recipe's steps are followed by the fixed tail Resize -> Normalize ->
-    ToTensorV2, so the output is a float32 CHW tensor of ``recipe.input_size``.
+    The recipe's steps are followed by the fixed tail Resize (``resize: letterbox``: LongestMaxSize ->
+    PadIfNeeded centred) -> Normalize -> ToTensorV2, so the output is a float32 CHW tensor of
+    ``recipe.input_size``.
 
     Args:
         recipe: A validated recipe (see :func:`load_recipe`).
@@ -230,7 +266,7 @@ def build_pipeline(
         source: Name shown in error messages (the recipe file).
         targets: What the pipeline moves beside the image: the project's task's
             ``albumentations_targets()`` (``{}`` for classification; detection's ``bbox_params``, so boxes
-            follow every flip, crop and the final resize). Default: the image only.
+            follow every flip, crop and the final resize or letterbox). Default: the image only.
 
     Returns:
         An ``albumentations.Compose``; call it as ``pipe(image=rgb_uint8)["image"]`` (or through
@@ -257,8 +293,15 @@ def build_pipeline(
     specs = recipe.train if which == "train" else recipe.eval
     steps = [_build_one(s, f"{which}[{i}]", source, classes) for i, s in enumerate(specs)]
     h, w = recipe.input_size
+    if recipe.resize == "letterbox":  # resize_to_contract (cvplatform.preprocess) reproduces these pixels
+        steps += [
+            A.LongestMaxSize(max_size_hw=(h, w), interpolation=cv2.INTER_LINEAR),
+            A.PadIfNeeded(min_height=h, min_width=w, position="center", border_mode=cv2.BORDER_CONSTANT,
+                          fill=recipe.letterbox_fill, fill_mask=0),
+        ]
+    else:
+        steps.append(A.Resize(height=h, width=w, interpolation=cv2.INTER_LINEAR))
     steps += [
-        A.Resize(height=h, width=w, interpolation=cv2.INTER_LINEAR),
         A.Normalize(mean=recipe.mean, std=recipe.std, max_pixel_value=MAX_PIXEL_VALUE),
         ToTensorV2(),
     ]
@@ -285,7 +328,8 @@ def load_recipe(path: str | os.PathLike[str], *, validate: bool = True) -> Augme
 
 
 def recipe_from_metadata(meta: dict[str, Any]) -> AugmentRecipe:
-    """Rebuild an (eval-only) recipe from the metadata recorded with a model.
+    """Rebuild an (eval-only) recipe from the metadata recorded with a model (no ``resize``: a stretch,
+    as every model recorded before the letterbox existed).
 
     Example:
         >>> from cvplatform.data.augment import AugmentRecipe, recipe_from_metadata
@@ -296,6 +340,8 @@ def recipe_from_metadata(meta: dict[str, Any]) -> AugmentRecipe:
     return AugmentRecipe.model_validate(
         {
             "input_size": tuple(meta["input_size"]),
+            "resize": meta.get("resize", "stretch"),
+            "pad_value": meta.get("pad_value"),
             "mean": tuple(meta["mean"]),
             "std": tuple(meta["std"]),
             "eval": meta.get("eval", []),
@@ -310,6 +356,7 @@ def resolve_recipe_path(recipe: str | os.PathLike[str], root: Path) -> Path:
 
 
 __all__ = [
+    "DEFAULT_PAD_VALUE",
     "MAX_PIXEL_VALUE",
     "RESIZE_INTERPOLATION",
     "AugmentRecipe",

@@ -210,17 +210,25 @@ def contract_from_checkpoint(loaded: Any) -> PreprocessContract:
             "contract (resize + normalise) cannot reproduce in evaluation, ONNX and serving. Remove the `eval:` "
             "steps from the augmentation recipe and retrain."
         )
-    interp = str((getattr(loaded, "preprocess", None) or {}).get("resize_interpolation", "bilinear"))
+    pre = getattr(loaded, "preprocess", None) or {}
+    interp = str(pre.get("resize_interpolation", "bilinear"))
     mapping = {"bilinear": "linear", "linear": "linear", "area": "area"}
     if interp not in mapping:
         raise ModelError(f"{where}: resize interpolation {interp!r} is not supported (bilinear or area).")
-    return PreprocessContract(
-        input_size=tuple(loaded.input_size),
-        mean=tuple(loaded.mean),
-        std=tuple(loaded.std),
-        class_names=tuple(loaded.class_names),
-        interpolation=mapping[interp],  # type: ignore[arg-type]
-    )
+    # a checkpoint recorded before the letterbox existed has no `resize`: it was trained stretched
+    resize = str(pre.get("resize", "stretch"))
+    try:
+        return PreprocessContract(
+            input_size=tuple(loaded.input_size),
+            mean=tuple(loaded.mean),
+            std=tuple(loaded.std),
+            class_names=tuple(loaded.class_names),
+            interpolation=mapping[interp],  # type: ignore[arg-type]
+            resize=resize,  # type: ignore[arg-type]
+            pad_value=pre.get("pad_value") if resize == "letterbox" else None,
+        )
+    except ModelError as exc:
+        raise ModelError(f"{where}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- onnx

@@ -242,6 +242,9 @@ def _champion(cfg: EvaluateParams, registry: RegistryParams, mlflow_uri: str, pr
     if champion.contract.input_size != predictor.contract.input_size:
         diffs.append(f"champion input size {list(champion.contract.input_size)} differs from the model's "
                      f"{list(predictor.contract.input_size)}")
+    if champion.contract.resize_label != predictor.contract.resize_label:  # both see the model's resized pixels
+        diffs.append(f"champion resize {champion.contract.resize_label} differs from the model's "
+                     f"{predictor.contract.resize_label}")
     if not diffs:
         return champion, uri, note, None
     incompatible = f"{uri} ({note}): " + "; ".join(diffs)

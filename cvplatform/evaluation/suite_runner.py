@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cvplatform.evaluation.corruption_cache import CorruptionCache
     from cvplatform.evaluation.predictors import Predictor
     from cvplatform.evaluation.scenarios import Scenario
+    from cvplatform.preprocess import PreprocessContract
 
 
 @dataclass
@@ -54,6 +55,10 @@ class EvalImages:
     """(N, H, W, 3) uint8 at the model's input size."""
     rows: pd.DataFrame
     """The manifest rows, index reset to 0..N-1."""
+    image_sizes: list[tuple[int, int]] | None = None
+    """``(height, width)`` of each image as decoded, before the resize (None: unknown, targets used as read)."""
+    contract: PreprocessContract | None = None
+    """The contract :attr:`images` were resized with (its stretch or letterbox moves the targets' positions)."""
     _fingerprint: str | None = field(default=None, init=False, repr=False)
 
     @property
@@ -201,9 +206,12 @@ def load_images(rows: pd.DataFrame, root: str | os.PathLike[str], predictor: Pre
     contract = predictor.contract
     h, w = contract.input_size
     images = np.empty((len(rows), h, w, 3), dtype=np.uint8)
+    sizes: list[tuple[int, int]] = []
     for i, rel in enumerate(rows["path"].tolist()):
         p = Path(str(rel))
-        images[i] = resize_to_contract([_decode(p if p.is_absolute() else root / p)], contract)[0]
+        decoded = _decode(p if p.is_absolute() else root / p)
+        sizes.append((int(decoded.shape[0]), int(decoded.shape[1])))
+        images[i] = resize_to_contract([decoded], contract)[0]
     return EvalImages(
         ids=[str(v) for v in rows["sha256"].tolist()],
         labels=labels,
@@ -213,6 +221,8 @@ def load_images(rows: pd.DataFrame, root: str | os.PathLike[str], predictor: Pre
         # annotation table) resolves them against the project root, not the process's working directory
         rows=rows.reset_index(drop=True).assign(abs_path=[
             str(Path(str(p)) if Path(str(p)).is_absolute() else root / str(p)) for p in rows["path"].tolist()]),
+        image_sizes=sizes,
+        contract=contract,
     )
 
 
@@ -272,14 +282,21 @@ def predict_scenario(predictors: Sequence[Predictor], b: BuiltScenario, seed: in
 
 def scenario_targets(task: Any, b: BuiltScenario, class_names: Sequence[str]) -> Any:
     """The task's targets of a scenario's images (``task.target_of`` of each manifest row, in image order):
-    class indices for classification (equal to ``b.y``), whatever the task learns otherwise."""
+    class indices for classification (equal to ``b.y``), whatever the task learns otherwise. Positions are moved
+    into the model input's pixels (``task.to_input_pixels`` with the contract and each image's decoded size), where
+    the predictions are, as training's pipeline moves them (detection: boxes through the stretch or letterbox)."""
     import numpy as np
 
     if not len(b.ids):
         return b.y
     index = {c: i for i, c in enumerate(class_names)}
-    rows = b.source.rows.iloc[np.asarray(b.base, dtype=np.int64)].to_dict("records")
-    return np.asarray([task.target_of(r, index) for r in rows])
+    base = np.asarray(b.base, dtype=np.int64)
+    rows = b.source.rows.iloc[base].to_dict("records")
+    targets = [task.target_of(r, index) for r in rows]
+    sizes, contract = b.source.image_sizes, b.source.contract
+    if sizes is not None and contract is not None:
+        targets = [task.to_input_pixels(t, contract, sizes[int(i)]) for t, i in zip(targets, base, strict=True)]
+    return np.asarray(targets)
 
 
 def run_suite(

@@ -158,6 +158,15 @@ def int8_speed_note(export: Mapping[str, Any]) -> str | None:
 
 
 # --------------------------------------------------------------------------- sections
+def _resize_words(contract: dict[str, Any]) -> str:
+    """How the contract brings an image to the input size (a model without ``resize`` is stretched)."""
+    interp = contract.get("interpolation", "linear")
+    if contract.get("resize") == "letterbox":
+        return (f"letterbox ({interp}) to the input size: aspect ratio kept, centred, padded with grey "
+                f"{contract.get('pad_value')}")
+    return f"resize ({interp}) to the input size"
+
+
 def _details(x: ModelCardInputs) -> list[str]:
     e = x.export
     contract = e.get("contract") or {}
@@ -171,7 +180,7 @@ def _details(x: ModelCardInputs) -> list[str]:
         f"- **Shipped artifact:** `{e.get('artifact')}` — precision **{e.get('precision')}**, "
         f"sha256 `{e.get('sha256')}`, {(_f((e.get('size_bytes') or 0) / 1024, 1))} KiB, ONNX opset {e.get('opset')}",
         f"- **Input:** tensor `input`, float32 NCHW `(batch, 3, {', '.join(str(v) for v in contract.get('input_size', []))})`, "
-        f"RGB, resize ({contract.get('interpolation', 'linear')}) to the input size, then `(pixel / 255 - mean) / std` with "
+        f"RGB, {_resize_words(contract)}, then `(pixel / 255 - mean) / std` with "
         f"mean {contract.get('mean')} and std {contract.get('std')}; output(s) {outputs}, decoded by the "
         f"`{task.name}` task.",
         "- The preprocessing contract and version info are stored in the ONNX `metadata_props`, so a server needs "

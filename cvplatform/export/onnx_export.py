@@ -10,7 +10,8 @@ Everything a server needs to run the file travels in its ``metadata_props``
 
 * the preprocessing contract, :meth:`PreprocessContract.to_metadata`
   (``input_size``, ``mean``, ``std``, ``class_names``, ``channel_order``,
-  ``layout``, ``interpolation``), read back with :meth:`PreprocessContract.from_metadata`;
+  ``layout``, ``interpolation``, ``resize`` and, for a letterbox, ``pad_value``), read back with
+  :meth:`PreprocessContract.from_metadata` (a file without ``resize`` is a stretch);
 * model version info (:func:`version_metadata`): ``model_arch``,
   ``model_arch_kwargs``, ``train_run_id``, ``data_hash``, ``checkpoint_sha256``,
   ``checkpoint_epoch``, ``precision``, ``opset``, ``producer``.

@@ -103,7 +103,8 @@ class ExportResult(StageResult):
     arch: str
     arch_kwargs: dict[str, Any]
     contract: dict[str, Any]
-    """The preprocessing contract (input_size, mean, std, class_names, channel_order, layout, interpolation)."""
+    """The preprocessing contract (input_size, mean, std, class_names, channel_order, layout, interpolation, resize
+    and, for a letterbox, pad_value)."""
     opset: int
     size_bytes: int
     """Size of ``model.onnx``."""

@@ -119,10 +119,12 @@ def compare_on_suite(
     task = task or get_task()
 
     if list(reference.class_names) != list(candidate.class_names) or \
-            reference.contract.input_size != candidate.contract.input_size:
+            reference.contract.input_size != candidate.contract.input_size or \
+            reference.contract.resize_label != candidate.contract.resize_label:
         raise ModelError(
-            f"{candidate.name} (classes {list(candidate.class_names)}, input {candidate.contract.input_size}) and "
-            f"{reference.name} (classes {list(reference.class_names)}, input {reference.contract.input_size}) "
+            f"{candidate.name} (classes {list(candidate.class_names)}, input {candidate.contract.input_size}, "
+            f"{candidate.contract.resize_label}) and {reference.name} (classes {list(reference.class_names)}, "
+            f"input {reference.contract.input_size}, {reference.contract.resize_label}) "
             "cannot be compared on the same images; re-export both from the same checkpoint."
         )
     root = Path(root)

@@ -21,7 +21,9 @@ hyper-parameter is a primitive. What a checkpoint holds (all plain data):
 ``preprocess`` describes exactly how an image must be prepared (what later stages
 and serving must reproduce): decode to RGB uint8 HxWx3; apply the recipe's
 ``eval`` steps (albumentations, usually none); resize to ``input_size`` (H, W)
-with bilinear interpolation; divide by ``max_pixel_value`` (255); subtract
+with bilinear interpolation (``resize: stretch``, also when the key is absent) or
+letterbox it (``resize: letterbox``: aspect ratio kept, centred, padded with the
+grey level ``pad_value``); divide by ``max_pixel_value`` (255); subtract
 ``mean`` and divide by ``std`` per channel; transpose to CHW float32. Output
 index ``i`` of the network is ``class_names[i]``.
 """

@@ -1,7 +1,7 @@
 """Is a version a drop-in replacement for the champion? Task, class list and input contract.
 
 A version whose task, class list (names *and* order: the logits' meaning) or input
-contract (input size, normalisation, channel order, layout, resize interpolation)
+contract (input size, normalisation, channel order, layout, resize interpolation, stretch or letterbox)
 differs from the champion's breaks every client of the service. It may still become
 champion, but only when the reviewer confirms the change explicitly when approving
 (``cvplatform registry approve ... --confirm-incompatible``); the confirmation, with the
@@ -20,6 +20,8 @@ from typing import Any
 from cvplatform.registry.client import TAG_CLASS_NAMES, TAG_CONTRACT, TAG_INPUT_SIZE, TAG_TASK
 
 DEFAULT_TASK = "classification"
+#: What a contract key a version does not record means (it was registered before the key existed).
+_CONTRACT_DEFAULTS: dict[str, Any] = {"resize": "stretch"}
 
 
 def _json(raw: str | None) -> Any:
@@ -78,7 +80,7 @@ def differences(new: ModelFacts, old: ModelFacts) -> list[str]:
         else:
             out.append(f"class list: {_names(old.class_names)} -> {_names(new.class_names)}")
     for k in sorted(set(new.contract) | set(old.contract)):
-        a, b = old.contract.get(k), new.contract.get(k)
+        a, b = old.contract.get(k, _CONTRACT_DEFAULTS.get(k)), new.contract.get(k, _CONTRACT_DEFAULTS.get(k))
         if a is not None and b is not None and a != b:
             out.append(f"input contract {k}: {a} -> {b}")
     return out

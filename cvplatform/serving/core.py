@@ -149,7 +149,7 @@ class Outcome:
 # --------------------------------------------------------------------------- inputs
 def _contract_key(h: ModelHandle) -> tuple:
     c = h.model.contract
-    return (c.input_size, c.mean, c.std, c.interpolation)
+    return (c.input_size, c.mean, c.std, c.interpolation, c.resize, c.pad_value)
 
 
 def _same_contract(a: ModelHandle, b: ModelHandle) -> bool:

@@ -23,9 +23,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cvplatform.preprocess import PreprocessContract
 
 
 def gate_check(name: str, scenario: str, status: str, level: str, reason: str, value: float | None = None,
@@ -404,12 +407,20 @@ class Task(ABC):
         return m.name, f"corrupt_{m.short or m.name}"
 
     # ------------------------------------------------------------------ serving, canary, monitoring
-    def to_image_pixels(self, prediction: dict[str, Any], input_size: tuple[int, int],
+    def to_input_pixels(self, target: Any, contract: PreprocessContract, image_size: tuple[int, int]) -> Any:
+        """One target (``target_of``) with its pixel positions moved from the image it was annotated on
+        (``image_size``, ``(height, width)``) into the model input (``contract.input_size``), through the
+        contract's resize (stretch or letterbox): where evaluation compares it with the predictions, as training's
+        pipeline moves it. Classification has no positions (unchanged); detection moves its boxes."""
+        return target
+
+    def to_image_pixels(self, prediction: dict[str, Any], contract: PreprocessContract,
                         image_size: tuple[int, int]) -> dict[str, Any]:
-        """One decoded prediction with its pixel positions moved from the model input (``input_size``,
+        """One decoded prediction with its pixel positions moved from the model input (``contract.input_size``,
         ``(height, width)``) to the request image it came from (``image_size``): the server undoes the
-        preprocessing's resize before answering. Classification has no positions (unchanged); detection
-        scales its boxes."""
+        preprocessing's resize (a stretch, or a letterbox's scale and padding: ``contract.resize``, see
+        :func:`cvplatform.preprocess.resize_geometry`) before answering. Classification has no positions
+        (unchanged); detection moves its boxes."""
         return prediction
 
     @abstractmethod

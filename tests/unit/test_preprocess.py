@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -124,3 +126,83 @@ def test_bad_images_are_rejected():
         preprocess(np.zeros((4, 6, 3), np.uint8), c)
     with pytest.raises(DataError, match="resize_to_contract"):
         normalize(np.zeros((1, 5, 5, 3), np.uint8), c)
+
+
+# --------------------------------------------------------------------------- the letterbox
+@pytest.mark.parametrize("input_size", [(32, 32), (24, 40), (40, 24)])
+@pytest.mark.parametrize("hw", [(50, 100), (37, 91), (100, 33), (31, 17), (7, 300), (24, 40)])
+def test_the_letterbox_gives_the_pixels_of_the_training_eval_pipeline(input_size, hw):
+    """A `resize: letterbox` recipe's eval pipeline (albumentations LongestMaxSize + PadIfNeeded) and the contract's
+    numpy/OpenCV letterbox agree pixel for pixel on non-square images, padding included."""
+    from cvplatform.data.augment import AugmentRecipe, build_pipeline
+
+    recipe = AugmentRecipe(input_size=input_size, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4), resize="letterbox",
+                           pad_value=77)
+    c = PreprocessContract(recipe.input_size, recipe.mean, recipe.std, ("x",), resize="letterbox", pad_value=77)
+    img = np.random.default_rng(hw[0] * hw[1]).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    theirs = build_pipeline(recipe, "eval")(image=img)["image"].numpy()
+    pixels = resize_to_contract([img], c)[0]
+    # the pipeline's output back to uint8: equal pixels, not merely close values
+    restored = np.rint((theirs.transpose(1, 2, 0) * np.array(recipe.std) + np.array(recipe.mean)) * 255)
+    np.testing.assert_array_equal(pixels, restored.astype(np.uint8))
+    np.testing.assert_allclose(preprocess([img], c)[0], theirs, atol=1e-5)
+    h, w = hw
+    if (h, w) != tuple(input_size):  # the padding is there, centred, in the pad grey
+        from cvplatform.preprocess import resize_geometry
+
+        g = resize_geometry((h, w), c)
+        (nh, nw), (top, left) = g.new_size, g.offset
+        s = min(input_size[0] / h, input_size[1] / w)  # one scale for both sides: the aspect ratio is kept
+        assert abs(nh - h * s) <= 0.5 and abs(nw - w * s) <= 0.5 and (nh == input_size[0] or nw == input_size[1])
+        assert abs((input_size[0] - nh) - 2 * top) <= 1 and abs((input_size[1] - nw) - 2 * left) <= 1
+        mask = np.ones(input_size, bool)
+        mask[top:top + nh, left:left + nw] = False
+        assert (pixels[mask] == 77).all()
+
+
+def test_the_default_resize_is_a_stretch_and_old_metadata_reads_as_one():
+    c = _contract()
+    assert (c.resize, c.pad_value, c.resize_label) == ("stretch", None, "stretch")
+    meta = c.to_metadata()
+    assert json.loads(meta["resize"]) == "stretch" and "pad_value" not in meta
+    old = {k: v for k, v in meta.items() if k != "resize"}  # an ONNX file exported before the letterbox existed
+    assert PreprocessContract.from_metadata(old) == c
+    img = np.random.default_rng(4).integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(resize_to_contract([img], c)[0], cv2.resize(img, (6, 4), interpolation=cv2.INTER_LINEAR))
+
+
+def test_letterbox_metadata_round_trip_and_default_pad():
+    c = _contract(resize="letterbox")
+    assert c.pad_value == 114 and c.resize_label == "letterbox (pad 114)"
+    meta = c.to_metadata()
+    assert json.loads(meta["resize"]) == "letterbox" and json.loads(meta["pad_value"]) == 114
+    assert PreprocessContract.from_metadata(meta) == c
+    assert PreprocessContract.from_metadata({k: v for k, v in meta.items() if k != "pad_value"}) == c
+    assert PreprocessContract.from_metadata(_contract(resize="letterbox", pad_value=0).to_metadata()).pad_value == 0
+
+
+def test_invalid_resize_settings_are_rejected():
+    with pytest.raises(ModelError, match="resize must be 'stretch' or 'letterbox', got 'crop'"):
+        _contract(resize="crop")
+    with pytest.raises(ModelError, match="pad_value 0 only applies to resize 'letterbox'"):
+        _contract(pad_value=0)
+    for bad in (256, -1, 1.5, True):
+        with pytest.raises(ModelError, match="pad_value must be an integer grey level 0-255"):
+            _contract(resize="letterbox", pad_value=bad)
+    meta = _contract(resize="letterbox").to_metadata()
+    with pytest.raises(ModelError, match=r"model.onnx.*resize must be"):
+        PreprocessContract.from_metadata({**meta, "resize": '"fit"'}, source="model.onnx")
+
+
+def test_boxes_through_the_letterbox_geometry_come_back():
+    from cvplatform.preprocess import resize_geometry
+
+    c = _contract(input_size=(32, 48), resize="letterbox")
+    boxes = np.array([[3.0, 5.0, 40.0, 31.0], [0.0, 0.0, 91.0, 37.0]])
+    g = resize_geometry((37, 91), c)
+    inside = g.to_input(boxes)
+    assert (inside[:, [0, 2]] >= 0).all() and (inside[:, [0, 2]] <= 48).all()
+    assert (inside[:, [1, 3]] >= g.offset[0]).all() and (inside[:, [1, 3]] <= g.offset[0] + g.new_size[0]).all()
+    np.testing.assert_allclose(g.to_image(inside), np.clip(boxes, 0, [91, 37, 91, 37]), atol=1e-9)
+    with pytest.raises(DataError, match="image size"):
+        resize_geometry((0, 5), c)

@@ -62,8 +62,8 @@ def predict_response(out: Outcome) -> dict[str, Any]:
     served = {"model": out.model, "version": out.version, "variant": out.variant}
     decoded = task.decode(out.outputs, names)
     if out.image_sizes is not None:  # positions in the request image's pixels, not the model input's
-        size = tuple(out.handle.model.contract.input_size)
-        decoded = [task.to_image_pixels(p, size, s) for p, s in zip(decoded, out.image_sizes, strict=True)]
+        contract = out.handle.model.contract  # its resize (stretch or letterbox) is what to undo
+        decoded = [task.to_image_pixels(p, contract, s) for p, s in zip(decoded, out.image_sizes, strict=True)]
     preds = [{**task.response(pred, names), **served} for pred in decoded]
     return {"request_id": out.request_id, "model": out.model, "version": out.version, "variant": out.variant,
             "fallback": out.fallback, "predictions": preds}

@@ -23,7 +23,8 @@ What the stages ask of it (docs/adr/0010-task-seam.md; the pieces are in this pa
   and score (``""`` and ``0.0`` without a box); OIP v2 ``boxes``, ``scores``, ``labels`` (class names) padded to
   the batch's most detections, and ``num_detections``.
 
-Boxes are in the pixels of the network input (``input_size``), as the graph outputs them.
+Boxes are in the pixels of the network input (``input_size``), as the graph outputs them; serving moves them to
+the request image's pixels with :meth:`DetectionTask.to_image_pixels` (undoing the contract's stretch or letterbox).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -47,6 +48,9 @@ from cvplatform.tasks.base import (
     floor_check,
     gate_check,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cvplatform.preprocess import PreprocessContract
 
 #: The manifest column that names an image's annotation table (relative to the project root, or absolute).
 ANNOTATIONS_COLUMN = "annotations"
@@ -391,24 +395,46 @@ class DetectionTask(Task):
             out.append({"detections": dets, **d})
         return out
 
-    def to_image_pixels(self, prediction: dict[str, Any], input_size: tuple[int, int],
-                        image_size: tuple[int, int]) -> dict[str, Any]:
-        """The boxes of one decoded image scaled from the model input (the preprocessing contract resizes the
-        image to ``input_size``) to the request image's pixels (xyxy), clipped to the image.
+    def to_input_pixels(self, target: Any, contract: PreprocessContract, image_size: tuple[int, int]) -> Any:
+        """The target's boxes (``target_of``: pixels of the stored image of ``image_size``) moved into the model
+        input's pixels through the contract's stretch or letterbox (:func:`~cvplatform.preprocess.resize_geometry`),
+        where the graph's boxes are: what evaluation scores against. Labels and ``iscrowd`` are unchanged.
 
         Example:
+            >>> from cvplatform.preprocess import PreprocessContract
+            >>> lb = PreprocessContract((32, 32), (0.5,) * 3, (0.5,) * 3, ("cat",), resize="letterbox")
+            >>> t = {"boxes": np.array([[16.0, 0.0, 64.0, 64.0]], np.float32), "labels": np.array([0])}
+            >>> DetectionTask().to_input_pixels(t, lb, (64, 128))["boxes"].tolist()
+            [[4.0, 8.0, 16.0, 24.0]]
+        """
+        from cvplatform.preprocess import resize_geometry
+
+        boxes = np.asarray(target["boxes"], np.float64).reshape(-1, 4)
+        return {**target, "boxes": resize_geometry(image_size, contract).to_input(boxes).astype(np.float32)}
+
+    def to_image_pixels(self, prediction: dict[str, Any], contract: PreprocessContract,
+                        image_size: tuple[int, int]) -> dict[str, Any]:
+        """The boxes of one decoded image moved from the model input (``contract.input_size``) to the request
+        image's pixels (xyxy, ``image_size`` = its ``(height, width)``), clipped to the image: the contract's
+        resize undone (a stretch's per-side scale, or a letterbox's scale and centring padding;
+        :func:`~cvplatform.preprocess.resize_geometry`). A box on the letterbox padding shrinks to the edge.
+
+        Example:
+            >>> from cvplatform.preprocess import PreprocessContract
             >>> p = {"detections": [{"box": [4.0, 8.0, 16.0, 32.0], "class": "cat", "score": 0.9}],
             ...      "boxes": np.array([[4.0, 8.0, 16.0, 32.0]])}
-            >>> DetectionTask().to_image_pixels(p, (32, 32), (64, 128))["detections"][0]["box"]
+            >>> c = PreprocessContract((32, 32), (0.5,) * 3, (0.5,) * 3, ("cat",))
+            >>> DetectionTask().to_image_pixels(p, c, (64, 128))["detections"][0]["box"]
             [16.0, 16.0, 64.0, 64.0]
+            >>> lb = PreprocessContract((32, 32), (0.5,) * 3, (0.5,) * 3, ("cat",), resize="letterbox")
+            >>> DetectionTask().to_image_pixels(p, lb, (64, 128))["detections"][0]["box"]  # 1/4 scale, 8 px on top
+            [16.0, 0.0, 64.0, 64.0]
         """
-        (ih, iw), (h, w) = input_size, image_size
-        scale = np.array([w / iw, h / ih, w / iw, h / ih], np.float64)
-        limit = np.array([w, h, w, h], np.float64)
-        boxes = np.clip(np.asarray(prediction.get("boxes", np.zeros((0, 4))), np.float64).reshape(-1, 4) * scale,
-                        0.0, limit)
-        dets = [{**d, "box": [float(v) for v in np.clip(np.asarray(d["box"], np.float64) * scale, 0.0, limit)]}
-                for d in prediction.get("detections", [])]
+        from cvplatform.preprocess import resize_geometry
+
+        g = resize_geometry(image_size, contract)
+        boxes = g.to_image(np.asarray(prediction.get("boxes", np.zeros((0, 4))), np.float64).reshape(-1, 4))
+        dets = [{**d, "box": [float(v) for v in g.to_image(d["box"])[0]]} for d in prediction.get("detections", [])]
         return {**prediction, "detections": dets, "boxes": boxes}
 
     def agreement(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> Agreement:

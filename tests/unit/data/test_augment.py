@@ -73,6 +73,12 @@ train:
         ("input_size: [0, 32]\n", ["input_size"]),
         ("std: [0.5, 0, 0.5]\n", ["std"]),
         ("trian: []\n", ["trian", "unknown key"]),
+        ("resize: lettrbox\n", ["resize", "'stretch' or 'letterbox'", "'lettrbox'"]),
+        ("resize: letterbox\npad_value: 300\n", ["pad_value", "less than or equal to 255", "300"]),
+        ("resize: letterbox\npad_value: grey\n", ["pad_value", "'grey'"]),
+        ("pad_value: 0\n", ["pad_value", "only applies to `resize: letterbox`", "resize: letterbox"]),
+        ("train:\n  - {name: Resize, params: {height: 8, width: 8}}\nresize: stretch\npad_value: 5\n",
+         ["pad_value", "only applies"]),
     ],
 )
 def test_bad_recipes_fail_naming_file_and_entry(tmp_path, body, needles):
@@ -97,3 +103,34 @@ def test_metadata_roundtrip():
 def test_every_shipped_recipe_loads_and_fits_the_contract(name):
     recipe = load_recipe(REPO / "configs" / "augment" / name)
     assert recipe.eval == []  # evaluation/export/serving can reproduce exactly what validation saw
+
+
+def test_resize_is_recorded_with_the_model_and_absent_means_stretch():
+    lb = AugmentRecipe(input_size=(24, 40), resize="letterbox")
+    meta = lb.to_metadata()
+    assert (meta["resize"], meta["pad_value"]) == ("letterbox", 114)  # the default grey, written out
+    back = recipe_from_metadata(meta)
+    assert (back.resize, back.letterbox_fill) == ("letterbox", 114)
+    stretch = AugmentRecipe().to_metadata()
+    assert stretch["resize"] == "stretch" and "pad_value" not in stretch
+    old = {k: v for k, v in stretch.items() if k != "resize"}  # a checkpoint recorded before the key existed
+    assert recipe_from_metadata(old).resize == "stretch"
+
+
+def test_the_letterbox_tail_keeps_the_aspect_ratio_and_moves_boxes(tmp_path):
+    """`resize: letterbox` in a recipe file: the fixed tail is LongestMaxSize + PadIfNeeded (centred, pad_value), in
+    train and eval, and boxes passed with the task's bbox_params follow the scale and the padding."""
+    import albumentations as A
+
+    recipe = load_recipe(_write(tmp_path, "input_size: [32, 32]\nresize: letterbox\npad_value: 0\n"
+                                          "mean: [0, 0, 0]\nstd: [1, 1, 1]\n"))
+    img = np.full((20, 40, 3), 255, np.uint8)  # white, wider than tall: 16 px of padding above and below
+    targets = {"bbox_params": A.BboxParams(format="pascal_voc", label_fields=["labels"])}
+    for which in ("train", "eval"):
+        out = build_pipeline(recipe, which, seed=0, targets=targets)(image=img, bboxes=[[10, 5, 30, 15]], labels=[0])
+        x = out["image"].numpy()
+        assert x.shape == (3, 32, 32)
+        np.testing.assert_array_equal(x[:, :8], 0.0)  # padding (pad_value 0 -> 0 after mean 0, std 1)
+        np.testing.assert_array_equal(x[:, 24:], 0.0)
+        np.testing.assert_allclose(x[:, 8:24], 1.0)  # the image, scaled by 32 / 40
+        np.testing.assert_allclose(out["bboxes"], [[8, 12, 24, 20]], atol=1e-4)

@@ -146,3 +146,11 @@ def test_model_details_come_from_the_task():
     details = card.split("## Model details")[1].split("\n## ")[0]
     assert "- **task**: boxes over 2 classes; clean n=10" in details and "macro-F1" not in details
     assert "output(s) `boxes`, `scores`, decoded by the `boxes` task" in details
+
+
+def test_the_card_states_the_resize_a_letterbox_model_needs():
+    card = render_model_card(ModelCardInputs(export=EXPORT, intended_use="x"))
+    assert "resize (linear) to the input size" in card  # a contract without `resize` is a stretch
+    lb = {**EXPORT, "contract": {**EXPORT["contract"], "resize": "letterbox", "pad_value": 114}}
+    card = render_model_card(ModelCardInputs(export=lb, intended_use="x"))
+    assert "letterbox (linear) to the input size: aspect ratio kept, centred, padded with grey 114" in card

@@ -64,3 +64,18 @@ def test_a_compatible_version_needs_no_confirmation(champion_v1, params, client)
     register_model(params, root=champion_v1.root)
     approve("cvplatform", 2, reviewer="bob", comment="retrained", root=champion_v1.root)
     assert promote("cvplatform", 2, root=champion_v1.root).previous == "1"
+
+
+def test_a_letterbox_version_differs_from_a_champion_registered_before_the_resize_key():
+    """A champion's contract tag without ``resize`` was stretched: a letterbox replacement is a contract change; a
+    stretch replacement is not."""
+    from cvplatform.registry.compat import ModelFacts, differences
+
+    old = ModelFacts("detection", ("cat",), {"input_size": [32, 32], "interpolation": "linear"})
+    letterbox = ModelFacts("detection", ("cat",), {"input_size": [32, 32], "interpolation": "linear",
+                                                   "resize": "letterbox", "pad_value": 114})
+    stretch = ModelFacts("detection", ("cat",), {"input_size": [32, 32], "interpolation": "linear",
+                                                 "resize": "stretch"})
+    assert differences(letterbox, old) == ["input contract resize: stretch -> letterbox"]
+    assert differences(stretch, old) == []
+    assert differences(old, letterbox) == ["input contract resize: letterbox -> stretch"]

@@ -72,3 +72,39 @@ def test_evaluation_loads_background_images_whose_label_is_no_class(detection_on
     rows["label"] = ["red", "background"]
     with pytest.raises(DataError, match=r"label\(s\) \['background'\] are not classes of the model"):
         load_images(rows, tmp_path, OnnxPredictor(tmp_path / "cls.onnx"), "test")
+
+
+def test_evaluation_scores_targets_where_the_letterbox_put_them(letterbox_onnx, tmp_path):
+    """The annotation table's boxes are in the stored image's pixels; evaluation moves them into the model input
+    the way the letterbox moved the pixels (``Letterbox`` predicts where), so a perfect detector scores 1."""
+    import pandas as pd
+    from PIL import Image
+
+    from cvplatform.evaluation.gates import ScenarioGate
+    from cvplatform.evaluation.scenarios import Scenario
+    from cvplatform.evaluation.suite_runner import build_scenarios, load_images, scenario_targets
+    from cvplatform.tasks.detection.annotations import Box, Letterbox, box_table
+
+    task = get_task("detection")
+    rng = np.random.default_rng(7)
+    sizes = {"wide": (48, 96), "tall": (80, 40)}
+    boxes = {"wide": [Box("circle", 12, 6, 36, 30)], "tall": [Box("square", 4, 50, 30, 78)]}
+    for name, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    box_table(boxes).to_parquet(tmp_path / "annotations.parquet")
+    rows = pd.DataFrame({"path": ["wide.png", "tall.png"], "label": ["circle", "square"], "sha256": ["wide", "tall"],
+                         "annotations": ["annotations.parquet"] * 2})
+    predictor = OnnxPredictor(letterbox_onnx.path, task=task)
+    assert predictor.contract.resize == "letterbox"
+    data = load_images(rows, tmp_path, predictor, "test")
+    assert data.image_sizes == [(48, 96), (80, 40)]
+    (built,) = build_scenarios(tmp_path / "suite.yaml", [Scenario("clean", "clean", ScenarioGate())], data, rows,
+                               tmp_path, predictor)
+    targets = scenario_targets(task, built, ["circle", "square"])
+    for t, name in zip(targets, ["wide", "tall"], strict=True):
+        h, w = sizes[name]
+        (want,) = Letterbox.fit(w, h, (32, 32)).boxes(boxes[name])
+        np.testing.assert_allclose(t["boxes"], [[want.x0, want.y0, want.x1, want.y1]], atol=1e-4)
+    perfect = {"boxes": np.stack([t["boxes"] for t in targets]), "scores": np.ones((2, 1), np.float32),
+               "labels": np.array([[0], [1]])}
+    assert task.score(perfect, targets, ["circle", "square"])["map50"] == pytest.approx(1.0)

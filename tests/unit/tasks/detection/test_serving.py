@@ -94,3 +94,44 @@ def test_served_boxes_are_in_the_request_images_pixels(tmp_path, make_params, de
         got = np.asarray([d["box"] for d in p["detections"]]).reshape(-1, 4)
         np.testing.assert_allclose(got, want, atol=1e-3)
         assert (got[:, [0, 2]] <= w).all() and (got[:, [1, 3]] <= h).all()
+
+
+def test_a_letterbox_model_is_served_letterboxed_and_its_boxes_come_back_unpadded(tmp_path, make_params,
+                                                                                  letterbox_onnx):
+    """A model recorded with ``resize: letterbox``: its ONNX contract says so, the server letterboxes the request
+    images (the offline letterboxed outputs are what it decodes) and answers boxes with the scale and the centring
+    padding undone, inside each image."""
+    from fastapi.testclient import TestClient
+
+    from cvplatform.preprocess import PreprocessContract, preprocess, resize_geometry
+    from cvplatform.runtime import open_model
+    from cvplatform.serving.app import build_app
+
+    task, names = get_task("detection"), letterbox_onnx.class_names
+    serving_yaml = tmp_path / "serving.yaml"
+    serving_yaml.write_text("models:\n  poll_interval_s: 0\n")
+    params = make_params("project.task=detection", "train.monitor=val_map", "train.mode=max",
+                         "monitor.log_requests=false")
+    app = build_app(params, root=tmp_path, model=letterbox_onnx.path, config_path=serving_yaml, admin_token=TOKEN)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, size=(48, 96, 3), dtype=np.uint8),
+              rng.integers(0, 256, size=(80, 40, 3), dtype=np.uint8)]
+    runtime = open_model(letterbox_onnx.path)
+    contract = PreprocessContract.from_metadata(dict(runtime.session.get_modelmeta().custom_metadata_map))
+    assert (contract.resize, contract.pad_value) == ("letterbox", 114)
+    expected = task.decode(runtime.forward(preprocess(images, contract)), names)  # boxes on the letterboxed input
+    assert sum(len(e["detections"]) for e in expected) > 0
+    with TestClient(app) as c:
+        r = c.post("/v1/predict", files=[("files", (f"{i}.png", encode_png(im), "image/png"))
+                                         for i, im in enumerate(images)])
+    assert r.status_code == 200, r.text
+    for p, e, im in zip(r.json()["predictions"], expected, images, strict=True):
+        h, w = im.shape[:2]
+        g = resize_geometry((h, w), contract)  # 48x96 -> 16x32 at top 8; 80x40 -> 32x16 at left 8
+        (sy, sx), (top, left) = g.scale, g.offset
+        assert sx == sy == 32 / max(h, w) and (top, left) == ((8, 0) if w > h else (0, 8))
+        want = np.clip((e["boxes"].reshape(-1, 4) - [left, top, left, top]) / [sx, sy, sx, sy], 0, [w, h, w, h])
+        got = np.asarray([d["box"] for d in p["detections"]]).reshape(-1, 4)
+        assert [d["class"] for d in p["detections"]] == [d["class"] for d in e["detections"]]
+        np.testing.assert_allclose(got, want, atol=1e-3)
+        assert (got[:, [0, 2]] <= w).all() and (got[:, [1, 3]] <= h).all()

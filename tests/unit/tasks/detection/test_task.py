@@ -132,6 +132,51 @@ def test_the_bbox_params_move_boxes_with_a_geometric_transform_and_drop_hidden_o
     assert list(out["labels"]) == [0]
 
 
+@pytest.mark.parametrize("resize", ["letterbox", "stretch"])
+@pytest.mark.parametrize(("hw", "input_size"), [((50, 100), (32, 32)), ((91, 37), (32, 32)), ((37, 91), (24, 40)),
+                                                ((120, 45), (40, 24)), ((64, 64), (32, 48))])
+def test_to_image_pixels_undoes_the_training_resize(resize, hw, input_size):
+    """A box on a non-square image goes through the recipe's fixed tail (as training moves it, with the task's
+    bbox_params) to model-input pixels; ``to_image_pixels`` with the model's contract brings it back to the same
+    image pixels (within 1 px; here to 1e-3)."""
+    from cvplatform.data.augment import AugmentRecipe, build_pipeline
+    from cvplatform.preprocess import PreprocessContract, resize_to_contract
+
+    t = DetectionTask()
+    (h, w), (ih, iw) = hw, input_size
+    recipe = AugmentRecipe(input_size=input_size, resize=resize)
+    contract = PreprocessContract(input_size, recipe.mean, recipe.std, tuple(CLASSES), resize=resize,
+                                  pad_value=recipe.letterbox_fill if resize == "letterbox" else None)
+    image = np.zeros((h, w, 3), np.uint8)
+    boxes = np.array([[0.1 * w, 0.2 * h, 0.6 * w, 0.9 * h], [0.0, 0.0, w, h], [0.7 * w, 0.05 * h, 0.95 * w, 0.5 * h]])
+    image[int(boxes[0, 1]):int(boxes[0, 3]), int(boxes[0, 0]):int(boxes[0, 2])] = 255
+    out = build_pipeline(recipe, "eval", targets=t.albumentations_targets())(
+        image=image, bboxes=boxes, labels=np.arange(len(boxes)))
+    on_input = np.asarray(out["bboxes"], np.float64)
+    assert on_input.shape == (3, 4) and (on_input[:, [0, 2]] <= iw + 1e-6).all() and (on_input[:, [1, 3]] <= ih + 1e-6).all()
+    # what the model sees under the moved box is the object: the contract's pixels agree with the pipeline's
+    x0, y0, x1, y1 = np.round(on_input[0]).astype(int)
+    assert (resize_to_contract([image], contract)[0, y0 + 1:y1 - 1, x0 + 1:x1 - 1] == 255).all()
+    pred = {"detections": [{"box": b.tolist(), "class": "circle", "score": 0.9} for b in on_input],
+            "boxes": on_input.copy()}
+    back = t.to_image_pixels(pred, contract, (h, w))
+    np.testing.assert_allclose(back["boxes"], boxes, atol=1e-3)
+    np.testing.assert_allclose([d["box"] for d in back["detections"]], boxes, atol=1e-3)
+    assert back["detections"][0]["class"] == "circle" and back["detections"][0]["score"] == 0.9
+
+
+def test_to_image_pixels_clips_a_box_on_the_letterbox_padding_to_the_image():
+    from cvplatform.preprocess import PreprocessContract
+
+    contract = PreprocessContract((32, 32), (0.5,) * 3, (0.5,) * 3, tuple(CLASSES), resize="letterbox")
+    # a 50x100 image fills rows 8..24 of the input: a box over the top padding ends at the image's top edge
+    pred = {"detections": [{"box": [4.0, 0.0, 12.0, 10.0], "class": "circle", "score": 0.5}],
+            "boxes": np.array([[4.0, 0.0, 12.0, 10.0]])}
+    back = DetectionTask().to_image_pixels(pred, contract, (50, 100))
+    np.testing.assert_allclose(back["boxes"], [[12.5, 0.0, 37.5, 6.25]])
+    assert back["detections"][0]["box"] == [12.5, 0.0, 37.5, 6.25]
+
+
 # --------------------------------------------------------------------------- contract
 def test_check_outputs_refuses_what_does_not_fit():
     t = DetectionTask()
