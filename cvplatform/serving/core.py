@@ -372,11 +372,12 @@ async def predict_core(
     outputs = _outputs(state, raw)
     top, conf = _top(state, handle, outputs)
     request_ms = (time.perf_counter() - t_start) * 1000.0 if t_start is not None else None
+    objects = _objects(state, handle, outputs)
     state.stats.record_answer(variant, handle.version, top, conf, labels, ms, request_ms, fallback=fallback,
                               compute_ms=timing.ms_per_row, batch_rows=timing.rows, overlapped=timing.overlapped,
-                              objects=_objects(state, handle, outputs))
+                              objects=objects)
     _count_answer(state, handle, variant, top, conf, ms)
-    _log_requests(state, inputs.images, handle, variant, request_id, top, conf, hold)
+    _log_requests(state, inputs.images, handle, variant, request_id, top, conf, hold, objects)
     # shadow: the other variant scores the same input in the background
     other = canary if variant == "champion" else champion
     mirror = other is not None and not fallback and pinned_version is None and should_shadow(key, traffic)
@@ -418,18 +419,21 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
         a_handle, a_outputs = answered_by
         agreement = state.task.shadow_agreement(a_outputs, a_handle.model.class_names, outputs,
                                                 handle.model.class_names).tolist()
+    objects = _objects(state, handle, outputs)
     state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id, answered_conf,
                               compute_ms=timing.ms_per_row, batch_rows=timing.rows, overlapped=timing.overlapped,
-                              agreement=agreement, objects=_objects(state, handle, outputs))
-    _log_requests(state, images, handle, "shadow", request_id, top, conf, hold)
+                              agreement=agreement, objects=objects)
+    _log_requests(state, images, handle, "shadow", request_id, top, conf, hold, objects)
     same = agreement if agreement is not None else [float(a == b) for a, b in zip(answered, top, strict=False)]
     for score in same:
         state.metrics.shadow.labels("agree" if score >= 1.0 - 1e-9 else "disagree").inc()
 
 
 def _log_requests(state: ServerState, images: list[np.ndarray] | None, handle: ModelHandle, variant: str,
-                  request_id: str, top: list[str], conf: list[float], hold: BudgetHold | None = None) -> None:
-    """Queue one inference-log record per image (input statistics + prediction) for ``cv_monitor``.
+                  request_id: str, top: list[str], conf: list[float], hold: BudgetHold | None = None,
+                  objects: list[dict[str, Any]] | None = None) -> None:
+    """Queue one inference-log record per image (input statistics + prediction + the task's objects, if any) for
+    ``cv_monitor``.
 
     Only a queue ``put`` happens here; the statistics and the file writes run in the log's own
     writer thread. Never fails or slows a request: a full queue drops the records (counted).
@@ -442,7 +446,7 @@ def _log_requests(state: ServerState, images: list[np.ndarray] | None, handle: M
         hold.share()
     if state.request_log.submit(images, model=handle.model.name, version=handle.version, variant=variant,
                                 request_id=request_id, predicted=top, confidence=conf,
-                                on_done=hold.release if keep else None):
+                                on_done=hold.release if keep else None, objects=objects):
         return
     if keep:
         hold.release()

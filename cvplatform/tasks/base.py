@@ -417,6 +417,8 @@ class Task(ABC):
         predicted class and confidence for classification, box count and mean score for detection,
         class-area shares for segmentation."""
 
+    #: Whether the task's answers are objects (:meth:`object_signals`, :meth:`reference_objects` return data).
+    has_objects: ClassVar[bool] = False
     #: What :meth:`shadow_agreement` measures, in the canary's statistics and reasons.
     agreement_measure: ClassVar[str] = "same top-1 class"
 
@@ -443,6 +445,16 @@ class Task(ABC):
         None (the default) for a task that answers one class per image (classification): its class mix and
         confidences are already :meth:`decode_top`'s. Detection returns its served boxes (after the score
         threshold).
+        """
+        return None
+
+    def reference_objects(self, frame: Any, root: Path) -> dict[str, Any] | None:
+        """The training objects drift monitoring compares the served :meth:`object_signals` with, from the manifest
+        rows ``frame`` (the reference split; relative paths under ``root``): ``{"per_image": [objects of each image],
+        "areas": [each object's share of its image's area], "classes": {class: objects}}``.
+
+        None (the default) for a task without objects (classification: the label counts are the reference).
+        Detection reads the boxes of the annotation tables (crowd boxes left out).
         """
         return None
 

@@ -437,6 +437,7 @@ class DetectionTask(Task):
                                  "max_score_diff": score_diff})
 
     agreement_measure: ClassVar[str] = "matched-box F1 (same class, IoU >= 0.5)"
+    has_objects: ClassVar[bool] = True
 
     def shadow_agreement(self, answered: Mapping[str, np.ndarray], answered_classes: Sequence[str],
                          shadowed: Mapping[str, np.ndarray], shadowed_classes: Sequence[str]) -> np.ndarray:
@@ -709,6 +710,35 @@ class DetectionTask(Task):
     def prediction_signal(self, prediction: Mapping[str, Any]) -> dict[str, float]:
         scores = [float(d["score"]) for d in prediction["detections"]]
         return {"boxes": float(len(scores)), "mean_score": float(np.mean(scores)) if scores else 0.0}
+
+    def reference_objects(self, frame: Any, root: Path) -> dict[str, Any] | None:
+        """The boxes of the manifest rows ``frame`` from their annotation tables (crowd boxes left out): boxes per
+        image, each box's share of its image's area (the manifest's ``width`` x ``height``) and boxes per class.
+
+        Raises:
+            DataError: no annotations column, or a table missing or malformed (naming it).
+        """
+        if ANNOTATIONS_COLUMN not in frame.columns:
+            raise DataError(f"the manifest has no {ANNOTATIONS_COLUMN!r} column, so the drift reference has no training "
+                            "boxes. Re-run `cvplatform ingest` with project.task: detection.")
+        per_image: list[int] = []
+        areas: list[float] = []
+        classes: dict[str, int] = {}
+        cols = [c for c in ("path", "sha256", ANNOTATIONS_COLUMN, "width", "height") if c in frame.columns]
+        for row in frame[cols].to_dict("records"):
+            path = _table_path({**row, "abs_path": str(Path(root) / str(row["path"]))})
+            found = _load_table(str(path), *_stat(path)).get(str(row["sha256"]), _NO_BOXES)
+            keep = ~np.asarray(found.iscrowd, bool)
+            b = np.asarray(found.boxes, np.float64).reshape(-1, 4)[keep]
+            per_image.append(int(keep.sum()))
+            for c, k in zip(found.classes, keep, strict=True):
+                if k:
+                    classes[c] = classes.get(c, 0) + 1
+            w, h = float(row.get("width") or 0), float(row.get("height") or 0)
+            if w > 0 and h > 0 and len(b):
+                share = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / (w * h)
+                areas.extend(round(min(1.0, max(0.0, float(v))), 6) for v in share)
+        return {"per_image": per_image, "areas": areas, "classes": dict(sorted(classes.items()))}
 
     def decode_top(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]
                    ) -> tuple[np.ndarray, np.ndarray]:
