@@ -10,8 +10,8 @@ measured value, the threshold and a sentence saying why.
 Nothing here is task-specific: every class and confidence behind these statistics is the project's
 task's (``task.decode_top``, computed by the server per image: the top-1 class and its probability
 for classification, the best box's class and score for detection). Agreement compares the two
-variants' ``decode_top`` classes on the same shadowed image; the confidence checks read their
-``decode_top`` confidences (docs/adr/0010-task-seam.md).
+variants' outputs on the same shadowed image through ``task.shadow_agreement``; the confidence checks
+read their ``decode_top`` confidences (docs/adr/0010-task-seam.md).
 
 Checks (names are stable; the controller reports them as rollback reasons):
 
@@ -46,6 +46,15 @@ Checks (names are stable; the controller reports them as rollback reasons):
 ``accuracy``
     on requests carrying the true label (``X-True-Label``): canary accuracy >= champion
     accuracy - ``max_accuracy_drop``.
+``count_shift``, ``object_score_shift``, ``class_mix_shift``
+    only for a server that reports objects per image (``task.object_signals``: detection's served
+    boxes): PSI of the objects-per-image histograms, PSI (or KS) of every object's score, PSI of
+    the objects' class mix, canary vs champion, each <= its ``max``.
+
+Agreement is the task's per-image score (``task.shadow_agreement``, reported as ``shadow.measure``):
+1 or 0 for the same top-1 class, the matched-box F1 for detection; the checks judge its mean.
+``thresholds.by_task.<task>`` replaces threshold keys for the task the server reports (``task`` in
+``/admin/stats``), e.g. detection's lower agreement floor.
 
 No I/O here: everything is a function of its arguments (unit-tested without a server).
 """

@@ -25,7 +25,9 @@ cvplatform_canary_share                    gauge      -
 :class:`StatsBook` keeps what the canary controller compares (request and error
 counts, latency percentiles, onnxruntime compute time per image, confidence
 histograms and samples, accuracy on labelled requests, shadow agreement overall and
-by the champion's confidence) since the last reset, as plain JSON.
+by the champion's confidence, and, for a task whose answers are objects, the objects per image,
+object scores and class mix) since the last reset, as plain JSON. Agreement is the task's
+per-image score in [0, 1] (``task.shadow_agreement``), summed.
 """
 
 from __future__ import annotations
