@@ -134,6 +134,13 @@ def test_a_detector_that_misses_objects_is_rolled_back_on_detection_signals(proj
     by_name = {c["name"]: c for c in _checks(res)}
     assert "matched-box F1" in by_name["agreement_uncertain"]["detail"], by_name["agreement_uncertain"]
     assert by_name["count_shift"]["value"] > _policy().thresholds.count_shift.max
+    # the statistics judged were both worker processes' merged: each reported, each variant's boxes counted
+    stats = res.steps[0]["stats"]
+    assert sorted(stats["workers"]["requests"]) == ["0", "1"], stats["workers"]
+    assert stats["task"] == "detection" and stats["shadow"]["measure"].startswith("matched-box F1")
+    champion, canary = stats["variants"]["champion"]["objects"], stats["variants"]["canary"]["objects"]
+    assert canary["mean_per_image"] < champion["mean_per_image"] / 2, (canary, champion)
+    assert "score_samples" not in canary  # steps.jsonl keeps the histograms, not the raw samples
     assert get_alias(root, MODEL, "champion") == versions["champion"]
     assert get_alias(root, MODEL, "canary") is None
 
