@@ -10,8 +10,8 @@ measured value, the threshold and a sentence saying why.
 Nothing here is task-specific: every class and confidence behind these statistics is the project's
 task's (``task.decode_top``, computed by the server per image: the top-1 class and its probability
 for classification, the best box's class and score for detection). Agreement compares the two
-variants' ``decode_top`` classes on the same shadowed image; the confidence checks read their
-``decode_top`` confidences (docs/adr/0010-task-seam.md).
+variants' outputs on the same shadowed image through ``task.shadow_agreement``; the confidence checks
+read their ``decode_top`` confidences (docs/adr/0010-task-seam.md).
 
 Checks (names are stable; the controller reports them as rollback reasons):
 
@@ -46,6 +46,15 @@ Checks (names are stable; the controller reports them as rollback reasons):
 ``accuracy``
     on requests carrying the true label (``X-True-Label``): canary accuracy >= champion
     accuracy - ``max_accuracy_drop``.
+``count_shift``, ``object_score_shift``, ``class_mix_shift``
+    only for a server that reports objects per image (``task.object_signals``: detection's served
+    boxes): PSI of the objects-per-image histograms, PSI (or KS) of every object's score, PSI of
+    the objects' class mix, canary vs champion, each <= its ``max``.
+
+Agreement is the task's per-image score (``task.shadow_agreement``, reported as ``shadow.measure``):
+1 or 0 for the same top-1 class, the matched-box F1 for detection; the checks judge its mean.
+``thresholds.by_task.<task>`` replaces threshold keys for the task the server reports (``task`` in
+``/admin/stats``), e.g. detection's lower agreement floor.
 
 No I/O here: everything is a function of its arguments (unit-tested without a server).
 """
@@ -74,6 +83,19 @@ class ConfidenceShiftThresholds(StrictModel):
     """Largest allowed PSI (0.1 = minor, 0.25 = major shift) or KS statistic (0..1)."""
     min_samples: int = Field(100, ge=1)
     """Fewest confidence samples per variant before the check counts (else skipped)."""
+
+
+class ShiftThresholds(StrictModel):
+    """How much a distribution of the canary's objects (``task.object_signals``) may move away from the champion's."""
+
+    max: float = Field(0.25, gt=0.0)
+    """Largest allowed population stability index (0.1 = minor, 0.25 = major shift)."""
+    min_samples: int = Field(100, ge=1)
+    """Fewest images (objects per image) or objects (class mix) per variant before the check counts (else skipped)."""
+
+
+#: Objects per image at or above this share the last bin of the ``count_shift`` histogram.
+COUNT_BINS = 10
 
 
 class AnalysisThresholds(StrictModel):
@@ -107,6 +129,47 @@ class AnalysisThresholds(StrictModel):
     """Largest drop of canary accuracy below the champion's on labelled requests."""
     min_labelled: int = Field(50, ge=1)
     """Fewest labelled images per variant before the accuracy check counts (else skipped)."""
+    count_shift: ShiftThresholds = ShiftThresholds()
+    """Objects per image (detections per image), canary vs champion: PSI over 0, 1, ..., 9, 10+ (tasks that report
+    objects; skipped otherwise)."""
+    object_score_shift: ConfidenceShiftThresholds = ConfidenceShiftThresholds()
+    """Every object's score (all served boxes, not only the best one), canary vs champion (PSI or KS)."""
+    class_mix_shift: ShiftThresholds = ShiftThresholds()
+    """Class mix of every object (boxes per class), canary vs champion: PSI over the classes either reported."""
+    by_task: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per ``project.task`` (as the server reports it in ``/admin/stats``), keys of these thresholds that replace
+    the ones above for that task: e.g. ``{detection: {min_agreement: 0.8}}``, where agreement is a matched-box F1
+    rather than top-1 agreement."""
+
+    @model_validator(mode="after")
+    def _task_overrides(self) -> AnalysisThresholds:
+        for task, over in self.by_task.items():
+            if not isinstance(over, Mapping):
+                raise ValueError(f"by_task.{task}: expected a mapping of threshold keys, got {over!r}")
+            if "by_task" in over:
+                raise ValueError(f"by_task.{task}: by_task cannot be nested")
+            self.for_task(task)  # a bad key or value fails when the policy is loaded, not in the middle of a canary
+        return self
+
+    def for_task(self, task: str | None) -> AnalysisThresholds:
+        """These thresholds with ``by_task[task]`` applied (nested keys merged), or unchanged for another task.
+
+        Example:
+            >>> th = AnalysisThresholds(by_task={"detection": {"min_agreement": 0.8, "count_shift": {"max": 0.2}}})
+            >>> d = th.for_task("detection")
+            >>> d.min_agreement, d.count_shift.max, d.count_shift.min_samples, th.for_task("classification").min_agreement
+            (0.8, 0.2, 100, 0.95)
+        """
+        over = self.by_task.get(task or "")
+        if not over:
+            return self
+        base = self.model_dump(exclude={"by_task"})
+        for key, value in over.items():
+            if isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
+                base[key] = {**base[key], **value}
+            else:
+                base[key] = value
+        return AnalysisThresholds.model_validate(base)
 
 
 class CanaryStep(StrictModel):
@@ -381,7 +444,8 @@ def check_latency(canary: Mapping[str, Any], champion: Mapping[str, Any], th: An
                  f"allowed {th.max_latency_ratio:g}")
 
 
-def agreement_groups(shadow: Mapping[str, Any], confidence: float) -> tuple[tuple[int, int], tuple[int, int]] | None:
+def agreement_groups(shadow: Mapping[str, Any], confidence: float
+                     ) -> tuple[tuple[int, float], tuple[int, float]] | None:
     """``((pairs, agree) where the champion is confident, (pairs, agree) elsewhere)``, or None when the
     server reports no agreement by champion confidence.
 
@@ -390,7 +454,7 @@ def agreement_groups(shadow: Mapping[str, Any], confidence: float) -> tuple[tupl
     Example:
         >>> by = {"edges": [0, 0.5, 1.0], "pairs": [10, 90], "agree": [6, 89]}
         >>> agreement_groups({"by_champion_confidence": by}, 0.5)
-        ((90, 89), (10, 6))
+        ((90, 89.0), (10, 6.0))
     """
     by = shadow.get("by_champion_confidence")
     if not isinstance(by, Mapping):
@@ -400,19 +464,24 @@ def agreement_groups(shadow: Mapping[str, Any], confidence: float) -> tuple[tupl
         return None
     sure = [i for i in range(len(pairs)) if float(edges[i]) >= confidence - 1e-9]
     rest = [i for i in range(len(pairs)) if i not in sure]
-    return ((sum(int(pairs[i]) for i in sure), sum(int(agree[i]) for i in sure)),
-            (sum(int(pairs[i]) for i in rest), sum(int(agree[i]) for i in rest)))
+    return ((sum(int(pairs[i]) for i in sure), sum(float(agree[i]) for i in sure)),
+            (sum(int(pairs[i]) for i in rest), sum(float(agree[i]) for i in rest)))
 
 
-def _agreement(name: str, pairs: int, agree: int, need: float, what: str, th: AnalysisThresholds) -> Check:
+def _agreement(name: str, pairs: int, agree: float, need: float, what: str, th: AnalysisThresholds,
+               measure: str | None = None) -> Check:
     if pairs < th.min_shadow_pairs:
         status: CheckStatus = "fail" if th.require_agreement else "skip"
         return Check(name, status, (agree / pairs) if pairs else None, need,
                      f"only {pairs} shadowed image(s) {what}, need {th.min_shadow_pairs} (is shadow mode on?)")
     rate = agree / pairs
     ok = rate >= need
+    if measure and measure != "same top-1 class":  # a graded measure: the mean per image, not a count
+        return Check(name, "pass" if ok else "fail", rate, need,
+                     f"canary and champion agree by {measure} {rate:.1%} on average over {pairs} shadowed images "
+                     f"{what}; need {need:.1%}")
     return Check(name, "pass" if ok else "fail", rate, need,
-                 f"canary and champion agree on {agree}/{pairs} shadowed images {what} ({rate:.1%}); need {need:.1%}")
+                 f"canary and champion agree on {agree:g}/{pairs} shadowed images {what} ({rate:.1%}); need {need:.1%}")
 
 
 def check_agreement(shadow: Mapping[str, Any], th: AnalysisThresholds) -> Check:
@@ -428,12 +497,13 @@ def check_agreement(shadow: Mapping[str, Any], th: AnalysisThresholds) -> Check:
         'fail'
     """
     groups = agreement_groups(shadow, th.agreement_confidence)
+    measure = shadow.get("measure") if isinstance(shadow.get("measure"), str) else None
     if groups is None:
-        return _agreement("agreement", int(_num(shadow, "pairs") or 0), int(_num(shadow, "agree") or 0),
-                          th.min_agreement, "(all: the server reports no split by champion confidence)", th)
+        return _agreement("agreement", int(_num(shadow, "pairs") or 0), float(_num(shadow, "agree") or 0),
+                          th.min_agreement, "(all: the server reports no split by champion confidence)", th, measure)
     (pairs, agree), _ = groups
     return _agreement("agreement", pairs, agree, th.min_agreement,
-                      f"where the champion is confident (>= {th.agreement_confidence:g})", th)
+                      f"where the champion is confident (>= {th.agreement_confidence:g})", th, measure)
 
 
 def check_agreement_uncertain(shadow: Mapping[str, Any], th: AnalysisThresholds) -> Check:
@@ -449,8 +519,9 @@ def check_agreement_uncertain(shadow: Mapping[str, Any], th: AnalysisThresholds)
         return Check("agreement_uncertain", "skip", None, th.min_agreement_uncertain,
                      "the server reports no agreement by champion confidence: judged by agreement on all pairs")
     _, (pairs, agree) = groups
+    measure = shadow.get("measure") if isinstance(shadow.get("measure"), str) else None
     return _agreement("agreement_uncertain", pairs, agree, th.min_agreement_uncertain,
-                      f"where the champion is unsure (< {th.agreement_confidence:g})", th)
+                      f"where the champion is unsure (< {th.agreement_confidence:g})", th, measure)
 
 
 def check_confidence_shift(canary: Mapping[str, Any], champion: Mapping[str, Any],
@@ -507,13 +578,123 @@ def check_accuracy(canary: Mapping[str, Any], champion: Mapping[str, Any], th: A
                  f"drop {drop:+.1%}, allowed {th.max_accuracy_drop:.1%}")
 
 
+def _objects(variant: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    obj = variant.get("objects")
+    return obj if isinstance(obj, Mapping) else None
+
+
+def _skip_no_objects(name: str, threshold: float) -> Check:
+    return Check(name, "skip", None, threshold,
+                 "the server reports no objects per image (a task answering one class per image, or an older server)")
+
+
+def count_histogram(per_image: Mapping[str, Any], bins: int = COUNT_BINS) -> list[int]:
+    """Images with 0, 1, ..., ``bins - 1`` and ``bins`` or more objects, from ``objects.per_image``.
+
+    Example:
+        >>> count_histogram({"0": 2, "1": 3, "12": 1}, bins=3)
+        [2, 3, 0, 1]
+    """
+    out = [0] * (bins + 1)
+    for k, v in per_image.items():
+        out[min(bins, max(0, int(k)))] += int(v)
+    return out
+
+
+def check_count_shift(canary: Mapping[str, Any], champion: Mapping[str, Any], th: AnalysisThresholds) -> Check:
+    """PSI of the objects-per-image histograms (detections per image) within ``count_shift.max``.
+
+    A detector that misses objects answers fewer boxes per image than the champion on the same traffic.
+
+    Example:
+        >>> ch = {"objects": {"images": 100, "per_image": {"2": 80, "3": 20}, "mean_per_image": 2.2}}
+        >>> ca = {"objects": {"images": 100, "per_image": {"0": 50, "1": 30, "2": 20}, "mean_per_image": 0.7}}
+        >>> check_count_shift(ca, ch, AnalysisThresholds()).status
+        'fail'
+    """
+    cs, name = th.count_shift, "count_shift"
+    a, b = _objects(canary), _objects(champion)
+    if a is None or b is None:
+        return _skip_no_objects(name, cs.max)
+    na, nb = int(_num(a, "images") or 0), int(_num(b, "images") or 0)
+    if na < cs.min_samples or nb < cs.min_samples:
+        return Check(name, "skip", None, cs.max, f"too few images with objects reported (canary {na}, champion {nb}; "
+                                                 f"need {cs.min_samples})")
+    value = psi(count_histogram(b.get("per_image") or {}), count_histogram(a.get("per_image") or {}))
+    ma, mb = _num(a, "mean_per_image") or 0.0, _num(b, "mean_per_image") or 0.0
+    ok = value <= cs.max
+    return Check(name, "pass" if ok else "fail", value, cs.max,
+                 f"objects per image canary {ma:.2f} ({na} images) vs champion {mb:.2f} ({nb}): PSI {value:.3f}, "
+                 f"allowed {cs.max:g}")
+
+
+def check_object_score_shift(canary: Mapping[str, Any], champion: Mapping[str, Any], th: AnalysisThresholds) -> Check:
+    """PSI of every object's score histogram (or KS of the score samples) within ``object_score_shift.max``.
+
+    Example:
+        >>> h = {"objects": {"images": 50, "score_hist": {"counts": [0, 10, 90]}}}
+        >>> check_object_score_shift(h, h, AnalysisThresholds()).value
+        0.0
+    """
+    cs, name = th.object_score_shift, "object_score_shift"
+    a, b = _objects(canary), _objects(champion)
+    if a is None or b is None:
+        return _skip_no_objects(name, cs.max)
+    if cs.method == "ks":
+        xa, xb = list(a.get("score_samples") or []), list(b.get("score_samples") or [])
+        if len(xa) < cs.min_samples or len(xb) < cs.min_samples:
+            return Check(name, "skip", None, cs.max,
+                         f"too few object scores (canary {len(xa)}, champion {len(xb)}; need {cs.min_samples})")
+        value, label = ks_statistic(xa, xb), "KS statistic"
+    else:
+        ha = list((a.get("score_hist") or {}).get("counts") or [])
+        hb = list((b.get("score_hist") or {}).get("counts") or [])
+        if sum(ha) < cs.min_samples or sum(hb) < cs.min_samples or len(ha) != len(hb):
+            return Check(name, "skip", None, cs.max,
+                         f"too few object scores (canary {sum(ha)}, champion {sum(hb)}; need {cs.min_samples})")
+        value, label = psi(hb, ha), "PSI"
+    ok = value <= cs.max
+    return Check(name, "pass" if ok else "fail", value, cs.max,
+                 f"object score distribution shift canary vs champion: {label} {value:.3f}, allowed {cs.max:g}")
+
+
+def check_class_mix_shift(canary: Mapping[str, Any], champion: Mapping[str, Any], th: AnalysisThresholds) -> Check:
+    """PSI of the objects' class mix (objects per class, over the classes either variant reported).
+
+    Example:
+        >>> ch = {"objects": {"classes": {"cat": 50, "dog": 50}}}
+        >>> ca = {"objects": {"classes": {"cat": 95, "dog": 5}}}
+        >>> check_class_mix_shift(ca, ch, AnalysisThresholds()).status
+        'fail'
+    """
+    cs, name = th.class_mix_shift, "class_mix_shift"
+    a, b = _objects(canary), _objects(champion)
+    if a is None or b is None:
+        return _skip_no_objects(name, cs.max)
+    ca, cb = dict(a.get("classes") or {}), dict(b.get("classes") or {})
+    na, nb = sum(int(v) for v in ca.values()), sum(int(v) for v in cb.values())
+    if na < cs.min_samples or nb < cs.min_samples:
+        return Check(name, "skip", None, cs.max,
+                     f"too few objects (canary {na}, champion {nb}; need {cs.min_samples})")
+    classes = sorted(set(ca) | set(cb))
+    value = psi([int(cb.get(c, 0)) for c in classes], [int(ca.get(c, 0)) for c in classes])
+    ok = value <= cs.max
+
+    def mix(d: Mapping[str, Any], n: int) -> str:
+        return ", ".join(f"{c} {int(d.get(c, 0)) / n:.0%}" for c in classes)
+
+    return Check(name, "pass" if ok else "fail", value, cs.max,
+                 f"class mix of objects canary ({mix(ca, na)}) vs champion ({mix(cb, nb)}): PSI {value:.3f}, "
+                 f"allowed {cs.max:g}")
+
+
 def analyze_step(stats: Mapping[str, Any], thresholds: AnalysisThresholds, *, min_requests: int = 1
                  ) -> StepAnalysis:
     """Compare canary and champion in a ``GET /admin/stats`` snapshot.
 
     Args:
-        stats: ``{"variants": {"champion": {...}, "canary": {...}}, "shadow": {...}}``.
-        thresholds: the policy's thresholds.
+        stats: ``{"variants": {"champion": {...}, "canary": {...}}, "shadow": {...}, "task": ...}``.
+        thresholds: the policy's thresholds (with ``by_task[stats["task"]]`` applied).
         min_requests: the step's minimum number of canary requests.
 
     Example:
@@ -527,6 +708,13 @@ def analyze_step(stats: Mapping[str, Any], thresholds: AnalysisThresholds, *, mi
     canary = variants.get("canary") or {}
     champion = variants.get("champion") or {}
     shadow = stats.get("shadow") or {}
+    thresholds = thresholds.for_task(stats.get("task") if isinstance(stats.get("task"), str) else None)
+    # the object checks exist for tasks whose server reports objects per image (detection); a task answering one
+    # class per image (classification) has none, and its reports do not list them
+    objects = ([check_count_shift(canary, champion, thresholds),
+                check_object_score_shift(canary, champion, thresholds),
+                check_class_mix_shift(canary, champion, thresholds)]
+               if _objects(canary) is not None or _objects(champion) is not None else [])
     return StepAnalysis([
         check_min_requests(canary, min_requests),
         check_error_rate(canary, champion, thresholds),
@@ -535,6 +723,7 @@ def analyze_step(stats: Mapping[str, Any], thresholds: AnalysisThresholds, *, mi
         check_agreement_uncertain(shadow, thresholds),
         check_confidence_shift(canary, champion, thresholds),
         check_accuracy(canary, champion, thresholds),
+        *objects,
     ])
 
 
@@ -562,8 +751,14 @@ __all__ = [
     "ConfidenceShiftThresholds",
     "StepAnalysis",
     "analyze_step",
+    "COUNT_BINS",
+    "ShiftThresholds",
     "check_accuracy",
     "agreement_groups",
+    "check_class_mix_shift",
+    "check_count_shift",
+    "check_object_score_shift",
+    "count_histogram",
     "check_agreement",
     "check_agreement_uncertain",
     "check_confidence_shift",

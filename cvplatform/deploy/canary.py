@@ -706,10 +706,12 @@ def _rollout(api: AdminClient, policy: CanaryPolicy, result: CanaryResult, track
 
 
 def _compact_stats(stats: dict[str, Any]) -> dict[str, Any]:
-    """The stats snapshot without the raw confidence samples (kept small in steps.jsonl)."""
+    """The stats snapshot without the raw confidence and object score samples (kept small in steps.jsonl)."""
     out = {k: v for k, v in stats.items() if k != "variants"}
     out["variants"] = {
-        name: {k: v for k, v in (s or {}).items() if k != "confidence_samples"}
+        name: {k: ({kk: vv for kk, vv in v.items() if kk != "score_samples"} if k == "objects" and isinstance(v, dict)
+                   else v)
+               for k, v in (s or {}).items() if k != "confidence_samples"}
         for name, s in (stats.get("variants") or {}).items()
     }
     return out

@@ -20,6 +20,12 @@
   best box's class and score for detection), written by the server to the inference log
   (``predicted``, ``confidence``); drift itself knows no task.
 
+* **Object drift**, for a task whose answers are objects (detection's boxes; the reference holds the training
+  annotations' objects, ``Reference.objects``, and the log each served image's ``objects``): the PSI of the
+  objects per image, of the objects' areas (share of the image) and of the class mix of all objects against
+  the training annotations, and the drop of the mean object score against the same model version's baseline
+  period (the annotations have no scores). A task without objects (classification) has none of these checks.
+
 :func:`check_drift` applies a :class:`DriftPolicy` (``configs/monitor/drift.yaml``)
 and returns a :class:`DriftReport`; it decides, the caller acts
 (``docs/architecture.md``, principle 4). A check *fails* only when its value is
@@ -82,6 +88,19 @@ class PredictionThresholds(StrictModel):
     """Length of the baseline period just before the window (confidence shift)."""
 
 
+class ObjectThresholds(StrictModel):
+    """Object-drift thresholds (tasks whose answers are objects: detection); null disables a check."""
+
+    count_psi: float | None = Field(0.25, gt=0.0)
+    """Largest PSI of the objects per image (served vs training annotations)."""
+    area_psi: float | None = Field(0.25, gt=0.0)
+    """Largest PSI of the objects' areas as a share of their image (served vs training annotations)."""
+    class_psi: float | None = Field(0.25, gt=0.0)
+    """Largest PSI of the class mix of all objects (served vs training annotations)."""
+    max_score_drop: float | None = Field(0.10, gt=0.0, le=1.0)
+    """Largest drop of the mean object score below the same model version's baseline period."""
+
+
 class DriftPolicy(StrictModel):
     """The drift policy (``configs/monitor/drift.yaml``).
 
@@ -102,6 +121,7 @@ class DriftPolicy(StrictModel):
     """Logged variants that count as traffic (shadow scores duplicate served images)."""
     inputs: InputThresholds = InputThresholds()
     prediction: PredictionThresholds = PredictionThresholds()
+    objects: ObjectThresholds = ObjectThresholds()
 
     @model_validator(mode="after")
     def _some_variant(self) -> DriftPolicy:
@@ -244,7 +264,7 @@ class DriftCheck:
     """
 
     name: str
-    kind: Literal["input", "prediction"]
+    kind: Literal["input", "prediction", "objects"]
     metric: str
     value: float | None
     threshold: float | None
@@ -276,6 +296,8 @@ class DriftReport:
             (also written to :meth:`to_dict` for readers of earlier reports).
         mean_confidence / baseline_confidence: Mean confidence (``task.decode_top``) in the window / baseline.
         model_version: ``name:version`` the confidence shift was measured on.
+        objects: For a task with objects: training vs window objects per image (mean), area (mean share), class
+            shares and the window's / baseline's mean object score; empty otherwise.
     """
 
     drifted: bool
@@ -289,6 +311,7 @@ class DriftReport:
     mean_confidence: float | None = None
     baseline_confidence: float | None = None
     model_version: str | None = None
+    objects: dict[str, Any] = field(default_factory=dict)
 
     @property
     def reference_labels(self) -> dict[str, float]:
@@ -334,6 +357,7 @@ class DriftReport:
             "mean_confidence": self.mean_confidence,
             "baseline_confidence": self.baseline_confidence,
             "model_version": self.model_version,
+            "objects": self.objects,
         }
 
 
@@ -518,6 +542,120 @@ def _confidence_floor_check(w: _Window, mean_conf: float | None, pt: Any, checks
         w.n_cur))
 
 
+def _served_objects(df: pd.DataFrame | None) -> list[Mapping[str, Any]]:
+    """The logged ``objects`` of each record that has them."""
+    if df is None or "objects" not in df.columns:
+        return []
+    return [o for o in df["objects"].tolist() if isinstance(o, Mapping)]
+
+
+def _object_checks(reference: ReferenceLike, w: _Window, policy: DriftPolicy, checks: _Checks,
+                   model_version: str | None) -> dict[str, Any]:
+    """Objects per image, object areas, class mix (against the training annotations) and the mean object score
+    (against the baseline): only when the reference holds training objects (a task with objects)."""
+    import numpy as np
+
+    ref = getattr(reference, "objects", None)
+    if not isinstance(ref, Mapping):
+        return {}
+    ot = policy.objects
+    cur = _served_objects(w.cur)
+    ref_counts = np.asarray(ref.get("per_image") or [], np.float64)
+    ref_areas = np.asarray(ref.get("areas") or [], np.float64)
+    ref_classes = {str(k): int(v) for k, v in (ref.get("classes") or {}).items()}
+    cur_counts = np.asarray([len(o.get("scores") or []) for o in cur], np.float64)
+    cur_areas = np.asarray([float(a) for o in cur for a in (o.get("areas") or [])], np.float64)
+    cur_classes: dict[str, int] = {}
+    for o in cur:
+        for c in o.get("classes") or []:
+            cur_classes[str(c)] = cur_classes.get(str(c), 0) + 1
+    cur_scores = [float(v) for o in cur for v in (o.get("scores") or [])]
+    summary: dict[str, Any] = {
+        "reference_per_image": float(ref_counts.mean()) if ref_counts.size else None,
+        "current_per_image": float(cur_counts.mean()) if cur_counts.size else None,
+        "reference_area": float(ref_areas.mean()) if ref_areas.size else None,
+        "current_area": float(cur_areas.mean()) if cur_areas.size else None,
+        "reference_classes": class_shares(ref_classes) if ref_classes else {},
+        "current_classes": class_shares(cur_classes) if cur_classes else {},
+        "mean_score": (sum(cur_scores) / len(cur_scores)) if cur_scores else None,
+        "baseline_score": None, "n_images": int(cur_counts.size), "n_objects": len(cur_scores),
+    }
+
+    def numeric(name: str, threshold: float | None, ref_vals: Any, cur_vals: Any, what: str, unit: str) -> None:
+        if threshold is None:
+            return
+        if ref_vals.size < 2:
+            checks.skip(name, "objects", "psi", threshold, f"the reference has {ref_vals.size} training {what}")
+        elif w.insufficient or cur_vals.size < w.min_n:
+            checks.skip(name, "objects", "psi", threshold, w.too_few if w.insufficient else
+                        f"{cur_vals.size} served {what} < min_samples {w.min_n} (does the server log objects?)",
+                        int(cur_vals.size))
+        else:
+            value = psi(ref_vals, cur_vals, policy.bins)
+            shift = f"mean {_fmt(float(cur_vals.mean()))} vs {_fmt(float(ref_vals.mean()))} {unit} in training"
+            checks.judge(name, "objects", "psi", value, threshold, int(cur_vals.size),
+                         f"{what} PSI {_fmt(value)} > {_fmt(threshold)}: object drift ({shift})",
+                         f"{what} PSI {_fmt(value)} <= {_fmt(threshold)}")
+
+    numeric("objects_per_image.psi", ot.count_psi, ref_counts, cur_counts, "objects per image", "per image")
+    numeric("object_area.psi", ot.area_psi, ref_areas, cur_areas, "object areas", "of the image")
+    if ot.class_psi is not None:
+        n = sum(cur_classes.values())
+        if not ref_classes:
+            checks.skip("object_class.psi", "objects", "psi", ot.class_psi, "the reference has no training objects")
+        elif w.insufficient or n < w.min_n:
+            checks.skip("object_class.psi", "objects", "psi", ot.class_psi,
+                        w.too_few if w.insufficient else f"{n} served objects < min_samples {w.min_n}", n)
+        else:
+            value = class_psi(ref_classes, cur_classes)
+            rs, cs = class_shares(ref_classes), class_shares(cur_classes)
+            top = max(cs, key=lambda c: (cs[c] - rs.get(c, 0.0), c))
+            checks.judge("object_class.psi", "objects", "psi", value, ot.class_psi, n,
+                         f"object class PSI {_fmt(value)} > {_fmt(ot.class_psi)}: object drift ({top!r} is "
+                         f"{cs[top]:.0%} of served objects vs {rs.get(top, 0.0):.0%} of the training boxes)",
+                         f"object class PSI {_fmt(value)} <= {_fmt(ot.class_psi)}")
+    _object_score_check(w, ot, checks, model_version, summary)
+    return summary
+
+
+def _object_score_check(w: _Window, ot: ObjectThresholds, checks: _Checks, model_version: str | None,
+                        summary: dict[str, Any]) -> None:
+    """Mean object score of the busiest model version in the window against its own baseline period."""
+    name, limit = "object_score.drop", ot.max_score_drop
+    if limit is None:
+        return
+    if model_version is None and w.cur is not None and not w.cur.empty:  # the confidence check is disabled
+        mv = w.cur.groupby(["model", "version"], dropna=True).size()
+        if not mv.empty:
+            top = mv.sort_values(ascending=False, kind="mergesort").index[0]
+            model_version = f"{top[0]}:{top[1]}"
+    if w.insufficient or model_version is None or w.cur is None:
+        checks.skip(name, "objects", "score_drop", limit, w.too_few if w.insufficient else "no model version logged",
+                    w.n_cur)
+        return
+    model, version = model_version.split(":", 1)
+
+    def scores(df: pd.DataFrame | None) -> list[float]:
+        if df is None or df.empty:
+            return []
+        mine = df[(df["model"] == model) & (df["version"] == version)]
+        return [float(v) for o in _served_objects(mine) for v in (o.get("scores") or [])]
+
+    now, then = scores(w.cur), scores(w.base)
+    if len(now) < w.min_n or len(then) < w.min_n:
+        checks.skip(name, "objects", "score_drop", limit,
+                    f"{len(now)} object score(s) by {model_version} in the window and {len(then)} in the baseline "
+                    f"period; need min_samples {w.min_n} in each", len(now))
+        return
+    m_now, m_base = sum(now) / len(now), sum(then) / len(then)
+    summary["baseline_score"] = m_base
+    drop = m_base - m_now
+    checks.judge(name, "objects", "score_drop", drop, limit, len(now),
+                 f"mean object score of {model_version} fell by {_fmt(drop)} > {_fmt(limit)} "
+                 f"({_fmt(m_now)} in the window vs {_fmt(m_base)} in the baseline)",
+                 f"mean object score of {model_version} changed by {_fmt(-drop)} (allowed drop {_fmt(limit)})")
+
+
 def check_drift(
     reference: ReferenceLike,
     current: pd.DataFrame,
@@ -559,6 +697,7 @@ def check_drift(
         mean_conf = float(conf.mean()) if conf.notna().any() else None
     model_version, base_conf = _confidence_drop_check(w, pt, checks)
     _confidence_floor_check(w, mean_conf, pt, checks)
+    objects = _object_checks(reference, w, policy, checks, model_version)
     return DriftReport(
         drifted=any(c.status == "failed" for c in checks.items),
         checks=checks.items,
@@ -571,6 +710,7 @@ def check_drift(
         mean_confidence=mean_conf,
         baseline_confidence=base_conf,
         model_version=model_version,
+        objects=objects,
     )
 
 
@@ -580,6 +720,7 @@ __all__ = [
     "DriftPolicy",
     "DriftReport",
     "InputThresholds",
+    "ObjectThresholds",
     "PredictionThresholds",
     "StatThresholds",
     "bin_edges",

@@ -10,7 +10,9 @@ The inference server keeps one :class:`InferenceLogger` and calls
 Each record (see :data:`LOG_COLUMNS`) holds the UTC time, the model, version and
 variant (``champion`` | ``canary`` | ``shadow``) that scored the image, the request
 id, the image's input statistics (:mod:`cvplatform.monitoring.stats`), the predicted
-class and its confidence (the task's ``decode_top``). No pixels are stored.
+class and its confidence (the task's ``decode_top``) and, for a task whose answers are objects
+(detection), ``objects``: the served boxes' ``scores``, ``classes`` and ``areas`` (share of the image;
+the task's ``object_signals``). No pixels are stored.
 
 Files are ``<dir>/requests-<UTC timestamp>.jsonl``; when the current file would grow
 past ``max_bytes`` it is closed and a new one is started (created exclusively, so
@@ -45,6 +47,8 @@ VARIANTS: tuple[str, ...] = ("champion", "canary", "shadow")
 LOG_COLUMNS: tuple[str, ...] = (
     "time", "model", "version", "variant", "request_id", *STAT_NAMES, "predicted", "confidence",
 )
+#: The optional column of a task's objects per image (``{"scores", "classes", "areas"}``; absent for classification).
+OBJECTS_COLUMN = "objects"
 FILE_PREFIX = "requests-"
 FILE_SUFFIX = ".jsonl"
 DEFAULT_MAX_BYTES = 10_000_000
@@ -139,6 +143,7 @@ class InferenceLogger:
         stats: Mapping[str, float] | None = None,
         flush: bool = True,
         at: datetime | None = None,
+        objects: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Append one served prediction; returns the record written.
 
@@ -155,6 +160,8 @@ class InferenceLogger:
             flush: Flush the file after this line (False: the caller calls :meth:`flush` after a
                 group of records, as :class:`InferenceLogQueue` does).
             at: When the image was served (default: now, from the logger's clock).
+            objects: The image's objects (``task.object_signals``: ``scores``, ``classes``, ``areas`` lists), or
+                None (a task answering one class per image).
 
         Raises:
             DataError: an unknown variant, a non-finite confidence or a malformed image.
@@ -186,6 +193,8 @@ class InferenceLogger:
             record[name] = v if v is not None and math.isfinite(v) else None  # non-finite: logged as missing
         record["predicted"] = str(predicted)
         record["confidence"] = conf
+        if objects is not None:
+            record[OBJECTS_COLUMN] = {k: list(objects.get(k) or []) for k in ("scores", "classes", "areas")}
         line = orjson.dumps(record).decode("utf-8") + "\n"
         data = line.encode("utf-8")
         with self._lock:
@@ -300,6 +309,7 @@ class InferenceLogQueue:
         predicted: list[str],
         confidence: list[float],
         on_done: Callable[[], None] | None = None,
+        objects: list[dict[str, Any]] | None = None,
     ) -> bool:
         """Queue the records of one request (one per image); False if it was dropped (queue full / closed).
 
@@ -316,7 +326,7 @@ class InferenceLogQueue:
             self._pending_bytes += size
         try:
             self._queue.put_nowait((images, model, version, variant, request_id, predicted, confidence,
-                                    self.logger.now(), size, on_done))
+                                    self.logger.now(), size, on_done, objects))
         except queue.Full:
             with self._bytes_lock:
                 self._pending_bytes -= size
@@ -337,12 +347,13 @@ class InferenceLogQueue:
         self.logger.close()
 
     def _write(self, item: tuple) -> None:
-        images, model, version, variant, request_id, predicted, confidence, at, _, _ = item
+        images, model, version, variant, request_id, predicted, confidence, at, _, _, objects = item
         for i, (cls, conf) in enumerate(zip(predicted, confidence, strict=True)):
             img = images[i] if images is not None and i < len(images) else None
+            obj = objects[i] if objects is not None and i < len(objects) else None
             try:
                 self.logger.log(img, model=model, version=version, variant=variant, request_id=request_id,
-                                predicted=cls, confidence=conf, flush=False, at=at)
+                                predicted=cls, confidence=conf, flush=False, at=at, objects=obj)
             except Exception as exc:  # one bad record must not stop the writer
                 self.failed += 1
                 log.warning("inference log: record of request %s not written: %s", request_id, exc)
@@ -367,9 +378,9 @@ class InferenceLogQueue:
                         self._write(item)
                     finally:
                         with self._bytes_lock:
-                            self._pending_bytes -= item[-2]
-                        if item[-1] is not None:
-                            done.append(item[-1])
+                            self._pending_bytes -= item[8]
+                        if item[9] is not None:
+                            done.append(item[9])
             try:
                 self.logger.flush()
             except Exception as exc:
@@ -433,7 +444,8 @@ def read_log(
     skipped with a warning naming the file and line.
 
     Returns:
-        A DataFrame with the :data:`LOG_COLUMNS` (in that order, also when empty),
+        A DataFrame with the :data:`LOG_COLUMNS` (in that order, also when empty), plus
+        :data:`OBJECTS_COLUMN` when any record has objects (None in the records without),
         ``time`` as UTC timestamps, sorted by time.
 
     Example:
@@ -467,7 +479,8 @@ def read_log(
                 rows.append(rec)
     if bad > 5:
         log.warning("%s: skipped %d malformed inference-log lines in all", directory, bad)
-    df = pd.DataFrame(rows, columns=list(LOG_COLUMNS)) if rows else pd.DataFrame(
+    columns = list(LOG_COLUMNS) + ([OBJECTS_COLUMN] if any(OBJECTS_COLUMN in r for r in rows) else [])
+    df = pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame(
         {c: pd.Series(dtype="object") for c in LOG_COLUMNS}
     )
     df["time"] = pd.to_datetime(df["time"], utc=True, format="ISO8601", errors="coerce")
@@ -484,5 +497,5 @@ def read_log(
     return df.sort_values("time", kind="mergesort").reset_index(drop=True)
 
 
-__all__ = ["DEFAULT_MAX_BYTES", "LOG_COLUMNS", "VARIANTS", "InferenceLogQueue", "InferenceLogger", "log_files",
+__all__ = ["DEFAULT_MAX_BYTES", "LOG_COLUMNS", "OBJECTS_COLUMN", "VARIANTS", "InferenceLogQueue", "InferenceLogger", "log_files",
            "read_log"]

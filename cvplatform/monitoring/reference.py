@@ -3,7 +3,9 @@
 :func:`build_reference` reads the manifest, computes the input statistics
 (:mod:`cvplatform.monitoring.stats`) of the ``train`` split images (at most
 ``max_images``, the first by sha256, so the sample is deterministic) and counts the
-train labels (all train rows). :func:`get_reference` caches the result as
+train labels (all train rows); for a task whose answers are objects (detection), also the training
+objects (``extra["objects"]``, the task's ``reference_objects``: boxes per image, box areas as a share of
+the image, boxes per class, from the annotation tables). :func:`get_reference` caches the result as
 ``artifacts/monitor/reference.json``, keyed by the manifest's data hash (its DVC md5,
 see :func:`cvplatform.tracking.data_version`), the split, ``max_images`` and the
 statistics' definition version: a new dataset (or a changed setting) rebuilds it,
@@ -77,11 +79,18 @@ class Reference:
             extra=dict(data.get("extra") or {}),
         )
 
-    def matches(self, data_hash: str, split: str, max_images: int | None) -> bool:
-        """Whether this reference was built from the same data and settings."""
+    @property
+    def objects(self) -> dict[str, Any] | None:
+        """The training objects (``task.reference_objects``), or None for a task without objects."""
+        obj = self.extra.get("objects")
+        return obj if isinstance(obj, dict) else None
+
+    def matches(self, data_hash: str, split: str, max_images: int | None, objects: bool = False) -> bool:
+        """Whether this reference was built from the same data and settings (``objects``: it must hold the
+        training objects, e.g. a reference cached before the project's task reported them does not)."""
         return (self.data_hash, self.split, self.max_images, self.stats_version) == (
             data_hash, split, max_images, STATS_VERSION,
-        )
+        ) and (not objects or self.objects is not None)
 
 
 def build_reference(
@@ -90,6 +99,7 @@ def build_reference(
     *,
     split: str = "train",
     max_images: int | None = None,
+    task: Any = None,
 ) -> Reference:
     """Compute the reference from the manifest's ``split`` rows.
 
@@ -98,6 +108,8 @@ def build_reference(
         root: Project root (default: cwd); manifest ``path`` values are relative to it.
         split: Manifest split to describe.
         max_images: Measure at most N images (the first N by sha256); None = all.
+        task: The project's task (:class:`~cvplatform.tasks.base.Task`): its ``reference_objects`` of all the
+            split's rows go to ``extra["objects"]`` (None: no objects).
 
     Raises:
         DataError: the manifest is missing/unreadable, the split is empty, or an image is missing.
@@ -132,6 +144,7 @@ def build_reference(
     log.info("drift reference: measuring %d %s image(s) of %s", len(files), split, mpath)
     per_image = stats_of_files(files)
     stats = {name: [float(r[name]) for r in per_image] for name in STAT_NAMES}
+    objects = task.reference_objects(rows, paths.root) if task is not None else None
     return Reference(
         data_hash=data_version(mpath, paths.root).md5,
         manifest=str(manifest),
@@ -142,6 +155,7 @@ def build_reference(
         stats=stats,
         label_counts=label_counts,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
+        extra={"objects": objects} if objects is not None else {},
     )
 
 
@@ -173,6 +187,7 @@ def get_reference(
     split: str = "train",
     max_images: int | None = None,
     rebuild: bool = False,
+    task: Any = None,
 ) -> tuple[Reference, bool]:
     """The reference for the manifest's current data, from the cache when it matches.
 
@@ -183,6 +198,7 @@ def get_reference(
         split: Manifest split.
         max_images: Cap on measured images.
         rebuild: Ignore the cache.
+        task: The project's task (its training objects, see :func:`build_reference`).
 
     Returns:
         ``(reference, from_cache)``.
@@ -206,12 +222,13 @@ def get_reference(
         except DataError as exc:
             log.warning("%s; rebuilding it", exc)
         else:
-            if cached.matches(data_hash, split, max_images):
+            wants_objects = bool(getattr(task, "has_objects", False))
+            if cached.matches(data_hash, split, max_images, objects=wants_objects):
                 log.info("drift reference: cached %s (data %s)", cache_path, data_hash[:12])
                 return cached, True
             log.info("drift reference: %s is for data %s, the manifest is now %s; rebuilding",
                      cache_path, cached.data_hash[:12], data_hash[:12])
-    ref = build_reference(mpath, paths.root, split=split, max_images=max_images)
+    ref = build_reference(mpath, paths.root, split=split, max_images=max_images, task=task)
     ref.manifest = str(manifest)
     write_json(cache_path, ref.to_dict())
     return ref, False

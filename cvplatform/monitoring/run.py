@@ -68,6 +68,8 @@ class MonitorResult(StageResult):
     mlflow_note: str = ""
     airflow_run_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    objects: dict[str, Any] = field(default_factory=dict)
+    """For a task with objects (detection): training vs served objects per image, area, class shares, scores."""
 
     @property
     def reference_labels(self) -> dict[str, float]:
@@ -159,6 +161,18 @@ def render_report(result: MonitorResult) -> str:
         + ".",
         "",
     ]
+    obj = result.objects
+    if obj:
+        lines += ["## Objects", "", "| measure | training | served |", "|---|---:|---:|",
+                  f"| objects per image | {_fmt(obj.get('reference_per_image'))} | {_fmt(obj.get('current_per_image'))} |",
+                  f"| object area (share of the image) | {_fmt(obj.get('reference_area'))} | "
+                  f"{_fmt(obj.get('current_area'))} |"]
+        rc, cc = obj.get("reference_classes") or {}, obj.get("current_classes") or {}
+        for c in sorted(set(rc) | set(cc)):
+            lines.append(f"| objects of class {c} | {rc.get(c, 0.0):.1%} | {cc.get(c, 0.0):.1%} |")
+        lines += ["", f"Mean object score: {_fmt(obj.get('mean_score'))} in the window"
+                  + (f", {_fmt(obj.get('baseline_score'))} in the baseline" if obj.get("baseline_score") is not None
+                     else "") + f" ({obj.get('n_objects', 0)} objects on {obj.get('n_images', 0)} images).", ""]
     return "\n".join(lines)
 
 
@@ -280,8 +294,10 @@ def run_monitor(
     start, end, hours = _window(since, until, float(cfg.window_hours or policy.window_hours))
     baseline_start = start - timedelta(hours=policy.prediction.baseline_hours)
 
+    from cvplatform.tasks import get_task
+
     reference, cached = get_reference(params.project.manifest, paths.root, split="train",
-                                      max_images=cfg.reference_max_images)
+                                      max_images=cfg.reference_max_images, task=get_task(params.project.task))
 
     log_dir = paths.resolve(cfg.log_dir)
     if not log_files(log_dir):
@@ -306,7 +322,7 @@ def run_monitor(
         reference_classes=report.reference_classes, predicted=report.predicted,
         mean_confidence=report.mean_confidence, baseline_confidence=report.baseline_confidence,
         model_version=report.model_version, policy=str(cfg.policy), log_dir=str(log_dir),
-        report=str(report_path), airflow_run_id=airflow_run_id(),
+        report=str(report_path), airflow_run_id=airflow_run_id(), objects=report.objects,
     )
     report_path.write_text(render_report(result), encoding="utf-8")
     result.write_summary(out_dir)

@@ -305,6 +305,11 @@ def _top(state: ServerState, handle: ModelHandle, outputs: dict[str, np.ndarray]
     return classes.tolist(), conf.tolist()
 
 
+def _objects(state: ServerState, handle: ModelHandle, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]] | None:
+    """Each image's objects (``task.object_signals``: detection's boxes), or None for a one-class-per-image task."""
+    return state.task.object_signals(outputs, handle.model.class_names, tuple(handle.model.contract.input_size))
+
+
 def _count_answer(state: ServerState, handle: ModelHandle, variant: str, top: list[str], conf: list[float],
                   ms: float) -> None:
     m = state.metrics
@@ -317,7 +322,8 @@ def _count_answer(state: ServerState, handle: ModelHandle, variant: str, top: li
 
 
 def _start_shadow(state: ServerState, other: ModelHandle, variant: str, inputs: RequestInputs,
-                  labels: list[str] | None, top: list[str], conf: list[float], request_id: str) -> None:
+                  labels: list[str] | None, top: list[str], conf: list[float], request_id: str,
+                  answered: tuple[ModelHandle, dict[str, np.ndarray]] | None = None) -> None:
     """Let ``other`` score the same input in the background (skipped when too many are pending)."""
     if len(state.shadow_tasks) >= state.config.traffic.max_pending_shadow:
         state.stats.record_shadow_skipped()
@@ -325,7 +331,8 @@ def _start_shadow(state: ServerState, other: ModelHandle, variant: str, inputs: 
         return
     images, hold = inputs.images, inputs.hold
     x_other = inputs.tensor if inputs.tensor is not None else inputs.prepared.get(_contract_key(other))
-    task = asyncio.create_task(_shadow(state, other, variant, images, x_other, labels, top, request_id, conf, hold))
+    task = asyncio.create_task(_shadow(state, other, variant, images, x_other, labels, top, request_id, conf, hold,
+                                       answered))
     state.shadow_tasks.add(task)
     task.add_done_callback(state.shadow_tasks.discard)
     if hold is not None and images is not None:  # the shadow keeps the decoded images alive
@@ -365,10 +372,12 @@ async def predict_core(
     outputs = _outputs(state, raw)
     top, conf = _top(state, handle, outputs)
     request_ms = (time.perf_counter() - t_start) * 1000.0 if t_start is not None else None
+    objects = _objects(state, handle, outputs)
     state.stats.record_answer(variant, handle.version, top, conf, labels, ms, request_ms, fallback=fallback,
-                              compute_ms=timing.ms_per_row, batch_rows=timing.rows, overlapped=timing.overlapped)
+                              compute_ms=timing.ms_per_row, batch_rows=timing.rows, overlapped=timing.overlapped,
+                              objects=objects)
     _count_answer(state, handle, variant, top, conf, ms)
-    _log_requests(state, inputs.images, handle, variant, request_id, top, conf, hold)
+    _log_requests(state, inputs.images, handle, variant, request_id, top, conf, hold, objects)
     # shadow: the other variant scores the same input in the background
     other = canary if variant == "champion" else champion
     mirror = other is not None and not fallback and pinned_version is None and should_shadow(key, traffic)
@@ -376,15 +385,17 @@ async def predict_core(
         mirror = False  # a preprocessed tensor fits only models with the same contract
     if mirror and other is not None:
         _start_shadow(state, other, "canary" if other is canary else "champion", inputs, labels, top, conf,
-                      request_id)
+                      request_id, (handle, outputs))
     sizes = [(int(im.shape[0]), int(im.shape[1])) for im in inputs.images] if inputs.images is not None else None
     return Outcome(request_id, handle, variant, outputs, fallback, top, conf, state.task, sizes)
 
 
 async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images: list[np.ndarray] | None,
                   x: np.ndarray | None, labels: list[str] | None, answered: list[str], request_id: str,
-                  answered_conf: list[float] | None = None, hold: BudgetHold | None = None) -> None:
-    """Score a mirrored request with ``handle`` (``x``: its input when already prepared) and record agreement."""
+                  answered_conf: list[float] | None = None, hold: BudgetHold | None = None,
+                  answered_by: tuple[ModelHandle, dict[str, np.ndarray]] | None = None) -> None:
+    """Score a mirrored request with ``handle`` (``x``: its input when already prepared) and record agreement:
+    the task's per-image ``shadow_agreement`` with the answering model's outputs (``answered_by``), else top-1."""
 
     async def prepare() -> np.ndarray:
         if x is not None:
@@ -401,17 +412,28 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
         state.metrics.model_errors.labels(handle.model.name, handle.version, variant, "shadow").inc()
         state.metrics.shadow.labels("error").inc()
         return
-    top, conf = _top(state, handle, _outputs(state, raw))
+    outputs = _outputs(state, raw)
+    top, conf = _top(state, handle, outputs)
+    agreement = None
+    if answered_by is not None:
+        a_handle, a_outputs = answered_by
+        agreement = state.task.shadow_agreement(a_outputs, a_handle.model.class_names, outputs,
+                                                handle.model.class_names).tolist()
+    objects = _objects(state, handle, outputs)
     state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id, answered_conf,
-                              compute_ms=timing.ms_per_row, batch_rows=timing.rows, overlapped=timing.overlapped)
-    _log_requests(state, images, handle, "shadow", request_id, top, conf, hold)
-    for a, b in zip(answered, top, strict=False):
-        state.metrics.shadow.labels("agree" if a == b else "disagree").inc()
+                              compute_ms=timing.ms_per_row, batch_rows=timing.rows, overlapped=timing.overlapped,
+                              agreement=agreement, objects=objects)
+    _log_requests(state, images, handle, "shadow", request_id, top, conf, hold, objects)
+    same = agreement if agreement is not None else [float(a == b) for a, b in zip(answered, top, strict=False)]
+    for score in same:
+        state.metrics.shadow.labels("agree" if score >= 1.0 - 1e-9 else "disagree").inc()
 
 
 def _log_requests(state: ServerState, images: list[np.ndarray] | None, handle: ModelHandle, variant: str,
-                  request_id: str, top: list[str], conf: list[float], hold: BudgetHold | None = None) -> None:
-    """Queue one inference-log record per image (input statistics + prediction) for ``cv_monitor``.
+                  request_id: str, top: list[str], conf: list[float], hold: BudgetHold | None = None,
+                  objects: list[dict[str, Any]] | None = None) -> None:
+    """Queue one inference-log record per image (input statistics + prediction + the task's objects, if any) for
+    ``cv_monitor``.
 
     Only a queue ``put`` happens here; the statistics and the file writes run in the log's own
     writer thread. Never fails or slows a request: a full queue drops the records (counted).
@@ -424,7 +446,7 @@ def _log_requests(state: ServerState, images: list[np.ndarray] | None, handle: M
         hold.share()
     if state.request_log.submit(images, model=handle.model.name, version=handle.version, variant=variant,
                                 request_id=request_id, predicted=top, confidence=conf,
-                                on_done=hold.release if keep else None):
+                                on_done=hold.release if keep else None, objects=objects):
         return
     if keep:
         hold.release()

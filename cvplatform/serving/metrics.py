@@ -25,7 +25,9 @@ cvplatform_canary_share                    gauge      -
 :class:`StatsBook` keeps what the canary controller compares (request and error
 counts, latency percentiles, onnxruntime compute time per image, confidence
 histograms and samples, accuracy on labelled requests, shadow agreement overall and
-by the champion's confidence) since the last reset, as plain JSON.
+by the champion's confidence, and, for a task whose answers are objects, the objects per image,
+object scores and class mix) since the last reset, as plain JSON. Agreement is the task's
+per-image score in [0, 1] (``task.shadow_agreement``), summed.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,6 +248,15 @@ class VariantStats:
     shadowing (right after), bigger batches, and calls sharing the cores with another are timed under
     different conditions on the same machine, so the canary compares a group only with the same group."""
     confidences: collections.deque = field(default_factory=collections.deque)
+    object_images: int = 0
+    """Images whose objects the task reported (``task.object_signals``: detection's boxes; 0 for classification)."""
+    object_counts: collections.Counter = field(default_factory=collections.Counter)
+    """Objects per image -> images (detections per image)."""
+    object_classes: collections.Counter = field(default_factory=collections.Counter)
+    """Class -> objects of it (the class mix of every box, not only the best one)."""
+    object_hist: list[int] = field(default_factory=list)
+    """Histogram of every object's score (the confidence bins)."""
+    object_scores: collections.deque = field(default_factory=collections.deque)
 
     def __post_init__(self) -> None:
         self.hist = [0] * self.bins
@@ -253,6 +264,26 @@ class VariantStats:
         self.request_latency_ms = collections.deque(maxlen=self.window)
         self.compute = {}
         self.confidences = collections.deque(maxlen=self.window)
+        self.object_counts = collections.Counter()
+        self.object_classes = collections.Counter()
+        self.object_hist = [0] * self.bins
+        self.object_scores = collections.deque(maxlen=self.window)
+
+    def _bin(self, c: float) -> int:
+        return min(self.bins - 1, max(0, int(c * self.bins))) if math.isfinite(c) else 0
+
+    def add_objects(self, objects: Sequence[Mapping[str, Any]] | None) -> None:
+        """The objects of each image (``task.object_signals``: ``scores`` and ``classes`` per image), or None."""
+        if objects is None:
+            return
+        for obj in objects:
+            scores = [float(v) for v in obj.get("scores") or []]
+            self.object_images += 1
+            self.object_counts[len(scores)] += 1
+            self.object_classes.update(str(c) for c in obj.get("classes") or [])
+            for c in scores:
+                self.object_hist[self._bin(c)] += 1
+                self.object_scores.append(round(c, 6))
 
     def add_predictions(self, top1: Iterable[str], confidences: Iterable[float], labels: Sequence[str] | None) -> None:
         top1 = list(top1)
@@ -260,8 +291,7 @@ class VariantStats:
         self.images += len(top1)
         self.classes.update(top1)
         for c in confs:
-            b = min(self.bins - 1, max(0, int(c * self.bins))) if math.isfinite(c) else 0
-            self.hist[b] += 1
+            self.hist[self._bin(c)] += 1
             self.confidences.append(round(c, 6))
         if labels is not None and len(labels) == len(top1):
             self.labelled += len(top1)
@@ -280,20 +310,24 @@ class VariantStats:
             dq = self.compute[key] = collections.deque(maxlen=self.window)
         dq.append(round(float(ms), 5))
 
-    _COUNTS = ("requests", "errors", "fallbacks", "shadow_scored", "shadow_errors", "images", "labelled", "correct")
+    _COUNTS = ("requests", "errors", "fallbacks", "shadow_scored", "shadow_errors", "images", "labelled", "correct",
+               "object_images")
 
     def export(self) -> dict[str, Any]:
         """Raw counters and samples (JSON-friendly), for :meth:`absorb` in another process."""
         out: dict[str, Any] = {k: getattr(self, k) for k in self._COUNTS}
         out.update(version=self.version, classes=dict(self.classes), hist=list(self.hist),
                    latency_ms=list(self.latency_ms), request_latency_ms=list(self.request_latency_ms),
-                   compute={k: list(v) for k, v in self.compute.items()}, confidences=list(self.confidences))
+                   compute={k: list(v) for k, v in self.compute.items()}, confidences=list(self.confidences),
+                   object_counts={str(k): v for k, v in self.object_counts.items()},
+                   object_classes=dict(self.object_classes), object_hist=list(self.object_hist),
+                   object_scores=list(self.object_scores))
         return out
 
     def absorb(self, data: dict[str, Any]) -> None:
         """Add another worker's :meth:`export` of the same variant and version to these statistics."""
         for k in self._COUNTS:
-            setattr(self, k, getattr(self, k) + int(data[k]))
+            setattr(self, k, getattr(self, k) + int(data.get(k, 0)))
         self.classes.update({str(k): int(v) for k, v in data["classes"].items()})
         self.hist = [a + int(b) for a, b in zip(self.hist, data["hist"], strict=False)]
         self.latency_ms.extend(data["latency_ms"])
@@ -304,6 +338,11 @@ class VariantStats:
                 dq = self.compute[key] = collections.deque(maxlen=self.window)
             dq.extend(values)
         self.confidences.extend(data["confidences"])
+        self.object_counts.update({int(k): int(v) for k, v in (data.get("object_counts") or {}).items()})
+        self.object_classes.update({str(k): int(v) for k, v in (data.get("object_classes") or {}).items()})
+        self.object_hist = [a + int(b) for a, b in zip(self.object_hist, data.get("object_hist") or [0] * self.bins,
+                                                       strict=False)]
+        self.object_scores.extend(data.get("object_scores") or [])
 
     def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
         attempts = self.requests + self.shadow_scored
@@ -331,9 +370,27 @@ class VariantStats:
                 "counts": list(self.hist),
             },
         }
+        if self.object_images:
+            n_obj = sum(self.object_classes.values())
+            out["objects"] = {
+                "images": self.object_images,
+                "per_image": {str(k): v for k, v in sorted(self.object_counts.items())},
+                "mean_per_image": sum(k * v for k, v in self.object_counts.items()) / self.object_images,
+                "classes": dict(sorted(self.object_classes.items())),
+                "total": n_obj,
+                "score_hist": {"edges": [round(i / self.bins, 6) for i in range(self.bins + 1)],
+                               "counts": list(self.object_hist)},
+            }
+            if with_samples:
+                out["objects"]["score_samples"] = list(self.object_scores)
         if with_samples:
             out["confidence_samples"] = list(self.confidences)
         return out
+
+
+def _whole(x: float) -> float | int:
+    """``x`` as an int when it is one (top-1 agreement counts stay integers in ``/admin/stats``), else rounded."""
+    return int(round(x)) if abs(x - round(x)) < 1e-9 else round(x, 6)
 
 
 class StatsBook:
@@ -359,9 +416,9 @@ class StatsBook:
             self.since = time.time()
             self.variants = {v: VariantStats(self.window, self.bins) for v in ("champion", "canary")}
             self.pairs = 0
-            self.agree = 0
+            self.agree = 0.0
             self.pairs_by_conf = [0] * self.bins
-            self.agree_by_conf = [0] * self.bins
+            self.agree_by_conf = [0.0] * self.bins
             self.shadow_failed = 0
             self.shadow_skipped = 0
             self.disagreements: collections.deque = collections.deque(maxlen=max(1, self.disagreements_kept))
@@ -388,11 +445,13 @@ class StatsBook:
         compute_ms: float | None = None,
         batch_rows: int = 1,
         overlapped: bool = False,
+        objects: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         """A request answered by ``variant`` (``fallback``: after the canary failed).
 
         ``compute_ms``: the model's compute time per image of the call this request ran in (queue wait
-        excluded); ``batch_rows``: that call's batch size; ``overlapped``: another model call ran meanwhile.
+        excluded); ``batch_rows``: that call's batch size; ``overlapped``: another model call ran meanwhile;
+        ``objects``: each image's objects (``task.object_signals``), or None.
         """
         with self._lock:
             vs = self._variant(variant, version)
@@ -405,6 +464,7 @@ class StatsBook:
             if request_ms is not None:
                 vs.request_latency_ms.append(round(float(request_ms), 4))
             vs.add_predictions(top1, confidences, labels)
+            vs.add_objects(objects)
 
     def record_error(self, variant: str, version: str, *, shadow: bool = False) -> None:
         """An inference of ``variant`` failed (routed request, or a mirrored one with ``shadow``)."""
@@ -432,12 +492,17 @@ class StatsBook:
         compute_ms: float | None = None,
         batch_rows: int = 1,
         overlapped: bool = False,
+        agreement: Sequence[float] | None = None,
+        objects: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         """``variant`` scored a mirrored request; compare with what the answering variant said.
 
-        Each pair is also counted in the bin of the *champion's* confidence (its own when the
-        champion shadows, ``answered_confidences`` when it answered), so the canary analysis can
-        judge agreement separately where the champion is sure and where it is not.
+        ``agreement``: each image's agreement in ``[0, 1]`` as the task measures it (``task.shadow_agreement``:
+        classification's same top-1 class, detection's matched-box F1); without it, 1 where ``top1`` equals
+        ``answered_top1``. ``agree`` sums it, so ``agree / pairs`` is the mean agreement per image. Each pair is
+        also counted in the bin of the *champion's* confidence (its own when the champion shadows,
+        ``answered_confidences`` when it answered), so the canary analysis can judge agreement separately where
+        the champion is sure and where it is not.
         """
         with self._lock:
             vs = self._variant(variant, version)
@@ -445,21 +510,23 @@ class StatsBook:
             vs.latency_ms.append(round(float(inference_ms), 4))
             vs.add_compute("shadowed", batch_rows, compute_ms, overlapped)
             vs.add_predictions(top1, confidences, labels)
+            vs.add_objects(objects)
             champion_conf = list(confidences) if variant == "champion" else list(answered_confidences or [])
+            scores = list(agreement) if agreement is not None else None
             for i, (a, b) in enumerate(zip(answered_top1, top1, strict=False)):
                 self.pairs += 1
-                same = a == b
-                if same:
-                    self.agree += 1
-                else:
-                    self.disagreements.append(
-                        {"request_id": request_id, "image": i, "answered": a, variant: b, "shadow_variant": variant}
-                    )
+                score = (float(scores[i]) if scores is not None and i < len(scores) else float(a == b))
+                score = min(1.0, max(0.0, score)) if math.isfinite(score) else 0.0
+                self.agree += score
+                if score < 1.0 - 1e-9:
+                    item = {"request_id": request_id, "image": i, "answered": a, variant: b, "shadow_variant": variant}
+                    if scores is not None:
+                        item["agreement"] = round(score, 6)
+                    self.disagreements.append(item)
                 if i < len(champion_conf):
-                    c = float(champion_conf[i])
-                    k = min(self.bins - 1, max(0, int(c * self.bins))) if math.isfinite(c) else 0
+                    k = vs._bin(float(champion_conf[i]))
                     self.pairs_by_conf[k] += 1
-                    self.agree_by_conf[k] += int(same)
+                    self.agree_by_conf[k] += score
 
     def record_shadow_skipped(self) -> None:
         with self._lock:
@@ -501,9 +568,9 @@ class StatsBook:
                     vs.absorb(v)
         for p in parts:
             book.pairs += int(p["pairs"])
-            book.agree += int(p["agree"])
+            book.agree += float(p["agree"])
             book.pairs_by_conf = [a + int(b) for a, b in zip(book.pairs_by_conf, p["pairs_by_conf"], strict=False)]
-            book.agree_by_conf = [a + int(b) for a, b in zip(book.agree_by_conf, p["agree_by_conf"], strict=False)]
+            book.agree_by_conf = [a + float(b) for a, b in zip(book.agree_by_conf, p["agree_by_conf"], strict=False)]
             book.shadow_failed += int(p["shadow_failed"])
             book.shadow_skipped += int(p["shadow_skipped"])
             book.disagreements.extend(p["disagreements"])
@@ -518,12 +585,12 @@ class StatsBook:
                 "variants": {k: v.to_dict(with_samples) for k, v in self.variants.items()},
                 "shadow": {
                     "pairs": self.pairs,
-                    "agree": self.agree,
+                    "agree": _whole(self.agree),
                     "agreement": (self.agree / self.pairs) if self.pairs else None,
                     "by_champion_confidence": {
                         "edges": [round(i / self.bins, 6) for i in range(self.bins + 1)],
                         "pairs": list(self.pairs_by_conf),
-                        "agree": list(self.agree_by_conf),
+                        "agree": [_whole(a) for a in self.agree_by_conf],
                     },
                     "failed": self.shadow_failed,
                     "skipped": self.shadow_skipped,

@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,7 +65,9 @@ WORKER_ENV = "CVPLATFORM_SERVE_WORKER"
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # a temporary name of its own per write: one worker may answer the same stats request twice at once (the
+    # request's handler and its follower loop, each in a thread), and a shared name let one rename the other's file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     tmp.write_bytes(json.dumps(data).encode())
     os.replace(tmp, path)
 

@@ -433,6 +433,47 @@ class Task(ABC):
         predicted class and confidence for classification, box count and mean score for detection,
         class-area shares for segmentation."""
 
+    #: Whether the task's answers are objects (:meth:`object_signals`, :meth:`reference_objects` return data).
+    has_objects: ClassVar[bool] = False
+    #: What :meth:`shadow_agreement` measures, in the canary's statistics and reasons.
+    agreement_measure: ClassVar[str] = "same top-1 class"
+
+    def shadow_agreement(self, answered: Mapping[str, np.ndarray], answered_classes: Sequence[str],
+                         shadowed: Mapping[str, np.ndarray], shadowed_classes: Sequence[str]) -> np.ndarray:
+        """Per image, how far two variants' raw outputs on the same images agree, in ``[0, 1]`` (the canary's
+        shadow agreement: the server sums it per confidence bin of the champion, ``/admin/stats`` reports the mean).
+
+        ``answered_classes`` / ``shadowed_classes``: each model's class names (they are compared by name, so two
+        models whose class lists are ordered differently still compare). The default compares the
+        :meth:`decode_top` classes: 1.0 where they are the same, else 0.0 (classification's top-1 agreement).
+        Detection returns each image's matched-box F1 (same class, IoU >= 0.5; 1.0 when neither has a box).
+        """
+        a, _ = self.decode_top(answered, answered_classes)
+        b, _ = self.decode_top(shadowed, shadowed_classes)
+        return (np.asarray(a, dtype=object) == np.asarray(b, dtype=object)).astype(np.float64)
+
+    def object_signals(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str],
+                       input_size: tuple[int, int]) -> list[dict[str, Any]] | None:
+        """Per image, the objects a model found, for serving statistics (canary count, score and class-mix shift)
+        and the inference log (drift): ``{"scores": [...], "classes": [...], "areas": [...]}`` with one entry per
+        object (``areas``: the object's share of the model input's area, ``input_size`` = ``(height, width)``).
+
+        None (the default) for a task that answers one class per image (classification): its class mix and
+        confidences are already :meth:`decode_top`'s. Detection returns its served boxes (after the score
+        threshold).
+        """
+        return None
+
+    def reference_objects(self, frame: Any, root: Path) -> dict[str, Any] | None:
+        """The training objects drift monitoring compares the served :meth:`object_signals` with, from the manifest
+        rows ``frame`` (the reference split; relative paths under ``root``): ``{"per_image": [objects of each image],
+        "areas": [each object's share of its image's area], "classes": {class: objects}}``.
+
+        None (the default) for a task without objects (classification: the label counts are the reference).
+        Detection reads the boxes of the annotation tables (crowd boxes left out).
+        """
+        return None
+
     @abstractmethod
     def decode_top(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]
                    ) -> tuple[np.ndarray, np.ndarray]:

@@ -130,6 +130,8 @@ async def admin_stats(samples: bool = True, state: ServerState = Admin) -> dict[
         book, report = await state.bus.gather_stats(state.stats)
         out = book.snapshot(with_samples=samples)
         out["workers"] = report
+    out["task"] = state.task.name
+    out["shadow"]["measure"] = state.task.agreement_measure
     out["traffic"] = state.manager.status()["traffic"]
     out["versions"] = {v: (h.version if h else None) for v, h in state.manager.slots.items()}
     return out

@@ -466,6 +466,61 @@ class DetectionTask(Task):
                                  "candidate_boxes": sum(len(c["scores"]) for c in cands),
                                  "max_score_diff": score_diff})
 
+    agreement_measure: ClassVar[str] = "matched-box F1 (same class, IoU >= 0.5)"
+    has_objects: ClassVar[bool] = True
+
+    def shadow_agreement(self, answered: Mapping[str, np.ndarray], answered_classes: Sequence[str],
+                         shadowed: Mapping[str, np.ndarray], shadowed_classes: Sequence[str]) -> np.ndarray:
+        """Per image, the F1 of the two models' served boxes matched at IoU >= :attr:`match_iou` with the same class
+        (``2 M / (A + S)``; 1.0 when neither found a box, 0.0 when only one did). Classes are compared by name.
+
+        Example:
+            >>> one = {"boxes": np.array([[[0, 0, 10, 10], [20, 20, 30, 30]]], np.float32),
+            ...        "scores": np.array([[0.9, 0.8]], np.float32), "labels": np.array([[0, 1]])}
+            >>> half = {**one, "scores": np.array([[0.9, 0.1]], np.float32)}
+            >>> DetectionTask().shadow_agreement(one, ["a", "b"], half, ["a", "b"]).round(3).tolist()
+            [0.667]
+        """
+        from cvplatform.tasks.detection.metrics import match
+
+        a, b = self.detections(answered, answered_classes), self.detections(shadowed, shadowed_classes)
+        if len(a) != len(b):
+            raise ModelError(f"cannot compare detections of {len(a)} and {len(b)} images.")
+        index = {c: i for i, c in enumerate(answered_classes)}
+        # the shadowed model's labels in the answering model's class indices (a class it lacks never matches)
+        remap = np.asarray([index.get(c, -1 - i) for i, c in enumerate(shadowed_classes)], np.int64)
+        out = np.ones(len(a), np.float64)
+        for i, (r, c) in enumerate(zip(a, b, strict=True)):
+            total = len(r["scores"]) + len(c["scores"])
+            if total:
+                c = {**c, "labels": remap[c["labels"]] if len(c["labels"]) else c["labels"]}
+                to_ref, _ = match(r, c, self.match_iou)
+                out[i] = 2.0 * float((to_ref >= 0).sum()) / total
+        return out
+
+    def object_signals(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str],
+                       input_size: tuple[int, int]) -> list[dict[str, Any]] | None:
+        """The served boxes of each image: their scores, class names and areas as a share of the model input
+        (``input_size``, ``(height, width)``; the boxes are in input pixels, and the share is what it is in the
+        request image too, since preprocessing resizes both axes).
+
+        Example:
+            >>> out = {"boxes": np.array([[[0, 0, 16, 8], [0, 0, 4, 4]]], np.float32),
+            ...        "scores": np.array([[0.9, 0.1]], np.float32), "labels": np.array([[1, 0]])}
+            >>> DetectionTask().object_signals(out, ["cat", "dog"], (32, 32))
+            [{'scores': [0.9], 'classes': ['dog'], 'areas': [0.125]}]
+        """
+        h, w = input_size
+        whole = float(max(1, int(h)) * max(1, int(w)))
+        out = []
+        for d in self.detections(outputs, class_names):
+            b = np.asarray(d["boxes"], np.float64).reshape(-1, 4)
+            area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None) / whole
+            out.append({"scores": [round(float(v), 6) for v in d["scores"]],
+                        "classes": [class_names[int(c)] for c in d["labels"]],
+                        "areas": [round(min(1.0, float(v)), 6) for v in area]})
+        return out
+
     # ------------------------------------------------------------------ evaluation
     @property
     def metrics(self) -> tuple[MetricSpec, ...]:
@@ -685,6 +740,35 @@ class DetectionTask(Task):
     def prediction_signal(self, prediction: Mapping[str, Any]) -> dict[str, float]:
         scores = [float(d["score"]) for d in prediction["detections"]]
         return {"boxes": float(len(scores)), "mean_score": float(np.mean(scores)) if scores else 0.0}
+
+    def reference_objects(self, frame: Any, root: Path) -> dict[str, Any] | None:
+        """The boxes of the manifest rows ``frame`` from their annotation tables (crowd boxes left out): boxes per
+        image, each box's share of its image's area (the manifest's ``width`` x ``height``) and boxes per class.
+
+        Raises:
+            DataError: no annotations column, or a table missing or malformed (naming it).
+        """
+        if ANNOTATIONS_COLUMN not in frame.columns:
+            raise DataError(f"the manifest has no {ANNOTATIONS_COLUMN!r} column, so the drift reference has no training "
+                            "boxes. Re-run `cvplatform ingest` with project.task: detection.")
+        per_image: list[int] = []
+        areas: list[float] = []
+        classes: dict[str, int] = {}
+        cols = [c for c in ("path", "sha256", ANNOTATIONS_COLUMN, "width", "height") if c in frame.columns]
+        for row in frame[cols].to_dict("records"):
+            path = _table_path({**row, "abs_path": str(Path(root) / str(row["path"]))})
+            found = _load_table(str(path), *_stat(path)).get(str(row["sha256"]), _NO_BOXES)
+            keep = ~np.asarray(found.iscrowd, bool)
+            b = np.asarray(found.boxes, np.float64).reshape(-1, 4)[keep]
+            per_image.append(int(keep.sum()))
+            for c, k in zip(found.classes, keep, strict=True):
+                if k:
+                    classes[c] = classes.get(c, 0) + 1
+            w, h = float(row.get("width") or 0), float(row.get("height") or 0)
+            if w > 0 and h > 0 and len(b):
+                share = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / (w * h)
+                areas.extend(round(min(1.0, max(0.0, float(v))), 6) for v in share)
+        return {"per_image": per_image, "areas": areas, "classes": dict(sorted(classes.items()))}
 
     def decode_top(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]
                    ) -> tuple[np.ndarray, np.ndarray]:

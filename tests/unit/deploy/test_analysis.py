@@ -243,3 +243,56 @@ def test_the_demo_policy_differs_from_production_only_in_bake_times_and_request_
     assert "min_requests" in header and "bake_s" in header and "no others" in header
     assert " / ".join(str(s.min_requests) for s in prod.steps) in header
     assert " / ".join(f"{s.bake_s:g}" for s in prod.steps) in header
+
+
+def _detector_stats(canary_per_image: dict, canary_classes: dict, canary_scores: list[int], agree: float) -> dict:
+    def variant(per_image, classes, scores, **kw):
+        n = sum(per_image.values())
+        return {"requests": 200, "attempts": 200, "failures": 0, **kw,
+                "objects": {"images": n, "per_image": per_image,
+                            "mean_per_image": sum(int(k) * v for k, v in per_image.items()) / n,
+                            "classes": classes, "score_hist": {"counts": scores}}}
+
+    champion = variant({"2": 150, "3": 50}, {"cat": 250, "dog": 200}, [0, 0, 0, 100, 100, 100, 50, 50, 30, 20])
+    return {"task": "detection", "variants": {"champion": champion,
+                                              "canary": variant(canary_per_image, canary_classes, canary_scores)},
+            "shadow": {"pairs": 200, "agree": agree, "measure": "matched-box F1 (same class, IoU >= 0.5)",
+                       "by_champion_confidence": {"edges": [0, 0.5, 1.0], "pairs": [100, 100],
+                                                  "agree": [agree / 2, agree / 2]}}}
+
+
+def test_a_detector_that_misses_objects_fails_on_detection_signals():
+    policy = load_canary_policy(REPO / "configs" / "deploy" / "canary.yaml",
+                                ["thresholds.min_shadow_pairs=10", "thresholds.count_shift.min_samples=10",
+                                 "thresholds.object_score_shift.min_samples=10",
+                                 "thresholds.class_mix_shift.min_samples=10"])
+    good = _detector_stats({"2": 140, "3": 60}, {"cat": 260, "dog": 200}, [0, 0, 0, 95, 105, 100, 50, 50, 30, 20],
+                           agree=0.93 * 200)
+    res = analyze_step(good, policy.thresholds)
+    assert res.passed, res.reasons
+    ag = res.check("agreement")
+    assert ag.threshold == 0.8 and ag.value == pytest.approx(0.93)  # the detection floor of by_task
+    assert "matched-box F1" in ag.detail
+    assert {c.name for c in res.checks} >= {"count_shift", "object_score_shift", "class_mix_shift"}
+    # it answers about one box where the champion answers two or three, mostly of one class, with lower scores
+    missing = _detector_stats({"0": 80, "1": 100, "2": 20}, {"cat": 130, "dog": 10},
+                              [0, 0, 0, 120, 20, 0, 0, 0, 0, 0], agree=0.4 * 200)
+    res = analyze_step(missing, policy.thresholds)
+    assert set(res.failed) >= {"agreement", "agreement_uncertain", "count_shift", "object_score_shift",
+                               "class_mix_shift"}, res.reasons
+    assert "objects per image canary 0.70" in res.check("count_shift").detail
+    # the same numbers from a classification server are judged by the top-1 floor and list no object checks
+    top1 = {**good, "task": "classification", "shadow": {**good["shadow"], "measure": "same top-1 class"}}
+    for v in top1["variants"].values():
+        del v["objects"]
+    res = analyze_step(top1, policy.thresholds)
+    assert res.check("agreement").threshold == 0.95 and res.check("count_shift") is None
+
+
+def test_by_task_overrides_are_validated_when_the_policy_loads():
+    th = AnalysisThresholds(by_task={"detection": {"count_shift": {"max": 0.1}}})
+    assert th.for_task("detection").count_shift.max == 0.1 and th.for_task(None).count_shift.max == 0.25
+    for bad in (["thresholds.by_task.detection.min_agreement=2"], ["thresholds.by_task.detection.nope=1"],
+                ["thresholds.by_task.detection.by_task={}"]):
+        with pytest.raises(ConfigError, match="by_task"):
+            load_canary_policy(REPO / "configs" / "deploy" / "canary.yaml", bad)

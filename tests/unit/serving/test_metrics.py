@@ -100,3 +100,39 @@ def test_each_app_has_its_own_prometheus_registry():
     assert b"version=\"1\"} 3.0" not in text_b
     assert b'cvplatform_model_info{model="m",variant="champion",version="2"} 1.0' in text_a
     assert b'cvplatform_model_info{model="m",variant="champion",version="1"}' not in text_a
+
+
+def test_graded_agreement_and_objects_are_kept_and_merge_across_workers():
+    """A task's per-image agreement (detection: matched-box F1) is summed, and the objects per image, their
+    scores and class mix are kept per variant; two workers' exports merge into the sums (``serve.workers`` > 1)."""
+    objs = [{"scores": [0.9, 0.5], "classes": ["cat", "dog"]}, {"scores": [], "classes": []}]
+
+    def worker(rid: str) -> dict:
+        book = StatsBook(window=100, bins=10)
+        book.record_answer("champion", "1", ["cat", ""], [0.9, 0.0], None, 1.0, 2.0, objects=objs)
+        book.record_shadow("canary", "2", ["cat", ""], [0.9, 0.0], None, 1.0, ["cat", ""], rid, [0.9, 0.0],
+                           agreement=[0.5, 1.0], objects=[{"scores": [0.9], "classes": ["cat"]},
+                                                          {"scores": [], "classes": []}])
+        return book.export()
+
+    one = StatsBook.merged([worker("r1")], 100, 10, 50).snapshot()
+    assert one["shadow"]["pairs"] == 2 and one["shadow"]["agree"] == 1.5 and one["shadow"]["agreement"] == 0.75
+    assert one["shadow"]["by_champion_confidence"]["agree"][9] == 0.5  # graded, in the champion's 0.9 bin
+    assert one["shadow"]["recent_disagreements"] == [
+        {"request_id": "r1", "image": 0, "answered": "cat", "canary": "cat", "shadow_variant": "canary",
+         "agreement": 0.5}]
+    ch = one["variants"]["champion"]["objects"]
+    assert ch["images"] == 2 and ch["per_image"] == {"0": 1, "2": 1} and ch["mean_per_image"] == 1.0
+    assert ch["classes"] == {"cat": 1, "dog": 1} and ch["total"] == 2
+    assert ch["score_hist"]["counts"][9] == 1 and ch["score_hist"]["counts"][5] == 1
+    assert sorted(ch["score_samples"]) == [0.5, 0.9]
+
+    both = StatsBook.merged([worker("r1"), worker("r2")], 100, 10, 50).snapshot()
+    assert both["shadow"]["pairs"] == 4 and both["shadow"]["agree"] == 3 and both["shadow"]["agreement"] == 0.75
+    ch2, ca2 = both["variants"]["champion"]["objects"], both["variants"]["canary"]["objects"]
+    assert ch2["per_image"] == {"0": 2, "2": 2} and ch2["classes"] == {"cat": 2, "dog": 2}
+    assert ca2["per_image"] == {"0": 2, "1": 2} and ca2["classes"] == {"cat": 2} and len(ca2["score_samples"]) == 2
+    # a task without objects (classification) reports none
+    book = StatsBook(window=10, bins=10)
+    book.record_answer("champion", "1", ["a"], [0.9], None, 1.0, 2.0)
+    assert "objects" not in book.snapshot()["variants"]["champion"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 
 import numpy as np
+import pytest
 
 from cvplatform.tasks import get_task
 from tests.fixtures.serving_models import colour_image, encode_png
@@ -135,3 +136,43 @@ def test_a_letterbox_model_is_served_letterboxed_and_its_boxes_come_back_unpadde
         assert [d["class"] for d in p["detections"]] == [d["class"] for d in e["detections"]]
         np.testing.assert_allclose(got, want, atol=1e-3)
         assert (got[:, [0, 2]] <= w).all() and (got[:, [1, 3]] <= h).all()
+
+
+def test_the_server_records_each_images_boxes_in_its_stats_and_inference_log(tmp_path, make_params, detection_onnx):
+    """What the canary's object checks and drift read: ``/admin/stats`` reports the task, and each variant's boxes
+    per image, classes and scores (``task.object_signals``); the inference log holds each image's boxes."""
+    from fastapi.testclient import TestClient
+
+    from cvplatform.monitoring.inference_log import read_log
+    from cvplatform.preprocess import PreprocessContract, preprocess
+    from cvplatform.runtime import open_model
+    from cvplatform.serving.app import build_app
+
+    task, names = get_task("detection"), detection_onnx.class_names
+    serving_yaml = tmp_path / "serving.yaml"
+    serving_yaml.write_text("models:\n  poll_interval_s: 0\n")
+    params = make_params("project.task=detection", "train.monitor=val_map", "train.mode=max",
+                         "monitor.log_requests=true", "monitor.log_dir=requests")
+    app = build_app(params, root=tmp_path, model=detection_onnx.path, config_path=serving_yaml, admin_token=TOKEN)
+    images = [colour_image(i, seed=i) for i in range(3)]
+    runtime = open_model(detection_onnx.path)
+    contract = PreprocessContract.from_metadata(dict(runtime.session.get_modelmeta().custom_metadata_map))
+    expected = task.object_signals(runtime.forward(preprocess(images, contract)), names, (32, 32))
+    counts = [len(e["scores"]) for e in expected]
+    assert sum(counts) > 0
+    with TestClient(app) as c:
+        r = c.post("/v1/predict", files=[("files", (f"{i}.png", encode_png(im), "image/png"))
+                                         for i, im in enumerate(images)])
+        assert r.status_code == 200, r.text
+        assert [len(p["detections"]) for p in r.json()["predictions"]] == counts
+        stats = c.get("/admin/stats", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert stats["task"] == "detection" and stats["shadow"]["measure"].startswith("matched-box F1")
+    objects = stats["variants"]["champion"]["objects"]
+    assert objects["images"] == 3 and objects["total"] == sum(counts)
+    assert objects["per_image"] == {str(k): counts.count(k) for k in set(counts)}
+    assert objects["classes"] == {c: sum(e["classes"].count(c) for e in expected)
+                                  for c in {c for e in expected for c in e["classes"]}}
+    assert sorted(objects["score_samples"]) == pytest.approx(sorted(s for e in expected for s in e["scores"]), abs=1e-5)
+    logged = read_log(tmp_path / "requests")
+    assert len(logged) == 3 and [len(o["scores"]) for o in logged["objects"]] == counts
+    assert all(0.0 < a <= 1.0 for o in logged["objects"] for a in o["areas"])
