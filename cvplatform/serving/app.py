@@ -88,7 +88,8 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
         >>> app = create_app(ServingConfig(), FileSource("model.onnx"))  # doctest: +SKIP
         >>> import uvicorn; uvicorn.run(app, port=8080)  # doctest: +SKIP
     """
-    metrics = ServingMetrics()
+    task = task if task is not None else get_task()
+    metrics = ServingMetrics(task.served_metrics)
     stats = StatsBook(config.stats.window, config.stats.confidence_bins, config.stats.disagreements_kept)
     manager = ModelManager(source, config, metrics, stats, task=task)
     token = (admin_token or None) if admin_token is not None else config.admin_token()
@@ -129,7 +130,7 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    document_requests(app, config)
+    document_requests(app, config, task)
     return app
 
 
