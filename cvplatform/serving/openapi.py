@@ -10,8 +10,6 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from cvplatform.tasks import Task
-
 from cvplatform.serving.schemas import (
     AbortRequest,
     CanaryRequest,
@@ -23,6 +21,7 @@ from cvplatform.serving.schemas import (
     ServingConfig,
     TrafficRequest,
 )
+from cvplatform.tasks import Task
 
 _BINARY = {"type": "string", "format": "binary"}
 _ADMIN_BODIES: dict[str, type] = {
