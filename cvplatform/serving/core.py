@@ -142,6 +142,11 @@ class Outcome:
     _predictions: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     @property
+    def decoded(self) -> list[dict[str, Any]] | None:
+        """:attr:`predictions` when they were decoded already (the task's metrics need them), else None."""
+        return self._predictions
+
+    @property
     def predictions(self) -> list[dict[str, Any]]:
         """Each image's prediction as the task decodes it with the request's :attr:`options` (in model-input
         pixels; decoded once, on first use)."""

@@ -503,6 +503,13 @@ class Task(ABC):
         ``{"name", "datatype", "shape", "data"}`` per name in ``wanted`` (names of
         :meth:`tensor_output_specs`), ``data`` flattened row-major (a numpy array or a list)."""
 
+    def tensor_outputs_of(self, predictions: Sequence[Mapping[str, Any]] | None, outputs: Mapping[str, np.ndarray],
+                          class_names: Sequence[str], wanted: Sequence[str], **options: Any) -> list[dict[str, Any]]:
+        """:meth:`tensor_outputs` for a request whose :meth:`decode` ``predictions`` (same ``options``) the server
+        may already hold (None when it does not). The default ignores them; a task whose OIP outputs derive from
+        its decoded predictions overrides this so a request is decoded once."""
+        return self.tensor_outputs(outputs, class_names, wanted, **options)
+
     # ------------------------------------------------------------------ review
     @abstractmethod
     def summary_lines(self, scenarios: Mapping[str, Any], class_names: Sequence[str]) -> list[str]:

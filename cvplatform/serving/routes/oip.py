@@ -147,7 +147,7 @@ def _wanted_outputs(req: OipInferRequest, task: Task, class_names: Sequence[str]
 
 def _infer_response(out: Outcome, req: OipInferRequest, wanted: list[str]) -> dict[str, Any]:
     task = out.task or get_task()
-    outputs = task.tensor_outputs(out.outputs, out.handle.model.class_names, wanted, **out.options)
+    outputs = task.tensor_outputs_of(out.decoded, out.outputs, out.handle.model.class_names, wanted, **out.options)
     return {"model_name": out.model, "model_version": out.version, "id": req.id or out.request_id,
             "parameters": {"variant": out.variant, "fallback": out.fallback}, "outputs": outputs}
 

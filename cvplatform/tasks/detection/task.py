@@ -428,8 +428,8 @@ class DetectionTask(Task):
         (``score_threshold`` / ``max_detections``: a request's :meth:`request_parameters`; None = the defaults)."""
         out = []
         for d in self.detections(outputs, class_names, score_threshold, max_detections):
-            dets = [{"box": [float(v) for v in b], "class": class_names[int(c)], "score": float(s)}
-                    for b, s, c in zip(d["boxes"], d["scores"], d["labels"], strict=True)]
+            dets = [{"box": b, "class": class_names[c], "score": s}
+                    for b, s, c in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist(), strict=True)]
             out.append({"detections": dets, **d})
         return out
 
@@ -449,8 +449,9 @@ class DetectionTask(Task):
         limit = np.array([w, h, w, h], np.float64)
         boxes = np.clip(np.asarray(prediction.get("boxes", np.zeros((0, 4))), np.float64).reshape(-1, 4) * scale,
                         0.0, limit)
-        dets = [{**d, "box": [float(v) for v in np.clip(np.asarray(d["box"], np.float64) * scale, 0.0, limit)]}
-                for d in prediction.get("detections", [])]
+        found = prediction.get("detections", [])
+        moved = np.clip(np.asarray([d["box"] for d in found], np.float64).reshape(-1, 4) * scale, 0.0, limit)
+        dets = [{**d, "box": b} for d, b in zip(found, moved.tolist(), strict=True)]
         return {**prediction, "detections": dets, "boxes": boxes}
 
     def agreement(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> Agreement:
@@ -735,7 +736,19 @@ class DetectionTask(Task):
                        max_detections: int | None = None) -> list[dict[str, Any]]:
         """The detections padded to the batch's most boxes (``num_detections`` per image; padding: zero boxes
         and scores, empty labels); ``score_threshold`` / ``max_detections`` as in :meth:`decode`."""
-        dets = self.detections(outputs, class_names, score_threshold, max_detections)
+        return self._padded(self.detections(outputs, class_names, score_threshold, max_detections), class_names,
+                            wanted)
+
+    def tensor_outputs_of(self, predictions: Sequence[Mapping[str, Any]] | None, outputs: Mapping[str, np.ndarray],
+                          class_names: Sequence[str], wanted: Sequence[str], **options: Any) -> list[dict[str, Any]]:
+        """:meth:`tensor_outputs` from the request's decoded ``predictions`` when given (the server decoded them
+        for the detection metrics): the boxes are post-processed once per request."""
+        if predictions is None:
+            return self.tensor_outputs(outputs, class_names, wanted, **options)
+        return self._padded(predictions, class_names, wanted)
+
+    def _padded(self, dets: Sequence[Mapping[str, Any]], class_names: Sequence[str], wanted: Sequence[str]
+                ) -> list[dict[str, Any]]:
         n, k = len(dets), max((len(d["scores"]) for d in dets), default=0)
         boxes, scores = np.zeros((n, k, 4), np.float32), np.zeros((n, k), np.float32)
         labels = np.full((n, k), "", dtype=object)
