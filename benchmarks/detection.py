@@ -227,10 +227,29 @@ def _boxes_per_image(url: str) -> tuple[float, float]:
     return images, boxes
 
 
+def _raw_cpu_ms_per_image(model: Path, size: int, batch: int, threads: int, seconds: float = 1.0) -> float:
+    """CPU milliseconds per image of the raw session at ``batch`` (process CPU time, so other jobs on the machine
+    do not count, unlike the wall-clock images/s)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from cvplatform.runtime import session_options
+
+    sess = ort.InferenceSession(str(model), sess_options=session_options(intra_op_threads=threads),
+                                providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+    sess.run(None, {"input": x})
+    calls, t0, c0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - t0 < seconds:
+        sess.run(None, {"input": x})
+        calls += 1
+    return (time.process_time() - c0) * 1000 / (calls * batch)
+
+
 def bench_serving(size: int, duration: float, threads: int) -> dict:
     import tempfile
 
-    from benchmarks.serving import _measure_level, make_project
+    from benchmarks.serving import _measure_level, make_project, process_cpu_s
     from cvplatform.serving.local import LocalServer
 
     arch = "small_cnn"
@@ -242,12 +261,18 @@ def bench_serving(size: int, duration: float, threads: int) -> dict:
         with LocalServer(root, model=model, config=root / "serving.yaml", overrides=["project.task=detection"],
                          env=env) as srv:
             for inputs, c, k in SERVING_LEVELS:
-                before = _boxes_per_image(srv.url)
+                before, cpu0 = _boxes_per_image(srv.url), process_cpu_s(srv.proc.pid)
                 level = _measure_level(srv.url, model, root / "image.png", size, inputs, c, k, duration, threads,
                                        bool(cfg["models"].get("allow_spinning", False)), f"detector {arch}")
-                after = _boxes_per_image(srv.url)
+                # the server's CPU over the served run and the raw run (the server idles during the latter)
+                after, cpu = _boxes_per_image(srv.url), process_cpu_s(srv.proc.pid) - cpu0
                 images = after[0] - before[0]
-                level["served"]["boxes_per_image"] = round((after[1] - before[1]) / images, 2) if images else None
+                served, raw = level["served"], level["raw_session"]
+                served["boxes_per_image"] = round((after[1] - before[1]) / images, 2) if images else None
+                served["server_cpu_ms_per_image"] = round(cpu * 1000 / images, 3) if images else None
+                raw["cpu_ms_per_image"] = round(_raw_cpu_ms_per_image(model, size, raw["batch"], threads), 3)
+                print(f"    server CPU {served['server_cpu_ms_per_image']} ms per image, raw session CPU "
+                      f"{raw['cpu_ms_per_image']} ms per image; {served['boxes_per_image']} boxes per image", flush=True)
                 levels.append(level)
     ratios = [lv["served_over_raw"] for lv in levels if lv["served_over_raw"] is not None]
     return {"arch": arch, "input": [size, size], "threads": threads, "duration_s": duration, "levels": levels,
