@@ -21,7 +21,9 @@ What the stages ask of it (docs/adr/0010-task-seam.md; the pieces are in this pa
   with percentile-bootstrap intervals over images; the champion comparison is a paired bootstrap of mAP50;
 * **serving**: ``{"detections": [{"class", "score", "box"}]}`` per image; ``decode_top`` = the best box's class
   and score (``""`` and ``0.0`` without a box); OIP v2 ``boxes``, ``scores``, ``labels`` (class names) padded to
-  the batch's most detections, and ``num_detections``.
+  the batch's most detections, and ``num_detections``; a request may set ``score_threshold`` and ``max_detections``
+  (:meth:`DetectionTask.request_parameters`), and ``/metrics`` gets boxes per image, box scores and boxes per class
+  (:attr:`DetectionTask.served_metrics`).
 
 Boxes are in the pixels of the network input (``input_size``), as the graph outputs them.
 """
