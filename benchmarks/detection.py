@@ -282,8 +282,15 @@ def bench_serving(size: int, duration: float, threads: int) -> dict:
         control_root.mkdir()
         croot, cmodel, _ = make_project(arch, size, control_root, threads, [])
         with LocalServer(croot, model=cmodel, config=croot / "serving.yaml", env=env) as srv:
+            cpu0 = process_cpu_s(srv.proc.pid)
             control = _measure_level(srv.url, cmodel, croot / "image.png", size, inputs, c, k, duration, threads,
                                      bool(cfg["models"].get("allow_spinning", False)), f"classifier {arch}")
+            images = (control["served"]["requests"] + 3) * k  # the load generator's 3 warm-up requests too
+            control["served"]["server_cpu_ms_per_image"] = round((process_cpu_s(srv.proc.pid) - cpu0) * 1000 / images, 3)
+            control["raw_session"]["cpu_ms_per_image"] = round(
+                _raw_cpu_ms_per_image(cmodel, size, control["raw_session"]["batch"], threads), 3)
+            print(f"    server CPU {control['served']['server_cpu_ms_per_image']} ms per image, raw session CPU "
+                  f"{control['raw_session']['cpu_ms_per_image']} ms per image", flush=True)
     ratios = [lv["served_over_raw"] for lv in levels if lv["served_over_raw"] is not None]
     return {"arch": arch, "input": [size, size], "threads": threads, "duration_s": duration, "levels": levels,
             "best_served_over_raw": max(ratios) if ratios else None, "target": 0.8,
