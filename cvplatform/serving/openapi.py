@@ -40,7 +40,8 @@ def _schema_ref(components: dict[str, Any], model: type) -> dict[str, str]:
 
 def _parameters(app: FastAPI, task: Task | None, models: dict[str, Any]) -> list[dict[str, Any]]:
     """The task's request parameters (bounded by the champion's outputs when one is loaded) as query parameters
-    of ``/v1/predict``; the same schemas go into ``PredictRequest.parameters`` and ``OipInferRequest.parameters``."""
+    of ``/v1/predict``; the same schemas go into ``PredictRequest.parameters``, ``OipInferRequest.parameters``
+    and (by the caller) the multipart body's fields."""
     from cvplatform.serving.options import parameter_schemas
 
     if task is None:
@@ -88,6 +89,8 @@ def document_requests(app: FastAPI, config: ServingConfig, task: Task | None = N
         }}
         infer_body = {"required": True, "content": {"application/json": {"schema": _schema_ref(models, OipInferRequest)}}}
         decoding = _parameters(app, task, models)
+        image_body["content"]["multipart/form-data"]["schema"]["properties"].update(
+            {p["name"]: p["schema"] for p in decoding})  # the same parameters as text fields
         for path, ops in schema.get("paths", {}).items():
             for method, op in ops.items():
                 op.setdefault("responses", {})["4XX"] = error

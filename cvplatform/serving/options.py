@@ -4,9 +4,10 @@ The project's task declares them (:meth:`cvplatform.tasks.Task.request_parameter
 ``score_threshold`` and ``max_detections``, bounded by the model's outputs); serving only checks them and
 hands them to the task's ``decode`` / ``tensor_outputs``. Where they come from:
 
-* ``/v1/predict``: the query string (every body kind: ``?score_threshold=0.5&max_detections=10``) or, for a
-  JSON body, its ``parameters`` object (``{"instances": [...], "parameters": {"score_threshold": 0.5}}``);
-  the same name in both is refused;
+* ``/v1/predict``: the query string (every body kind: ``?score_threshold=0.5&max_detections=10``), a
+  multipart body's text fields (``-F score_threshold=0.5``) or a JSON body's ``parameters`` object
+  (``{"instances": [...], "parameters": {"score_threshold": 0.5}}``); the same name in the query and the
+  body is refused;
 * OIP v2 inference: the request's ``parameters`` (beside ``binary_data_output``).
 
 A value of the wrong type or outside its bounds is a 422 ``invalid_parameter`` naming the parameter, the
@@ -102,12 +103,17 @@ def request_options(task: Task, output_shapes: Mapping[str, Any] | None,
     return out
 
 
+def parameter_names(task: Task) -> frozenset[str]:
+    """Every request parameter name a request to ``task``'s model is checked for: its own and the other tasks'."""
+    return frozenset(p.name for p in task.request_parameters(None)) | _declared_by_other_tasks(task.name)
+
+
 def merge_options(first: Mapping[str, Any], second: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Options from two places of one request (query string and JSON body); a name in both is a 422."""
     both = sorted(set(first) & set(second))
     if both:
         raise ServingError(422, "invalid_parameter",
-                           f"{', '.join(both)} given both in the query string and in {where}; send each once.")
+                           f"{', '.join(both)} given both in the query string and {where}; send each once.")
     return {**first, **second}
 
 
@@ -116,4 +122,4 @@ def parameter_schemas(task: Task, output_shapes: Mapping[str, Any] | None = None
     return {p.name: p.json_schema() for p in task.request_parameters(output_shapes)}
 
 
-__all__ = ["merge_options", "parameter_schemas", "request_options"]
+__all__ = ["merge_options", "parameter_names", "parameter_schemas", "request_options"]

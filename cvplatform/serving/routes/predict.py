@@ -1,5 +1,6 @@
 """``POST /v1/predict``: images as multipart (``files=``), JSON ``{"instances": [{"b64": ...}]}`` or a raw body;
-the task's decoding parameters in the query string or the JSON ``parameters`` (:mod:`cvplatform.serving.options`)."""
+the task's decoding parameters in the query string, multipart text fields or the JSON ``parameters``
+(:mod:`cvplatform.serving.options`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from cvplatform.serving.budget import BudgetHold
 from cvplatform.serving.core import Outcome, ServerState, get_state, predict_core
 from cvplatform.serving.inputs import b64decode_strict, multipart_files, validation_detail
 from cvplatform.serving.models import ServingError
-from cvplatform.serving.options import merge_options, request_options
+from cvplatform.serving.options import merge_options, parameter_names, request_options
 from cvplatform.serving.schemas import LimitsConfig, PredictRequest
 from cvplatform.serving.web import (
     answer_headers,
@@ -30,14 +31,19 @@ from cvplatform.tasks import get_task
 router = APIRouter()
 
 
-async def images_from_request(request: Request, hold: BudgetHold, limits: LimitsConfig
-                              ) -> tuple[list[bytes], dict[str, Any] | None]:
-    """The encoded image files of a ``/v1/predict`` request, by its Content-Type, and the JSON body's
-    ``parameters`` object (None when the body is not JSON or has none)."""
+async def images_from_request(request: Request, hold: BudgetHold, limits: LimitsConfig,
+                              parameter_names: frozenset[str] = frozenset()
+                              ) -> tuple[list[bytes], dict[str, Any] | list[tuple[str, Any]] | None]:
+    """The encoded image files of a ``/v1/predict`` request, by its Content-Type, and the body's parameters:
+    a JSON body's ``parameters`` object, a multipart body's text fields named in ``parameter_names`` as
+    ``(name, text)`` pairs, or None."""
     media = media_type(request)
     body = await read_body(request)
     if media == "multipart/form-data":
-        return multipart_files(body, request.headers.get("content-type", ""), limits), None
+        fields: dict[str, list[bytes]] = {n: [] for n in parameter_names}
+        files = multipart_files(body, request.headers.get("content-type", ""), limits, fields)
+        sent = [(n, v.decode("utf-8", "replace")) for n, vs in fields.items() for v in vs]
+        return files, (sent or None)
     if media == "application/json" or media.endswith("+json"):
         data = json_body(body, hold)
         try:
@@ -58,16 +64,20 @@ async def images_from_request(request: Request, hold: BudgetHold, limits: Limits
                        '({"instances": [{"b64": ...}]}) or an image/* body.')
 
 
-def predict_options(request: Request, state: ServerState, body_parameters: dict[str, Any] | None) -> dict[str, Any]:
-    """The request's checked decoding parameters: the query string's and the JSON body's ``parameters``
-    (:mod:`cvplatform.serving.options`), bounded by the champion's outputs."""
+def predict_options(request: Request, state: ServerState,
+                    body_parameters: dict[str, Any] | list[tuple[str, Any]] | None) -> dict[str, Any]:
+    """The request's checked decoding parameters: the query string's and the body's (a JSON ``parameters``
+    object or multipart text fields; :mod:`cvplatform.serving.options`), bounded by the champion's outputs."""
     champion = state.manager.champion
     shapes = champion.model.output_shapes if champion is not None else None
     query = request_options(state.task, shapes, request.query_params.multi_items(), "query parameter ", text=True)
     if body_parameters is None:
         return query
+    if isinstance(body_parameters, list):  # multipart text fields
+        body = request_options(state.task, shapes, body_parameters, "form field ", text=True)
+        return merge_options(query, body, "as a form field")
     body = request_options(state.task, shapes, body_parameters.items(), "parameters.", strict=True)
-    return merge_options(query, body, "the JSON body's parameters")
+    return merge_options(query, body, "in the JSON body's parameters")
 
 
 def predict_response(out: Outcome) -> dict[str, Any]:
@@ -88,15 +98,15 @@ def predict_response(out: Outcome) -> dict[str, Any]:
 @router.post("/v1/predict", tags=["predict"])
 async def predict(request: Request, state: ServerState = Depends(get_state)) -> Response:
     """Predict on one or more images (multipart ``files``, JSON ``instances`` or a raw image body); the task's
-    request parameters (detection: ``score_threshold``, ``max_detections``) in the query string or the JSON
-    body's ``parameters``."""
+    request parameters (detection: ``score_threshold``, ``max_detections``) in the query string, multipart text
+    fields or the JSON body's ``parameters``."""
     t0 = time.perf_counter()
     out: Outcome | None = None
     status = 500
     hold = state.hold()
     limits = state.config.limits
     try:
-        blobs, body_parameters = await images_from_request(request, hold, limits)
+        blobs, body_parameters = await images_from_request(request, hold, limits, parameter_names(state.task))
         if len(blobs) > limits.max_images:
             raise ServingError(413, "too_many_images",
                                f"{len(blobs)} images; limits.max_images = {limits.max_images}.")

@@ -396,12 +396,13 @@ def test_a_classification_model_refuses_detection_parameters_and_has_no_detectio
         refused = [
             c.post("/v1/predict?score_threshold=0.5", files=[("files", ("a.png", png, "image/png"))]),
             c.post("/v1/predict?max_detections=3", content=png, headers={"Content-Type": "image/png"}),
+            c.post("/v1/predict", files=[("files", ("a.png", png, "image/png"))], data={"score_threshold": "0.5"}),
             c.post("/v1/predict", json={"instances": [b64], "parameters": {"score_threshold": 0.5}}),
             c.post("/v2/models/m/infer", json={"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
                                                            "data": [b64]}], "parameters": {"max_detections": 3}}),
         ]
-        for r, name in zip(refused, ["score_threshold", "max_detections", "score_threshold", "max_detections"],
-                           strict=True):
+        names = ["score_threshold", "max_detections", "score_threshold", "score_threshold", "max_detections"]
+        for r, name in zip(refused, names, strict=True):
             assert r.status_code == 422 and r.json()["error"] == "invalid_parameter", r.text
             assert f"{name} does not apply to this model (project.task: classification)" in r.json()["detail"]
             assert "takes no request parameters" in r.json()["detail"]

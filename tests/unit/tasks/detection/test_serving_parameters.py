@@ -1,6 +1,7 @@
 """The real server (``build_app``, ``project.task: detection``) on an exported detector: the bounded request
-parameters ``score_threshold`` / ``max_detections`` (query string, JSON ``parameters``, OIP v2 ``parameters``),
-their 422s, what they change in the answer, the OpenAPI document, and the detection metrics on ``/metrics``."""
+parameters ``score_threshold`` / ``max_detections`` (query string, multipart fields, JSON ``parameters``, OIP v2
+``parameters``), their 422s, what they change in the answer, the OpenAPI document, and the detection metrics on
+``/metrics``."""
 
 from __future__ import annotations
 
@@ -76,6 +77,9 @@ def test_every_bad_value_is_a_422_naming_the_parameter_value_and_range(served):
         _is_422(c.post(f"/v1/predict?{name}={value}", files=_files(images[:1])), name, repr(value))
         _is_422(c.post(f"/v1/predict?{name}={value}", content=encode_png(images[0]),
                        headers={"Content-Type": "image/png"}), name, repr(value))
+        r = c.post("/v1/predict", files=_files(images[:1]), data={name: value})  # a multipart text field
+        _is_422(r, name, repr(value))
+        assert r.json()["detail"].startswith(f"form field {name} = ")
     for name, value in BAD_JSON:  # the JSON body's parameters, and OIP v2 request parameters
         _is_422(c.post("/v1/predict", json={"instances": _b64(images[:1]), "parameters": {name: value}}),
                 name, repr(value))
@@ -86,6 +90,8 @@ def test_every_bad_value_is_a_422_naming_the_parameter_value_and_range(served):
     assert r.status_code == 422 and "max_detections is given more than once" in r.json()["detail"]
     r = c.post("/v1/predict?max_detections=2", json={"instances": _b64(images[:1]), "parameters": {"max_detections": 2}})
     assert r.status_code == 422 and "both in the query string and in" in r.json()["detail"]
+    r = c.post("/v1/predict?max_detections=2", files=_files(images[:1]), data={"max_detections": "2"})
+    assert r.status_code == 422 and "both in the query string and as a form field" in r.json()["detail"]
     r = c.post("/v1/predict", json={"instances": _b64(images[:1]), "parameters": {"nms_iou": 0.5}})
     assert r.status_code == 422 and r.json()["error"] == "invalid_parameter" and "nms_iou" in r.json()["detail"]
     assert c.post("/v1/predict?cache_buster=1", files=_files(images[:1])).status_code == 200
@@ -122,6 +128,8 @@ def test_the_parameters_change_the_answer_as_the_task_decodes_them(served):
     # JSON parameters and the raw body give the same answers as the query string
     r = c.post("/v1/predict", json={"instances": _b64(images), "parameters": {"score_threshold": higher}})
     assert boxes(r) == high
+    r = c.post("/v1/predict", files=_files(images), data={"score_threshold": str(higher), "note": "ignored"})
+    assert boxes(r) == high
     r = c.post("/v1/predict?max_detections=1", content=encode_png(images[0]), headers={"Content-Type": "image/png"})
     assert boxes(r) == one[:1]
 
@@ -143,6 +151,8 @@ def test_openapi_and_model_metadata_document_the_bounds(served):
             query["max_detections"]["maximum"]) == ("integer", 1, K)
     body = doc["components"]["schemas"]["PredictRequest"]["properties"]["parameters"]["anyOf"][0]
     assert set(body["properties"]) == {"score_threshold", "max_detections"} and body["additionalProperties"] is False
+    form = doc["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["properties"]["max_detections"] == query["max_detections"]
     meta = c.get("/v2/models/cvplatform").json()
     assert meta["parameters"]["request_parameters"]["max_detections"]["maximum"] == K
 
