@@ -50,6 +50,7 @@ from cvplatform.serving.core import Outcome, ServerState, get_state, predict_cor
 from cvplatform.serving.metrics import ServingMetrics, StatsBook
 from cvplatform.serving.models import FileSource, ModelManager, ModelSource, RegistrySource
 from cvplatform.serving.openapi import document_requests
+from cvplatform.serving.options import parameter_names
 from cvplatform.serving.routes import ROUTERS
 from cvplatform.serving.routes.ops import SERVER_NAME
 from cvplatform.serving.schemas import ServingConfig, check_admin_token, load_serving_config
@@ -89,6 +90,7 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
         >>> import uvicorn; uvicorn.run(app, port=8080)  # doctest: +SKIP
     """
     task = task if task is not None else get_task()
+    parameter_names(task)  # the request parameters other tasks declare, found now rather than on the first request
     metrics = ServingMetrics(task.served_metrics)
     stats = StatsBook(config.stats.window, config.stats.confidence_bins, config.stats.disagreements_kept)
     manager = ModelManager(source, config, metrics, stats, task=task)
