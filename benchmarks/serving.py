@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,10 +261,11 @@ def _measure_level(url: str, model: Path, image: Path, size: int, inputs: str, c
     return level
 
 
-def make_project(arch: str, size: int, work: Path, threads: int, serving_overrides: list[str]
-                 ) -> tuple[Path, Path, dict]:
-    """A project root to serve from: the exported model, the repository's params.yaml, the serving
-    config with ``serving_overrides`` and one random ``image.png`` at the model's size.
+def make_project(arch: str, size: int, work: Path, threads: int, serving_overrides: list[str],
+                 export: Callable[[str, int, Path], Path] | None = None) -> tuple[Path, Path, dict]:
+    """A project root to serve from: the exported model (``export(arch, size, path)``, default
+    :func:`export_model`: a classifier), the repository's params.yaml, the serving config with
+    ``serving_overrides`` and one random ``image.png`` at the model's size.
     Returns (root, model path, serving config)."""
     import numpy as np
     import yaml
@@ -273,7 +275,7 @@ def make_project(arch: str, size: int, work: Path, threads: int, serving_overrid
 
     root = work / f"{arch}_{size}"
     root.mkdir()
-    model = export_model(arch, size, root / "model.onnx")
+    model = (export or export_model)(arch, size, root / "model.onnx")
     (root / "params.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     cfg = apply_overrides(read_yaml(REPO / "configs" / "deploy" / "serving.yaml"),
                           [f"models.intra_op_threads={threads}", *serving_overrides], "serving.yaml")

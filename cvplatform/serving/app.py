@@ -50,6 +50,7 @@ from cvplatform.serving.core import Outcome, ServerState, get_state, predict_cor
 from cvplatform.serving.metrics import ServingMetrics, StatsBook
 from cvplatform.serving.models import FileSource, ModelManager, ModelSource, RegistrySource
 from cvplatform.serving.openapi import document_requests
+from cvplatform.serving.options import parameter_names
 from cvplatform.serving.routes import ROUTERS
 from cvplatform.serving.routes.ops import SERVER_NAME
 from cvplatform.serving.schemas import ServingConfig, check_admin_token, load_serving_config
@@ -88,7 +89,9 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
         >>> app = create_app(ServingConfig(), FileSource("model.onnx"))  # doctest: +SKIP
         >>> import uvicorn; uvicorn.run(app, port=8080)  # doctest: +SKIP
     """
-    metrics = ServingMetrics()
+    task = task if task is not None else get_task()
+    parameter_names(task)  # the request parameters other tasks declare, found now rather than on the first request
+    metrics = ServingMetrics(task.served_metrics)
     stats = StatsBook(config.stats.window, config.stats.confidence_bins, config.stats.disagreements_kept)
     manager = ModelManager(source, config, metrics, stats, task=task)
     token = (admin_token or None) if admin_token is not None else config.admin_token()
@@ -129,7 +132,7 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    document_requests(app, config)
+    document_requests(app, config, task)
     return app
 
 

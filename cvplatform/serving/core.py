@@ -136,6 +136,25 @@ class Outcome:
     image_sizes: list[tuple[int, int]] | None = None
     """``(height, width)`` of each request image as decoded (None for a tensor input): a task whose predictions
     hold pixel positions maps them from the model input back to the image (``task.to_image_pixels``)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The request's checked decoding parameters (:mod:`cvplatform.serving.options`; empty = the task's defaults),
+    keyword arguments of ``task.decode`` / ``task.tensor_outputs``."""
+    _predictions: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+    @property
+    def decoded(self) -> list[dict[str, Any]] | None:
+        """:attr:`predictions` when they were decoded already (the task's metrics need them), else None."""
+        return self._predictions
+
+    @property
+    def predictions(self) -> list[dict[str, Any]]:
+        """Each image's prediction as the task decodes it with the request's :attr:`options` (in model-input
+        pixels; decoded once, on first use)."""
+        if self._predictions is None:
+            task = self.task
+            assert task is not None
+            self._predictions = task.decode(self.outputs, self.handle.model.class_names, **self.options)
+        return self._predictions
 
     @property
     def model(self) -> str:
@@ -352,6 +371,7 @@ async def predict_core(
     pinned_version: str | None = None,
     t_start: float | None = None,
     hold: BudgetHold | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Outcome:
     """Route, run (with canary -> champion fallback), record stats and metrics, start the shadow scoring.
 
@@ -359,7 +379,8 @@ async def predict_core(
     the event loop when small, see ``batching.inline_decode_max_pixels``, else in one worker-thread
     hop) or a preprocessed ``tensor``. Before ``blobs`` are decoded, their estimated decode memory
     is charged to ``hold`` (413/429 when it does not fit); a shadow scoring that keeps the decoded
-    images shares the charge until it ends.
+    images shares the charge until it ends. ``options``: the request's checked decoding parameters
+    (:func:`cvplatform.serving.options.request_options`); the task's metrics count what they decode.
     """
     champion, canary = state.manager.champion, state.manager.canary
     traffic = state.manager.traffic
@@ -387,7 +408,11 @@ async def predict_core(
         _start_shadow(state, other, "canary" if other is canary else "champion", inputs, labels, top, conf,
                       request_id, (handle, outputs))
     sizes = [(int(im.shape[0]), int(im.shape[1])) for im in inputs.images] if inputs.images is not None else None
-    return Outcome(request_id, handle, variant, outputs, fallback, top, conf, state.task, sizes)
+    out = Outcome(request_id, handle, variant, outputs, fallback, top, conf, state.task, sizes, dict(options or {}))
+    if state.metrics.task_metrics:  # the task's own metrics, on what the request is answered
+        observed = state.task.served_observations(out.predictions, handle.model.class_names)
+        state.metrics.observe_task(handle.model.name, handle.version, variant, observed)
+    return out
 
 
 async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images: list[np.ndarray] | None,

@@ -160,14 +160,16 @@ FILE_FIELDS: tuple[str, ...] = ("files", "file")
 """multipart/form-data field names that carry image files on ``/v1/predict``."""
 
 
-def multipart_files(body: bytes, content_type: str, limits: LimitsConfig) -> list[bytes]:
+def multipart_files(body: bytes, content_type: str, limits: LimitsConfig,
+                    fields: dict[str, list[bytes]] | None = None) -> list[bytes]:
     r"""The image files of a ``multipart/form-data`` body (``files`` / ``file`` parts), in order.
 
     The body is already in memory (bounded by ``limits.max_body_bytes``): :func:`_multipart_parts`
     finds the delimiters with ``bytes.find`` and each file part is one slice of the body (no
     per-chunk copies, nothing spooled to a temporary file). It accepts and refuses what
     python-multipart's ``MultipartParser`` (used before, with the same header limits) does. Other
-    fields are ignored (at most ``max_images + 16`` of them). A body that ends inside a part keeps
+    fields are ignored (at most ``max_images + 16`` of them), except that the values of text fields
+    named by a key of ``fields`` are appended to its list. A body that ends inside a part keeps
     the parts completed before it.
 
     Errors: ``invalid_multipart`` (400: no boundary, malformed body, a text field where a file is
@@ -191,11 +193,14 @@ def multipart_files(body: bytes, content_type: str, limits: LimitsConfig) -> lis
     files: list[bytes] = []
     others = 0
     is_file = False
+    name = ""
     try:
         for disposition, start, end in _multipart_parts(body, boundary):
             if end >= 0:  # the part's data is complete
                 if is_file:
                     files.append(body[start:end])
+                elif fields is not None and name in fields:
+                    fields[name].append(body[start:end])
                 continue
             _, opts = parse_options_header(disposition)  # the part's headers are complete
             name = opts.get(b"name", b"").decode("utf-8", "replace")

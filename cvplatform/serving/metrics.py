@@ -22,6 +22,11 @@ cvplatform_model_info                      gauge      variant, model, version (1
 cvplatform_canary_share                    gauge      -
 =========================================  =========  =============================================
 
+plus the task's own metrics (:attr:`cvplatform.tasks.Task.served_metrics`, none for classification),
+labelled model, version, variant (and class for a per-class counter); detection adds
+``cvplatform_detections_per_image`` and ``cvplatform_detection_score`` (histograms) and
+``cvplatform_detections_total`` (counter by class), counting the boxes answered.
+
 :class:`StatsBook` keeps what the canary controller compares (request and error
 counts, latency percentiles, onnxruntime compute time per image, confidence
 histograms and samples, accuracy on labelled requests, shadow agreement overall and
@@ -39,7 +44,10 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cvplatform.tasks import ServedMetric
 
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -59,7 +67,7 @@ class ServingMetrics:
         True
     """
 
-    def __init__(self) -> None:
+    def __init__(self, task_metrics: Sequence[ServedMetric] = ()) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry(auto_describe=True)
@@ -116,6 +124,33 @@ class ServingMetrics:
             ["variant", "model", "version"], registry=r,
         )
         self.canary_share = Gauge("cvplatform_canary_share", "Share of requests routed to the canary.", registry=r)
+        self.task_metrics: dict[str, tuple[ServedMetric, Any]] = {}
+        """The task's metrics (:attr:`cvplatform.tasks.Task.served_metrics`) by name."""
+        for spec in task_metrics:
+            labels = ["model", "version", "variant", *(["class"] if spec.by_class else [])]
+            if spec.kind == "histogram":
+                metric: Any = Histogram(spec.name, spec.description, labels, buckets=spec.buckets, registry=r)
+            elif spec.kind == "counter":
+                metric = Counter(spec.name, spec.description, labels, registry=r)
+            else:
+                raise ValueError(f"served metric {spec.name!r}: kind {spec.kind!r} is not 'histogram' or 'counter'.")
+            self.task_metrics[spec.name] = (spec, metric)
+
+    def observe_task(self, model: str, version: str, variant: str, observations: Mapping[str, Any]) -> None:
+        """Feed the task's metrics one answered request's :meth:`~cvplatform.tasks.Task.served_observations`."""
+        for name, values in observations.items():
+            spec, metric = self.task_metrics[name]
+            if spec.by_class:
+                for cls, n in values.items():
+                    if n:
+                        metric.labels(model, version, variant, cls).inc(n)
+                continue
+            child = metric.labels(model, version, variant)
+            if spec.kind == "counter":
+                child.inc(sum(values))
+            else:
+                for v in values:
+                    child.observe(v)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

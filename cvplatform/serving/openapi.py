@@ -21,6 +21,7 @@ from cvplatform.serving.schemas import (
     ServingConfig,
     TrafficRequest,
 )
+from cvplatform.tasks import Task
 
 _BINARY = {"type": "string", "format": "binary"}
 _ADMIN_BODIES: dict[str, type] = {
@@ -37,7 +38,29 @@ def _schema_ref(components: dict[str, Any], model: type) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def document_requests(app: FastAPI, config: ServingConfig) -> None:
+def _parameters(app: FastAPI, task: Task | None, models: dict[str, Any]) -> list[dict[str, Any]]:
+    """The task's request parameters (bounded by the champion's outputs when one is loaded) as query parameters
+    of ``/v1/predict``; the same schemas go into ``PredictRequest.parameters``, ``OipInferRequest.parameters``
+    and (by the caller) the multipart body's fields."""
+    from cvplatform.serving.options import parameter_schemas
+
+    if task is None:
+        return []
+    state = getattr(app.state, "cv", None)
+    champion = state.manager.champion if state is not None else None
+    schemas = parameter_schemas(task, champion.model.output_shapes if champion is not None else None)
+    body = {"type": "object", "properties": schemas, "additionalProperties": False,
+            "description": f"decoding parameters of the {task.name} task"
+                           + ("" if schemas else " (it takes none)")}
+    models["PredictRequest"].setdefault("properties", {})["parameters"] = {"anyOf": [body, {"type": "null"}]}
+    if schemas:
+        oip = models["OipInferRequest"].setdefault("properties", {})
+        oip["parameters"] = {"anyOf": [{**body, "additionalProperties": True}, {"type": "null"}]}
+    return [{"name": name, "in": "query", "required": False, "schema": sch, "description": sch["description"]}
+            for name, sch in schemas.items()]
+
+
+def document_requests(app: FastAPI, config: ServingConfig, task: Task | None = None) -> None:
     """Describe the request bodies, headers, admin auth and error shape in ``/openapi.json``.
 
     The handlers read their bodies themselves (to bound memory and answer every bad body with a
@@ -65,12 +88,15 @@ def document_requests(app: FastAPI, config: ServingConfig) -> None:
             "application/octet-stream": {"schema": _BINARY},
         }}
         infer_body = {"required": True, "content": {"application/json": {"schema": _schema_ref(models, OipInferRequest)}}}
+        decoding = _parameters(app, task, models)
+        image_body["content"]["multipart/form-data"]["schema"]["properties"].update(
+            {p["name"]: p["schema"] for p in decoding})  # the same parameters as text fields
         for path, ops in schema.get("paths", {}).items():
             for method, op in ops.items():
                 op.setdefault("responses", {})["4XX"] = error
                 if path == "/v1/predict" and method == "post":
                     op["requestBody"] = image_body
-                    op.setdefault("parameters", []).extend(routing)
+                    op.setdefault("parameters", []).extend([*routing, *decoding])
                 elif path.endswith("/infer") and method == "post":
                     op["requestBody"] = infer_body
                     op.setdefault("parameters", []).extend(routing)

@@ -265,11 +265,14 @@ class Instance(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    """``{"instances": [{"b64": "..."}, ...]}`` (a bare base64 string per instance is also accepted)."""
+    """``{"instances": [{"b64": "..."}, ...], "parameters": {...}}`` (a bare base64 string per instance is also
+    accepted). ``parameters``: the task's decoding parameters (detection: ``score_threshold``,
+    ``max_detections``); a model whose task declares none refuses any."""
 
     model_config = ConfigDict(extra="forbid")
 
     instances: list[Instance | str] = Field(min_length=1)
+    parameters: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- API: Open Inference Protocol v2

@@ -22,7 +22,7 @@ from functools import cache
 from importlib.metadata import entry_points
 
 from cvplatform.errors import ConfigError
-from cvplatform.tasks.base import Agreement, MetricSpec, MonitorSpec, Task
+from cvplatform.tasks.base import Agreement, MetricSpec, MonitorSpec, RequestParameter, ServedMetric, Task
 
 #: The tasks that ship with cvplatform: name -> "module:Class" (imported on first use).
 BUILTIN_TASKS: dict[str, str] = {
@@ -99,6 +99,7 @@ def get_task(name: str | None = None) -> Task:
 
 
 __all__ = [
-    "BUILTIN_TASKS", "DEFAULT_TASK", "Agreement", "MetricSpec", "MonitorSpec", "Task", "UnknownTaskError",
+    "BUILTIN_TASKS", "DEFAULT_TASK", "Agreement", "MetricSpec", "MonitorSpec", "RequestParameter", "ServedMetric",
+    "Task", "UnknownTaskError",
     "check_task_name", "get_task", "is_known", "known_tasks", "register_task", "unregister_task",
 ]

@@ -116,6 +116,44 @@ class Agreement:
         return self.agree / self.n if self.n else 1.0
 
 
+@dataclass(frozen=True)
+class RequestParameter:
+    """A per-request setting of how a served model's outputs are decoded (``/v1/predict`` query or JSON
+    ``parameters``, OIP v2 request ``parameters``), bounded to ``[low, high]``; ``default`` when not sent.
+
+    ``kind`` is ``"float"`` or ``"int"`` (an int parameter refuses fractions and booleans; a float one takes
+    ints). The server refuses a value of the wrong type or outside the bounds with a 422 naming both.
+    """
+
+    name: str
+    kind: str
+    low: float
+    high: float
+    default: float
+    description: str = ""
+
+    def json_schema(self) -> dict[str, Any]:
+        """The OpenAPI / JSON schema of the parameter."""
+        typ = "integer" if self.kind == "int" else "number"
+        cast = int if self.kind == "int" else float
+        return {"type": typ, "minimum": cast(self.low), "maximum": cast(self.high), "default": cast(self.default),
+                "description": self.description}
+
+
+@dataclass(frozen=True)
+class ServedMetric:
+    """A Prometheus metric a task adds to ``/metrics`` (labelled ``model, version, variant``, plus ``class`` when
+    ``by_class``), fed by :meth:`Task.served_observations` on every answered request."""
+
+    name: str
+    """The family name (``cvplatform_...``; a counter's ``_total`` suffix is added by the client library)."""
+    kind: str
+    """``"histogram"`` or ``"counter"``."""
+    description: str
+    buckets: tuple[float, ...] = ()
+    by_class: bool = False
+
+
 class Task(ABC):
     """What a computer-vision task contributes to every stage (see the module docstring).
 
@@ -427,6 +465,25 @@ class Task(ABC):
     def response(self, prediction: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
         """One image's JSON response body item (its schema appears in OpenAPI)."""
 
+    #: Prometheus metrics the server adds for this task (none by default; detection: detections per image,
+    #: detection scores, detections per class).
+    served_metrics: ClassVar[tuple[ServedMetric, ...]] = ()
+
+    def request_parameters(self, output_shapes: Mapping[str, Sequence[Any]] | None = None
+                           ) -> tuple[RequestParameter, ...]:
+        """The decoding settings a request may send for a model with these graph ``output_shapes`` (name ->
+        shape, ``None`` or a string for a dynamic axis; None = not known). None by default: the server refuses
+        a parameter another task declares with a 422 saying it does not apply. A task that declares some
+        accepts them as keyword arguments of :meth:`decode` and :meth:`tensor_outputs`."""
+        return ()
+
+    def served_observations(self, predictions: Sequence[Mapping[str, Any]], class_names: Sequence[str]
+                            ) -> dict[str, Any]:
+        """What :attr:`served_metrics` observe for one answered request's decoded ``predictions`` (as
+        :meth:`decode` returns them): per metric name, a list of values (a histogram) or a mapping class ->
+        count (a counter ``by_class``). Empty by default."""
+        return {}
+
     @abstractmethod
     def prediction_signal(self, prediction: Mapping[str, Any]) -> dict[str, float]:
         """Per-prediction numbers that drift monitoring and canary statistics aggregate: the
@@ -503,6 +560,13 @@ class Task(ABC):
         ``{"name", "datatype", "shape", "data"}`` per name in ``wanted`` (names of
         :meth:`tensor_output_specs`), ``data`` flattened row-major (a numpy array or a list)."""
 
+    def tensor_outputs_of(self, predictions: Sequence[Mapping[str, Any]] | None, outputs: Mapping[str, np.ndarray],
+                          class_names: Sequence[str], wanted: Sequence[str], **options: Any) -> list[dict[str, Any]]:
+        """:meth:`tensor_outputs` for a request whose :meth:`decode` ``predictions`` (same ``options``) the server
+        may already hold (None when it does not). The default ignores them; a task whose OIP outputs derive from
+        its decoded predictions overrides this so a request is decoded once."""
+        return self.tensor_outputs(outputs, class_names, wanted, **options)
+
     # ------------------------------------------------------------------ review
     @abstractmethod
     def summary_lines(self, scenarios: Mapping[str, Any], class_names: Sequence[str]) -> list[str]:
@@ -513,4 +577,4 @@ class Task(ABC):
         return f"<Task {self.name}>"
 
 
-__all__ = ["Agreement", "MetricSpec", "MonitorSpec", "Task"]
+__all__ = ["Agreement", "MetricSpec", "MonitorSpec", "RequestParameter", "ServedMetric", "Task"]

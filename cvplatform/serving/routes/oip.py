@@ -23,6 +23,7 @@ from cvplatform.serving.inputs import (
     validation_detail,
 )
 from cvplatform.serving.models import ModelHandle, ServingError
+from cvplatform.serving.options import parameter_schemas, request_options
 from cvplatform.serving.routes.ops import SERVER_NAME
 from cvplatform.serving.schemas import OipInferRequest
 from cvplatform.serving.web import (
@@ -66,6 +67,7 @@ def _metadata(state: ServerState, handle: ModelHandle) -> dict[str, Any]:
             "version": m.version,
             "class_names": list(m.class_names),
             "preprocess": {k: v for k, v in m.contract.to_metadata().items()},
+            "request_parameters": parameter_schemas(state.task, m.output_shapes),
             "note": "send exactly one input: FP32 (preprocessed NCHW) or BYTES (encoded images; base64 "
                     "strings in JSON, raw bytes with the binary tensor extension)",
         },
@@ -145,7 +147,7 @@ def _wanted_outputs(req: OipInferRequest, task: Task, class_names: Sequence[str]
 
 def _infer_response(out: Outcome, req: OipInferRequest, wanted: list[str]) -> dict[str, Any]:
     task = out.task or get_task()
-    outputs = task.tensor_outputs(out.outputs, out.handle.model.class_names, wanted)
+    outputs = task.tensor_outputs_of(out.decoded, out.outputs, out.handle.model.class_names, wanted, **out.options)
     return {"model_name": out.model, "model_version": out.version, "id": req.id or out.request_id,
             "parameters": {"variant": out.variant, "fallback": out.fallback}, "outputs": outputs}
 
@@ -197,10 +199,13 @@ async def _infer(request: Request, state: ServerState, name: str, version: str |
         tensor, blobs, n = _inputs(req, blob, handle, state.config.limits.max_images)
         wanted = _wanted_outputs(req, state.task, handle.model.class_names)
         binary = _binary_outputs(req, wanted)
+        # the task's decoding parameters among the request's parameters (other keys: the protocol's, ignored)
+        options = request_options(state.task, handle.model.output_shapes, (req.parameters or {}).items(),
+                                  "request parameters.")
         rid, session = request_ids(request, state, req.id)
         labels = labels_from_header(request, state, n)
         out = await predict_core(state, request_id=rid, session_id=session, labels=labels, blobs=blobs,
-                                 tensor=tensor, pinned_version=version, t_start=t0, hold=hold)
+                                 tensor=tensor, pinned_version=version, t_start=t0, hold=hold, options=options)
         status = 200
         return _respond(_infer_response(out, req, wanted), binary, answer_headers(out, state))
     except ServingError as exc:

@@ -21,7 +21,9 @@ What the stages ask of it (docs/adr/0010-task-seam.md; the pieces are in this pa
   with percentile-bootstrap intervals over images; the champion comparison is a paired bootstrap of mAP50;
 * **serving**: ``{"detections": [{"class", "score", "box"}]}`` per image; ``decode_top`` = the best box's class
   and score (``""`` and ``0.0`` without a box); OIP v2 ``boxes``, ``scores``, ``labels`` (class names) padded to
-  the batch's most detections, and ``num_detections``.
+  the batch's most detections, and ``num_detections``; a request may set ``score_threshold`` and ``max_detections``
+  (:meth:`DetectionTask.request_parameters`), and ``/metrics`` gets boxes per image, box scores and boxes per class
+  (:attr:`DetectionTask.served_metrics`).
 
 Boxes are in the pixels of the network input (``input_size``), as the graph outputs them; serving moves them to
 the request image's pixels with :meth:`DetectionTask.to_image_pixels` (undoing the contract's stretch or letterbox).
@@ -43,6 +45,8 @@ from cvplatform.tasks.base import (
     Agreement,
     MetricSpec,
     MonitorSpec,
+    RequestParameter,
+    ServedMetric,
     Task,
     bound_check,
     floor_check,
@@ -377,21 +381,65 @@ class DetectionTask(Task):
                              f"[0, {len(class_names) - 1}].")
 
     def detections(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str],
-                   score_threshold: float | None = None) -> list[dict[str, np.ndarray]]:
-        """Post-processed ``{"boxes", "scores", "labels"}`` per image (threshold: :attr:`score_threshold`)."""
+                   score_threshold: float | None = None, max_detections: int | None = None
+                   ) -> list[dict[str, np.ndarray]]:
+        """Post-processed ``{"boxes", "scores", "labels"}`` per image (None: :attr:`score_threshold`,
+        :attr:`max_detections`)."""
         from cvplatform.tasks.detection.postprocess import postprocess
 
         self.check_outputs(outputs, class_names)
         thr = self.score_threshold if score_threshold is None else score_threshold
+        most = self.max_detections if max_detections is None else max_detections
         return postprocess(*_arrays(outputs), score_threshold=thr, iou_threshold=self.duplicate_iou,
-                           max_detections=self.max_detections)
+                           max_detections=most)
 
-    def decode(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]) -> list[dict[str, Any]]:
-        """Per image: ``detections`` (``[{"box": [x0, y0, x1, y1], "class", "score"}]``, best first) and the arrays."""
+    def request_parameters(self, output_shapes: Mapping[str, Sequence[Any]] | None = None
+                           ) -> tuple[RequestParameter, ...]:
+        """``score_threshold`` in [0, 1] (default :attr:`score_threshold`) and ``max_detections`` in [1, the
+        model's ``K`` (its ``scores`` output's second axis) or :attr:`max_detections`, whichever is smaller].
+
+        Example:
+            >>> [(p.name, p.low, p.high, p.default) for p in DetectionTask().request_parameters({"scores": ["N", 20]})]
+            [('score_threshold', 0.0, 1.0, 0.3), ('max_detections', 1, 20, 20)]
+        """
+        shape = list((output_shapes or {}).get("scores") or [])
+        k = shape[1] if len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0 else None
+        most = min(self.max_detections, k) if k is not None else self.max_detections
+        limit = (f"the model's K = {k} decoded peaks" if k is not None and k <= self.max_detections
+                 else f"DetectionTask.max_detections = {self.max_detections}")
+        return (RequestParameter("score_threshold", "float", 0.0, 1.0, self.score_threshold,
+                                 "boxes scoring below this are not returned"),
+                RequestParameter("max_detections", "int", 1, most, most,
+                                 f"at most this many boxes per image, best first (at most {limit})"))
+
+    served_metrics: ClassVar[tuple[ServedMetric, ...]] = (
+        ServedMetric("cvplatform_detections_per_image", "histogram",
+                     "Boxes answered per image (after the request's score_threshold / max_detections).",
+                     (0, 1, 2, 3, 5, 10, 20, 50, 100)),
+        ServedMetric("cvplatform_detection_score", "histogram", "Score of each answered box.",
+                     (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)),
+        ServedMetric("cvplatform_detections", "counter", "Answered boxes by class.", by_class=True),
+    )
+
+    def served_observations(self, predictions: Sequence[Mapping[str, Any]], class_names: Sequence[str]
+                            ) -> dict[str, Any]:
+        """Boxes per image, every box's score and the boxes per class of one answered request."""
+        dets = [p["detections"] for p in predictions]
+        classes: dict[str, int] = {}
+        for d in (d for ds in dets for d in ds):
+            classes[d["class"]] = classes.get(d["class"], 0) + 1
+        return {"cvplatform_detections_per_image": [len(ds) for ds in dets],
+                "cvplatform_detection_score": [d["score"] for ds in dets for d in ds],
+                "cvplatform_detections": classes}
+
+    def decode(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str], *,
+               score_threshold: float | None = None, max_detections: int | None = None) -> list[dict[str, Any]]:
+        """Per image: ``detections`` (``[{"box": [x0, y0, x1, y1], "class", "score"}]``, best first) and the arrays
+        (``score_threshold`` / ``max_detections``: a request's :meth:`request_parameters`; None = the defaults)."""
         out = []
-        for d in self.detections(outputs, class_names):
-            dets = [{"box": [float(v) for v in b], "class": class_names[int(c)], "score": float(s)}
-                    for b, s, c in zip(d["boxes"], d["scores"], d["labels"], strict=True)]
+        for d in self.detections(outputs, class_names, score_threshold, max_detections):
+            dets = [{"box": b, "class": class_names[c], "score": s}
+                    for b, s, c in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist(), strict=True)]
             out.append({"detections": dets, **d})
         return out
 
@@ -434,7 +482,9 @@ class DetectionTask(Task):
 
         g = resize_geometry(image_size, contract)
         boxes = g.to_image(np.asarray(prediction.get("boxes", np.zeros((0, 4))), np.float64).reshape(-1, 4))
-        dets = [{**d, "box": [float(v) for v in g.to_image(d["box"])[0]]} for d in prediction.get("detections", [])]
+        found = prediction.get("detections", [])
+        moved = g.to_image(np.asarray([d["box"] for d in found], np.float64).reshape(-1, 4))
+        dets = [{**d, "box": b} for d, b in zip(found, moved.tolist(), strict=True)]
         return {**prediction, "detections": dets, "boxes": boxes}
 
     def agreement(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> Agreement:
@@ -799,10 +849,23 @@ class DetectionTask(Task):
                 {"name": "num_detections", "datatype": "INT32", "shape": [-1]}]
 
     def tensor_outputs(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str],
-                       wanted: Sequence[str]) -> list[dict[str, Any]]:
+                       wanted: Sequence[str], *, score_threshold: float | None = None,
+                       max_detections: int | None = None) -> list[dict[str, Any]]:
         """The detections padded to the batch's most boxes (``num_detections`` per image; padding: zero boxes
-        and scores, empty labels)."""
-        dets = self.detections(outputs, class_names)
+        and scores, empty labels); ``score_threshold`` / ``max_detections`` as in :meth:`decode`."""
+        return self._padded(self.detections(outputs, class_names, score_threshold, max_detections), class_names,
+                            wanted)
+
+    def tensor_outputs_of(self, predictions: Sequence[Mapping[str, Any]] | None, outputs: Mapping[str, np.ndarray],
+                          class_names: Sequence[str], wanted: Sequence[str], **options: Any) -> list[dict[str, Any]]:
+        """:meth:`tensor_outputs` from the request's decoded ``predictions`` when given (the server decoded them
+        for the detection metrics): the boxes are post-processed once per request."""
+        if predictions is None:
+            return self.tensor_outputs(outputs, class_names, wanted, **options)
+        return self._padded(predictions, class_names, wanted)
+
+    def _padded(self, dets: Sequence[Mapping[str, Any]], class_names: Sequence[str], wanted: Sequence[str]
+                ) -> list[dict[str, Any]]:
         n, k = len(dets), max((len(d["scores"]) for d in dets), default=0)
         boxes, scores = np.zeros((n, k, 4), np.float32), np.zeros((n, k), np.float32)
         labels = np.full((n, k), "", dtype=object)

@@ -382,3 +382,31 @@ def test_the_routers_keep_every_path_operation_and_parameter(tmp_path):
     assert params[("/v2/models/{name}/versions/{version}/infer", "post")] == sorted(["name", "version", *routing])
     assert params[("/admin/stats", "get")] == ["samples"]
     assert params[("/admin/status", "get")] == [] and params[("/metrics", "get")] == []
+
+
+def test_a_classification_model_refuses_detection_parameters_and_has_no_detection_metrics(tmp_path):
+    """``score_threshold`` / ``max_detections`` (declared by detection) do not apply to a classification model: a 422
+    naming the parameter and the task, on every way to send them; other query keys stay ignored; ``/metrics`` has
+    no detection family."""
+    from fastapi.testclient import TestClient
+
+    png = encode_png(colour_image(0, seed=0))
+    b64 = base64.b64encode(png).decode()
+    with TestClient(_file_app(tmp_path)) as c:
+        refused = [
+            c.post("/v1/predict?score_threshold=0.5", files=[("files", ("a.png", png, "image/png"))]),
+            c.post("/v1/predict?max_detections=3", content=png, headers={"Content-Type": "image/png"}),
+            c.post("/v1/predict", files=[("files", ("a.png", png, "image/png"))], data={"score_threshold": "0.5"}),
+            c.post("/v1/predict", json={"instances": [b64], "parameters": {"score_threshold": 0.5}}),
+            c.post("/v2/models/m/infer", json={"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                                           "data": [b64]}], "parameters": {"max_detections": 3}}),
+        ]
+        names = ["score_threshold", "max_detections", "score_threshold", "score_threshold", "max_detections"]
+        for r, name in zip(refused, names, strict=True):
+            assert r.status_code == 422 and r.json()["error"] == "invalid_parameter", r.text
+            assert f"{name} does not apply to this model (project.task: classification)" in r.json()["detail"]
+            assert "takes no request parameters" in r.json()["detail"]
+        assert c.post("/v1/predict?foo=1", content=png, headers={"Content-Type": "image/png"}).status_code == 200
+        assert c.post("/v1/predict", json={"instances": [b64], "parameters": {}}).status_code == 200
+        text = c.get("/metrics").text
+    assert "cvplatform_predictions_total" in text and "detection" not in text

@@ -136,3 +136,35 @@ def test_graded_agreement_and_objects_are_kept_and_merge_across_workers():
     book = StatsBook(window=10, bins=10)
     book.record_answer("champion", "1", ["a"], [0.9], None, 1.0, 2.0)
     assert "objects" not in book.snapshot()["variants"]["champion"]
+
+
+def test_the_tasks_metrics_merge_over_worker_processes_like_the_others():
+    """Detection's served metrics in two workers (``serve.workers`` 2, ADR 0012): ``render_merged`` sums their
+    histogram buckets, counts and sums and the per-class counter; classification's metrics have none of them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from cvplatform.serving.metrics import render_merged
+    from cvplatform.tasks import get_task
+
+    task = get_task("detection")
+    a, b = ServingMetrics(task.served_metrics), ServingMetrics(task.served_metrics)
+    preds = [{"detections": [{"class": "cat", "score": 0.9}, {"class": "dog", "score": 0.4}]}, {"detections": []}]
+    a.observe_task("m", "1", "champion", task.served_observations(preds, ["cat", "dog"]))
+    b.observe_task("m", "1", "champion", task.served_observations(preds[:1], ["cat", "dog"]))
+    b.observe_task("m", "2", "canary", task.served_observations(preds[1:], ["cat", "dog"]))
+    text = render_merged([a.export_samples(), b.export_samples()])[0].decode()
+    s = {(x.name, tuple(sorted(x.labels.items()))): x.value
+         for fam in text_string_to_metric_families(text) for x in fam.samples}
+    champ = (("model", "m"), ("variant", "champion"), ("version", "1"))
+    assert s[("cvplatform_detections_per_image_count", champ)] == 3
+    assert s[("cvplatform_detections_per_image_sum", champ)] == 4
+    assert s[("cvplatform_detections_per_image_bucket", tuple(sorted([*champ, ("le", "1.0")])))] == 1
+    assert s[("cvplatform_detections_per_image_bucket", tuple(sorted([*champ, ("le", "2.0")])))] == 3
+    assert s[("cvplatform_detection_score_count", champ)] == 4
+    assert s[("cvplatform_detection_score_sum", champ)] == pytest.approx(2 * 1.3)
+    assert s[("cvplatform_detections_total", tuple(sorted([*champ, ("class", "dog")])))] == 2
+    canary = (("model", "m"), ("variant", "canary"), ("version", "2"))
+    assert s[("cvplatform_detections_per_image_count", canary)] == 1
+    assert s[("cvplatform_detection_score_count", canary)] == 0
+    plain = ServingMetrics(get_task("classification").served_metrics).render()[0]
+    assert b"detection" not in plain
