@@ -463,6 +463,9 @@ class ExportParityParams(StrictModel):
     """Compare at most N test images (the first N by sha256); None = the whole test split."""
     worst: int = Field(5, ge=1, le=100)
     """Images with the largest differences named in parity.json and in a failure message."""
+    max_metric_delta: float = Field(0.005, ge=0.0)
+    """Largest |difference| of the task's headline metric on the test split (``Task.int8_score``: accuracy,
+    detection's mAP50) between the two models."""
 
 
 class ExportInt8Params(StrictModel):

@@ -285,15 +285,21 @@ def scenario_targets(task: Any, b: BuiltScenario, class_names: Sequence[str]) ->
     class indices for classification (equal to ``b.y``), whatever the task learns otherwise. Positions are moved
     into the model input's pixels (``task.to_input_pixels`` with the contract and each image's decoded size), where
     the predictions are, as training's pipeline moves them (detection: boxes through the stretch or letterbox)."""
-    import numpy as np
-
     if not len(b.ids):
         return b.y
+    return targets_of(task, b.source, class_names, b.base)
+
+
+def targets_of(task: Any, source: EvalImages, class_names: Sequence[str], base: Sequence[int] | None = None) -> Any:
+    """The task's targets of the loaded images ``source`` (rows ``base``, default all, in that order), moved into
+    the model input's pixels with the contract the images were resized with (see :func:`scenario_targets`)."""
+    import numpy as np
+
     index = {c: i for i, c in enumerate(class_names)}
-    base = np.asarray(b.base, dtype=np.int64)
-    rows = b.source.rows.iloc[base].to_dict("records")
+    base = np.arange(len(source.rows)) if base is None else np.asarray(base, dtype=np.int64)
+    rows = source.rows.iloc[base].to_dict("records")
     targets = [task.target_of(r, index) for r in rows]
-    sizes, contract = b.source.image_sizes, b.source.contract
+    sizes, contract = source.image_sizes, source.contract
     if sizes is not None and contract is not None:
         targets = [task.to_input_pixels(t, contract, sizes[int(i)]) for t, i in zip(targets, base, strict=True)]
     return np.asarray(targets)

@@ -68,6 +68,9 @@ class ParityReport:
     """Why it failed (one line per failed criterion); empty when passed."""
     worst: list[ParityImage] = field(default_factory=list)
     """Images with the largest differences (disagreeing ones first)."""
+    metric: dict[str, Any] | None = None
+    """The task's headline metric on the compared images (``Task.int8_metric``): ``name``, ``reference``,
+    ``candidate``, ``delta`` and ``max_delta``; None when no targets were given."""
 
     @property
     def top1_agreement(self) -> float:
@@ -111,8 +114,10 @@ def compare_outputs(
 
     Whether two images agree is the task's question (:meth:`~cvplatform.tasks.base.Task.agreement`:
     the same top-1 class for classification), and the classes reported for the worst images are
-    its :meth:`~cvplatform.tasks.base.Task.decode_top`; the absolute differences are plain numerics
-    over every output (an image's difference is its largest over all outputs).
+    its :meth:`~cvplatform.tasks.base.Task.decode_top`; an image's difference is the task's
+    :meth:`~cvplatform.tasks.base.Task.output_differences` (classification: the largest absolute difference
+    over every output; detection: over its matched boxes and scores). ``mean_abs_diff`` is the mean of the
+    images' differences.
 
     Args:
         reference: Outputs of the reference (PyTorch checkpoint), by name (``task.output_names``); a
@@ -155,8 +160,7 @@ def compare_outputs(
         raise DataError(f"parity: no {split} images to compare. Add images to the {split} split (re-run ingest).")
     names = list(class_names)
     task.check_outputs(ref_out, names)
-    diffs = [np.abs(ref_out[k].astype(np.float64) - cand_out[k].astype(np.float64)).reshape(n, -1) for k in ref_out]
-    per_image = np.max(np.concatenate(diffs, axis=1), axis=1) if diffs else np.zeros(n)
+    per_image = np.asarray(task.output_differences(ref_out, cand_out), np.float64).reshape(n)
     agreed = task.agreement(ref_out, cand_out)
     agree = np.ones(n, dtype=bool)
     agree[agreed.detail.get("disagree_rows", [])] = False
@@ -179,7 +183,7 @@ def compare_outputs(
         ParityImage(str(paths[i]), str(ids[i]), str(labels[i]), float(per_image[i]), str(r), str(c))
         for i, r, c in zip(order, ref_top, cand_top, strict=True)
     ]
-    mean_diff = float(np.mean(np.concatenate([d.ravel() for d in diffs]))) if diffs else 0.0
+    mean_diff = float(np.mean(per_image)) if n else 0.0
     return ParityReport(
         reference=reference_name, candidate=candidate_name, split=split, n=int(n), max_abs_diff=max_diff,
         mean_abs_diff=mean_diff, agreement=agreement, disagreements=disagreements,
@@ -265,8 +269,15 @@ def run_parity(
     batch_size: int = 256,
     split: str = "test",
     task: Task | None = None,
+    targets: Any = None,
+    max_metric_delta: float | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> ParityReport:
     """Run both predictors on the same uint8 RGB images and compare their logits.
+
+    With ``targets`` (the task's targets of the images) and ``max_metric_delta``, the task's headline metric
+    (:meth:`~cvplatform.tasks.base.Task.int8_score`: accuracy, detection's mAP50) of both models must differ by
+    at most ``max_metric_delta``.
 
     Args:
         reference: The PyTorch checkpoint (``TorchCheckpointPredictor``).
@@ -293,11 +304,37 @@ def run_parity(
     ref = reference.predict(images, batch_size=batch_size)
     cand = candidate.predict(images, batch_size=batch_size)
     check_finite(cand, ref, candidate_name=candidate.name, reference_name=reference.name, paths=paths)
-    return compare_outputs(
+    report = compare_outputs(
         ref, cand, ids=ids, paths=paths, labels=labels, class_names=reference.class_names, atol=atol,
         min_agreement=min_agreement, worst=worst, reference_name=reference.name, candidate_name=candidate.name,
         split=split, task=task,
     )
+    if targets is not None and max_metric_delta is not None:
+        report = check_metric_delta(report, ref, cand, targets, list(class_names or reference.class_names),
+                                    max_metric_delta, task)
+    return report
+
+
+def check_metric_delta(report: ParityReport, reference: Any, candidate: Any, targets: Any,
+                       class_names: Sequence[str], max_delta: float, task: Task | None = None) -> ParityReport:
+    """Add the headline-metric comparison to ``report`` (pure): ``|metric(candidate) - metric(reference)|`` must be
+    ``<= max_delta`` (undefined metrics, e.g. no box in the images, are recorded and not judged)."""
+    import math
+
+    from cvplatform.tasks import get_task
+
+    task = task or get_task()
+    ref_out, cand_out = _as_outputs(task, reference), _as_outputs(task, candidate)
+    a = float(task.int8_score(ref_out, targets, class_names))
+    b = float(task.int8_score(cand_out, targets, class_names))
+    delta = abs(b - a)
+    report.metric = {"name": task.int8_metric, "reference": a, "candidate": b,
+                     "delta": None if math.isnan(delta) else delta, "max_delta": float(max_delta)}
+    if not math.isnan(delta) and delta > max_delta:
+        report.reasons.append(f"{task.int8_metric} {b:.4f} vs {a:.4f}: |Δ| {delta:.4f} > "
+                              f"export.parity.max_metric_delta {max_delta}")
+        report.passed = False
+    return report
 
 
 def raise_if_failed(report: ParityReport, *, report_path: str | None = None) -> None:
@@ -330,5 +367,6 @@ __all__ = [
     "compare_logits",
     "nonfinite_rows",
     "raise_if_failed",
+    "check_metric_delta",
     "run_parity",
 ]

@@ -420,15 +420,18 @@ def _parity_gate(paths: ProjectPaths, inp: _Inputs, cfg: ExportParams, fp32_path
     Raises:
         GateFailed: the ONNX model does not reproduce the checkpoint.
     """
+    from cvplatform.evaluation.suite_runner import targets_of
     from cvplatform.export.parity import raise_if_failed, run_parity
     from cvplatform.export.suite import load_images
 
     test = load_images(inp.test_rows, paths.root, inp.torch_pred, f"{inp.manifest_path} (split 'test')")
     test_paths = [str(v) for v in test.rows["path"].tolist()]
+    classes = list(inp.torch_pred.class_names)
     parity = run_parity(
         inp.torch_pred, fp32_pred, test.images, ids=test.ids, paths=test_paths, labels=test.labels,
         atol=cfg.parity.atol, min_agreement=cfg.parity.min_agreement, worst=cfg.parity.worst,
         batch_size=cfg.batch_size, split="test", task=inp.task,
+        targets=targets_of(inp.task, test, classes), max_metric_delta=cfg.parity.max_metric_delta, class_names=classes,
     )
     parity.reference = f"{_rel(paths, inp.ckpt)} (PyTorch)"
     parity.candidate = f"{_rel(paths, fp32_path)} (onnxruntime)"

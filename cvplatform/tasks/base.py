@@ -314,6 +314,15 @@ class Task(ABC):
         FP32 and the canary's shadow comparison all use this (top-1 for classification, matched
         boxes at IoU 0.5 for detection, pixel agreement for segmentation)."""
 
+    def output_differences(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]
+                           ) -> np.ndarray:
+        """Per image, the largest absolute difference between two models' outputs (what the parity gate holds to
+        ``export.parity.atol``). Default: element by element over every output (classification's logits)."""
+        n = next(iter(reference.values())).shape[0]
+        diffs = [np.abs(np.asarray(reference[k], np.float64) - np.asarray(candidate[k], np.float64)).reshape(n, -1)
+                 for k in reference]
+        return np.max(np.concatenate(diffs, axis=1), axis=1) if diffs else np.zeros(n)
+
     # ------------------------------------------------------------------ evaluation and gates
     @property
     @abstractmethod
