@@ -778,7 +778,8 @@ class Stack:
             self._check_port_free(name, port)
             argv = [sys.executable, "-m", "cvplatform", "serve", "--host", self.host, "--port", str(port),
                     "--params", str(self.project / "params.yaml"), "--config", str(config), "--log-level", "warning"]
-            self.spawn(name, argv, env, self.project)
+            tag = {"CVPLATFORM_SERVING_REPLICA": name.replace("-", "")}  # its own request-log files
+            self.spawn(name, argv, {**env, **tag}, self.project)
         for name, port in self.replicas():
             url = f"http://{self.host}:{port}{sv.health_path}"
             self._wait(name, lambda u=url: _http_ok(u), url)
@@ -879,6 +880,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if all(st.values()) else 3
     except CVPlatformError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if args.action == "up":
+            print("what did start keeps running (logs under the state folder): fix the cause and run `make stack` "
+                  "again, or stop it with `make stack-down`", file=sys.stderr)
         return exc.exit_code
     return 0
 
