@@ -382,7 +382,8 @@ class Stack:
             if not users.get(name):
                 users[name] = secrets.token_urlsafe(24)
                 changed = True
-        for key in ("serving_admin_token", "mlflow_flask_secret", "audit_key"):
+        for key in ("serving_admin_token", "mlflow_flask_secret", "audit_key", "airflow_jwt_secret",
+                    "airflow_api_secret_key"):
             if not data.get(key):
                 data[key] = secrets.token_urlsafe(32) if key != "audit_key" else secrets.token_hex(32)
                 changed = True
@@ -827,7 +828,6 @@ def airflow_celery_env(stack: Stack, creds: Mapping[str, Any], *, api_port: int 
     """
     pg = stack.cfg.postgres
     url = f"http://{stack.host}:{api_port}"
-    secret = creds.get("airflow_jwt_secret") or "<generated at the Airflow slice>"
     return {
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.url(pg.airflow_db),
@@ -835,7 +835,8 @@ def airflow_celery_env(stack: Stack, creds: Mapping[str, Any], *, api_port: int 
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + pg.url(pg.airflow_db, driver="postgresql"),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
         "AIRFLOW__API__BASE_URL": url,
-        "AIRFLOW__API_AUTH__JWT_SECRET": secret,
+        "AIRFLOW__API_AUTH__JWT_SECRET": str(creds["airflow_jwt_secret"]),
+        "AIRFLOW__API__SECRET_KEY": str(creds["airflow_api_secret_key"]),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     }
 

@@ -119,9 +119,9 @@ def test_down_with_nothing_running_says_so(tmp_path):
 
 def test_celery_settings_share_the_secret_and_execution_api(tmp_path):
     st = Stack(StackConfig(), tmp_path)
-    env = airflow_celery_env(st, {"airflow_jwt_secret": "s" * 32})
+    env = airflow_celery_env(st, {"airflow_jwt_secret": "s" * 32, "airflow_api_secret_key": "k" * 32})
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+postgresql://postgres@127.0.0.1:5432/cvplatform_airflow"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].endswith("/execution/")
-    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == "s" * 32
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == "s" * 32 and env["AIRFLOW__API__SECRET_KEY"] == "k" * 32
