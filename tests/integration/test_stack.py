@@ -70,6 +70,8 @@ def stack(tmp_path_factory):
     project.mkdir()
     shutil.copy2(REPO / "params.yaml", project / "params.yaml")
     shutil.copytree(REPO / "configs", project / "configs")
+    serving_yaml = project / "configs" / "deploy" / "serving.yaml"  # the replicas check the aliases every second
+    serving_yaml.write_text(serving_yaml.read_text().replace("poll_interval_s: 30", "poll_interval_s: 1"))
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     subprocess.run([str(Path(sys.executable).with_name("dvc")), "init", "-q"], cwd=project, check=True)
     s3_port, mlflow_port, bal, r1, r2 = _free_ports(5)
@@ -224,6 +226,62 @@ def test_a_stopped_replica_is_skipped_and_up_restarts_only_it(stack):
             break
         time.sleep(0.5)
     assert set(_replica_counts(st.balancer_url, 4)) == {"replica-1", "replica-2"}
+
+
+def test_both_replicas_follow_the_champion_alias_of_the_stacks_registry(stack, monkeypatch, tmp_path):
+    """pipeline-bot registers, alice (granted EDIT) approves and promotes; both replicas load the champion
+    (fetched through the MLflow server from the S3 bucket, audit trail checked with the stack's key)."""
+    from cvplatform.registry import approve, promote, register_model
+    from tests.conftest import build_params
+    from tests.fixtures.serving_models import colour_image, encode_png
+    from tests.unit.registry.project import make_project, onnx_model_bytes
+
+    st, _, _ = stack
+    creds = _creds(st)["mlflow_users"]
+    name = "cvplatform"  # registry.model_name of the stack's project: what the replicas serve
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL",
+              "CVPLATFORM_AUDIT_KEY", "AIRFLOW_CTX_DAG_RUN_ID"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", st.mlflow_url)
+    monkeypatch.setenv("CVPLATFORM_AUDIT_KEY_FILE", str(st.state / "audit.key"))
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "pipeline-bot")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", creds["pipeline-bot"])
+    project = make_project(tmp_path / "project", onnx_model_bytes(seed=5))
+    params = build_params(f"registry.model_name={name}")
+    res = register_model(params, root=project.root)
+    assert (res.version, res.author) == ("1", "pipeline-bot")
+
+    grant = httpx.post(f"{st.mlflow_url}/api/3.0/mlflow/users/permissions/grant", timeout=30,
+                       auth=("admin", creds["admin"]),
+                       json={"username": "alice", "resource_type": "registered_model", "resource_id": name,
+                             "permission": "EDIT"})
+    assert grant.status_code == 200, grant.text
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", creds["alice"])
+    ok = approve(name, 1, comment="stack test", params=params, root=project.root)
+    assert (ok.reviewer, ok.identity.verified) == ("alice", True)
+    promote(name, 1, params=params, root=project.root)
+
+    ready: set[str] = set()
+    deadline = time.monotonic() + 120
+    with httpx.Client(timeout=30) as c:
+        while ready != {"replica-1", "replica-2"}:
+            assert time.monotonic() < deadline, f"replicas ready: {ready}" + _logs(st)
+            r = c.get(f"{st.balancer_url}/v2/health/ready")
+            if r.status_code == 200:
+                ready.add(r.headers["x-cvplatform-replica"])
+            else:
+                time.sleep(0.3)
+        png = encode_png(colour_image(0, seed=0))
+        served = {}
+        for _ in range(4):
+            r = c.post(f"{st.balancer_url}/v1/predict", files=[("files", ("0.png", png, "image/png"))])
+            assert r.status_code == 200, r.text
+            pred = r.json()["predictions"][0]
+            served[r.headers["x-cvplatform-replica"]] = (pred["model"], str(pred["version"]), pred["variant"])
+    assert served == {"replica-1": (name, "1", "champion"), "replica-2": (name, "1", "champion")}
+    keys = [o["Key"] for o in st.s3_client().list_objects_v2(Bucket=st.cfg.s3.mlflow_bucket)["Contents"]]
+    assert any(k.endswith(".onnx") for k in keys), keys  # the served model's file lives in the S3 bucket
 
 
 def test_stack_down_leaves_no_process(stack):
