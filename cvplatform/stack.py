@@ -874,6 +874,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             stopped = stack.down(purge=args.purge)
             print(f"stack down: stopped {', '.join(stopped) if stopped else 'nothing (nothing was running)'}"
                   + ("; databases dropped, state folder removed" if args.purge else ""))
+            if "s3" in stopped and not args.purge:
+                print("note: the local S3 endpoint (moto) kept its objects in memory: they are gone, while the runs "
+                      "in PostgreSQL remain and point at them. PURGE=1 starts clean; MinIO or AWS S3 "
+                      "(s3.start_local: false) keep artifacts.")
         else:
             st = stack.status()
             for name, ok in st.items():

@@ -284,6 +284,27 @@ def test_both_replicas_follow_the_champion_alias_of_the_stacks_registry(stack, m
     assert any(k.endswith(".onnx") for k in keys), keys  # the served model's file lives in the S3 bucket
 
 
+def test_a_second_state_folder_on_the_same_databases_is_refused_clearly(stack, tmp_path):
+    """Lost credentials.json (another state folder, same auth database): up stops with what to do."""
+    st, path, _ = stack
+    cfg = yaml.safe_load(path.read_text())
+    s3_port, mlflow_port, bal, r1, r2 = _free_ports(5)
+    cfg.update({"state_dir": str(tmp_path / "other-state"), "mlflow": {"port": mlflow_port},
+                "serving": {"balancer_port": bal, "replica_ports": [r1, r2]}})
+    cfg["s3"] = {**cfg["s3"], "port": s3_port}
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(cfg))
+    up = _stack_cli(other, "up")
+    try:
+        assert up.returncode != 0
+        assert "rejects the admin password" in up.stderr and "make stack-down PURGE=1" in up.stderr, up.stderr
+        assert "make stack-down" in up.stderr.splitlines()[-1]  # and how to stop what did start
+    finally:
+        down = _stack_cli(other, "down")  # no purge: the databases belong to the module's stack
+    assert down.returncode == 0 and "mlflow" in down.stdout, down.stdout + down.stderr
+    assert all(st.status().values())  # the first stack is untouched
+
+
 def test_stack_down_leaves_no_process(stack):
     st, path, _ = stack
     pgids = {n: int(st.record(n)["pgid"]) for n in st.components()}
