@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 TASK ?= classification
 
-.PHONY: setup demo test test-fast lint bench airflow serve clean
+.PHONY: setup demo test test-fast lint bench airflow stack stack-down stack-status serve clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,20 @@ bench: $(STAMP)
 # AIRFLOW_HOME=airflow_home/, users admin/alice/bob, passwords printed on start; Ctrl-C stops it.
 airflow: $(STAMP)
 	$(BIN)/python -m cvplatform.airflow_local $(AIRFLOW_ARGS)
+
+# The production topology on this machine (configs/stack.yaml): local S3 (moto), MLflow server on PostgreSQL with
+# S3 artifacts and its auth app, DVC default remote on S3 (.dvc/config.local), two serving replicas behind a
+# balancer. Child processes with pid files and logs under .cvplatform/stack/; `make stack` again says it runs.
+# `make stack-down` stops all of them; PURGE=1 also drops the stack's databases and its state folder.
+STACK_ARGS ?=
+stack: $(STAMP)
+	$(BIN)/python -m cvplatform.stack up $(STACK_ARGS)
+
+stack-down:
+	$(BIN)/python -m cvplatform.stack down $(STACK_ARGS) $(if $(PURGE),--purge,)
+
+stack-status:
+	$(BIN)/python -m cvplatform.stack status $(STACK_ARGS)
 
 clean:
 	rm -rf $(VENV) artifacts data/raw data/quarantine data/processed .pytest_cache

@@ -19,8 +19,9 @@ few named users so a person can log in and approve a model version in the UI:
 * The scheduler and triggerer run with ``--skip-serve-logs`` (their log servers would bind
   every interface); the api-server reads task logs from the local ``AIRFLOW_HOME/logs``.
 
-Everything is plain environment configuration (``AIRFLOW__SECTION__KEY``): the same
-DAGs run unchanged on PostgreSQL + CeleryExecutor (``docker/``).
+Everything is plain environment configuration (``AIRFLOW__SECTION__KEY``). PostgreSQL + the
+CeleryExecutor (``docker/``, ``make stack``) is the intended production setting; it has not been
+run yet (see docs/production.md).
 
 Example:
     >>> from cvplatform.airflow_local import AirflowLocal

@@ -65,6 +65,9 @@ from cvplatform.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
+#: Name of this server among several replicas of one project (letters and digits): tags its request-log files.
+ENV_REPLICA = "CVPLATFORM_SERVING_REPLICA"
+
 
 # --------------------------------------------------------------------------- the app
 def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str | None = None,
@@ -199,7 +202,10 @@ def build_app(
     if mon is not None and mon.log_requests:
         from cvplatform.monitoring.inference_log import InferenceLogger
 
-        request_log = InferenceLogger.from_params(params, paths.root, tag=f"w{bus.index}" if bus else None)
+        # one request-log file per process: the replica's name (several `cvplatform serve` on one project,
+        # e.g. `make stack`) and the worker index (`serve.workers` > 1)
+        tag = os.environ.get(ENV_REPLICA, "") + (f"w{bus.index}" if bus else "")
+        request_log = InferenceLogger.from_params(params, paths.root, tag=tag or None)
     project = getattr(params, "project", None)
     task = get_task(getattr(project, "task", None))
     return create_app(config, src, admin_token=admin_token, request_log=request_log, task=task, bus=bus)

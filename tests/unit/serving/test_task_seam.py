@@ -106,3 +106,23 @@ def test_a_server_for_another_task_uses_that_tasks_decoding(tmp_path, tagged, ma
 def test_create_app_defaults_to_classification(tmp_path):
     app = create_app(ServingConfig(), FileSource(_model(tmp_path), model_name="m"), admin_token=TOKEN)
     assert app.state.cv.task is get_task("classification")
+
+
+def test_each_replica_logs_requests_to_its_own_files(tmp_path, make_params, monkeypatch):
+    """Two `cvplatform serve` replicas of one project (make stack) never append to the same request-log file."""
+    from fastapi.testclient import TestClient
+
+    from cvplatform.serving.app import ENV_REPLICA
+
+    serving_yaml = tmp_path / "serving.yaml"
+    serving_yaml.write_text("models:\n  poll_interval_s: 0\n")
+    params = make_params("monitor.log_requests=true")
+    for replica in ("replica1", "replica2"):
+        monkeypatch.setenv(ENV_REPLICA, replica)
+        app = build_app(params, root=tmp_path, model=_model(tmp_path), config_path=serving_yaml, admin_token=TOKEN)
+        with TestClient(app) as c:
+            r = c.post("/v1/predict", files=[("files", ("0.png", encode_png(colour_image(0, seed=0)), "image/png"))])
+            assert r.status_code == 200, r.text
+    files = sorted(p.name for p in (tmp_path / params.monitor.log_dir).rglob("*.jsonl*"))
+    assert [f for f in files if "replica1" in f] and [f for f in files if "replica2" in f], files
+    assert all("replica1" in f or "replica2" in f for f in files), files
