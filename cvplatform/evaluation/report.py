@@ -290,12 +290,11 @@ def plot_corruptions(ctx: ReportContext, path: Path) -> Path | None:
 def gallery_montage(images: np.ndarray, items: Sequence[GalleryItem], path: Path, thumb: int = 96) -> Path:
     """A row of thumbnails with ``true -> predicted (confidence)`` captions."""
     import numpy as np
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     k = len(items)
     cap = 26
     canvas = Image.new("RGB", (max(1, k) * (thumb + 6) + 6, thumb + cap + 8), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
     for i, (img, it) in enumerate(zip(np.asarray(images), items, strict=True)):
         h, w = img.shape[:2]
         scale = thumb / max(h, w)
@@ -303,11 +302,30 @@ def gallery_montage(images: np.ndarray, items: Sequence[GalleryItem], path: Path
         im = Image.fromarray(img).resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
         x0 = 6 + i * (thumb + 6)
         canvas.paste(im, (x0, 4))
-        draw.text((x0, thumb + 6), f"{it.label[:8]}>{it.predicted[:8]}", fill=(0, 0, 0))
-        draw.text((x0, thumb + 17), f"p={it.confidence:.2f}", fill=(150, 0, 0))
+        canvas.paste((0, 0, 0), (x0, thumb + 6), _caption(f"{it.label[:8]}>{it.predicted[:8]}"))
+        canvas.paste((150, 0, 0), (x0, thumb + 17), _caption(f"p={it.confidence:.2f}"))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, format="PNG", **PNG_OPTIONS)
     return path
+
+
+_CAPTIONS: dict[str, Any] = {}
+
+
+def _caption(text: str) -> Any:
+    """The text drawn once in Pillow's default font as an ``L`` mask, pasted in a colour wherever it appears (a
+    suite's galleries repeat the same few captions hundreds of times)."""
+    mask = _CAPTIONS.get(text)
+    if mask is None:
+        from PIL import Image, ImageDraw, ImageFont
+
+        font = ImageFont.load_default()
+        left, top, right, bottom = font.getbbox(text)
+        mask = Image.new("L", (max(1, right), max(1, bottom)), 0)
+        ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=font)
+        if len(_CAPTIONS) < 4096:
+            _CAPTIONS[text] = mask
+    return mask
 
 
 # --------------------------------------------------------------------------- text
