@@ -2,12 +2,13 @@
 
 Point estimates come from torchmetrics (accuracy, macro-F1, per-class precision
 and recall, specificity -> false-positive rate, confusion matrix, expected
-calibration error). Proportions (accuracy, per-class recall) get **Wilson score
+calibration error: torchmetrics' own binning of the top-1 confidences, which are
+taken with numpy, the same number as ``multiclass_calibration_error``). Proportions (accuracy, per-class recall) get **Wilson score
 intervals** (:func:`wilson_interval`), which stay honest at 0 % and 100 %: 33 of 33
 correct gives [0.896, 1.000], not the [1.000, 1.000] a bootstrap of a perfect
 sample returns. Macro-F1, which is not a proportion, keeps the percentile
-bootstrap: it resamples the *same* per-image outcomes with numpy (vectorised
-confusion counts), using the same macro-F1 convention as torchmetrics (a class
+bootstrap: it resamples the *same* per-image outcomes with numpy (one index matrix
+per chunk of resamples, vectorised confusion counts, no Python loop per resample), using the same macro-F1 convention as torchmetrics (a class
 absent from both targets and predictions is left out of the average), so a
 bootstrap distribution is centred on the reported point estimate.
 
