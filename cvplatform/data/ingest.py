@@ -341,6 +341,42 @@ class DecodeOutcome:
     orientation: int = 1
 
 
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+
+
+def _read_file(path: str) -> bytes:
+    """The whole file with the fewest system calls (open, fstat, read until the end, close); Python's ``open``
+    adds buffer set-up, seeks and a second ``fstat`` per file."""
+    fd = os.open(path, os.O_RDONLY | _O_BINARY)
+    try:
+        size = os.fstat(fd).st_size
+        parts, got = [], 0
+        while True:  # a file that grew or a pipe-like special file: read until EOF
+            chunk = os.read(fd, max(size - got, 0) + 1)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def _create_file(path: str, data: bytes) -> None:
+    """Create ``path`` exclusively with ``data`` (open, write, close); an existing name is left alone (the caller
+    names files by their content's sha256, so it holds the same bytes)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666)  # as open(): umask applies
+    except FileExistsError:
+        return
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 def _decode_task(task: tuple[int, str, str], opts: DecodeOptions) -> DecodeOutcome:
     """Worker body: read one file, normalise it, write ``<folder>/<sha256>.png`` (``folder``: the image's final
     ``data/raw/<label dir>`` when its label is known before decoding, else ``opts.incoming``).
@@ -351,8 +387,7 @@ def _decode_task(task: tuple[int, str, str], opts: DecodeOptions) -> DecodeOutco
     done."""
     index, path, folder = task
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = _read_file(path)
     except OSError as exc:
         return DecodeOutcome(index, "unreadable", f"cannot read: {exc.strerror or exc}")
     try:
@@ -366,9 +401,7 @@ def _decode_task(task: tuple[int, str, str], opts: DecodeOptions) -> DecodeOutco
         raise  # e.g. the face cascade cannot be loaded: fail the run, do not quarantine everything
     except Exception as exc:  # a decoder/codec bug on one odd file must not sink the whole run
         return DecodeOutcome(index, "undecodable", f"unexpected {type(exc).__name__} while normalising: {exc}")
-    with contextlib.suppress(FileExistsError), open(os.path.join(folder or opts.incoming, f"{img.sha256}.png"),
-                                                    "xb") as fh:
-        fh.write(img.png)
+    _create_file(os.path.join(folder or opts.incoming, f"{img.sha256}.png"), img.png)
     return DecodeOutcome(index, None, "", img.sha256, img.width, img.height, img.format, img.faces, img.orientation)
 
 
