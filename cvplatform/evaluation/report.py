@@ -193,8 +193,9 @@ def figure(width: float, height: float, **subplots: Any) -> tuple[Any, Any]:
 def fixed_margins(fig: Any, *, left: float, right: float = 0.2, top: float = 0.35, bottom: float = 0.5) -> None:
     """Margins in inches, set once: ``tight_layout`` measures every text by laying the figure out an extra time,
     which cost as much as drawing it."""
-    w, h = fig.get_size_inches()
-    fig.subplots_adjust(left=min(0.6, left / w), right=1 - right / w, top=1 - top / h, bottom=bottom / h)
+    w, h = fig.get_size_inches()  # capped: very long labels are cut at the edge rather than leave no plot
+    fig.subplots_adjust(left=min(0.6, left / w), right=max(0.7, 1 - right / w), top=max(0.75, 1 - top / h),
+                        bottom=min(0.45, bottom / h))
 
 
 def text_inches(labels: Sequence[str], fontsize: float) -> float:
