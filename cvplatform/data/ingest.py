@@ -734,8 +734,8 @@ def _decode_tasks(items: list[SourceItem], raw: Path, direct: bool) -> list[tupl
         if it.reason is not None or not it.local_path:
             continue
         folder = ""
-        if direct and it.label is not None:
-            name = label_dirname(str(it.label))
+        if direct:
+            name = label_dirname(str(it.label))  # the folder _place_images names (str(label), as always)
             if name not in made:
                 (raw / name).mkdir(parents=True, exist_ok=True)
                 made.add(name)
