@@ -31,7 +31,8 @@ the same mix instead of taking a subset.
 
 The linearity workloads run with the cache off, so they measure the real work.
 
-Usage:  .venv/bin/python benchmarks/evaluate.py [--n 150] [--repeats 2] [--out benchmarks/results/evaluate.json]
+Usage:  .venv/bin/python benchmarks/evaluate.py [--n 150] [--repeats 2] [--only-cost] [--out benchmarks/results/evaluate.json]
+(``--only-cost``: part 3 alone, ``--repeats`` times, for its min/median/max.)
 The machine is shared and noisy: compare the ratios, not the absolute numbers.
 """
 
@@ -189,6 +190,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=150, help="images of the N workloads (images_2x uses 2N)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per workload (best kept)")
+    ap.add_argument("--only-cost", action="store_true",
+                    help="only part 3 (evaluate vs the model's compute, --repeats times); no linearity workloads")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/evaluate.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -203,6 +206,8 @@ def main() -> None:
         run_once(root, model, default, 8)
         workloads = {"full": (default, args.n), "scenarios_2x": (str(doubled), args.n),
                      "images_2x": (default, 2 * args.n)}
+        if args.only_cost:
+            workloads = {}
         runs: dict[str, dict] = {}
         cost: dict[str, list[float]] = {"cold": [], "warm": [], "model_ms_per_image": []}
         warm_runs: list[dict] = []
@@ -220,6 +225,15 @@ def main() -> None:
             cost["cold"].append(cold["s_per_scenario_image"] / per_image)
             cost["warm"].append(warm["s_per_scenario_image"] / per_image)
             warm_runs.append(warm)
+
+    cost_doc = {
+        key: {"min": round(min(v), 3), "median": round(statistics.median(v), 3), "max": round(max(v), 3),
+              "runs": [round(x, 3) for x in v]}
+        for key, v in cost.items()
+    }
+    if args.only_cost:
+        write_cost_only(args, arch, cost_doc, warm_runs)
+        return
 
     def ratio(a: str, b: str, key: str) -> float:
         return runs[a][key] / runs[b][key]
@@ -240,11 +254,7 @@ def main() -> None:
         "full_suite_images_per_s": runs["images_2x"]["images_per_s"],
         "repeats": args.repeats,
         "warm_cache_runs": warm_runs,
-        "evaluate_vs_model_compute": {
-            key: {"min": round(min(v), 3), "median": round(statistics.median(v), 3), "max": round(max(v), 3),
-                  "runs": [round(x, 3) for x in v]}
-            for key, v in cost.items()
-        },
+        "evaluate_vs_model_compute": cost_doc,
         "ratios": {
             "scenarios_work_2x_vs_1x": round(scen_work, 3),
             "scenarios_time_2x_vs_1x": round(time_scen, 3),
@@ -270,11 +280,27 @@ def main() -> None:
     print(f"images    x{q['images_work_2x_vs_1x']:.2f} -> time x{q['images_time_2x_vs_1x']:.2f} "
           f"(loop x{q['images_loop_time_2x_vs_1x']:.2f}); linearity {q['images_linearity']:.2f} "
           f"(loop {q['images_loop_linearity']:.2f})")
-    c = result["evaluate_vs_model_compute"]
+    print_cost(result["evaluate_vs_model_compute"])
+    print(f"written: {args.out}")
+
+
+def print_cost(c: dict) -> None:
     print(f"evaluate / model compute per scenario-image: cold (no cache) {c['cold']['median']:.2f}x "
           f"[{c['cold']['min']:.2f}-{c['cold']['max']:.2f}], warm (cache) {c['warm']['median']:.2f}x "
           f"[{c['warm']['min']:.2f}-{c['warm']['max']:.2f}] (target warm <= 2.5x); model "
           f"{c['model_ms_per_image']['median']:.3f} ms/image")
+
+
+def write_cost_only(args: argparse.Namespace, arch: str, cost_doc: dict, warm_runs: list[dict]) -> None:
+    """``--only-cost``: part 3 alone, written to ``--out``."""
+    result = {
+        "benchmark": "evaluate (--only-cost)", "model": f"{arch} (ONNX, onnxruntime CPU)", "input_size": "32x32",
+        "platform": platform.platform(), "python": platform.python_version(), "images": args.n,
+        "repeats": args.repeats, "evaluate_vs_model_compute": cost_doc, "warm_cache_runs": warm_runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print_cost(cost_doc)
     print(f"written: {args.out}")
 
 

@@ -341,12 +341,53 @@ class DecodeOutcome:
     orientation: int = 1
 
 
-def _decode_task(task: tuple[int, str], opts: DecodeOptions) -> DecodeOutcome:
-    """Worker body: read one file, normalise it, write ``<incoming>/<sha256>.png`` atomically."""
-    index, path = task
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+
+
+def _read_file(path: str) -> bytes:
+    """The whole file with the fewest system calls (open, fstat, read until the end, close); Python's ``open``
+    adds buffer set-up, seeks and a second ``fstat`` per file."""
+    fd = os.open(path, os.O_RDONLY | _O_BINARY)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        size = os.fstat(fd).st_size
+        parts, got = [], 0
+        while True:  # a file that grew or a pipe-like special file: read until EOF
+            chunk = os.read(fd, max(size - got, 0) + 1)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def _create_file(path: str, data: bytes) -> None:
+    """Create ``path`` exclusively with ``data`` (open, write, close); an existing name is left alone (the caller
+    names files by their content's sha256, so it holds the same bytes)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666)  # as open(): umask applies
+    except FileExistsError:
+        return
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _decode_task(task: tuple[int, str, str], opts: DecodeOptions) -> DecodeOutcome:
+    """Worker body: read one file, normalise it, write ``<folder>/<sha256>.png`` (``folder``: the image's final
+    ``data/raw/<label dir>`` when its label is known before decoding, else ``opts.incoming``).
+
+    One open and one write per image, no temporary name, rename or existence check: the file is created
+    exclusively (``xb``), and when its name already exists another copy of the same content (same sha256, so the
+    same bytes) created it first, in this process or another; nothing reads these files before every worker is
+    done."""
+    index, path, folder = task
+    try:
+        data = _read_file(path)
     except OSError as exc:
         return DecodeOutcome(index, "unreadable", f"cannot read: {exc.strerror or exc}")
     try:
@@ -360,16 +401,11 @@ def _decode_task(task: tuple[int, str], opts: DecodeOptions) -> DecodeOutcome:
         raise  # e.g. the face cascade cannot be loaded: fail the run, do not quarantine everything
     except Exception as exc:  # a decoder/codec bug on one odd file must not sink the whole run
         return DecodeOutcome(index, "undecodable", f"unexpected {type(exc).__name__} while normalising: {exc}")
-    dest = os.path.join(opts.incoming, f"{img.sha256}.png")
-    if not os.path.exists(dest):  # content-addressed: a concurrent writer of the same name writes the same bytes
-        tmp = os.path.join(opts.incoming, f".{img.sha256}.{os.getpid()}.tmp")  # one writer per process and name
-        with open(tmp, "wb") as fh:
-            fh.write(img.png)
-        os.replace(tmp, dest)
+    _create_file(os.path.join(folder or opts.incoming, f"{img.sha256}.png"), img.png)
     return DecodeOutcome(index, None, "", img.sha256, img.width, img.height, img.format, img.faces, img.orientation)
 
 
-def _decode_all(tasks: list[tuple[int, str]], opts: DecodeOptions, workers: int) -> dict[int, DecodeOutcome]:
+def _decode_all(tasks: list[tuple[int, str, str]], opts: DecodeOptions, workers: int) -> dict[int, DecodeOutcome]:
     from cvplatform.utils.logs import Progress
 
     out: dict[int, DecodeOutcome] = {}
@@ -638,11 +674,13 @@ class _Placed:
 
 def _place_images(items: list[SourceItem], outcomes: dict[int, DecodeOutcome], by_sha: dict[str, list[int]],
                   listing: Any, paths: ProjectPaths, incoming: Path, ip: Any,
-                  rejected: list[tuple[int, str, str]]) -> _Placed:
+                  rejected: list[tuple[int, str, str]], direct: bool = False) -> _Placed:
     """Move each distinct image to ``data/raw/<label>/<sha256>.png`` and make its manifest row.
 
     The first copy (by source order) of an image is kept, the others are duplicates; an image whose copies
-    carry different labels is rejected (``label_conflict``, appended to ``rejected``).
+    carry different labels is rejected (``label_conflict``, appended to ``rejected``). ``direct``: the workers
+    wrote every image into its label's folder already (:func:`_decode_tasks`), so nothing moves; a conflicting
+    image is deleted from each of its labels' folders.
     """
     placed = _Placed([], [], 0)
     made: set[str] = set()
@@ -656,16 +694,18 @@ def _place_images(items: list[SourceItem], outcomes: dict[int, DecodeOutcome], b
                 shown = ", ".join(others[:5]) + (f" (+{len(others) - 5} more)" if len(others) > 5 else "")
                 rejected.append((i, "label_conflict",
                                  f"same image (sha256 {sha[:12]}) labelled {labels}; other copies: {shown}"))
-            png.unlink()
+            for written in ([paths.raw / label_dirname(lbl) / f"{sha}.png" for lbl in labels] if direct else [png]):
+                written.unlink(missing_ok=direct)
             continue
         keep = items[idxs[0]]
         label = str(keep.label)
         folder = label_dirname(label)
-        if folder not in made:
+        if folder not in made and not direct:
             (paths.raw / folder).mkdir(parents=True, exist_ok=True)
-            made.add(folder)
+        made.add(folder)
         dest = paths.raw / folder / f"{sha}.png"
-        os.replace(png, dest)
+        if not direct:
+            os.replace(png, dest)
         o = outcomes[idxs[0]]
         placed.faces += o.faces
         row: dict[str, object] = {
@@ -678,7 +718,30 @@ def _place_images(items: list[SourceItem], outcomes: dict[int, DecodeOutcome], b
             row[col] = meta.get(col)
         placed.rows.append(row)
         placed.duplicates.extend((items[j].origin, keep.origin, sha, label) for j in idxs[1:])
+    if direct:  # a label folder made before decoding whose every image was rejected goes again
+        for d in {t for t in os.listdir(paths.raw) if t != _INCOMING} - made:
+            with contextlib.suppress(OSError):
+                (paths.raw / d).rmdir()
     return placed
+
+
+def _decode_tasks(items: list[SourceItem], raw: Path, direct: bool) -> list[tuple[int, str, str]]:
+    """``(index, file, folder)`` of every file to decode. ``direct`` (no annotations, so the label a file is
+    listed with is final): ``folder`` is its ``data/raw/<label dir>``, made here once per label, and the worker
+    writes the image where it stays; otherwise "" (the incoming folder, placed after the run)."""
+    tasks, made = [], set()
+    for i, it in enumerate(items):
+        if it.reason is not None or not it.local_path:
+            continue
+        folder = ""
+        if direct:
+            name = label_dirname(str(it.label))  # the folder _place_images names (str(label), as always)
+            if name not in made:
+                (raw / name).mkdir(parents=True, exist_ok=True)
+                made.add(name)
+            folder = str(raw / name)
+        tasks.append((i, str(it.local_path), folder))
+    return tasks
 
 
 def _quarantine_rows(items: list[SourceItem], rejected: list[tuple[int, str, str]], store: Path,
@@ -761,8 +824,8 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
         max_pixels=ip.max_pixels, min_side=ip.min_side, redact=ip.privacy.redact_faces,
         min_face_size=ip.privacy.min_face_size, incoming=str(incoming),
     )
-    tasks = [(i, str(it.local_path)) for i, it in enumerate(items) if it.reason is None and it.local_path]
-    outcomes = _decode_all(tasks, opts, ip.workers)
+    direct = ann is None  # every listed label is final: each image is written where it stays
+    outcomes = _decode_all(_decode_tasks(items, paths.raw, direct), opts, ip.workers)
     boxes = None
     if ann is not None:
         judged = annotated.judge_images(items, outcomes, ann, str(listing.annotations), tolerance=ip.box_tolerance,
@@ -770,7 +833,7 @@ def run_ingest(params: Params, *, root: str | Path | None = None) -> IngestResul
         items, outcomes, boxes = judged.items, judged.outcomes, judged.boxes
 
     rejected, by_sha = _group_by_content(items, outcomes)
-    placed = _place_images(items, outcomes, by_sha, listing, paths, incoming, ip, rejected)
+    placed = _place_images(items, outcomes, by_sha, listing, paths, incoming, ip, rejected, direct)
     shutil.rmtree(incoming)
     keep = ip.quarantine.retention_days != 0
     report_rows = _quarantine_rows(items, rejected, store, paths, keep)

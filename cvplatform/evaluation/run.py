@@ -323,7 +323,8 @@ def _gallery(b: BuiltScenario, res: Any, task: Task, class_names: list[str], k: 
 
     order = np.asarray([w[0] for w in worst], dtype=np.int64)
     pix = b.pixels(seed, order)
-    items = [GalleryItem(res.image_ids[i], truth, pred, float(score), str(b.source.rows.iloc[int(b.base[i])]["path"]))
+    paths = b.source.rows["path"]
+    items = [GalleryItem(res.image_ids[i], truth, pred, float(score), str(paths.iat[int(b.base[i])]))
              for i, truth, pred, score in worst]
     return items, pix
 

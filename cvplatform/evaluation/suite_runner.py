@@ -60,6 +60,9 @@ class EvalImages:
     contract: PreprocessContract | None = None
     """The contract :attr:`images` were resized with (its stretch or letterbox moves the targets' positions)."""
     _fingerprint: str | None = field(default=None, init=False, repr=False)
+    _targets: dict[tuple[str, tuple[str, ...]], list[Any]] = field(default_factory=dict, init=False, repr=False)
+    """Every row's task target (``task.target_of`` moved into the input's pixels), by (task, classes): computed
+    once and shared by the scenarios on these images (clean and every corruption run on the same rows)."""
 
     @property
     def fingerprint(self) -> str:
@@ -284,10 +287,30 @@ def scenario_targets(task: Any, b: BuiltScenario, class_names: Sequence[str]) ->
     """The task's targets of a scenario's images (``task.target_of`` of each manifest row, in image order):
     class indices for classification (equal to ``b.y``), whatever the task learns otherwise. Positions are moved
     into the model input's pixels (``task.to_input_pixels`` with the contract and each image's decoded size), where
-    the predictions are, as training's pipeline moves them (detection: boxes through the stretch or letterbox)."""
+    the predictions are, as training's pipeline moves them (detection: boxes through the stretch or letterbox).
+
+    The targets of the source's rows are built once (:func:`source_targets`) and indexed by the scenario's rows:
+    a suite's 50-odd scenarios on the same split do not convert the same manifest rows again each time."""
+    import numpy as np
+
     if not len(b.ids):
         return b.y
-    return targets_of(task, b.source, class_names, b.base)
+    every = source_targets(task, b.source, class_names)
+    return np.asarray([every[int(i)] for i in np.asarray(b.base, dtype=np.int64)])
+
+
+def source_targets(task: Any, source: EvalImages, class_names: Sequence[str]) -> list[Any]:
+    """Every row's target of ``source`` (see :func:`scenario_targets`), computed once per task and class list."""
+    key = (str(getattr(task, "name", type(task).__name__)), tuple(class_names))
+    cached = source._targets.get(key)
+    if cached is None:
+        index = {c: i for i, c in enumerate(class_names)}
+        cached = [task.target_of(r, index) for r in source.rows.to_dict("records")]
+        sizes, contract = source.image_sizes, source.contract
+        if sizes is not None and contract is not None:
+            cached = [task.to_input_pixels(t, contract, sizes[i]) for i, t in enumerate(cached)]
+        source._targets[key] = cached
+    return cached
 
 
 def targets_of(task: Any, source: EvalImages, class_names: Sequence[str], base: Sequence[int] | None = None) -> Any:
@@ -295,14 +318,8 @@ def targets_of(task: Any, source: EvalImages, class_names: Sequence[str], base: 
     the model input's pixels with the contract the images were resized with (see :func:`scenario_targets`)."""
     import numpy as np
 
-    index = {c: i for i, c in enumerate(class_names)}
-    base = np.arange(len(source.rows)) if base is None else np.asarray(base, dtype=np.int64)
-    rows = source.rows.iloc[base].to_dict("records")
-    targets = [task.target_of(r, index) for r in rows]
-    sizes, contract = source.image_sizes, source.contract
-    if sizes is not None and contract is not None:
-        targets = [task.to_input_pixels(t, contract, sizes[int(i)]) for t, i in zip(targets, base, strict=True)]
-    return np.asarray(targets)
+    every = source_targets(task, source, class_names)
+    return np.asarray(every if base is None else [every[int(i)] for i in np.asarray(base, dtype=np.int64)])
 
 
 def run_suite(
@@ -364,4 +381,5 @@ __all__ = [
     "run_suite",
     "scenario_targets",
     "select_split",
+    "source_targets",
 ]

@@ -18,15 +18,6 @@ from typing import Any
 from cvplatform.tasks.classification.metrics import ScenarioResult
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
     import csv
 
@@ -62,12 +53,13 @@ def plot_confusion(result: ScenarioResult, class_names: Sequence[str], path: Pat
     """Confusion matrix heat map (rows = true class, columns = predicted)."""
     import numpy as np
 
-    plt = _plt()
+    from cvplatform.evaluation.report import figure, fixed_margins, save_png, text_inches
+
     assert result.metrics is not None
     cm = np.asarray(result.metrics.confusion)
     k = len(class_names)
     size = min(10.0, max(3.5, 0.45 * k + 2))
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    fig, ax = figure(size, size * 0.85)
     im = ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(k))
     ax.set_yticks(range(k))
@@ -83,18 +75,18 @@ def plot_confusion(result: ScenarioResult, class_names: Sequence[str], path: Pat
                         color="white" if cm[i, j] > thresh else "black")
     ax.set_title(f"Confusion matrix: {result.name}", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    label = text_inches(class_names, 7)
+    fixed_margins(fig, left=label + 0.45, right=0.45, bottom=0.707 * label + 0.5)  # x labels turned 45 degrees
+    return save_png(fig, path)
 
 
 def plot_reliability(result: ScenarioResult, path: Path) -> Path:
     """Reliability diagram: accuracy vs mean confidence per bin, with the share of images per bin."""
-    plt = _plt()
+    from cvplatform.evaluation.report import figure, fixed_margins, save_png
+
     assert result.metrics is not None
     bins = result.metrics.reliability
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(4.8, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, ax2) = figure(4.8, 5.2, nrows=2, ncols=1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     centres = [(b["lower"] + b["upper"]) / 2 if b["upper"] > b["lower"] else b["lower"] for b in bins]
     widths = [max(b["upper"] - b["lower"], 0.02) for b in bins]
@@ -109,10 +101,8 @@ def plot_reliability(result: ScenarioResult, path: Path) -> Path:
     ax2.set_xlabel("confidence")
     ax2.set_ylabel("share")
     ax2.set_xlim(0, 1.02)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    fixed_margins(fig, left=0.6)
+    return save_png(fig, path)
 
 
 def report_details(result: ScenarioResult, class_names: Sequence[str], plots_dir: Path) -> dict[str, Any]:

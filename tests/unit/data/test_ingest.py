@@ -245,6 +245,33 @@ def test_folder_path_is_relative_to_the_project_root(tmp_path, project_root):
     assert result.accepted == 1 and result.source == "folder:incoming"
 
 
+def test_data_raw_holds_exactly_the_manifest_images(corpus_run):
+    # images are written straight into their label's folder: a label conflict's copies (cats and dogs) and a
+    # duplicate leave no file behind, and no temporary or incoming name survives
+    _, root, _, _ = corpus_run
+    df = read_manifest(root / "data/processed/manifest.parquet")
+    files = {p.relative_to(root).as_posix() for p in (root / "data/raw").rglob("*") if not p.is_dir()}
+    assert files == set(df["path"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_label_whose_every_file_is_rejected_leaves_no_folder(project_root, workers):
+    src = project_root / "incoming"
+    for label in ("cats", "broken"):
+        (src / label).mkdir(parents=True)
+    (src / "cats" / "a.png").write_bytes(png_bytes(random_rgb(1)))
+    (src / "cats" / "b.png").write_bytes(png_bytes(random_rgb(1)))  # same content, same label: a duplicate
+    (src / "broken" / "x.png").write_bytes(b"not an image")
+    (src / "broken" / "y.png").write_bytes(png_bytes(random_rgb(2)))
+    (src / "cats" / "y.png").write_bytes(png_bytes(random_rgb(2)))  # same content, another label: conflict
+    result = run_ingest(build_params("ingest.source=folder:incoming", f"ingest.workers={workers}"),
+                        root=project_root)
+    assert (result.accepted, result.duplicates, result.by_reason) == (1, 1, {"label_conflict": 2, "undecodable": 1})
+    raw = project_root / "data/raw"
+    assert [p.relative_to(raw).as_posix() for p in sorted(raw.rglob("*"))] == [
+        "cats", f"cats/{read_manifest(project_root / 'data/processed/manifest.parquet')['sha256'][0]}.png"]
+
+
 def test_shapes_source_has_metadata_columns(project_root):
     params = build_params("ingest.source=shapes", "ingest.shapes.count=12", "ingest.shapes.size=32",
                           "ingest.shapes.classes=[circle, square, star]", "ingest.workers=1")

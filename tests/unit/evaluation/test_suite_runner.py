@@ -128,3 +128,23 @@ def test_a_damaged_or_unwritable_cache_never_changes_a_result(project, caplog):
     assert "cannot write" in caplog.text and "evaluate.corruption_cache: null" in caplog.text
     np.testing.assert_array_equal(runs[1].logits[0], plain[1].logits[0])
     assert open_cache(None, project) is None
+
+
+def test_scenario_targets_convert_each_manifest_row_once(project):
+    # a suite's scenarios on the same split share one conversion of its rows (the task counts its calls)
+    from cvplatform.tasks.classification import ClassificationTask
+
+    class Counting(ClassificationTask):
+        calls = 0
+
+        def target_of(self, row, class_index):
+            Counting.calls += 1
+            return super().target_of(row, class_index)
+
+    perfect = load_predictor("perfect.onnx", root=project)
+    runs, data = _run(project, [perfect])
+    task = Counting()
+    targets = [suite_runner.scenario_targets(task, r.built, list(perfect.class_names)) for r in runs]
+    assert Counting.calls == len(data.ids)  # four scenarios, every row converted once
+    for r, t in zip(runs, targets, strict=True):
+        np.testing.assert_array_equal(t, r.built.y)  # classification's targets are the class indices

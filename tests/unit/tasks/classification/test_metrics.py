@@ -227,3 +227,48 @@ def test_the_task_builds_the_scenario_result_from_logits_and_its_int8_score_is_t
     assert empty.metrics is None and empty.n == 0
     with pytest.raises(ModelError, match="do not fit"):
         task.evaluate_scenario("clean", "clean", ids, y, {"logits": logits[:, :2]}, ["a", "b", "c"])
+
+
+def test_calibration_error_is_torchmetrics_number_exactly():
+    # compute_metrics bins numpy's top-1 confidence with torchmetrics' own _ce_compute: the same float
+    import torch
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    from cvplatform.tasks.classification.metrics import _calibration_error
+
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        n, c = int(rng.integers(1, 300)), int(rng.integers(2, 12))
+        logits = rng.normal(0, rng.uniform(0.1, 8), (n, c))
+        logits[: n // 4, 0] = 200.0  # confidence exactly 1.0
+        y = rng.integers(0, c, n)
+        p = softmax(logits)
+        want = float(multiclass_calibration_error(torch.from_numpy(p.astype(np.float32)), torch.from_numpy(y),
+                                                  num_classes=c, n_bins=15, norm="l1", validate_args=False))
+        assert _calibration_error(p, y, 15) == want
+        assert compute_metrics(y, p, [str(k) for k in range(c)], n_bootstrap=20).ece == want
+
+
+def test_reliability_bins_equal_a_mask_per_bin():
+    # the grouped (one sort) bins hold the same numbers as masking each bin, to the last bit
+    rng = np.random.default_rng(4)
+    conf = np.concatenate([rng.random(500), [1.0, 1.0, 0.0]]).astype(np.float32)
+    corr = rng.random(conf.shape[0]) < conf
+    bounds = np.linspace(0, 1, 16, dtype=np.float32)
+    idx = np.searchsorted(bounds, conf, side="right") - 1
+    want = []
+    for b in range(16):
+        mask = idx == b
+        if mask.any():
+            want.append((int(mask.sum()), float(conf[mask].astype(np.float64).mean()),
+                         float(corr[mask].astype(np.float64).mean())))
+    got = [(r["count"], r["confidence"], r["accuracy"]) for r in reliability_bins(conf, corr, 15)]
+    assert got == want
+
+
+def test_scenario_macro_f1_interval_is_the_bootstrap_ci_of_the_same_seed():
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 4, 150)
+    pred = np.where(rng.random(150) < 0.8, y, rng.integers(0, 4, 150))
+    m = compute_metrics(y, _onehot_probs(pred, c=4), list("abcd"), n_bootstrap=1000, seed=11)
+    assert m.macro_f1_ci == bootstrap_ci(y, pred, 4, n_bootstrap=1000, seed=11)["macro_f1"]
