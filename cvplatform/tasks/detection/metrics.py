@@ -284,7 +284,7 @@ class CocoResampler:
         n = len(truth)
         self.npig = {a: np.zeros((n, k_n), np.int64) for a in self.areas}
         self.has_gt = np.zeros(n, bool)
-        cls, score, status = [], [], {a: [] for a in self.areas}
+        cls, score, det_area, status = [], [], [], {a: [] for a in self.areas}
         self.count = np.zeros(n, np.int64)
         for i, (t, p) in enumerate(zip(truth, preds, strict=True)):
             tb = _xywh(_arr(t.get("boxes"), (0, 4), np.float64))
@@ -301,6 +301,7 @@ class CocoResampler:
                 ious = _coco_iou(pb[di], tb[gi], tc[gi])
                 cls.append(np.full(len(di), c))
                 score.append(ps[di])
+                det_area.append(d_area[di])
                 self.count[i] += len(di)
                 for a in self.areas:
                     lo, hi = _AREA_RANGES[a]
@@ -317,6 +318,12 @@ class CocoResampler:
         score_all = np.concatenate(score) if score else np.zeros(0)
         n_t = len(_IOU_THRS)
         self.status = {a: (np.concatenate(s, axis=1) if s else np.zeros((n_t, 0), np.int8)) for a, s in status.items()}
+        areas = np.concatenate(det_area) if det_area else np.zeros(0)
+        self.in_range = {a: (areas >= _AREA_RANGES[a][0]) & (areas <= _AREA_RANGES[a][1]) for a in self.areas}
+        # a detection in range that is a false positive at every threshold only counts; the others are "special"
+        self.special = np.zeros(len(areas), bool)
+        for a in self.areas:
+            self.special |= ((self.status[a] == _TP) | (self.in_range[a][None, :] & (self.status[a] != _FP))).any(axis=0)
         # one integer per (class, score): COCO's order is by class, then descending score, then resample order
         order = np.lexsort((-score_all, self.cls))
         new = np.r_[True, (np.diff(self.cls[order]) != 0) | (np.diff(score_all[order]) != 0)] if len(order) else []
@@ -336,19 +343,24 @@ class CocoResampler:
         cls_o = self.cls[o]
         k_all = np.arange(self.n_classes)
         seg_lo, seg_hi = np.searchsorted(cls_o, k_all, "left"), np.searchsorted(cls_o, k_all, "right")
+        pos = np.flatnonzero(self.special[o])  # sorted positions of the detections that may be matched
+        u, c_s = o[pos], cls_o[pos]
+        s_lo, s_hi = np.searchsorted(c_s, k_all, "left"), np.searchsorted(c_s, k_all, "right")
         n_t = len(_IOU_THRS)
         for a in self.areas:
             npig = self.npig[a][idx].sum(axis=0)
             valid = npig > 0
-            st = self.status[a][:, o]
-            tpc = np.zeros((n_t, total + 1), np.int64)
-            fpc = np.zeros((n_t, total + 1), np.int64)
+            in_cum = np.zeros(total + 1, np.int64)
+            np.cumsum(self.in_range[a][o], out=in_cum[1:])  # detections in range: false unless matched
+            st = self.status[a][:, u]  # (T, S)
+            tpc = np.zeros((n_t, len(u) + 1), np.int64)
+            nfc = np.zeros((n_t, len(u) + 1), np.int64)
             np.cumsum(st == _TP, axis=1, out=tpc[:, 1:])
-            np.cumsum(st == _FP, axis=1, out=fpc[:, 1:])
-            ti, j = np.nonzero(st == _TP)  # only true positives can set interpolated precision
-            c = cls_o[j]
-            tp = (tpc[ti, j + 1] - tpc[ti, seg_lo[c]]).astype(np.float64)
-            fp = (fpc[ti, j + 1] - fpc[ti, seg_lo[c]]).astype(np.float64)
+            np.cumsum((st != _FP) & self.in_range[a][u][None, :], axis=1, out=nfc[:, 1:])
+            ti, s = np.nonzero(st == _TP)  # only true positives can set interpolated precision
+            c = c_s[s]
+            tp = (tpc[ti, s + 1] - tpc[ti, s_lo[c]]).astype(np.float64)
+            fp = ((in_cum[pos[s] + 1] - in_cum[seg_lo[c]]) - (nfc[ti, s + 1] - nfc[ti, s_lo[c]])).astype(np.float64)
             rc = tp / npig[c]
             pr = tp / (fp + tp + np.spacing(1))
             best = np.zeros((n_t, self.n_classes, len(_REC_THRS) + 1))
@@ -359,7 +371,7 @@ class CocoResampler:
                 if RESAMPLED_KEYS[key] != a or not valid.any():
                     continue
                 if key == "mar_100":
-                    rec = (tpc[:, seg_hi] - tpc[:, seg_lo]) / np.maximum(npig, 1)
+                    rec = (tpc[:, s_hi] - tpc[:, s_lo]) / np.maximum(npig, 1)
                     out[key] = float(rec[:, valid].mean())
                 elif key == "map50":
                     out[key] = float(ap[0, valid].mean())
