@@ -229,8 +229,9 @@ def _coco_iou(d: np.ndarray, g: np.ndarray, crowd: np.ndarray) -> np.ndarray:
     return np.where(ok, inter / np.where(ok, union, 1.0), 0.0)
 
 
-def _greedy(ious: np.ndarray, gt_ignore: np.ndarray, crowd: np.ndarray, det_out: np.ndarray) -> np.ndarray:
-    """COCOeval.evaluateImg for one image and class at every IoU threshold: ``(T, D)`` FP / TP / ignored.
+def _greedy(ious: np.ndarray, gt_ignore: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+    """COCOeval.evaluateImg for one image and class at every IoU threshold: ``(T, D)`` FP / TP / ignored
+    (before unmatched detections outside the area range are ignored).
 
     ``ious`` is ``(D, G)`` with detections by descending score and ground truths ordered non-ignored first."""
     n_t, (n_d, n_g) = len(_IOU_THRS), ious.shape
@@ -238,13 +239,13 @@ def _greedy(ious: np.ndarray, gt_ignore: np.ndarray, crowd: np.ndarray, det_out:
     status = np.full((n_t, n_d), _FP, np.int8)
     taken = np.zeros((n_t, n_g), bool)
     rows = np.arange(n_t)
-    for d in range(n_d if n_g else 0):
+    parts = (~gt_ignore, gt_ignore) if gt_ignore.any() else (~gt_ignore,)
+    reach = np.flatnonzero((ious >= thr[0, 0]).any(axis=1)) if n_g else np.zeros(0, np.int64)
+    for d in reach:  # the others overlap no ground truth enough at any threshold
         row = ious[d]
-        if row.max() < thr[0, 0]:
-            continue
         free = (row[None, :] >= thr) & ~(taken & ~crowd[None, :])
         chosen = np.full(n_t, -1)
-        for part in (~gt_ignore, gt_ignore):  # a non-ignored ground truth first, else an ignored one
+        for part in parts:  # a non-ignored ground truth first, else an ignored one
             cand = free & part[None, :] & (chosen[:, None] < 0)
             s = np.where(cand, row[None, :], -np.inf)
             best = s.max(axis=1)
@@ -254,7 +255,6 @@ def _greedy(ious: np.ndarray, gt_ignore: np.ndarray, crowd: np.ndarray, det_out:
         m = chosen >= 0
         status[m, d] = np.where(gt_ignore[chosen[m]], _IGNORED, _TP)
         taken[rows[m], chosen[m]] = True
-    status[(status == _FP) & det_out[None, :]] = _IGNORED
     return status
 
 
@@ -303,12 +303,16 @@ class CocoResampler:
                 score.append(ps[di])
                 det_area.append(d_area[di])
                 self.count[i] += len(di)
+                matched: dict[bytes, np.ndarray] = {}  # area ranges ignoring the same ground truth match alike
                 for a in self.areas:
                     lo, hi = _AREA_RANGES[a]
                     ig = tc[gi] | (g_area[gi] < lo) | (g_area[gi] > hi)
-                    order = np.argsort(ig, kind="mergesort")
-                    status[a].append(_greedy(ious[:, order], ig[order], tc[gi][order],
-                                             (d_area[di] < lo) | (d_area[di] > hi)))
+                    if ig.tobytes() not in matched:
+                        order = np.argsort(ig, kind="mergesort")
+                        matched[ig.tobytes()] = _greedy(ious[:, order], ig[order], tc[gi][order])
+                    st = matched[ig.tobytes()].copy()
+                    st[(st == _FP) & ((d_area[di] < lo) | (d_area[di] > hi))[None, :]] = _IGNORED
+                    status[a].append(st)
             for a in self.areas:
                 lo, hi = _AREA_RANGES[a]
                 ok = ~tc & (g_area >= lo) & (g_area <= hi)
@@ -342,7 +346,7 @@ class CocoResampler:
         o = ex[np.argsort(self.key[ex], kind="stable")]
         cls_o = self.cls[o]
         k_all = np.arange(self.n_classes)
-        seg_lo, seg_hi = np.searchsorted(cls_o, k_all, "left"), np.searchsorted(cls_o, k_all, "right")
+        seg_lo = np.searchsorted(cls_o, k_all, "left")
         pos = np.flatnonzero(self.special[o])  # sorted positions of the detections that may be matched
         u, c_s = o[pos], cls_o[pos]
         s_lo, s_hi = np.searchsorted(c_s, k_all, "left"), np.searchsorted(c_s, k_all, "right")
