@@ -7,6 +7,10 @@ medium / large objects, AR@100 and AP per class. :func:`coco_ground_truth` and
 :func:`coco_results` write the same inputs as COCO JSON and COCO results JSON, so any COCO tool
 recomputes the numbers from evaluate's files.
 
+:class:`CocoResampler` gives the same numbers (mAP, mAP50, mAP75, AP small / medium / large, AR@100) for image
+resamples with replacement without re-running the evaluation: the matches are computed once, each resample only
+re-accumulates them (the detection bootstrap intervals).
+
 :func:`operating_point` adds what the COCO summary lacks for a launch decision: precision,
 recall and F1 at the confidence threshold that maximises F1 (boxes matched greedily by score at
 IoU 0.5 within their class), and :func:`confusion_matrix` a class confusion matrix with a

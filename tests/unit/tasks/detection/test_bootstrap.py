@@ -140,3 +140,20 @@ def test_paired_delta_without_a_coco_evaluation_per_resample(monkeypatch):
     assert calls[0] == 0
     assert delta == pytest.approx(a.values["map50"] - b.values["map50"])
     assert lo <= hi
+
+
+def test_tied_scores_follow_the_resample_order_as_coco_does():
+    """A true and a false box of equal score on different images: COCO ranks them in image order, so the two
+    orders of the same resample give different APs, and the resampler follows each."""
+    box = np.array([[10.0, 10.0, 60.0, 60.0]])
+    truth = [{"boxes": box, "labels": np.array([0]), "iscrowd": np.array([False])},
+             {"boxes": box, "labels": np.array([0]), "iscrowd": np.array([False])}]
+    preds = [{"boxes": box, "scores": np.array([0.5]), "labels": np.array([0])},  # a hit
+             {"boxes": box + 200, "scores": np.array([0.5]), "labels": np.array([0])}]  # a miss, same score
+    fast = CocoResampler(truth, preds, CLASSES, ["map50"])
+    values = []
+    for idx in ([0, 1], [1, 0], [0, 1, 1], [1, 0, 0, 1]):
+        ref = coco_metrics([truth[i] for i in idx], [preds[i] for i in idx], CLASSES)["map50"]
+        assert fast.metrics(np.array(idx))["map50"] == pytest.approx(ref, abs=1e-12)
+        values.append(ref)
+    assert values[0] != values[1]
