@@ -7,7 +7,11 @@ Ratios within one run (the machine is shared and noisy; compare ratios, not abso
    random scores). The project's :func:`cvplatform.tasks.detection.metrics.coco_metrics` (the
    ``faster_coco_eval`` backend) against pycocotools' ``COCOeval`` on the same COCO documents, timed from the
    same in-memory inputs; the 12 COCO numbers must be identical (to 1e-9). Reported: seconds of each and the
-   ratio ``project / pycocotools`` (lower is faster).
+   ratio ``project / pycocotools`` (lower is faster). Then the bootstrap: one scenario's
+   ``DetectionTask.evaluate_scenario`` with 200 resamples on ``--bootstrap-images`` (default 225) images with
+   100 boxes each (a trained detector at score >= 0.01: the truth jittered plus low-score false boxes) against
+   one ``coco_metrics`` call on the same images; reported as the ratio (a COCO evaluation per resample made it
+   about 200; the resamples alone are timed too). The first resamples are checked against ``coco_metrics`` of the resampled images (to 1e-6).
 2. **Training step**: the project's ``DetectionModule`` fitted by Lightning against a plain loop (same network
    initialisation, optimiser, loss and pre-collated batches of built-in scenes), one torch thread, epochs
    measured pairwise (one plain epoch next to each Lightning epoch; the first pair is a warm-up). Target:
@@ -26,7 +30,7 @@ Ratios within one run (the machine is shared and noisy; compare ratios, not abso
    level serves a classifier on the same backbone and input size the same way (fp32, concurrency 4, 16 rows), so
    the run says how much of the gap is serving itself and how much is detection. About 1.5 minutes.
 
-Usage:  .venv/bin/python benchmarks/detection.py [--images 5000] [--boxes 20] [--epochs 6]
+Usage:  .venv/bin/python benchmarks/detection.py [--images 5000] [--boxes 20] [--bootstrap-images 225] [--epochs 6]
                                                  [--parts evaluation training serving]
                                                  [--serving-duration 5] [--threads 1]
                                                  [--out benchmarks/results/detection.json]
@@ -103,6 +107,48 @@ def bench_evaluation(n_images: int, n_boxes: int) -> dict:
             "project_s": round(ours_s, 3), "pycocotools_s": round(ref_s, 3),
             "ratio_project_vs_pycocotools": round(ours_s / ref_s, 4), "max_abs_difference": float(diff),
             "identical": bool(np.isclose(diff, 0.0, atol=1e-9)), "map": ours["map"], "map50": ours["map50"]}
+
+
+def bench_bootstrap(n_images: int, n_resamples: int = 200) -> dict:
+    import numpy as np
+
+    from cvplatform.tasks.detection import task as det
+    from cvplatform.tasks.detection.metrics import coco_metrics
+
+    truth, preds = synthetic(n_images, 8, seed=1)
+    rng = np.random.default_rng(2)
+    k = 100
+    outputs = {"boxes": np.zeros((n_images, k, 4), np.float32), "scores": np.zeros((n_images, k), np.float32),
+               "labels": np.zeros((n_images, k), np.int64)}
+    for i, p in enumerate(preds):  # the detections plus low-score false boxes: 100 per image
+        n_fp = k - len(p["scores"])
+        xy = rng.uniform(0, 560, size=(n_fp, 2))
+        outputs["boxes"][i] = np.concatenate([p["boxes"], np.concatenate([xy, xy + rng.uniform(4, 80, (n_fp, 2))], 1)])
+        outputs["scores"][i] = np.concatenate([p["scores"], rng.uniform(0.01, 0.3, n_fp)])
+        outputs["labels"][i] = np.concatenate([p["labels"], rng.integers(0, len(CLASSES), n_fp)])
+    task = det.DetectionTask()
+    ids = [str(i) for i in range(n_images)]
+    t0 = time.perf_counter()
+    res = task.evaluate_scenario("clean", "clean", ids, truth, outputs, CLASSES, n_bootstrap=n_resamples, seed=0)
+    scenario_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    coco_metrics(res.truth, res.preds, CLASSES)
+    coco_s = time.perf_counter() - t0
+    keys = [m.name for m in task.metrics]
+    t0 = time.perf_counter()
+    det._bootstrap(res.truth, [res.preds], CLASSES, keys, n_resamples, 0)
+    bootstrap_s = time.perf_counter() - t0
+    (samples,) = det._bootstrap(res.truth, [res.preds], CLASSES, keys, 3, 0)
+    draws, diff = np.random.default_rng(0), 0.0
+    for b in range(3):
+        idx = draws.integers(0, n_images, size=n_images)
+        ref = coco_metrics([res.truth[i] for i in idx], [res.preds[i] for i in idx], CLASSES)
+        diff = max(diff, *(abs(samples[key][b] - ref[key]) for key in keys if ref[key] is not None))
+    return {"images": n_images, "predictions": int(sum(len(p["scores"]) for p in res.preds)),
+            "resamples": n_resamples, "evaluate_scenario_s": round(scenario_s, 3), "coco_metrics_s": round(coco_s, 3),
+            "bootstrap_s": round(bootstrap_s, 3), "ratio_scenario_vs_one_coco": round(scenario_s / coco_s, 2),
+            "ratio_bootstrap_vs_one_coco": round(bootstrap_s / coco_s, 2), "max_abs_difference": float(diff),
+            "identical": bool(diff <= 1e-6), "intervals": {key: res.intervals[key] for key in ("map", "map50")}}
 
 
 def _batches(n_batches: int, batch: int, size: int) -> tuple[list, list[str]]:
@@ -301,6 +347,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--boxes", type=int, default=20)
+    ap.add_argument("--bootstrap-images", type=int, default=225)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -319,7 +366,13 @@ def main() -> int:
         print(f"evaluation: {ev['images']} images x {ev['boxes_per_image']} boxes: project {ev['project_s']:.2f} s, "
               f"pycocotools {ev['pycocotools_s']:.2f} s (ratio {ev['ratio_project_vs_pycocotools']:.3f}); "
               f"identical numbers: {ev['identical']} (max |diff| {ev['max_abs_difference']:.1e})")
-        ok = bool(ev["identical"])
+        bs = result["bootstrap"] = bench_bootstrap(args.bootstrap_images)
+        print(f"bootstrap: evaluate_scenario ({bs['images']} images, {bs['predictions']} boxes, {bs['resamples']} "
+              f"resamples) {bs['evaluate_scenario_s']:.2f} s vs one coco_metrics {bs['coco_metrics_s']:.2f} s "
+              f"(ratio {bs['ratio_scenario_vs_one_coco']:.1f}; the {bs['resamples']} resamples alone "
+              f"{bs['bootstrap_s']:.2f} s, ratio {bs['ratio_bootstrap_vs_one_coco']:.1f}); resamples equal COCO: {bs['identical']} "
+              f"(max |diff| {bs['max_abs_difference']:.1e})")
+        ok = bool(ev["identical"]) and bool(bs["identical"])
     if "training" in args.parts:
         tr = result["training"] = bench_training(args.epochs, args.batches, args.batch_size, args.size)
         print(f"training: Lightning / plain loop = {tr['ratio_lightning_vs_plain_median']:.3f} "

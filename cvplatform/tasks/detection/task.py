@@ -188,17 +188,22 @@ def _bootstrap(truth: Sequence[Mapping[str, Any]], preds: Sequence[Sequence[Mapp
                class_names: Sequence[str], keys: Sequence[str], n_samples: int, seed: int
                ) -> list[dict[str, list[float]]]:
     """For each prediction set: metric -> its value on ``n_samples`` image resamples (the same resamples for
-    every set, so differences are paired). COCO-undefined values (no such objects) are left out."""
-    from cvplatform.tasks.detection.metrics import coco_metrics
+    every set, so differences are paired). COCO-undefined values (no such objects) are left out.
+
+    Each set's COCO matches are computed once (:class:`~cvplatform.tasks.detection.metrics.CocoResampler`);
+    a resample only re-accumulates them, with the numbers a full COCO evaluation of the resampled images gives."""
+    from cvplatform.tasks.detection.metrics import CocoResampler
 
     rng = np.random.default_rng(seed)
     n = len(truth)
     out: list[dict[str, list[float]]] = [{k: [] for k in keys} for _ in preds]
-    for _ in range(max(int(n_samples), 0)):
+    if n_samples <= 0 or not n:
+        return out
+    resamplers = [CocoResampler(truth, p, class_names, keys) for p in preds]
+    for _ in range(int(n_samples)):
         idx = rng.integers(0, n, size=n)
-        t = [truth[i] for i in idx]
-        for acc, p in zip(out, preds, strict=True):
-            m = coco_metrics(t, [p[i] for i in idx], class_names)
+        for acc, r in zip(out, resamplers, strict=True):
+            m = r.metrics(idx)
             for k in keys:
                 if m[k] is not None:
                     acc[k].append(float(m[k]))
@@ -243,8 +248,9 @@ class DetectionTask(Task):
 
     name: ClassVar[str] = "detection"
     description: ClassVar[str] = "object detection: class and box of every object (CenterNet, COCO mAP)"
-    interval_note: ClassVar[str] = ("percentile bootstrap over images (a COCO evaluation per resample, at most "
-                                    "max_bootstrap resamples); champion difference paired bootstrap of mAP50")
+    interval_note: ClassVar[str] = ("percentile bootstrap over images (COCO matches computed once, re-accumulated "
+                                    "per resample, at most max_bootstrap resamples); champion difference paired "
+                                    "bootstrap of mAP50")
     gallery_title: ClassVar[str] = "Worst images (most missed and false boxes)"
     gallery_columns: ClassVar[tuple[str, str, str]] = ("objects", "detected", "errors")
 
@@ -259,7 +265,7 @@ class DetectionTask(Task):
     match_iou: ClassVar[float] = 0.5
     #: albumentations drops a box of which less than this share remains visible after a crop.
     min_visibility: ClassVar[float] = 0.3
-    #: At most this many bootstrap resamples (each is a COCO evaluation of the scenario).
+    #: At most this many bootstrap resamples (each re-accumulates the scenario's COCO matches).
     max_bootstrap: ClassVar[int] = 200
 
     # ------------------------------------------------------------------ data
