@@ -53,7 +53,7 @@ def plot_confusion(result: ScenarioResult, class_names: Sequence[str], path: Pat
     """Confusion matrix heat map (rows = true class, columns = predicted)."""
     import numpy as np
 
-    from cvplatform.evaluation.report import figure, fixed_margins, save_png, text_inches
+    from cvplatform.utils.figures import figure, fixed_margins, save_png, text_inches
 
     assert result.metrics is not None
     cm = np.asarray(result.metrics.confusion)
@@ -82,7 +82,7 @@ def plot_confusion(result: ScenarioResult, class_names: Sequence[str], path: Pat
 
 def plot_reliability(result: ScenarioResult, path: Path) -> Path:
     """Reliability diagram: accuracy vs mean confidence per bin, with the share of images per bin."""
-    from cvplatform.evaluation.report import figure, fixed_margins, save_png
+    from cvplatform.utils.figures import figure, fixed_margins, save_png
 
     assert result.metrics is not None
     bins = result.metrics.reliability
