@@ -268,7 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(str(exc))
     log.info("balancing http://%s:%d over %s", args.host, args.port,
              ", ".join(f"{r.name}={r.url}" for r in bal.replicas))
-    uvicorn.run(bal.app(), host=args.host, port=args.port, log_level=args.log_level, access_log=False, ws="none")
+    # the replica's own Date and Server headers are relayed: the balancer's uvicorn adds none (no duplicates)
+    uvicorn.run(bal.app(), host=args.host, port=args.port, log_level=args.log_level, access_log=False, ws="none",
+                server_header=False, date_header=False)
     return 0
 
 

@@ -64,6 +64,8 @@ def _stack_cli(config: Path, *args: str, timeout: float = 400.0) -> subprocess.C
 def stack(tmp_path_factory):
     """The running stack (started once; stopped by test_stack_down_leaves_no_process, or here as a fallback)."""
     if not _pg_available():
+        if os.environ.get("CI"):  # CI machines run PostgreSQL: a missing server is a failure there
+            pytest.fail("no PostgreSQL server on 127.0.0.1:5432 (CI must start one)")
         pytest.skip("no PostgreSQL server on 127.0.0.1:5432")
     base = tmp_path_factory.mktemp("stack")
     project = base / "project"
@@ -199,6 +201,8 @@ def test_balancer_spreads_requests_over_both_replicas(stack):
     # a status the replica sets passes through unchanged: no champion is registered, so not ready (503)
     ready = httpx.get(f"{st.balancer_url}/v2/health/ready", timeout=30)
     assert ready.status_code == 503 and ready.headers["x-cvplatform-replica"] in seen
+    # the replica's Date and Server headers arrive once (the balancer adds no second copy)
+    assert len(ready.headers.get_list("date")) == 1 and len(ready.headers.get_list("server")) == 1
     index = httpx.get(f"{st.balancer_url}/", timeout=30).json()
     assert index["model"] == "cvplatform" and index["ready"] is False  # both follow the registry's model
     status = httpx.get(f"{st.balancer_url}/_balancer/status", timeout=30).json()
