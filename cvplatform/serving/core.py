@@ -324,9 +324,15 @@ def _top(state: ServerState, handle: ModelHandle, outputs: dict[str, np.ndarray]
     return classes.tolist(), conf.tolist()
 
 
-def _objects(state: ServerState, handle: ModelHandle, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]] | None:
-    """Each image's objects (``task.object_signals``: detection's boxes), or None for a one-class-per-image task."""
-    return state.task.object_signals(outputs, handle.model.class_names, tuple(handle.model.contract.input_size))
+def _objects(state: ServerState, handle: ModelHandle, outputs: dict[str, np.ndarray],
+             out: Outcome | None = None) -> list[dict[str, Any]] | None:
+    """Each image's objects (``task.object_signals``: detection's boxes), or None for a one-class-per-image task.
+    ``out``: the answer; when it is decoded with the task's defaults, its predictions are the objects' (the
+    boxes are post-processed once per request)."""
+    task = state.task
+    decoded = out.predictions if out is not None and task.has_objects and not out.options else None
+    return task.object_signals(outputs, handle.model.class_names, tuple(handle.model.contract.input_size),
+                               predictions=decoded)
 
 
 def _count_answer(state: ServerState, handle: ModelHandle, variant: str, top: list[str], conf: list[float],
@@ -393,7 +399,9 @@ async def predict_core(
     outputs = _outputs(state, raw)
     top, conf = _top(state, handle, outputs)
     request_ms = (time.perf_counter() - t_start) * 1000.0 if t_start is not None else None
-    objects = _objects(state, handle, outputs)
+    sizes = [(int(im.shape[0]), int(im.shape[1])) for im in inputs.images] if inputs.images is not None else None
+    out = Outcome(request_id, handle, variant, outputs, fallback, top, conf, state.task, sizes, dict(options or {}))
+    objects = _objects(state, handle, outputs, out)
     state.stats.record_answer(variant, handle.version, top, conf, labels, ms, request_ms, fallback=fallback,
                               compute_ms=timing.ms_per_row, batch_rows=timing.rows, overlapped=timing.overlapped,
                               objects=objects)
@@ -407,8 +415,6 @@ async def predict_core(
     if mirror and other is not None:
         _start_shadow(state, other, "canary" if other is canary else "champion", inputs, labels, top, conf,
                       request_id, (handle, outputs))
-    sizes = [(int(im.shape[0]), int(im.shape[1])) for im in inputs.images] if inputs.images is not None else None
-    out = Outcome(request_id, handle, variant, outputs, fallback, top, conf, state.task, sizes, dict(options or {}))
     if state.metrics.task_metrics:  # the task's own metrics, on what the request is answered
         observed = state.task.served_observations(out.predictions, handle.model.class_names)
         state.metrics.observe_task(handle.model.name, handle.version, variant, observed)

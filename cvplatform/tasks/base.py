@@ -470,6 +470,12 @@ class Task(ABC):
         (unchanged); detection moves its boxes."""
         return prediction
 
+    def to_image_pixels_many(self, predictions: Sequence[dict[str, Any]], contract: PreprocessContract,
+                             image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+        """:meth:`to_image_pixels` of each of a request's predictions (``image_sizes``: each image's ``(height,
+        width)``); a task may move them all at once (detection does)."""
+        return [self.to_image_pixels(p, contract, s) for p, s in zip(predictions, image_sizes, strict=True)]
+
     @abstractmethod
     def response(self, prediction: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
         """One image's JSON response body item (its schema appears in OpenAPI)."""
@@ -519,10 +525,13 @@ class Task(ABC):
         return (np.asarray(a, dtype=object) == np.asarray(b, dtype=object)).astype(np.float64)
 
     def object_signals(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str],
-                       input_size: tuple[int, int]) -> list[dict[str, Any]] | None:
+                       input_size: tuple[int, int], predictions: Sequence[Mapping[str, Any]] | None = None
+                       ) -> list[dict[str, Any]] | None:
         """Per image, the objects a model found, for serving statistics (canary count, score and class-mix shift)
         and the inference log (drift): ``{"scores": [...], "classes": [...], "areas": [...]}`` with one entry per
         object (``areas``: the object's share of the model input's area, ``input_size`` = ``(height, width)``).
+        ``predictions``: ``outputs`` as :meth:`decode` gives them with the default parameters, when the server
+        decoded them already for the answer (a task may use them rather than decode again).
 
         None (the default) for a task that answers one class per image (classification): its class mix and
         confidences are already :meth:`decode_top`'s. Detection returns its served boxes (after the score

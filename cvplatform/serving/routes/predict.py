@@ -89,7 +89,7 @@ def predict_response(out: Outcome) -> dict[str, Any]:
     decoded = out.predictions if out.task is not None else task.decode(out.outputs, names, **out.options)
     if out.image_sizes is not None:  # positions in the request image's pixels, not the model input's
         contract = out.handle.model.contract  # its resize (stretch or letterbox) is what to undo
-        decoded = [task.to_image_pixels(p, contract, s) for p, s in zip(decoded, out.image_sizes, strict=True)]
+        decoded = task.to_image_pixels_many(decoded, contract, out.image_sizes)
     preds = [{**task.response(pred, names), **served} for pred in decoded]
     return {"request_id": out.request_id, "model": out.model, "version": out.version, "variant": out.variant,
             "fallback": out.fallback, "predictions": preds}

@@ -28,9 +28,13 @@ def postprocess(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, sc
 
     The one post-processing step of evaluation and serving (numpy, on the graph's outputs). Greedy in score
     order: a box is kept unless a kept box of its class overlaps it by ``iou_threshold``. The whole batch is
-    done at once (the server runs this on every answered image): the candidates are each image's boxes above
-    the threshold, their IoUs one ``(N, M, M)`` array, and the greedy pass one step per candidate rank for all
-    images together.
+    done at once (the server runs this on every answered request): the candidates are each image's boxes above
+    the threshold and their IoUs one ``(N, M, M)`` array. A candidate no better candidate of its class overlaps
+    is kept outright; the greedy pass then steps only through the ranks where some image has a *contested*
+    candidate (a better duplicate above the threshold), for all images together, and the cap keeps each image's
+    first ``max_detections`` kept boxes (the same boxes as capping inside the greedy pass: a box past the cap
+    suppresses nothing that could still be kept). The kept boxes of all images are gathered at once and handed
+    out as slices.
     """
     boxes, scores, labels = np.asarray(boxes), np.asarray(scores), np.asarray(labels)
     n = scores.shape[0]
@@ -39,24 +43,28 @@ def postprocess(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, sc
     valid = ranked >= score_threshold
     m = int(valid.sum(axis=1).max()) if n and valid.size else 0
     kept = np.zeros((n, m), dtype=bool)
+    order_m = order[:, :m]
     if m and max_detections > 0:
-        order_m, valid_m = order[:, :m], valid[:, :m]
+        valid_m = valid[:, :m]
         cand = np.take_along_axis(boxes, order_m[:, :, None], axis=1)
         cls = np.take_along_axis(labels, order_m, axis=1)
-        duplicate = (_pairwise_iou(cand) >= iou_threshold) & (cls[:, :, None] == cls[:, None, :])
-        removed = ~valid_m
-        count = np.zeros(n, dtype=np.int64)
-        for i in range(m):
-            keep = ~removed[:, i] & (count < max_detections)
-            kept[:, i] = keep
-            count += keep
-            removed |= keep[:, None] & duplicate[:, i, :]
-    out = []
-    for b, s, lab, o, k in zip(boxes, scores, labels, order[:, :m], kept, strict=True):
-        idx = o[k]
-        out.append({"boxes": b[idx].astype(np.float32).reshape(-1, 4), "scores": s[idx].astype(np.float32),
-                    "labels": lab[idx].astype(np.int64)})
-    return out
+        # earlier[:, j, i]: candidate j (above the threshold, better than i) is a same-class duplicate of i
+        earlier = np.triu((_pairwise_iou(cand) >= iou_threshold) & (cls[:, :, None] == cls[:, None, :]), k=1)
+        earlier &= valid_m[:, :, None]
+        kept[:] = valid_m
+        for i in np.flatnonzero(earlier.any(axis=(0, 1))):  # ranks with a contested candidate in some image
+            kept[:, i] = valid_m[:, i] & ~(kept[:, :i] & earlier[:, :i, i]).any(axis=1)
+        if max_detections < m:
+            kept &= np.cumsum(kept, axis=1) <= max_detections
+    if n == 0:
+        return []
+    rows, ranks = np.nonzero(kept)  # row-major: each image's kept boxes in score order
+    idx = order_m[rows, ranks]
+    b = boxes[rows, idx].astype(np.float32).reshape(-1, 4)
+    s = scores[rows, idx].astype(np.float32)
+    lab = labels[rows, idx].astype(np.int64)
+    ends = np.cumsum(kept.sum(axis=1)).tolist()
+    return [{"boxes": b[i:j], "scores": s[i:j], "labels": lab[i:j]} for i, j in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 __all__ = ["postprocess"]

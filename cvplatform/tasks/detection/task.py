@@ -170,6 +170,15 @@ def _arrays(outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, 
             np.asarray(outputs["labels"]).astype(np.int64))
 
 
+def _split(rows: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
+    """``rows`` cut into consecutive slices of ``counts`` rows (``np.split`` without its per-slice overhead)."""
+    out, start = [], 0
+    for n in counts:
+        out.append(rows[start:start + n])
+        start += n
+    return out
+
+
 def _truths(targets: Any) -> list[dict[str, np.ndarray]]:
     """Targets as ``target_of`` gives them (any sequence of dicts) -> a list of numpy dicts."""
     out = []
@@ -429,14 +438,18 @@ class DetectionTask(Task):
 
     def served_observations(self, predictions: Sequence[Mapping[str, Any]], class_names: Sequence[str]
                             ) -> dict[str, Any]:
-        """Boxes per image, every box's score and the boxes per class of one answered request."""
-        dets = [p["detections"] for p in predictions]
-        classes: dict[str, int] = {}
-        for d in (d for ds in dets for d in ds):
-            classes[d["class"]] = classes.get(d["class"], 0) + 1
-        return {"cvplatform_detections_per_image": [len(ds) for ds in dets],
-                "cvplatform_detection_score": [d["score"] for ds in dets for d in ds],
-                "cvplatform_detections": classes}
+        """Boxes per image, every box's score and the boxes per class of one answered request (from the decoded
+        arrays, one pass for the request; classes counted in the order they first appear)."""
+        import collections
+
+        if not predictions:
+            return {"cvplatform_detections_per_image": [], "cvplatform_detection_score": [],
+                    "cvplatform_detections": {}}
+        scores = np.concatenate([np.asarray(p["scores"]).reshape(-1) for p in predictions])
+        labels = np.concatenate([np.asarray(p["labels"], np.int64).reshape(-1) for p in predictions])
+        return {"cvplatform_detections_per_image": [len(p["scores"]) for p in predictions],
+                "cvplatform_detection_score": scores.tolist(),
+                "cvplatform_detections": {class_names[c]: k for c, k in collections.Counter(labels.tolist()).items()}}
 
     def decode(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str], *,
                score_threshold: float | None = None, max_detections: int | None = None) -> list[dict[str, Any]]:
@@ -486,12 +499,44 @@ class DetectionTask(Task):
         """
         from cvplatform.preprocess import resize_geometry
 
-        g = resize_geometry(image_size, contract)
-        boxes = g.to_image(np.asarray(prediction.get("boxes", np.zeros((0, 4))), np.float64).reshape(-1, 4))
-        found = prediction.get("detections", [])
-        moved = g.to_image(np.asarray([d["box"] for d in found], np.float64).reshape(-1, 4))
-        dets = [{**d, "box": b} for d, b in zip(found, moved.tolist(), strict=True)]
-        return {**prediction, "detections": dets, "boxes": boxes}
+        return self._moved([prediction], resize_geometry(image_size, contract))[0]
+
+    def to_image_pixels_many(self, predictions: Sequence[dict[str, Any]], contract: PreprocessContract,
+                             image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+        """:meth:`to_image_pixels` of a request's predictions (``image_sizes``: each image's ``(height, width)``),
+        the same boxes, with one mapping per distinct image size (a request's images often share one)."""
+        from cvplatform.preprocess import resize_geometry
+
+        out: list[dict[str, Any] | None] = [None] * len(predictions)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, size in enumerate(image_sizes):
+            by_size.setdefault(tuple(size), []).append(i)
+        for size, idx in by_size.items():
+            for i, moved in zip(idx, self._moved([predictions[i] for i in idx], resize_geometry(size, contract)),
+                                strict=True):
+                out[i] = moved
+        return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _moved(predictions: Sequence[dict[str, Any]], g: Any) -> list[dict[str, Any]]:
+        """``predictions`` with their ``boxes`` and ``detections`` moved by one resize geometry ``g``: every
+        image's boxes in one :meth:`~cvplatform.preprocess.ResizeGeometry.to_image` call; the detections' boxes
+        are those rows when they list the same boxes (as :meth:`decode` makes them), else moved apart."""
+        arrays = [np.asarray(p.get("boxes", np.zeros((0, 4))), np.float64).reshape(-1, 4) for p in predictions]
+        found = [p.get("detections", []) for p in predictions]
+        given = [[d["box"] for d in f] for f in found]
+        try:
+            same = all(g_ == a.tolist() for g_, a in zip(given, arrays, strict=True))
+        except ValueError:  # a box given as an array: compared element-wise, so moved apart
+            same = False
+        boxes = _split(g.to_image(np.concatenate(arrays)), [len(a) for a in arrays])
+        if same:
+            moved = boxes
+        else:
+            flat = np.asarray([b for gb in given for b in gb], np.float64).reshape(-1, 4)
+            moved = _split(g.to_image(flat), [len(gb) for gb in given])
+        return [{**p, "detections": [{**d, "box": b} for d, b in zip(f, m.tolist(), strict=True)], "boxes": bx}
+                for p, f, m, bx in zip(predictions, found, moved, boxes, strict=True)]
 
     def agreement(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> Agreement:
         """F1 of the boxes matched at IoU >= :attr:`match_iou` with the same class (``rate`` = 2M / (R + C))."""
@@ -597,10 +642,12 @@ class DetectionTask(Task):
         return out
 
     def object_signals(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str],
-                       input_size: tuple[int, int]) -> list[dict[str, Any]] | None:
+                       input_size: tuple[int, int], predictions: Sequence[Mapping[str, Any]] | None = None
+                       ) -> list[dict[str, Any]] | None:
         """The served boxes of each image: their scores, class names and areas as a share of the model input
         (``input_size``, ``(height, width)``; the boxes are in input pixels, and the share is what it is in the
-        request image too, since preprocessing resizes both axes).
+        request image too, since preprocessing resizes both axes). ``predictions``: ``outputs`` as :meth:`decode`
+        gives them with the default parameters, when the caller holds them already (they are post-processed once).
 
         Example:
             >>> out = {"boxes": np.array([[[0, 0, 16, 8], [0, 0, 4, 4]]], np.float32),
@@ -608,15 +655,24 @@ class DetectionTask(Task):
             >>> DetectionTask().object_signals(out, ["cat", "dog"], (32, 32))
             [{'scores': [0.9], 'classes': ['dog'], 'areas': [0.125]}]
         """
+        from cvplatform.utils.rounding import round_all
+
         h, w = input_size
         whole = float(max(1, int(h)) * max(1, int(w)))
-        out = []
-        for d in self.detections(outputs, class_names):
-            b = np.asarray(d["boxes"], np.float64).reshape(-1, 4)
-            area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None) / whole
-            out.append({"scores": [round(float(v), 6) for v in d["scores"]],
-                        "classes": [class_names[int(c)] for c in d["labels"]],
-                        "areas": [round(min(1.0, float(v)), 6) for v in area]})
+        dets = self.detections(outputs, class_names) if predictions is None else predictions
+        if not dets:
+            return []
+        b = np.concatenate([np.asarray(d["boxes"], np.float64).reshape(-1, 4) for d in dets])
+        area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None) / whole
+        scores = round_all(np.concatenate([np.asarray(d["scores"]).reshape(-1) for d in dets]))
+        classes = [class_names[c] for c in np.concatenate([np.asarray(d["labels"], np.int64).reshape(-1)
+                                                           for d in dets]).tolist()]
+        areas = round_all(np.fmin(area, 1.0))  # fmin: min(1.0, nan) is 1.0 as well
+        out, start = [], 0
+        for d in dets:
+            end = start + len(d["scores"])
+            out.append({"scores": scores[start:end], "classes": classes[start:end], "areas": areas[start:end]})
+            start = end
         return out
 
     # ------------------------------------------------------------------ evaluation
