@@ -439,9 +439,15 @@ class DetectionTask(Task):
     def served_observations(self, predictions: Sequence[Mapping[str, Any]], class_names: Sequence[str]
                             ) -> dict[str, Any]:
         """Boxes per image, every box's score and the boxes per class of one answered request (from the decoded
-        arrays, one pass for the request; classes counted in the order they first appear)."""
+        arrays when the predictions have them, in one pass for the request; classes in the order they first
+        appear)."""
         import collections
 
+        if not all("scores" in p and "labels" in p for p in predictions):  # detections only: box by box
+            dets = [p["detections"] for p in predictions]
+            return {"cvplatform_detections_per_image": [len(ds) for ds in dets],
+                    "cvplatform_detection_score": [d["score"] for ds in dets for d in ds],
+                    "cvplatform_detections": dict(collections.Counter(d["class"] for ds in dets for d in ds))}
         if not predictions:
             return {"cvplatform_detections_per_image": [], "cvplatform_detection_score": [],
                     "cvplatform_detections": {}}
