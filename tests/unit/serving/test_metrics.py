@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from cvplatform.serving.metrics import ServingMetrics, StatsBook, percentile, summarize
@@ -168,3 +169,47 @@ def test_the_tasks_metrics_merge_over_worker_processes_like_the_others():
     assert s[("cvplatform_detection_score_count", canary)] == 0
     plain = ServingMetrics(get_task("classification").served_metrics).render()[0]
     assert b"detection" not in plain
+
+
+def test_observe_all_renders_exactly_as_one_observe_per_value():
+    """The batched histogram update gives the same buckets, count and sum (to the last bit) as ``observe``, for
+    values on the bucket bounds, between them, above the last, negative and NaN."""
+    from cvplatform.serving.metrics import observe_all
+    from cvplatform.tasks import get_task
+
+    task = get_task("detection")
+    rng = np.random.default_rng(0)
+    bounds = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
+    batches = [rng.random(int(rng.integers(0, 40))).astype(np.float32).tolist() for _ in range(30)]
+    batches += [bounds + [0.0, -0.5, 2.0, float("nan")], [0.3, 0.3], []]
+    one, many = ServingMetrics(task.served_metrics), ServingMetrics(task.served_metrics)
+    for values in batches:
+        child = one.task_metrics["cvplatform_detection_score"][1].labels("m", "1", "champion")
+        for v in values:
+            child.observe(v)
+        observe_all(many.task_metrics["cvplatform_detection_score"][1].labels("m", "1", "champion"), values)
+
+    def samples(m: ServingMetrics) -> list[str]:
+        return [line for line in m.render()[0].decode().splitlines() if "_created" not in line]
+
+    assert samples(one) == samples(many)
+    assert 'cvplatform_detection_score_count{model="m",variant="champion",version="1"}' in "\n".join(samples(many))
+
+
+def test_stats_objects_are_counted_as_box_by_box():
+    """``add_objects`` bins, counts and rounds every object's score as the per-box rule does (bin = the score's
+    tenth, truncated and clipped; not finite -> bin 0; scores rounded to 6 decimals)."""
+    rng = np.random.default_rng(1)
+    objects = [{"scores": rng.random(int(rng.integers(0, 6))).tolist() + [1.0, 0.0, -0.2, 1.7, float("inf")][: i % 6],
+                "classes": ["a", "b"][: i % 3]} for i in range(40)]
+    book = StatsBook(window=1000, bins=10)
+    book.record_answer("champion", "1", ["a"] * 40, [0.5] * 40, None, 1.0, 2.0, objects=objects)
+    vs = book.variants["champion"]
+    scores = [float(v) for o in objects for v in o["scores"]]
+    hist = [0] * 10
+    for c in scores:
+        hist[min(9, max(0, int(c * 10))) if np.isfinite(c) else 0] += 1
+    assert vs.object_hist == hist
+    assert list(vs.object_scores) == [round(c, 6) for c in scores]
+    assert vs.object_images == 40 and sum(vs.object_counts.values()) == 40
+    assert vs.object_classes == {"a": sum(1 for i in range(40) if i % 3), "b": sum(1 for i in range(40) if i % 3 == 2)}

@@ -407,3 +407,29 @@ def test_recall_and_false_positive_gates_on_what_the_server_returns(tmp_path):
     assert fp.status == "failed" and fp.value == pytest.approx(0.5) and "1 on 2 images" in fp.reason
     perfect = t.evaluate_scenario("clean", "clean", ["i0", "i1"], TRUTH, PERFECT, CLASSES, n_bootstrap=10)
     assert check_gates({"clean": perfect, "cur": perfect}, policy, task=t).passed
+
+
+@pytest.mark.parametrize("resize", ["stretch", "letterbox"])
+def test_to_image_pixels_many_equals_one_image_at_a_time(resize):
+    """A request's predictions moved at once (one mapping per image size) give what ``to_image_pixels`` gives for
+    each image: the same ``boxes`` arrays and the same detections, also when the detections are not the
+    arrays' boxes."""
+    from cvplatform.preprocess import PreprocessContract, resize_geometry
+
+    rng = np.random.default_rng(0)
+    contract = PreprocessContract((32, 48), (0.5,) * 3, (0.5,) * 3, ("cat", "dog"), resize=resize)
+    out = {"boxes": np.sort(rng.uniform(-4, 52, (6, 8, 4)), axis=-1).astype(np.float32),
+           "scores": rng.random((6, 8)).astype(np.float32), "labels": rng.integers(0, 2, (6, 8))}
+    t = DetectionTask()
+    preds = t.decode(out, ["cat", "dog"], score_threshold=0.2)
+    preds[1] = {**preds[1], "detections": [{**d, "box": [0.0, 0.0, 8.0, 8.0]} for d in preds[1]["detections"]]}
+    sizes = [(64, 64), (100, 30), (64, 64), (7, 300), (64, 64), (100, 30)]
+    many = t.to_image_pixels_many(preds, contract, sizes)
+    assert len(many) == len(preds) and sum(len(p["boxes"]) for p in preds) > 10
+    for got, p, size in zip(many, preds, sizes, strict=True):
+        g = resize_geometry(size, contract)  # each image's own mapping, box by box
+        want = [{**d, "box": g.to_image(np.asarray([d["box"]], np.float64))[0].tolist()} for d in p["detections"]]
+        assert got["detections"] == want
+        assert np.array_equal(got["boxes"], g.to_image(np.asarray(p["boxes"], np.float64)))
+        assert got["boxes"].dtype == np.float64
+        assert got == {**got, **t.to_image_pixels(p, contract, size), "boxes": got["boxes"]}
