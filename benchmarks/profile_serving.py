@@ -26,8 +26,14 @@ The profiler's own cost per Python call (a system call per event with ``--timer 
 call-heavy code such as Pillow's plugins; the unprofiled loop CPU per request is the number to
 compare, the shares say where to look.
 
+With ``--asgi``, ``--task detection`` serves the detector of ``benchmarks/detection.py`` (``project.task:
+detection``) and ``--inputs fp32`` sends OIP v2 binary tensors (the raw session's own input) instead of PNGs: where
+the served detector's time goes besides the model (``--model small_cnn:64 --images-per-request 16
+--concurrency 4`` is ``detection.py --parts serving``'s first level).
+
 Usage:  .venv/bin/python benchmarks/profile_serving.py [--duration 5] [--concurrency 8]
         [--images-per-request 1] [--asgi] [--timer cpu|wall] [--top 25] [--out profile.json]
+        [--task classification|detection] [--inputs png|fp32]
 """
 
 from __future__ import annotations
@@ -60,6 +66,12 @@ PARTS: dict[str, list[tuple[str, str]]] = {
         ("serving/web.py", "json_response"), ("serving/web.py", "request_ids"),
         ("serving/web.py", "answer_headers"), ("routes/predict.py", "predict_response"),
         ("serving/core.py", "_route"), ("serving/core.py", "hold"),
+    ],
+    "detection: post-processing, objects, answer boxes, task metrics": [
+        ("detection/task.py", "decode"), ("detection/task.py", "object_signals"),
+        ("detection/task.py", "served_observations"), ("detection/task.py", "tensor_outputs_of"),
+        ("detection/task.py", "to_image_pixels_many"), ("detection/task.py", "decode_top"),
+        ("serving/metrics.py", "observe_task"),
     ],
     "micro-batcher submit (loop side)": [("serving/batching.py", "submit_timed"),
                                          ("serving/batching.py", "_deliver")],
@@ -202,17 +214,29 @@ def _profile_asgi(root: Path, model: Path, args: argparse.Namespace, result: dic
     from cvplatform.config import load_params
     from cvplatform.serving.app import build_app
 
-    app = build_app(load_params(root / "params.yaml"), root=root, model=model, config_path=root / "serving.yaml")
+    overrides = [f"project.task={args.task}"] if args.task != "classification" else []
+    app = build_app(load_params(root / "params.yaml", overrides), root=root, model=model,
+                    config_path=root / "serving.yaml")
     png = (root / "image.png").read_bytes()
-    if args.images_per_request == 1:
-        body, ctype = png, "image/png"
+    path = "/v1/predict"
+    if args.inputs == "fp32":  # OIP v2 binary tensor: the raw session's own input, no decoding
+        import numpy as np
+
+        size = int(args.model.partition(":")[2] or 32)
+        x = np.random.default_rng(0).standard_normal((args.images_per_request, 3, size, size)).astype("<f4")
+        body, extra = bench.oip_fp32_body(x.tobytes(), args.images_per_request, size)
+        ctype = extra["Content-Type"]
+        path = f"/v2/models/{app.state.cv.model_name}/infer"
+        more = [(b"inference-header-content-length", extra["Inference-Header-Content-Length"].encode())]
+    elif args.images_per_request == 1:
+        body, ctype, more = png, "image/png", []
     else:
-        body, ctype = bench.multipart_body([png] * args.images_per_request)
-    headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode())]
+        (body, ctype), more = bench.multipart_body([png] * args.images_per_request), []
+    headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode()), *more]
 
     async def call() -> None:
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": "/v1/predict", "raw_path": b"/v1/predict", "query_string": b"",
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
                  "root_path": "", "headers": headers, "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 1),
                  "state": {}}
         messages = [{"type": "http.request", "body": body, "more_body": False}]
@@ -227,7 +251,7 @@ def _profile_asgi(root: Path, model: Path, args: argparse.Namespace, result: dic
 
         await app(scope, receive, send)
         if status != [200]:
-            raise RuntimeError(f"/v1/predict answered {status}")
+            raise RuntimeError(f"{path} answered {status}")
 
     async def window(seconds: float) -> int:
         n, end = 0, time.perf_counter() + seconds
@@ -264,6 +288,11 @@ def main() -> None:
     ap.add_argument("--asgi", action="store_true",
                     help="call the app in this process (no uvicorn, no sockets, no load-generating process): the "
                          "steadiest number for comparing two versions of the request path on a busy machine")
+    ap.add_argument("--task", choices=["classification", "detection"], default="classification",
+                    help="detection: a DetectionModule exported as benchmarks/detection.py does, served with "
+                         "project.task: detection (--asgi only)")
+    ap.add_argument("--inputs", choices=["png", "fp32"], default="png",
+                    help="fp32: OIP v2 binary tensors of --images-per-request rows (--asgi only)")
     ap.add_argument("--top", type=int, default=25, help="functions listed by own time")
     ap.add_argument("--out", default=None, help="also write the numbers as JSON here")
     args = ap.parse_args()
@@ -275,14 +304,21 @@ def main() -> None:
     profiler = cProfile.Profile(time.thread_time_ns, 1e-9) if args.timer == "cpu" else cProfile.Profile()
     result: dict = {"profiler": profiler}
     with tempfile.TemporaryDirectory(prefix="cvplatform-profile-serving-") as tmp:
-        root, model, _cfg = bench.make_project(arch, size, Path(tmp), args.threads, [])
+        if (args.task != "classification" or args.inputs != "png") and not args.asgi:
+            ap.error("--task detection and --inputs fp32 are profiled in-process: add --asgi")
+        export = None
+        if args.task == "detection":
+            from detection import export_detector
+
+            export = export_detector
+        root, model, _cfg = bench.make_project(arch, size, Path(tmp), args.threads, [], export=export)
         if args.asgi:
             _profile_asgi(root, model, args, result)
         else:
             _profile_http(root, model, size, args, result)
     stats = pstats.Stats(result["profiler"])
     requests = int(result.get("profiled_requests", 0))
-    report = {"model": args.model, "mode": "asgi" if args.asgi else "http", "timer": args.timer, "concurrency": args.concurrency, "images_per_request": args.images_per_request,
+    report = {"model": args.model, "task": args.task, "inputs": args.inputs, "mode": "asgi" if args.asgi else "http", "timer": args.timer, "concurrency": args.concurrency, "images_per_request": args.images_per_request,
               "duration_s": args.duration, "unprofiled": result.get("unprofiled"), "profiled_requests": requests,
               **breakdown(stats, requests), "top_own_time": top_functions(stats, args.top)}
     print(f"unprofiled: {report['unprofiled']}")

@@ -183,7 +183,9 @@ def observe_all(child: Any, values: Sequence[float]) -> None:
 
     Each value goes to the first bucket whose bound it does not exceed (``observe``'s rule; a NaN to none), and
     the sum is added value by value in order, so ``/metrics`` reads exactly as with ``observe``. A histogram
-    without prometheus_client's bucket attributes is fed through ``observe``.
+    without prometheus_client's bucket attributes is fed through ``observe``. The sum is read, added to and
+    written back, so one histogram child is observed from one thread (the server feeds its metrics on the event
+    loop).
     """
     bounds, buckets, total = (getattr(child, a, None) for a in ("_upper_bounds", "_buckets", "_sum"))
     if bounds is None or buckets is None or total is None or len(values) < 4:
@@ -196,9 +198,10 @@ def observe_all(child: Any, values: Sequence[float]) -> None:
     amounts = [float(v) for v in values]
     counts = np.bincount(np.searchsorted(np.asarray(bounds, np.float64), np.asarray(amounts, np.float64)),
                          minlength=len(bounds) + 1)
-    add = total.inc
+    acc = total.get()  # the running sum, added to value by value as observe does (same float, last bit too)
     for v in amounts:
-        add(v)
+        acc += v
+    total.set(acc)
     for i, n in enumerate(counts[:len(bounds)].tolist()):
         if n:
             buckets[i].inc(n)

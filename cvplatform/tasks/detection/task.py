@@ -461,11 +461,19 @@ class DetectionTask(Task):
                score_threshold: float | None = None, max_detections: int | None = None) -> list[dict[str, Any]]:
         """Per image: ``detections`` (``[{"box": [x0, y0, x1, y1], "class", "score"}]``, best first) and the arrays
         (``score_threshold`` / ``max_detections``: a request's :meth:`request_parameters`; None = the defaults)."""
-        out = []
-        for d in self.detections(outputs, class_names, score_threshold, max_detections):
-            dets = [{"box": b, "class": class_names[c], "score": s}
-                    for b, s, c in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist(), strict=True)]
-            out.append({"detections": dets, **d})
+        found = self.detections(outputs, class_names, score_threshold, max_detections)
+        if not found:
+            return []
+        # the whole request's boxes as Python values at once, then each image's share
+        boxes = np.concatenate([d["boxes"] for d in found]).tolist()
+        scores = np.concatenate([d["scores"] for d in found]).tolist()
+        labels = np.concatenate([d["labels"] for d in found]).tolist()
+        dets = [{"box": b, "class": class_names[c], "score": s} for b, s, c in zip(boxes, scores, labels, strict=True)]
+        out, start = [], 0
+        for d in found:
+            end = start + len(d["scores"])
+            out.append({"detections": dets[start:end], **d})
+            start = end
         return out
 
     def to_input_pixels(self, target: Any, contract: PreprocessContract, image_size: tuple[int, int]) -> Any:
