@@ -389,8 +389,9 @@ class DetectionTask(Task):
             raise ModelError(f"detection outputs of shapes boxes {tuple(b)}, scores {tuple(s)}, labels {tuple(lab)} do "
                              "not fit: expected boxes (N, K, 4), scores (N, K), labels (N, K).")
         labels = np.asarray(outputs["labels"])
+        whole = np.issubdtype(labels.dtype, np.integer)  # integer labels need no rounding check
         if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)
-                            or not np.array_equal(labels, np.round(labels))):
+                            or not (whole or np.array_equal(labels, np.round(labels)))):
             raise ModelError(f"detection labels span [{labels.min()}, {labels.max()}] but there are "
                              f"{len(class_names)} class names {list(class_names)}: labels must be integers in "
                              f"[0, {len(class_names) - 1}].")
