@@ -677,11 +677,10 @@ class DetectionTask(Task):
         dets = self.detections(outputs, class_names) if predictions is None else predictions
         if not dets:
             return []
-        b = np.concatenate([np.asarray(d["boxes"], np.float64).reshape(-1, 4) for d in dets])
+        b = np.concatenate([np.asarray(d["boxes"]).reshape(-1, 4) for d in dets]).astype(np.float64)
         area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None) / whole
-        scores = round_all(np.concatenate([np.asarray(d["scores"]).reshape(-1) for d in dets]))
-        classes = [class_names[c] for c in np.concatenate([np.asarray(d["labels"], np.int64).reshape(-1)
-                                                           for d in dets]).tolist()]
+        scores = round_all(np.concatenate([d["scores"] for d in dets]))
+        classes = [class_names[c] for c in np.concatenate([d["labels"] for d in dets]).astype(np.int64).tolist()]
         areas = round_all(np.fmin(area, 1.0))  # fmin: min(1.0, nan) is 1.0 as well
         out, start = [], 0
         for d in dets:
@@ -985,15 +984,18 @@ class DetectionTask(Task):
 
     def _padded(self, dets: Sequence[Mapping[str, Any]], class_names: Sequence[str], wanted: Sequence[str]
                 ) -> list[dict[str, Any]]:
-        n, k = len(dets), max((len(d["scores"]) for d in dets), default=0)
+        counts = np.asarray([len(d["scores"]) for d in dets], np.int64)
+        n, k = len(dets), int(counts.max(initial=0))
         boxes, scores = np.zeros((n, k, 4), np.float32), np.zeros((n, k), np.float32)
         labels = np.full((n, k), "", dtype=object)
-        for i, d in enumerate(dets):
-            m = len(d["scores"])
-            boxes[i, :m], scores[i, :m] = d["boxes"], d["scores"]
-            labels[i, :m] = [class_names[int(c)] for c in d["labels"]]
+        if n:  # every image's boxes into its first rows at once (row-major, as the images follow each other)
+            filled = np.arange(k)[None, :] < counts[:, None]
+            boxes[filled] = np.concatenate([np.asarray(d["boxes"], np.float32).reshape(-1, 4) for d in dets])
+            scores[filled] = np.concatenate([np.asarray(d["scores"], np.float32).reshape(-1) for d in dets])
+            names = np.asarray(list(class_names), dtype=object)
+            labels[filled] = names[np.concatenate([np.asarray(d["labels"], np.int64).reshape(-1) for d in dets])]
         made = {"boxes": ("FP32", boxes), "scores": ("FP32", scores), "labels": ("BYTES", labels),
-                "num_detections": ("INT32", np.asarray([len(d["scores"]) for d in dets], np.int32))}
+                "num_detections": ("INT32", counts.astype(np.int32))}
         out: list[dict[str, Any]] = []
         for w in wanted:
             if w not in made:
