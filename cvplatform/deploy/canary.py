@@ -343,6 +343,9 @@ def _step_metrics(index: int, traffic: float, stats: dict[str, Any], analysis: S
         for k in ("error_rate", "accuracy"):
             if isinstance(s.get(k), int | float):
                 out[f"{v}_{k}"] = float(s[k])
+        feedback = s.get("feedback") if isinstance(s.get("feedback"), dict) else {}
+        if isinstance(feedback.get("map50"), int | float):  # a detector's mAP50 on labelled requests
+            out[f"{v}_feedback_map50"] = float(feedback["map50"])
         for q in ("p50", "p95"):
             value = (s.get("latency_ms") or {}).get(q)
             if isinstance(value, int | float):
