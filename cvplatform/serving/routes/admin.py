@@ -136,9 +136,12 @@ async def _feedback_summaries(state: ServerState, book: Any, out: dict[str, Any]
 
 
 @router.get("/admin/stats", tags=["admin"])
-async def admin_stats(samples: bool = True, state: ServerState = Admin) -> dict[str, Any]:
+async def admin_stats(samples: bool = True, feedback: bool = True, state: ServerState = Admin) -> dict[str, Any]:
     """Per-variant statistics since the last reset (what the canary controller analyses); with several worker
-    processes, the sum over all of them (``workers``: which reported, and each one's request count)."""
+    processes, the sum over all of them (``workers``: which reported, and each one's request count).
+    ``feedback=false`` leaves out the scores of the kept labelled feedback (detection: a COCO evaluation of up to
+    ``stats.feedback_kept`` images per variant and worker, the costly part; the counts stay): the controller's
+    polls between analyses ask for it."""
     if state.bus is None:
         book = state.stats
         out = book.snapshot(with_samples=samples)
@@ -146,7 +149,8 @@ async def admin_stats(samples: bool = True, state: ServerState = Admin) -> dict[
         book, report = await state.bus.gather_stats(state.stats)
         out = book.snapshot(with_samples=samples)
         out["workers"] = report
-    await _feedback_summaries(state, book, out)
+    if feedback:
+        await _feedback_summaries(state, book, out)
     out["task"] = state.task.name
     out["shadow"]["measure"] = state.task.agreement_measure
     out["traffic"] = state.manager.status()["traffic"]

@@ -188,6 +188,9 @@ def test_the_server_records_labelled_boxes_and_refuses_bad_ones(tmp_path, make_p
         n_obj = sum(len(s) for s in served)
         assert fb["seen"] == fb["kept"] == fb["images"] == 3 and fb["objects"] == fb["detections"] == n_obj
         assert fb["map50"] == pytest.approx(1.0)
+        # the controller's polls between analyses skip the COCO evaluation: the counts only
+        light = c.get("/admin/stats?feedback=false", headers=admin).json()["variants"]["champion"]["feedback"]
+        assert light == {"seen": 3, "kept": 3}
         # an object the detector does not answer (a square where it answers nothing): mAP50 falls
         r = predict(images[0], {"X-True-Boxes": json.dumps([[0, 0, 2, 2, "square"]])})
         assert r.status_code == 200, r.text
