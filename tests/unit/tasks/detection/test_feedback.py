@@ -6,6 +6,7 @@ header with a 422 naming it; the replay client sends each image's boxes from the
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -191,11 +192,20 @@ def test_the_server_records_labelled_boxes_and_refuses_bad_ones(tmp_path, make_p
         # the controller's polls between analyses skip the COCO evaluation: the counts only
         light = c.get("/admin/stats?feedback=false", headers=admin).json()["variants"]["champion"]["feedback"]
         assert light == {"seen": 3, "kept": 3}
+        # OIP v2 takes the same header (one list per image of the request)
+        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2],
+                            "data": [base64.b64encode(png).decode() for png in images[:2]]}]}
+        truth = json.dumps([[[*d["box"], d["class"]] for d in dets] for dets in served[:2]])
+        r = c.post("/v2/models/cvplatform/infer", json=body, headers={"X-True-Boxes": truth})
+        assert r.status_code == 200, r.text
+        fb = c.get("/admin/stats", headers=admin).json()["variants"]["champion"]["feedback"]
+        assert fb["images"] == 5 and fb["map50"] == pytest.approx(1.0)
+        n_obj += sum(len(s) for s in served[:2])
         # an object the detector does not answer (a square where it answers nothing): mAP50 falls
         r = predict(images[0], {"X-True-Boxes": json.dumps([[0, 0, 2, 2, "square"]])})
         assert r.status_code == 200, r.text
         fb = c.get("/admin/stats", headers=admin).json()["variants"]["champion"]["feedback"]
-        assert fb["images"] == 4 and fb["objects"] == n_obj + 1 and fb["map50"] < 1.0
+        assert fb["images"] == 6 and fb["objects"] == n_obj + 1 and fb["map50"] < 1.0
 
         bad = [({"X-True-Boxes": "[[1, 2, 3]]"}, "X-True-Boxes"),
                ({"X-True-Boxes": '[[1, 2, 11, 12, "dog"]]'}, "not one of the model's classes"),
@@ -208,7 +218,7 @@ def test_the_server_records_labelled_boxes_and_refuses_bad_ones(tmp_path, make_p
             assert body["error"] in ("invalid_true_boxes", "invalid_label_header") and says in body["detail"], body
             assert "x0, y0, x1, y1" in body["detail"] or "zero size" in body["detail"] or "classes" in body["detail"]
         stats = c.get("/admin/stats", headers=admin).json()
-        assert stats["variants"]["champion"]["feedback"]["seen"] == 4  # refused requests recorded nothing
+        assert stats["variants"]["champion"]["feedback"]["seen"] == 6  # refused requests recorded nothing
         assert stats["variants"]["champion"]["labelled"] == 0  # boxes are not one class per image
         doc = c.get("/openapi.json").json()
         headers = [p["name"] for p in doc["paths"]["/v1/predict"]["post"]["parameters"] if p["in"] == "header"]
