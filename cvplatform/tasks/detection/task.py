@@ -897,6 +897,8 @@ class DetectionTask(Task):
         fmt = f"expected {self.truth_format}"
         try:
             data = json.loads(raw)
+        except RecursionError:
+            raise ValueError(f"{header}: JSON nested too deeply; {fmt}.") from None
         except ValueError as exc:
             raise ValueError(f"{header}: not JSON ({exc.args[0] if exc.args else exc}); {fmt}.") from None
 
@@ -920,13 +922,20 @@ class DetectionTask(Task):
         for i, boxes in enumerate(per_image):
             coords, classes = [], []
             for j, b in enumerate(boxes):
-                where = f"{header}: image {i} box {j} {json.dumps(b)[:120]}"
+                try:
+                    shown = json.dumps(b)[:120]
+                except (RecursionError, ValueError):
+                    shown = "(nested too deeply)"
+                where = f"{header}: image {i} box {j} {shown}"
                 if not is_box(b):
                     raise ValueError(f"{where} is not [x0, y0, x1, y1, \"class\"]; {fmt}.")
                 xy = b[:4]
                 if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in xy):
                     raise ValueError(f"{where}: coordinates must be numbers (pixels); {fmt}.")
-                xy = [float(v) for v in xy]
+                try:
+                    xy = [float(v) for v in xy]
+                except OverflowError:
+                    xy = [float("inf")] * 4
                 if not all(np.isfinite(xy)) or xy[2] <= xy[0] or xy[3] <= xy[1]:
                     raise ValueError(f"{where}: not finite or of zero size (need x1 > x0 and y1 > y0, in pixels).")
                 cls = b[4].strip()
