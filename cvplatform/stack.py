@@ -325,6 +325,46 @@ def group_members(pgid: int) -> list[int]:
     return out
 
 
+def process_tree(pgid: int) -> dict[int, int]:
+    """pid -> start time of every live member of process group ``pgid`` and of all their descendants,
+    including those that moved to a process group of their own (Airflow's task processes do).
+
+    Example:
+        >>> os.getpid() in process_tree(os.getpgid(0))
+        True
+    """
+    table: dict[int, tuple[str, int, int, int]] = {}  # pid -> (state, ppid, pgrp, start)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        f = raw[raw.rindex(")") + 2:].split()
+        if f[0] not in ("Z", "X"):
+            table[int(entry)] = (f[0], int(f[1]), int(f[2]), int(f[19]))
+    tree = {pid: v[3] for pid, v in table.items() if v[2] == pgid}
+    grew = True
+    while grew:
+        grew = False
+        for pid, v in table.items():
+            if pid not in tree and v[1] in tree:
+                tree[pid] = v[3]
+                grew = True
+    return tree
+
+
+def alive(tree: Mapping[int, int]) -> list[int]:
+    """The processes of ``tree`` (pid -> start time, :func:`process_tree`) still running (same start time)."""
+    out = []
+    for pid, start in tree.items():
+        st = _proc_stat(pid)
+        if st is not None and st[0] not in ("Z", "X") and st[2] == start:
+            out.append(pid)
+    return sorted(out)
+
+
 def port_open(host: str, port: int) -> bool:
     """True if something accepts TCP connections on ``host:port``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -533,29 +573,42 @@ class Stack:
         return proc.pid
 
     def stop(self, name: str, grace_s: float = 20.0) -> bool:
-        """Stop ``name``'s process group: SIGTERM, then SIGKILL after ``grace_s``. False if nothing ran."""
+        """Stop ``name``'s process group: SIGTERM, then SIGKILL after ``grace_s``. False if nothing ran.
+
+        Descendants that left the group (an Airflow task process runs in a group of its own) are
+        found first (:func:`process_tree`) and get SIGKILL too if they outlive the grace period.
+        """
         rec = self.record(name)
         if rec is None:
             return False
         pgid = int(rec.get("pgid", rec["pid"]))
         was = self.running(name)
+        tree = process_tree(pgid)
+        outside = {pid: start for pid, start in tree.items() if (_proc_stat(pid) or ("", pgid, 0))[1] != pgid}
+
+        def left_over() -> list[int]:
+            return sorted({*group_members(pgid), *alive(outside)})
+
         if was:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while group_members(pgid) and time.monotonic() < deadline:
+        while left_over() and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.2)
-        if group_members(pgid):
+        if left_over():
             log.warning("%s did not stop within %.0f s: SIGKILL", name, grace_s)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
+            for pid in alive(outside):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 10.0
-            while group_members(pgid) and time.monotonic() < deadline:
+            while left_over() and time.monotonic() < deadline:
                 self._reap()
                 time.sleep(0.1)
         self._reap()
-        left = group_members(pgid)
+        left = left_over()
         if left:
             raise StackError(f"{name}: processes {left} of group {pgid} survived SIGKILL; stop them by hand "
                              f"(kill -9 {' '.join(map(str, left))}) and run stack-down again")
@@ -1143,7 +1196,7 @@ def airflow_celery_env(stack: Stack, creds: Mapping[str, Any]) -> dict[str, str]
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.url(pg.airflow_db),
         "AIRFLOW__CELERY__BROKER_URL": a.broker_url,
-        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + pg.url(pg.airflow_db, driver="postgresql"),
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + pg.url(pg.airflow_db),  # db+postgresql+psycopg2://
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(a.worker_concurrency),
         "AIRFLOW__CELERY__SYNC_PARALLELISM": "1",  # the scheduler sends tasks without a process pool (small machine)
         "AIRFLOW__CELERY__OPERATION_TIMEOUT": "10",  # seconds to hand a task to Redis on a loaded machine
