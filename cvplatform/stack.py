@@ -1102,6 +1102,11 @@ class Stack:
         if not (self.project / a.dags_folder).is_dir():
             raise StackError(f"stack.yaml airflow.dags_folder: {self.project / a.dags_folder} is not a folder")
         commit = self._project_commit()
+        dirty = subprocess.run(["git", "-C", str(self.project), "status", "--porcelain", "--", a.dags_folder],
+                               capture_output=True, text=True, timeout=60).stdout.strip()
+        if dirty:
+            log.warning("%s has changes not committed: the scheduler sees them, the workers run commit %s "
+                        "(commit, then restart the workers):\n%s", self.project / a.dags_folder, commit[:12], dirty)
         self.airflow_home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         users = creds["airflow_users"]

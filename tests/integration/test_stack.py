@@ -356,7 +356,7 @@ def _airflow_api(st: Stack):
 def test_airflow_runs_the_tasks_on_both_celery_workers_each_in_its_own_clone(stack):
     """The probe DAG (four tasks holding a one-task worker for 4 s each), triggered through the REST API:
     task instances ran on worker-1 and on worker-2, each in, and from the DAG file of, its own clone."""
-    st, _, _ = stack
+    st, path, _ = stack
     assert httpx.get(f"{st.airflow_url}/api/v2/dags", timeout=60).status_code == 401  # no anonymous access
     workers = list(st.cfg.airflow.workers)
     assert workers == ["worker-1", "worker-2"]
@@ -368,6 +368,11 @@ def test_airflow_runs_the_tasks_on_both_celery_workers_each_in_its_own_clone(sta
         assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=wd, capture_output=True, text=True,
                               check=True).stdout.strip() == head
         assert os.readlink(f"/proc/{st.record(f'airflow-{w}')['pid']}/cwd") == str(wd)
+    status = _stack_cli(path, "status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    for name in ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+                 "airflow-worker-1", "airflow-worker-2"):
+        assert f"{name} " in status.stdout and status.stdout.split(name, 1)[1].split()[0] == "running", status.stdout
     settings = dict(line.split("=", 1) for line in (st.state / "airflow-celery.env").read_text().splitlines()
                     if "=" in line and not line.startswith("#"))
     assert settings["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"

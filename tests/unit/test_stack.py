@@ -222,3 +222,13 @@ def test_stop_also_ends_descendants_in_a_process_group_of_their_own(tmp_path):
     assert len(outside) == 1 and len(tree) == 2 and group_members(pid) == [pid]  # the child left the group
     assert st.stop("airflow-worker-1", grace_s=2) is True
     assert alive(tree) == []
+
+
+def test_a_missing_broker_is_named(tmp_path):
+    from cvplatform.airflow_local import free_port
+    from cvplatform.stack import StackError
+
+    port = free_port()
+    st = Stack(load_stack_config(None, {"airflow": {"broker_url": f"redis://127.0.0.1:{port}/3"}}), tmp_path)
+    with pytest.raises(StackError, match=f"Celery broker 127.0.0.1:{port} .*airflow.broker_url.*start Redis"):
+        st._check_broker()
