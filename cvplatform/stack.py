@@ -1005,6 +1005,8 @@ class Stack:
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": "cvplatform.airflow_hostname.worker_hostname",
             "CVPLATFORM_AIRFLOW_WORKER": worker,
             "CVPLATFORM_ROOT": str(wd),
+            # per-run working copies (cvplatform.workspace) of this worker's tasks: not ~/.cache, shared by all
+            "CVPLATFORM_RUNS_DIR": str(self.state / "runs" / worker),
         })
         return env
 

@@ -166,6 +166,7 @@ def test_airflow_settings_are_verified_names_of_the_installed_airflow():
     unknown = [k for k in keys if not known(k)]
     assert unknown == [], unknown
     assert env["CVPLATFORM_ROOT"] == "/srv/cv/.cvplatform/stack/workers/worker-1"
+    assert env["CVPLATFORM_RUNS_DIR"] == "/srv/cv/.cvplatform/stack/runs/worker-1"
     assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/srv/cv/.cvplatform/stack/workers/worker-1/dags"
     assert env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "cvplatform.airflow_hostname.worker_hostname"
     assert st.airflow_env(creds)["AIRFLOW__CORE__DAGS_FOLDER"] == "/srv/cv/dags"  # scheduler, dag-processor
