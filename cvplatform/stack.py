@@ -692,6 +692,7 @@ class Stack:
             self._restore_dvc_config()
             if purge:
                 self._drop_databases()
+                self._purge_broker()
         if purge:
             shutil.rmtree(self.state, ignore_errors=True)
         return stopped
@@ -1067,6 +1068,25 @@ class Stack:
         if not port_open(host, port):
             raise StackError(f"the Celery broker {host}:{port} (stack.yaml airflow.broker_url) does not answer: start "
                              "Redis (the stack uses the machine's server, it does not start one)")
+
+    def broker_keys(self) -> list[str]:
+        """The Redis keys of the stack's Celery queue (its messages and kombu's bindings)."""
+        q = self.cfg.airflow.queue
+        return [q, f"_kombu.binding.{q}", f"_kombu.binding_permanent.{q}"]
+
+    def _purge_broker(self) -> None:
+        """``down --purge``: delete the keys of the stack's queue in Redis (not the keys other queues use)."""
+        if not self.cfg.airflow.enabled:
+            return
+        import redis
+
+        try:
+            client = redis.Redis.from_url(self.cfg.airflow.broker_url, socket_connect_timeout=5)
+            client.delete(*self.broker_keys())
+            client.close()
+        except redis.RedisError as exc:
+            log.warning("could not delete the queue %r from %s (%s): delete keys %s by hand",
+                        self.cfg.airflow.queue, self.cfg.airflow.broker_url, exc, self.broker_keys())
 
     def _airflow(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "airflow", *args]

@@ -438,6 +438,11 @@ def test_stack_down_leaves_no_process(stack):
             assert cur.fetchall() == []
     finally:
         conn.close()
+    import redis
+
+    broker = redis.Redis.from_url(st.cfg.airflow.broker_url)
+    assert [k for k in st.broker_keys() if broker.exists(k)] == []  # the stack's queue is gone from Redis
+    broker.close()
     again = _stack_cli(path, "down")
     assert again.returncode == 0 and "nothing was running" in again.stdout
 
