@@ -57,8 +57,9 @@ airflow: $(STAMP)
 
 # The production topology on this machine (configs/stack.yaml): local S3 (moto), MLflow server on PostgreSQL with
 # S3 artifacts and its auth app, DVC default remote on S3 (.dvc/config.local), two serving replicas behind a
-# balancer. Child processes with pid files and logs under .cvplatform/stack/; `make stack` again says it runs.
-# `make stack-down` stops all of them; PURGE=1 also drops the stack's databases and its state folder.
+# balancer, Airflow 3 with the CeleryExecutor (api-server, scheduler, dag-processor, triggerer, two Celery workers on
+# the machine's Redis, each in its own clone of the project). Child processes with pid files and logs under .cvplatform/stack/; `make stack` again says it runs.
+# `make stack-down` stops all of them; PURGE=1 also drops the stack's databases, its Celery queue keys in Redis and its state folder.
 STACK_ARGS ?=
 stack: $(STAMP)
 	$(BIN)/python -m cvplatform.stack up $(STACK_ARGS)

@@ -20,8 +20,8 @@ few named users so a person can log in and approve a model version in the UI:
   every interface); the api-server reads task logs from the local ``AIRFLOW_HOME/logs``.
 
 Everything is plain environment configuration (``AIRFLOW__SECTION__KEY``). PostgreSQL + the
-CeleryExecutor (``docker/``, ``make stack``) is the intended production setting; it has not been
-run yet (see docs/production.md).
+CeleryExecutor with two workers is the production setting: ``make stack`` (:mod:`cvplatform.stack`)
+starts it (see docs/production.md).
 
 Example:
     >>> from cvplatform.airflow_local import AirflowLocal

@@ -18,7 +18,16 @@
 5. ``replica-N``: one ``cvplatform serve`` per ``serving.replica_ports`` port, following the
    registry aliases of that MLflow server (as ``mlflow.serving_user``);
 6. ``balancer``: :mod:`cvplatform.serving.balancer`, the one entry point spreading requests
-   over the healthy replicas.
+   over the healthy replicas;
+7. Airflow 3 with the CeleryExecutor (``airflow.enabled``): ``airflow db migrate`` on its own
+   PostgreSQL database, then ``airflow-api-server`` (UI, REST API, execution API),
+   ``airflow-scheduler``, ``airflow-dag-processor``, ``airflow-triggerer`` and one
+   ``airflow celery worker`` per ``airflow.workers`` name (``airflow-worker-1``, ...): broker the
+   machine's Redis (``airflow.broker_url``), Celery results in the Airflow database, one JWT secret
+   and the execution API URL shared by all (:func:`airflow_celery_env`). Each worker runs in its own
+   clone of the project at the commit of ``up`` (``state_dir/workers/<name>``: its working folder,
+   ``CVPLATFORM_ROOT`` and DAG folder) and its task instances carry its name as ``hostname``
+   (:mod:`cvplatform.airflow_hostname`).
 
 ``up`` is idempotent: with everything running it says so and changes nothing; services that
 died are started again. ``down`` stops every process it started (SIGTERM to the process group,
@@ -26,8 +35,7 @@ SIGKILL after a grace period) and checks that none is left. ``status`` prints wh
 ``state_dir/stack.json`` holds the URLs, ``state_dir/env.sh`` (0600) the variables a client
 needs (``source .cvplatform/stack/env.sh`` then ``cvplatform ...`` / ``dvc push``).
 
-Airflow with the CeleryExecutor is not started yet: :func:`airflow_celery_env` writes the
-settings it will use (``state_dir/airflow-celery.env``), not exercised by any test.
+``state_dir/airflow-celery.env`` (0600) lists the CeleryExecutor settings every Airflow process got.
 
 Example:
     >>> cfg = StackConfig()
@@ -40,6 +48,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import fcntl
 import json
@@ -65,6 +74,9 @@ from cvplatform.errors import CVPlatformError
 
 log = logging.getLogger(__name__)
 
+#: Airflow's own services, in start order; the Celery workers (``airflow.workers``) start after them.
+AIRFLOW_SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 DEFAULT_CONFIG = "configs/stack.yaml"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 _BUCKET = r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"
@@ -170,6 +182,62 @@ class ServingStackConfig(StrictModel):
     config: str = "configs/deploy/serving.yaml"
 
 
+class AirflowStackConfig(StrictModel):
+    enabled: bool = True
+    """Start Airflow with the CeleryExecutor (false = the stack without Airflow)."""
+    api_port: int = Field(8280, ge=1, le=65535)
+    """Port of the api-server: UI, REST API and the execution API the workers' tasks call."""
+    broker_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^rediss?://")
+    """Celery broker: the Redis server this machine runs (not started by the stack)."""
+    queue: str = Field("default", pattern=_NAME)
+    """Celery queue the tasks are sent to and every worker consumes."""
+    workers: tuple[str, ...] = Field(("worker-1", "worker-2"), min_length=1, max_length=16)
+    """One ``airflow celery worker`` per name (its Celery hostname and the ``hostname`` of its task instances)."""
+    worker_concurrency: int = Field(1, ge=1, le=64)
+    """Task instances each worker runs at once."""
+    parallelism: int = Field(4, ge=1, le=1024)
+    """Task instances running at once in the whole installation."""
+    dags_folder: str = "dags"
+    """DAG files, relative to ``project`` (each worker reads them from its own clone)."""
+    users: tuple[str, ...] = ("admin:ADMIN", "alice:USER", "bob:USER")
+    """SimpleAuthManager ``NAME:ROLE`` accounts (passwords generated once, in credentials.json)."""
+    pipeline_user: str = Field("pipeline-bot", pattern=_NAME)
+    """``CVPLATFORM_USER`` of the tasks, and the MLflow account they use when it is in ``mlflow.users``."""
+
+    @field_validator("workers")
+    @classmethod
+    def _worker_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        import re
+
+        bad = [w for w in v if not re.match(r"^[A-Za-z0-9][A-Za-z0-9\-]{0,62}$", w)]
+        if bad:
+            raise ValueError(f"worker names are host names (letters, digits, '-'), got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"worker names must differ, got {list(v)}")
+        return v
+
+    @field_validator("users")
+    @classmethod
+    def _user_roles(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        import re
+
+        bad = [u for u in v if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*:(VIEWER|USER|OP|ADMIN)$", u)]
+        if bad:
+            raise ValueError(f"users are NAME:ROLE with ROLE one of VIEWER, USER, OP, ADMIN, got {bad}")
+        return v
+
+    @field_validator("dags_folder")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        if Path(v).is_absolute() or ".." in Path(v).parts:
+            raise ValueError(f"dags_folder is a folder inside the project (relative, no '..'), got {v!r}: "
+                             "each worker reads it from its own clone of the project")
+        return v
+
+    def user_names(self) -> list[str]:
+        return [u.split(":", 1)[0] for u in self.users]
+
+
 class StackConfig(StrictModel):
     """``configs/stack.yaml``: every key documented there.
 
@@ -189,16 +257,19 @@ class StackConfig(StrictModel):
     mlflow: MlflowConfig = MlflowConfig()
     dvc: DvcConfig = DvcConfig()
     serving: ServingStackConfig = ServingStackConfig()
+    airflow: AirflowStackConfig = AirflowStackConfig()
 
     @model_validator(mode="after")
     def _ports_differ(self) -> StackConfig:
         ports = [self.mlflow.port, self.serving.balancer_port, *self.serving.replica_ports]
+        if self.airflow.enabled:
+            ports.append(self.airflow.api_port)
         if self.s3.start_local:
             ports.append(self.s3.port)
         dup = sorted({p for p in ports if ports.count(p) > 1})
         if dup:
             raise ValueError(f"ports must all differ: {dup} used twice (s3.port, mlflow.port, "
-                             "serving.balancer_port, serving.replica_ports)")
+                             "serving.balancer_port, serving.replica_ports, airflow.api_port)")
         return self
 
 
@@ -252,6 +323,46 @@ def group_members(pgid: int) -> list[int]:
             if st is not None and st[1] == pgid and st[0] not in ("Z", "X"):
                 out.append(int(entry))
     return out
+
+
+def process_tree(pgid: int) -> dict[int, int]:
+    """pid -> start time of every live member of process group ``pgid`` and of all their descendants,
+    including those that moved to a process group of their own (Airflow's task processes do).
+
+    Example:
+        >>> os.getpid() in process_tree(os.getpgid(0))
+        True
+    """
+    table: dict[int, tuple[str, int, int, int]] = {}  # pid -> (state, ppid, pgrp, start)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        f = raw[raw.rindex(")") + 2:].split()
+        if f[0] not in ("Z", "X"):
+            table[int(entry)] = (f[0], int(f[1]), int(f[2]), int(f[19]))
+    tree = {pid: v[3] for pid, v in table.items() if v[2] == pgid}
+    grew = True
+    while grew:
+        grew = False
+        for pid, v in table.items():
+            if pid not in tree and v[1] in tree:
+                tree[pid] = v[3]
+                grew = True
+    return tree
+
+
+def alive(tree: Mapping[int, int]) -> list[int]:
+    """The processes of ``tree`` (pid -> start time, :func:`process_tree`) still running (same start time)."""
+    out = []
+    for pid, start in tree.items():
+        st = _proc_stat(pid)
+        if st is not None and st[0] not in ("Z", "X") and st[2] == start:
+            out.append(pid)
+    return sorted(out)
 
 
 def port_open(host: str, port: int) -> bool:
@@ -340,10 +451,30 @@ class Stack:
         """(name, port) of every serving replica."""
         return [(f"replica-{i + 1}", p) for i, p in enumerate(self.cfg.serving.replica_ports)]
 
+    @property
+    def airflow_url(self) -> str:
+        return f"http://{self.host}:{self.cfg.airflow.api_port}"
+
+    @property
+    def airflow_home(self) -> Path:
+        """``AIRFLOW_HOME`` of every Airflow process: airflow.cfg, task logs, the passwords file."""
+        return self.state / "airflow"
+
+    def worker_dir(self, worker: str) -> Path:
+        """The working copy of worker ``worker``: a clone of the project at its commit of ``up``."""
+        return self.state / "workers" / worker
+
+    def airflow_components(self) -> list[str]:
+        """The Airflow processes, in start order (api-server first, the Celery workers last)."""
+        a = self.cfg.airflow
+        if not a.enabled:
+            return []
+        return [f"airflow-{c}" for c in AIRFLOW_SERVICES] + [f"airflow-{w}" for w in a.workers]
+
     def components(self) -> list[str]:
         """Every process the stack runs, in start order."""
         names = ["s3"] if self.cfg.s3.start_local else []
-        return [*names, "mlflow", *(n for n, _ in self.replicas()), "balancer"]
+        return [*names, "mlflow", *(n for n, _ in self.replicas()), "balancer", *self.airflow_components()]
 
     def s3_env(self) -> dict[str, str]:
         """AWS variables for a process that talks to the stack's S3 (boto3, MLflow, DVC)."""
@@ -383,11 +514,22 @@ class Stack:
                 users[name] = secrets.token_urlsafe(24)
                 changed = True
         for key in ("serving_admin_token", "mlflow_flask_secret", "audit_key", "airflow_jwt_secret",
-                    "airflow_api_secret_key"):
+                    "airflow_api_secret_key", "airflow_fernet_key"):
             if not data.get(key):
-                data[key] = secrets.token_urlsafe(32) if key != "audit_key" else secrets.token_hex(32)
+                if key == "audit_key":
+                    data[key] = secrets.token_hex(32)
+                elif key == "airflow_fernet_key":  # what cryptography.fernet.Fernet.generate_key() returns
+                    data[key] = base64.urlsafe_b64encode(os.urandom(32)).decode()
+                else:
+                    data[key] = secrets.token_urlsafe(32)
+                changed = True
+        af_users = dict(data.get("airflow_users") or {})
+        for name in self.cfg.airflow.user_names():
+            if not af_users.get(name):
+                af_users[name] = secrets.token_urlsafe(18)
                 changed = True
         data["mlflow_users"] = users
+        data["airflow_users"] = af_users
         if changed or not path.is_file():
             self.state.mkdir(parents=True, exist_ok=True)
             _write_private(path, json.dumps(data, indent=2) + "\n")
@@ -431,29 +573,42 @@ class Stack:
         return proc.pid
 
     def stop(self, name: str, grace_s: float = 20.0) -> bool:
-        """Stop ``name``'s process group: SIGTERM, then SIGKILL after ``grace_s``. False if nothing ran."""
+        """Stop ``name``'s process group: SIGTERM, then SIGKILL after ``grace_s``. False if nothing ran.
+
+        Descendants that left the group (an Airflow task process runs in a group of its own) are
+        found first (:func:`process_tree`) and get SIGKILL too if they outlive the grace period.
+        """
         rec = self.record(name)
         if rec is None:
             return False
         pgid = int(rec.get("pgid", rec["pid"]))
         was = self.running(name)
+        tree = process_tree(pgid)
+        outside = {pid: start for pid, start in tree.items() if (_proc_stat(pid) or ("", pgid, 0))[1] != pgid}
+
+        def left_over() -> list[int]:
+            return sorted({*group_members(pgid), *alive(outside)})
+
         if was:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while group_members(pgid) and time.monotonic() < deadline:
+        while left_over() and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.2)
-        if group_members(pgid):
+        if left_over():
             log.warning("%s did not stop within %.0f s: SIGKILL", name, grace_s)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
+            for pid in alive(outside):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 10.0
-            while group_members(pgid) and time.monotonic() < deadline:
+            while left_over() and time.monotonic() < deadline:
                 self._reap()
                 time.sleep(0.1)
         self._reap()
-        left = group_members(pgid)
+        left = left_over()
         if left:
             raise StackError(f"{name}: processes {left} of group {pgid} survived SIGKILL; stop them by hand "
                              f"(kill -9 {' '.join(map(str, left))}) and run stack-down again")
@@ -516,6 +671,7 @@ class Stack:
             self._mlflow_users(creds)
             self._dvc_remote()
             self._start_serving(creds)
+            self._start_airflow(creds)
             summary = self.summary()
             summary["already_running"] = False
             summary["started"] = [n for n, was in before.items() if not was]
@@ -536,6 +692,7 @@ class Stack:
             self._restore_dvc_config()
             if purge:
                 self._drop_databases()
+                self._purge_broker()
         if purge:
             shutil.rmtree(self.state, ignore_errors=True)
         return stopped
@@ -549,6 +706,10 @@ class Stack:
             if self.cfg.dvc.configure_remote else None,
             "serving_url": self.balancer_url,
             "replicas": {n: f"http://{self.host}:{p}" for n, p in self.replicas()},
+            "airflow": {"url": self.airflow_url, "broker_url": self.cfg.airflow.broker_url,
+                        "queue": self.cfg.airflow.queue,
+                        "workers": {w: str(self.worker_dir(w)) for w in self.cfg.airflow.workers}}
+            if self.cfg.airflow.enabled else None,
             "postgres": {k: getattr(self.cfg.postgres, k) for k in ("mlflow_db", "mlflow_auth_db", "airflow_db")},
             "state_dir": str(self.state),
             "credentials": str(self.state / "credentials.json"),
@@ -795,6 +956,231 @@ class Stack:
         self._wait("balancer", lambda: _http_ok(f"{self.balancer_url}/_balancer/status"),
                    f"{self.balancer_url}/_balancer/status")
 
+    # -- Airflow (CeleryExecutor) ------------------------------------------------------------------------
+    def airflow_env(self, creds: Mapping[str, Any]) -> dict[str, str]:
+        """The environment of every Airflow process (the workers add theirs: :meth:`worker_env`).
+
+        The caller's own ``AIRFLOW__*`` / ``AIRFLOW_HOME`` variables are dropped: every setting is here.
+        """
+        a = self.cfg.airflow
+        env = {k: v for k, v in self._code_env().items()
+               if not k.startswith("AIRFLOW__") and k not in ("AIRFLOW_HOME", "AIRFLOW_CONFIG")}
+        home = self.airflow_home
+        env.update(airflow_celery_env(self, creds))
+        env.update({
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW_CONFIG": str(home / "airflow.cfg"),
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.project / a.dags_folder),
+            "AIRFLOW__CORE__PARALLELISM": str(a.parallelism),
+            "AIRFLOW__CORE__FERNET_KEY": str(creds["airflow_fernet_key"]),
+            "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(a.users),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.airflow_passwords_file),
+            "AIRFLOW__API__HOST": self.host,
+            "AIRFLOW__API__PORT": str(a.api_port),
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "60",
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+            "CVPLATFORM_ROOT": str(self.project),
+            "CVPLATFORM_USER": a.pipeline_user,
+        })
+        return env
+
+    def worker_env(self, creds: Mapping[str, Any], worker: str) -> dict[str, str]:
+        """A Celery worker's environment: its clone is ``CVPLATFORM_ROOT`` and its DAG folder, its name the
+        ``hostname`` of its task instances; S3 and MLflow (as ``airflow.pipeline_user``) for the tasks."""
+        a = self.cfg.airflow
+        wd = self.worker_dir(worker)
+        env = self.airflow_env(creds)
+        if a.pipeline_user in self.cfg.mlflow.users:
+            env.update(self.client_env(creds, a.pipeline_user))
+        else:
+            env.update(self.s3_env())
+        env.update({
+            "AIRFLOW__CORE__DAGS_FOLDER": str(wd / a.dags_folder),
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "cvplatform.airflow_hostname.worker_hostname",
+            "CVPLATFORM_AIRFLOW_WORKER": worker,
+            "CVPLATFORM_ROOT": str(wd),
+            # per-run working copies (cvplatform.workspace) of this worker's tasks: not ~/.cache, shared by all
+            "CVPLATFORM_RUNS_DIR": str(self.state / "runs" / worker),
+        })
+        return env
+
+    @property
+    def airflow_passwords_file(self) -> Path:
+        return self.airflow_home / "simple_auth_manager_passwords.json.generated"
+
+    def airflow_token(self, user: str) -> str:
+        """A JWT for the REST API of the stack's Airflow as ``user`` (send it as ``Authorization: Bearer``)."""
+        from cvplatform.airflow_local import api_token
+
+        users = self.credentials().get("airflow_users", {})
+        if user not in users:
+            raise StackError(f"no Airflow user {user!r} (stack.yaml airflow.users: {list(self.cfg.airflow.users)})")
+        return api_token(self.airflow_url, user, users[user])
+
+    def _project_commit(self) -> str:
+        r = subprocess.run(["git", "-C", str(self.project), "rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise StackError(
+                f"each Airflow worker runs in its own clone of the project at its current commit, but "
+                f"{self.project} has no commit (not a git repository, or nothing committed yet): commit it "
+                "(git init; git add -A; git commit) or set airflow.enabled: false in stack.yaml")
+        return r.stdout.strip()
+
+    def _git(self, cwd: Path, *args: str) -> None:
+        r = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            raise StackError(f"`git {' '.join(args)}` in {cwd} failed ({r.returncode}): {(r.stderr or r.stdout)[-800:]}")
+
+    def _checkout_worker(self, worker: str, commit: str) -> Path:
+        """Clone the project into the worker's folder (once), then check out ``commit`` there (forced:
+        the clone belongs to the stack), with the project's ``.dvc/config.local`` (the stack's remote)."""
+        wd = self.worker_dir(worker)
+        if not (wd / ".git").is_dir():
+            shutil.rmtree(wd, ignore_errors=True)
+            wd.parent.mkdir(parents=True, exist_ok=True)
+            self._git(wd.parent, "clone", "--quiet", "--no-checkout", str(self.project), wd.name)
+        self._git(wd, "fetch", "--quiet", str(self.project), commit)
+        self._git(wd, "checkout", "--quiet", "--force", "--detach", commit)
+        local = self.project / ".dvc" / "config.local"
+        if local.is_file() and (wd / ".dvc").is_dir():
+            shutil.copy2(local, wd / ".dvc" / "config.local")
+            os.chmod(wd / ".dvc" / "config.local", 0o600)
+        dags = wd / self.cfg.airflow.dags_folder
+        if not dags.is_dir():
+            raise StackError(f"{worker}: the project's commit {commit[:12]} has no {self.cfg.airflow.dags_folder}/ "
+                             f"(stack.yaml airflow.dags_folder): the workers read the DAGs of the commit; "
+                             "commit the DAG folder first")
+        return wd
+
+    def _check_broker(self) -> None:
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.cfg.airflow.broker_url)
+        host, port = u.hostname or "127.0.0.1", u.port or 6379
+        if not port_open(host, port):
+            raise StackError(f"the Celery broker {host}:{port} (stack.yaml airflow.broker_url) does not answer: start "
+                             "Redis (the stack uses the machine's server, it does not start one)")
+
+    def broker_keys(self) -> list[str]:
+        """The Redis keys of the stack's Celery queue (its messages and kombu's bindings)."""
+        q = self.cfg.airflow.queue
+        return [q, f"_kombu.binding.{q}", f"_kombu.binding_permanent.{q}"]
+
+    def _purge_broker(self) -> None:
+        """``down --purge``: delete the keys of the stack's queue in Redis (not the keys other queues use)."""
+        if not self.cfg.airflow.enabled:
+            return
+        import redis
+
+        try:
+            client = redis.Redis.from_url(self.cfg.airflow.broker_url, socket_connect_timeout=5)
+            client.delete(*self.broker_keys())
+            client.close()
+        except redis.RedisError as exc:
+            log.warning("could not delete the queue %r from %s (%s): delete keys %s by hand",
+                        self.cfg.airflow.queue, self.cfg.airflow.broker_url, exc, self.broker_keys())
+
+    def _airflow(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "airflow", *args]
+
+    def _airflow_migrate(self, env: Mapping[str, str]) -> None:
+        """``airflow db migrate`` on the Airflow database (creates airflow.cfg in AIRFLOW_HOME once)."""
+        out = self.logs / "airflow-db-migrate.log"
+        niceness = self.cfg.niceness
+        log.info("airflow db migrate (%s)", self.cfg.postgres.airflow_db)
+        with out.open("ab") as fh:
+            try:
+                rc = subprocess.run(self._airflow("db", "migrate"), env=dict(env), cwd=self.airflow_home, stdout=fh,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    timeout=max(600.0, self.cfg.start_timeout_s),
+                                    preexec_fn=(lambda: os.nice(niceness)) if niceness else None).returncode
+            except subprocess.TimeoutExpired:
+                rc = None
+        if rc != 0:
+            raise StackError(f"`airflow db migrate` {'timed out' if rc is None else f'failed ({rc})'} on database "
+                             f"{self.cfg.postgres.airflow_db!r}. Its log ({out}):\n{_tail(out)}")
+
+    def airflow_health(self) -> dict[str, Any] | None:
+        """``GET /api/v2/monitor/health`` of the api-server (no login), or None while it does not answer."""
+        try:
+            with urllib.request.urlopen(f"{self.airflow_url}/api/v2/monitor/health", timeout=5) as r:
+                return dict(json.loads(r.read()))
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+
+    def _start_airflow(self, creds: Mapping[str, Any]) -> None:
+        a = self.cfg.airflow
+        if not a.enabled or all(self.running(n) for n in self.airflow_components()):
+            return
+        self._check_broker()
+        if not (self.project / a.dags_folder).is_dir():
+            raise StackError(f"stack.yaml airflow.dags_folder: {self.project / a.dags_folder} is not a folder")
+        commit = self._project_commit()
+        dirty = subprocess.run(["git", "-C", str(self.project), "status", "--porcelain", "--", a.dags_folder],
+                               capture_output=True, text=True, timeout=60).stdout.strip()
+        if dirty:
+            log.warning("%s has changes not committed: the scheduler sees them, the workers run commit %s "
+                        "(commit, then restart the workers):\n%s", self.project / a.dags_folder, commit[:12], dirty)
+        self.airflow_home.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        users = creds["airflow_users"]
+        _write_private(self.airflow_passwords_file, json.dumps({u: users[u] for u in a.user_names()}) + "\n")
+        env = self.airflow_env(creds)
+        services = [f"airflow-{c}" for c in AIRFLOW_SERVICES]
+        if not all(self.running(n) for n in services):
+            self._airflow_migrate(env)
+        for comp, name in zip(AIRFLOW_SERVICES, services, strict=True):
+            if self.running(name):
+                continue
+            if comp == "api-server":
+                self._check_port_free(name, a.api_port)
+                argv = self._airflow("api-server", "--host", self.host, "--port", str(a.api_port), "--workers", "1")
+            elif comp in ("scheduler", "triggerer"):  # their log servers would bind every interface
+                argv = self._airflow(comp, "--skip-serve-logs")
+            else:
+                argv = self._airflow(comp)
+            self.spawn(name, argv, env, self.airflow_home)
+
+        def healthy() -> bool:
+            for name in services:
+                if not self.running(name):
+                    raise StackError(f"{name} exited while starting. Its log ({self.logs / (name + '.log')}):\n"
+                                     f"{_tail(self.logs / (name + '.log'))}")
+            h = self.airflow_health() or {}
+            return all((h.get(k) or {}).get("status") == "healthy"
+                       for k in ("metadatabase", "scheduler", "dag_processor", "triggerer"))
+
+        self._wait("airflow-api-server", healthy, f"{self.airflow_url}/api/v2/monitor/health (all healthy)")
+        started: dict[str, int] = {}
+        for worker in a.workers:
+            name = f"airflow-{worker}"
+            if self.running(name):
+                continue
+            wd = self._checkout_worker(worker, commit)
+            logf = self.logs / f"{name}.log"
+            started[worker] = logf.stat().st_size if logf.exists() else 0
+            argv = self._airflow("celery", "worker", "--celery-hostname", worker, "--queues", a.queue,
+                                 "--concurrency", str(a.worker_concurrency), "--skip-serve-logs",
+                                 "--pid", str(self.pids / f"{name}.celery.pid"))
+            self.spawn(name, argv, self.worker_env(creds, worker), wd)
+        for worker, offset in started.items():
+            name = f"airflow-{worker}"
+
+            def ready(w: str = worker, o: int = offset, n: str = name) -> bool:
+                with (self.logs / f"{n}.log").open("rb") as fh:
+                    fh.seek(o)
+                    return f"celery@{w} ready".encode() in fh.read()
+
+            self._wait(name, ready, f"'celery@{worker} ready' in {self.logs / (name + '.log')}")
+
     # -- files for clients -------------------------------------------------------------------------------
     def client_env(self, creds: Mapping[str, Any], user: str) -> dict[str, str]:
         """What a client (CLI, DVC, boto3) needs to use the stack as MLflow user ``user``."""
@@ -814,27 +1200,36 @@ class Stack:
         lines = ["# source me: the stack as MLflow user " + user + " (other users: credentials.json)"]
         lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(self.client_env(creds, user).items())]
         _write_private(self.state / "env.sh", "\n".join(lines) + "\n")
-        _write_private(self.state / "airflow-celery.env",
-                       "# NOT RUN YET: the settings the Airflow CeleryExecutor slice will use\n"
-                       + "\n".join(f"{k}={v}" for k, v in sorted(airflow_celery_env(self, creds).items())) + "\n")
+        if self.cfg.airflow.enabled:
+            _write_private(self.state / "airflow-celery.env",
+                           "# the CeleryExecutor settings every Airflow process of the stack runs with\n"
+                           + "\n".join(f"{k}={v}" for k, v in sorted(airflow_celery_env(self, creds).items())) + "\n")
 
 
-def airflow_celery_env(stack: Stack, creds: Mapping[str, Any], *, api_port: int = 8280,
-                       redis_url: str = "redis://127.0.0.1:6379/0") -> dict[str, str]:
-    """The Airflow settings of the CeleryExecutor topology (next slice: written, **not run** by any test).
+def airflow_celery_env(stack: Stack, creds: Mapping[str, Any]) -> dict[str, str]:
+    """The CeleryExecutor settings every Airflow process of the stack shares (also written to
+    ``state_dir/airflow-celery.env``): metadata database and Celery result backend on the stack's
+    PostgreSQL (``postgres.airflow_db``), broker ``airflow.broker_url``, the JWT secret the api-server
+    and the scheduler sign and check task tokens with, and the execution API URL the workers' tasks call.
 
-    Every component and both workers share the JWT secret and the execution API URL, the broker is
-    Redis and the result backend the stack's PostgreSQL.
+    Example:
+        >>> env = airflow_celery_env(Stack(StackConfig(), "/srv/cv"),
+        ...                          {"airflow_jwt_secret": "j", "airflow_api_secret_key": "k"})
+        >>> env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]
+        'http://127.0.0.1:8280/execution/'
     """
-    pg = stack.cfg.postgres
-    url = f"http://{stack.host}:{api_port}"
+    pg, a = stack.cfg.postgres, stack.cfg.airflow
     return {
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.url(pg.airflow_db),
-        "AIRFLOW__CELERY__BROKER_URL": redis_url,
-        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + pg.url(pg.airflow_db, driver="postgresql"),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
-        "AIRFLOW__API__BASE_URL": url,
+        "AIRFLOW__CELERY__BROKER_URL": a.broker_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + pg.url(pg.airflow_db),  # db+postgresql+psycopg2://
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(a.worker_concurrency),
+        "AIRFLOW__CELERY__SYNC_PARALLELISM": "1",  # the scheduler sends tasks without a process pool (small machine)
+        "AIRFLOW__CELERY__OPERATION_TIMEOUT": "10",  # seconds to hand a task to Redis on a loaded machine
+        "AIRFLOW__OPERATORS__DEFAULT_QUEUE": a.queue,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{stack.airflow_url}/execution/",
+        "AIRFLOW__API__BASE_URL": stack.airflow_url,
         "AIRFLOW__API_AUTH__JWT_SECRET": str(creds["airflow_jwt_secret"]),
         "AIRFLOW__API__SECRET_KEY": str(creds["airflow_api_secret_key"]),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -868,6 +1263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  DVC remote {summary['dvc_remote']['name']} = {summary['dvc_remote']['url']} (default, "
                       ".dvc/config.local)")
             print(f"  serving    {summary['serving_url']}  -> {', '.join(summary['replicas'].values())}")
+            if summary["airflow"]:
+                af = summary["airflow"]
+                print(f"  Airflow    {af['url']}  (CeleryExecutor, broker {af['broker_url']}, queue {af['queue']}; "
+                      f"users/passwords: credentials.json airflow_users)")
+                for worker, folder in af["workers"].items():
+                    print(f"    worker   {worker}  in {folder}")
             print(f"  clients:   source {stack.state / 'env.sh'}")
             print("  stop:      make stack-down")
         elif args.action == "down":
@@ -881,7 +1282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             st = stack.status()
             for name, ok in st.items():
-                print(f"  {name:<12} {'running' if ok else 'stopped'}")
+                print(f"  {name:<24} {'running' if ok else 'stopped'}")
             return 0 if all(st.values()) else 3
     except CVPlatformError as exc:
         print(f"error: {exc}", file=sys.stderr)

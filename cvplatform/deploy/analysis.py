@@ -45,7 +45,13 @@ Checks (names are stable; the controller reports them as rollback reasons):
     Kolmogorov-Smirnov statistic (on the confidence samples) <= ``max``.
 ``accuracy``
     on requests carrying the true label (``X-True-Label``): canary accuracy >= champion
-    accuracy - ``max_accuracy_drop``.
+    accuracy - ``max_accuracy_drop``. Skipped for a task whose server scores its labelled feedback
+    itself (a ``feedback`` entry per variant: detection), which ``feedback_map50`` judges instead.
+``feedback_map50``
+    only for a server that reports ``feedback`` per variant (detection: requests carrying their true
+    boxes, ``X-True-Boxes``; the server keeps each variant's last ``stats.feedback_kept`` labelled images
+    and scores their served boxes with the project's COCO evaluator): canary mAP50 >= champion mAP50 -
+    ``max_map_drop``, once each variant has ``min_labelled`` labelled images.
 ``count_shift``, ``object_score_shift``, ``class_mix_shift``
     only for a server that reports objects per image (``task.object_signals``: detection's served
     boxes): PSI of the objects-per-image histograms, PSI (or KS) of every object's score, PSI of
@@ -128,7 +134,9 @@ class AnalysisThresholds(StrictModel):
     max_accuracy_drop: float = Field(0.02, ge=0.0, le=1.0)
     """Largest drop of canary accuracy below the champion's on labelled requests."""
     min_labelled: int = Field(50, ge=1)
-    """Fewest labelled images per variant before the accuracy check counts (else skipped)."""
+    """Fewest labelled images per variant before the accuracy (or ``feedback_map50``) check counts (else skipped)."""
+    max_map_drop: float = Field(0.05, ge=0.0, le=1.0)
+    """Largest drop of canary mAP50 below the champion's on labelled requests (a detector's true boxes)."""
     count_shift: ShiftThresholds = ShiftThresholds()
     """Objects per image (detections per image), canary vs champion: PSI over 0, 1, ..., 9, 10+ (tasks that report
     objects; skipped otherwise)."""
@@ -578,6 +586,44 @@ def check_accuracy(canary: Mapping[str, Any], champion: Mapping[str, Any], th: A
                  f"drop {drop:+.1%}, allowed {th.max_accuracy_drop:.1%}")
 
 
+def _feedback(variant: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    fb = variant.get("feedback")
+    return fb if isinstance(fb, Mapping) and "map50" in fb else None
+
+
+def check_feedback_map50(canary: Mapping[str, Any], champion: Mapping[str, Any], th: AnalysisThresholds) -> Check:
+    """On labelled requests (a detector's true boxes), canary mAP50 no more than ``max_map_drop`` below the
+    champion's. Each variant's ``feedback`` is what the server reports: the COCO mAP50 of the boxes it served on its
+    kept labelled images (``images``) against their true boxes.
+
+    Example:
+        >>> ch = {"feedback": {"images": 80, "objects": 200, "map50": 0.71}}
+        >>> ca = {"feedback": {"images": 80, "objects": 200, "map50": 0.52}}
+        >>> check_feedback_map50(ca, ch, AnalysisThresholds()).status
+        'fail'
+        >>> check_feedback_map50({"feedback": {"images": 3, "map50": 0.9}}, ch, AnalysisThresholds()).status
+        'skip'
+    """
+    name = "feedback_map50"
+    a, b = _feedback(canary) or {}, _feedback(champion) or {}
+    na, nb = int(_num(a, "images") or 0), int(_num(b, "images") or 0)
+    if na < th.min_labelled or nb < th.min_labelled:
+        return Check(name, "skip", None, th.max_map_drop,
+                     f"too few labelled images with true boxes (canary {na}, champion {nb}; need {th.min_labelled} "
+                     "each): send X-True-Boxes with requests (the replay client does)")
+    va, vb = _num(a, "map50"), _num(b, "map50")
+    if va is None or vb is None:
+        return Check(name, "skip", None, th.max_map_drop,
+                     f"mAP50 undefined: the labelled images hold no true box (canary {int(_num(a, 'objects') or 0)}, "
+                     f"champion {int(_num(b, 'objects') or 0)} objects)")
+    drop = vb - va
+    ok = drop <= th.max_map_drop + 1e-9
+    return Check(name, "pass" if ok else "fail", drop, th.max_map_drop,
+                 f"mAP50 of the served boxes on labelled requests canary {va:.3f} ({na} images, "
+                 f"{int(_num(a, 'objects') or 0)} objects) vs champion {vb:.3f} ({nb}, {int(_num(b, 'objects') or 0)}): "
+                 f"drop {drop:+.3f}, allowed {th.max_map_drop:g}")
+
+
 def _objects(variant: Mapping[str, Any]) -> Mapping[str, Any] | None:
     obj = variant.get("objects")
     return obj if isinstance(obj, Mapping) else None
@@ -715,6 +761,14 @@ def analyze_step(stats: Mapping[str, Any], thresholds: AnalysisThresholds, *, mi
                 check_object_score_shift(canary, champion, thresholds),
                 check_class_mix_shift(canary, champion, thresholds)]
                if _objects(canary) is not None or _objects(champion) is not None else [])
+    # a server that scores its labelled feedback itself (detection's true boxes: mAP50) reports ``feedback`` per
+    # variant; one class per image (accuracy) does not apply to its answers
+    if _feedback(canary) is not None or _feedback(champion) is not None:
+        labelled = [Check("accuracy", "skip", None, thresholds.max_accuracy_drop,
+                          "the task's labelled feedback is not one class per image: judged by feedback_map50"),
+                    check_feedback_map50(canary, champion, thresholds)]
+    else:
+        labelled = [check_accuracy(canary, champion, thresholds)]
     return StepAnalysis([
         check_min_requests(canary, min_requests),
         check_error_rate(canary, champion, thresholds),
@@ -722,7 +776,7 @@ def analyze_step(stats: Mapping[str, Any], thresholds: AnalysisThresholds, *, mi
         check_agreement(shadow, thresholds),
         check_agreement_uncertain(shadow, thresholds),
         check_confidence_shift(canary, champion, thresholds),
-        check_accuracy(canary, champion, thresholds),
+        *labelled,
         *objects,
     ])
 
@@ -757,6 +811,7 @@ __all__ = [
     "agreement_groups",
     "check_class_mix_shift",
     "check_count_shift",
+    "check_feedback_map50",
     "check_object_score_shift",
     "count_histogram",
     "check_agreement",

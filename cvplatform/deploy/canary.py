@@ -127,8 +127,9 @@ class AdminClient:
     def status(self) -> dict[str, Any]:
         return self.request("GET", "/admin/status")
 
-    def stats(self) -> dict[str, Any]:
-        return self.request("GET", "/admin/stats")
+    def stats(self, feedback: bool = True) -> dict[str, Any]:
+        """``GET /admin/stats``; ``feedback=False`` skips scoring the labelled feedback (a detector's mAP50)."""
+        return self.request("GET", "/admin/stats" if feedback else "/admin/stats?feedback=false")
 
     def reset_stats(self) -> dict[str, Any]:
         return self.request("POST", "/admin/stats/reset")
@@ -343,6 +344,9 @@ def _step_metrics(index: int, traffic: float, stats: dict[str, Any], analysis: S
         for k in ("error_rate", "accuracy"):
             if isinstance(s.get(k), int | float):
                 out[f"{v}_{k}"] = float(s[k])
+        feedback = s.get("feedback") if isinstance(s.get("feedback"), dict) else {}
+        if isinstance(feedback.get("map50"), int | float):  # a detector's mAP50 on labelled requests
+            out[f"{v}_feedback_map50"] = float(feedback["map50"])
         for q in ("p50", "p95"):
             value = (s.get("latency_ms") or {}).get(q)
             if isinstance(value, int | float):
@@ -641,7 +645,7 @@ def _bake(api: AdminClient, policy: CanaryPolicy, step: Any, version: str, sleep
     started = time.monotonic()
     while True:
         sleep(policy.poll_interval_s)
-        stats = api.stats()
+        stats = api.stats(feedback=False)  # the labelled feedback is scored only for the analysis (below)
         if (stats.get("versions") or {}).get("canary") != version:
             return None, "canary_unloaded", stats, started
         elapsed = time.monotonic() - started
@@ -649,10 +653,13 @@ def _bake(api: AdminClient, policy: CanaryPolicy, step: Any, version: str, sleep
         early = early_abort(stats, th, policy.early_abort_min_failures)
         if early is not None:
             return early, "early_abort", stats, started
-        if elapsed >= step.bake_s and canary_requests >= step.min_requests:
-            return analyze_step(stats, th, min_requests=step.min_requests), "analysed", stats, started
-        if elapsed >= policy.step_timeout_s:
-            return analyze_step(stats, th, min_requests=step.min_requests), "timeout", stats, started
+        event = ("analysed" if elapsed >= step.bake_s and canary_requests >= step.min_requests
+                 else "timeout" if elapsed >= policy.step_timeout_s else None)
+        if event is not None:
+            stats = api.stats()  # again, with each variant's labelled-feedback score (detection: mAP50)
+            if (stats.get("versions") or {}).get("canary") != version:
+                return None, "canary_unloaded", stats, started
+            return analyze_step(stats, th, min_requests=step.min_requests), event, stats, started
 
 
 def _rollout(api: AdminClient, policy: CanaryPolicy, result: CanaryResult, tracker: _Tracker,

@@ -95,7 +95,8 @@ def create_app(config: ServingConfig, source: ModelSource, *, admin_token: str |
     task = task if task is not None else get_task()
     parameter_names(task)  # the request parameters other tasks declare, found now rather than on the first request
     metrics = ServingMetrics(task.served_metrics)
-    stats = StatsBook(config.stats.window, config.stats.confidence_bins, config.stats.disagreements_kept)
+    stats = StatsBook(config.stats.window, config.stats.confidence_bins, config.stats.disagreements_kept,
+                      config.stats.feedback_kept)
     manager = ModelManager(source, config, metrics, stats, task=task)
     token = (admin_token or None) if admin_token is not None else config.admin_token()
     check_admin_token(token, "the admin_token argument" if admin_token else config.admin_token_source())

@@ -335,6 +335,16 @@ def _objects(state: ServerState, handle: ModelHandle, outputs: dict[str, np.ndar
                                predictions=decoded)
 
 
+def _feedback(state: ServerState, handle: ModelHandle, outputs: dict[str, np.ndarray], truth: list[Any] | None,
+              images: list[np.ndarray] | None) -> list[dict[str, Any]] | None:
+    """The records of a labelled request the task keeps for its feedback score (``task.feedback``: detection's true
+    and served boxes), or None (no truth sent, or a task whose truth is one class per image: accuracy)."""
+    if truth is None:
+        return None
+    sizes = [(int(im.shape[0]), int(im.shape[1])) for im in images] if images is not None else None
+    return state.task.feedback(outputs, handle.model.class_names, truth, handle.model.contract, sizes)
+
+
 def _count_answer(state: ServerState, handle: ModelHandle, variant: str, top: list[str], conf: list[float],
                   ms: float) -> None:
     m = state.metrics
@@ -347,7 +357,7 @@ def _count_answer(state: ServerState, handle: ModelHandle, variant: str, top: li
 
 
 def _start_shadow(state: ServerState, other: ModelHandle, variant: str, inputs: RequestInputs,
-                  labels: list[str] | None, top: list[str], conf: list[float], request_id: str,
+                  labels: list[Any] | None, top: list[str], conf: list[float], request_id: str,
                   answered: tuple[ModelHandle, dict[str, np.ndarray]] | None = None) -> None:
     """Let ``other`` score the same input in the background (skipped when too many are pending)."""
     if len(state.shadow_tasks) >= state.config.traffic.max_pending_shadow:
@@ -370,7 +380,7 @@ async def predict_core(
     *,
     request_id: str,
     session_id: str | None,
-    labels: list[str] | None,
+    labels: list[Any] | None,
     images: list[np.ndarray] | None = None,
     tensor: np.ndarray | None = None,
     blobs: list[bytes] | None = None,
@@ -402,9 +412,10 @@ async def predict_core(
     sizes = [(int(im.shape[0]), int(im.shape[1])) for im in inputs.images] if inputs.images is not None else None
     out = Outcome(request_id, handle, variant, outputs, fallback, top, conf, state.task, sizes, dict(options or {}))
     objects = _objects(state, handle, outputs, out)
-    state.stats.record_answer(variant, handle.version, top, conf, labels, ms, request_ms, fallback=fallback,
-                              compute_ms=timing.ms_per_row, batch_rows=timing.rows, overlapped=timing.overlapped,
-                              objects=objects)
+    feedback = _feedback(state, handle, outputs, labels, inputs.images)
+    state.stats.record_answer(variant, handle.version, top, conf, labels if feedback is None else None, ms,
+                              request_ms, fallback=fallback, compute_ms=timing.ms_per_row, batch_rows=timing.rows,
+                              overlapped=timing.overlapped, objects=objects, feedback=feedback)
     _count_answer(state, handle, variant, top, conf, ms)
     _log_requests(state, inputs.images, handle, variant, request_id, top, conf, hold, objects)
     # shadow: the other variant scores the same input in the background
@@ -422,7 +433,7 @@ async def predict_core(
 
 
 async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images: list[np.ndarray] | None,
-                  x: np.ndarray | None, labels: list[str] | None, answered: list[str], request_id: str,
+                  x: np.ndarray | None, labels: list[Any] | None, answered: list[str], request_id: str,
                   answered_conf: list[float] | None = None, hold: BudgetHold | None = None,
                   answered_by: tuple[ModelHandle, dict[str, np.ndarray]] | None = None) -> None:
     """Score a mirrored request with ``handle`` (``x``: its input when already prepared) and record agreement:
@@ -451,9 +462,10 @@ async def _shadow(state: ServerState, handle: ModelHandle, variant: str, images:
         agreement = state.task.shadow_agreement(a_outputs, a_handle.model.class_names, outputs,
                                                 handle.model.class_names).tolist()
     objects = _objects(state, handle, outputs)
-    state.stats.record_shadow(variant, handle.version, top, conf, labels, ms, answered, request_id, answered_conf,
-                              compute_ms=timing.ms_per_row, batch_rows=timing.rows, overlapped=timing.overlapped,
-                              agreement=agreement, objects=objects)
+    feedback = _feedback(state, handle, outputs, labels, images)
+    state.stats.record_shadow(variant, handle.version, top, conf, labels if feedback is None else None, ms, answered,
+                              request_id, answered_conf, compute_ms=timing.ms_per_row, batch_rows=timing.rows,
+                              overlapped=timing.overlapped, agreement=agreement, objects=objects, feedback=feedback)
     _log_requests(state, images, handle, "shadow", request_id, top, conf, hold, objects)
     same = agreement if agreement is not None else [float(a == b) for a, b in zip(answered, top, strict=False)]
     for score in same:

@@ -321,6 +321,11 @@ class VariantStats:
     object_hist: list[int] = field(default_factory=list)
     """Histogram of every object's score (the confidence bins)."""
     object_scores: collections.deque = field(default_factory=collections.deque)
+    feedback_kept: int = 500
+    feedback_seen: int = 0
+    """Labelled images whose records the task kept (``task.feedback``: detection's true and served boxes)."""
+    feedback: collections.deque = field(default_factory=collections.deque)
+    """The last ``feedback_kept`` of those records (scored by ``task.feedback_summary`` when the stats are read)."""
 
     def __post_init__(self) -> None:
         self.hist = [0] * self.bins
@@ -332,6 +337,7 @@ class VariantStats:
         self.object_classes = collections.Counter()
         self.object_hist = [0] * self.bins
         self.object_scores = collections.deque(maxlen=self.window)
+        self.feedback = collections.deque(maxlen=max(0, self.feedback_kept))
 
     def _bin(self, c: float) -> int:
         return min(self.bins - 1, max(0, int(c * self.bins))) if math.isfinite(c) else 0
@@ -364,6 +370,13 @@ class VariantStats:
                 self.object_hist[i] += n
         self.object_scores.extend(round_all(scores))
 
+    def add_feedback(self, records: Sequence[Mapping[str, Any]] | None) -> None:
+        """One labelled request's records (``task.feedback``, one per image), or None."""
+        if records is None:
+            return
+        self.feedback_seen += len(records)
+        self.feedback.extend(records)
+
     def add_predictions(self, top1: Iterable[str], confidences: Iterable[float], labels: Sequence[str] | None) -> None:
         top1 = list(top1)
         confs = [float(c) for c in confidences]
@@ -390,7 +403,7 @@ class VariantStats:
         dq.append(round(float(ms), 5))
 
     _COUNTS = ("requests", "errors", "fallbacks", "shadow_scored", "shadow_errors", "images", "labelled", "correct",
-               "object_images")
+               "object_images", "feedback_seen")
 
     def export(self) -> dict[str, Any]:
         """Raw counters and samples (JSON-friendly), for :meth:`absorb` in another process."""
@@ -400,7 +413,7 @@ class VariantStats:
                    compute={k: list(v) for k, v in self.compute.items()}, confidences=list(self.confidences),
                    object_counts={str(k): v for k, v in self.object_counts.items()},
                    object_classes=dict(self.object_classes), object_hist=list(self.object_hist),
-                   object_scores=list(self.object_scores))
+                   object_scores=list(self.object_scores), feedback=list(self.feedback))
         return out
 
     def absorb(self, data: dict[str, Any]) -> None:
@@ -422,6 +435,7 @@ class VariantStats:
         self.object_hist = [a + int(b) for a, b in zip(self.object_hist, data.get("object_hist") or [0] * self.bins,
                                                        strict=False)]
         self.object_scores.extend(data.get("object_scores") or [])
+        self.feedback.extend(data.get("feedback") or [])
 
     def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
         attempts = self.requests + self.shadow_scored
@@ -462,6 +476,8 @@ class VariantStats:
             }
             if with_samples:
                 out["objects"]["score_samples"] = list(self.object_scores)
+        if self.feedback_seen:
+            out["feedback"] = {"seen": self.feedback_seen, "kept": len(self.feedback)}
         if with_samples:
             out["confidence_samples"] = list(self.confidences)
         return out
@@ -482,10 +498,12 @@ class StatsBook:
         1
     """
 
-    def __init__(self, window: int = 5000, bins: int = 10, disagreements_kept: int = 50) -> None:
+    def __init__(self, window: int = 5000, bins: int = 10, disagreements_kept: int = 50,
+                 feedback_kept: int = 500) -> None:
         self.window = window
         self.bins = bins
         self.disagreements_kept = disagreements_kept
+        self.feedback_kept = feedback_kept
         self._lock = threading.Lock()
         self.reset()
 
@@ -493,7 +511,8 @@ class StatsBook:
         """Start a new observation window (the canary controller does this at each step)."""
         with self._lock:
             self.since = time.time()
-            self.variants = {v: VariantStats(self.window, self.bins) for v in ("champion", "canary")}
+            self.variants = {v: VariantStats(self.window, self.bins, feedback_kept=self.feedback_kept)
+                             for v in ("champion", "canary")}
             self.pairs = 0
             self.agree = 0.0
             self.pairs_by_conf = [0] * self.bins
@@ -506,7 +525,7 @@ class StatsBook:
         vs = self.variants[variant]
         if version is not None and vs.version != version:
             if vs.version is not None:  # a different model now holds this slot: its numbers start over
-                vs = self.variants[variant] = VariantStats(self.window, self.bins)
+                vs = self.variants[variant] = VariantStats(self.window, self.bins, feedback_kept=self.feedback_kept)
             vs.version = version
         return vs
 
@@ -525,12 +544,14 @@ class StatsBook:
         batch_rows: int = 1,
         overlapped: bool = False,
         objects: Sequence[Mapping[str, Any]] | None = None,
+        feedback: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         """A request answered by ``variant`` (``fallback``: after the canary failed).
 
         ``compute_ms``: the model's compute time per image of the call this request ran in (queue wait
         excluded); ``batch_rows``: that call's batch size; ``overlapped``: another model call ran meanwhile;
-        ``objects``: each image's objects (``task.object_signals``), or None.
+        ``objects``: each image's objects (``task.object_signals``), or None; ``feedback``: a labelled request's
+        records (``task.feedback``: detection's true and served boxes per image), or None.
         """
         with self._lock:
             vs = self._variant(variant, version)
@@ -544,6 +565,7 @@ class StatsBook:
                 vs.request_latency_ms.append(round(float(request_ms), 4))
             vs.add_predictions(top1, confidences, labels)
             vs.add_objects(objects)
+            vs.add_feedback(feedback)
 
     def record_error(self, variant: str, version: str, *, shadow: bool = False) -> None:
         """An inference of ``variant`` failed (routed request, or a mirrored one with ``shadow``)."""
@@ -573,6 +595,7 @@ class StatsBook:
         overlapped: bool = False,
         agreement: Sequence[float] | None = None,
         objects: Sequence[Mapping[str, Any]] | None = None,
+        feedback: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         """``variant`` scored a mirrored request; compare with what the answering variant said.
 
@@ -590,6 +613,7 @@ class StatsBook:
             vs.add_compute("shadowed", batch_rows, compute_ms, overlapped)
             vs.add_predictions(top1, confidences, labels)
             vs.add_objects(objects)
+            vs.add_feedback(feedback)
             champion_conf = list(confidences) if variant == "champion" else list(answered_confidences or [])
             scores = list(agreement) if agreement is not None else None
             for i, (a, b) in enumerate(zip(answered_top1, top1, strict=False)):
@@ -623,16 +647,23 @@ class StatsBook:
                 "disagreements": list(self.disagreements),
             }
 
+    def feedback_records(self) -> dict[str, list[Any]]:
+        """Each variant's kept labelled-feedback records (``task.feedback``), for ``task.feedback_summary``."""
+        with self._lock:
+            return {k: list(v.feedback) for k, v in self.variants.items()}
+
     @classmethod
-    def merged(cls, parts: Sequence[dict[str, Any]], window: int, bins: int, disagreements_kept: int) -> StatsBook:
+    def merged(cls, parts: Sequence[dict[str, Any]], window: int, bins: int, disagreements_kept: int,
+               feedback_kept: int = 500) -> StatsBook:
         """One book holding the sum of several :meth:`export` results (one per worker process).
 
-        Counts add up; latency, compute and confidence samples are pooled (each worker keeps its last
-        ``window``, so the merged book keeps up to ``window`` x workers); ``since`` is the earliest. A
-        variant whose version differs from the first part's (a worker mid-swap) is left out.
+        Counts add up; latency, compute and confidence samples and labelled-feedback records are pooled (each
+        worker keeps its last ``window`` / ``feedback_kept``, so the merged book keeps up to that x workers);
+        ``since`` is the earliest. A variant whose version differs from the first part's (a worker mid-swap) is
+        left out.
         """
         n = max(1, len(parts))
-        book = cls(window * n, bins, disagreements_kept * n)
+        book = cls(window * n, bins, disagreements_kept * n, feedback_kept * n)
         if not parts:
             return book
         book.since = min(float(p["since"]) for p in parts)

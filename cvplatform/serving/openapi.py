@@ -79,7 +79,12 @@ def document_requests(app: FastAPI, config: ServingConfig, task: Task | None = N
         comps.setdefault("securitySchemes", {})["adminToken"] = {"type": "http", "scheme": "bearer"}
         t = config.traffic
         routing = [{"name": h, "in": "header", "required": False, "schema": {"type": "string"}}
-                   for h in (t.request_id_header, t.session_header, t.label_header)]
+                   for h in (t.request_id_header, t.session_header)]
+        truth = {"name": t.label_header, "in": "header", "required": False, "schema": {"type": "string"}}
+        if task is not None:  # the header the task reads its labelled feedback from, and its format
+            truth.update(name=getattr(t, task.truth_header_key),
+                         description=f"the true answer (labelled feedback): {task.truth_format}")
+        routing.append(truth)
         image_body = {"required": True, "content": {
             "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
                 "files": {"type": "array", "items": _BINARY}}}},

@@ -1,4 +1,4 @@
-"""Traffic replay: send held-out manifest images (clean and corrupted) to a server, with their true labels.
+"""Traffic replay: send held-out manifest images (clean and corrupted) to a server, with their true answers.
 
 Used by the demo, the canary tests and ``run_canary_local`` (as a separate process)::
 
@@ -7,8 +7,11 @@ Used by the demo, the canary tests and ``run_canary_local`` (as a separate proce
         --concurrency 4 --duration 60 --report artifacts/deploy/replay.json
 
 Every request is ``POST /v1/predict`` with one image (multipart), a fresh ``X-Request-ID``,
-one of ``--sessions`` ``X-Session-ID`` values (sticky routing) and ``X-True-Label`` (so the
-server can score accuracy per variant). ``--corrupt F`` adds a corrupted copy (one of the
+one of ``--sessions`` ``X-Session-ID`` values (sticky routing) and the image's true answer in the
+header the project's task reads (``task.replay_truth``): ``X-True-Label`` for a classifier (the server
+scores accuracy per variant), ``X-True-Boxes`` for a detector (the image's boxes from the annotation
+table, crowd boxes left out, in the pixels of the image as sent: the server scores mAP50 per variant).
+The task is ``--task``, else ``project.task`` of ``--root``'s ``params.yaml``. ``--corrupt F`` adds a corrupted copy (one of the
 evaluation corruptions, :mod:`cvplatform.evaluation.corruptions`, at ``--severity``) of a
 deterministic share F of the images. The run stops after ``--requests`` requests,
 ``--duration`` seconds, or SIGTERM/SIGINT, and writes a JSON report: requests by HTTP
@@ -33,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cvplatform.errors import DataError
+from cvplatform.errors import CVPlatformError, DataError
 from cvplatform.serving.metrics import summarize
 from cvplatform.serving.routing import unit_hash
 
@@ -44,12 +47,15 @@ DEFAULT_CORRUPTIONS: tuple[str, ...] = ("gaussian_noise", "motion_blur", "low_li
 
 @dataclass(frozen=True)
 class ReplayItem:
-    """One image to send: encoded bytes, the true label, and which corruption (None = clean)."""
+    """One image to send: encoded bytes, the true label, which corruption (None = clean) and the true answer to send
+    (``truth`` in the header ``truth_header``; None = none)."""
 
     id: str
     data: bytes
     label: str
     corruption: str | None = None
+    truth: str | None = None
+    truth_header: str = "X-True-Label"
 
 
 @dataclass
@@ -88,8 +94,13 @@ def load_items(
     severity: int = 3,
     seed: int = 0,
     limit: int | None = None,
+    task: str | Any | None = None,
 ) -> list[ReplayItem]:
-    """The images of ``split`` (file bytes + label), plus corrupted copies of a share ``corrupt`` of them.
+    """The images of ``split`` (file bytes + label + the true answer the task sends), plus corrupted copies of a share
+    ``corrupt`` of them (with the same true answer: a corruption keeps the image's size and objects).
+
+    ``task``: a task name or :class:`~cvplatform.tasks.Task` (None: ``project.task`` of ``root``'s ``params.yaml``,
+    else classification); its ``replay_truth`` gives each image's truth header value.
 
     Raises:
         DataError: the manifest is missing/unreadable or the split is empty.
@@ -113,32 +124,53 @@ def load_items(
                         f"(has {sorted(df['split'].unique())}).")
     if limit is not None:
         rows = rows.head(int(limit))
+    the_task = _task(task, base)
+    from cvplatform.serving.schemas import TrafficConfig
+
+    header = str(getattr(TrafficConfig(), the_task.truth_header_key))
     items: list[ReplayItem] = []
-    to_corrupt: list[tuple[str, str, bytes]] = []
-    for r in rows.itertuples(index=False):
-        p = Path(r.path)
+    to_corrupt: list[tuple[str, str, bytes, str | None]] = []
+    for row in rows.to_dict("records"):
+        sha, label = str(row["sha256"]), str(row.get("label"))
+        p = Path(str(row["path"]))
         p = p if p.is_absolute() else base / p
         try:
             data = p.read_bytes()
         except OSError as exc:
             raise DataError(f"{p}: listed in {mpath} but unreadable ({exc}); run `dvc pull` or re-ingest.") from None
-        items.append(ReplayItem(str(r.sha256), data, str(r.label)))
-        if corrupt > 0 and unit_hash(str(r.sha256), f"corrupt:{seed}") < corrupt:
-            to_corrupt.append((str(r.sha256), str(r.label), data))
+        truth = the_task.replay_truth(row, base)
+        items.append(ReplayItem(sha, data, label, None, truth, header))
+        if corrupt > 0 and unit_hash(sha, f"corrupt:{seed}") < corrupt:
+            to_corrupt.append((sha, label, data, truth))
     if to_corrupt:
         from cvplatform.data.ingest import encode_png
         from cvplatform.evaluation.corruptions import apply_corruption
         from cvplatform.imageio import ImageDecodeError, decode_bytes
 
-        for sha, label, data in to_corrupt:
+        for sha, label, data, truth in to_corrupt:
             name = corruptions[int(unit_hash(sha, f"which:{seed}") * len(corruptions))]
             try:
                 rgb = decode_bytes(data, where=sha)  # the decoder training, evaluation and the server use
             except ImageDecodeError:
                 continue
             out = apply_corruption(rgb[None], [sha], name, severity, seed)[0]
-            items.append(ReplayItem(f"{sha}:{name}", encode_png(out), label, name))
+            items.append(ReplayItem(f"{sha}:{name}", encode_png(out), label, name, truth, header))
     return items
+
+
+def _task(task: str | Any | None, root: Path) -> Any:
+    """The :class:`~cvplatform.tasks.Task` whose true answers the replay sends (see :func:`load_items`)."""
+    from cvplatform.tasks import get_task
+
+    if task is not None and not isinstance(task, str):
+        return task
+    if task is None:
+        params = root / "params.yaml"
+        if params.is_file():
+            from cvplatform.config import read_yaml
+
+            task = ((read_yaml(params) or {}).get("project") or {}).get("task")
+    return get_task(str(task) if task else None)
 
 
 class _Recorder:
@@ -170,7 +202,7 @@ class _Recorder:
                 if body.get("fallback"):
                     r.fallbacks += 1
                 preds = body.get("predictions") or []
-                if preds:
+                if preds and "class" in preds[0]:  # one class per image (a detector's answers are boxes)
                     r.labelled += 1
                     r.correct += int(preds[0].get("class") == label)
             else:
@@ -231,7 +263,7 @@ def replay(
         rate: total requests per second (None = as fast as the server answers).
         sessions: distinct ``X-Session-ID`` values (0 = send none: routing by request id).
         seed: order and session assignment.
-        send_labels: send ``X-True-Label``.
+        send_labels: send each item's true answer (``X-True-Label`` / ``X-True-Boxes``, see :func:`load_items`).
         timeout_s: per-request timeout.
         stop: set it to stop early (also set on SIGTERM by the CLI).
 
@@ -279,8 +311,8 @@ def replay(
                 headers = {"X-Request-ID": uuid.UUID(int=rng.getrandbits(128)).hex}
                 if sessions > 0:
                     headers["X-Session-ID"] = f"session-{rng.randrange(sessions)}"
-                if send_labels:
-                    headers["X-True-Label"] = item.label
+                if send_labels and item.truth is not None:
+                    headers[item.truth_header] = item.truth
                 t = time.perf_counter()
                 status, body, error = _post_image(client, item, headers)
                 rec.add(status, (time.perf_counter() - t) * 1000.0, body, error, item.label)
@@ -351,7 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sessions", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="use at most N manifest images")
-    ap.add_argument("--no-labels", action="store_true", help="do not send X-True-Label")
+    ap.add_argument("--no-labels", action="store_true", help="do not send the true answers (X-True-Label / X-True-Boxes)")
+    ap.add_argument("--task", default=None, help="project.task whose true answers to send (default: --root's params.yaml)")
     ap.add_argument("--report", default=None, help="write the JSON report here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -365,8 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         items = load_items(args.manifest, split=args.split, root=args.root, corrupt=args.corrupt,
-                           severity=args.severity, seed=args.seed, limit=args.limit)
-    except DataError as exc:
+                           severity=args.severity, seed=args.seed, limit=args.limit, task=args.task)
+    except CVPlatformError as exc:
         log.error("%s", exc)
         return 2
     log.info("replaying %d images (%d corrupted) to %s", len(items), sum(1 for i in items if i.corruption), args.url)

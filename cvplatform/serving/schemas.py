@@ -129,7 +129,10 @@ class TrafficConfig(StrictModel):
     session_header: str = Field("X-Session-ID", min_length=1)
     """Header that makes routing sticky: the same session always gets the same variant."""
     label_header: str = Field("X-True-Label", min_length=1)
-    """Header with the true label(s) (comma-separated, one per image) for per-variant accuracy."""
+    """Header with the true label(s) (comma-separated, one per image) for per-variant accuracy (classification)."""
+    boxes_header: str = Field("X-True-Boxes", min_length=1)
+    """Header with the true boxes of a detector's request images (JSON ``[[x0, y0, x1, y1, "class"], ...]`` in the
+    image's pixels, or one such list per image) for per-variant mAP50 on labelled feedback (detection)."""
 
 
 class AdminConfig(StrictModel):
@@ -160,6 +163,9 @@ class StatsConfig(StrictModel):
     """Equal-width bins of the confidence histogram over [0, 1]."""
     disagreements_kept: int = Field(50, ge=0, le=10_000)
     """Latest shadow disagreements kept for inspection."""
+    feedback_kept: int = Field(500, ge=0, le=100_000)
+    """Latest labelled images kept per variant for a task that scores its labelled feedback from kept records
+    (detection: true and served boxes, for mAP50); 0 keeps none. Each worker process keeps its own."""
 
 
 class ServingConfig(StrictModel):

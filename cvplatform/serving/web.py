@@ -130,17 +130,30 @@ def request_ids(request: Request, state: ServerState, body_id: str | None = None
     return rid[:200], (session[:200] if session else None)
 
 
-def labels_from_header(request: Request, state: ServerState, n: int) -> list[str] | None:
-    """The ground-truth labels a client sent (``traffic.label_header``, one per image), or None."""
-    raw = request.headers.get(state.config.traffic.label_header)
+def labels_from_header(request: Request, state: ServerState, n: int) -> list[Any] | None:
+    """The true answers a client sent for the request's ``n`` images, one per image, or None.
+
+    The project's task says which header (``task.truth_header_key``: ``traffic.label_header`` for a class per image,
+    ``traffic.boxes_header`` for a detector's boxes) and reads it (``task.parse_truth``); a value it refuses is
+    answered with ``task.truth_error`` naming the header. A truth header of another task is refused (422), not
+    ignored: its sender expects it to count.
+    """
+    task = state.task
+    traffic = state.config.traffic
+    header = getattr(traffic, task.truth_header_key)
+    raw = request.headers.get(header)
     if raw is None or not raw.strip():
+        if task.truth_header_key != "label_header" and (request.headers.get(traffic.label_header) or "").strip():
+            raise ServingError(422, "invalid_label_header",
+                               f"{traffic.label_header}: this server's task ({task.name}) does not take one class per "
+                               f"image; send the true answer in {header} instead ({task.truth_format}).")
         return None
-    labels = [s.strip() for s in raw.split(",")]
-    if len(labels) != n:
-        raise ServingError(400, "invalid_label_header",
-                           f"{state.config.traffic.label_header}: {len(labels)} label(s) for {n} image(s); send one "
-                           "comma-separated label per image, in order.")
-    return labels
+    champion = state.manager.champion
+    try:
+        return task.parse_truth(raw, n, header, champion.model.class_names if champion is not None else None)
+    except ValueError as exc:
+        status, code = task.truth_error
+        raise ServingError(status, code, str(exc)) from None
 
 
 # --------------------------------------------------------------------------- responses

@@ -172,7 +172,7 @@ class WorkerBus:
         await self._answer_stats(stats, ctl["stats"])
         parts = await self._wait("stats", ctl["stats"], files="stats")
         book = StatsBook.merged([parts[i]["book"] for i in sorted(parts)], stats.window, stats.bins,
-                                stats.disagreements_kept)
+                                stats.disagreements_kept, stats.feedback_kept)
         report = self._report(parts)
         report["requests"] = {str(i): {k: v["requests"] + v["fallbacks"] for k, v in parts[i]["book"]["variants"].items()}
                               for i in sorted(parts)}

@@ -499,6 +499,61 @@ class Task(ABC):
         count (a counter ``by_class``). Empty by default."""
         return {}
 
+    # ------------------------------------------------------------------ labelled feedback (serving, canary, replay)
+    #: The ``traffic`` key of the serving config naming the request header a client sends each image's true answer
+    #: in: ``label_header`` (``X-True-Label``, one class per image) by default; detection: ``boxes_header``
+    #: (``X-True-Boxes``).
+    truth_header_key: ClassVar[str] = "label_header"
+    #: What that header holds (OpenAPI, error messages and docs).
+    truth_format: ClassVar[str] = "one class name per image, comma-separated, in the order of the images"
+    #: ``(HTTP status, error code)`` of a request whose truth header :meth:`parse_truth` refuses.
+    truth_error: ClassVar[tuple[int, str]] = (400, "invalid_label_header")
+
+    def parse_truth(self, raw: str, n: int, header: str, class_names: Sequence[str] | None = None) -> list[Any]:
+        """The true answers a client sent for a request's ``n`` images (``raw``: the value of ``header``), one per
+        image; ``class_names``: the served model's classes when known (a task may refuse a class it does not know).
+
+        Raises ``ValueError`` naming ``header``, what is wrong and :attr:`truth_format` (the server answers it
+        with :attr:`truth_error`). The default reads one class name per image, comma-separated (classification's
+        ``X-True-Label``, compared with :meth:`decode_top` for the per-variant accuracy).
+
+        Example:
+            >>> from cvplatform.tasks import get_task
+            >>> get_task("classification").parse_truth("cat, dog", 2, "X-True-Label")
+            ['cat', 'dog']
+        """
+        labels = [s.strip() for s in raw.split(",")]
+        if len(labels) != n:
+            raise ValueError(f"{header}: {len(labels)} label(s) for {n} image(s); send one comma-separated label per "
+                             "image, in order.")
+        return labels
+
+    def feedback(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str], truth: Sequence[Any],
+                 contract: PreprocessContract, image_sizes: Sequence[tuple[int, int]] | None
+                 ) -> list[dict[str, Any]] | None:
+        """What the server keeps of one labelled request for :meth:`feedback_summary`: one JSON-friendly record per
+        image from the model's raw ``outputs`` and the :meth:`parse_truth` answers (``image_sizes``: each request
+        image's ``(height, width)``; None for a preprocessed tensor, whose pixels are the model input's).
+
+        None (the default): the truth is one class per image, compared with :meth:`decode_top` (the statistics'
+        ``labelled`` / ``correct`` and the canary's ``accuracy`` check). Detection keeps each image's true boxes
+        and served boxes in the request image's pixels.
+        """
+        return None
+
+    def feedback_summary(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+        """The quality of one variant on the kept :meth:`feedback` records (``/admin/stats`` reports it as the
+        variant's ``feedback``; the canary judges it): None by default (no records kept). Detection: COCO mAP50
+        and mAP of the served boxes against the true boxes, from the project's COCO evaluator."""
+        return None
+
+    def replay_truth(self, row: Mapping[str, Any], root: Path) -> str | None:
+        """The truth header value (:attr:`truth_header_key`) the replay client sends with the stored image of one
+        manifest row (``root``: the project root its relative paths are under), or None to send none. Default: the
+        row's ``label``."""
+        label = row.get("label")
+        return None if label is None else str(label)
+
     @abstractmethod
     def prediction_signal(self, prediction: Mapping[str, Any]) -> dict[str, float]:
         """Per-prediction numbers that drift monitoring and canary statistics aggregate: the

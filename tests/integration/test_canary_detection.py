@@ -8,7 +8,10 @@ to its heatmap head (a few borderline boxes differ: matched-box F1 ~0.98); the *
 every score is scaled by 0.6 before the graph's outputs, exported to ONNX like any detector: most objects fall
 under the serving score threshold, so it answers far fewer boxes. The missing one must be rolled back on the
 detection signals (matched-box agreement, detections per image) with two server worker processes whose
-statistics are merged; the good one is promoted.
+statistics are merged; the good one is promoted. The replay client sends each image's true boxes (``X-True-Boxes``,
+from the annotation table): both variants' labelled images are kept and scored (COCO mAP50, the ``feedback_map50``
+check). The detectors are untrained, so their mAP50 is near zero on both sides: the tests check that the feedback is
+recorded per variant, merged across the workers and judged, not its verdict (unit tests judge known boxes).
 """
 
 from __future__ import annotations
@@ -141,6 +144,7 @@ def test_a_detector_that_misses_objects_is_rolled_back_on_detection_signals(proj
     champion, canary = stats["variants"]["champion"]["objects"], stats["variants"]["canary"]["objects"]
     assert canary["mean_per_image"] < champion["mean_per_image"] / 2, (canary, champion)
     assert "score_samples" not in canary  # steps.jsonl keeps the histograms, not the raw samples
+    _assert_feedback_judged(res)
     assert get_alias(root, MODEL, "champion") == versions["champion"]
     assert get_alias(root, MODEL, "canary") is None
 
@@ -159,3 +163,18 @@ def test_a_good_detector_is_promoted(project):
     assert all(0.9 < c["value"] <= 1.0 for c in agreement if c["name"] == "agreement_uncertain"), agreement
     assert get_alias(root, MODEL, "champion") == versions["good"]
     assert res.served_version == versions["good"]
+    _assert_feedback_judged(res)
+
+
+def _assert_feedback_judged(res) -> None:
+    """Every step's statistics carry each variant's labelled feedback (the replayed true boxes), scored with COCO
+    mAP50, and the canary judged ``feedback_map50`` (not ``accuracy``) on them."""
+    th = _policy().thresholds
+    for step in res.steps:
+        for variant in ("champion", "canary"):
+            fb = step["stats"]["variants"][variant]["feedback"]
+            assert fb["seen"] >= th.min_labelled and fb["images"] == fb["kept"] > 0, (variant, fb)
+            assert fb["objects"] > 0 and 0.0 <= fb["map50"] <= 1.0, (variant, fb)
+        checks = {c["name"]: c for c in step["analysis"]["checks"]}
+        assert checks["feedback_map50"]["status"] in ("pass", "fail"), checks["feedback_map50"]
+        assert checks["accuracy"]["status"] == "skip" and "feedback_map50" in checks["accuracy"]["detail"]

@@ -2,9 +2,12 @@
 
 One stack per module: moto's S3 server, the PostgreSQL server of this machine (databases with unique
 names, dropped by ``down --purge``), ``mlflow server --app-name basic-auth`` with S3 artifacts, the
-DVC remote of a throwaway project (git + ``dvc init``), two ``cvplatform serve`` replicas and the
-balancer. Nothing is mocked: the assertions read the S3 buckets through boto3, the MLflow server
-through its REST API, and /proc for leftover processes. The last test stops the stack.
+DVC remote of a throwaway project (git + ``dvc init``, committed with the probe DAG of
+``tests/fixtures/stack_dags/``), two ``cvplatform serve`` replicas, the balancer, and Airflow with the
+CeleryExecutor (the machine's Redis as broker, database 15, a queue of its own) with two Celery workers,
+each in its own clone of the project. Nothing is mocked: the assertions read the S3 buckets through
+boto3, the MLflow and Airflow servers through their REST APIs, and /proc for leftover processes. The
+last test stops the stack.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import httpx
 import pytest
 import yaml
 
-from cvplatform.stack import Stack, group_members, load_stack_config
+from cvplatform.stack import Stack, alive, group_members, load_stack_config, process_tree
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+REDIS = ("127.0.0.1", 6379)
+PROBE_DAG = REPO / "tests" / "fixtures" / "stack_dags" / "cvplatform_stack_probe.py"
 
 
 def _free_ports(n: int) -> list[int]:
@@ -45,12 +50,16 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _pg_available() -> bool:
+def _listening(host: str, port: int) -> bool:
     try:
-        with socket.create_connection((PG["host"], PG["port"]), timeout=2):
+        with socket.create_connection((host, port), timeout=2):
             return True
     except OSError:
         return False
+
+
+def _pg_available() -> bool:
+    return _listening(PG["host"], PG["port"])
 
 
 def _stack_cli(config: Path, *args: str, timeout: float = 400.0) -> subprocess.CompletedProcess[str]:
@@ -67,6 +76,10 @@ def stack(tmp_path_factory):
         if os.environ.get("CI"):  # CI machines run PostgreSQL: a missing server is a failure there
             pytest.fail("no PostgreSQL server on 127.0.0.1:5432 (CI must start one)")
         pytest.skip("no PostgreSQL server on 127.0.0.1:5432")
+    if not _listening(*REDIS):
+        if os.environ.get("CI"):  # the Celery broker: CI runs Redis next to PostgreSQL
+            pytest.fail("no Redis server on 127.0.0.1:6379 (CI must start one: the stack's Celery broker)")
+        pytest.skip("no Redis server on 127.0.0.1:6379")
     base = tmp_path_factory.mktemp("stack")
     project = base / "project"
     project.mkdir()
@@ -74,9 +87,14 @@ def stack(tmp_path_factory):
     shutil.copytree(REPO / "configs", project / "configs")
     serving_yaml = project / "configs" / "deploy" / "serving.yaml"  # the replicas check the aliases every second
     serving_yaml.write_text(serving_yaml.read_text().replace("poll_interval_s: 30", "poll_interval_s: 1"))
+    (project / "dags").mkdir()
+    shutil.copy2(PROBE_DAG, project / "dags" / PROBE_DAG.name)  # the workers read it from their clones
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     subprocess.run([str(Path(sys.executable).with_name("dvc")), "init", "-q"], cwd=project, check=True)
-    s3_port, mlflow_port, bal, r1, r2 = _free_ports(5)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.name=stack-test", "-c", "user.email=stack-test@localhost", "commit", "-q",
+                    "-m", "project"], cwd=project, check=True)
+    s3_port, mlflow_port, bal, r1, r2, af = _free_ports(6)
     tag = uuid.uuid4().hex[:10]
     cfg = {
         "state_dir": str(base / "state"), "project": str(project), "niceness": 10, "start_timeout_s": 240,
@@ -85,6 +103,7 @@ def stack(tmp_path_factory):
                      "airflow_db": f"t_{tag}_airflow"},
         "mlflow": {"port": mlflow_port},
         "serving": {"balancer_port": bal, "replica_ports": [r1, r2], "health_interval_s": 0.5},
+        "airflow": {"api_port": af, "broker_url": f"redis://{REDIS[0]}:{REDIS[1]}/15", "queue": f"test-{tag}"},
     }
     path = base / "stack.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
@@ -109,7 +128,8 @@ def test_up_reports_every_url_and_keeps_secrets_private(stack):
     st, _, out = stack
     assert "stack up" in out and st.mlflow_url in out and st.balancer_url in out
     assert all(st.status().values()), st.status()
-    for name in ("credentials.json", "env.sh", "audit.key", "mlflow_basic_auth.ini"):
+    for name in ("credentials.json", "env.sh", "audit.key", "mlflow_basic_auth.ini", "airflow-celery.env",
+                 "airflow/simple_auth_manager_passwords.json.generated"):
         assert (st.state / name).stat().st_mode & 0o777 == 0o600, name
     creds = _creds(st)
     assert set(creds["mlflow_users"]) == {"admin", "alice", "bob", "pipeline-bot", "serving"}
@@ -292,9 +312,10 @@ def test_a_second_state_folder_on_the_same_databases_is_refused_clearly(stack, t
     """Lost credentials.json (another state folder, same auth database): up stops with what to do."""
     st, path, _ = stack
     cfg = yaml.safe_load(path.read_text())
-    s3_port, mlflow_port, bal, r1, r2 = _free_ports(5)
+    s3_port, mlflow_port, bal, r1, r2, af = _free_ports(6)
     cfg.update({"state_dir": str(tmp_path / "other-state"), "mlflow": {"port": mlflow_port},
-                "serving": {"balancer_port": bal, "replica_ports": [r1, r2]}})
+                "serving": {"balancer_port": bal, "replica_ports": [r1, r2]},
+                "airflow": {**cfg["airflow"], "api_port": af}})
     cfg["s3"] = {**cfg["s3"], "port": s3_port}
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump(cfg))
@@ -309,15 +330,100 @@ def test_a_second_state_folder_on_the_same_databases_is_refused_clearly(stack, t
     assert all(st.status().values())  # the first stack is untouched
 
 
+def _processes_using(folder: Path) -> list[str]:
+    """Live processes whose working folder or command line is inside ``folder`` (the ps view of orphans)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X") and (cwd.startswith(str(folder)) or str(folder) in cmd):
+            out.append(f"{entry}: cwd={cwd} cmd={cmd[:200]}")
+    return out
+
+
+def _airflow_api(st: Stack):
+    client = httpx.Client(base_url=f"{st.airflow_url}/api/v2", timeout=60,
+                          headers={"Authorization": f"Bearer {st.airflow_token('admin')}"})
+    return client
+
+
+def test_airflow_runs_the_tasks_on_both_celery_workers_each_in_its_own_clone(stack):
+    """The probe DAG (four tasks holding a one-task worker for 4 s each), triggered through the REST API:
+    task instances ran on worker-1 and on worker-2, each in, and from the DAG file of, its own clone."""
+    st, path, _ = stack
+    assert httpx.get(f"{st.airflow_url}/api/v2/dags", timeout=60).status_code == 401  # no anonymous access
+    workers = list(st.cfg.airflow.workers)
+    assert workers == ["worker-1", "worker-2"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=st.project, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    for w in workers:
+        wd = st.worker_dir(w)
+        assert wd != st.project and (wd / ".git").is_dir()
+        assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=wd, capture_output=True, text=True,
+                              check=True).stdout.strip() == head
+        assert os.readlink(f"/proc/{st.record(f'airflow-{w}')['pid']}/cwd") == str(wd)
+    status = _stack_cli(path, "status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    for name in ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+                 "airflow-worker-1", "airflow-worker-2"):
+        assert f"{name} " in status.stdout and status.stdout.split(name, 1)[1].split()[0] == "running", status.stdout
+    settings = dict(line.split("=", 1) for line in (st.state / "airflow-celery.env").read_text().splitlines()
+                    if "=" in line and not line.startswith("#"))
+    assert settings["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert settings["AIRFLOW__API_AUTH__JWT_SECRET"] == _creds(st)["airflow_jwt_secret"]
+    assert settings["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == f"{st.airflow_url}/execution/"
+
+    dag = "cvplatform_stack_probe"
+    with _airflow_api(st) as api:
+        deadline = time.monotonic() + 120
+        while (r := api.get(f"/dags/{dag}")).status_code != 200:  # parsed by the dag-processor
+            assert time.monotonic() < deadline, r.text + _logs(st)
+            time.sleep(1)
+        assert r.json()["is_paused"] is False
+        run = api.post(f"/dags/{dag}/dagRuns", json={"logical_date": None})
+        assert run.status_code == 200, run.text
+        run_id = run.json()["dag_run_id"]
+        deadline = time.monotonic() + 180
+        while (state := api.get(f"/dags/{dag}/dagRuns/{run_id}").json()["state"]) not in ("success", "failed"):
+            assert time.monotonic() < deadline, f"run still {state}" + _logs(st)
+            time.sleep(1)
+        tis = api.get(f"/dags/{dag}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+        assert state == "success", [(t["task_id"], t["state"], t["hostname"]) for t in tis] + [_logs(st)]
+        reports = {}
+        for ti in tis:
+            x = api.get(f"/dags/{dag}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/xcomEntries/return_value",
+                        params={"stringify": False})
+            assert x.status_code == 200, x.text
+            reports[ti["task_id"]] = (ti["hostname"], x.json()["value"])
+    assert len(reports) == 4
+    assert {host for host, _ in reports.values()} == set(workers), reports  # both Celery workers ran tasks
+    for task_id, (host, rep) in reports.items():
+        wd = str(st.worker_dir(host))
+        assert rep["hostname"] == host, (task_id, rep)
+        assert (rep["cwd"], rep["root"]) == (wd, wd), (task_id, rep)  # its worker's clone, not the project
+        assert rep["dag_file"] == str(Path(wd) / "dags" / PROBE_DAG.name), (task_id, rep)
+
+
 def test_stack_down_leaves_no_process(stack):
     st, path, _ = stack
     pgids = {n: int(st.record(n)["pgid"]) for n in st.components()}
     assert all(group_members(g) for g in pgids.values())
+    trees = {n: process_tree(g) for n, g in pgids.items()}  # with descendants in groups of their own
+    assert _processes_using(st.state)  # the probe sees the running stack (its workers run in the state folder)
     down = _stack_cli(path, "down", "--purge")
     assert down.returncode == 0, down.stdout + down.stderr
     assert {n: group_members(g) for n, g in pgids.items()} == {n: [] for n in pgids}
+    assert {n: alive(t) for n, t in trees.items()} == {n: [] for n in trees}
+    assert _processes_using(st.state) == []
     for name, port in [("s3", st.cfg.s3.port), ("mlflow", st.cfg.mlflow.port),
-                       ("balancer", st.cfg.serving.balancer_port), *st.replicas()]:
+                       ("balancer", st.cfg.serving.balancer_port), ("airflow", st.cfg.airflow.api_port),
+                       *st.replicas()]:
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"{name} still listens on {port}"
     assert not (st.project / ".dvc" / "config.local").exists()  # the project had none before the stack
@@ -332,6 +438,11 @@ def test_stack_down_leaves_no_process(stack):
             assert cur.fetchall() == []
     finally:
         conn.close()
+    import redis
+
+    broker = redis.Redis.from_url(st.cfg.airflow.broker_url)
+    assert [k for k in st.broker_keys() if broker.exists(k)] == []  # the stack's queue is gone from Redis
+    broker.close()
     again = _stack_cli(path, "down")
     assert again.returncode == 0 and "nothing was running" in again.stdout
 

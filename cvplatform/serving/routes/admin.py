@@ -120,16 +120,37 @@ async def admin_reload(state: ServerState = Admin) -> dict[str, Any]:
     return await state.synced(out)
 
 
+async def _feedback_summaries(state: ServerState, book: Any, out: dict[str, Any]) -> None:
+    """Each variant's ``feedback``: the task's score of its kept labelled-feedback records (``task.feedback_summary``:
+    detection's COCO mAP50 of the served boxes against the true ones, computed in a thread), with how many labelled
+    images it saw (``seen``) and kept; nothing for a task without such records (classification: ``accuracy``)."""
+    import asyncio
+
+    task = state.task
+    for variant, records in book.feedback_records().items():
+        summary = await asyncio.to_thread(task.feedback_summary, records) if records else task.feedback_summary([])
+        if summary is None:
+            continue
+        counts = out["variants"][variant].get("feedback") or {"seen": 0, "kept": 0}
+        out["variants"][variant]["feedback"] = {**counts, **summary}
+
+
 @router.get("/admin/stats", tags=["admin"])
-async def admin_stats(samples: bool = True, state: ServerState = Admin) -> dict[str, Any]:
+async def admin_stats(samples: bool = True, feedback: bool = True, state: ServerState = Admin) -> dict[str, Any]:
     """Per-variant statistics since the last reset (what the canary controller analyses); with several worker
-    processes, the sum over all of them (``workers``: which reported, and each one's request count)."""
+    processes, the sum over all of them (``workers``: which reported, and each one's request count).
+    ``feedback=false`` leaves out the scores of the kept labelled feedback (detection: a COCO evaluation of up to
+    ``stats.feedback_kept`` images per variant and worker, the costly part; the counts stay): the controller's
+    polls between analyses ask for it."""
     if state.bus is None:
-        out = state.stats.snapshot(with_samples=samples)
+        book = state.stats
+        out = book.snapshot(with_samples=samples)
     else:
         book, report = await state.bus.gather_stats(state.stats)
         out = book.snapshot(with_samples=samples)
         out["workers"] = report
+    if feedback:
+        await _feedback_summaries(state, book, out)
     out["task"] = state.task.name
     out["shadow"]["measure"] = state.task.agreement_measure
     out["traffic"] = state.manager.status()["traffic"]

@@ -12,7 +12,8 @@
   object on its class's heatmap (CenterNet's radius rule), penalty-reduced focal loss on the
   heatmap, L1 on log-size and offset at the object centres.
 * **Decoding** (:func:`decode`, inside the exported graph): peaks are cells equal to the 3x3 max
-  of their neighbourhood (CenterNet's NMS-free peak extraction, a ``MaxPool`` in ONNX), the
+  of their neighbourhood (CenterNet's NMS-free peak extraction, a ``MaxPool`` in ONNX; equal
+  neighbours are told apart by a fixed per-position tie-break, the same in every runtime), the
   ``K`` best peaks over all classes (``TopK``) become ``boxes (N, K, 4)`` xyxy in input pixels,
   ``scores (N, K)`` and ``labels (N, K)``. :func:`postprocess` (numpy, shared by evaluation and
   serving) applies the score threshold, a class-wise IoU suppression of duplicate peaks and
@@ -198,6 +199,10 @@ def centernet_loss(outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str,
 
 
 # --------------------------------------------------------------------------- decoding
+#: Logit step of :func:`decode`'s tie-break between neighbouring cells (0 .. 8 steps within a 3x3 window).
+TIE_STEP = 1e-4
+
+
 def decode(outputs: Mapping[str, Tensor], stride: int, k: int = 100) -> tuple[Tensor, Tensor, Tensor]:
     """The ``k`` best heatmap peaks as ``boxes (N, k, 4)`` xyxy input pixels, ``scores (N, k)``, ``labels (N, k)``.
 
@@ -209,7 +214,15 @@ def decode(outputs: Mapping[str, Tensor], stride: int, k: int = 100) -> tuple[Te
     """
     logits = outputs["heatmap"]
     n, c, gh, gw = logits.shape
-    is_peak = (F.max_pool2d(logits, 3, stride=1, padding=1) == logits).reshape(n, -1)
+    # Peak test on the logits plus a tiny fixed bias that differs for every cell of a 3x3 window: equal
+    # neighbours (uniform padding, flat regions) are then ranked the same way by every runtime, instead of by
+    # float noise (ONNX Runtime and PyTorch differ in the last bits: one called a cell a peak, the other its
+    # neighbour, and a box appeared in one output only). The step (TIE_STEP) is far above float32 noise at
+    # these magnitudes and far below any difference that matters; scores come from the unbiased logits.
+    ys_, xs_ = torch.arange(gh, device=logits.device), torch.arange(gw, device=logits.device)
+    rank = ((ys_ % 3).unsqueeze(1) * 3 + (xs_ % 3).unsqueeze(0)).to(logits.dtype)
+    biased = logits - TIE_STEP * rank
+    is_peak = (F.max_pool2d(biased, 3, stride=1, padding=1) == biased).reshape(n, -1)
     flat = logits.reshape(n, -1)
     index = torch.arange(c * gh * gw, dtype=logits.dtype, device=logits.device)
     key = torch.where(is_peak, flat.clamp(min=-1e3), -1e4 - index)  # integers below 2**24 are exact in float32

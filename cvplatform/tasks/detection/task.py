@@ -938,6 +938,152 @@ class DetectionTask(Task):
                 areas.extend(round(min(1.0, max(0.0, float(v))), 6) for v in share)
         return {"per_image": per_image, "areas": areas, "classes": dict(sorted(classes.items()))}
 
+    # ------------------------------------------------------------------ labelled feedback (true boxes)
+    truth_header_key: ClassVar[str] = "boxes_header"
+    truth_format: ClassVar[str] = ('JSON: one image\'s true boxes [[x0, y0, x1, y1, "class"], ...] in that image\'s '
+                                   'pixels ([] for an image without objects), or, for several images, a list of one '
+                                   'such list per image, in order')
+    truth_error: ClassVar[tuple[int, str]] = (422, "invalid_true_boxes")
+    #: The most true boxes one request may send (larger requests are refused with a 422).
+    max_true_boxes: ClassVar[int] = 1000
+
+    def parse_truth(self, raw: str, n: int, header: str, class_names: Sequence[str] | None = None
+                    ) -> list[dict[str, Any]]:
+        """Each image's true boxes from ``X-True-Boxes`` (:attr:`truth_format`): ``{"boxes": [[x0, y0, x1, y1]],
+        "classes": [...]}`` per image. Coordinates are finite numbers with ``x1 > x0`` and ``y1 > y0``; a class is a
+        non-empty string (one of ``class_names`` when given); at most :attr:`max_true_boxes` boxes.
+
+        Raises:
+            ValueError: naming the header, the offending value and the expected format.
+
+        Example:
+            >>> DetectionTask().parse_truth('[[1, 2, 11, 12, "cat"]]', 1, "X-True-Boxes")
+            [{'boxes': [[1.0, 2.0, 11.0, 12.0]], 'classes': ['cat']}]
+            >>> DetectionTask().parse_truth('[[[1, 2, 11, 12, "cat"]], []]', 2, "X-True-Boxes")[1]
+            {'boxes': [], 'classes': []}
+        """
+        import json
+
+        fmt = f"expected {self.truth_format}"
+        try:
+            data = json.loads(raw)
+        except RecursionError:
+            raise ValueError(f"{header}: JSON nested too deeply; {fmt}.") from None
+        except ValueError as exc:
+            raise ValueError(f"{header}: not JSON ({exc.args[0] if exc.args else exc}); {fmt}.") from None
+
+        def is_box(v: Any) -> bool:
+            return isinstance(v, list) and len(v) == 5 and isinstance(v[4], str)
+
+        if not isinstance(data, list):
+            raise ValueError(f"{header}: got a JSON {type(data).__name__}; {fmt}.")
+        if n == 1 and all(is_box(v) for v in data):  # one image's boxes (or [] for none)
+            per_image: list[Any] = [data]
+        elif len(data) == n and all(isinstance(v, list) and all(isinstance(b, list) for b in v) for v in data):
+            per_image = data
+        else:
+            raise ValueError(f"{header}: cannot read {len(data)} item(s) as the boxes of {n} image(s); {fmt}.")
+        total = sum(len(v) for v in per_image)
+        if total > self.max_true_boxes:
+            raise ValueError(f"{header}: {total} boxes; at most {self.max_true_boxes} per request "
+                             "(DetectionTask.max_true_boxes). Send fewer images per request.")
+        known = set(class_names) if class_names is not None else None
+        out = []
+        for i, boxes in enumerate(per_image):
+            coords, classes = [], []
+            for j, b in enumerate(boxes):
+                try:
+                    shown = json.dumps(b)[:120]
+                except (RecursionError, ValueError):
+                    shown = "(nested too deeply)"
+                where = f"{header}: image {i} box {j} {shown}"
+                if not is_box(b):
+                    raise ValueError(f"{where} is not [x0, y0, x1, y1, \"class\"]; {fmt}.")
+                xy = b[:4]
+                if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in xy):
+                    raise ValueError(f"{where}: coordinates must be numbers (pixels); {fmt}.")
+                try:
+                    xy = [float(v) for v in xy]
+                except OverflowError:
+                    xy = [float("inf")] * 4
+                if not all(np.isfinite(xy)) or xy[2] <= xy[0] or xy[3] <= xy[1]:
+                    raise ValueError(f"{where}: not finite or of zero size (need x1 > x0 and y1 > y0, in pixels).")
+                cls = b[4].strip()
+                if not cls or len(cls) > 200:
+                    raise ValueError(f"{where}: the class must be a non-empty name of at most 200 characters.")
+                if known is not None and cls not in known:
+                    raise ValueError(f"{where}: class {cls!r} is not one of the model's classes {sorted(known)}.")
+                coords.append(xy)
+                classes.append(cls)
+            out.append({"boxes": coords, "classes": classes})
+        return out
+
+    def feedback(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str], truth: Sequence[Any],
+                 contract: PreprocessContract, image_sizes: Sequence[tuple[int, int]] | None
+                 ) -> list[dict[str, Any]] | None:
+        """Per image: the true boxes (``truth``: :meth:`parse_truth`'s, in the request image's pixels) and the boxes the
+        model serves by default (:attr:`score_threshold`, :attr:`max_detections`: whatever the request asked, so that
+        both variants are judged alike) moved to the same pixels (:meth:`to_image_pixels`), as
+        ``{"truth": [[x0, y0, x1, y1, class]], "pred": [[x0, y0, x1, y1, class, score]]}`` (2-decimal pixels).
+        A tensor input (``image_sizes`` None) is judged in the model input's pixels."""
+        dets = self.detections(outputs, class_names)
+        if len(dets) != len(truth):
+            raise ModelError(f"{len(dets)} predicted images but {len(truth)} true-box lists; they must pair up.")
+        size = tuple(int(v) for v in contract.input_size)
+        out = []
+        for i, (d, t) in enumerate(zip(dets, truth, strict=True)):
+            at = image_sizes[i] if image_sizes is not None else size
+            boxes = self.to_image_pixels({"boxes": d["boxes"]}, contract, at)["boxes"]
+            pred = [[*(round(float(v), 2) for v in b), class_names[int(c)], round(float(s), 4)]
+                    for b, c, s in zip(np.asarray(boxes).reshape(-1, 4), d["labels"], d["scores"], strict=True)]
+            true = [[*(round(float(v), 2) for v in b), str(c)] for b, c in zip(t["boxes"], t["classes"], strict=True)]
+            out.append({"truth": true, "pred": pred})
+        return out
+
+    def feedback_summary(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+        """COCO mAP50 and mAP (:func:`~cvplatform.tasks.detection.metrics.coco_metrics`) of the kept :meth:`feedback`
+        records' served boxes against their true boxes (classes matched by name), with the counts: ``images``,
+        ``objects`` (true boxes), ``detections`` (served boxes). mAP is None when the images hold no true box.
+
+        Example:
+            >>> rec = {"truth": [[0, 0, 10, 10, "cat"]], "pred": [[0, 0, 10, 10, "cat", 0.9]]}
+            >>> DetectionTask().feedback_summary([rec, {"truth": [[5, 5, 9, 9, "dog"]], "pred": []}])["map50"]
+            0.5
+        """
+        from cvplatform.tasks.detection.metrics import coco_metrics
+
+        recs = [r for r in records if isinstance(r, Mapping)]
+        names = sorted({str(b[4]) for r in recs for key in ("truth", "pred") for b in r.get(key) or []})
+        index = {c: k for k, c in enumerate(names)}
+
+        def arrays(rows: Sequence[Sequence[Any]], scored: bool) -> dict[str, np.ndarray]:
+            out = {"boxes": np.asarray([r[:4] for r in rows], np.float64).reshape(-1, 4),
+                   "labels": np.asarray([index[str(r[4])] for r in rows], np.int64)}
+            if scored:
+                out["scores"] = np.asarray([r[5] for r in rows], np.float64)
+            return out
+
+        truth = [arrays(r.get("truth") or [], False) for r in recs]
+        preds = [arrays(r.get("pred") or [], True) for r in recs]
+        objects = int(sum(len(t["labels"]) for t in truth))
+        m = coco_metrics(truth, preds, names) if objects else {"map50": None, "map": None}
+        return {"images": len(recs), "objects": objects, "detections": int(sum(len(p["labels"]) for p in preds)),
+                "map50": m["map50"], "map": m["map"]}
+
+    def replay_truth(self, row: Mapping[str, Any], root: Path) -> str | None:
+        """The row's true boxes (its annotation table; crowd boxes left out) as an ``X-True-Boxes`` value, in the
+        stored image's pixels (the replay client sends the stored file); None when they exceed
+        :attr:`max_true_boxes`."""
+        import json
+
+        rel = row.get("path")
+        path = _table_path({**row, "abs_path": str(Path(root) / str(rel))} if rel else dict(row))
+        found = _load_table(str(path), *_stat(path)).get(str(row.get("sha256")), _NO_BOXES)
+        boxes = [[*(round(float(v), 2) for v in b), c]
+                 for b, c, crowd in zip(found.boxes.tolist(), found.classes, found.iscrowd.tolist(), strict=True)
+                 if not crowd]
+        return json.dumps(boxes, separators=(",", ":")) if len(boxes) <= self.max_true_boxes else None
+
     def decode_top(self, outputs: Mapping[str, np.ndarray], class_names: Sequence[str]
                    ) -> tuple[np.ndarray, np.ndarray]:
         """The class and score of each image's best box (``""`` and ``0.0`` when none reaches :attr:`score_threshold`).

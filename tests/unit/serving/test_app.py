@@ -380,7 +380,7 @@ def test_the_routers_keep_every_path_operation_and_parameter(tmp_path):
     routing = ["X-Request-ID", "X-Session-ID", "X-True-Label"]
     assert params[("/v1/predict", "post")] == routing
     assert params[("/v2/models/{name}/versions/{version}/infer", "post")] == sorted(["name", "version", *routing])
-    assert params[("/admin/stats", "get")] == ["samples"]
+    assert params[("/admin/stats", "get")] == ["feedback", "samples"]
     assert params[("/admin/status", "get")] == [] and params[("/metrics", "get")] == []
 
 
