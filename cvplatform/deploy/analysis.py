@@ -146,7 +146,7 @@ class AnalysisThresholds(StrictModel):
     """Class mix of every object (boxes per class), canary vs champion: PSI over the classes either reported."""
     by_task: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per ``project.task`` (as the server reports it in ``/admin/stats``), keys of these thresholds that replace
-    the ones above for that task: e.g. ``{detection: {min_agreement: 0.8}}``, where agreement is a matched-box F1
+    the ones above for that task: e.g. ``{detection: {min_agreement: 0.8}}``, where agreement is a confident-box F1
     rather than top-1 agreement."""
 
     @model_validator(mode="after")

@@ -61,3 +61,19 @@ def test_classification_keeps_top1_agreement_and_reports_no_objects():
     assert task.shadow_agreement(a, ["cat", "dog"], b, ["cat", "dog"]).tolist() == [1.0, 0.0]
     assert task.shadow_agreement(a, ["cat", "dog"], b, ["dog", "cat"]).tolist() == [0.0, 1.0]
     assert task.object_signals(a, ["cat", "dog"], (32, 32)) is None
+
+
+def test_shadow_agreement_judges_confident_boxes_not_borderline_ones():
+    """Borderline boxes (served, score < 0.5) that the other model does not serve are seed noise, not disagreement;
+    a confident box the other model does not serve at all is."""
+    task = get_task("detection")
+    names = ["cat", "dog"]
+    champion = _out([A, A, A, A], [[0.9, 0.4, 0.35], [0.9, 0.8, 0.4], [0.4, 0.35, 0.1], [0.9, 0.8, 0.7]],
+                    [[0, 1, 0]] * 4)
+    canary = _out([A, A, A, A], [[0.9, 0.1, 0.1],  # leaves out the champion's two borderline boxes
+                                 [0.9, 0.35, 0.1],  # serves the champion's confident second box, less sure
+                                 [0.1, 0.1, 0.45],  # no confident box on either side: served-box F1 (no match)
+                                 [0.9, 0.2, 0.2]],  # misses two confident boxes
+                  [[0, 1, 0]] * 4)
+    np.testing.assert_allclose(task.shadow_agreement(champion, names, canary, names),
+                               [1.0, 1.0, 0.0, 2 / 4], atol=1e-6)
