@@ -519,11 +519,9 @@ class ExportParams(StrictModel):
     """onnxruntime execution providers for the benchmark, in preference order (unavailable ones are skipped)."""
     batch_size: int = Field(256, ge=1)
     """Images per forward pass in the parity check and the INT8 scenario evaluation."""
-    intended_use: str = (
-        "Image classification of inputs that resemble the training data (same classes, camera and "
-        "conditions). Not for safety-critical decisions without human review."
-    )
-    """The model card's intended-use statement."""
+    intended_use: str | None = None
+    """The model card's intended-use statement (null: the task's own, e.g. image classification of inputs that
+    resemble the training data)."""
     log_to_mlflow: bool = True
     """Log the ONNX files, parity, benchmark and model card to the training run (artifacts/train/summary.json)."""
     parity: ExportParityParams = ExportParityParams()

@@ -301,10 +301,10 @@ def _write_card(paths: ProjectPaths, params: Params, out_dir: Path, model_sha: s
     except ValueError:
         rel = str(manifest_path)
     evaluation = Evaluation(summary={**summary, "scenarios": rows}, gate_report=gate_doc)
+    task = get_task(params.project.task)
     return write_model_card(
-        ModelCardInputs(export=export, intended_use=params.export.intended_use, manifest=manifest,
-                        manifest_path=rel, evaluation=evaluation, lineage=export.get("lineage") or {},
-                        task=get_task(params.project.task)),
+        ModelCardInputs(export=export, intended_use=params.export.intended_use or task.intended_use, manifest=manifest,
+                        manifest_path=rel, evaluation=evaluation, lineage=export.get("lineage") or {}, task=task),
         out_dir / "model_card.md",
     )
 
@@ -579,6 +579,9 @@ def _scenarios_json(inp: _Inputs, judged: _Judged, dec: _Decision, per_scenario:
     ci = clean.intervals.get(first.name)
     clean_doc = {first.name: clean.values.get(first.name), f"{first.name}_low": ci[0] if ci else None,
                  f"{first.name}_high": ci[1] if ci else None, **{m.name: clean.values.get(m.name) for m in rest}}
+    per_class = inp.task.per_class_metrics(clean)
+    if per_class:  # detection: AP per class
+        clean_doc["per_class"] = per_class
     return {
         "scenarios": per_scenario,
         "clean": clean_doc,

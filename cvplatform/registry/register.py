@@ -59,7 +59,6 @@ from cvplatform.registry.client import (
     STATE_COMPLETE,
     STATE_VERIFYING,
     STATUS_PENDING,
-    TAG_ACCURACY,
     TAG_AIRFLOW_RUN,
     TAG_APPROVAL_STATUS,
     TAG_AUTHOR,
@@ -73,7 +72,6 @@ from cvplatform.registry.client import (
     TAG_GATES_WARNINGS,
     TAG_GIT_COMMIT,
     TAG_INPUT_SIZE,
-    TAG_MACRO_F1,
     TAG_OVERRIDES,
     TAG_PARAMS_HASH,
     TAG_PRECISION,
@@ -348,14 +346,31 @@ TAG_SIZE = "artifact.size_bytes"
 TAG_TEST_IMAGES = "metrics.test_images"
 
 
+def _tag_safe(name: str) -> str:
+    """``name`` with what MLflow refuses in a tag key (anything but letters, digits, ``_ - . / `` and space) as ``_``."""
+    import re
+
+    return re.sub(r"[^\w\-./ ]", "_", name)
+
+
 def _headline(metrics: dict[str, Any], export: dict[str, Any] | None = None,
               gate: dict[str, Any] | None = None) -> dict[str, str]:
     clean = metrics.get("clean") if isinstance(metrics.get("clean"), dict) else {}
     out = {}
-    for tag, key in ((TAG_ACCURACY, "accuracy"), (TAG_MACRO_F1, "macro_f1")):
-        v = clean.get(key)
-        if isinstance(v, int | float):
-            out[tag] = f"{float(v):.6f}"
+    # every headline number of the clean scenario (classification: TAG_ACCURACY, TAG_MACRO_F1; detection: map,
+    # map50, map75, AP by size, mar_100), its per-class numbers (detection: AP per class) and the suite's
+    # robustness (detection: mPC, rPC)
+    for key, v in clean.items():
+        if isinstance(v, int | float) and not isinstance(v, bool) and not key.endswith(("_low", "_high")):
+            out[f"metrics.clean_{key}"] = f"{float(v):.6f}"
+    for name, by_class in (clean.get("per_class") or {}).items():
+        for cls, v in (by_class or {}).items():
+            if isinstance(v, int | float):
+                out[f"metrics.clean_{name}.{_tag_safe(str(cls))}"] = f"{float(v):.6f}"
+    robustness = metrics.get("robustness") if isinstance(metrics.get("robustness"), dict) else {}
+    for key in ("mpc", "rpc"):
+        if isinstance(robustness.get(key), int | float):
+            out[f"metrics.{key}"] = f"{float(robustness[key]):.6f}"
     export = export or {}
     if isinstance(export.get("size_bytes"), int):
         out[TAG_SIZE] = str(export["size_bytes"])

@@ -641,6 +641,16 @@ class Task(ABC):
         return self.tensor_outputs(outputs, class_names, wanted, **options)
 
     # ------------------------------------------------------------------ review
+    #: The model card's intended-use statement when ``export.intended_use`` is null.
+    intended_use: ClassVar[str] = ("Image classification of inputs that resemble the training data (same classes, "
+                                   "camera and conditions). Not for safety-critical decisions without human review.")
+
+    def per_class_metrics(self, result: Any) -> dict[str, dict[str, float | None]]:
+        """Per-class numbers of a scenario result worth recording with the model (``scenarios.json``'s
+        ``clean.per_class``, registry tags ``metrics.clean_<name>.<class>``, the model card): ``{name: {class:
+        value}}``; none by default."""
+        return {}
+
     @abstractmethod
     def summary_lines(self, scenarios: Mapping[str, Any], class_names: Sequence[str]) -> list[str]:
         """Markdown lines for the approval page and the model card that describe what the model

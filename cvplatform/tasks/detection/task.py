@@ -1174,6 +1174,15 @@ class DetectionTask(Task):
         return out
 
     # ------------------------------------------------------------------ review
+    intended_use: ClassVar[str] = ("Object detection (boxes, class and score per object) in images that resemble the "
+                                   "training data (same classes, camera and conditions). Not for safety-critical "
+                                   "decisions without human review.")
+
+    def per_class_metrics(self, result: Any) -> dict[str, dict[str, float | None]]:
+        """``{"ap": {class: COCO AP@[.5:.95]}}`` of a :class:`DetectionResult` (``None``: no box of the class)."""
+        ap = getattr(result, "ap_per_class", None) or {}
+        return {"ap": {str(c): (None if v is None else float(v)) for c, v in ap.items()}} if ap else {}
+
     def summary_lines(self, scenarios: Mapping[str, Any], class_names: Sequence[str]) -> list[str]:
         names = ", ".join(f"`{c}`" for c in class_names)
         lines = [f"- **task**: {self.name} (boxes per image); **{len(class_names)} classes**: {names}"]
@@ -1184,6 +1193,14 @@ class DetectionTask(Task):
                 return "—" if v is None else f"{float(v):.4f}"
             lines.append(f"- **clean**: mAP {num('map')}, mAP50 {num('map50')}, mAP75 {num('map75')}, "
                          f"AR@100 {num('mar_100')}")
+            ap = (clean.get("per_class") or {}).get("ap") or {}
+            if ap:
+                lines.append("- **AP per class** (clean, AP@[.5:.95]): " + ", ".join(
+                    f"`{c}` {'—' if v is None else f'{float(v):.4f}'}" for c, v in ap.items()))
+        rob = scenarios.get("robustness") or {}
+        if isinstance(rob.get("rpc"), int | float):
+            lines.append(f"- **robustness**: mPC {float(rob.get('mpc') or 0):.4f}, rPC {float(rob['rpc']):.3f} "
+                         "(mPC / clean mAP, Michaelis et al. 2019)")
         return lines
 
 

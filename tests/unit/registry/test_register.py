@@ -237,3 +237,18 @@ def test_an_artifact_the_gates_did_not_judge_is_refused(project, params, other_m
     monkeypatch.chdir(project.root)
     res = CliRunner().invoke(app, ["registry", "register"])
     assert res.exit_code == 3 and "judged a model with sha256" in res.output
+
+
+def test_headline_tags_carry_each_tasks_clean_numbers_per_class_ap_and_rpc():
+    """Registry tags hold what a reviewer compares: classification's accuracy / macro-F1, a detector's mAP numbers,
+    its AP per class (class names made safe for a tag key) and rPC; intervals are not tags."""
+    from cvplatform.registry.register import _headline
+
+    cls = _headline({"clean": {"accuracy": 0.9, "accuracy_low": 0.85, "accuracy_high": 0.95, "macro_f1": 0.88}})
+    assert cls == {"metrics.clean_accuracy": "0.900000", "metrics.clean_macro_f1": "0.880000"}
+    det = _headline({"clean": {"map": 0.2877, "map50": 0.6125, "map_large": None,
+                               "per_class": {"ap": {"circle": 0.4063, "traffic light?": 0.2, "none": None}}},
+                     "robustness": {"mpc": 0.2005, "rpc": 0.6968, "change_map": -0.08}})
+    assert det == {"metrics.clean_map": "0.287700", "metrics.clean_map50": "0.612500",
+                   "metrics.clean_ap.circle": "0.406300", "metrics.clean_ap.traffic light_": "0.200000",
+                   "metrics.mpc": "0.200500", "metrics.rpc": "0.696800"}

@@ -433,3 +433,21 @@ def test_to_image_pixels_many_equals_one_image_at_a_time(resize):
         assert np.array_equal(got["boxes"], g.to_image(np.asarray(p["boxes"], np.float64)))
         assert got["boxes"].dtype == np.float64
         assert got == {**got, **t.to_image_pixels(p, contract, size), "boxes": got["boxes"]}
+
+
+def test_per_class_ap_rpc_and_intended_use_reach_the_model_card_lines():
+    from cvplatform.tasks import get_task
+    from cvplatform.tasks.detection.task import DetectionResult
+
+    task = get_task("detection")
+    res = DetectionResult(name="clean", kind="clean", image_ids=[], truth=[], preds=[])
+    res.ap_per_class = {"circle": 0.4, "square": None}
+    per_class = task.per_class_metrics(res)
+    assert per_class == {"ap": {"circle": 0.4, "square": None}}
+    lines = task.summary_lines({"clean": {"map": 0.3, "map50": 0.6, "per_class": per_class},
+                                "robustness": {"mpc": 0.2, "rpc": 0.7}}, ["circle", "square"])
+    assert "- **AP per class** (clean, AP@[.5:.95]): `circle` 0.4000, `square` —" in lines
+    assert any(line.startswith("- **robustness**: mPC 0.2000, rPC 0.700") for line in lines)
+    assert task.intended_use.startswith("Object detection") and get_task("classification").intended_use.startswith(
+        "Image classification")
+    assert get_task("classification").per_class_metrics(res) == {}
